@@ -1,0 +1,627 @@
+# shellcheck shell=bash
+# Throwaway PostgreSQL and MariaDB servers for dbmanager's tests and benches.
+#
+# Source this file, then call:
+#   dbm_start_postgres   PostgreSQL (15) on a free 127.0.0.1 port, in a fresh temp dir
+#   dbm_start_mariadb    MariaDB (installs mariadb-server with apt if missing)
+#   dbm_print_env        prints the exported URLs with the passwords masked
+#   dbm_stop_all         stops whatever was started and removes the temp dirs
+#                        (safe to call twice, or when nothing was started)
+#
+# Exported after dbm_start_postgres:
+#   DBMANAGER_TEST_POSTGRES_URL        postgresql://app:<pw>@127.0.0.1:<port>/appdb
+#   DBMANAGER_TEST_POSTGRES_ADMIN_URL  postgresql://postgres:<pw>@127.0.0.1:<port>/appdb
+#   DBMANAGER_TEST_POSTGRES_PGDATA     the cluster's data directory
+#   DBMANAGER_TEST_POSTGRES_PID        the postmaster's pid
+# Exported after dbm_start_mariadb:
+#   DBMANAGER_TEST_MYSQL_URL           mysql://app:<pw>@127.0.0.1:<port>/appdb
+#   DBMANAGER_TEST_MYSQL_ADMIN_URL     mysql://root:<pw>@127.0.0.1:<port>/appdb
+#   DBMANAGER_TEST_MYSQL_PID           mariadbd's pid
+#
+# Every step has a bounded timeout. On failure a function prints one line
+# "dbm: ERROR: ..." (plus the tail of the server log) to stderr, cleans up what
+# it started and returns non-zero. The functions do not rely on `set -e` and
+# behave the same with or without it.
+#
+# Knobs (environment, all optional):
+#   DBM_PG_BIN              directory with initdb/pg_ctl/psql (default: PostgreSQL 15's)
+#   DBM_PG_MAX_CONNECTIONS  default 300
+#   DBM_MY_MAX_CONNECTIONS  default 500
+#   DBM_START_TIMEOUT       seconds to wait for a server to accept connections (default 60)
+#   DBM_KEEP_DIRS=1         keep the temp dirs (logs) after dbm_stop_all
+
+# ---------------------------------------------------------------- helpers
+
+_dbm_log() { printf 'dbm: %s\n' "$*" >&2; }
+
+# _dbm_fail MESSAGE [LOGFILE...]: one clear line, then the tail of each log.
+_dbm_fail() {
+    local msg=$1 f
+    shift
+    printf 'dbm: ERROR: %s\n' "$msg" >&2
+    for f in "$@"; do
+        if [[ -s $f ]]; then
+            printf 'dbm: ---- last lines of %s ----\n' "$f" >&2
+            tail -n 25 -- "$f" >&2 || true
+            printf 'dbm: ---- end of %s ----\n' "$f" >&2
+        fi
+    done
+    # Returns 0 on purpose: callers `return 1` after cleaning up, and a
+    # non-zero status here would end a `set -e` caller before the cleanup.
+    return 0
+}
+
+# Alphanumeric only, so it can go into a URL and an SQL literal unquoted.
+_dbm_password() {
+    local pw='' chunk
+    while ((${#pw} < 24)); do
+        chunk=$(head -c 512 /dev/urandom | LC_ALL=C tr -dc 'A-Za-z0-9') || return 1
+        pw+=$chunk
+    done
+    printf '%s' "${pw:0:24}"
+}
+
+# A port that is free on 127.0.0.1 right now (the kernel picks it).
+_dbm_free_port() {
+    local py p i
+    for py in python3 /usr/bin/python3; do
+        command -v "$py" >/dev/null 2>&1 || continue
+        p=$(timeout 10 "$py" -c 'import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()' 2>/dev/null) || continue
+        if [[ $p =~ ^[0-9]+$ ]]; then
+            printf '%s' "$p"
+            return 0
+        fi
+    done
+    # No python: try random high ports until one refuses a connection.
+    for ((i = 0; i < 50; i++)); do
+        p=$((20000 + RANDOM % 12000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            printf '%s' "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Seconds since the epoch with decimals (for timings).
+_dbm_now() { printf '%s' "${EPOCHREALTIME:-$(date +%s.%N)}"; }
+_dbm_elapsed() { awk -v a="$1" -v b="$(_dbm_now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# Is the process alive (a zombie counts as dead)?
+_dbm_alive() {
+    local pid=$1 state
+    [[ -n $pid ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) || return 0
+    [[ $state != Z ]]
+}
+
+# _dbm_wait_dead PID SECONDS
+_dbm_wait_dead() {
+    local pid=$1 deadline=$((SECONDS + $2))
+    while _dbm_alive "$pid"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.1
+    done
+    return 0
+}
+
+# _dbm_kill_hard PID: TERM, wait, then KILL.
+_dbm_kill_hard() {
+    local pid=$1
+    _dbm_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    _dbm_wait_dead "$pid" 20 && return 0
+    kill -KILL "$pid" 2>/dev/null || true
+    _dbm_wait_dead "$pid" 10
+}
+
+# SIGCONT a process and its children (a test may have SIGSTOPped them).
+_dbm_cont_tree() {
+    local pid=$1 child
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    kill -CONT "$pid" 2>/dev/null || true
+    for child in $(pgrep -P "$pid" 2>/dev/null); do
+        kill -CONT "$child" 2>/dev/null || true
+    done
+    return 0
+}
+
+# Wait (at most 2.5 s) until a dead server has been reaped, so that a `pgrep`
+# right after a stop does not show it as <defunct>. The postmaster is orphaned
+# by pg_ctl, and on this machine kind pid 1 reaps orphans only about every 2 s.
+# Never fails.
+_dbm_wait_gone() {
+    local pid=$1 i
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    for ((i = 0; i < 50; i++)); do
+        [[ -e /proc/$pid ]] || return 0
+        sleep 0.05
+    done
+    return 0
+}
+
+_dbm_is_root() { [[ $(id -u) == 0 ]]; }
+
+# ---------------------------------------------------------------- PostgreSQL
+
+_dbm_pg_bin() {
+    local d
+    if [[ -n ${DBM_PG_BIN:-} ]]; then
+        printf '%s' "$DBM_PG_BIN"
+        return 0
+    fi
+    if [[ -x /usr/lib/postgresql/15/bin/pg_ctl ]]; then
+        printf '%s' /usr/lib/postgresql/15/bin
+        return 0
+    fi
+    # Any other version, newest first.
+    for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -t/ -k4,4nr); do
+        if [[ -x $d/pg_ctl ]]; then
+            printf '%s' "$d"
+            return 0
+        fi
+    done
+    d=$(command -v pg_ctl 2>/dev/null) || return 1
+    printf '%s' "$(dirname -- "$d")"
+}
+
+# Run a command as the postgres OS user when root (PostgreSQL refuses root),
+# from inside the cluster dir (the caller's cwd may be unreadable to postgres).
+_dbm_as_pg() {
+    if _dbm_is_root; then
+        (cd "$_DBM_PG_DIR" && runuser -u postgres -- "$@")
+    else
+        (cd "$_DBM_PG_DIR" && "$@")
+    fi
+}
+
+_dbm_stop_postgres() {
+    local dir=${_DBM_PG_DIR:-} pid=${_DBM_PG_PID:-} bin
+    if [[ -z $pid && -n $dir && -f $dir/data/postmaster.pid ]]; then
+        pid=$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null) || pid=
+    fi
+    # A fault-injection test may have SIGSTOPped the server or a backend.
+    _dbm_cont_tree "$pid"
+    if [[ -n $dir && -d $dir/data ]]; then
+        bin=$(_dbm_pg_bin) || bin=
+        if [[ -n $bin && -f $dir/data/postmaster.pid ]]; then
+            _dbm_as_pg timeout 40 "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop \
+                >/dev/null 2>&1 || true
+        fi
+    fi
+    if [[ -n $pid ]] && _dbm_alive "$pid"; then
+        # pg_ctl did not do it: immediate shutdown, then the hard way.
+        kill -QUIT "$pid" 2>/dev/null || true
+        _dbm_wait_dead "$pid" 10 || _dbm_kill_hard "$pid" || true
+    fi
+    _dbm_wait_gone "$pid"
+    if [[ -n $dir && -d $dir && ${DBM_KEEP_DIRS:-0} != 1 ]]; then
+        rm -rf -- "$dir"
+    elif [[ -n $dir && -d $dir ]]; then
+        _dbm_log "kept $dir"
+    fi
+    unset _DBM_PG_DIR _DBM_PG_PID _DBM_PG_PORT
+    unset DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
+        DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID
+}
+
+# _dbm_psql URL SQL... : run statements, bounded, stop at the first error.
+_dbm_psql() {
+    local url=$1 bin sql args=()
+    shift
+    bin=$(_dbm_pg_bin) || return 1
+    for sql in "$@"; do args+=(-c "$sql"); done
+    PGCONNECT_TIMEOUT=10 timeout 60 "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 \
+        -d "$url" "${args[@]}"
+}
+
+dbm_start_postgres() {
+    local t0 bin dir port superpw apppw tries pid admin_url app_url out
+    t0=$(_dbm_now)
+    if [[ -n ${_DBM_PG_DIR:-} ]] && _dbm_alive "${_DBM_PG_PID:-}"; then
+        _dbm_log "PostgreSQL already running on port ${_DBM_PG_PORT:-?} (reusing it)"
+        return 0
+    fi
+    _dbm_stop_postgres # leftovers of a failed start in this shell
+
+    bin=$(_dbm_pg_bin)
+    if [[ -z $bin || ! -x $bin/initdb || ! -x $bin/pg_ctl ]]; then
+        if [[ -z ${DBM_PG_BIN:-} ]] && _dbm_is_root && command -v apt-get >/dev/null 2>&1; then
+            _dbm_log "PostgreSQL binaries not found; installing postgresql with apt-get"
+            _dbm_apt_install postgresql || {
+                _dbm_fail "apt-get install postgresql failed"
+                return 1
+            }
+            bin=$(_dbm_pg_bin)
+        fi
+        if [[ -z $bin || ! -x $bin/initdb || ! -x $bin/pg_ctl ]]; then
+            _dbm_fail "PostgreSQL binaries not found (looked in /usr/lib/postgresql/*/bin and PATH; set DBM_PG_BIN)"
+            return 1
+        fi
+    fi
+    if _dbm_is_root && ! id postgres >/dev/null 2>&1; then
+        _dbm_fail "running as root but there is no 'postgres' OS user to run PostgreSQL as"
+        return 1
+    fi
+
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/dbmanager-pg.XXXXXX") || {
+        _dbm_fail "mktemp -d failed"
+        return 1
+    }
+    _DBM_PG_DIR=$dir
+    chmod 0700 "$dir" || true
+    if _dbm_is_root; then
+        chown postgres:postgres "$dir" || {
+            _dbm_fail "chown postgres $dir failed"
+            _dbm_stop_postgres
+            return 1
+        }
+    fi
+    if ! { superpw=$(_dbm_password) && apppw=$(_dbm_password); }; then
+        _dbm_fail "could not generate passwords from /dev/urandom"
+        _dbm_stop_postgres
+        return 1
+    fi
+    (umask 077 && printf '%s\n' "$superpw" >"$dir/pw") || {
+        _dbm_fail "could not write $dir/pw"
+        _dbm_stop_postgres
+        return 1
+    }
+    if _dbm_is_root; then chown postgres:postgres "$dir/pw" || true; fi
+
+    if ! _dbm_as_pg timeout 120 "$bin/initdb" -D "$dir/data" -U postgres -A scram-sha-256 \
+        --pwfile="$dir/pw" -E UTF8 --no-locale -N >"$dir/initdb.log" 2>&1; then
+        _dbm_fail "initdb failed in $dir/data" "$dir/initdb.log"
+        _dbm_stop_postgres
+        return 1
+    fi
+    rm -f -- "$dir/pw"
+
+    # Start on a free port; retry with another one if somebody took it meanwhile.
+    for tries in 1 2 3; do
+        port=$(_dbm_free_port) || {
+            _dbm_fail "could not find a free port on 127.0.0.1"
+            _dbm_stop_postgres
+            return 1
+        }
+        if [[ -e $dir/log ]]; then : >"$dir/log"; fi
+        if _dbm_as_pg timeout $((${DBM_START_TIMEOUT:-60} + 10)) "$bin/pg_ctl" -D "$dir/data" \
+            -l "$dir/log" -w -t "${DBM_START_TIMEOUT:-60}" \
+            -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=${DBM_PG_MAX_CONNECTIONS:-300}" \
+            start >"$dir/pg_ctl.log" 2>&1; then
+            break
+        fi
+        if ((tries < 3)) && grep -qE 'could not bind|Address already in use' "$dir/log" 2>/dev/null; then
+            _dbm_log "PostgreSQL: port $port was taken, trying another one"
+            _dbm_as_pg timeout 40 "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+            continue
+        fi
+        _dbm_fail "PostgreSQL could not start on 127.0.0.1:$port (pg_ctl start failed or timed out after ${DBM_START_TIMEOUT:-60}s; server log below)" "$dir/pg_ctl.log" "$dir/log"
+        _dbm_stop_postgres
+        return 1
+    done
+    _DBM_PG_PORT=$port
+    pid=$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null) || pid=
+    if ! [[ $pid =~ ^[0-9]+$ ]] || ! _dbm_alive "$pid"; then
+        _dbm_fail "PostgreSQL started but its postmaster.pid has no live pid" "$dir/log"
+        _dbm_stop_postgres
+        return 1
+    fi
+    _DBM_PG_PID=$pid
+
+    admin_url="postgresql://postgres:$superpw@127.0.0.1:$port/postgres"
+    if ! out=$(_dbm_psql "$admin_url" \
+        "CREATE ROLE app LOGIN CREATEDB PASSWORD '$apppw'" \
+        "CREATE DATABASE appdb OWNER app" 2>&1); then
+        printf '%s\n' "$out" >"$dir/setup.log"
+        _dbm_fail "PostgreSQL setup (role app, database appdb) failed" "$dir/setup.log" "$dir/log"
+        _dbm_stop_postgres
+        return 1
+    fi
+    admin_url="postgresql://postgres:$superpw@127.0.0.1:$port/appdb"
+    app_url="postgresql://app:$apppw@127.0.0.1:$port/appdb"
+    # Check both URLs; app must be able to create tables in appdb's public schema.
+    if ! out=$(_dbm_psql "$app_url" \
+        "CREATE TABLE dbm_provision_probe (id int PRIMARY KEY)" \
+        "DROP TABLE dbm_provision_probe" 2>&1) ||
+        ! out=$(_dbm_psql "$admin_url" "SELECT count(*) FROM pg_stat_activity" 2>&1); then
+        printf '%s\n' "$out" >"$dir/setup.log"
+        _dbm_fail "PostgreSQL check failed (app cannot create a table in appdb, or admin cannot log in)" "$dir/setup.log" "$dir/log"
+        _dbm_stop_postgres
+        return 1
+    fi
+
+    export DBMANAGER_TEST_POSTGRES_URL=$app_url
+    export DBMANAGER_TEST_POSTGRES_ADMIN_URL=$admin_url
+    export DBMANAGER_TEST_POSTGRES_PGDATA=$dir/data
+    export DBMANAGER_TEST_POSTGRES_PID=$pid
+    _dbm_log "PostgreSQL $("$bin/postgres" --version 2>/dev/null | awk '{ print $3 }') ready on 127.0.0.1:$port (pid $pid, $(_dbm_elapsed "$t0") s)"
+}
+
+# ---------------------------------------------------------------- MariaDB
+
+# _dbm_apt_install PKG...: bounded, non-interactive, and without starting services.
+_dbm_apt_install() {
+    local policy=/usr/sbin/policy-rc.d added=0 rc=0
+    _dbm_is_root || {
+        _dbm_fail "need root to apt-get install $*"
+        return 1
+    }
+    if [[ ! -e $policy ]]; then
+        # Keep the package's own service from starting on port 3306.
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && added=1
+    fi
+    _dbm_log "apt-get update"
+    timeout 600 apt-get -o DPkg::Lock::Timeout=300 -q update >/tmp/dbmanager-apt.log 2>&1 || rc=$?
+    if ((rc == 0)); then
+        _dbm_log "apt-get install -y $* (this takes about a minute)"
+        DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get -o DPkg::Lock::Timeout=300 -q install -y "$@" \
+            >>/tmp/dbmanager-apt.log 2>&1 || rc=$?
+    fi
+    if ((added)); then rm -f -- "$policy"; fi
+    if ((rc != 0)); then
+        _dbm_fail "apt-get failed (exit $rc) installing $*" /tmp/dbmanager-apt.log
+        return 1
+    fi
+}
+
+_dbm_mariadbd() {
+    local p
+    for p in "$(command -v mariadbd 2>/dev/null)" /usr/sbin/mariadbd "$(command -v mysqld 2>/dev/null)" /usr/sbin/mysqld; do
+        if [[ -n $p && -x $p ]]; then
+            printf '%s' "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+_dbm_mariadb_tool() { # first of the given names that exists
+    local n
+    for n in "$@"; do
+        if command -v "$n" >/dev/null 2>&1; then
+            command -v "$n"
+            return 0
+        fi
+        if [[ -x /usr/bin/$n ]]; then
+            printf '%s' "/usr/bin/$n"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# _dbm_my_sql DEFAULTS_FILE SQL: run SQL through the unix socket, bounded.
+_dbm_my_sql() {
+    local client
+    client=$(_dbm_mariadb_tool mariadb mysql) || return 1
+    timeout 60 "$client" --defaults-file="$1" --connect-timeout=10 -N -B -e "$2"
+}
+
+_dbm_stop_mariadb() {
+    local dir=${_DBM_MY_DIR:-} pid=${_DBM_MY_PID:-}
+    if [[ -z $pid && -n $dir && -s $dir/pid ]]; then
+        pid=$(cat "$dir/pid" 2>/dev/null) || pid=
+    fi
+    if [[ -n $pid ]] && _dbm_alive "$pid"; then
+        # SIGTERM is mariadbd's clean shutdown (quicker than mariadb-admin
+        # shutdown, which polls once a second); CONT first in case a
+        # fault-injection test left it stopped.
+        kill -CONT "$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
+        if ! _dbm_wait_dead "$pid" 30; then
+            kill -KILL "$pid" 2>/dev/null || true
+            _dbm_wait_dead "$pid" 10 || _dbm_log "mariadbd $pid would not die"
+        fi
+    fi
+    # The process started (if it is not the one in the pid file and still alive).
+    if [[ -n ${_DBM_MY_LAUNCH_PID:-} ]] && _dbm_alive "$_DBM_MY_LAUNCH_PID"; then
+        kill -CONT "$_DBM_MY_LAUNCH_PID" 2>/dev/null || true
+        _dbm_kill_hard "$_DBM_MY_LAUNCH_PID" || true
+    fi
+    _dbm_wait_gone "$pid"
+    if [[ -n $dir && -d $dir && ${DBM_KEEP_DIRS:-0} != 1 ]]; then
+        rm -rf -- "$dir"
+    elif [[ -n $dir && -d $dir ]]; then
+        _dbm_log "kept $dir"
+    fi
+    unset _DBM_MY_DIR _DBM_MY_PID _DBM_MY_PORT _DBM_MY_LAUNCH_PID
+    unset DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID
+}
+
+dbm_start_mariadb() {
+    local t0 mariadbd installdb admin client dir port rootpw apppw tries pid lpid deadline \
+        h sql out started user_opt=()
+    t0=$(_dbm_now)
+    if [[ -n ${_DBM_MY_DIR:-} ]] && _dbm_alive "${_DBM_MY_PID:-}"; then
+        _dbm_log "MariaDB already running on port ${_DBM_MY_PORT:-?} (reusing it)"
+        return 0
+    fi
+    _dbm_stop_mariadb
+
+    if ! mariadbd=$(_dbm_mariadbd); then
+        _dbm_log "mariadbd not found; installing mariadb-server"
+        _dbm_apt_install mariadb-server || return 1
+        mariadbd=$(_dbm_mariadbd) || {
+            _dbm_fail "mariadb-server installed but no mariadbd found"
+            return 1
+        }
+        _dbm_log "mariadb-server installed ($(_dbm_elapsed "$t0") s)"
+    fi
+    if ! { installdb=$(_dbm_mariadb_tool mariadb-install-db mysql_install_db) &&
+        admin=$(_dbm_mariadb_tool mariadb-admin mysqladmin) &&
+        client=$(_dbm_mariadb_tool mariadb mysql); }; then
+        _dbm_fail "mariadb-install-db / mariadb-admin / mariadb not found (is mariadb-server fully installed?)"
+        return 1
+    fi
+
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/dbmanager-my.XXXXXX") || {
+        _dbm_fail "mktemp -d failed"
+        return 1
+    }
+    _DBM_MY_DIR=$dir
+    chmod 0711 "$dir" || true
+    if _dbm_is_root; then
+        if ! id mysql >/dev/null 2>&1; then
+            _dbm_fail "running as root but there is no 'mysql' OS user"
+            _dbm_stop_mariadb
+            return 1
+        fi
+        if ! chown mysql:mysql "$dir"; then
+            _dbm_fail "chown mysql $dir failed"
+            _dbm_stop_mariadb
+            return 1
+        fi
+        user_opt=(--user=mysql)
+    fi
+    if ! { rootpw=$(_dbm_password) && apppw=$(_dbm_password); }; then
+        _dbm_fail "could not generate passwords from /dev/urandom"
+        _dbm_stop_mariadb
+        return 1
+    fi
+
+    if ! timeout 180 "$installdb" --no-defaults "${user_opt[@]}" --datadir="$dir/data" \
+        --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1; then
+        _dbm_fail "mariadb-install-db failed in $dir/data" "$dir/install.log"
+        _dbm_stop_mariadb
+        return 1
+    fi
+
+    # Root without a password through the socket until the setup below.
+    printf '[client]\nuser=root\nsocket=%s\n' "$dir/sock" >"$dir/client.cnf"
+    chmod 0600 "$dir/client.cnf"
+
+    started=0
+    for tries in 1 2 3; do
+        port=$(_dbm_free_port) || {
+            _dbm_fail "could not find a free port on 127.0.0.1"
+            _dbm_stop_mariadb
+            return 1
+        }
+        : >"$dir/mariadbd.err"
+        if _dbm_is_root; then chown mysql:mysql "$dir/mariadbd.err" || true; fi
+        "$mariadbd" --no-defaults "${user_opt[@]}" --datadir="$dir/data" --socket="$dir/sock" \
+            --port="$port" --bind-address=127.0.0.1 --pid-file="$dir/pid" --log-error="$dir/mariadbd.err" \
+            --skip-name-resolve --max-connections="${DBM_MY_MAX_CONNECTIONS:-500}" \
+            --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
+            --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=0 \
+            --innodb-doublewrite=0 --skip-log-bin \
+            </dev/null >"$dir/stdout.log" 2>&1 &
+        lpid=$!
+        disown "$lpid" 2>/dev/null || true
+        _DBM_MY_LAUNCH_PID=$lpid
+        deadline=$((SECONDS + ${DBM_START_TIMEOUT:-60}))
+        while ((SECONDS < deadline)); do
+            if ! _dbm_alive "$lpid"; then break; fi
+            if timeout 10 "$admin" --defaults-file="$dir/client.cnf" --connect-timeout=2 ping \
+                >/dev/null 2>&1; then
+                started=1
+                break
+            fi
+            sleep 0.1
+        done
+        ((started)) && break
+        if _dbm_alive "$lpid"; then
+            _dbm_kill_hard "$lpid" || true
+            _dbm_fail "MariaDB did not answer on $dir/sock within ${DBM_START_TIMEOUT:-60}s" "$dir/mariadbd.err" "$dir/stdout.log"
+            _dbm_stop_mariadb
+            return 1
+        fi
+        if ((tries < 3)) && grep -qE "Can't start server: Bind on TCP/IP port|Address already in use" "$dir/mariadbd.err" 2>/dev/null; then
+            _dbm_log "MariaDB: port $port was taken, trying another one"
+            continue
+        fi
+        _dbm_fail "MariaDB exited during startup (port $port)" "$dir/mariadbd.err" "$dir/stdout.log"
+        _dbm_stop_mariadb
+        return 1
+    done
+    if ! ((started)); then
+        _dbm_fail "MariaDB could not start" "$dir/mariadbd.err"
+        _dbm_stop_mariadb
+        return 1
+    fi
+    _DBM_MY_PORT=$port
+    pid=$(cat "$dir/pid" 2>/dev/null) || pid=
+    [[ $pid =~ ^[0-9]+$ ]] || pid=$lpid
+    _DBM_MY_PID=$pid
+
+    # Users. install-db creates root@localhost and, depending on the version,
+    # anonymous users and root@<hostname> (which --skip-name-resolve cannot even
+    # ALTER): keep only root@localhost, give it the password, and add
+    # root@127.0.0.1 for TCP logins.
+    sql="DELETE FROM mysql.global_priv WHERE User = '' OR (User = 'root' AND Host <> 'localhost'); "
+    sql+="DELETE FROM mysql.proxies_priv WHERE User = '' OR (User = 'root' AND Host <> 'localhost'); "
+    sql+="DELETE FROM mysql.db WHERE User = ''; "
+    sql+="FLUSH PRIVILEGES; "
+    sql+="ALTER USER 'root'@'localhost' IDENTIFIED BY '$rootpw'; "
+    sql+="CREATE USER 'root'@'127.0.0.1' IDENTIFIED BY '$rootpw'; "
+    sql+="GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; "
+    sql+="CREATE DATABASE appdb; "
+    for h in '%' 'localhost' '127.0.0.1'; do
+        sql+="CREATE USER 'app'@'$h' IDENTIFIED BY '$apppw'; "
+        sql+="GRANT ALL PRIVILEGES ON appdb.* TO 'app'@'$h'; "
+        sql+="GRANT ALL PRIVILEGES ON \`dbm\\_%\`.* TO 'app'@'$h'; "
+    done
+    if ! _dbm_my_sql "$dir/client.cnf" "$sql" >"$dir/setup.log" 2>&1; then
+        _dbm_fail "MariaDB setup (root password, user app, database appdb) failed" "$dir/setup.log" "$dir/mariadbd.err"
+        _dbm_stop_mariadb
+        return 1
+    fi
+    printf '[client]\nuser=root\npassword=%s\nsocket=%s\n' "$rootpw" "$dir/sock" >"$dir/client.cnf"
+    chmod 0600 "$dir/client.cnf"
+    printf '[client]\nuser=app\npassword=%s\nhost=127.0.0.1\nport=%s\nprotocol=TCP\n' "$apppw" "$port" >"$dir/app.cnf"
+    printf '[client]\nuser=root\npassword=%s\nhost=127.0.0.1\nport=%s\nprotocol=TCP\n' "$rootpw" "$port" >"$dir/root-tcp.cnf"
+    chmod 0600 "$dir/app.cnf" "$dir/root-tcp.cnf"
+
+    # Check both URLs over TCP; app must be able to create tables in appdb
+    # and create/drop a dbm_ database.
+    if ! out=$(_dbm_my_sql "$dir/app.cnf" "USE appdb; CREATE TABLE dbm_provision_probe (id INT PRIMARY KEY); DROP TABLE dbm_provision_probe; CREATE DATABASE dbm_provision_probe; DROP DATABASE dbm_provision_probe;" 2>&1) ||
+        ! out=$(_dbm_my_sql "$dir/root-tcp.cnf" "USE appdb; SELECT COUNT(*) FROM information_schema.PROCESSLIST;" 2>&1); then
+        printf '%s\n' "$out" >"$dir/setup.log"
+        _dbm_fail "MariaDB check failed (app cannot create a table in appdb, or root cannot log in over TCP)" "$dir/setup.log" "$dir/mariadbd.err"
+        _dbm_stop_mariadb
+        return 1
+    fi
+
+    export DBMANAGER_TEST_MYSQL_URL="mysql://app:$apppw@127.0.0.1:$port/appdb"
+    export DBMANAGER_TEST_MYSQL_ADMIN_URL="mysql://root:$rootpw@127.0.0.1:$port/appdb"
+    export DBMANAGER_TEST_MYSQL_PID=$pid
+    _dbm_log "MariaDB $("$mariadbd" --version 2>/dev/null | awk '{ print $3 }') ready on 127.0.0.1:$port (pid $pid, $(_dbm_elapsed "$t0") s)"
+}
+
+# ---------------------------------------------------------------- both
+
+# Print the exported DBMANAGER_TEST_* variables, passwords masked.
+dbm_print_env() {
+    local v val
+    for v in DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
+        DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID \
+        DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID; do
+        val=${!v:-}
+        [[ -n $val ]] || continue
+        # scheme://user:password@host -> scheme://user:***@host
+        if [[ $val =~ ^([a-z]+://[^:/@]+:)[^@]*(@.*)$ ]]; then
+            val="${BASH_REMATCH[1]}***${BASH_REMATCH[2]}"
+        fi
+        printf 'dbm: exported %s=%s\n' "$v" "$val" >&2
+    done
+}
+
+dbm_stop_all() {
+    local had=0
+    if [[ -n ${_DBM_PG_DIR:-} || -n ${_DBM_PG_PID:-} ]]; then
+        had=1
+        _dbm_stop_postgres
+    fi
+    if [[ -n ${_DBM_MY_DIR:-} || -n ${_DBM_MY_PID:-} ]]; then
+        had=1
+        _dbm_stop_mariadb
+    fi
+    if ((had)); then _dbm_log "servers stopped"; fi
+    return 0
+}

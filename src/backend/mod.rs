@@ -1,0 +1,119 @@
+//! One object-safe trait that every backend implements, one file each.
+//!
+//! Backends know nothing of the manager, the pool policy or the pipeline:
+//! they connect, run a statement in native SQL with already-ordered values,
+//! and translate their driver's errors and types.
+
+use std::time::Duration;
+
+use crate::config::{BackendKind, DatabaseConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sql::Dialect;
+use crate::value::{Row, Value};
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+/// Opens connections for one database. Shared by the pool's threads.
+pub(crate) trait Connector: Send + Sync + 'static {
+    /// Opens one connection, bounded by the connect timeout.
+    fn connect(&self) -> Result<Box<dyn Connection>>;
+
+    /// The SQL dialect statements are translated to.
+    fn dialect(&self) -> Dialect;
+
+    /// True when the driver's blocking client panics if called on a thread
+    /// that drives an async runtime (the `postgres` crate does); the pipeline
+    /// refuses such calls with a clear error instead.
+    fn refuses_async_context(&self) -> bool {
+        false
+    }
+}
+
+/// One open connection. Statements arrive in native SQL with values in
+/// placeholder order.
+pub(crate) trait Connection: Send {
+    /// Runs a statement and returns its rows.
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
+
+    /// Runs a statement and returns the number of rows it affected.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64>;
+
+    /// Runs a script of statements without parameters.
+    fn batch(&mut self, sql: &str) -> Result<()>;
+
+    /// Starts a transaction.
+    fn begin(&mut self) -> Result<()> {
+        self.batch("BEGIN")
+    }
+
+    /// Commits the open transaction.
+    fn commit(&mut self) -> Result<()> {
+        self.batch("COMMIT")
+    }
+
+    /// Rolls the open transaction back.
+    fn rollback(&mut self) -> Result<()> {
+        self.batch("ROLLBACK")
+    }
+
+    /// A cheap round trip proving the connection still works.
+    fn ping(&mut self) -> Result<()>;
+
+    /// True when the driver knows the connection is unusable.
+    fn is_closed(&self) -> bool;
+}
+
+/// Makes the connector for a configuration, or says which feature is missing.
+pub(crate) fn connector(config: &DatabaseConfig) -> Result<Box<dyn Connector>> {
+    match config.kind {
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => Ok(Box::new(postgres::PgConnector::new(config)?)),
+        #[cfg(feature = "mysql")]
+        BackendKind::MySql => Ok(Box::new(mysql::MyConnector::new(config)?)),
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => Ok(Box::new(sqlite::SqliteConnector::new(config)?)),
+        BackendKind::MsSql => Err(Error::new(
+            ErrorKind::FeatureDisabled,
+            "the SQL Server backend is not available in this release of dbmanager",
+        )),
+        #[allow(unreachable_patterns)]
+        kind => Err(Error::new(
+            ErrorKind::FeatureDisabled,
+            format!(
+                "this build of dbmanager has no {kind} support; enable the cargo feature `{}`",
+                kind.feature()
+            ),
+        )),
+    }
+}
+
+/// Classifies a transport-level failure while connecting.
+#[cold]
+pub(crate) fn connect_error(
+    io_timed_out: bool,
+    target: &str,
+    timeout: Duration,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    if io_timed_out {
+        Error::new(
+            ErrorKind::ConnectTimeout,
+            format!(
+                "connecting to {target} took longer than the connect timeout of {}",
+                crate::error::fmt_duration(timeout)
+            ),
+        )
+        .with_source(source)
+    } else {
+        Error::new(
+            ErrorKind::Connect,
+            format!("could not connect to {target}; check that the server is running and the host and port are right"),
+        )
+        .with_source(source)
+    }
+}

@@ -1,0 +1,294 @@
+//! MySQL and MariaDB through the `mysql` crate (rustls), pooled with
+//! `r2d2_mysql`.
+//!
+//! Statements run through the binary protocol, so values arrive typed; the
+//! driver's per-connection statement cache makes a repeated statement one
+//! round trip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql::consts::{ColumnFlags, ColumnType};
+use mysql::prelude::Queryable;
+use mysql::{Opts, OptsBuilder};
+use r2d2::ManageConnection;
+use r2d2_mysql::MySqlConnectionManager;
+
+use super::{connect_error, Connection, Connector};
+use crate::config::DatabaseConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::sql::Dialect;
+use crate::value::{Columns, Row, Value};
+
+/// MySQL's character set number for binary strings.
+const BINARY_CHARSET: u16 = 63;
+
+pub(crate) struct MyConnector {
+    manager: MySqlConnectionManager,
+    target: String,
+    connect_timeout: Duration,
+}
+
+impl MyConnector {
+    pub(crate) fn new(config: &DatabaseConfig) -> Result<Self> {
+        let mut url = url::Url::parse(config.url.trim())
+            .map_err(|_| Error::config("the MySQL connection string is not a valid URL"))?;
+        let target = format!(
+            "MySQL at {}:{}",
+            url.host_str().unwrap_or("localhost"),
+            url.port().unwrap_or(3306)
+        );
+        // The driver only knows `mysql://`; `mariadb://` and `mysql+driver://` mean the same.
+        let rest = url.as_str()[url.scheme().len()..].to_owned();
+        url = url::Url::parse(&format!("mysql{rest}"))
+            .map_err(|_| Error::config("the MySQL connection string is not a valid URL"))?;
+        let opts = Opts::from_url(url.as_str()).map_err(|e| {
+            Error::config(format!(
+                "the MySQL connection string cannot be used: {}",
+                url_error_reason(&e)
+            ))
+        })?;
+        let builder = OptsBuilder::from_opts(opts)
+            .tcp_connect_timeout(Some(config.connect_timeout))
+            .prefer_socket(false)
+            .stmt_cache_size(256);
+        Ok(MyConnector {
+            manager: MySqlConnectionManager::new(builder),
+            target,
+            connect_timeout: config.connect_timeout,
+        })
+    }
+}
+
+/// The driver's URL error without values (a value may be a secret).
+fn url_error_reason(e: &mysql::UrlError) -> String {
+    match e {
+        mysql::UrlError::UnknownParameter(param) => format!("unknown parameter `{param}`"),
+        mysql::UrlError::InvalidValue(param, _) => format!("invalid value for `{param}`"),
+        _ => "expected mysql://user:password@host:port/database".to_owned(),
+    }
+}
+
+impl Connector for MyConnector {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        let conn = self.manager.connect().map_err(|e| match e {
+            mysql::Error::MySqlError(_) => classify(e),
+            other => {
+                let timed_out = matches!(&other, mysql::Error::IoError(io) if io.kind() == std::io::ErrorKind::TimedOut)
+                    || matches!(&other, mysql::Error::DriverError(mysql::DriverError::ConnectTimeout));
+                connect_error(timed_out, &self.target, self.connect_timeout, other)
+            }
+        })?;
+        Ok(Box::new(MyConnection { conn }))
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::MySql
+    }
+}
+
+struct MyConnection {
+    conn: mysql::Conn,
+}
+
+fn to_params(params: &[Value]) -> mysql::Params {
+    if params.is_empty() {
+        mysql::Params::Empty
+    } else {
+        mysql::Params::Positional(params.iter().map(to_mysql).collect())
+    }
+}
+
+impl Connection for MyConnection {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let mut result = self.conn.exec_iter(sql, to_params(params)).map_err(classify)?;
+        let mut out = Vec::new();
+        // The first result set is the statement's; later ones (procedures) are drained.
+        if let Some(set) = result.iter() {
+            let cols = set.columns();
+            let meta: Vec<(ColumnType, ColumnFlags, u16, u32)> = cols
+                .as_ref()
+                .iter()
+                .map(|c| (c.column_type(), c.flags(), c.character_set(), c.column_length()))
+                .collect();
+            let names: Columns = cols
+                .as_ref()
+                .iter()
+                .map(|c| Arc::<str>::from(c.name_str().as_ref()))
+                .collect::<Vec<_>>()
+                .into();
+            for row in set {
+                let row = row.map_err(classify)?;
+                let values = row
+                    .unwrap()
+                    .into_iter()
+                    .zip(&meta)
+                    .map(|(v, m)| read(v, *m))
+                    .collect::<Result<Vec<_>>>()?;
+                out.push(Row::new(Arc::clone(&names), values));
+            }
+        }
+        while let Some(set) = result.iter() {
+            for row in set {
+                row.map_err(classify)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.conn
+            .exec_drop(sql, to_params(params))
+            .map_err(classify)?;
+        Ok(self.conn.affected_rows())
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        self.conn.query_drop(sql).map_err(classify)
+    }
+
+    fn ping(&mut self) -> Result<()> {
+        self.conn.ping().map_err(classify)
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+fn to_mysql(v: &Value) -> mysql::Value {
+    use chrono::{Datelike, Timelike};
+    use mysql::Value as M;
+    match v {
+        Value::Null => M::NULL,
+        Value::Bool(b) => M::Int(i64::from(*b)),
+        Value::I64(i) => M::Int(*i),
+        Value::F64(f) => M::Double(*f),
+        Value::Decimal(d) => M::Bytes(d.to_string().into_bytes()),
+        Value::Text(s) => M::Bytes(s.clone().into_bytes()),
+        Value::Bytes(b) => M::Bytes(b.clone()),
+        Value::Date(d) => M::Date(d.year() as u16, d.month() as u8, d.day() as u8, 0, 0, 0, 0),
+        Value::Time(t) => M::Time(
+            false,
+            0,
+            t.hour() as u8,
+            t.minute() as u8,
+            t.second() as u8,
+            t.nanosecond() / 1000,
+        ),
+        Value::Timestamp(t) => datetime(t),
+        Value::TimestampTz(t) => datetime(&t.naive_utc()),
+        Value::Uuid(u) => M::Bytes(u.to_string().into_bytes()),
+        Value::Json(j) => M::Bytes(j.to_string().into_bytes()),
+    }
+}
+
+fn datetime(t: &chrono::NaiveDateTime) -> mysql::Value {
+    use chrono::{Datelike, Timelike};
+    mysql::Value::Date(
+        t.year() as u16,
+        t.month() as u8,
+        t.day() as u8,
+        t.hour() as u8,
+        t.minute() as u8,
+        t.second() as u8,
+        t.nanosecond() / 1000,
+    )
+}
+
+/// Reads a value by its column's type. `TINYINT(1)` (MariaDB's `BOOLEAN`)
+/// reads as a bool, as JDBC does.
+fn read(v: mysql::Value, (ty, flags, charset, len): (ColumnType, ColumnFlags, u16, u32)) -> Result<Value> {
+    use chrono::{NaiveDate, NaiveTime};
+    use mysql::Value as M;
+    Ok(match v {
+        M::NULL => Value::Null,
+        M::Int(i) if ty == ColumnType::MYSQL_TYPE_TINY && len == 1 => Value::Bool(i != 0),
+        M::Int(i) => Value::I64(i),
+        M::UInt(u) => i64::try_from(u).map(Value::I64).unwrap_or_else(|_| {
+            Value::Decimal(rust_decimal::Decimal::from(u))
+        }),
+        M::Float(f) => Value::F64(f.into()),
+        M::Double(f) => Value::F64(f),
+        M::Date(y, mo, d, h, mi, s, us) => {
+            let date = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into());
+            match (ty, date) {
+                (ColumnType::MYSQL_TYPE_DATE, Some(date)) => Value::Date(date),
+                (_, Some(date)) => match NaiveTime::from_hms_micro_opt(h.into(), mi.into(), s.into(), us) {
+                    Some(t) => Value::Timestamp(date.and_time(t)),
+                    None => return Err(Error::conversion("MySQL returned an invalid time")),
+                },
+                // Zero dates ('0000-00-00') have no calendar value.
+                (_, None) => Value::Null,
+            }
+        }
+        M::Time(neg, days, h, mi, s, us) => {
+            match (neg, days, NaiveTime::from_hms_micro_opt(h.into(), mi.into(), s.into(), us)) {
+                (false, 0, Some(t)) => Value::Time(t),
+                _ => {
+                    let sign = if neg { "-" } else { "" };
+                    let hours = u64::from(days) * 24 + u64::from(h);
+                    Value::Text(format!("{sign}{hours:02}:{mi:02}:{s:02}.{us:06}"))
+                }
+            }
+        }
+        M::Bytes(b) => match ty {
+            ColumnType::MYSQL_TYPE_DECIMAL | ColumnType::MYSQL_TYPE_NEWDECIMAL => {
+                let s = String::from_utf8_lossy(&b);
+                s.parse().map(Value::Decimal).map_err(|_| {
+                    Error::conversion(format!("MySQL returned an unreadable decimal `{s}`"))
+                })?
+            }
+            ColumnType::MYSQL_TYPE_JSON => serde_json::from_slice(&b)
+                .map(Value::Json)
+                .unwrap_or_else(|_| Value::Text(String::from_utf8_lossy(&b).into_owned())),
+            ColumnType::MYSQL_TYPE_BIT => Value::Bytes(b),
+            _ if charset == BINARY_CHARSET || flags.contains(ColumnFlags::BINARY_FLAG) && charset == BINARY_CHARSET => {
+                Value::Bytes(b)
+            }
+            _ => match String::from_utf8(b) {
+                Ok(s) => Value::Text(s),
+                Err(e) => Value::Bytes(e.into_bytes()),
+            },
+        },
+    })
+}
+
+/// Maps a `mysql` error to ours by error number; the server's message
+/// becomes ours (it never contains a password).
+#[cold]
+fn classify(e: mysql::Error) -> Error {
+    match e {
+        mysql::Error::MySqlError(ref server) => {
+            let kind = match server.code {
+                1062 | 1586 => ErrorKind::UniqueViolation,
+                1048 | 1364 | 1451 | 1452 | 1216 | 1217 | 3819 | 4025 => ErrorKind::Constraint,
+                1045 | 1044 | 1698 => ErrorKind::Auth,
+                1142 | 1143 | 1227 | 1370 => ErrorKind::Permission,
+                1064 | 1146 | 1054 | 1049 | 1109 | 1149 | 1305 => ErrorKind::Syntax,
+                1213 | 1205 | 1614 => ErrorKind::Conflict,
+                1317 | 3024 | 1969 => ErrorKind::QueryTimeout,
+                1290 | 1792 | 1836 => ErrorKind::ReadOnly,
+                1040 | 1053 | 1077 | 1081 | 1152 | 1184 | 1927 | 2006 | 2013 => ErrorKind::Connect,
+                1264 | 1265 | 1292 | 1366 | 1406 | 1411 => ErrorKind::Conversion,
+                _ => ErrorKind::Database,
+            };
+            Error::new(kind, server.message.clone()).with_code(server.code.to_string())
+        }
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {
+            Error::new(ErrorKind::Connect, "the connection to MySQL was lost").with_source(e)
+        }
+        mysql::Error::DriverError(mysql::DriverError::MismatchedStmtParams(expected, given)) => {
+            Error::parameter(format!(
+                "the statement has {expected} placeholders but {given} values were given"
+            ))
+        }
+        mysql::Error::DriverError(mysql::DriverError::ConnectTimeout) => {
+            Error::new(ErrorKind::ConnectTimeout, "connecting to MySQL timed out").with_source(e)
+        }
+        mysql::Error::FromValueError(_) | mysql::Error::FromRowError(_) => {
+            Error::conversion("a value read from MySQL could not be converted")
+        }
+        other => Error::new(ErrorKind::Database, "MySQL client error").with_source(other),
+    }
+}

@@ -1,0 +1,461 @@
+//! PostgreSQL through the `postgres` crate, pooled with `r2d2_postgres`.
+//!
+//! Each connection keeps its own cache of prepared statements, so a
+//! repeated statement costs one round trip, as with the raw driver.
+//!
+//! TLS: `sslmode=disable` (and no `sslmode`) connect in plain text;
+//! `prefer`, `require`, `verify-ca` and `verify-full` use rustls and verify
+//! the server's certificate against the Mozilla root store (stricter than
+//! libpq's `require`, which does not verify).
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres::types::{IsNull, ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+use r2d2::ManageConnection;
+use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{connect_error, Connection, Connector};
+use crate::config::DatabaseConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::sql::Dialect;
+use crate::value::{Columns, Row, Value};
+
+/// Prepared statements kept per connection before the cache is emptied.
+const STATEMENT_CACHE: usize = 256;
+
+enum Manager {
+    Plain(PostgresConnectionManager<NoTls>),
+    Tls(PostgresConnectionManager<MakeRustlsConnect>),
+}
+
+pub(crate) struct PgConnector {
+    manager: Manager,
+    target: String,
+    connect_timeout: Duration,
+}
+
+impl PgConnector {
+    pub(crate) fn new(config: &DatabaseConfig) -> Result<Self> {
+        let (url, wants_tls) = normalise_url(&config.url)?;
+        let mut pg = postgres::Config::from_str(&url).map_err(|_| {
+            Error::config(
+                "the PostgreSQL connection string cannot be parsed; expected postgresql://user:password@host:port/database[?sslmode=require]",
+            )
+        })?;
+        pg.connect_timeout(config.connect_timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("dbmanager");
+        }
+        let target = describe_target(&pg);
+        let manager = if wants_tls {
+            Manager::Tls(PostgresConnectionManager::new(pg, tls_connector()?))
+        } else {
+            Manager::Plain(PostgresConnectionManager::new(pg, NoTls))
+        };
+        Ok(PgConnector {
+            manager,
+            target,
+            connect_timeout: config.connect_timeout,
+        })
+    }
+}
+
+/// Makes the URL acceptable to `postgres::Config`: scheme `postgresql`,
+/// libpq's `verify-ca`/`verify-full` mapped to `require` (we always verify).
+/// Returns whether TLS is wanted.
+fn normalise_url(raw: &str) -> Result<(String, bool)> {
+    let mut url = url::Url::parse(raw.trim())
+        .map_err(|_| Error::config("the PostgreSQL connection string is not a valid URL"))?;
+    let mut wants_tls = false;
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            if k == "sslmode" {
+                let mode = match &*v {
+                    "verify-ca" | "verify-full" => "require".to_owned(),
+                    other => other.to_owned(),
+                };
+                wants_tls = mode != "disable";
+                (k.into_owned(), mode)
+            } else {
+                (k.into_owned(), v.into_owned())
+            }
+        })
+        .collect();
+    if !pairs.is_empty() {
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    let rest = &url.as_str()[url.scheme().len()..];
+    Ok((format!("postgresql{rest}"), wants_tls))
+}
+
+fn describe_target(pg: &postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!("PostgreSQL at {host}:{port}")
+}
+
+fn tls_connector() -> Result<MakeRustlsConnect> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(ErrorKind::Other, "cannot set up TLS").with_source(e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+impl Connector for PgConnector {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        let client = match &self.manager {
+            Manager::Plain(m) => m.connect(),
+            Manager::Tls(m) => m.connect(),
+        }
+        .map_err(|e| self.connect_failure(e))?;
+        Ok(Box::new(PgConnection {
+            client: Some(client),
+            statements: HashMap::new(),
+        }))
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn refuses_async_context(&self) -> bool {
+        true
+    }
+}
+
+impl PgConnector {
+    #[cold]
+    fn connect_failure(&self, e: postgres::Error) -> Error {
+        if e.as_db_error().is_some() {
+            return classify(e);
+        }
+        let timed_out = e.to_string().contains("timed out")
+            || source_io_kind(&e) == Some(std::io::ErrorKind::TimedOut);
+        connect_error(timed_out, &self.target, self.connect_timeout, e)
+    }
+}
+
+fn source_io_kind(e: &(dyn StdError + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = s.source();
+    }
+    None
+}
+
+struct PgConnection {
+    /// `Some` until dropped; see `Drop`.
+    client: Option<Client>,
+    statements: HashMap<String, (Statement, Columns)>,
+}
+
+impl PgConnection {
+    fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("client is present until drop")
+    }
+
+    fn prepared(&mut self, sql: &str) -> Result<(Statement, Columns)> {
+        if let Some((s, c)) = self.statements.get(sql) {
+            return Ok((s.clone(), Arc::clone(c)));
+        }
+        let stmt = self.client().prepare(sql).map_err(classify)?;
+        let cols: Columns = stmt
+            .columns()
+            .iter()
+            .map(|c| Arc::<str>::from(c.name()))
+            .collect::<Vec<_>>()
+            .into();
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements
+            .insert(sql.to_owned(), (stmt.clone(), Arc::clone(&cols)));
+        Ok((stmt, cols))
+    }
+}
+
+fn as_sql(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+impl Connection for PgConnection {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let (stmt, columns) = self.prepared(sql)?;
+        let rows = self
+            .client()
+            .query(&stmt, &as_sql(params))
+            .map_err(classify)?;
+        rows.iter()
+            .map(|r| {
+                let values = (0..r.len()).map(|i| read(r, i)).collect::<Result<_>>()?;
+                Ok(Row::new(Arc::clone(&columns), values))
+            })
+            .collect()
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let (stmt, _) = self.prepared(sql)?;
+        self.client()
+            .execute(&stmt, &as_sql(params))
+            .map_err(classify)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        self.client().batch_execute(sql).map_err(classify)
+    }
+
+    fn ping(&mut self) -> Result<()> {
+        self.client().simple_query("").map(drop).map_err(classify)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.as_ref().is_none_or(Client::is_closed)
+    }
+}
+
+impl Drop for PgConnection {
+    fn drop(&mut self) {
+        // `postgres::Client` closes itself with `block_on`, which panics on a
+        // thread that drives an async runtime: drop it on a plain thread then.
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("dbmanager-pg-close".into())
+                    .spawn(move || drop(client));
+            } else {
+                drop(client);
+            }
+        }
+    }
+}
+
+/// Reads column `i` by its PostgreSQL type.
+fn read(row: &postgres::Row, i: usize) -> Result<Value> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+    let ty = row.columns()[i].type_();
+    let conv = |e: postgres::Error| {
+        Error::conversion(format!(
+            "column `{}` of type {ty} cannot be read",
+            row.columns()[i].name()
+        ))
+        .with_source(e)
+    };
+    macro_rules! get {
+        ($t:ty, $wrap:expr) => {
+            row.try_get::<_, Option<$t>>(i)
+                .map_err(conv)?
+                .map_or(Value::Null, $wrap)
+        };
+    }
+    Ok(match *ty {
+        Type::BOOL => get!(bool, Value::Bool),
+        Type::CHAR => get!(i8, |v| Value::I64(v.into())),
+        Type::INT2 => get!(i16, |v| Value::I64(v.into())),
+        Type::INT4 => get!(i32, |v| Value::I64(v.into())),
+        Type::INT8 => get!(i64, Value::I64),
+        Type::OID => get!(u32, |v| Value::I64(v.into())),
+        Type::FLOAT4 => get!(f32, |v| Value::F64(v.into())),
+        Type::FLOAT8 => get!(f64, Value::F64),
+        Type::NUMERIC => get!(rust_decimal::Decimal, Value::Decimal),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+            get!(String, Value::Text)
+        }
+        Type::BYTEA => get!(Vec<u8>, Value::Bytes),
+        Type::DATE => get!(NaiveDate, Value::Date),
+        Type::TIME => get!(NaiveTime, Value::Time),
+        Type::TIMESTAMP => get!(NaiveDateTime, Value::Timestamp),
+        Type::TIMESTAMPTZ => get!(DateTime<Utc>, Value::TimestampTz),
+        Type::UUID => get!(uuid::Uuid, Value::Uuid),
+        Type::JSON | Type::JSONB => get!(serde_json::Value, Value::Json),
+        _ => {
+            // Text-like types we do not model (citext, enums, …) arrive as text.
+            match row.try_get::<_, Option<String>>(i) {
+                Ok(v) => v.map_or(Value::Null, Value::Text),
+                Err(_) => {
+                    return Err(Error::conversion(format!(
+                        "column `{}` has type {ty}, which dbmanager does not read; cast it in SQL (e.g. `{}::text`)",
+                        row.columns()[i].name(),
+                        row.columns()[i].name()
+                    )))
+                }
+            }
+        }
+    })
+}
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+fn narrow<T: TryFrom<i64>>(v: i64, ty: &Type) -> std::result::Result<T, BoxError> {
+    T::try_from(v).map_err(|_| format!("{v} does not fit in a {ty} parameter").into())
+}
+
+fn is_text(ty: &Type) -> bool {
+    matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN)
+}
+
+/// Binds a [`Value`] as whatever type the server inferred for the
+/// placeholder, widening and range-checking integers, and accepting text
+/// for types that have a text form.
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
+        use rust_decimal::Decimal;
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Bool(b) => match *ty {
+                Type::BOOL => b.to_sql(ty, out),
+                _ if is_text(ty) => b.to_string().to_sql(ty, out),
+                _ => Value::I64(i64::from(*b)).to_sql(ty, out),
+            },
+            Value::I64(v) => match *ty {
+                Type::INT2 => narrow::<i16>(*v, ty)?.to_sql(ty, out),
+                Type::INT4 => narrow::<i32>(*v, ty)?.to_sql(ty, out),
+                Type::INT8 => v.to_sql(ty, out),
+                Type::OID => narrow::<u32>(*v, ty)?.to_sql(ty, out),
+                Type::CHAR => narrow::<i8>(*v, ty)?.to_sql(ty, out),
+                Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                Type::NUMERIC => Decimal::from(*v).to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                _ if is_text(ty) => v.to_string().to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            Value::F64(v) => match *ty {
+                Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                Type::NUMERIC => Decimal::try_from(*v)?.to_sql(ty, out),
+                _ if is_text(ty) => v.to_string().to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            Value::Decimal(d) => match *ty {
+                Type::FLOAT8 => d.to_string().parse::<f64>()?.to_sql(ty, out),
+                Type::FLOAT4 => d.to_string().parse::<f32>()?.to_sql(ty, out),
+                Type::INT2 | Type::INT4 | Type::INT8 if d.fract().is_zero() => {
+                    Value::I64(i64::try_from(*d)?).to_sql(ty, out)
+                }
+                _ if is_text(ty) => d.to_string().to_sql(ty, out),
+                _ => d.to_sql(ty, out),
+            },
+            Value::Text(s) => match *ty {
+                Type::JSON | Type::JSONB => {
+                    serde_json::from_str::<serde_json::Value>(s)?.to_sql(ty, out)
+                }
+                Type::UUID => uuid::Uuid::parse_str(s)?.to_sql(ty, out),
+                Type::NUMERIC => s.trim().parse::<Decimal>()?.to_sql(ty, out),
+                _ => s.as_str().to_sql(ty, out),
+            },
+            Value::Bytes(b) => b.as_slice().to_sql(ty, out),
+            Value::Date(d) => match *ty {
+                _ if is_text(ty) => d.to_string().to_sql(ty, out),
+                Type::TIMESTAMP => d.and_time(chrono::NaiveTime::MIN).to_sql(ty, out),
+                _ => d.to_sql(ty, out),
+            },
+            Value::Time(t) => match *ty {
+                _ if is_text(ty) => t.to_string().to_sql(ty, out),
+                _ => t.to_sql(ty, out),
+            },
+            Value::Timestamp(t) => match *ty {
+                Type::TIMESTAMPTZ => t.and_utc().to_sql(ty, out),
+                _ if is_text(ty) => t.to_string().to_sql(ty, out),
+                _ => t.to_sql(ty, out),
+            },
+            Value::TimestampTz(t) => match *ty {
+                Type::TIMESTAMP => t.naive_utc().to_sql(ty, out),
+                _ if is_text(ty) => t.to_rfc3339().to_sql(ty, out),
+                _ => t.to_sql(ty, out),
+            },
+            Value::Uuid(u) => match *ty {
+                _ if is_text(ty) => u.to_string().to_sql(ty, out),
+                _ => u.to_sql(ty, out),
+            },
+            Value::Json(j) => match *ty {
+                _ if is_text(ty) => j.to_string().to_sql(ty, out),
+                _ => j.to_sql(ty, out),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// Maps a `postgres` error to ours by SQLSTATE class; the server's message
+/// becomes ours (it never contains a password).
+#[cold]
+fn classify(e: postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let kind = match code {
+            "23505" => ErrorKind::UniqueViolation,
+            c if c.starts_with("23") => ErrorKind::Constraint,
+            "28000" | "28P01" => ErrorKind::Auth,
+            "42501" => ErrorKind::Permission,
+            c if c.starts_with("42") => ErrorKind::Syntax,
+            "40001" | "40P01" | "55P03" => ErrorKind::Conflict,
+            "57014" => ErrorKind::QueryTimeout,
+            "25006" => ErrorKind::ReadOnly,
+            "53300" | "57P01" | "57P02" | "57P03" => ErrorKind::Connect,
+            c if c.starts_with("08") => ErrorKind::Connect,
+            c if c.starts_with("22") => ErrorKind::Conversion,
+            _ => ErrorKind::Database,
+        };
+        let mut message = db.message().to_owned();
+        if let Some(detail) = db.detail() {
+            message.push_str(". ");
+            message.push_str(detail);
+        }
+        if let Some(pos) = db.position() {
+            if let postgres::error::ErrorPosition::Original(p) = pos {
+                message.push_str(&format!(" (at character {p})"));
+            }
+        }
+        return Error::new(kind, message).with_code(code);
+    }
+    if e.is_closed() || source_io_kind(&e).is_some() {
+        return Error::new(ErrorKind::Connect, "the connection to PostgreSQL was lost").with_source(e);
+    }
+    let text = e.to_string();
+    if text.contains("error serializing parameter") || text.contains("expected") && text.contains("parameters") {
+        return Error::parameter("a parameter could not be sent to PostgreSQL").with_source(e);
+    }
+    Error::new(ErrorKind::Database, "PostgreSQL client error").with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalised_for_the_driver() -> Result<()> {
+        let (u, tls) = normalise_url("postgres://u:p@h:5/d")?;
+        assert_eq!((u.as_str(), tls), ("postgresql://u:p@h:5/d", false));
+        let (u, tls) = normalise_url("postgresql+psycopg2://u@h/d?sslmode=verify-full")?;
+        assert_eq!((u.as_str(), tls), ("postgresql://u@h/d?sslmode=require", true));
+        let (_, tls) = normalise_url("postgresql://h/d?sslmode=disable")?;
+        assert!(!tls);
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! SQLite through `rusqlite` (bundled), pooled with `r2d2_sqlite`.
+//!
+//! Files open in WAL mode with `busy_timeout` set, so readers and one writer
+//! work side by side across the pool. `sqlite::memory:` is one in-memory
+//! database shared by every connection of the pool (SQLite's `memdb` VFS,
+//! which keeps normal locking, unlike shared cache); it lives as long as the
+//! manager.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use r2d2::ManageConnection;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{ffi, OpenFlags, ToSql};
+
+use super::{Connection, Connector};
+use crate::config::DatabaseConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::sql::Dialect;
+use crate::value::{self, Columns, Row, Value};
+
+/// Default wait on a locked database when no query timeout is configured.
+const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct SqliteConnector {
+    manager: SqliteConnectionManager,
+    /// Holds an in-memory database open while the manager lives.
+    _keeper: Option<Mutex<rusqlite::Connection>>,
+}
+
+impl SqliteConnector {
+    pub(crate) fn new(config: &DatabaseConfig) -> Result<Self> {
+        static MEMORY_DBS: AtomicU64 = AtomicU64::new(0);
+        let target = sqlite_target(&config.url)?;
+        let busy = config.query_timeout.unwrap_or(DEFAULT_BUSY_TIMEOUT);
+        let (path, memory) = match target {
+            Target::Memory => {
+                let n = MEMORY_DBS.fetch_add(1, Ordering::Relaxed);
+                let uri = format!("file:/dbmanager-{}-{n}?vfs=memdb", std::process::id());
+                (uri, true)
+            }
+            Target::File(path) => (path, false),
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(flags)
+            .with_init(move |c| {
+                c.busy_timeout(busy)?;
+                c.set_prepared_statement_cache_capacity(256);
+                let journal = if memory { "" } else { "PRAGMA journal_mode = WAL;" };
+                c.execute_batch(&format!(
+                    "PRAGMA foreign_keys = ON; {journal} PRAGMA synchronous = NORMAL;"
+                ))
+            });
+        let keeper = if memory {
+            let conn = manager.connect().map_err(|e| open_error(&path, e))?;
+            Some(Mutex::new(conn))
+        } else {
+            None
+        };
+        Ok(SqliteConnector {
+            manager,
+            _keeper: keeper,
+        })
+    }
+}
+
+enum Target {
+    Memory,
+    File(String),
+}
+
+/// `sqlite::memory:`, `sqlite://:memory:` → memory; `sqlite:path`,
+/// `sqlite://path`, `sqlite:///abs/path` → a file (query string ignored).
+fn sqlite_target(url: &str) -> Result<Target> {
+    let rest = url.trim();
+    let rest = &rest["sqlite:".len()..];
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let rest = rest.split('?').next().unwrap_or("");
+    match rest {
+        ":memory:" => Ok(Target::Memory),
+        "" => Err(Error::config(
+            "the SQLite URL names no file; use sqlite:path/to/file.db or sqlite::memory:",
+        )),
+        path => Ok(Target::File(path.to_owned())),
+    }
+}
+
+#[cold]
+fn open_error(path: &str, e: rusqlite::Error) -> Error {
+    Error::new(
+        ErrorKind::Connect,
+        format!("cannot open SQLite database {path}; check the path and its folder's permissions"),
+    )
+    .with_source(e)
+}
+
+impl Connector for SqliteConnector {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        let conn = self.manager.connect().map_err(classify)?;
+        Ok(Box::new(SqliteConnection {
+            conn,
+            columns: None,
+        }))
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+}
+
+struct SqliteConnection {
+    conn: rusqlite::Connection,
+    /// The column names of the last result, reused while the statement text
+    /// is unchanged (saves an allocation per row set on hot loops).
+    columns: Option<(String, Columns)>,
+}
+
+/// The column names of `stmt`, from `cache` while the statement text is unchanged.
+fn columns_for(cache: &mut Option<(String, Columns)>, sql: &str, stmt: &rusqlite::Statement<'_>) -> Columns {
+    if let Some((text, cols)) = cache {
+        if text == sql {
+            return Arc::clone(cols);
+        }
+    }
+    let cols: Columns = stmt
+        .column_names()
+        .into_iter()
+        .map(Arc::<str>::from)
+        .collect::<Vec<_>>()
+        .into();
+    *cache = Some((sql.to_owned(), Arc::clone(&cols)));
+    cols
+}
+
+impl Connection for SqliteConnection {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let SqliteConnection { conn, columns } = self;
+        let mut stmt = conn.prepare_cached(sql).map_err(classify)?;
+        let columns = columns_for(columns, sql, &stmt);
+        let decls: Vec<Decl> = stmt
+            .columns()
+            .iter()
+            .map(|c| Decl::of(c.decl_type()))
+            .collect();
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params.iter()))
+            .map_err(classify)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(classify)? {
+            let mut values = Vec::with_capacity(decls.len());
+            for (i, decl) in decls.iter().enumerate() {
+                values.push(read(r.get_ref(i).map_err(classify)?, *decl));
+            }
+            out.push(Row::new(Arc::clone(&columns), values));
+        }
+        Ok(out)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(classify)?;
+        match stmt.execute(rusqlite::params_from_iter(params.iter())) {
+            Ok(n) => Ok(n as u64),
+            Err(rusqlite::Error::ExecuteReturnedResults) => {
+                // A statement that returns rows (RETURNING, PRAGMA): run it to
+                // the end and report what it changed.
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(params.iter()))
+                    .map_err(classify)?;
+                while rows.next().map_err(classify)?.is_some() {}
+                Ok(self.conn.changes())
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        self.conn.execute_batch(sql).map_err(classify)
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        // IMMEDIATE takes the write lock up front: a deferred transaction
+        // that later writes can fail with SQLITE_BUSY without waiting.
+        self.batch("BEGIN IMMEDIATE")
+    }
+
+    fn ping(&mut self) -> Result<()> {
+        self.conn
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(classify)
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// What a column's declared type says its values mean (SQLite stores only
+/// integer, real, text and blob).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decl {
+    Plain,
+    Bool,
+    Decimal,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Uuid,
+    Json,
+}
+
+impl Decl {
+    fn of(decl: Option<&str>) -> Decl {
+        let Some(d) = decl else { return Decl::Plain };
+        let d = d.to_ascii_uppercase();
+        if d.starts_with("BOOL") {
+            Decl::Bool
+        } else if d.starts_with("DECIMAL") || d.starts_with("NUMERIC") {
+            Decl::Decimal
+        } else if d.starts_with("TIMESTAMPTZ") || d.contains("WITH TIME ZONE") {
+            Decl::TimestampTz
+        } else if d.starts_with("TIMESTAMP") || d.starts_with("DATETIME") {
+            Decl::Timestamp
+        } else if d == "DATE" {
+            Decl::Date
+        } else if d.starts_with("TIME") {
+            Decl::Time
+        } else if d == "UUID" {
+            Decl::Uuid
+        } else if d.starts_with("JSON") {
+            Decl::Json
+        } else {
+            Decl::Plain
+        }
+    }
+}
+
+/// Reads a stored value, interpreting text and integers by declared type
+/// where the text parses; anything that does not parse stays as stored.
+fn read(v: ValueRef<'_>, decl: Decl) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => match decl {
+            Decl::Bool => Value::Bool(i != 0),
+            Decl::Decimal => Value::Decimal(i.into()),
+            _ => Value::I64(i),
+        },
+        ValueRef::Real(f) => match decl {
+            Decl::Decimal => rust_decimal::Decimal::try_from(f).map_or(Value::F64(f), Value::Decimal),
+            _ => Value::F64(f),
+        },
+        ValueRef::Text(bytes) => {
+            let s = String::from_utf8_lossy(bytes);
+            let parsed = match decl {
+                Decl::Plain | Decl::Bool => None,
+                Decl::Decimal => s.trim().parse().ok().map(Value::Decimal),
+                Decl::Date => value::parse_date(&s).map(Value::Date),
+                Decl::Time => value::parse_time(&s).map(Value::Time),
+                Decl::Timestamp => value::parse_timestamp(&s).map(Value::Timestamp),
+                Decl::TimestampTz => value::parse_timestamptz(&s).map(Value::TimestampTz),
+                Decl::Uuid => uuid::Uuid::parse_str(&s).ok().map(Value::Uuid),
+                Decl::Json => serde_json::from_str(&s).ok().map(Value::Json),
+            };
+            parsed.unwrap_or_else(|| Value::Text(s.into_owned()))
+        }
+        ValueRef::Blob(b) => match decl {
+            Decl::Uuid => uuid::Uuid::from_slice(b).map_or_else(|_| Value::Bytes(b.to_vec()), Value::Uuid),
+            _ => Value::Bytes(b.to_vec()),
+        },
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        use rusqlite::types::Value as S;
+        Ok(match self {
+            Value::Null => ToSqlOutput::Owned(S::Null),
+            Value::Bool(b) => ToSqlOutput::Owned(S::Integer(i64::from(*b))),
+            Value::I64(i) => ToSqlOutput::Owned(S::Integer(*i)),
+            Value::F64(f) => ToSqlOutput::Owned(S::Real(*f)),
+            Value::Decimal(d) => ToSqlOutput::Owned(S::Text(d.to_string())),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+            Value::Date(d) => ToSqlOutput::Owned(S::Text(d.format("%Y-%m-%d").to_string())),
+            Value::Time(t) => ToSqlOutput::Owned(S::Text(t.format("%H:%M:%S%.f").to_string())),
+            Value::Timestamp(t) => {
+                ToSqlOutput::Owned(S::Text(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()))
+            }
+            Value::TimestampTz(t) => ToSqlOutput::Owned(S::Text(
+                t.format("%Y-%m-%d %H:%M:%S%.f+00:00").to_string(),
+            )),
+            Value::Uuid(u) => ToSqlOutput::Owned(S::Text(u.to_string())),
+            Value::Json(j) => ToSqlOutput::Owned(S::Text(j.to_string())),
+        })
+    }
+}
+
+/// Maps a rusqlite error to ours, with SQLite's extended result code.
+#[cold]
+fn classify(e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let kind = match f.code {
+                C::ConstraintViolation
+                    if f.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE
+                        || f.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+                {
+                    ErrorKind::UniqueViolation
+                }
+                C::ConstraintViolation => ErrorKind::Constraint,
+                C::DatabaseBusy | C::DatabaseLocked => ErrorKind::Conflict,
+                C::ReadOnly => ErrorKind::ReadOnly,
+                C::OperationInterrupted => ErrorKind::QueryTimeout,
+                C::PermissionDenied | C::AuthorizationForStatementDenied => ErrorKind::Permission,
+                C::CannotOpen | C::NotADatabase | C::DatabaseCorrupt => ErrorKind::Connect,
+                C::TypeMismatch | C::TooBig => ErrorKind::Conversion,
+                C::ParameterOutOfRange => ErrorKind::Parameter,
+                C::Unknown => ErrorKind::Syntax,
+                _ => ErrorKind::Database,
+            };
+            let message = msg.clone().unwrap_or_else(|| f.to_string());
+            Error::new(kind, message).with_code(f.extended_code.to_string())
+        }
+        rusqlite::Error::SqlInputError { error, msg, offset, .. } => {
+            Error::new(ErrorKind::Syntax, format!("{msg} (at byte {offset})"))
+                .with_code(error.extended_code.to_string())
+        }
+        rusqlite::Error::InvalidParameterCount(given, expected) => Error::parameter(format!(
+            "the statement has {expected} placeholders but {given} values were given"
+        )),
+        rusqlite::Error::InvalidParameterName(_) => {
+            Error::parameter("a named parameter does not match the statement")
+        }
+        rusqlite::Error::MultipleStatement => Error::parameter(
+            "more than one statement was given; use execute_batch for scripts",
+        ),
+        rusqlite::Error::Utf8Error(..) | rusqlite::Error::FromSqlConversionFailure(..) => {
+            Error::conversion("a value read from SQLite could not be converted").with_source(e)
+        }
+        _ => Error::new(ErrorKind::Database, "SQLite reported an error").with_source(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        assert!(matches!(sqlite_target("sqlite::memory:"), Ok(Target::Memory)));
+        assert!(matches!(sqlite_target("sqlite://:memory:"), Ok(Target::Memory)));
+        assert!(matches!(sqlite_target("sqlite:a/b.db"), Ok(Target::File(p)) if p == "a/b.db"));
+        assert!(matches!(sqlite_target("sqlite:///tmp/x.db"), Ok(Target::File(p)) if p == "/tmp/x.db"));
+        assert!(matches!(sqlite_target("sqlite://rel.db?mode=rwc"), Ok(Target::File(p)) if p == "rel.db"));
+        assert!(sqlite_target("sqlite:").is_err());
+    }
+}

@@ -1,0 +1,899 @@
+//! Configuration: plain data, read from the environment and `.env` files or
+//! built in code.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Which database server a configuration talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite (a file, or in memory).
+    Sqlite,
+    /// Microsoft SQL Server.
+    MsSql,
+}
+
+impl BackendKind {
+    /// The name used in reports and `_TYPE` variables: `postgresql`, `mysql`,
+    /// `sqlite`, `sqlserver`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgresql",
+            BackendKind::MySql => "mysql",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::MsSql => "sqlserver",
+        }
+    }
+
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgres",
+            BackendKind::MySql => "mysql",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::MsSql => "mssql",
+        }
+    }
+
+    /// Parses a `_TYPE` value (case-insensitive): `postgresql`/`postgres`/`pg`,
+    /// `mysql`/`mariadb`, `sqlite`/`sqlite3`, `sqlserver`/`mssql`.
+    fn from_type_name(s: &str) -> Option<BackendKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "postgresql" | "postgres" | "pg" => Some(BackendKind::Postgres),
+            "mysql" | "mariadb" => Some(BackendKind::MySql),
+            "sqlite" | "sqlite3" => Some(BackendKind::Sqlite),
+            "sqlserver" | "mssql" => Some(BackendKind::MsSql),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Infers the backend from a connection string, without ever echoing it.
+///
+/// Accepted: `postgresql://`, `postgres://`, `mysql://`, `mariadb://`,
+/// `sqlite:` (`sqlite::memory:`, `sqlite:path`, `sqlite:///abs/path`),
+/// `mssql://`, `sqlserver://`, SQLAlchemy's `dialect+driver://` forms
+/// (`mssql+pyodbc://`, `postgresql+psycopg2://`), and the ADO.NET form
+/// (`Server=host,1433;Database=…;User Id=…;Password=…`) for SQL Server.
+pub(crate) fn kind_of_url(url: &str) -> std::result::Result<BackendKind, String> {
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        return Err("it is empty".into());
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.starts_with("sqlite:") {
+        return Ok(BackendKind::Sqlite);
+    }
+    if !trimmed.contains("://") && trimmed.contains('=') {
+        let looks_ado = lower
+            .split(';')
+            .filter_map(|part| part.split_once('='))
+            .any(|(k, _)| {
+                matches!(
+                    k.trim(),
+                    "server" | "data source" | "address" | "addr" | "network address"
+                )
+            });
+        return if looks_ado {
+            Ok(BackendKind::MsSql)
+        } else {
+            Err("it is neither a URL nor an ADO.NET `Server=…;` string".into())
+        };
+    }
+    let parsed = url::Url::parse(trimmed).map_err(|e| format!("it is not a valid URL ({e})"))?;
+    let scheme = parsed.scheme();
+    let dialect = scheme.split('+').next().unwrap_or(scheme);
+    let kind = match dialect {
+        "postgresql" | "postgres" => BackendKind::Postgres,
+        "mysql" | "mariadb" => BackendKind::MySql,
+        "mssql" | "sqlserver" => BackendKind::MsSql,
+        other => {
+            return Err(format!(
+                "its scheme `{other}` is not one of postgresql, postgres, mysql, mariadb, sqlite, mssql, sqlserver"
+            ))
+        }
+    };
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("it names no host".into());
+    }
+    Ok(kind)
+}
+
+/// The connection string with any password replaced by `***`, for logs and
+/// `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let trimmed = url.trim();
+    if trimmed.to_ascii_lowercase().starts_with("sqlite:") {
+        return trimmed.to_owned();
+    }
+    if !trimmed.contains("://") {
+        // ADO.NET: redact the value of every password-like key.
+        return trimmed
+            .split(';')
+            .map(|part| match part.split_once('=') {
+                Some((k, _))
+                    if matches!(
+                        k.trim().to_ascii_lowercase().as_str(),
+                        "password" | "pwd"
+                    ) =>
+                {
+                    format!("{}=***", k)
+                }
+                _ => part.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+    }
+    match url::Url::parse(trimmed) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = matches!(
+                        k.to_ascii_lowercase().as_str(),
+                        "password" | "pwd" | "sslpassword"
+                    );
+                    (k.into_owned(), if secret { "***".into() } else { v.into_owned() })
+                })
+                .collect();
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable connection string>".into(),
+    }
+}
+
+/// Upper-cases a database name into its variable stem: `rpa_db` → `RPA_DB`,
+/// `SurveyHub` → `SURVEYHUB`, `my-db.main` → `MY_DB_MAIN`.
+pub fn env_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The variable prefix for an environment: `development` → `DEVELOPMENT_GLOBAL_`.
+pub fn env_prefix(environment: &str) -> String {
+    format!("{}_GLOBAL_", env_stem(environment))
+}
+
+/// The default pool size: twice the CPU count plus one, between 2 and 32.
+///
+/// This is the rule of thumb PostgreSQL's wiki and HikariCP give for a pool
+/// (`cores × 2 + effective spindles`): a database connection spends part of
+/// its time waiting on I/O, so about two per core keep the CPUs busy without
+/// queueing work on the server. On a 2-core machine it gives 5, the seeds'
+/// default.
+pub fn default_pool_size() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus as u32).saturating_mul(2).saturating_add(1).clamp(2, 32)
+}
+
+/// Settings of one database. Plain data; build it with
+/// [`DatabaseConfig::builder`], or read it with [`DatabaseConfig::from_env`].
+///
+/// `Debug` prints the connection string with its password replaced by `***`.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    pub(crate) name: Arc<str>,
+    pub(crate) kind: BackendKind,
+    pub(crate) url: String,
+    pub(crate) pool_size: u32,
+    pub(crate) max_overflow: u32,
+    pub(crate) query_timeout: Option<Duration>,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) validate_after_idle: Duration,
+    pub(crate) read_only: bool,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("max_overflow", &self.max_overflow)
+            .field("query_timeout", &self.query_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("validate_after_idle", &self.validate_after_idle)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+/// Where [`DatabaseConfig::from_env`] looks for `.env` files when
+/// `DBMANAGER_ENV_DIR` is not set.
+pub const DEFAULT_ENV_DIR: &str = "envs";
+
+/// Suffixes of the per-database variables, after `{PREFIX}{NAME}_`.
+mod var {
+    pub const URL: &str = "CONNECTION_STRING";
+    pub const TYPE: &str = "TYPE";
+    pub const POOL_SIZE: &str = "POOL_SIZE";
+    pub const MAX_OVERFLOW: &str = "MAX_OVERFLOW";
+    pub const TIMEOUT: &str = "TIMEOUT";
+    pub const POOL_TIMEOUT: &str = "POOL_TIMEOUT";
+    pub const CONNECT_TIMEOUT: &str = "CONNECT_TIMEOUT";
+    pub const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
+    pub const MAX_LIFETIME: &str = "MAX_LIFETIME";
+    pub const READ_ONLY: &str = "READ_ONLY";
+    pub const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
+    pub const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
+}
+
+impl DatabaseConfig {
+    /// Starts a configuration for the database called `name` in code.
+    pub fn builder(name: impl Into<String>) -> DatabaseConfigBuilder {
+        DatabaseConfigBuilder::new(name.into())
+    }
+
+    /// Reads the configuration of `name` from the process environment and the
+    /// `.env.{environment}` file.
+    ///
+    /// The environment is `ENVIRONMENT` (default `development`); the file is
+    /// `{DBMANAGER_ENV_DIR or envs}/.env.{environment}`, parsed with a real
+    /// dotenv parser; variables set in the process win over the file. See the
+    /// README for every variable.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that
+    /// is missing or malformed and the file that was consulted.
+    pub fn from_env(name: &str) -> Result<DatabaseConfig> {
+        let process = |k: &str| std::env::var(k).ok();
+        let dir = process("DBMANAGER_ENV_DIR").unwrap_or_else(|| DEFAULT_ENV_DIR.to_owned());
+        let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
+        let file = EnvFile::read(&Path::new(&dir).join(format!(".env.{}", environment.to_lowercase())))?;
+        from_sources(name, |k| process(k).or_else(|| file.get(k)), &file.describe())
+    }
+
+    /// Reads the configuration of `name` through `lookup`, which maps a
+    /// variable name to its value. [`from_env`](Self::from_env) is this over
+    /// the process environment and the `.env` file; tests pass a map.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that
+    /// is missing or malformed.
+    pub fn from_lookup(name: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
+        from_sources(name, lookup, "the given lookup")
+    }
+
+    /// The logical database name (`rpa_db`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backend.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The connection string with its password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// Connections kept open (idle) in the pool.
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size
+    }
+
+    /// Connections opened beyond `pool_size` under load, closed again when idle.
+    pub fn max_overflow(&self) -> u32 {
+        self.max_overflow
+    }
+
+    /// Largest number of connections: `pool_size + max_overflow`.
+    pub fn max_size(&self) -> u32 {
+        self.pool_size + self.max_overflow
+    }
+
+    /// Default limit on each statement (`None`: no limit).
+    pub fn query_timeout(&self) -> Option<Duration> {
+        self.query_timeout
+    }
+
+    /// How long a caller waits for a pooled connection.
+    pub fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+
+    /// How long establishing one connection may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How long an overflow connection may sit idle before it is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// Age after which a connection is closed and replaced.
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
+    }
+
+    /// Idle time after which a connection is checked before it is handed out.
+    pub fn validate_after_idle(&self) -> Duration {
+        self.validate_after_idle
+    }
+
+    /// Whether writes and migrations are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+/// A `.env` file, read once; absent is not an error (the variables may all be
+/// in the process environment).
+struct EnvFile {
+    path: PathBuf,
+    vars: Option<HashMap<String, String>>,
+}
+
+impl EnvFile {
+    fn read(path: &Path) -> Result<EnvFile> {
+        if !path.exists() {
+            return Ok(EnvFile {
+                path: path.to_owned(),
+                vars: None,
+            });
+        }
+        let iter = dotenvy::from_path_iter(path).map_err(|e| {
+            Error::config(format!("cannot read {}: {}", path.display(), dotenv_reason(&e)))
+        })?;
+        let mut vars = HashMap::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| {
+                Error::config(format!("{} is malformed: {}", path.display(), dotenv_reason(&e)))
+            })?;
+            vars.insert(k, v);
+        }
+        Ok(EnvFile {
+            path: path.to_owned(),
+            vars: Some(vars),
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.vars.as_ref()?.get(key).cloned()
+    }
+
+    fn describe(&self) -> String {
+        match self.vars {
+            Some(_) => format!("the environment and {}", self.path.display()),
+            None => format!(
+                "the environment ({} does not exist)",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// A dotenv error without the offending line's text, which may hold a secret.
+fn dotenv_reason(e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::LineParse(_, index) => {
+            format!("a line cannot be parsed (at character {index}); expected KEY=VALUE")
+        }
+        dotenvy::Error::Io(io) => io.to_string(),
+        _ => "it cannot be parsed".to_owned(),
+    }
+}
+
+fn from_sources(
+    name: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    looked_in: &str,
+) -> Result<DatabaseConfig> {
+    if name.trim().is_empty() {
+        return Err(Error::config("the database name is empty"));
+    }
+    let environment = lookup("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
+    let prefix = env_prefix(&environment);
+    let stem = format!("{prefix}{}_", env_stem(name));
+    let var = |suffix: &str| format!("{stem}{suffix}");
+    let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+
+    let url_var = var(var::URL);
+    let url = get(&url_var).ok_or_else(|| {
+        Error::config(format!(
+            "database `{name}` is not configured: set {url_var} (looked in {looked_in})"
+        ))
+    })?;
+
+    let mut b = DatabaseConfig::builder(name).url(url);
+    b.url_source = Some(url_var);
+    if let Some(t) = get(&var(var::TYPE)) {
+        let kind = BackendKind::from_type_name(&t).ok_or_else(|| {
+            Error::config(format!(
+                "{} = `{t}` is not a known type; use postgresql, mysql, sqlite or sqlserver",
+                var(var::TYPE)
+            ))
+        })?;
+        b = b.kind(kind);
+        b.kind_source = Some(var(var::TYPE));
+    }
+    let global_size = format!("{prefix}{}", var::GLOBAL_POOL_SIZE);
+    if let Some((key, v)) = first(&get, &[var(var::POOL_SIZE), global_size]) {
+        b = b.pool_size(parse_u32(&key, &v)?);
+    }
+    if let Some(v) = get(&var(var::MAX_OVERFLOW)) {
+        b = b.max_overflow(parse_u32(&var(var::MAX_OVERFLOW), &v)?);
+    }
+    let global_timeout = format!("{prefix}{}", var::GLOBAL_TIMEOUT);
+    if let Some((key, v)) = first(&get, &[var(var::TIMEOUT), global_timeout]) {
+        let secs = parse_secs(&key, &v)?;
+        b = b.query_timeout((!secs.is_zero()).then_some(secs));
+    }
+    if let Some(v) = get(&var(var::POOL_TIMEOUT)) {
+        b = b.acquire_timeout(parse_secs(&var(var::POOL_TIMEOUT), &v)?);
+    }
+    if let Some(v) = get(&var(var::CONNECT_TIMEOUT)) {
+        b = b.connect_timeout(parse_secs(&var(var::CONNECT_TIMEOUT), &v)?);
+    }
+    if let Some(v) = get(&var(var::IDLE_TIMEOUT)) {
+        b = b.idle_timeout(parse_secs(&var(var::IDLE_TIMEOUT), &v)?);
+    }
+    if let Some(v) = get(&var(var::MAX_LIFETIME)) {
+        let secs = parse_secs(&var(var::MAX_LIFETIME), &v)?;
+        b = b.max_lifetime((!secs.is_zero()).then_some(secs));
+    }
+    if let Some(v) = get(&var(var::READ_ONLY)) {
+        b = b.read_only(parse_bool(&var(var::READ_ONLY), &v)?);
+    }
+    b.build()
+}
+
+fn first(get: &impl Fn(&str) -> Option<String>, keys: &[String]) -> Option<(String, String)> {
+    keys.iter().find_map(|k| get(k).map(|v| (k.clone(), v)))
+}
+
+fn parse_u32(key: &str, v: &str) -> Result<u32> {
+    v.trim().parse().map_err(|_| {
+        Error::config(format!("{key} = `{}` is not a whole number", v.trim()))
+    })
+}
+
+fn parse_secs(key: &str, v: &str) -> Result<Duration> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            Error::config(format!(
+                "{key} = `{}` is not a number of seconds (e.g. 30 or 0.5)",
+                v.trim()
+            ))
+        })
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(Error::config(format!(
+            "{key} = `{other}` is not a boolean; use true or false"
+        ))),
+    }
+}
+
+/// Builds a [`DatabaseConfig`] in code. Every setting has a default; only the
+/// connection string is required.
+#[derive(Clone)]
+pub struct DatabaseConfigBuilder {
+    name: String,
+    url: Option<String>,
+    url_source: Option<String>,
+    kind: Option<BackendKind>,
+    kind_source: Option<String>,
+    pool_size: Option<u32>,
+    max_overflow: u32,
+    query_timeout: Option<Duration>,
+    acquire_timeout: Duration,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    validate_after_idle: Duration,
+    read_only: bool,
+}
+
+impl fmt::Debug for DatabaseConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfigBuilder")
+            .field("name", &self.name)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatabaseConfigBuilder {
+    fn new(name: String) -> Self {
+        DatabaseConfigBuilder {
+            name,
+            url: None,
+            url_source: None,
+            kind: None,
+            kind_source: None,
+            pool_size: None,
+            max_overflow: 10,
+            query_timeout: Some(Duration::from_secs(30)),
+            acquire_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            validate_after_idle: Duration::from_secs(30),
+            read_only: false,
+        }
+    }
+
+    /// The connection string (required). See the README for the accepted forms.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The backend, when it should not be inferred from the URL (it must agree
+    /// with the URL).
+    pub fn kind(mut self, kind: BackendKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// Connections kept open in the pool. Default: [`default_pool_size`].
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = Some(n);
+        self
+    }
+
+    /// Extra connections opened under load and closed when idle. Default 10
+    /// (the seeds' SQLAlchemy default).
+    pub fn max_overflow(mut self, n: u32) -> Self {
+        self.max_overflow = n;
+        self
+    }
+
+    /// Default limit on each statement; `None` for no limit. Default 30 s, the
+    /// seeds' `DATABASE_TIMEOUT`.
+    pub fn query_timeout(mut self, t: Option<Duration>) -> Self {
+        self.query_timeout = t;
+        self
+    }
+
+    /// How long a caller waits for a pooled connection before
+    /// [`ErrorKind::PoolTimeout`](crate::ErrorKind::PoolTimeout). Default 30 s
+    /// (SQLAlchemy's `pool_timeout`).
+    pub fn acquire_timeout(mut self, t: Duration) -> Self {
+        self.acquire_timeout = t;
+        self
+    }
+
+    /// How long establishing one connection may take. Default 10 s.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// How long a connection beyond `pool_size` may sit idle before it is
+    /// closed. Default 10 min.
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
+    /// Age after which a connection is replaced; `None` for never. Default
+    /// 30 min (SQLAlchemy's `pool_recycle` in the seeds), well under typical
+    /// server and firewall idle limits.
+    pub fn max_lifetime(mut self, t: Option<Duration>) -> Self {
+        self.max_lifetime = t;
+        self
+    }
+
+    /// A connection idle for longer than this is checked with a cheap ping
+    /// before it is handed out; fresher ones are handed out without a round
+    /// trip (as HikariCP does). Default 30 s.
+    pub fn validate_after_idle(mut self, t: Duration) -> Self {
+        self.validate_after_idle = t;
+        self
+    }
+
+    /// Refuse writes and migrations. Default `false`.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
+    /// Validates and builds the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the URL is missing
+    /// or malformed, disagrees with the kind, or a size or timeout is out of
+    /// range.
+    pub fn build(self) -> Result<DatabaseConfig> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err(Error::config("the database name is empty"));
+        }
+        let url_label = self
+            .url_source
+            .clone()
+            .unwrap_or_else(|| "the connection string".to_owned());
+        let url = self.url.ok_or_else(|| {
+            Error::config(format!(
+                "no connection string for database `{name}`: call .url(…) on the builder"
+            ))
+        })?;
+        let inferred = kind_of_url(&url)
+            .map_err(|why| Error::config(format!("{url_label} cannot be used: {why}")))?;
+        if let Some(k) = self.kind {
+            if k != inferred {
+                let kind_label = self.kind_source.as_deref().unwrap_or("the configured type");
+                return Err(Error::config(format!(
+                    "{kind_label} says {k} but {url_label} is a {inferred} URL; make them agree"
+                )));
+            }
+        }
+        let pool_size = self.pool_size.unwrap_or_else(default_pool_size);
+        if pool_size == 0 {
+            return Err(Error::config(format!(
+                "pool size for `{name}` is 0; it must be at least 1"
+            )));
+        }
+        if pool_size.saturating_add(self.max_overflow) > 10_000 {
+            return Err(Error::config(format!(
+                "pool size + max overflow for `{name}` exceeds 10000"
+            )));
+        }
+        if self.acquire_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config(format!(
+                "the acquisition and connect timeouts of `{name}` must be above zero"
+            )));
+        }
+        Ok(DatabaseConfig {
+            name: Arc::from(name),
+            kind: inferred,
+            url,
+            pool_size,
+            max_overflow: self.max_overflow,
+            query_timeout: self.query_timeout.filter(|t| !t.is_zero()),
+            acquire_timeout: self.acquire_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            max_lifetime: self.max_lifetime,
+            validate_after_idle: self.validate_after_idle,
+            read_only: self.read_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn names_become_variable_stems() {
+        assert_eq!(env_stem("rpa_db"), "RPA_DB");
+        assert_eq!(env_stem("SurveyHub"), "SURVEYHUB");
+        assert_eq!(env_stem("my-db.main"), "MY_DB_MAIN");
+        assert_eq!(env_prefix("development"), "DEVELOPMENT_GLOBAL_");
+    }
+
+    #[test]
+    fn reads_every_variable() -> Result<()> {
+        let cfg = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                ("ENVIRONMENT", "staging"),
+                ("STAGING_GLOBAL_RPA_DB_CONNECTION_STRING", "postgresql://u:pw@h:5432/d"),
+                ("STAGING_GLOBAL_RPA_DB_TYPE", "postgresql"),
+                ("STAGING_GLOBAL_RPA_DB_POOL_SIZE", "7"),
+                ("STAGING_GLOBAL_RPA_DB_MAX_OVERFLOW", "3"),
+                ("STAGING_GLOBAL_RPA_DB_TIMEOUT", "2.5"),
+                ("STAGING_GLOBAL_RPA_DB_POOL_TIMEOUT", "4"),
+                ("STAGING_GLOBAL_RPA_DB_CONNECT_TIMEOUT", "5"),
+                ("STAGING_GLOBAL_RPA_DB_IDLE_TIMEOUT", "60"),
+                ("STAGING_GLOBAL_RPA_DB_MAX_LIFETIME", "0"),
+                ("STAGING_GLOBAL_RPA_DB_READ_ONLY", "true"),
+            ]),
+        )?;
+        assert_eq!(cfg.kind(), BackendKind::Postgres);
+        assert_eq!((cfg.pool_size(), cfg.max_overflow(), cfg.max_size()), (7, 3, 10));
+        assert_eq!(cfg.query_timeout(), Some(Duration::from_millis(2500)));
+        assert_eq!(cfg.acquire_timeout(), Duration::from_secs(4));
+        assert_eq!(cfg.connect_timeout(), Duration::from_secs(5));
+        assert_eq!(cfg.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(cfg.max_lifetime(), None);
+        assert!(cfg.read_only());
+        Ok(())
+    }
+
+    #[test]
+    fn globals_apply_when_the_database_sets_nothing() -> Result<()> {
+        let cfg = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", "sqlite::memory:"),
+                ("DEVELOPMENT_GLOBAL_DATABASE_TIMEOUT", "12"),
+                ("DEVELOPMENT_GLOBAL_CONNECTION_POOL_SIZE", "3"),
+            ]),
+        )?;
+        assert_eq!(cfg.pool_size(), 3);
+        assert_eq!(cfg.query_timeout(), Some(Duration::from_secs(12)));
+        let cfg = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", "sqlite::memory:"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_TIMEOUT", "0"),
+                ("DEVELOPMENT_GLOBAL_DATABASE_TIMEOUT", "12"),
+            ]),
+        )?;
+        assert_eq!(cfg.query_timeout(), None, "per-database 0 disables and wins");
+        assert_eq!(cfg.pool_size(), default_pool_size());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_url_names_the_variable() {
+        let e = DatabaseConfig::from_lookup("SurveyHub", lookup(&[])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .contains("set DEVELOPMENT_GLOBAL_SURVEYHUB_CONNECTION_STRING"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable_without_secrets() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("X_POOL_SIZE", "five", "DEVELOPMENT_GLOBAL_X_POOL_SIZE"),
+            ("X_MAX_OVERFLOW", "-1", "DEVELOPMENT_GLOBAL_X_MAX_OVERFLOW"),
+            ("X_TIMEOUT", "soon", "DEVELOPMENT_GLOBAL_X_TIMEOUT"),
+            ("X_READ_ONLY", "maybe", "DEVELOPMENT_GLOBAL_X_READ_ONLY"),
+            ("X_TYPE", "oracle", "DEVELOPMENT_GLOBAL_X_TYPE"),
+            ("X_TYPE", "mysql", "DEVELOPMENT_GLOBAL_X_TYPE"),
+            ("X_POOL_SIZE", "0", "pool size"),
+        ];
+        for (suffix, value, expect) in cases {
+            let key = format!("DEVELOPMENT_GLOBAL_{suffix}");
+            let e = DatabaseConfig::from_lookup(
+                "x",
+                lookup(&[
+                    ("DEVELOPMENT_GLOBAL_X_CONNECTION_STRING", "postgresql://u:hunter2@h/d"),
+                    (&key, value),
+                ]),
+            )
+            .unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert!(text.contains(expect), "{suffix}={value}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn urls_infer_the_backend() {
+        let ok = [
+            ("postgresql://u:p@h/d", BackendKind::Postgres),
+            ("postgres://h/d", BackendKind::Postgres),
+            ("postgresql+psycopg2://u@h/d", BackendKind::Postgres),
+            ("mysql://u:p@h:3306/d", BackendKind::MySql),
+            ("mariadb://u:p@h/d", BackendKind::MySql),
+            ("sqlite::memory:", BackendKind::Sqlite),
+            ("sqlite:data/app.db", BackendKind::Sqlite),
+            ("sqlite:///tmp/app.db", BackendKind::Sqlite),
+            ("mssql://u:p@h:1433/d", BackendKind::MsSql),
+            ("sqlserver://h/d", BackendKind::MsSql),
+            (
+                "mssql+pyodbc://user:pass@server:1433/survey_hub?driver=ODBC+Driver+17+for+SQL+Server",
+                BackendKind::MsSql,
+            ),
+            (
+                "Server=tcp:db.example,1433;Database=hub;User Id=app;Password=p;Encrypt=true",
+                BackendKind::MsSql,
+            ),
+        ];
+        for (url, kind) in ok {
+            assert_eq!(kind_of_url(url), Ok(kind), "{url}");
+        }
+        for bad in ["", "   ", "oracle://u:secretpw@h/d", "postgresql://", "just words", "k=v;x=y", "postgresql://u:secretpw@:5432/d"] {
+            let e = kind_of_url(bad).unwrap_err();
+            assert!(!e.contains("secretpw"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_passwords_in_every_form() {
+        for url in [
+            "postgresql://app:s3cr%21t@h:5432/d?sslmode=require",
+            "mysql://app:s3cr%21t@h/d",
+            "postgresql://h/d?user=app&password=s3cr%21t",
+            "Server=h,1433;User Id=app;Password=s3cr%21t;Encrypt=true",
+            "Server=h;PWD=s3cr%21t",
+        ] {
+            let r = redact_url(url);
+            assert!(!r.contains("s3cr"), "{url} -> {r}");
+            assert!(r.contains("***"), "{url} -> {r}");
+        }
+        let cfg = DatabaseConfig::builder("a")
+            .url("postgresql://app:topsecret@h/d")
+            .build()
+            .unwrap();
+        let dbg = format!("{cfg:?} {:?}", DatabaseConfig::builder("a").url("mysql://u:topsecret@h/d"));
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
+
+    #[test]
+    fn env_file_is_read_and_process_env_wins() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("dbm-envtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".env.development");
+        std::fs::write(
+            &path,
+            "# comment\nDEVELOPMENT_GLOBAL_A_CONNECTION_STRING=\"sqlite::memory:\"\nDEVELOPMENT_GLOBAL_A_POOL_SIZE=4\n",
+        )
+        .unwrap();
+        let file = EnvFile::read(&path)?;
+        let process = lookup(&[("DEVELOPMENT_GLOBAL_A_POOL_SIZE", "9")]);
+        let cfg = from_sources("a", |k| process(k).or_else(|| file.get(k)), &file.describe())?;
+        assert_eq!(cfg.kind(), BackendKind::Sqlite);
+        assert_eq!(cfg.pool_size(), 9);
+
+        std::fs::write(&path, "DEVELOPMENT_GLOBAL_A_CONNECTION_STRING='unterminated-secret\n").unwrap();
+        let e = EnvFile::read(&path).err().expect("malformed file is an error");
+        assert!(e.to_string().contains(".env.development"), "{e}");
+        assert!(!e.to_string().contains("unterminated-secret"), "{e}");
+
+        let missing = EnvFile::read(&dir.join(".env.nope"))?;
+        let e = from_sources("a", |k| missing.get(k), &missing.describe()).unwrap_err();
+        assert!(e.to_string().contains(".env.nope does not exist"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+}

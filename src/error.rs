@@ -1,0 +1,312 @@
+//! The one error type of the crate.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+type Source = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What went wrong, coarsely: the thing callers branch on.
+///
+/// Finer detail (the server's own code) is in [`Error::db_code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A setting is missing or malformed. The message names the variable.
+    Config,
+    /// The backend needed for this database was compiled out (a cargo feature is off).
+    FeatureDisabled,
+    /// The server could not be reached or the connection was lost.
+    Connect,
+    /// The server refused the credentials.
+    Auth,
+    /// No pooled connection became free within the acquisition timeout.
+    PoolTimeout,
+    /// Establishing a new connection took longer than the connect timeout.
+    ConnectTimeout,
+    /// A statement ran longer than its timeout and was cancelled.
+    QueryTimeout,
+    /// The statement is not valid SQL for the server (or uses an unknown object).
+    Syntax,
+    /// A unique or primary-key constraint was violated.
+    UniqueViolation,
+    /// Another integrity constraint (foreign key, not-null, check) was violated.
+    Constraint,
+    /// The user lacks a privilege the statement needs.
+    Permission,
+    /// A transient conflict: deadlock, serialization failure, lock wait timeout.
+    /// Retrying the whole transaction may succeed.
+    Conflict,
+    /// Parameters do not match the statement's placeholders.
+    Parameter,
+    /// A value could not be converted between Rust and the database.
+    Conversion,
+    /// `query_one` found no row.
+    NoRows,
+    /// `query_one` found more than one row.
+    TooManyRows,
+    /// A write or migration was attempted on a database configured read-only.
+    ReadOnly,
+    /// The call was made on a thread that drives an async runtime, where this
+    /// backend's blocking client cannot run.
+    AsyncContext,
+    /// The manager was closed with [`DatabaseManager::close`](crate::DatabaseManager::close).
+    Closed,
+    /// Any other error reported by the database server.
+    Database,
+    /// A failure inside the library or a driver that fits no other kind.
+    Other,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "configuration error",
+            ErrorKind::FeatureDisabled => "backend not compiled in",
+            ErrorKind::Connect => "connection failed",
+            ErrorKind::Auth => "authentication failed",
+            ErrorKind::PoolTimeout => "timed out waiting for a pooled connection",
+            ErrorKind::ConnectTimeout => "timed out connecting",
+            ErrorKind::QueryTimeout => "query timed out",
+            ErrorKind::Syntax => "invalid statement",
+            ErrorKind::UniqueViolation => "unique constraint violated",
+            ErrorKind::Constraint => "constraint violated",
+            ErrorKind::Permission => "permission denied",
+            ErrorKind::Conflict => "transaction conflict",
+            ErrorKind::Parameter => "parameter error",
+            ErrorKind::Conversion => "value conversion error",
+            ErrorKind::NoRows => "query returned no rows",
+            ErrorKind::TooManyRows => "query returned more than one row",
+            ErrorKind::ReadOnly => "database is read-only",
+            ErrorKind::AsyncContext => "called from an async runtime",
+            ErrorKind::Closed => "database manager closed",
+            ErrorKind::Database => "database error",
+            ErrorKind::Other => "error",
+        }
+    }
+}
+
+struct Inner {
+    kind: ErrorKind,
+    database: Option<Arc<str>>,
+    message: String,
+    db_code: Option<String>,
+    source: Option<Source>,
+}
+
+/// An error from dbmanager.
+///
+/// `Display` prints one line: the database, what failed and what to do about
+/// it. The underlying cause (a driver or I/O error) is returned by
+/// [`source()`](std::error::Error::source) and is not repeated in the message,
+/// so reporters that walk the chain (`anyhow`'s `{:#}`) print each layer once.
+///
+/// No error ever contains a password or a parameter value.
+pub struct Error(Box<Inner>);
+
+impl Error {
+    #[cold]
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error(Box::new(Inner {
+            kind,
+            database: None,
+            message: message.into(),
+            db_code: None,
+            source: None,
+        }))
+    }
+
+    #[cold]
+    pub(crate) fn config(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    #[cold]
+    pub(crate) fn parameter(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Parameter, message)
+    }
+
+    #[cold]
+    pub(crate) fn conversion(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Conversion, message)
+    }
+
+    #[cold]
+    pub(crate) fn pool_timeout(waited: Duration) -> Error {
+        Error::new(
+            ErrorKind::PoolTimeout,
+            format!(
+                "no connection became free within the acquisition timeout of {}; \
+                 raise POOL_SIZE/MAX_OVERFLOW or the acquisition timeout, or return connections sooner",
+                fmt_duration(waited)
+            ),
+        )
+    }
+
+    #[cold]
+    pub(crate) fn closed() -> Error {
+        Error::new(
+            ErrorKind::Closed,
+            "the manager was closed; create a new one with DatabaseManager::new",
+        )
+    }
+
+    /// Attaches the underlying cause.
+    pub(crate) fn with_source(mut self, source: impl Into<Source>) -> Error {
+        self.0.source = Some(source.into());
+        self
+    }
+
+    /// Attaches the server's own error code.
+    pub(crate) fn with_code(mut self, code: impl Into<String>) -> Error {
+        self.0.db_code = Some(code.into());
+        self
+    }
+
+    /// Names the database the error happened on, unless already named.
+    pub(crate) fn on_database(mut self, name: &Arc<str>) -> Error {
+        if self.0.database.is_none() {
+            self.0.database = Some(Arc::clone(name));
+        }
+        self
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// The logical name of the database (`rpa_db`), when the error concerns one.
+    pub fn database(&self) -> Option<&str> {
+        self.0.database.as_deref()
+    }
+
+    /// The server's own error code: the SQLSTATE on PostgreSQL (`"23505"`),
+    /// the error number on MySQL/MariaDB (`"1062"`) and SQL Server, the
+    /// extended result code name on SQLite (`"SQLITE_CONSTRAINT_UNIQUE"`).
+    pub fn db_code(&self) -> Option<&str> {
+        self.0.db_code.as_deref()
+    }
+
+    /// True for every timeout: query, pool acquisition and connect.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.0.kind,
+            ErrorKind::QueryTimeout | ErrorKind::PoolTimeout | ErrorKind::ConnectTimeout
+        )
+    }
+
+    /// True when no pooled connection became free in time.
+    pub fn is_pool_exhausted(&self) -> bool {
+        self.0.kind == ErrorKind::PoolTimeout
+    }
+
+    /// True when a unique or primary-key constraint was violated.
+    pub fn is_unique_violation(&self) -> bool {
+        self.0.kind == ErrorKind::UniqueViolation
+    }
+
+    /// True when trying the same operation again (a read, or a whole
+    /// transaction from its start) may succeed: lost connections, pool and
+    /// connect timeouts, deadlocks and serialization failures.
+    ///
+    /// Syntax, constraint, permission and authentication errors are never
+    /// retryable, nor is a query timeout (the statement would most likely time
+    /// out again).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.0.kind,
+            ErrorKind::Connect
+                | ErrorKind::PoolTimeout
+                | ErrorKind::ConnectTimeout
+                | ErrorKind::Conflict
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(db) = &self.0.database {
+            write!(f, "database `{db}`: ")?;
+        }
+        f.write_str(self.0.kind.describe())?;
+        if !self.0.message.is_empty() {
+            write!(f, ": {}", self.0.message)?;
+        }
+        if let Some(code) = &self.0.db_code {
+            write!(f, " (code {code})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.0.kind)
+            .field("database", &self.0.database)
+            .field("message", &self.0.message)
+            .field("db_code", &self.0.db_code)
+            .field("source", &self.0.source)
+            .finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// Formats a duration for people: `250 ms`, `30 s`, `1.5 s`.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_prints_one_layer_and_source_is_separate() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::new(ErrorKind::Connect, "could not reach 127.0.0.1:1")
+            .with_source(io)
+            .on_database(&Arc::from("rpa_db"));
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "database `rpa_db`: connection failed: could not reach 127.0.0.1:1"
+        );
+        assert!(!text.contains("refused"));
+        assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("refused"));
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn predicates_follow_kind() {
+        assert!(Error::pool_timeout(Duration::from_millis(250)).is_pool_exhausted());
+        assert!(Error::pool_timeout(Duration::from_millis(250)).is_timeout());
+        assert!(!Error::new(ErrorKind::Syntax, "").is_retryable());
+        assert!(Error::new(ErrorKind::UniqueViolation, "").is_unique_violation());
+        assert!(!Error::new(ErrorKind::QueryTimeout, "").is_retryable());
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(fmt_duration(Duration::from_millis(250)), "250 ms");
+        assert_eq!(fmt_duration(Duration::from_secs(30)), "30 s");
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5 s");
+    }
+}

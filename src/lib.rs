@@ -1,0 +1,69 @@
+//! # dbmanager
+//!
+//! One well-behaved, synchronous door to PostgreSQL, MySQL/MariaDB and SQLite
+//! (SQL Server to follow) for batch jobs, workflow steps and other blocking
+//! code: configuration from environment variables, pooled connections,
+//! portable SQL, transactions that cannot be left half done, and plain status
+//! reports.
+//!
+//! ```
+//! use dbmanager::{params, DatabaseConfig, DatabaseManager};
+//!
+//! # fn main() -> dbmanager::Result<()> {
+//! // `DatabaseManager::new("rpa_db")` reads DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING etc.;
+//! // here the configuration is given in code.
+//! let db = DatabaseManager::from_config(
+//!     DatabaseConfig::builder("demo").url("sqlite::memory:").build()?,
+//! )?;
+//! db.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, status TEXT)")?;
+//! db.execute("INSERT INTO customers (name, status) VALUES (?, ?)", ("Ada", "active"))?;
+//! let rows = db.execute_query(
+//!     "SELECT id, name FROM customers WHERE status = :status",
+//!     params! { "status" => "active" },
+//! )?;
+//! assert_eq!(rows[0].get::<String>("name")?, "Ada");
+//!
+//! db.transaction(|tx| {
+//!     tx.execute("UPDATE customers SET status = ? WHERE id = ?", ("vip", 1))?;
+//!     Ok::<_, dbmanager::Error>(())
+//! })?;
+//! println!("{}", serde_json::to_string(&db.pool_status()).unwrap());
+//! # Ok(()) }
+//! ```
+//!
+//! ## Cargo features
+//!
+//! | feature    | adds                                             | default |
+//! |------------|--------------------------------------------------|---------|
+//! | `postgres` | PostgreSQL (`postgres` crate, TLS through rustls) | yes     |
+//! | `mysql`    | MySQL and MariaDB (`mysql` crate, rustls)         | yes     |
+//! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
+//! | `mssql`    | reserved for SQL Server (not yet available)       | yes     |
+//!
+//! A database whose backend is compiled out fails with
+//! [`ErrorKind::FeatureDisabled`] naming the feature.
+
+#![warn(missing_docs, rust_2018_idioms, missing_debug_implementations)]
+
+mod backend;
+mod config;
+mod error;
+mod manager;
+mod pipeline;
+mod pool;
+mod sql;
+mod status;
+mod value;
+
+pub use crate::config::{
+    default_pool_size, env_prefix, env_stem, BackendKind, DatabaseConfig, DatabaseConfigBuilder,
+    DEFAULT_ENV_DIR,
+};
+pub use crate::error::{Error, ErrorKind, Result};
+pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
+pub use crate::status::PoolStatus;
+pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,481 @@
+//! The public facade: [`DatabaseManager`], [`PooledConnection`] and
+//! [`Transaction`]. Every statement method here is one line into the
+//! pipeline's choke point.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+
+use crate::config::{env_stem, BackendKind, DatabaseConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::{Op, Outcome, Shared};
+use crate::pool::Pooled;
+use crate::status::PoolStatus;
+use crate::value::{IntoParams, Params, Row};
+
+/// The one door to one database: a pool of connections and everything that
+/// runs on them.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`; use it from as many threads as
+/// you like. [`DatabaseManager::new`] returns the same manager (one pool) for
+/// the same name anywhere in the process.
+#[derive(Clone)]
+pub struct DatabaseManager {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for DatabaseManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseManager")
+            .field("config", &self.shared.config)
+            .field("closed", &self.shared.is_closed())
+            .finish()
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<String, DatabaseManager>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, DatabaseManager>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn outcome_rows(o: Outcome) -> Vec<Row> {
+    match o {
+        Outcome::Rows(r) => r,
+        Outcome::Affected(_) | Outcome::Done => Vec::new(),
+    }
+}
+
+fn outcome_affected(o: Outcome) -> u64 {
+    match o {
+        Outcome::Affected(n) => n,
+        Outcome::Rows(r) => r.len() as u64,
+        Outcome::Done => 0,
+    }
+}
+
+fn exactly_one(rows: Vec<Row>) -> Result<Row> {
+    let mut it = rows.into_iter();
+    match (it.next(), it.next()) {
+        (Some(row), None) => Ok(row),
+        (None, _) => Err(Error::new(ErrorKind::NoRows, "expected exactly one row")),
+        (Some(_), Some(_)) => Err(Error::new(
+            ErrorKind::TooManyRows,
+            "expected exactly one row; use query_opt or execute_query",
+        )),
+    }
+}
+
+fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>> {
+    match rows.len() {
+        0 => Ok(None),
+        1 => Ok(rows.into_iter().next()),
+        _ => Err(Error::new(
+            ErrorKind::TooManyRows,
+            "expected at most one row; use execute_query",
+        )),
+    }
+}
+
+/// The statement methods shared by [`DatabaseManager`] (`&self`),
+/// [`PooledConnection`] and [`Transaction`] (`&mut self`). Each type has a
+/// private `run(op, sql, params)` into the pipeline.
+macro_rules! statement_methods {
+    (&mut $s:ident) => { statement_methods!(@with [&mut $s] $s); };
+    (&$s:ident) => { statement_methods!(@with [&$s] $s); };
+    (@with [$($recv:tt)+] $s:ident) => {
+        /// Runs a statement and returns its rows.
+        ///
+        /// `sql` may use `?` or `:name` placeholders and `[identifier]`
+        /// quoting (translated for the backend), or the backend's native
+        /// placeholders.
+        ///
+        /// # Errors
+        ///
+        /// Any [`ErrorKind`](crate::ErrorKind): parameters that do not match
+        /// the placeholders, the server's error, pool or query timeouts.
+        pub fn execute_query($($recv)+, sql: &str, params: impl IntoParams) -> Result<Vec<Row>> {
+            $s.run(Op::Query, sql, params.into_params()).map(outcome_rows)
+        }
+
+        /// Runs a statement and returns the number of rows it affected.
+        ///
+        /// # Errors
+        ///
+        /// As [`execute_query`](Self::execute_query).
+        pub fn execute($($recv)+, sql: &str, params: impl IntoParams) -> Result<u64> {
+            $s.run(Op::Execute, sql, params.into_params()).map(outcome_affected)
+        }
+
+        /// Runs a script of statements separated by `;`, without parameters.
+        ///
+        /// # Errors
+        ///
+        /// As [`execute_query`](Self::execute_query); a script with `?` or
+        /// `:name` placeholders is a [`Parameter`](crate::ErrorKind::Parameter) error.
+        pub fn execute_batch($($recv)+, sql: &str) -> Result<()> {
+            $s.run(Op::Batch, sql, Params::None).map(drop)
+        }
+
+        /// Runs a query that must return exactly one row.
+        ///
+        /// # Errors
+        ///
+        /// [`NoRows`](crate::ErrorKind::NoRows) or
+        /// [`TooManyRows`](crate::ErrorKind::TooManyRows), or as
+        /// [`execute_query`](Self::execute_query).
+        pub fn query_one($($recv)+, sql: &str, params: impl IntoParams) -> Result<Row> {
+            $s.execute_query(sql, params).and_then(exactly_one)
+        }
+
+        /// Runs a query that returns at most one row.
+        ///
+        /// # Errors
+        ///
+        /// [`TooManyRows`](crate::ErrorKind::TooManyRows), or as
+        /// [`execute_query`](Self::execute_query).
+        pub fn query_opt($($recv)+, sql: &str, params: impl IntoParams) -> Result<Option<Row>> {
+            $s.execute_query(sql, params).and_then(at_most_one)
+        }
+
+        /// Runs a query and deserialises each row into `T` with serde,
+        /// matching fields by column name.
+        ///
+        /// # Errors
+        ///
+        /// [`Conversion`](crate::ErrorKind::Conversion) when a row does not
+        /// fit `T`, or as [`execute_query`](Self::execute_query).
+        pub fn query_as<T: DeserializeOwned>($($recv)+, sql: &str, params: impl IntoParams) -> Result<Vec<T>> {
+            $s.execute_query(sql, params)?
+                .iter()
+                .map(Row::deserialize)
+                .collect()
+        }
+    };
+}
+
+impl DatabaseManager {
+    /// The shared manager for the database called `name`, configured from the
+    /// environment (see [`DatabaseConfig::from_env`]).
+    ///
+    /// The first call for a name creates the manager and its pool; later calls
+    /// anywhere in the process return the same one. Names are compared by
+    /// their variable stem (`rpa_db` and `RPA_DB` are one database). No
+    /// connection is opened here: the first statement opens it, and reports
+    /// a wrong password or an unreachable server.
+    ///
+    /// # Errors
+    ///
+    /// [`Config`](crate::ErrorKind::Config) naming the missing or malformed
+    /// variable; [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when
+    /// the backend was compiled out.
+    pub fn new(name: &str) -> Result<DatabaseManager> {
+        let key = env_stem(name.trim());
+        let mut map = registry().lock();
+        if let Some(existing) = map.get(&key) {
+            if !existing.shared.is_closed() {
+                return Ok(existing.clone());
+            }
+        }
+        let manager = DatabaseManager::from_config(DatabaseConfig::from_env(name)?)?;
+        map.insert(key, manager.clone());
+        Ok(manager)
+    }
+
+    /// A new manager (with its own pool) for an explicit configuration. It is
+    /// not shared through [`DatabaseManager::new`].
+    ///
+    /// # Errors
+    ///
+    /// [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when the
+    /// backend was compiled out; [`Config`](crate::ErrorKind::Config) when
+    /// the backend's driver rejects the connection string.
+    pub fn from_config(config: DatabaseConfig) -> Result<DatabaseManager> {
+        Ok(DatabaseManager {
+            shared: Arc::new(Shared::new(config)?),
+        })
+    }
+
+    /// The logical database name.
+    pub fn name(&self) -> &str {
+        self.shared.name()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> BackendKind {
+        self.shared.config.kind
+    }
+
+    /// The configuration (its `Debug` hides the password).
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.shared.config
+    }
+
+    fn run(&self, op: Op, sql: &str, params: Params) -> Result<Outcome> {
+        self.shared.run(None, op, sql, params)
+    }
+
+    statement_methods!(&self);
+
+    /// Runs `statements` in one transaction: all of them or none (seed 002's
+    /// `execute_transaction`). Returns each statement's affected-row count.
+    ///
+    /// # Errors
+    ///
+    /// The first failing statement's error, after the transaction was rolled
+    /// back.
+    pub fn execute_transaction<S, P>(&self, statements: impl IntoIterator<Item = (S, P)>) -> Result<Vec<u64>>
+    where
+        S: AsRef<str>,
+        P: IntoParams,
+    {
+        self.transaction(|tx| {
+            statements
+                .into_iter()
+                .map(|(sql, params)| tx.execute(sql.as_ref(), params))
+                .collect()
+        })
+    }
+
+    /// Checks a connection out of the pool for several statements in a row.
+    /// It goes back to the pool when the guard is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolTimeout`](crate::ErrorKind::PoolTimeout) when none became free
+    /// within the acquisition timeout; the connection error when none could
+    /// be opened; [`Closed`](crate::ErrorKind::Closed) after [`close`](Self::close).
+    pub fn connection(&self) -> Result<PooledConnection> {
+        Ok(PooledConnection {
+            shared: Arc::clone(&self.shared),
+            conn: self.shared.checkout()?,
+        })
+    }
+
+    /// Runs `f` in a transaction on one pooled connection: committed when `f`
+    /// returns `Ok`, rolled back when it returns `Err` or panics.
+    ///
+    /// ```no_run
+    /// # fn main() -> dbmanager::Result<()> {
+    /// let db = dbmanager::DatabaseManager::new("rpa_db")?;
+    /// db.transaction(|tx| {
+    ///     tx.execute("INSERT INTO orders (customer_id, amount) VALUES (?, ?)", (1, 100))?;
+    ///     tx.execute("UPDATE customers SET orders = orders + 1 WHERE id = ?", (1,))?;
+    ///     Ok(())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error (after rollback), or the error of `BEGIN` or `COMMIT`.
+    pub fn transaction<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        let tx = self.begin()?;
+        tx.run_closure(f)
+    }
+
+    /// Starts a transaction on a connection of its own. It must be finished
+    /// with [`Transaction::commit`]; dropping it rolls it back.
+    ///
+    /// # Errors
+    ///
+    /// As [`connection`](Self::connection), or the error of `BEGIN`.
+    pub fn begin(&self) -> Result<Transaction<'static>> {
+        let conn = self.shared.checkout()?;
+        Transaction::start(Arc::clone(&self.shared), TxConn::Owned(conn))
+    }
+
+    /// A snapshot of the pool (seed 002's `get_pool_status`).
+    pub fn pool_status(&self) -> PoolStatus {
+        self.shared.pool_status()
+    }
+
+    /// Closes the manager: its pool is dropped (idle connections close now,
+    /// checked-out ones when returned) and later calls fail with
+    /// [`Closed`](crate::ErrorKind::Closed). The next
+    /// [`DatabaseManager::new`] for the name makes a fresh manager.
+    /// Idempotent: returns `true` the first time.
+    pub fn close(&self) -> bool {
+        let closed = self.shared.close();
+        let mut map = registry().lock();
+        let key = env_stem(self.name());
+        if map
+            .get(&key)
+            .is_some_and(|m| Arc::ptr_eq(&m.shared, &self.shared))
+        {
+            map.remove(&key);
+        }
+        closed
+    }
+
+    /// True after [`close`](Self::close).
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// True when `self` and `other` share one pool.
+    pub fn same_pool(&self, other: &DatabaseManager) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+/// A connection checked out of the pool; back to the pool on drop.
+pub struct PooledConnection {
+    shared: Arc<Shared>,
+    conn: Pooled,
+}
+
+impl fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("database", &self.shared.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledConnection {
+    fn run(&mut self, op: Op, sql: &str, params: Params) -> Result<Outcome> {
+        self.shared.run(Some(&mut self.conn), op, sql, params)
+    }
+
+    statement_methods!(&mut self);
+
+    /// Runs `f` in a transaction on this connection; see
+    /// [`DatabaseManager::transaction`].
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error (after rollback), or the error of `BEGIN` or `COMMIT`.
+    pub fn transaction<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        let tx = self.begin()?;
+        tx.run_closure(f)
+    }
+
+    /// Starts a transaction on this connection; dropping it unfinished rolls
+    /// it back.
+    ///
+    /// # Errors
+    ///
+    /// The error of `BEGIN`.
+    pub fn begin(&mut self) -> Result<Transaction<'_>> {
+        Transaction::start(Arc::clone(&self.shared), TxConn::Borrowed(&mut self.conn))
+    }
+}
+
+enum TxConn<'a> {
+    Owned(Pooled),
+    Borrowed(&'a mut Pooled),
+}
+
+impl TxConn<'_> {
+    fn get(&mut self) -> &mut Pooled {
+        match self {
+            TxConn::Owned(c) => c,
+            TxConn::Borrowed(c) => c,
+        }
+    }
+}
+
+/// An open transaction. [`commit`](Self::commit) it; dropping it otherwise
+/// (an early `?`, a panic) rolls it back.
+pub struct Transaction<'a> {
+    shared: Arc<Shared>,
+    conn: TxConn<'a>,
+    finished: bool,
+}
+
+impl fmt::Debug for Transaction<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("database", &self.shared.name())
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl<'a> Transaction<'a> {
+    fn start(shared: Arc<Shared>, mut conn: TxConn<'a>) -> Result<Transaction<'a>> {
+        shared.run(Some(conn.get()), Op::Begin, "", Params::None)?;
+        Ok(Transaction {
+            shared,
+            conn,
+            finished: false,
+        })
+    }
+
+    fn run(&mut self, op: Op, sql: &str, params: Params) -> Result<Outcome> {
+        self.shared.run(Some(self.conn.get()), op, sql, params)
+    }
+
+    statement_methods!(&mut self);
+
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    ///
+    /// The server's error; the transaction is over either way.
+    pub fn commit(mut self) -> Result<()> {
+        self.finished = true;
+        self.run(Op::Commit, "", Params::None).map(drop)
+    }
+
+    /// Rolls the transaction back.
+    ///
+    /// # Errors
+    ///
+    /// The server's error; the connection is then discarded, not reused.
+    pub fn rollback(mut self) -> Result<()> {
+        self.finished = true;
+        self.rollback_now()
+    }
+
+    fn rollback_now(&mut self) -> Result<()> {
+        let result = self.run(Op::Rollback, "", Params::None).map(drop);
+        if result.is_err() {
+            // A connection whose transaction state is unknown is never reused.
+            self.conn.get().broken = true;
+        }
+        result
+    }
+
+    fn run_closure<T, E, F>(mut self, f: F) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        match f(&mut self) {
+            Ok(value) => {
+                self.commit()?;
+                Ok(value)
+            }
+            Err(e) => {
+                self.finished = true;
+                if let Err(rb) = self.rollback_now() {
+                    tracing::warn!(database = %self.shared.name(), error = %rb, "rollback failed; the connection is discarded");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            if std::thread::panicking() {
+                tracing::warn!(database = %self.shared.name(), "rolling back a transaction after a panic");
+            }
+            let _ = self.rollback_now();
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! THE choke point: every statement from every API passes through
+//! [`Shared::run`], so each cross-cutting concern lives here once.
+//!
+//! Order, per DESIGN.md:
+//! 1. (circuit breaker: later)
+//! 2. checkout from the pool, bounded by the acquisition timeout
+//! 3. portable SQL → native SQL, cached per statement text
+//! 4. (watchdog deadline: later)
+//! 5. run on the backend
+//! 6. record duration, rows and outcome in tracing
+//! 7. errors classified by the backend, named with the database here
+//! 8. the connection goes back to the pool; one that failed at the
+//!    transport level is marked broken and never reused
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::{self, Connector};
+use crate::config::DatabaseConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pool::{Pool, Pooled};
+use crate::sql::{self, Binds, Dialect, Translated};
+use crate::status::PoolStatus;
+use crate::value::{Params, Row, Value};
+
+/// Statement texts whose translation is kept per manager.
+const TRANSLATION_CACHE: usize = 1024;
+
+/// What a statement is run for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Rows wanted.
+    Query,
+    /// Affected-row count wanted.
+    Execute,
+    /// A parameterless script.
+    Batch,
+    /// Transaction control.
+    Begin,
+    Commit,
+    Rollback,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Query => "query",
+            Op::Execute => "execute",
+            Op::Batch => "batch",
+            Op::Begin => "begin",
+            Op::Commit => "commit",
+            Op::Rollback => "rollback",
+        }
+    }
+}
+
+/// What a statement produced.
+pub(crate) enum Outcome {
+    Rows(Vec<Row>),
+    Affected(u64),
+    Done,
+}
+
+/// Everything one database's manager shares across threads.
+pub(crate) struct Shared {
+    pub(crate) config: DatabaseConfig,
+    pool: RwLock<Option<Arc<Pool>>>,
+    dialect: Dialect,
+    refuses_async: bool,
+    translations: Mutex<HashMap<Box<str>, Arc<Translated>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: DatabaseConfig) -> Result<Shared> {
+        let connector: Box<dyn Connector> =
+            backend::connector(&config).map_err(|e| e.on_database(&config.name))?;
+        let dialect = connector.dialect();
+        let refuses_async = connector.refuses_async_context();
+        let pool = Pool::new(&config, connector);
+        Ok(Shared {
+            config,
+            pool: RwLock::new(Some(Arc::new(pool))),
+            dialect,
+            refuses_async,
+            translations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.config.name
+    }
+
+    fn pool(&self) -> Result<Arc<Pool>> {
+        self.pool
+            .read()
+            .clone()
+            .ok_or_else(|| Error::closed().on_database(self.name()))
+    }
+
+    /// Refuses calls from a thread that drives an async runtime when the
+    /// backend's blocking client would panic there.
+    fn check_context(&self) -> Result<()> {
+        if self.refuses_async && tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::new(
+                ErrorKind::AsyncContext,
+                "this blocking call was made on an async runtime thread; \
+                 run it inside tokio::task::spawn_blocking (or a plain thread)",
+            )
+            .on_database(self.name()));
+        }
+        Ok(())
+    }
+
+    /// Checks a connection out of the pool.
+    pub(crate) fn checkout(&self) -> Result<Pooled> {
+        self.check_context()?;
+        self.pool()?
+            .get(None)
+            .map_err(|e| e.on_database(self.name()))
+    }
+
+    /// Runs one statement: THE choke point.
+    ///
+    /// With `conn` the statement runs on that connection (a guard or a
+    /// transaction); without, a connection is checked out for it and
+    /// returned afterwards.
+    pub(crate) fn run(
+        &self,
+        conn: Option<&mut Pooled>,
+        op: Op,
+        sql: &str,
+        params: Params,
+    ) -> Result<Outcome> {
+        let mut owned;
+        let conn = match conn {
+            Some(c) => {
+                self.check_context()?;
+                c
+            }
+            None => {
+                owned = self.checkout()?;
+                &mut owned
+            }
+        };
+
+        let translated;
+        let (native, values): (&str, Vec<Value>) = match op {
+            Op::Begin | Op::Commit | Op::Rollback => ("", Vec::new()),
+            _ => {
+                translated = self.translate(sql)?;
+                let native = translated.as_deref().map_or(sql, |t| t.sql.as_str());
+                let binds = translated.as_deref().map_or(&Binds::Native, |t| &t.binds);
+                if op == Op::Batch && !matches!(binds, Binds::Native) {
+                    return Err(Error::parameter(
+                        "execute_batch takes no parameters, but the script has `?` or `:name` placeholders (write `??` for a literal `?`)",
+                    )
+                    .on_database(self.name()));
+                }
+                (native, bind(binds, params).map_err(|e| e.on_database(self.name()))?)
+            }
+        };
+
+        let span = tracing::debug_span!(
+            "dbmanager.statement",
+            database = %self.config.name,
+            operation = op.name(),
+        );
+        let _entered = span.enter();
+        let start = Instant::now();
+        let result = match op {
+            Op::Query => conn.backend.query(native, &values).map(Outcome::Rows),
+            Op::Execute => conn.backend.execute(native, &values).map(Outcome::Affected),
+            Op::Batch => conn.backend.batch(native).map(|()| Outcome::Done),
+            Op::Begin => conn.backend.begin().map(|()| Outcome::Done),
+            Op::Commit => conn.backend.commit().map(|()| Outcome::Done),
+            Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
+        };
+        let elapsed = start.elapsed();
+        Pool::touch(conn);
+
+        match &result {
+            Ok(outcome) => {
+                let rows = match outcome {
+                    Outcome::Rows(r) => r.len() as u64,
+                    Outcome::Affected(n) => *n,
+                    Outcome::Done => 0,
+                };
+                tracing::debug!(elapsed_us = elapsed.as_micros() as u64, rows, "statement done");
+            }
+            Err(e) => {
+                if e.kind().breaks_connection() || conn.backend.is_closed() {
+                    conn.broken = true;
+                }
+                tracing::debug!(
+                    elapsed_us = elapsed.as_micros() as u64,
+                    kind = ?e.kind(),
+                    code = e.db_code(),
+                    "statement failed"
+                );
+            }
+        }
+        result.map_err(|e| e.on_database(self.name()))
+    }
+
+    /// The native form of `sql`, or `None` when it has nothing portable to
+    /// translate (the common case, which costs one scan and no allocation).
+    fn translate(&self, sql: &str) -> Result<Option<Arc<Translated>>> {
+        if !sql.bytes().any(|b| matches!(b, b'?' | b':' | b'[')) {
+            return Ok(None);
+        }
+        if let Some(t) = self.translations.lock().get(sql) {
+            return Ok(Some(Arc::clone(t)));
+        }
+        let t = Arc::new(sql::translate(sql, self.dialect).map_err(|e| {
+            Error::parameter(e.to_string()).on_database(self.name())
+        })?);
+        let mut cache = self.translations.lock();
+        if cache.len() >= TRANSLATION_CACHE {
+            cache.clear();
+        }
+        cache.insert(sql.into(), Arc::clone(&t));
+        Ok(Some(t))
+    }
+
+    pub(crate) fn pool_status(&self) -> PoolStatus {
+        match &*self.pool.read() {
+            Some(pool) => pool.status(self.config.read_only),
+            None => PoolStatus {
+                database_name: self.config.name.to_string(),
+                pool_size: self.config.pool_size,
+                max_overflow: self.config.max_overflow,
+                max_size: self.config.max_size(),
+                connections: 0,
+                checked_in: 0,
+                checked_out: 0,
+                overflow: 0,
+                invalid: 0,
+                waiting: 0,
+                timeouts: 0,
+                connections_created: 0,
+                read_only: self.config.read_only,
+                timestamp: crate::status::now_rfc3339(),
+            },
+        }
+    }
+
+    /// Drops the pool: idle connections close now, checked-out ones when
+    /// they are returned. Idempotent.
+    pub(crate) fn close(&self) -> bool {
+        self.pool.write().take().is_some()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.pool.read().is_none()
+    }
+}
+
+/// Orders the caller's values for the native placeholders.
+fn bind(binds: &Binds, params: Params) -> Result<Vec<Value>> {
+    match (binds, params) {
+        (Binds::Native, Params::None) => Ok(Vec::new()),
+        (Binds::Native, Params::Positional(v)) => Ok(v),
+        (Binds::Native, Params::Named(_)) => Err(Error::parameter(
+            "named parameters were given but the statement has no `:name` placeholder",
+        )),
+        (Binds::Positional(n), Params::Positional(v)) if v.len() == *n => Ok(v),
+        (Binds::Positional(n), Params::None) if *n == 0 => Ok(Vec::new()),
+        (Binds::Positional(n), Params::Positional(v)) => Err(Error::parameter(format!(
+            "the statement has {n} `?` placeholder{} but {} value{} given",
+            if *n == 1 { "" } else { "s" },
+            v.len(),
+            if v.len() == 1 { " was" } else { "s were" }
+        ))),
+        (Binds::Positional(n), _) => Err(Error::parameter(format!(
+            "the statement has {n} `?` placeholders; give positional values (a tuple or a Vec), not names"
+        ))),
+        (Binds::Named(names), Params::Named(pairs)) => {
+            if let Some((unused, _)) = pairs.iter().find(|(k, _)| !names.contains(k)) {
+                return Err(Error::parameter(format!(
+                    "parameter `{unused}` is not used by the statement (it uses {})",
+                    list_names(names)
+                )));
+            }
+            names
+                .iter()
+                .map(|name| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .ok_or_else(|| {
+                            Error::parameter(format!("no value was given for `:{name}`"))
+                        })
+                })
+                .collect()
+        }
+        (Binds::Named(names), _) => Err(Error::parameter(format!(
+            "the statement uses named placeholders ({}); give them with params! {{ … }} or a map",
+            list_names(names)
+        ))),
+    }
+}
+
+fn list_names(names: &[String]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for n in names {
+        if !seen.contains(&n.as_str()) {
+            seen.push(n);
+        }
+    }
+    seen.iter()
+        .map(|n| format!(":{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_checks_counts_and_names() {
+        let v = |i: i64| Value::I64(i);
+        assert_eq!(bind(&Binds::Positional(2), Params::Positional(vec![v(1), v(2)])).unwrap().len(), 2);
+        let e = bind(&Binds::Positional(2), Params::Positional(vec![v(1)])).unwrap_err();
+        assert!(e.to_string().contains("2 `?` placeholders but 1 value was given"), "{e}");
+        let names = Binds::Named(vec!["a".into(), "b".into(), "a".into()]);
+        let got = bind(
+            &names,
+            Params::Named(vec![("b".into(), v(2)), ("a".into(), v(1))]),
+        )
+        .unwrap();
+        assert_eq!(got, vec![v(1), v(2), v(1)]);
+        let e = bind(&names, Params::Named(vec![("a".into(), v(1))])).unwrap_err();
+        assert!(e.to_string().contains("no value was given for `:b`"), "{e}");
+        let e = bind(
+            &names,
+            Params::Named(vec![("a".into(), v(1)), ("b".into(), v(1)), ("c".into(), v(1))]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`c` is not used"), "{e}");
+        assert!(bind(&Binds::Native, Params::Named(vec![("a".into(), v(1))])).is_err());
+        assert!(bind(&names, Params::Positional(vec![v(1)])).is_err());
+    }
+}

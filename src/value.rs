@@ -1,0 +1,750 @@
+//! Values, rows and parameters: the data that crosses the library's boundary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// One SQL value, as sent to or read from any backend.
+///
+/// Each backend converts to and from its own types; where a server type is
+/// narrower than the Rust one (an `int` column read as `i64`), the library
+/// widens, and where it is wider it checks the range.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Value {
+    /// SQL `NULL`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// Any integer (read from `smallint`, `int`, `bigint`, …).
+    I64(i64),
+    /// Any float (`real`, `double precision`, …).
+    F64(f64),
+    /// An exact decimal (`numeric`, `decimal`).
+    Decimal(Decimal),
+    /// Text.
+    Text(String),
+    /// Raw bytes (`bytea`, `blob`, `varbinary`).
+    Bytes(Vec<u8>),
+    /// A calendar date.
+    Date(NaiveDate),
+    /// A time of day.
+    Time(NaiveTime),
+    /// A timestamp without time zone.
+    Timestamp(NaiveDateTime),
+    /// A timestamp with time zone, normalised to UTC.
+    TimestampTz(DateTime<Utc>),
+    /// A UUID.
+    Uuid(Uuid),
+    /// A JSON document.
+    Json(serde_json::Value),
+}
+
+impl Value {
+    /// True for `Value::Null`.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// A short name of the variant, for error messages.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "NULL",
+            Value::Bool(_) => "bool",
+            Value::I64(_) => "integer",
+            Value::F64(_) => "float",
+            Value::Decimal(_) => "decimal",
+            Value::Text(_) => "text",
+            Value::Bytes(_) => "bytes",
+            Value::Date(_) => "date",
+            Value::Time(_) => "time",
+            Value::Timestamp(_) => "timestamp",
+            Value::TimestampTz(_) => "timestamptz",
+            Value::Uuid(_) => "uuid",
+            Value::Json(_) => "json",
+        }
+    }
+
+    /// The value as JSON, as rows serialise it: dates and timestamps as ISO
+    /// 8601 text, decimals as text (no precision lost), bytes as an array.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::I64(i) => J::from(*i),
+            Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Decimal(d) => J::String(d.to_string()),
+            Value::Text(s) => J::String(s.clone()),
+            Value::Bytes(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+            Value::Date(d) => J::String(d.to_string()),
+            Value::Time(t) => J::String(t.to_string()),
+            Value::Timestamp(t) => J::String(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
+            Value::TimestampTz(t) => {
+                J::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }
+            Value::Uuid(u) => J::String(u.to_string()),
+            Value::Json(j) => j.clone(),
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+macro_rules! value_from {
+    ($($t:ty => |$v:ident| $e:expr),* $(,)?) => {
+        $(impl From<$t> for Value {
+            fn from($v: $t) -> Value { $e }
+        })*
+    };
+}
+
+value_from! {
+    bool => |v| Value::Bool(v),
+    i8 => |v| Value::I64(v.into()),
+    i16 => |v| Value::I64(v.into()),
+    i32 => |v| Value::I64(v.into()),
+    i64 => |v| Value::I64(v),
+    u8 => |v| Value::I64(v.into()),
+    u16 => |v| Value::I64(v.into()),
+    u32 => |v| Value::I64(v.into()),
+    f32 => |v| Value::F64(v.into()),
+    f64 => |v| Value::F64(v),
+    Decimal => |v| Value::Decimal(v),
+    String => |v| Value::Text(v),
+    &str => |v| Value::Text(v.to_owned()),
+    &String => |v| Value::Text(v.clone()),
+    Vec<u8> => |v| Value::Bytes(v),
+    &[u8] => |v| Value::Bytes(v.to_vec()),
+    NaiveDate => |v| Value::Date(v),
+    NaiveTime => |v| Value::Time(v),
+    NaiveDateTime => |v| Value::Timestamp(v),
+    DateTime<Utc> => |v| Value::TimestampTz(v),
+    Uuid => |v| Value::Uuid(v),
+    serde_json::Value => |v| Value::Json(v),
+    &Value => |v| v.clone(),
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// Conversion from a [`Value`] read from a row into a Rust type.
+///
+/// Conversions are lenient where no information is lost (an integer column
+/// read as `f64`, `0`/`1` read as `bool`, ISO text read as a date) and
+/// checked where it could be (an `i64` that does not fit an `i32`).
+pub trait FromValue: Sized {
+    /// Converts the value.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Conversion`](crate::ErrorKind::Conversion) when the value
+    /// cannot be represented as `Self` (including `NULL` for non-`Option` types).
+    fn from_value(value: &Value) -> Result<Self>;
+}
+
+#[cold]
+fn mismatch(value: &Value, target: &str) -> Error {
+    Error::conversion(format!(
+        "cannot read a {} value as {target}",
+        value.type_name()
+    ))
+}
+
+impl FromValue for Value {
+    fn from_value(value: &Value) -> Result<Self> {
+        Ok(value.clone())
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Null => Ok(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Bool(b) => Ok(*b),
+            Value::I64(0) => Ok(false),
+            Value::I64(1) => Ok(true),
+            Value::Text(s) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(true),
+            Value::Text(s) if s.eq_ignore_ascii_case("false") || s == "0" => Ok(false),
+            v => Err(mismatch(v, "bool")),
+        }
+    }
+}
+
+impl FromValue for i64 {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::I64(i) => Ok(*i),
+            Value::Bool(b) => Ok(i64::from(*b)),
+            Value::Decimal(d) if d.fract().is_zero() => {
+                i64::try_from(*d).map_err(|_| mismatch(value, "i64"))
+            }
+            Value::Text(s) => s.trim().parse().map_err(|_| mismatch(value, "i64")),
+            v => Err(mismatch(v, "i64")),
+        }
+    }
+}
+
+macro_rules! from_value_via_i64 {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(value: &Value) -> Result<Self> {
+                let wide = i64::from_value(value)?;
+                <$t>::try_from(wide).map_err(|_| {
+                    Error::conversion(format!("{wide} does not fit in {}", stringify!($t)))
+                })
+            }
+        }
+    )*};
+}
+from_value_via_i64!(i8, i16, i32, u8, u16, u32, u64, usize);
+
+impl FromValue for f64 {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::F64(f) => Ok(*f),
+            Value::I64(i) => Ok(*i as f64),
+            Value::Decimal(d) => d.to_string().parse().map_err(|_| mismatch(value, "f64")),
+            Value::Text(s) => s.trim().parse().map_err(|_| mismatch(value, "f64")),
+            v => Err(mismatch(v, "f64")),
+        }
+    }
+}
+
+impl FromValue for f32 {
+    fn from_value(value: &Value) -> Result<Self> {
+        f64::from_value(value).map(|f| f as f32)
+    }
+}
+
+impl FromValue for Decimal {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Decimal(d) => Ok(*d),
+            Value::I64(i) => Ok(Decimal::from(*i)),
+            Value::F64(f) => Decimal::try_from(*f).map_err(|_| mismatch(value, "Decimal")),
+            Value::Text(s) => s.trim().parse().map_err(|_| mismatch(value, "Decimal")),
+            v => Err(mismatch(v, "Decimal")),
+        }
+    }
+}
+
+impl FromValue for String {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Text(s) => Ok(s.clone()),
+            Value::Null | Value::Bytes(_) => Err(mismatch(value, "String")),
+            Value::Json(serde_json::Value::String(s)) => Ok(s.clone()),
+            Value::Json(j) => Ok(j.to_string()),
+            v => match v.to_json() {
+                serde_json::Value::String(s) => Ok(s),
+                other => Ok(other.to_string()),
+            },
+        }
+    }
+}
+
+impl FromValue for Vec<u8> {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Bytes(b) => Ok(b.clone()),
+            Value::Text(s) => Ok(s.as_bytes().to_vec()),
+            v => Err(mismatch(v, "bytes")),
+        }
+    }
+}
+
+impl FromValue for NaiveDate {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Date(d) => Ok(*d),
+            Value::Timestamp(t) => Ok(t.date()),
+            Value::Text(s) => parse_date(s).ok_or_else(|| mismatch(value, "a date")),
+            v => Err(mismatch(v, "a date")),
+        }
+    }
+}
+
+impl FromValue for NaiveTime {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Time(t) => Ok(*t),
+            Value::Text(s) => parse_time(s).ok_or_else(|| mismatch(value, "a time")),
+            v => Err(mismatch(v, "a time")),
+        }
+    }
+}
+
+impl FromValue for NaiveDateTime {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Timestamp(t) => Ok(*t),
+            Value::Date(d) => Ok(d.and_time(NaiveTime::MIN)),
+            Value::Text(s) => parse_timestamp(s).ok_or_else(|| mismatch(value, "a timestamp")),
+            v => Err(mismatch(v, "a timestamp")),
+        }
+    }
+}
+
+impl FromValue for DateTime<Utc> {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::TimestampTz(t) => Ok(*t),
+            Value::Text(s) => {
+                parse_timestamptz(s).ok_or_else(|| mismatch(value, "a timestamp with time zone"))
+            }
+            v => Err(mismatch(v, "a timestamp with time zone")),
+        }
+    }
+}
+
+impl FromValue for Uuid {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Uuid(u) => Ok(*u),
+            Value::Text(s) => Uuid::parse_str(s.trim()).map_err(|_| mismatch(value, "a uuid")),
+            Value::Bytes(b) => Uuid::from_slice(b).map_err(|_| mismatch(value, "a uuid")),
+            v => Err(mismatch(v, "a uuid")),
+        }
+    }
+}
+
+impl FromValue for serde_json::Value {
+    fn from_value(value: &Value) -> Result<Self> {
+        match value {
+            Value::Json(j) => Ok(j.clone()),
+            Value::Text(s) => serde_json::from_str(s).map_err(|_| mismatch(value, "JSON")),
+            v => Ok(v.to_json()),
+        }
+    }
+}
+
+/// Parses `YYYY-MM-DD`.
+pub(crate) fn parse_date(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()
+}
+
+/// Parses `HH:MM[:SS[.fff]]`.
+pub(crate) fn parse_time(s: &str) -> Option<NaiveTime> {
+    let s = s.trim();
+    NaiveTime::parse_from_str(s, "%H:%M:%S%.f")
+        .or_else(|_| NaiveTime::parse_from_str(s, "%H:%M"))
+        .ok()
+}
+
+/// Parses `YYYY-MM-DD[T ]HH:MM:SS[.fff]`.
+pub(crate) fn parse_timestamp(s: &str) -> Option<NaiveDateTime> {
+    let s = s.trim();
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+        .ok()
+        .or_else(|| parse_date(s).map(|d| d.and_time(NaiveTime::MIN)))
+}
+
+/// Parses RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]+HH:MM`; text without an
+/// offset is taken as UTC.
+pub(crate) fn parse_timestamptz(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    DateTime::parse_from_rfc3339(s)
+        .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| parse_timestamp(s).map(|t| t.and_utc()))
+}
+
+/// Column names of a result, shared by all its rows.
+pub(crate) type Columns = Arc<[Arc<str>]>;
+
+/// One row of a result: column names (shared across the result) and values.
+///
+/// Serialises as a JSON object in column order.
+#[derive(Clone, PartialEq)]
+pub struct Row {
+    columns: Columns,
+    values: Vec<Value>,
+}
+
+impl Row {
+    pub(crate) fn new(columns: Columns, values: Vec<Value>) -> Row {
+        debug_assert_eq!(columns.len(), values.len());
+        Row { columns, values }
+    }
+
+    /// Reads column `index` (a name or a 0-based position) as `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Parameter`](crate::ErrorKind::Parameter) when there is no
+    /// such column; [`ErrorKind::Conversion`](crate::ErrorKind::Conversion)
+    /// when the value cannot be read as `T`.
+    pub fn get<T: FromValue>(&self, index: impl ColumnIndex) -> Result<T> {
+        let i = index.position(&self.columns)?;
+        T::from_value(&self.values[i]).map_err(|e| {
+            Error::conversion(format!("column `{}`: {}", self.columns[i], e_message(&e)))
+        })
+    }
+
+    /// The raw value of column `index`, if the column exists.
+    pub fn value(&self, index: impl ColumnIndex) -> Option<&Value> {
+        index
+            .position(&self.columns)
+            .ok()
+            .map(|i| &self.values[i])
+    }
+
+    /// Column names, in order.
+    pub fn columns(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.columns.iter().map(|c| &**c)
+    }
+
+    /// Values, in column order.
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True for a row with no columns.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Takes the values out of the row.
+    pub fn into_values(self) -> Vec<Value> {
+        self.values
+    }
+
+    /// The row as a JSON object (`{"id": 1, "name": "x"}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.columns
+                .iter()
+                .zip(&self.values)
+                .map(|(c, v)| (c.to_string(), v.to_json()))
+                .collect(),
+        )
+    }
+
+    /// Deserialises the row into `T` through serde, matching fields by column name.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Conversion`](crate::ErrorKind::Conversion) naming the
+    /// field that did not fit.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.to_json())
+            .map_err(|e| Error::conversion(format!("row does not fit the target type: {e}")))
+    }
+}
+
+fn e_message(e: &Error) -> String {
+    let full = e.to_string();
+    full.strip_prefix("value conversion error: ")
+        .map(str::to_owned)
+        .unwrap_or(full)
+}
+
+impl fmt::Debug for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.columns.iter().zip(&self.values))
+            .finish()
+    }
+}
+
+impl Serialize for Row {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.values.len()))?;
+        for (c, v) in self.columns.iter().zip(&self.values) {
+            map.serialize_entry(&**c, v)?;
+        }
+        map.end()
+    }
+}
+
+/// A way to name a column: its name or its 0-based position.
+pub trait ColumnIndex: sealed::Sealed {
+    #[doc(hidden)]
+    fn position(&self, columns: &[Arc<str>]) -> Result<usize>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for usize {}
+    impl Sealed for &str {}
+}
+
+impl ColumnIndex for usize {
+    fn position(&self, columns: &[Arc<str>]) -> Result<usize> {
+        if *self < columns.len() {
+            Ok(*self)
+        } else {
+            Err(Error::parameter(format!(
+                "column index {self} is out of range: the row has {} columns",
+                columns.len()
+            )))
+        }
+    }
+}
+
+impl ColumnIndex for &str {
+    fn position(&self, columns: &[Arc<str>]) -> Result<usize> {
+        columns
+            .iter()
+            .position(|c| &**c == *self)
+            .or_else(|| columns.iter().position(|c| c.eq_ignore_ascii_case(self)))
+            .ok_or_else(|| {
+                let names: Vec<&str> = columns.iter().map(|c| &**c).collect();
+                Error::parameter(format!(
+                    "no column named `{self}`; the row has {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Statement parameters: positional (for `?` and native placeholders) or
+/// named (for `:name`).
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub enum Params {
+    /// No parameters.
+    #[default]
+    None,
+    /// Values in placeholder order.
+    Positional(Vec<Value>),
+    /// Values by name, for `:name` placeholders.
+    Named(Vec<(String, Value)>),
+}
+
+impl Params {
+    /// True when there are no values.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Params::None => true,
+            Params::Positional(v) => v.is_empty(),
+            Params::Named(v) => v.is_empty(),
+        }
+    }
+}
+
+/// Anything that can be given as statement parameters: `()`, a tuple of up to
+/// 12 values, a slice or `Vec` of [`Value`], a map of names to values, or
+/// [`params!`](crate::params).
+pub trait IntoParams {
+    /// Converts into [`Params`].
+    fn into_params(self) -> Params;
+}
+
+impl IntoParams for Params {
+    fn into_params(self) -> Params {
+        self
+    }
+}
+
+impl IntoParams for &Params {
+    fn into_params(self) -> Params {
+        self.clone()
+    }
+}
+
+impl IntoParams for () {
+    fn into_params(self) -> Params {
+        Params::None
+    }
+}
+
+impl IntoParams for Vec<Value> {
+    fn into_params(self) -> Params {
+        Params::Positional(self)
+    }
+}
+
+impl IntoParams for &[Value] {
+    fn into_params(self) -> Params {
+        Params::Positional(self.to_vec())
+    }
+}
+
+impl<const N: usize> IntoParams for [Value; N] {
+    fn into_params(self) -> Params {
+        Params::Positional(self.into())
+    }
+}
+
+impl<K: Into<String>, V: Into<Value>> IntoParams for HashMap<K, V> {
+    fn into_params(self) -> Params {
+        Params::Named(self.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl<K: Into<String>, V: Into<Value>> IntoParams for BTreeMap<K, V> {
+    fn into_params(self) -> Params {
+        Params::Named(self.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl IntoParams for Vec<(String, Value)> {
+    fn into_params(self) -> Params {
+        Params::Named(self)
+    }
+}
+
+macro_rules! tuple_params {
+    ($($name:ident),+) => {
+        impl<$($name: Into<Value>),+> IntoParams for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn into_params(self) -> Params {
+                let ($($name,)+) = self;
+                Params::Positional(vec![$($name.into()),+])
+            }
+        }
+    };
+}
+tuple_params!(A);
+tuple_params!(A, B);
+tuple_params!(A, B, C);
+tuple_params!(A, B, C, D);
+tuple_params!(A, B, C, D, E);
+tuple_params!(A, B, C, D, E, F);
+tuple_params!(A, B, C, D, E, F, G);
+tuple_params!(A, B, C, D, E, F, G, H);
+tuple_params!(A, B, C, D, E, F, G, H, I);
+tuple_params!(A, B, C, D, E, F, G, H, I, J);
+tuple_params!(A, B, C, D, E, F, G, H, I, J, K);
+tuple_params!(A, B, C, D, E, F, G, H, I, J, K, L);
+
+/// Named parameters for `:name` placeholders.
+///
+/// ```
+/// use dbmanager::{params, Params};
+/// let p = params! { "status" => "active", "limit" => 10 };
+/// assert!(matches!(p, Params::Named(ref v) if v.len() == 2));
+/// ```
+#[macro_export]
+macro_rules! params {
+    () => { $crate::Params::None };
+    ($($name:expr => $value:expr),+ $(,)?) => {
+        $crate::Params::Named(::std::vec![
+            $((::std::string::String::from($name), $crate::Value::from($value))),+
+        ])
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        let cols: Columns = vec![Arc::from("id"), Arc::from("name"), Arc::from("when")].into();
+        Row::new(
+            cols,
+            vec![
+                Value::I64(7),
+                Value::Text("ada".into()),
+                Value::Text("2024-01-15 10:30:00".into()),
+            ],
+        )
+    }
+
+    #[test]
+    fn get_by_name_and_position_with_widening() -> Result<()> {
+        let r = row();
+        assert_eq!(r.get::<i64>("id")?, 7);
+        assert_eq!(r.get::<i32>(0)?, 7);
+        assert_eq!(r.get::<f64>("id")?, 7.0);
+        assert_eq!(r.get::<String>("NAME")?, "ada");
+        assert_eq!(
+            r.get::<NaiveDateTime>("when")?,
+            NaiveDate::from_ymd_opt(2024, 1, 15)
+                .unwrap()
+                .and_hms_opt(10, 30, 0)
+                .unwrap()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn missing_column_and_bad_conversion_are_errors() {
+        let r = row();
+        let e = r.get::<i64>("nope").unwrap_err();
+        assert!(e.to_string().contains("id, name, when"), "{e}");
+        let e = r.get::<i64>("name").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Conversion);
+        assert!(e.to_string().contains("column `name`"), "{e}");
+        assert!(r.get::<i64>(9).is_err());
+        assert!(Option::<i64>::from_value(&Value::Null).unwrap().is_none());
+        assert!(i64::from_value(&Value::Null).is_err());
+        assert!(i8::from_value(&Value::I64(300)).is_err());
+    }
+
+    #[test]
+    fn row_serialises_as_object_in_order() {
+        let json = serde_json::to_string(&row()).unwrap();
+        assert_eq!(json, r#"{"id":7,"name":"ada","when":"2024-01-15 10:30:00"}"#);
+    }
+
+    #[test]
+    fn deserialize_into_struct() -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct P {
+            id: i64,
+            name: String,
+        }
+        let p: P = row().deserialize()?;
+        assert_eq!((p.id, p.name.as_str()), (7, "ada"));
+        Ok(())
+    }
+
+    #[test]
+    fn params_forms() {
+        assert_eq!(().into_params(), Params::None);
+        assert_eq!(
+            (1, "a", None::<i64>).into_params(),
+            Params::Positional(vec![Value::I64(1), Value::Text("a".into()), Value::Null])
+        );
+        let p = crate::params! { "a" => 1, "b" => true };
+        assert_eq!(
+            p,
+            Params::Named(vec![
+                ("a".into(), Value::I64(1)),
+                ("b".into(), Value::Bool(true))
+            ])
+        );
+    }
+
+    #[test]
+    fn timestamptz_text_forms() {
+        let a = parse_timestamptz("2024-01-15T10:30:00Z").unwrap();
+        let b = parse_timestamptz("2024-01-15 12:30:00+02:00").unwrap();
+        let c = parse_timestamptz("2024-01-15 10:30:00").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+}
