@@ -308,12 +308,12 @@ impl DatabaseConfig {
         redact_url(&self.url)
     }
 
-    /// Connections kept open (idle) in the pool.
+    /// Connections kept open in the pool once opened (they open on demand).
     pub fn pool_size(&self) -> u32 {
         self.pool_size
     }
 
-    /// Connections opened beyond `pool_size` under load, closed again when idle.
+    /// Connections opened beyond `pool_size` under load, closed again on return.
     pub fn max_overflow(&self) -> u32 {
         self.max_overflow
     }
@@ -338,7 +338,7 @@ impl DatabaseConfig {
         self.connect_timeout
     }
 
-    /// How long an overflow connection may sit idle before it is closed.
+    /// How long a connection may sit idle in the pool before it is closed.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
@@ -583,7 +583,8 @@ impl DatabaseConfigBuilder {
         self
     }
 
-    /// Extra connections opened under load and closed when idle. Default 10
+    /// Extra connections opened under load, each closed when returned with
+    /// nobody waiting. Default 10
     /// (the seeds' SQLAlchemy default).
     pub fn max_overflow(mut self, n: u32) -> Self {
         self.max_overflow = n;
@@ -611,8 +612,9 @@ impl DatabaseConfigBuilder {
         self
     }
 
-    /// How long a connection beyond `pool_size` may sit idle before it is
-    /// closed. Default 10 min.
+    /// How long any connection may sit idle in the pool before it is closed
+    /// (connections beyond `pool_size` are closed as soon as they are
+    /// returned with nobody waiting). Default 10 min.
     pub fn idle_timeout(mut self, t: Duration) -> Self {
         self.idle_timeout = t;
         self

@@ -1,10 +1,14 @@
 //! The r2d2 pool of backend connections, and the checkout policy around it.
 //!
-//! - `pool_size` connections are kept (`min_idle`), up to `max_overflow` more
-//!   are opened under load and closed after `idle_timeout`.
-//! - A checkout never hangs: it is bounded by the acquisition timeout, and a
-//!   connection error reported while the caller waits (wrong password, server
-//!   down) is returned at once instead of after the full timeout.
+//! - Connections open on demand (r2d2 `min_idle = 0`: a one-thread batch job
+//!   holds one connection, not `pool_size`). Up to `pool_size` are kept; up to
+//!   `max_overflow` more open under load, and each of those is closed when it
+//!   is returned with nobody waiting (SQLAlchemy's `QueuePool` semantics).
+//!   Any connection idle past `idle_timeout` is closed.
+//! - A checkout never hangs: it is bounded by the acquisition timeout. When no
+//!   connection is open at all, the caller probes with a connection of its own,
+//!   so a wrong password or a server that is down is reported at once rather
+//!   than as a pool timeout after the full wait.
 //! - A connection idle for longer than `validate_after_idle` is pinged before
 //!   it is handed out; fresher ones are not (no extra round trip per query).
 //! - A connection the pipeline marked broken is discarded on return.
@@ -26,11 +30,20 @@ pub(crate) struct Conn {
     /// Set when the connection must not be reused.
     pub(crate) broken: bool,
     last_used: Instant,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counters the pool keeps beside r2d2's state.
 #[derive(Default)]
 pub(crate) struct Counters {
+    /// Connections open now (r2d2 counts pending ones too).
+    open: AtomicU32,
     pub(crate) waiting: AtomicU32,
     pub(crate) timeouts: AtomicU64,
     pub(crate) discarded: AtomicU64,
@@ -41,8 +54,9 @@ pub(crate) struct Counters {
 
 /// r2d2's view of our backends.
 pub(crate) struct Manager {
-    connector: Box<dyn Connector>,
+    connector: Arc<dyn Connector>,
     counters: Arc<Counters>,
+    pool_size: u32,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -52,10 +66,12 @@ impl r2d2::ManageConnection for Manager {
     fn connect(&self) -> Result<Conn> {
         let backend = self.connector.connect()?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
             backend,
             broken: false,
             last_used: Instant::now(),
+            counters: Arc::clone(&self.counters),
         })
     }
 
@@ -63,12 +79,15 @@ impl r2d2::ManageConnection for Manager {
         conn.backend.ping()
     }
 
+    /// Called by r2d2 on every return: broken connections are discarded, and
+    /// so is an overflow connection nobody is waiting for.
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        let broken = conn.broken || conn.backend.is_closed();
-        if broken {
+        if conn.broken || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+            return true;
         }
-        broken
+        self.counters.open.load(Ordering::Relaxed) > self.pool_size
+            && self.counters.waiting.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -99,6 +118,8 @@ pub(crate) type Pooled = r2d2::PooledConnection<Manager>;
 /// The pool of one database.
 pub(crate) struct Pool {
     inner: r2d2::Pool<Manager>,
+    connector: Arc<dyn Connector>,
+    probe_lock: Mutex<()>,
     counters: Arc<Counters>,
     database: Arc<str>,
     acquire_timeout: Duration,
@@ -107,19 +128,18 @@ pub(crate) struct Pool {
     max_overflow: u32,
 }
 
-/// How long a waiter sleeps between looks at recorded connection errors.
-const WAIT_SLICE: Duration = Duration::from_millis(25);
-
 impl Pool {
     pub(crate) fn new(config: &DatabaseConfig, connector: Box<dyn Connector>) -> Pool {
+        let connector: Arc<dyn Connector> = Arc::from(connector);
         let counters = Arc::new(Counters::default());
         let manager = Manager {
-            connector,
+            connector: Arc::clone(&connector),
             counters: Arc::clone(&counters),
+            pool_size: config.pool_size,
         };
         let inner = r2d2::Pool::builder()
             .max_size(config.max_size())
-            .min_idle(Some(config.pool_size))
+            .min_idle(Some(0))
             .idle_timeout(Some(config.idle_timeout).filter(|t| !t.is_zero()))
             .max_lifetime(config.max_lifetime)
             .connection_timeout(config.acquire_timeout)
@@ -131,6 +151,8 @@ impl Pool {
             .build_unchecked(manager);
         Pool {
             inner,
+            connector,
+            probe_lock: Mutex::new(()),
             counters,
             database: Arc::clone(&config.name),
             acquire_timeout: config.acquire_timeout,
@@ -144,12 +166,11 @@ impl Pool {
     /// acquisition timeout when `None`).
     pub(crate) fn get(&self, timeout: Option<Duration>) -> Result<Pooled> {
         let timeout = timeout.unwrap_or(self.acquire_timeout);
-        let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let mut conn = match self.inner.try_get() {
                 Some(c) => c,
-                None => self.wait(start, deadline, timeout)?,
+                None => self.wait(deadline, timeout)?,
             };
             if conn.last_used.elapsed() < self.validate_after_idle {
                 return Ok(conn);
@@ -171,29 +192,50 @@ impl Pool {
         }
     }
 
-    fn wait(&self, start: Instant, deadline: Instant, timeout: Duration) -> Result<Pooled> {
+    fn wait(&self, deadline: Instant, timeout: Duration) -> Result<Pooled> {
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = scopeguard(|| {
             self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
         });
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(self.timed_out(timeout));
+        if self.inner.state().connections == 0 {
+            self.probe(deadline)?;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(self.timed_out(timeout));
+        }
+        self.inner
+            .get_timeout(deadline - now)
+            .map_err(|_| self.timed_out(timeout))
+    }
+
+    /// With no connection open (a cold start, or every connection lost), one
+    /// caller at a time opens a connection itself: if that fails, the caller
+    /// gets the real error (wrong password, server down) now rather than a
+    /// pool timeout later. Others wait for the probe and share its verdict.
+    fn probe(&self, deadline: Instant) -> Result<()> {
+        let asked = Instant::now();
+        let Some(_probing) = self
+            .probe_lock
+            .try_lock_until(deadline)
+        else {
+            return Ok(());
+        };
+        if let Some((at, err)) = &*self.counters.last_connect_error.lock() {
+            if *at >= asked {
+                return Err(Error::new(err.kind(), "no connection could be opened")
+                    .with_source(Arc::clone(err)));
             }
-            if let Ok(conn) = self.inner.get_timeout((deadline - now).min(WAIT_SLICE)) {
-                return Ok(conn);
-            }
-            // No connection yet: if opening one failed since we began to
-            // wait, say why now rather than at the deadline.
-            let idle_pool_empty = self.inner.state().connections == 0;
-            if idle_pool_empty {
-                if let Some((at, err)) = &*self.counters.last_connect_error.lock() {
-                    if *at >= start {
-                        return Err(Error::new(err.kind(), "no connection could be opened")
-                            .with_source(Arc::clone(err)));
-                    }
-                }
+        }
+        if self.inner.state().connections > 0 {
+            return Ok(());
+        }
+        match self.connector.connect() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = Arc::new(e);
+                *self.counters.last_connect_error.lock() = Some((Instant::now(), Arc::clone(&e)));
+                Err(Error::new(e.kind(), "no connection could be opened").with_source(e))
             }
         }
     }
