@@ -213,7 +213,10 @@ pub struct DatabaseConfig {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) validate_after_idle: Duration,
+    pub(crate) leak_threshold: Option<Duration>,
     pub(crate) read_only: bool,
+    /// `DEVELOPMENT_GLOBAL_RPA_DB_` when read from the environment, for messages.
+    pub(crate) var_stem: Option<String>,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -230,6 +233,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("validate_after_idle", &self.validate_after_idle)
+            .field("leak_threshold", &self.leak_threshold)
             .field("read_only", &self.read_only)
             .finish()
     }
@@ -251,6 +255,7 @@ mod var {
     pub const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
     pub const MAX_LIFETIME: &str = "MAX_LIFETIME";
     pub const READ_ONLY: &str = "READ_ONLY";
+    pub const LEAK_THRESHOLD: &str = "LEAK_THRESHOLD";
     pub const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
     pub const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
 }
@@ -353,9 +358,23 @@ impl DatabaseConfig {
         self.validate_after_idle
     }
 
+    /// How long a connection may be held out of the pool before it is
+    /// reported as a suspected leak (`None`: never reported).
+    pub fn leak_threshold(&self) -> Option<Duration> {
+        self.leak_threshold
+    }
+
     /// Whether writes and migrations are refused.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Where the query timeout is set, for error messages.
+    pub(crate) fn timeout_variable(&self) -> String {
+        match &self.var_stem {
+            Some(stem) => format!("{stem}{}", var::TIMEOUT),
+            None => "the query timeout (DatabaseConfigBuilder::query_timeout)".to_owned(),
+        }
     }
 }
 
@@ -439,6 +458,7 @@ fn from_sources(
 
     let mut b = DatabaseConfig::builder(name).url(url);
     b.url_source = Some(url_var);
+    b.var_stem = Some(stem.clone());
     if let Some(t) = get(&var(var::TYPE)) {
         let kind = BackendKind::from_type_name(&t).ok_or_else(|| {
             Error::config(format!(
@@ -473,6 +493,10 @@ fn from_sources(
     if let Some(v) = get(&var(var::MAX_LIFETIME)) {
         let secs = parse_secs(&var(var::MAX_LIFETIME), &v)?;
         b = b.max_lifetime((!secs.is_zero()).then_some(secs));
+    }
+    if let Some(v) = get(&var(var::LEAK_THRESHOLD)) {
+        let secs = parse_secs(&var(var::LEAK_THRESHOLD), &v)?;
+        b = b.leak_threshold((!secs.is_zero()).then_some(secs));
     }
     if let Some(v) = get(&var(var::READ_ONLY)) {
         b = b.read_only(parse_bool(&var(var::READ_ONLY), &v)?);
@@ -531,7 +555,9 @@ pub struct DatabaseConfigBuilder {
     idle_timeout: Duration,
     max_lifetime: Option<Duration>,
     validate_after_idle: Duration,
+    leak_threshold: Option<Duration>,
     read_only: bool,
+    var_stem: Option<String>,
 }
 
 impl fmt::Debug for DatabaseConfigBuilder {
@@ -560,7 +586,9 @@ impl DatabaseConfigBuilder {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Some(Duration::from_secs(1800)),
             validate_after_idle: Duration::from_secs(30),
+            leak_threshold: Some(Duration::from_secs(300)),
             read_only: false,
+            var_stem: None,
         }
     }
 
@@ -636,6 +664,16 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// A connection held out of the pool for longer than this is reported
+    /// once as a suspected leak (a `tracing` warning naming where it was
+    /// checked out, and a count in [`PoolStatus`](crate::PoolStatus)); `None`
+    /// turns the report off. Default 5 min: longer than any statement under
+    /// the default 30 s timeout, short enough to be noticed in a batch job.
+    pub fn leak_threshold(mut self, t: Option<Duration>) -> Self {
+        self.leak_threshold = t;
+        self
+    }
+
     /// Refuse writes and migrations. Default `false`.
     pub fn read_only(mut self, on: bool) -> Self {
         self.read_only = on;
@@ -701,7 +739,9 @@ impl DatabaseConfigBuilder {
             idle_timeout: self.idle_timeout,
             max_lifetime: self.max_lifetime,
             validate_after_idle: self.validate_after_idle,
+            leak_threshold: self.leak_threshold.filter(|t| !t.is_zero()),
             read_only: self.read_only,
+            var_stem: self.var_stem,
         })
     }
 }

@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::status::ConnectionHolder;
+
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -96,6 +98,7 @@ struct Inner {
     message: String,
     db_code: Option<String>,
     source: Option<Source>,
+    holders: Vec<ConnectionHolder>,
 }
 
 /// An error from dbmanager.
@@ -117,6 +120,7 @@ impl Error {
             message: message.into(),
             db_code: None,
             source: None,
+            holders: Vec::new(),
         }))
     }
 
@@ -136,15 +140,51 @@ impl Error {
     }
 
     #[cold]
-    pub(crate) fn pool_timeout(waited: Duration) -> Error {
-        Error::new(
+    pub(crate) fn pool_timeout(waited: Duration, holders: Vec<ConnectionHolder>) -> Error {
+        let held = match holders.first() {
+            None => String::new(),
+            Some(h) => format!(
+                "; {} connection{} held, the longest for {} (checked out at {}{}{})",
+                holders.len(),
+                if holders.len() == 1 { " is" } else { "s are" },
+                fmt_duration(Duration::from_millis(h.held_for_ms)),
+                h.checked_out_at,
+                h.thread
+                    .as_deref()
+                    .map(|t| format!(" on thread `{t}`"))
+                    .unwrap_or_default(),
+                if h.in_transaction { ", in a transaction" } else { "" },
+            ),
+        };
+        let mut e = Error::new(
             ErrorKind::PoolTimeout,
             format!(
-                "no connection became free within the acquisition timeout of {}; \
-                 raise POOL_SIZE/MAX_OVERFLOW or the acquisition timeout, or return connections sooner",
+                "no connection became free within the acquisition timeout of {}{held}; \
+                 raise POOL_SIZE/MAX_OVERFLOW or the acquisition timeout, or return connections sooner \
+                 (Error::pool_holders lists every holder)",
                 fmt_duration(waited)
             ),
+        );
+        e.0.holders = holders;
+        e
+    }
+
+    #[cold]
+    pub(crate) fn query_timeout(limit: Duration, hint: &str) -> Error {
+        Error::new(
+            ErrorKind::QueryTimeout,
+            format!(
+                "the statement ran longer than its timeout of {} and was cancelled; {hint}",
+                fmt_duration(limit)
+            ),
         )
+    }
+
+    /// Adds a clause to the message (what happened as a consequence).
+    pub(crate) fn context(mut self, clause: &str) -> Error {
+        self.0.message.push_str("; ");
+        self.0.message.push_str(clause);
+        self
     }
 
     #[cold]
@@ -190,6 +230,13 @@ impl Error {
     /// extended result code name on SQLite (`"SQLITE_CONSTRAINT_UNIQUE"`).
     pub fn db_code(&self) -> Option<&str> {
         self.0.db_code.as_deref()
+    }
+
+    /// For a [`PoolTimeout`](ErrorKind::PoolTimeout): every connection that
+    /// was checked out when the wait gave up, longest held first, with where
+    /// it was checked out, by which thread and its last SQL. Empty otherwise.
+    pub fn pool_holders(&self) -> &[ConnectionHolder] {
+        &self.0.holders
     }
 
     /// True for every timeout: query, pool acquisition and connect.
@@ -252,6 +299,7 @@ impl fmt::Debug for Error {
             .field("message", &self.0.message)
             .field("db_code", &self.0.db_code)
             .field("source", &self.0.source)
+            .field("holders", &self.0.holders)
             .finish()
     }
 }
@@ -296,8 +344,8 @@ mod tests {
 
     #[test]
     fn predicates_follow_kind() {
-        assert!(Error::pool_timeout(Duration::from_millis(250)).is_pool_exhausted());
-        assert!(Error::pool_timeout(Duration::from_millis(250)).is_timeout());
+        assert!(Error::pool_timeout(Duration::from_millis(250), Vec::new()).is_pool_exhausted());
+        assert!(Error::pool_timeout(Duration::from_millis(250), Vec::new()).is_timeout());
         assert!(!Error::new(ErrorKind::Syntax, "").is_retryable());
         assert!(Error::new(ErrorKind::UniqueViolation, "").is_unique_violation());
         assert!(!Error::new(ErrorKind::QueryTimeout, "").is_retryable());

@@ -54,6 +54,7 @@ mod pool;
 mod sql;
 mod status;
 mod value;
+mod watchdog;
 
 pub use crate::config::{
     default_pool_size, env_prefix, env_stem, BackendKind, DatabaseConfig, DatabaseConfigBuilder,
@@ -61,7 +62,7 @@ pub use crate::config::{
 };
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
-pub use crate::status::PoolStatus;
+pub use crate::status::{ConnectionHolder, PoolStatus};
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 
 #[doc = include_str!("../README.md")]

@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
 use crate::config::{env_stem, BackendKind, DatabaseConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::{Op, Outcome, Shared};
+use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
 use crate::status::PoolStatus;
 use crate::value::{IntoParams, Params, Row};
@@ -92,12 +93,31 @@ macro_rules! statement_methods {
         /// quoting (translated for the backend), or the backend's native
         /// placeholders.
         ///
+        /// The statement is limited by the query timeout in force (the
+        /// database's `TIMEOUT` setting unless changed): past it, it is
+        /// cancelled on the server and the call returns
+        /// [`QueryTimeout`](crate::ErrorKind::QueryTimeout).
+        ///
         /// # Errors
         ///
         /// Any [`ErrorKind`](crate::ErrorKind): parameters that do not match
         /// the placeholders, the server's error, pool or query timeouts.
+        #[track_caller]
         pub fn execute_query($($recv)+, sql: &str, params: impl IntoParams) -> Result<Vec<Row>> {
-            $s.run(Op::Query, sql, params.into_params()).map(outcome_rows)
+            $s.run(Op::Query, sql, params.into_params(), Limit::Default).map(outcome_rows)
+        }
+
+        /// Runs a statement and returns its rows, cancelling it on the server
+        /// if it runs longer than `timeout` (seed 002's
+        /// `execute_query_with_timeout`).
+        ///
+        /// # Errors
+        ///
+        /// [`QueryTimeout`](crate::ErrorKind::QueryTimeout) past `timeout`,
+        /// or as [`execute_query`](Self::execute_query).
+        #[track_caller]
+        pub fn execute_query_with_timeout($($recv)+, sql: &str, params: impl IntoParams, timeout: Duration) -> Result<Vec<Row>> {
+            $s.run(Op::Query, sql, params.into_params(), Limit::Custom(Some(timeout))).map(outcome_rows)
         }
 
         /// Runs a statement and returns the number of rows it affected.
@@ -105,8 +125,21 @@ macro_rules! statement_methods {
         /// # Errors
         ///
         /// As [`execute_query`](Self::execute_query).
+        #[track_caller]
         pub fn execute($($recv)+, sql: &str, params: impl IntoParams) -> Result<u64> {
-            $s.run(Op::Execute, sql, params.into_params()).map(outcome_affected)
+            $s.run(Op::Execute, sql, params.into_params(), Limit::Default).map(outcome_affected)
+        }
+
+        /// Runs a statement and returns the number of rows it affected,
+        /// cancelling it on the server if it runs longer than `timeout`.
+        ///
+        /// # Errors
+        ///
+        /// [`QueryTimeout`](crate::ErrorKind::QueryTimeout) past `timeout`,
+        /// or as [`execute_query`](Self::execute_query).
+        #[track_caller]
+        pub fn execute_with_timeout($($recv)+, sql: &str, params: impl IntoParams, timeout: Duration) -> Result<u64> {
+            $s.run(Op::Execute, sql, params.into_params(), Limit::Custom(Some(timeout))).map(outcome_affected)
         }
 
         /// Runs a script of statements separated by `;`, without parameters.
@@ -115,8 +148,9 @@ macro_rules! statement_methods {
         ///
         /// As [`execute_query`](Self::execute_query); a script with `?` or
         /// `:name` placeholders is a [`Parameter`](crate::ErrorKind::Parameter) error.
+        #[track_caller]
         pub fn execute_batch($($recv)+, sql: &str) -> Result<()> {
-            $s.run(Op::Batch, sql, Params::None).map(drop)
+            $s.run(Op::Batch, sql, Params::None, Limit::Default).map(drop)
         }
 
         /// Runs a query that must return exactly one row.
@@ -126,6 +160,7 @@ macro_rules! statement_methods {
         /// [`NoRows`](crate::ErrorKind::NoRows) or
         /// [`TooManyRows`](crate::ErrorKind::TooManyRows), or as
         /// [`execute_query`](Self::execute_query).
+        #[track_caller]
         pub fn query_one($($recv)+, sql: &str, params: impl IntoParams) -> Result<Row> {
             $s.execute_query(sql, params).and_then(exactly_one)
         }
@@ -136,6 +171,7 @@ macro_rules! statement_methods {
         ///
         /// [`TooManyRows`](crate::ErrorKind::TooManyRows), or as
         /// [`execute_query`](Self::execute_query).
+        #[track_caller]
         pub fn query_opt($($recv)+, sql: &str, params: impl IntoParams) -> Result<Option<Row>> {
             $s.execute_query(sql, params).and_then(at_most_one)
         }
@@ -147,6 +183,7 @@ macro_rules! statement_methods {
         ///
         /// [`Conversion`](crate::ErrorKind::Conversion) when a row does not
         /// fit `T`, or as [`execute_query`](Self::execute_query).
+        #[track_caller]
         pub fn query_as<T: DeserializeOwned>($($recv)+, sql: &str, params: impl IntoParams) -> Result<Vec<T>> {
             $s.execute_query(sql, params)?
                 .iter()
@@ -213,8 +250,9 @@ impl DatabaseManager {
         &self.shared.config
     }
 
-    fn run(&self, op: Op, sql: &str, params: Params) -> Result<Outcome> {
-        self.shared.run(None, op, sql, params)
+    #[track_caller]
+    fn run(&self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
+        self.shared.run(None, op, sql, params, limit)
     }
 
     statement_methods!(&self);
@@ -226,6 +264,7 @@ impl DatabaseManager {
     ///
     /// The first failing statement's error, after the transaction was rolled
     /// back.
+    #[track_caller]
     pub fn execute_transaction<S, P>(&self, statements: impl IntoIterator<Item = (S, P)>) -> Result<Vec<u64>>
     where
         S: AsRef<str>,
@@ -247,10 +286,12 @@ impl DatabaseManager {
     /// [`PoolTimeout`](crate::ErrorKind::PoolTimeout) when none became free
     /// within the acquisition timeout; the connection error when none could
     /// be opened; [`Closed`](crate::ErrorKind::Closed) after [`close`](Self::close).
+    #[track_caller]
     pub fn connection(&self) -> Result<PooledConnection> {
         Ok(PooledConnection {
             shared: Arc::clone(&self.shared),
             conn: self.shared.checkout()?,
+            limit: Limit::Default,
         })
     }
 
@@ -271,6 +312,7 @@ impl DatabaseManager {
     /// # Errors
     ///
     /// `f`'s error (after rollback), or the error of `BEGIN` or `COMMIT`.
+    #[track_caller]
     pub fn transaction<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
@@ -280,15 +322,37 @@ impl DatabaseManager {
         tx.run_closure(f)
     }
 
+    /// As [`transaction`](Self::transaction), with a deadline for the whole
+    /// transaction: each statement is limited to what is left of `timeout`
+    /// (or its own timeout, if shorter), and once it has passed the
+    /// transaction is rolled back and the call returns
+    /// [`QueryTimeout`](crate::ErrorKind::QueryTimeout).
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction`](Self::transaction); `QueryTimeout` after rollback
+    /// when the deadline passed.
+    #[track_caller]
+    pub fn transaction_with_timeout<T, E, F>(&self, timeout: Duration, f: F) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        let mut tx = self.begin()?;
+        tx.deadline = Some((Instant::now() + timeout, timeout));
+        tx.run_closure(f)
+    }
+
     /// Starts a transaction on a connection of its own. It must be finished
     /// with [`Transaction::commit`]; dropping it rolls it back.
     ///
     /// # Errors
     ///
     /// As [`connection`](Self::connection), or the error of `BEGIN`.
+    #[track_caller]
     pub fn begin(&self) -> Result<Transaction<'static>> {
         let conn = self.shared.checkout()?;
-        Transaction::start(Arc::clone(&self.shared), TxConn::Owned(conn))
+        Transaction::start(Arc::clone(&self.shared), TxConn::Owned(conn), Limit::Default)
     }
 
     /// A snapshot of the pool (seed 002's `get_pool_status`).
@@ -329,6 +393,7 @@ impl DatabaseManager {
 pub struct PooledConnection {
     shared: Arc<Shared>,
     conn: Pooled,
+    limit: Limit,
 }
 
 impl fmt::Debug for PooledConnection {
@@ -340,11 +405,20 @@ impl fmt::Debug for PooledConnection {
 }
 
 impl PooledConnection {
-    fn run(&mut self, op: Op, sql: &str, params: Params) -> Result<Outcome> {
-        self.shared.run(Some(&mut self.conn), op, sql, params)
+    #[track_caller]
+    fn run(&mut self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
+        let limit = if limit == Limit::Default { self.limit } else { limit };
+        self.shared.run(Some(&mut self.conn), op, sql, params, limit)
     }
 
     statement_methods!(&mut self);
+
+    /// Sets the limit for this guard's later statements (and its
+    /// transactions' statements): `Some(d)`, or `None` for no limit, in place
+    /// of the database's configured query timeout.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.limit = Limit::Custom(timeout);
+    }
 
     /// Runs `f` in a transaction on this connection; see
     /// [`DatabaseManager::transaction`].
@@ -361,6 +435,22 @@ impl PooledConnection {
         tx.run_closure(f)
     }
 
+    /// As [`DatabaseManager::transaction_with_timeout`], on this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction`](Self::transaction); `QueryTimeout` after rollback
+    /// when the deadline passed.
+    pub fn transaction_with_timeout<T, E, F>(&mut self, timeout: Duration, f: F) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        let mut tx = self.begin()?;
+        tx.deadline = Some((Instant::now() + timeout, timeout));
+        tx.run_closure(f)
+    }
+
     /// Starts a transaction on this connection; dropping it unfinished rolls
     /// it back.
     ///
@@ -368,7 +458,8 @@ impl PooledConnection {
     ///
     /// The error of `BEGIN`.
     pub fn begin(&mut self) -> Result<Transaction<'_>> {
-        Transaction::start(Arc::clone(&self.shared), TxConn::Borrowed(&mut self.conn))
+        let limit = self.limit;
+        Transaction::start(Arc::clone(&self.shared), TxConn::Borrowed(&mut self.conn), limit)
     }
 }
 
@@ -392,6 +483,12 @@ pub struct Transaction<'a> {
     shared: Arc<Shared>,
     conn: TxConn<'a>,
     finished: bool,
+    /// The limit of each statement.
+    limit: Limit,
+    /// The whole transaction's deadline, and the timeout it came from.
+    deadline: Option<(Instant, Duration)>,
+    /// Set when a timeout rolled the transaction back.
+    timed_out: bool,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -404,20 +501,74 @@ impl fmt::Debug for Transaction<'_> {
 }
 
 impl<'a> Transaction<'a> {
-    fn start(shared: Arc<Shared>, mut conn: TxConn<'a>) -> Result<Transaction<'a>> {
-        shared.run(Some(conn.get()), Op::Begin, "", Params::None)?;
+    fn start(shared: Arc<Shared>, mut conn: TxConn<'a>, limit: Limit) -> Result<Transaction<'a>> {
+        shared.run(Some(conn.get()), Op::Begin, "", Params::None, limit)?;
         Ok(Transaction {
             shared,
             conn,
             finished: false,
+            limit,
+            deadline: None,
+            timed_out: false,
         })
     }
 
-    fn run(&mut self, op: Op, sql: &str, params: Params) -> Result<Outcome> {
-        self.shared.run(Some(self.conn.get()), op, sql, params)
+    /// Every statement of the transaction, and its commit, come here: the
+    /// transaction's deadline narrows each statement's limit, and a timeout
+    /// rolls the whole transaction back at once (on MySQL a cancelled
+    /// statement does not end the transaction, so committing the rest would
+    /// otherwise be possible).
+    #[track_caller]
+    fn run(&mut self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
+        if self.timed_out {
+            return Err(Error::new(
+                ErrorKind::QueryTimeout,
+                "the transaction was rolled back when a statement timed out; start a new transaction",
+            )
+            .on_database(self.shared.name()));
+        }
+        let limit = if limit == Limit::Default { self.limit } else { limit };
+        let limit = match self.deadline {
+            None => limit,
+            Some((deadline, whole)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let e = Error::query_timeout(whole, "give the transaction a longer timeout")
+                        .on_database(self.shared.name());
+                    return Err(self.abandon(e));
+                }
+                let own = match limit {
+                    Limit::Default => self.shared.config.query_timeout,
+                    Limit::Custom(t) => t,
+                };
+                Limit::Custom(Some(own.map_or(left, |t| t.min(left))))
+            }
+        };
+        match self.shared.run(Some(self.conn.get()), op, sql, params, limit) {
+            Err(e) if e.kind() == ErrorKind::QueryTimeout && op != Op::Rollback => Err(self.abandon(e)),
+            other => other,
+        }
+    }
+
+    /// Rolls back after a timeout; later statements and commit fail.
+    #[cold]
+    fn abandon(&mut self, e: Error) -> Error {
+        self.timed_out = true;
+        self.finished = true;
+        match self.rollback_now() {
+            Ok(()) => e.context("the transaction was rolled back"),
+            Err(_) => e.context("the transaction was abandoned and its connection discarded"),
+        }
     }
 
     statement_methods!(&mut self);
+
+    /// Sets the limit for this transaction's later statements: `Some(d)`, or
+    /// `None` for no limit, in place of the database's configured query
+    /// timeout.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.limit = Limit::Custom(timeout);
+    }
 
     /// Commits the transaction.
     ///
@@ -425,8 +576,9 @@ impl<'a> Transaction<'a> {
     ///
     /// The server's error; the transaction is over either way.
     pub fn commit(mut self) -> Result<()> {
+        let result = self.run(Op::Commit, "", Params::None, Limit::Default).map(drop);
         self.finished = true;
-        self.run(Op::Commit, "", Params::None).map(drop)
+        result
     }
 
     /// Rolls the transaction back.
@@ -440,7 +592,12 @@ impl<'a> Transaction<'a> {
     }
 
     fn rollback_now(&mut self) -> Result<()> {
-        let result = self.run(Op::Rollback, "", Params::None).map(drop);
+        let result = self
+            .shared
+            .run(Some(self.conn.get()), Op::Rollback, "", Params::None, self.limit)
+            .map(drop);
+        // The rollback may have undone a server-side limit set in the transaction.
+        self.conn.get().server_timeout = None;
         if result.is_err() {
             // A connection whose transaction state is unknown is never reused.
             self.conn.get().broken = true;
@@ -459,9 +616,11 @@ impl<'a> Transaction<'a> {
                 Ok(value)
             }
             Err(e) => {
-                self.finished = true;
-                if let Err(rb) = self.rollback_now() {
-                    tracing::warn!(database = %self.shared.name(), error = %rb, "rollback failed; the connection is discarded");
+                if !self.finished {
+                    self.finished = true;
+                    if let Err(rb) = self.rollback_now() {
+                        tracing::warn!(database = %self.shared.name(), error = %rb, "rollback failed; the connection is discarded");
+                    }
                 }
                 Err(e)
             }

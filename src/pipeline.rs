@@ -5,16 +5,20 @@
 //! 1. (circuit breaker: later)
 //! 2. checkout from the pool, bounded by the acquisition timeout
 //! 3. portable SQL → native SQL, cached per statement text
-//! 4. (watchdog deadline: later)
+//! 4. the statement's limit: the server's own limit set a little above it
+//!    (second line of defence), the deadline registered with the watchdog
 //! 5. run on the backend
-//! 6. record duration, rows and outcome in tracing
-//! 7. errors classified by the backend, named with the database here
+//! 6. deregister; record duration, rows and outcome in tracing
+//! 7. errors classified by the backend, a fired deadline made a
+//!    `QueryTimeout`, named with the database here
 //! 8. the connection goes back to the pool; one that failed at the
-//!    transport level is marked broken and never reused
+//!    transport level, or whose cancel could not be proven harmless, is
+//!    marked broken and never reused
 
 use std::collections::HashMap;
+use std::panic::Location;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -25,6 +29,21 @@ use crate::pool::{Pool, Pooled};
 use crate::sql::{self, Binds, Dialect, Translated};
 use crate::status::PoolStatus;
 use crate::value::{Params, Row, Value};
+use crate::watchdog::{Fired, Watchdog};
+
+/// How much longer than the client's limit the server's own limit is, so
+/// that the watchdog (which says precisely what happened) fires first and
+/// the server still stops a statement whose client died.
+const SERVER_MARGIN: Duration = Duration::from_secs(1);
+
+/// The time limit of one statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// The database's configured query timeout.
+    Default,
+    /// This limit; `None` for none.
+    Custom(Option<Duration>),
+}
 
 /// Statement texts whose translation is kept per manager.
 const TRANSLATION_CACHE: usize = 1024;
@@ -114,12 +133,26 @@ impl Shared {
         Ok(())
     }
 
-    /// Checks a connection out of the pool.
+    /// Checks a connection out of the pool; the caller's location is
+    /// recorded as its holder.
+    #[track_caller]
     pub(crate) fn checkout(&self) -> Result<Pooled> {
+        let site = Location::caller();
         self.check_context()?;
         self.pool()?
-            .get(None)
+            .get(None, site)
             .map_err(|e| e.on_database(self.name()))
+    }
+
+    /// The variable that sets this database's query timeout, for messages.
+    fn timeout_hint(&self, limit: Limit) -> String {
+        match limit {
+            Limit::Default => format!(
+                "raise {} (or pass a longer timeout to execute_query_with_timeout)",
+                self.config.timeout_variable()
+            ),
+            Limit::Custom(_) => "pass a longer timeout, or make the statement faster".to_owned(),
+        }
     }
 
     /// Runs one statement: THE choke point.
@@ -127,12 +160,14 @@ impl Shared {
     /// With `conn` the statement runs on that connection (a guard or a
     /// transaction); without, a connection is checked out for it and
     /// returned afterwards.
+    #[track_caller]
     pub(crate) fn run(
         &self,
         conn: Option<&mut Pooled>,
         op: Op,
         sql: &str,
         params: Params,
+        limit: Limit,
     ) -> Result<Outcome> {
         let mut owned;
         let conn = match conn {
@@ -163,6 +198,31 @@ impl Shared {
             }
         };
 
+        let timeout = match limit {
+            Limit::Default => self.config.query_timeout,
+            Limit::Custom(t) => t,
+        };
+        let control = matches!(op, Op::Begin | Op::Commit | Op::Rollback);
+        if !control {
+            let wanted = timeout.map(|t| t + SERVER_MARGIN);
+            if conn.server_timeout != Some(wanted) {
+                conn.server_timeout = None;
+                conn.backend
+                    .set_server_timeout(wanted)
+                    .map_err(|e| e.on_database(self.name()))?;
+                conn.server_timeout = Some(wanted);
+            }
+        }
+        Pool::note(
+            conn,
+            native,
+            match op {
+                Op::Begin => Some(true),
+                Op::Commit | Op::Rollback => Some(false),
+                _ => None,
+            },
+        );
+
         let span = tracing::debug_span!(
             "dbmanager.statement",
             database = %self.config.name,
@@ -170,7 +230,14 @@ impl Shared {
         );
         let _entered = span.enter();
         let start = Instant::now();
-        let result = match op {
+        let armed = match timeout {
+            Some(t) => {
+                let dog = Watchdog::global().map_err(|e| e.on_database(self.name()))?;
+                Some((dog, dog.arm(start + t, &conn.canceller)))
+            }
+            None => None,
+        };
+        let mut result = match op {
             Op::Query => conn.backend.query(native, &values).map(Outcome::Rows),
             Op::Execute => conn.backend.execute(native, &values).map(Outcome::Affected),
             Op::Batch => conn.backend.batch(native).map(|()| Outcome::Done),
@@ -178,8 +245,24 @@ impl Shared {
             Op::Commit => conn.backend.commit().map(|()| Outcome::Done),
             Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
         };
+        let fired = armed.map_or(Fired::No, |(dog, a)| dog.disarm(a));
         let elapsed = start.elapsed();
         Pool::touch(conn);
+        if fired != Fired::No {
+            // Reused only when the statement failed with the server's own
+            // "cancelled" error: then the cancel hit it and nothing else.
+            let proven = fired == Fired::Cancelled
+                && matches!(&result, Err(e) if e.kind() == ErrorKind::QueryTimeout)
+                && !conn.backend.is_closed();
+            if !proven {
+                conn.broken = true;
+            }
+            if let Err(cause) = result {
+                let limit_value = timeout.unwrap_or_default();
+                result = Err(Error::query_timeout(limit_value, &self.timeout_hint(limit)).with_source(cause));
+            }
+            tracing::debug!(elapsed_us = elapsed.as_micros() as u64, reused = proven, "statement cancelled at its deadline");
+        }
 
         match &result {
             Ok(outcome) => {
@@ -241,6 +324,7 @@ impl Shared {
                 waiting: 0,
                 timeouts: 0,
                 connections_created: 0,
+                suspected_leaks: 0,
                 read_only: self.config.read_only,
                 timestamp: crate::status::now_rfc3339(),
             },

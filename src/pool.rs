@@ -12,9 +12,14 @@
 //! - A connection idle for longer than `validate_after_idle` is pinged before
 //!   it is handed out; fresher ones are not (no extra round trip per query).
 //! - A connection the pipeline marked broken is discarded on return.
+//! - Every connection knows who holds it (where it was checked out, by which
+//!   thread, its last SQL): a connection held past the leak threshold is
+//!   reported once by the watchdog thread's sweep, and a checkout that times
+//!   out lists every holder in its error, so the user sees who holds the pool.
 
+use std::panic::Location;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -22,7 +27,11 @@ use parking_lot::Mutex;
 use crate::backend::{Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::status::PoolStatus;
+use crate::status::{ConnectionHolder, PoolStatus};
+use crate::watchdog::{Canceller, Sweep, Watchdog};
+
+/// Characters of a statement kept for leak reports and pool forensics.
+const LAST_SQL_CHARS: usize = 300;
 
 /// A backend connection and what the pool knows of it.
 pub(crate) struct Conn {
@@ -31,6 +40,40 @@ pub(crate) struct Conn {
     pub(crate) broken: bool,
     last_used: Instant,
     counters: Arc<Counters>,
+    /// Stops this connection's running statement (the watchdog's handle).
+    pub(crate) canceller: Arc<dyn Canceller>,
+    /// The server-side statement limit last set on the session; `None` when
+    /// unknown (after a rollback, which may have undone it).
+    pub(crate) server_timeout: Option<Option<Duration>>,
+    holder: Arc<Mutex<Holder>>,
+}
+
+/// Who holds a connection, for leak reports and pool forensics.
+#[derive(Default)]
+struct Holder {
+    checkout: Option<Checkout>,
+    last_sql: String,
+    in_transaction: bool,
+    leak_reported: bool,
+}
+
+struct Checkout {
+    at: Instant,
+    site: &'static Location<'static>,
+    thread: std::thread::Thread,
+}
+
+impl Holder {
+    fn report(&self, now: Instant) -> Option<ConnectionHolder> {
+        let c = self.checkout.as_ref()?;
+        Some(ConnectionHolder {
+            held_for_ms: now.saturating_duration_since(c.at).as_millis() as u64,
+            checked_out_at: c.site.to_string(),
+            thread: c.thread.name().map(str::to_owned),
+            last_sql: (!self.last_sql.is_empty()).then(|| self.last_sql.clone()),
+            in_transaction: self.in_transaction,
+        })
+    }
 }
 
 impl Drop for Conn {
@@ -48,6 +91,10 @@ pub(crate) struct Counters {
     pub(crate) timeouts: AtomicU64,
     pub(crate) discarded: AtomicU64,
     pub(crate) created: AtomicU64,
+    /// Connections held past the leak threshold, reported since the start.
+    pub(crate) leaks: AtomicU64,
+    /// Every open connection's holder record.
+    holders: Mutex<Vec<Weak<Mutex<Holder>>>>,
     /// The latest connection failure, for waiters to return at once.
     last_connect_error: Mutex<Option<(Instant, Arc<Error>)>>,
 }
@@ -67,11 +114,21 @@ impl r2d2::ManageConnection for Manager {
         let backend = self.connector.connect()?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.counters.open.fetch_add(1, Ordering::Relaxed);
+        let holder = Arc::new(Mutex::new(Holder::default()));
+        {
+            let mut all = self.counters.holders.lock();
+            all.retain(|h| h.strong_count() > 0);
+            all.push(Arc::downgrade(&holder));
+        }
         Ok(Conn {
+            canceller: backend.canceller(),
             backend,
             broken: false,
             last_used: Instant::now(),
             counters: Arc::clone(&self.counters),
+            // A new session has no statement limit.
+            server_timeout: Some(None),
+            holder,
         })
     }
 
@@ -82,6 +139,11 @@ impl r2d2::ManageConnection for Manager {
     /// Called by r2d2 on every return: broken connections are discarded, and
     /// so is an overflow connection nobody is waiting for.
     fn has_broken(&self, conn: &mut Conn) -> bool {
+        {
+            let mut h = conn.holder.lock();
+            h.checkout = None;
+            h.in_transaction = false;
+        }
         if conn.broken || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -126,6 +188,45 @@ pub(crate) struct Pool {
     validate_after_idle: Duration,
     pool_size: u32,
     max_overflow: u32,
+    /// Registered (weakly) with the watchdog's sweep while the pool lives.
+    _leak_watch: Option<Arc<LeakWatch>>,
+}
+
+/// Reports connections held past the threshold, once each.
+struct LeakWatch {
+    counters: Arc<Counters>,
+    database: Arc<str>,
+    threshold: Duration,
+}
+
+impl Sweep for LeakWatch {
+    fn sweep(&self, now: Instant) {
+        let holders: Vec<_> = self.counters.holders.lock().iter().filter_map(Weak::upgrade).collect();
+        for h in holders {
+            let mut h = h.lock();
+            let overdue = h
+                .checkout
+                .as_ref()
+                .is_some_and(|c| now.saturating_duration_since(c.at) >= self.threshold);
+            if overdue && !h.leak_reported {
+                h.leak_reported = true;
+                self.counters.leaks.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = h.report(now) {
+                    tracing::warn!(
+                        database = %self.database,
+                        held_for_ms = r.held_for_ms,
+                        checked_out_at = %r.checked_out_at,
+                        thread = r.thread.as_deref().unwrap_or("<unnamed>"),
+                        in_transaction = r.in_transaction,
+                        last_sql = r.last_sql.as_deref().unwrap_or(""),
+                        "a connection has been held out of the pool longer than the leak threshold of {}; \
+                         is a guard or transaction kept alive by mistake?",
+                        crate::error::fmt_duration(self.threshold)
+                    );
+                }
+            }
+        }
+    }
 }
 
 impl Pool {
@@ -149,7 +250,26 @@ impl Pool {
                 database: Arc::clone(&config.name),
             }))
             .build_unchecked(manager);
+        let leak_watch = config.leak_threshold.and_then(|threshold| {
+            let watch = Arc::new(LeakWatch {
+                counters: Arc::clone(&counters),
+                database: Arc::clone(&config.name),
+                threshold,
+            });
+            match Watchdog::global() {
+                Ok(dog) => {
+                    let weak: Weak<dyn Sweep> = Arc::downgrade(&watch) as Weak<LeakWatch>;
+                    dog.add_sweeper(weak);
+                    Some(watch)
+                }
+                Err(e) => {
+                    tracing::warn!(database = %config.name, error = %e, "leak detection is off");
+                    None
+                }
+            }
+        });
         Pool {
+            _leak_watch: leak_watch,
             inner,
             connector,
             probe_lock: Mutex::new(()),
@@ -163,8 +283,24 @@ impl Pool {
     }
 
     /// Checks a connection out, bounded by `timeout` (the configured
-    /// acquisition timeout when `None`).
-    pub(crate) fn get(&self, timeout: Option<Duration>) -> Result<Pooled> {
+    /// acquisition timeout when `None`), and records `site` as its holder.
+    pub(crate) fn get(&self, timeout: Option<Duration>, site: &'static Location<'static>) -> Result<Pooled> {
+        let conn = self.get_conn(timeout)?;
+        {
+            let mut h = conn.holder.lock();
+            h.checkout = Some(Checkout {
+                at: Instant::now(),
+                site,
+                thread: std::thread::current(),
+            });
+            h.last_sql.clear();
+            h.in_transaction = false;
+            h.leak_reported = false;
+        }
+        Ok(conn)
+    }
+
+    fn get_conn(&self, timeout: Option<Duration>) -> Result<Pooled> {
         let timeout = timeout.unwrap_or(self.acquire_timeout);
         let deadline = Instant::now() + timeout;
         loop {
@@ -243,7 +379,32 @@ impl Pool {
     #[cold]
     fn timed_out(&self, timeout: Duration) -> Error {
         self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-        Error::pool_timeout(timeout)
+        Error::pool_timeout(timeout, self.holders())
+    }
+
+    /// Every checked-out connection's holder, longest held first.
+    pub(crate) fn holders(&self) -> Vec<ConnectionHolder> {
+        let now = Instant::now();
+        let all: Vec<_> = self.counters.holders.lock().iter().filter_map(Weak::upgrade).collect();
+        let mut out: Vec<ConnectionHolder> = all.iter().filter_map(|h| h.lock().report(now)).collect();
+        out.sort_by(|a, b| b.held_for_ms.cmp(&a.held_for_ms));
+        out
+    }
+
+    /// Records the statement a connection is about to run.
+    pub(crate) fn note(conn: &mut Conn, sql: &str, transaction: Option<bool>) {
+        let mut h = conn.holder.lock();
+        if !sql.is_empty() {
+            h.last_sql.clear();
+            let end = sql
+                .char_indices()
+                .nth(LAST_SQL_CHARS)
+                .map_or(sql.len(), |(i, _)| i);
+            h.last_sql.push_str(sql[..end].trim());
+        }
+        if let Some(t) = transaction {
+            h.in_transaction = t;
+        }
     }
 
     /// Marks a connection as used now (after a statement).
@@ -267,6 +428,7 @@ impl Pool {
             waiting: self.counters.waiting.load(Ordering::Relaxed),
             timeouts: self.counters.timeouts.load(Ordering::Relaxed),
             connections_created: self.counters.created.load(Ordering::Relaxed),
+            suspected_leaks: self.counters.leaks.load(Ordering::Relaxed),
             read_only,
             timestamp: crate::status::now_rfc3339(),
         }

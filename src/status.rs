@@ -35,6 +35,9 @@ pub struct PoolStatus {
     pub timeouts: u64,
     /// Connections opened since the pool started.
     pub connections_created: u64,
+    /// Connections reported as held past the leak threshold since the pool
+    /// started (see [`DatabaseConfigBuilder::leak_threshold`](crate::DatabaseConfigBuilder::leak_threshold)).
+    pub suspected_leaks: u64,
     /// Whether the database is configured read-only.
     pub read_only: bool,
     /// When the snapshot was taken, RFC 3339 in UTC.
@@ -44,4 +47,22 @@ pub struct PoolStatus {
 /// Now, as RFC 3339 UTC with a `Z`.
 pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Who holds a checked-out connection: listed by a pool-timeout error
+/// ([`Error::pool_holders`](crate::Error::pool_holders)) and in leak reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ConnectionHolder {
+    /// How long the connection has been out of the pool.
+    pub held_for_ms: u64,
+    /// Where in the caller's code it was checked out (`file:line:column`).
+    pub checked_out_at: String,
+    /// The name of the thread that checked it out, if it has one.
+    pub thread: Option<String>,
+    /// The start of the last statement run on it (SQL text only, never
+    /// parameter values).
+    pub last_sql: Option<String>,
+    /// Whether a transaction is open on it.
+    pub in_transaction: bool,
 }

@@ -4,12 +4,14 @@
 //! they connect, run a statement in native SQL with already-ordered values,
 //! and translate their driver's errors and types.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{BackendKind, DatabaseConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Row, Value};
+use crate::watchdog::Canceller;
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -63,6 +65,17 @@ pub(crate) trait Connection: Send {
 
     /// A cheap round trip proving the connection still works.
     fn ping(&mut self) -> Result<()>;
+
+    /// The handle the watchdog uses to stop this connection's running
+    /// statement (made once per connection; cloning it is cheap).
+    fn canceller(&self) -> Arc<dyn Canceller>;
+
+    /// Sets the server's own limit on each statement of this session, the
+    /// second line of defence behind the watchdog (`None`: no limit). Called
+    /// only when the wanted limit differs from the last one set. May be
+    /// transactional on the server (PostgreSQL): the caller forgets what it
+    /// set when a transaction is rolled back.
+    fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()>;
 
     /// True when the driver knows the connection is unusable.
     fn is_closed(&self) -> bool;

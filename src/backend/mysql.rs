@@ -19,12 +19,15 @@ use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
+use crate::watchdog::Canceller;
 
 /// MySQL's character set number for binary strings.
 const BINARY_CHARSET: u16 = 63;
 
 pub(crate) struct MyConnector {
     manager: MySqlConnectionManager,
+    /// For the short-lived connections that send `KILL QUERY`.
+    kill_opts: Opts,
     target: String,
     connect_timeout: Duration,
 }
@@ -52,8 +55,17 @@ impl MyConnector {
             .tcp_connect_timeout(Some(config.connect_timeout))
             .prefer_socket(false)
             .stmt_cache_size(256);
+        // A cancel must never wait long on a server that does not answer.
+        let kill_opts = Opts::from(
+            builder
+                .clone()
+                .stmt_cache_size(0)
+                .read_timeout(Some(config.connect_timeout))
+                .write_timeout(Some(config.connect_timeout)),
+        );
         Ok(MyConnector {
             manager: MySqlConnectionManager::new(builder),
+            kill_opts,
             target,
             connect_timeout: config.connect_timeout,
         })
@@ -79,7 +91,17 @@ impl Connector for MyConnector {
                 connect_error(timed_out, &self.target, self.connect_timeout, other)
             }
         })?;
-        Ok(Box::new(MyConnection { conn }))
+        let canceller: Arc<dyn Canceller> = Arc::new(Kill {
+            opts: self.kill_opts.clone(),
+            id: conn.connection_id(),
+            #[cfg(unix)]
+            fd: std::os::fd::AsRawFd::as_raw_fd(&conn),
+        });
+        Ok(Box::new(MyConnection {
+            conn,
+            canceller,
+            flavor: None,
+        }))
     }
 
     fn dialect(&self) -> Dialect {
@@ -89,6 +111,43 @@ impl Connector for MyConnector {
 
 struct MyConnection {
     conn: mysql::Conn,
+    canceller: Arc<dyn Canceller>,
+    /// Which server-side limit the server knows, found on first use.
+    flavor: Option<Flavor>,
+}
+
+#[derive(Clone, Copy)]
+enum Flavor {
+    /// MariaDB: `max_statement_time`, seconds, every statement.
+    MariaDb,
+    /// MySQL: `max_execution_time`, milliseconds, `SELECT` only.
+    MySql,
+}
+
+/// Stops a running statement with `KILL QUERY <id>` sent over a short-lived
+/// second connection; cuts the socket when the server does not answer.
+struct Kill {
+    opts: Opts,
+    id: u32,
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
+}
+
+impl Canceller for Kill {
+    fn cancel(&self) -> Result<()> {
+        let mut conn = mysql::Conn::new(self.opts.clone()).map_err(classify)?;
+        conn.query_drop(format!("KILL QUERY {}", self.id))
+            .map_err(classify)
+    }
+
+    #[cfg(unix)]
+    fn abort(&self) -> bool {
+        // SAFETY: the watchdog calls this only while the statement is still
+        // registered, i.e. while the connection (and so its socket) is open
+        // and its owner is blocked in a call on it. shutdown(2) does not
+        // close the descriptor; it makes the blocked read return at once.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
+    }
 }
 
 fn to_params(params: &[Value]) -> mysql::Params {
@@ -153,6 +212,37 @@ impl Connection for MyConnection {
 
     fn is_closed(&self) -> bool {
         false
+    }
+
+    fn canceller(&self) -> Arc<dyn Canceller> {
+        Arc::clone(&self.canceller)
+    }
+
+    fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()> {
+        let flavor = match self.flavor {
+            Some(f) => f,
+            None => {
+                let version: Option<String> = self.conn.query_first("SELECT VERSION()").map_err(classify)?;
+                let f = if version.is_some_and(|v| v.contains("MariaDB")) {
+                    Flavor::MariaDb
+                } else {
+                    Flavor::MySql
+                };
+                self.flavor = Some(f);
+                f
+            }
+        };
+        let sql = match flavor {
+            Flavor::MariaDb => format!(
+                "SET SESSION max_statement_time = {:.3}",
+                limit.map_or(0.0, |d| d.as_secs_f64())
+            ),
+            Flavor::MySql => format!(
+                "SET SESSION max_execution_time = {}",
+                limit.map_or(0, |d| d.as_millis().min(u128::from(u32::MAX)))
+            ),
+        };
+        self.conn.query_drop(sql).map_err(classify)
     }
 }
 

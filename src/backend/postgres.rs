@@ -26,6 +26,7 @@ use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
+use crate::watchdog::Canceller;
 
 /// Prepared statements kept per connection before the cache is emptied.
 const STATEMENT_CACHE: usize = 256;
@@ -37,6 +38,8 @@ enum Manager {
 
 pub(crate) struct PgConnector {
     manager: Manager,
+    /// For cancel requests, which go over a connection of their own.
+    tls: Option<MakeRustlsConnect>,
     target: String,
     connect_timeout: Duration,
 }
@@ -54,13 +57,14 @@ impl PgConnector {
             pg.application_name("dbmanager");
         }
         let target = describe_target(&pg);
-        let manager = if wants_tls {
-            Manager::Tls(PostgresConnectionManager::new(pg, tls_connector()?))
-        } else {
-            Manager::Plain(PostgresConnectionManager::new(pg, NoTls))
+        let tls = if wants_tls { Some(tls_connector()?) } else { None };
+        let manager = match &tls {
+            Some(t) => Manager::Tls(PostgresConnectionManager::new(pg, t.clone())),
+            None => Manager::Plain(PostgresConnectionManager::new(pg, NoTls)),
         };
         Ok(PgConnector {
             manager,
+            tls,
             target,
             connect_timeout: config.connect_timeout,
         })
@@ -127,9 +131,14 @@ impl Connector for PgConnector {
             Manager::Tls(m) => m.connect(),
         }
         .map_err(|e| self.connect_failure(e))?;
+        let canceller: Arc<dyn Canceller> = Arc::new(PgCancel {
+            token: client.cancel_token(),
+            tls: self.tls.clone(),
+        });
         Ok(Box::new(PgConnection {
             client: Some(client),
             statements: HashMap::new(),
+            canceller,
         }))
     }
 
@@ -169,6 +178,25 @@ struct PgConnection {
     /// `Some` until dropped; see `Drop`.
     client: Option<Client>,
     statements: HashMap<String, (Statement, Columns)>,
+    canceller: Arc<dyn Canceller>,
+}
+
+/// Stops a running statement with PostgreSQL's cancel request, sent over a
+/// connection of its own (TLS when the session uses it), bounded by the
+/// connect timeout.
+struct PgCancel {
+    token: postgres::CancelToken,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl Canceller for PgCancel {
+    fn cancel(&self) -> Result<()> {
+        match &self.tls {
+            Some(tls) => self.token.cancel_query(tls.clone()),
+            None => self.token.cancel_query(NoTls),
+        }
+        .map_err(|e| Error::new(ErrorKind::Connect, "the cancel request could not be sent").with_source(e))
+    }
 }
 
 impl PgConnection {
@@ -232,6 +260,15 @@ impl Connection for PgConnection {
 
     fn is_closed(&self) -> bool {
         self.client.as_ref().is_none_or(Client::is_closed)
+    }
+
+    fn canceller(&self) -> Arc<dyn Canceller> {
+        Arc::clone(&self.canceller)
+    }
+
+    fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()> {
+        let ms = limit.map_or(0, |d| d.as_millis().clamp(1, i32::MAX as u128));
+        self.batch(&format!("SET statement_timeout = {ms}"))
     }
 }
 

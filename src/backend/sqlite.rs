@@ -21,6 +21,7 @@ use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{self, Columns, Row, Value};
+use crate::watchdog::Canceller;
 
 /// Default wait on a locked database when no query timeout is configured.
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,9 +105,11 @@ fn open_error(path: &str, e: rusqlite::Error) -> Error {
 impl Connector for SqliteConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
         let conn = self.manager.connect().map_err(classify)?;
+        let canceller: Arc<dyn Canceller> = Arc::new(Interrupt(conn.get_interrupt_handle()));
         Ok(Box::new(SqliteConnection {
             conn,
             columns: None,
+            canceller,
         }))
     }
 
@@ -120,6 +123,18 @@ struct SqliteConnection {
     /// The column names of the last result, reused while the statement text
     /// is unchanged (saves an allocation per row set on hot loops).
     columns: Option<(String, Columns)>,
+    canceller: Arc<dyn Canceller>,
+}
+
+/// Stops a running statement with `sqlite3_interrupt`; the connection stays
+/// usable (the interrupt ends with the statement it stopped).
+struct Interrupt(rusqlite::InterruptHandle);
+
+impl Canceller for Interrupt {
+    fn cancel(&self) -> Result<()> {
+        self.0.interrupt();
+        Ok(())
+    }
 }
 
 /// The column names of `stmt`, from `cache` while the statement text is unchanged.
@@ -141,7 +156,7 @@ fn columns_for(cache: &mut Option<(String, Columns)>, sql: &str, stmt: &rusqlite
 
 impl Connection for SqliteConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let SqliteConnection { conn, columns } = self;
+        let SqliteConnection { conn, columns, .. } = self;
         let mut stmt = conn.prepare_cached(sql).map_err(classify)?;
         let columns = columns_for(columns, sql, &stmt);
         let decls: Vec<Decl> = stmt
@@ -198,6 +213,18 @@ impl Connection for SqliteConnection {
 
     fn is_closed(&self) -> bool {
         false
+    }
+
+    fn canceller(&self) -> Arc<dyn Canceller> {
+        Arc::clone(&self.canceller)
+    }
+
+    /// SQLite runs in this process, so the watchdog's interrupt always
+    /// reaches it; the server-side limit is the wait on a locked database.
+    fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()> {
+        self.conn
+            .busy_timeout(limit.unwrap_or(DEFAULT_BUSY_TIMEOUT))
+            .map_err(classify)
     }
 }
 

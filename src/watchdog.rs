@@ -1,0 +1,513 @@
+//! The query-timeout watchdog: ONE thread for the whole process.
+//!
+//! A statement with a timeout registers `(deadline, canceller)` before it runs
+//! and deregisters when it ends. Registration is a lock and an ordered-map
+//! insert; the thread is woken only when the new deadline is the earliest.
+//! The thread sleeps until the earliest deadline; on expiry it
+//!
+//! 1. marks the registration as fired and starts the backend's soft cancel
+//!    (PostgreSQL cancel request, MySQL `KILL QUERY`, SQLite interrupt) on a
+//!    short-lived thread of its own, so that a cancel sent to a hung server
+//!    never delays another deadline;
+//! 2. arms a second timer, [`ABORT_GRACE`] later: if the caller is still
+//!    blocked then (the server does not answer at all), the connection's
+//!    transport is cut ([`Canceller::abort`]) so the caller gets control back.
+//!
+//! Deregistration waits until a started cancel has finished (bounded by
+//! [`CANCEL_WAIT`]), so a late cancel can never hit the next statement that
+//! runs on the same connection.
+//!
+//! The same thread calls the registered [`Sweep`]ers (the pools' leak
+//! detectors) every [`SWEEP_EVERY`] while any are registered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// How long after a fired deadline the transport is cut if the caller is
+/// still blocked (the soft cancel did not reach a working server).
+pub(crate) const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// The longest a caller waits at deregistration for a started cancel to finish.
+pub(crate) const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// Soft cancels allowed to run at once; past that the transport is cut at once.
+const MAX_CANCELS: usize = 64;
+
+/// How often sweepers run.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// What the watchdog can do to one connection's running statement.
+pub(crate) trait Canceller: Send + Sync + 'static {
+    /// Asks the server to stop the statement now running on the connection.
+    /// May block (it runs on a thread of its own), bounded by the backend's
+    /// connect timeout.
+    fn cancel(&self) -> Result<()>;
+
+    /// Cuts the connection's transport so that a caller blocked on a server
+    /// that does not answer gets an error at once. Must not block. Returns
+    /// false when the backend cannot do it.
+    fn abort(&self) -> bool {
+        false
+    }
+}
+
+/// Something the watchdog thread calls periodically (a pool's leak detector).
+pub(crate) trait Sweep: Send + Sync + 'static {
+    /// Looks around; called on the watchdog thread, must be quick.
+    fn sweep(&self, now: Instant);
+}
+
+/// What a deregistration found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fired {
+    /// The statement ended before its deadline.
+    No,
+    /// The deadline passed and the cancel finished.
+    Cancelled,
+    /// The deadline passed and the cancel had not finished within
+    /// [`CANCEL_WAIT`]; the connection must be discarded.
+    Unfinished,
+}
+
+/// A registration, returned by [`Watchdog::arm`]; give it back to
+/// [`Watchdog::disarm`].
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Armed {
+    key: (Instant, u64),
+}
+
+enum Timer {
+    /// A statement's deadline.
+    Deadline(Arc<dyn Canceller>),
+    /// The hard stop after a fired deadline.
+    Abort(Arc<dyn Canceller>),
+}
+
+struct Firing {
+    /// The soft cancel has returned.
+    done: bool,
+    /// Key of the abort timer, removed when the caller deregisters.
+    abort_key: (Instant, u64),
+}
+
+#[derive(Default)]
+struct State {
+    timers: BTreeMap<(Instant, u64), Timer>,
+    firing: HashMap<u64, Firing>,
+    next_id: u64,
+    cancels_running: usize,
+    sweepers: Vec<Weak<dyn Sweep>>,
+    /// Counters for tests and metrics.
+    fired_total: u64,
+    aborted_total: u64,
+}
+
+/// The process-wide watchdog.
+pub(crate) struct Watchdog {
+    state: Mutex<State>,
+    /// Wakes the timer thread (a new earliest deadline, a new sweeper).
+    wake: Condvar,
+    /// Wakes callers waiting for a cancel to finish.
+    cancel_done: Condvar,
+}
+
+impl Watchdog {
+    /// The watchdog of this process; its thread starts on first use.
+    pub(crate) fn global() -> Result<&'static Arc<Watchdog>> {
+        static GLOBAL: OnceLock<std::result::Result<Arc<Watchdog>, String>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| Watchdog::start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Other,
+                    format!("the query-timeout watchdog thread could not be started: {e}"),
+                )
+            })
+    }
+
+    /// A watchdog with its own thread (one per process in use; tests make more).
+    pub(crate) fn start() -> std::io::Result<Arc<Watchdog>> {
+        let dog = Arc::new(Watchdog {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            cancel_done: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&dog);
+        std::thread::Builder::new()
+            .name("dbmanager-watchdog".into())
+            .spawn(move || run(weak))?;
+        Ok(dog)
+    }
+
+    /// Registers a statement that must end by `deadline`.
+    pub(crate) fn arm(&self, deadline: Instant, canceller: &Arc<dyn Canceller>) -> Armed {
+        let mut st = self.state.lock();
+        st.next_id = st.next_id.wrapping_add(1);
+        let key = (deadline, st.next_id);
+        let earliest = st.timers.first_key_value().is_none_or(|(k, _)| key < *k);
+        st.timers.insert(key, Timer::Deadline(Arc::clone(canceller)));
+        drop(st);
+        if earliest {
+            self.wake.notify_one();
+        }
+        Armed { key }
+    }
+
+    /// Deregisters a statement that ended (well or not) and says whether its
+    /// deadline fired. Waits for a started cancel to finish, at most
+    /// [`CANCEL_WAIT`].
+    pub(crate) fn disarm(&self, armed: Armed) -> Fired {
+        let mut st = self.state.lock();
+        if st.timers.remove(&armed.key).is_some() {
+            return Fired::No;
+        }
+        let id = armed.key.1;
+        let give_up = Instant::now() + CANCEL_WAIT;
+        loop {
+            let Some(f) = st.firing.get(&id) else {
+                // Not ours any more: cannot happen, but never hang on it.
+                return Fired::Cancelled;
+            };
+            if f.done {
+                let abort_key = f.abort_key;
+                st.firing.remove(&id);
+                st.timers.remove(&abort_key);
+                return Fired::Cancelled;
+            }
+            if self.cancel_done.wait_until(&mut st, give_up).timed_out() {
+                if let Some(f) = st.firing.remove(&id) {
+                    st.timers.remove(&f.abort_key);
+                }
+                return Fired::Unfinished;
+            }
+        }
+    }
+
+    /// Adds a sweeper, called every [`SWEEP_EVERY`] while it lives.
+    pub(crate) fn add_sweeper(&self, s: Weak<dyn Sweep>) {
+        self.state.lock().sweepers.push(s);
+        self.wake.notify_one();
+    }
+
+    /// Deadlines fired and transports cut since the watchdog started.
+    #[cfg(test)]
+    fn counts(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        (st.fired_total, st.aborted_total)
+    }
+
+    /// Timers pending (deadlines and abort timers).
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        self.state.lock().timers.len()
+    }
+}
+
+/// The timer thread. Holds the watchdog weakly so a test watchdog ends.
+fn run(weak: Weak<Watchdog>) {
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    loop {
+        let Some(dog) = weak.upgrade() else { return };
+        if Arc::strong_count(&dog) == 1 {
+            // Nobody else holds this watchdog (only tests drop theirs).
+            return;
+        }
+        let mut st = dog.state.lock();
+        let now = Instant::now();
+        while let Some(entry) = st.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (key, timer) = entry.remove_entry();
+            match timer {
+                Timer::Deadline(c) => fire(&dog, &mut st, key.1, c, now),
+                Timer::Abort(c) => {
+                    // Still registered: the caller is still blocked.
+                    if st.firing.contains_key(&key.1) {
+                        st.aborted_total += 1;
+                        if !c.abort() {
+                            tracing::debug!("the backend cannot cut this connection; waiting for the server");
+                        }
+                    }
+                }
+            }
+        }
+        if now >= next_sweep {
+            st.sweepers.retain(|s| s.strong_count() > 0);
+            let sweepers: Vec<Arc<dyn Sweep>> = st.sweepers.iter().filter_map(Weak::upgrade).collect();
+            drop(st);
+            for s in &sweepers {
+                s.sweep(now);
+            }
+            next_sweep = now + SWEEP_EVERY;
+            st = dog.state.lock();
+        }
+        let next_timer = st.timers.first_key_value().map(|(k, _)| k.0);
+        let until = match (next_timer, st.sweepers.is_empty()) {
+            (Some(t), true) => Some(t),
+            (Some(t), false) => Some(t.min(next_sweep)),
+            (None, false) => Some(next_sweep),
+            (None, true) => None,
+        };
+        // Idle parks are capped so that a dropped (test) watchdog's thread ends.
+        let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        dog.wake.wait_until(&mut st, until);
+    }
+}
+
+/// A deadline passed: start the soft cancel off this thread, arm the abort.
+fn fire(dog: &Arc<Watchdog>, st: &mut State, id: u64, c: Arc<dyn Canceller>, now: Instant) {
+    st.fired_total += 1;
+    let busy = st.cancels_running >= MAX_CANCELS;
+    let abort_key = (if busy { now } else { now + ABORT_GRACE }, id);
+    st.timers.insert(abort_key, Timer::Abort(Arc::clone(&c)));
+    st.firing.insert(
+        id,
+        Firing {
+            done: busy,
+            abort_key,
+        },
+    );
+    if busy {
+        tracing::warn!("too many cancels in flight; cutting the connection instead");
+        return;
+    }
+    st.cancels_running += 1;
+    let weak = Arc::downgrade(dog);
+    let spawned = std::thread::Builder::new()
+        .name("dbmanager-cancel".into())
+        .spawn(move || {
+            if let Err(e) = c.cancel() {
+                tracing::warn!(error = %e, "sending the cancel request failed");
+            }
+            if let Some(dog) = weak.upgrade() {
+                let mut st = dog.state.lock();
+                st.cancels_running -= 1;
+                if let Some(f) = st.firing.get_mut(&id) {
+                    f.done = true;
+                }
+                drop(st);
+                dog.cancel_done.notify_all();
+            }
+        });
+    if spawned.is_err() {
+        st.cancels_running -= 1;
+        if let Some(f) = st.firing.get_mut(&id) {
+            f.done = true;
+        }
+        // Cut at once instead.
+        st.timers.remove(&abort_key);
+        let key = (now, id);
+        st.timers.insert(key, Timer::Abort(Arc::new(NoCancel)));
+        if let Some(f) = st.firing.get_mut(&id) {
+            f.abort_key = key;
+        }
+    }
+}
+
+/// Stands in when no cancel could be started.
+struct NoCancel;
+
+impl Canceller for NoCancel {
+    fn cancel(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    /// Records cancels and aborts; the "statement" is a flag it clears.
+    #[derive(Default)]
+    struct Probe {
+        cancels: AtomicU32,
+        aborts: AtomicU32,
+        cancel_delay: Option<Duration>,
+        cancelled_at: Mutex<Option<Instant>>,
+        stuck: AtomicBool,
+    }
+
+    impl Canceller for Probe {
+        fn cancel(&self) -> Result<()> {
+            if let Some(d) = self.cancel_delay {
+                std::thread::sleep(d);
+            }
+            *self.cancelled_at.lock() = Some(Instant::now());
+            self.cancels.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn abort(&self) -> bool {
+            self.aborts.fetch_add(1, Ordering::SeqCst);
+            self.stuck.store(false, Ordering::SeqCst);
+            true
+        }
+    }
+
+    /// Waits (at most 10 s) until `p` has been cancelled, as a statement
+    /// runs until its cancel stops it.
+    fn until_cancelled(p: &Probe) {
+        let waited = Instant::now();
+        while p.cancels.load(Ordering::SeqCst) == 0 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "the deadline never fired");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn probe() -> (Arc<Probe>, Arc<dyn Canceller>) {
+        let p = Arc::new(Probe::default());
+        let c: Arc<dyn Canceller> = p.clone();
+        (p, c)
+    }
+
+    #[test]
+    fn a_statement_that_ends_in_time_is_never_cancelled() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let (p, c) = probe();
+        for _ in 0..1000 {
+            let armed = dog.arm(Instant::now() + Duration::from_secs(10), &c);
+            assert_eq!(dog.disarm(armed), Fired::No);
+        }
+        assert_eq!(p.cancels.load(Ordering::SeqCst), 0);
+        assert_eq!(dog.pending(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn deadlines_fire_earliest_first_even_when_registered_last() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let start = Instant::now();
+        let late: Vec<_> = (0..5).map(|_| probe()).collect();
+        let late_armed: Vec<_> = late
+            .iter()
+            .map(|(_, c)| dog.arm(start + Duration::from_secs(30), c))
+            .collect();
+        // Registered after the late ones: must still wake the thread early.
+        let (early, c) = probe();
+        let armed = dog.arm(start + Duration::from_millis(50), &c);
+        let waited = Instant::now();
+        while early.cancels.load(Ordering::SeqCst) == 0 {
+            assert!(waited.elapsed() < Duration::from_secs(5), "the early deadline never fired");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(dog.disarm(armed), Fired::Cancelled);
+        let at = early.cancelled_at.lock().expect("cancelled");
+        assert!(at >= start + Duration::from_millis(50), "fired before its deadline");
+        for ((p, _), a) in late.iter().zip(late_armed) {
+            assert_eq!(dog.disarm(a), Fired::No);
+            assert_eq!(p.cancels.load(Ordering::SeqCst), 0);
+        }
+        assert_eq!(dog.pending(), 0, "disarming removes the abort timer too");
+        Ok(())
+    }
+
+    #[test]
+    fn many_deadlines_fire_once_each_in_order() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let start = Instant::now();
+        let probes: Vec<_> = (0..50).map(|_| probe()).collect();
+        // Registered in reverse order of their deadlines.
+        let armed: Vec<_> = probes
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, (_, c))| dog.arm(start + Duration::from_millis(20 + 4 * i as u64), c))
+            .collect();
+        for ((p, _), a) in probes.iter().rev().zip(armed) {
+            until_cancelled(p);
+            assert_eq!(dog.disarm(a), Fired::Cancelled);
+        }
+        let times: Vec<Instant> = probes
+            .iter()
+            .map(|(p, _)| p.cancelled_at.lock().expect("every deadline fired"))
+            .collect();
+        for (i, (p, _)) in probes.iter().enumerate() {
+            assert_eq!(p.cancels.load(Ordering::SeqCst), 1, "probe {i}");
+            assert!(times[i] >= start + Duration::from_millis(20 + 4 * i as u64));
+        }
+        assert_eq!(dog.counts().0, 50);
+        Ok(())
+    }
+
+    #[test]
+    fn a_slow_cancel_does_not_delay_other_deadlines() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let start = Instant::now();
+        let slow = Arc::new(Probe {
+            cancel_delay: Some(Duration::from_secs(2)),
+            ..Probe::default()
+        });
+        let slow_c: Arc<dyn Canceller> = slow.clone();
+        let slow_armed = dog.arm(start + Duration::from_millis(10), &slow_c);
+        let (quick, c) = probe();
+        let quick_armed = dog.arm(start + Duration::from_millis(100), &c);
+        until_cancelled(&quick);
+        assert_eq!(dog.disarm(quick_armed), Fired::Cancelled);
+        let at = quick.cancelled_at.lock().expect("fired");
+        assert!(
+            at < start + Duration::from_millis(1500),
+            "the second deadline waited for the first one's slow cancel"
+        );
+        // The slow one is waited for (its cancel ends after 2 s < CANCEL_WAIT).
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(dog.disarm(slow_armed), Fired::Cancelled);
+        assert_eq!(slow.cancels.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_caller_still_blocked_after_the_grace_is_cut_loose() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let p = Arc::new(Probe::default());
+        p.stuck.store(true, Ordering::SeqCst);
+        let c: Arc<dyn Canceller> = p.clone();
+        let armed = dog.arm(Instant::now() + Duration::from_millis(10), &c);
+        // The "statement" ignores the soft cancel and stays stuck until aborted.
+        let waited = Instant::now();
+        while p.stuck.load(Ordering::SeqCst) {
+            assert!(waited.elapsed() < Duration::from_secs(10), "never aborted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(dog.disarm(armed), Fired::Cancelled);
+        assert_eq!(p.cancels.load(Ordering::SeqCst), 1);
+        assert_eq!(p.aborts.load(Ordering::SeqCst), 1);
+        // A caller that returned after the soft cancel is never aborted.
+        let (q, c) = probe();
+        let armed = dog.arm(Instant::now() + Duration::from_millis(10), &c);
+        while q.cancels.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(dog.disarm(armed), Fired::Cancelled);
+        std::thread::sleep(ABORT_GRACE + Duration::from_millis(200));
+        assert_eq!(q.aborts.load(Ordering::SeqCst), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn registration_from_many_threads_keeps_the_map_consistent() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let (p, c) = probe();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..2000 {
+                        let a = dog.arm(Instant::now() + Duration::from_secs(60), &c);
+                        assert_eq!(dog.disarm(a), Fired::No);
+                    }
+                });
+            }
+        });
+        assert_eq!(dog.pending(), 0);
+        assert_eq!(p.cancels.load(Ordering::SeqCst), 0);
+        Ok(())
+    }
+}
