@@ -92,6 +92,9 @@ enum Timer {
 struct Firing {
     /// The soft cancel has returned.
     done: bool,
+    /// The transport was cut: the connection is lost, so a soft cancel still
+    /// under way can no longer hit another statement and is not waited for.
+    aborted: bool,
     /// Key of the abort timer, removed when the caller deregisters.
     abort_key: (Instant, u64),
 }
@@ -175,11 +178,11 @@ impl Watchdog {
                 // Not ours any more: cannot happen, but never hang on it.
                 return Fired::Cancelled;
             };
-            if f.done {
-                let abort_key = f.abort_key;
+            if f.done || f.aborted {
+                let (abort_key, done) = (f.abort_key, f.done);
                 st.firing.remove(&id);
                 st.timers.remove(&abort_key);
-                return Fired::Cancelled;
+                return if done { Fired::Cancelled } else { Fired::Unfinished };
             }
             if self.cancel_done.wait_until(&mut st, give_up).timed_out() {
                 if let Some(f) = st.firing.remove(&id) {
@@ -230,9 +233,12 @@ fn run(weak: Weak<Watchdog>) {
                 Timer::Deadline(c) => fire(&dog, &mut st, key.1, c, now),
                 Timer::Abort(c) => {
                     // Still registered: the caller is still blocked.
-                    if st.firing.contains_key(&key.1) {
-                        st.aborted_total += 1;
-                        if !c.abort() {
+                    if let Some(f) = st.firing.get_mut(&key.1) {
+                        if c.abort() {
+                            f.aborted = true;
+                            st.aborted_total += 1;
+                            dog.cancel_done.notify_all();
+                        } else {
                             tracing::debug!("the backend cannot cut this connection; waiting for the server");
                         }
                     }
@@ -272,6 +278,7 @@ fn fire(dog: &Arc<Watchdog>, st: &mut State, id: u64, c: Arc<dyn Canceller>, now
         id,
         Firing {
             done: busy,
+            aborted: false,
             abort_key,
         },
     );

@@ -326,6 +326,8 @@ fn read(row: &postgres::Row, i: usize) -> Result<Value> {
         Type::TIMESTAMPTZ => get!(DateTime<Utc>, Value::TimestampTz),
         Type::UUID => get!(uuid::Uuid, Value::Uuid),
         Type::JSON | Type::JSONB => get!(serde_json::Value, Value::Json),
+        // `SELECT pg_sleep(1)`, `SELECT pg_notify(…)`: nothing to read.
+        Type::VOID => Value::Null,
         _ => {
             // Text-like types we do not model (citext, enums, …) arrive as text.
             match row.try_get::<_, Option<String>>(i) {

@@ -1,0 +1,362 @@
+//! The query-timeout watchdog against real servers: statements past their
+//! limit are cancelled on the server, the caller gets `QueryTimeout`, the
+//! connection is reused or replaced, and the pool tells who holds it.
+//!
+//! PostgreSQL and MariaDB come from `scripts/test` (their URLs in
+//! `DBMANAGER_TEST_POSTGRES_URL` / `DBMANAGER_TEST_MYSQL_URL`); SQLite always runs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
+
+/// Far above any cancel's latency, far below the statements' own length:
+/// proves "cancelled", not "finished".
+const PROMPT: Duration = Duration::from_secs(5);
+
+fn url(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suite with scripts/test, which starts the servers and sets it")
+    })
+}
+
+fn pg_url() -> String {
+    url("DBMANAGER_TEST_POSTGRES_URL")
+}
+
+fn my_url() -> String {
+    url("DBMANAGER_TEST_MYSQL_URL")
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn manager(url: &str, pool_size: u32, timeout: Option<Duration>) -> Result<DatabaseManager> {
+    DatabaseManager::from_config(
+        DatabaseConfig::builder(unique("timeouts"))
+            .url(url)
+            .pool_size(pool_size)
+            .max_overflow(0)
+            .query_timeout(timeout)
+            .acquire_timeout(Duration::from_secs(10))
+            .build()?,
+    )
+}
+
+fn sqlite_file() -> String {
+    let dir = std::env::temp_dir().join(unique("dbmanager-timeouts"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    format!("sqlite:{}", dir.join("t.db").display())
+}
+
+/// A statement that would run for about ten seconds on each backend.
+fn long_statement(db: &DatabaseManager) -> &'static str {
+    match db.backend() {
+        dbmanager::BackendKind::Postgres => "SELECT pg_sleep(10)",
+        dbmanager::BackendKind::MySql => "SELECT SLEEP(10)",
+        // Counts forever; only an interrupt stops it.
+        _ => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+    }
+}
+
+/// Statements of `marker` still running on the server, seen by an admin.
+fn running_on_server(db: &DatabaseManager, marker: &str) -> Result<i64> {
+    let sql = match db.backend() {
+        dbmanager::BackendKind::Postgres => {
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ? AND pid <> pg_backend_pid()"
+        }
+        _ => "SELECT count(*) AS n FROM information_schema.PROCESSLIST WHERE INFO LIKE ? AND ID <> CONNECTION_ID()",
+    };
+    db.query_one(sql, (format!("%{marker}%"),))?.get("n")
+}
+
+fn cancelled_on_the_server(url: &str, marker_sql: &str) -> Result<()> {
+    let db = manager(url, 2, Some(Duration::from_secs(30)))?;
+    let admin = manager(url, 1, Some(Duration::from_secs(30)))?;
+    db.execute_query("SELECT 1", ())?;
+    let started = Instant::now();
+    let err = db
+        .execute_query_with_timeout(marker_sql, (), Duration::from_millis(300))
+        .expect_err("a ten-second statement must not finish within 300 ms");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+    assert!(err.is_timeout());
+    assert!(took < PROMPT, "returned after {took:?}");
+    assert!(took >= Duration::from_millis(300), "returned before its deadline: {took:?}");
+    let text = err.to_string();
+    assert!(text.contains("300 ms") && text.contains("cancelled"), "{text}");
+    assert_eq!(running_on_server(&admin, marker_sql)?, 0, "the statement still runs on the server");
+    // The pool carries on: the same connection (proven reusable) or a new one.
+    let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
+    let status = db.pool_status();
+    assert_eq!(status.checked_out, 0);
+    assert_eq!(status.invalid, 0, "a cleanly cancelled connection is kept: {status:?}");
+    Ok(())
+}
+
+#[test]
+fn postgres_statement_is_cancelled_on_the_server() -> Result<()> {
+    cancelled_on_the_server(&pg_url(), "SELECT pg_sleep(10)")
+}
+
+#[test]
+fn mariadb_statement_is_cancelled_on_the_server() -> Result<()> {
+    cancelled_on_the_server(&my_url(), "SELECT SLEEP(10)")
+}
+
+#[test]
+fn sqlite_statement_is_interrupted() -> Result<()> {
+    for url in [sqlite_file(), "sqlite::memory:".to_owned()] {
+        let db = manager(&url, 2, None)?;
+        let started = Instant::now();
+        let err = db
+            .execute_query_with_timeout(long_statement(&db), (), Duration::from_millis(300))
+            .expect_err("an endless statement must be interrupted");
+        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+        assert!(started.elapsed() < PROMPT);
+        let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
+        assert_eq!(one, 1);
+        assert_eq!(db.pool_status().invalid, 0);
+    }
+    Ok(())
+}
+
+/// The configured timeout applies to plain calls, and the error names the
+/// variable that sets it.
+#[test]
+fn the_configured_timeout_applies_and_is_named() -> Result<()> {
+    for url in [pg_url(), my_url(), sqlite_file()] {
+        let name = unique("cfg");
+        let stem = dbmanager::env_stem(&name);
+        let config = DatabaseConfig::from_lookup(&name, |k| match k {
+            k if k == format!("DEVELOPMENT_GLOBAL_{stem}_CONNECTION_STRING") => Some(url.clone()),
+            k if k == format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT") => Some("0.3".to_owned()),
+            _ => None,
+        })?;
+        assert_eq!(config.query_timeout(), Some(Duration::from_millis(300)));
+        let db = DatabaseManager::from_config(config)?;
+        let err = db.execute_query(long_statement(&db), ()).expect_err("must time out");
+        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+        assert!(
+            err.to_string().contains(&format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT")),
+            "the message should name the variable: {err}"
+        );
+        // The guard and a transaction take their own limit.
+        let mut conn = db.connection()?;
+        conn.set_timeout(Some(Duration::from_secs(20)));
+        let short = match db.backend() {
+            dbmanager::BackendKind::Postgres => "SELECT pg_sleep(0.6)",
+            dbmanager::BackendKind::MySql => "SELECT SLEEP(0.6)",
+            _ => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 300000) SELECT count(*) FROM c",
+        };
+        if db.backend() != dbmanager::BackendKind::Sqlite {
+            // 0.6 s > the configured 0.3 s: only the guard's limit lets it finish.
+            conn.execute_query(short, ())?;
+        }
+        conn.set_timeout(Some(Duration::from_millis(200)));
+        let err = conn.execute_query(long_statement(&db), ()).expect_err("guard limit");
+        assert_eq!(err.kind(), ErrorKind::QueryTimeout);
+    }
+    Ok(())
+}
+
+/// A timeout inside a transaction rolls all of it back, and says so.
+fn timeout_rolls_back_the_transaction(url: &str) -> Result<()> {
+    let db = manager(url, 2, Some(Duration::from_secs(30)))?;
+    let table = unique("tx_timeout");
+    db.execute_batch(&format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, note VARCHAR(20))"))?;
+    let long = long_statement(&db);
+    // Closure form: the statement's own limit.
+    let err = db
+        .transaction(|tx| {
+            tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (1, "first"))?;
+            tx.execute_query_with_timeout(long, (), Duration::from_millis(300))?;
+            tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (2, "second"))
+        })
+        .expect_err("must time out");
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout);
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    // A closure that swallows the timeout still cannot commit the rest.
+    let swallowed = db.transaction(|tx| {
+        tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (3, "third"))?;
+        let _ = tx.execute_query_with_timeout(long, (), Duration::from_millis(300));
+        Ok::<_, dbmanager::Error>(())
+    });
+    assert_eq!(swallowed.expect_err("commit after a timeout").kind(), ErrorKind::QueryTimeout);
+    // Whole-transaction deadline.
+    let err = db
+        .transaction_with_timeout(Duration::from_millis(400), |tx| {
+            tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (4, "fourth"))?;
+            tx.execute_query(long, ())
+        })
+        .expect_err("the transaction deadline must fire");
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout);
+    let n: i64 = db.query_one(&format!("SELECT count(*) AS n FROM {table}"), ())?.get("n")?;
+    assert_eq!(n, 0, "nothing of a timed-out transaction may remain");
+    db.execute_batch(&format!("DROP TABLE {table}"))?;
+    Ok(())
+}
+
+#[test]
+fn postgres_timeout_rolls_back_the_transaction() -> Result<()> {
+    timeout_rolls_back_the_transaction(&pg_url())
+}
+
+#[test]
+fn mariadb_timeout_rolls_back_the_transaction() -> Result<()> {
+    timeout_rolls_back_the_transaction(&my_url())
+}
+
+#[test]
+fn sqlite_timeout_rolls_back_the_transaction() -> Result<()> {
+    timeout_rolls_back_the_transaction(&sqlite_file())
+}
+
+/// Many short statements with short limits: none is cancelled by mistake.
+fn no_spurious_cancels(url: &str, threads: usize, each: usize) -> Result<()> {
+    let db = manager(url, 8, None)?;
+    let failures = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for _ in 0..each {
+                    // The limit covers the statement only, not the wait for a connection.
+                    if db
+                        .execute_query_with_timeout("SELECT 1", (), Duration::from_secs(2))
+                        .is_err()
+                    {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "spurious cancellations");
+    let status = db.pool_status();
+    assert_eq!((status.checked_out, status.invalid), (0, 0), "{status:?}");
+    Ok(())
+}
+
+#[test]
+fn postgres_200_threads_see_no_spurious_cancels() -> Result<()> {
+    no_spurious_cancels(&pg_url(), 200, 20)
+}
+
+#[test]
+fn mariadb_200_threads_see_no_spurious_cancels() -> Result<()> {
+    no_spurious_cancels(&my_url(), 200, 20)
+}
+
+#[test]
+fn sqlite_200_threads_see_no_spurious_cancels() -> Result<()> {
+    no_spurious_cancels(&sqlite_file(), 200, 20)
+}
+
+/// Collects what `tracing` prints while `f` runs.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // The watchdog thread logs leaks, so the subscriber must be global.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    let out = f();
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    (out, text)
+}
+
+#[test]
+fn a_connection_held_too_long_is_reported_with_its_checkout_site() -> Result<()> {
+    let ((), log) = logged(|| {
+        let db = DatabaseManager::from_config(
+            DatabaseConfig::builder(unique("leaky"))
+                .url(sqlite_file())
+                .leak_threshold(Some(Duration::from_millis(300)))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let mut conn = db.connection().unwrap();
+        conn.execute_query("SELECT 42 AS leaked_marker", ()).unwrap();
+        let waited = Instant::now();
+        while db.pool_status().suspected_leaks == 0 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "no leak reported");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(db.pool_status().suspected_leaks, 1, "reported once, not again");
+        drop(conn);
+    });
+    assert!(log.contains("leak threshold"), "{log}");
+    assert!(log.contains("tests/timeouts.rs:"), "the checkout site is named: {log}");
+    assert!(log.contains("SELECT 42 AS leaked_marker"), "the last SQL is named: {log}");
+    Ok(())
+}
+
+#[test]
+fn pool_timeout_lists_who_holds_the_pool() -> Result<()> {
+    for url in [pg_url(), my_url(), sqlite_file()] {
+        let db = DatabaseManager::from_config(
+            DatabaseConfig::builder(unique("exhausted"))
+                .url(&url)
+                .pool_size(2)
+                .max_overflow(0)
+                .acquire_timeout(Duration::from_millis(300))
+                .build()?,
+        )?;
+        let mut a = db.connection()?;
+        a.execute_query("SELECT 1 AS holder_a", ())?;
+        let holder = std::thread::Builder::new()
+            .name("holder-thread".into())
+            .spawn({
+                let db = db.clone();
+                move || {
+                    let tx = db.begin().unwrap();
+                    std::thread::sleep(Duration::from_secs(2));
+                    drop(tx);
+                }
+            })
+            .unwrap();
+        let waited = Instant::now();
+        while db.pool_status().checked_out < 2 {
+            assert!(waited.elapsed() < PROMPT);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let started = Instant::now();
+        let err = db.connection().expect_err("the pool is exhausted");
+        assert!(err.is_pool_exhausted(), "{err}");
+        assert!(started.elapsed() < PROMPT);
+        let holders = err.pool_holders();
+        assert_eq!(holders.len(), 2, "{holders:?}");
+        assert!(holders.iter().all(|h| h.checked_out_at.contains("tests/timeouts.rs:")), "{holders:?}");
+        assert!(holders
+            .iter()
+            .any(|h| h.thread.as_deref() == Some("holder-thread") && h.in_transaction));
+        assert!(holders
+            .iter()
+            .any(|h| h.last_sql.as_deref() == Some("SELECT 1 AS holder_a") && !h.in_transaction));
+        assert!(err.to_string().contains("tests/timeouts.rs:"), "{err}");
+        a.execute_query("SELECT 1", ())?;
+        drop(a);
+        holder.join().unwrap();
+    }
+    Ok(())
+}
