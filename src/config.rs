@@ -129,10 +129,7 @@ pub(crate) fn redact_url(url: &str) -> String {
             .split(';')
             .map(|part| match part.split_once('=') {
                 Some((k, _))
-                    if matches!(
-                        k.trim().to_ascii_lowercase().as_str(),
-                        "password" | "pwd"
-                    ) =>
+                    if matches!(k.trim().to_ascii_lowercase().as_str(), "password" | "pwd") =>
                 {
                     format!("{}=***", k)
                 }
@@ -153,7 +150,10 @@ pub(crate) fn redact_url(url: &str) -> String {
                         k.to_ascii_lowercase().as_str(),
                         "password" | "pwd" | "sslpassword"
                     );
-                    (k.into_owned(), if secret { "***".into() } else { v.into_owned() })
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
                 })
                 .collect();
             if !pairs.is_empty() {
@@ -193,7 +193,10 @@ pub fn env_prefix(environment: &str) -> String {
 /// default.
 pub fn default_pool_size() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus as u32).saturating_mul(2).saturating_add(1).clamp(2, 32)
+    (cpus as u32)
+        .saturating_mul(2)
+        .saturating_add(1)
+        .clamp(2, 32)
 }
 
 /// Settings of one database. Plain data; build it with
@@ -282,8 +285,13 @@ impl DatabaseConfig {
         let process = |k: &str| std::env::var(k).ok();
         let dir = process("DBMANAGER_ENV_DIR").unwrap_or_else(|| DEFAULT_ENV_DIR.to_owned());
         let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
-        let file = EnvFile::read(&Path::new(&dir).join(format!(".env.{}", environment.to_lowercase())))?;
-        from_sources(name, |k| process(k).or_else(|| file.get(k)), &file.describe())
+        let file =
+            EnvFile::read(&Path::new(&dir).join(format!(".env.{}", environment.to_lowercase())))?;
+        from_sources(
+            name,
+            |k| process(k).or_else(|| file.get(k)),
+            &file.describe(),
+        )
     }
 
     /// Reads the configuration of `name` through `lookup`, which maps a
@@ -294,7 +302,10 @@ impl DatabaseConfig {
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that
     /// is missing or malformed.
-    pub fn from_lookup(name: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
+    pub fn from_lookup(
+        name: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<DatabaseConfig> {
         from_sources(name, lookup, "the given lookup")
     }
 
@@ -394,12 +405,20 @@ impl EnvFile {
             });
         }
         let iter = dotenvy::from_path_iter(path).map_err(|e| {
-            Error::config(format!("cannot read {}: {}", path.display(), dotenv_reason(&e)))
+            Error::config(format!(
+                "cannot read {}: {}",
+                path.display(),
+                dotenv_reason(&e)
+            ))
         })?;
         let mut vars = HashMap::new();
         for item in iter {
             let (k, v) = item.map_err(|e| {
-                Error::config(format!("{} is malformed: {}", path.display(), dotenv_reason(&e)))
+                Error::config(format!(
+                    "{} is malformed: {}",
+                    path.display(),
+                    dotenv_reason(&e)
+                ))
             })?;
             vars.insert(k, v);
         }
@@ -416,10 +435,7 @@ impl EnvFile {
     fn describe(&self) -> String {
         match self.vars {
             Some(_) => format!("the environment and {}", self.path.display()),
-            None => format!(
-                "the environment ({} does not exist)",
-                self.path.display()
-            ),
+            None => format!("the environment ({} does not exist)", self.path.display()),
         }
     }
 }
@@ -509,9 +525,9 @@ fn first(get: &impl Fn(&str) -> Option<String>, keys: &[String]) -> Option<(Stri
 }
 
 fn parse_u32(key: &str, v: &str) -> Result<u32> {
-    v.trim().parse().map_err(|_| {
-        Error::config(format!("{key} = `{}` is not a whole number", v.trim()))
-    })
+    v.trim()
+        .parse()
+        .map_err(|_| Error::config(format!("{key} = `{}` is not a whole number", v.trim())))
 }
 
 fn parse_secs(key: &str, v: &str) -> Result<Duration> {
@@ -773,7 +789,10 @@ mod tests {
             "rpa_db",
             lookup(&[
                 ("ENVIRONMENT", "staging"),
-                ("STAGING_GLOBAL_RPA_DB_CONNECTION_STRING", "postgresql://u:pw@h:5432/d"),
+                (
+                    "STAGING_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "postgresql://u:pw@h:5432/d",
+                ),
                 ("STAGING_GLOBAL_RPA_DB_TYPE", "postgresql"),
                 ("STAGING_GLOBAL_RPA_DB_POOL_SIZE", "7"),
                 ("STAGING_GLOBAL_RPA_DB_MAX_OVERFLOW", "3"),
@@ -786,7 +805,10 @@ mod tests {
             ]),
         )?;
         assert_eq!(cfg.kind(), BackendKind::Postgres);
-        assert_eq!((cfg.pool_size(), cfg.max_overflow(), cfg.max_size()), (7, 3, 10));
+        assert_eq!(
+            (cfg.pool_size(), cfg.max_overflow(), cfg.max_size()),
+            (7, 3, 10)
+        );
         assert_eq!(cfg.query_timeout(), Some(Duration::from_millis(2500)));
         assert_eq!(cfg.acquire_timeout(), Duration::from_secs(4));
         assert_eq!(cfg.connect_timeout(), Duration::from_secs(5));
@@ -801,7 +823,10 @@ mod tests {
         let cfg = DatabaseConfig::from_lookup(
             "rpa_db",
             lookup(&[
-                ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", "sqlite::memory:"),
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
                 ("DEVELOPMENT_GLOBAL_DATABASE_TIMEOUT", "12"),
                 ("DEVELOPMENT_GLOBAL_CONNECTION_POOL_SIZE", "3"),
             ]),
@@ -811,12 +836,19 @@ mod tests {
         let cfg = DatabaseConfig::from_lookup(
             "rpa_db",
             lookup(&[
-                ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", "sqlite::memory:"),
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
                 ("DEVELOPMENT_GLOBAL_RPA_DB_TIMEOUT", "0"),
                 ("DEVELOPMENT_GLOBAL_DATABASE_TIMEOUT", "12"),
             ]),
         )?;
-        assert_eq!(cfg.query_timeout(), None, "per-database 0 disables and wins");
+        assert_eq!(
+            cfg.query_timeout(),
+            None,
+            "per-database 0 disables and wins"
+        );
         assert_eq!(cfg.pool_size(), default_pool_size());
         Ok(())
     }
@@ -848,7 +880,10 @@ mod tests {
             let e = DatabaseConfig::from_lookup(
                 "x",
                 lookup(&[
-                    ("DEVELOPMENT_GLOBAL_X_CONNECTION_STRING", "postgresql://u:hunter2@h/d"),
+                    (
+                        "DEVELOPMENT_GLOBAL_X_CONNECTION_STRING",
+                        "postgresql://u:hunter2@h/d",
+                    ),
                     (&key, value),
                 ]),
             )
@@ -884,7 +919,15 @@ mod tests {
         for (url, kind) in ok {
             assert_eq!(kind_of_url(url), Ok(kind), "{url}");
         }
-        for bad in ["", "   ", "oracle://u:secretpw@h/d", "postgresql://", "just words", "k=v;x=y", "postgresql://u:secretpw@:5432/d"] {
+        for bad in [
+            "",
+            "   ",
+            "oracle://u:secretpw@h/d",
+            "postgresql://",
+            "just words",
+            "k=v;x=y",
+            "postgresql://u:secretpw@:5432/d",
+        ] {
             let e = kind_of_url(bad).unwrap_err();
             assert!(!e.contains("secretpw"), "{e}");
         }
@@ -907,7 +950,10 @@ mod tests {
             .url("postgresql://app:topsecret@h/d")
             .build()
             .unwrap();
-        let dbg = format!("{cfg:?} {:?}", DatabaseConfig::builder("a").url("mysql://u:topsecret@h/d"));
+        let dbg = format!(
+            "{cfg:?} {:?}",
+            DatabaseConfig::builder("a").url("mysql://u:topsecret@h/d")
+        );
         assert!(!dbg.contains("topsecret"), "{dbg}");
     }
 
@@ -923,12 +969,22 @@ mod tests {
         .unwrap();
         let file = EnvFile::read(&path)?;
         let process = lookup(&[("DEVELOPMENT_GLOBAL_A_POOL_SIZE", "9")]);
-        let cfg = from_sources("a", |k| process(k).or_else(|| file.get(k)), &file.describe())?;
+        let cfg = from_sources(
+            "a",
+            |k| process(k).or_else(|| file.get(k)),
+            &file.describe(),
+        )?;
         assert_eq!(cfg.kind(), BackendKind::Sqlite);
         assert_eq!(cfg.pool_size(), 9);
 
-        std::fs::write(&path, "DEVELOPMENT_GLOBAL_A_CONNECTION_STRING='unterminated-secret\n").unwrap();
-        let e = EnvFile::read(&path).err().expect("malformed file is an error");
+        std::fs::write(
+            &path,
+            "DEVELOPMENT_GLOBAL_A_CONNECTION_STRING='unterminated-secret\n",
+        )
+        .unwrap();
+        let e = EnvFile::read(&path)
+            .err()
+            .expect("malformed file is an error");
         assert!(e.to_string().contains(".env.development"), "{e}");
         assert!(!e.to_string().contains("unterminated-secret"), "{e}");
 

@@ -153,7 +153,11 @@ impl Error {
                     .as_deref()
                     .map(|t| format!(" on thread `{t}`"))
                     .unwrap_or_default(),
-                if h.in_transaction { ", in a transaction" } else { "" },
+                if h.in_transaction {
+                    ", in a transaction"
+                } else {
+                    ""
+                },
             ),
         };
         let mut e = Error::new(
@@ -306,7 +310,10 @@ impl fmt::Debug for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -338,7 +345,10 @@ mod tests {
             "database `rpa_db`: connection failed: could not reach 127.0.0.1:1"
         );
         assert!(!text.contains("refused"));
-        assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("refused"));
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some("refused")
+        );
         assert!(err.is_retryable());
     }
 

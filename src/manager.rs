@@ -265,7 +265,10 @@ impl DatabaseManager {
     /// The first failing statement's error, after the transaction was rolled
     /// back.
     #[track_caller]
-    pub fn execute_transaction<S, P>(&self, statements: impl IntoIterator<Item = (S, P)>) -> Result<Vec<u64>>
+    pub fn execute_transaction<S, P>(
+        &self,
+        statements: impl IntoIterator<Item = (S, P)>,
+    ) -> Result<Vec<u64>>
     where
         S: AsRef<str>,
         P: IntoParams,
@@ -333,7 +336,11 @@ impl DatabaseManager {
     /// As [`transaction`](Self::transaction); `QueryTimeout` after rollback
     /// when the deadline passed.
     #[track_caller]
-    pub fn transaction_with_timeout<T, E, F>(&self, timeout: Duration, f: F) -> std::result::Result<T, E>
+    pub fn transaction_with_timeout<T, E, F>(
+        &self,
+        timeout: Duration,
+        f: F,
+    ) -> std::result::Result<T, E>
     where
         F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
@@ -352,7 +359,11 @@ impl DatabaseManager {
     #[track_caller]
     pub fn begin(&self) -> Result<Transaction<'static>> {
         let conn = self.shared.checkout()?;
-        Transaction::start(Arc::clone(&self.shared), TxConn::Owned(conn), Limit::Default)
+        Transaction::start(
+            Arc::clone(&self.shared),
+            TxConn::Owned(conn),
+            Limit::Default,
+        )
     }
 
     /// A snapshot of the pool (seed 002's `get_pool_status`).
@@ -407,8 +418,13 @@ impl fmt::Debug for PooledConnection {
 impl PooledConnection {
     #[track_caller]
     fn run(&mut self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
-        let limit = if limit == Limit::Default { self.limit } else { limit };
-        self.shared.run(Some(&mut self.conn), op, sql, params, limit)
+        let limit = if limit == Limit::Default {
+            self.limit
+        } else {
+            limit
+        };
+        self.shared
+            .run(Some(&mut self.conn), op, sql, params, limit)
     }
 
     statement_methods!(&mut self);
@@ -441,7 +457,11 @@ impl PooledConnection {
     ///
     /// As [`transaction`](Self::transaction); `QueryTimeout` after rollback
     /// when the deadline passed.
-    pub fn transaction_with_timeout<T, E, F>(&mut self, timeout: Duration, f: F) -> std::result::Result<T, E>
+    pub fn transaction_with_timeout<T, E, F>(
+        &mut self,
+        timeout: Duration,
+        f: F,
+    ) -> std::result::Result<T, E>
     where
         F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
@@ -459,7 +479,11 @@ impl PooledConnection {
     /// The error of `BEGIN`.
     pub fn begin(&mut self) -> Result<Transaction<'_>> {
         let limit = self.limit;
-        Transaction::start(Arc::clone(&self.shared), TxConn::Borrowed(&mut self.conn), limit)
+        Transaction::start(
+            Arc::clone(&self.shared),
+            TxConn::Borrowed(&mut self.conn),
+            limit,
+        )
     }
 }
 
@@ -527,7 +551,11 @@ impl<'a> Transaction<'a> {
             )
             .on_database(self.shared.name()));
         }
-        let limit = if limit == Limit::Default { self.limit } else { limit };
+        let limit = if limit == Limit::Default {
+            self.limit
+        } else {
+            limit
+        };
         let limit = match self.deadline {
             None => limit,
             Some((deadline, whole)) => {
@@ -544,8 +572,13 @@ impl<'a> Transaction<'a> {
                 Limit::Custom(Some(own.map_or(left, |t| t.min(left))))
             }
         };
-        match self.shared.run(Some(self.conn.get()), op, sql, params, limit) {
-            Err(e) if e.kind() == ErrorKind::QueryTimeout && op != Op::Rollback => Err(self.abandon(e)),
+        match self
+            .shared
+            .run(Some(self.conn.get()), op, sql, params, limit)
+        {
+            Err(e) if e.kind() == ErrorKind::QueryTimeout && op != Op::Rollback => {
+                Err(self.abandon(e))
+            }
             other => other,
         }
     }
@@ -576,7 +609,9 @@ impl<'a> Transaction<'a> {
     ///
     /// The server's error; the transaction is over either way.
     pub fn commit(mut self) -> Result<()> {
-        let result = self.run(Op::Commit, "", Params::None, Limit::Default).map(drop);
+        let result = self
+            .run(Op::Commit, "", Params::None, Limit::Default)
+            .map(drop);
         self.finished = true;
         result
     }
@@ -594,7 +629,13 @@ impl<'a> Transaction<'a> {
     fn rollback_now(&mut self) -> Result<()> {
         let result = self
             .shared
-            .run(Some(self.conn.get()), Op::Rollback, "", Params::None, self.limit)
+            .run(
+                Some(self.conn.get()),
+                Op::Rollback,
+                "",
+                Params::None,
+                self.limit,
+            )
             .map(drop);
         // The rollback may have undone a server-side limit set in the transaction.
         self.conn.get().server_timeout = None;

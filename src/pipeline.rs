@@ -194,7 +194,10 @@ impl Shared {
                     )
                     .on_database(self.name()));
                 }
-                (native, bind(binds, params).map_err(|e| e.on_database(self.name()))?)
+                (
+                    native,
+                    bind(binds, params).map_err(|e| e.on_database(self.name()))?,
+                )
             }
         };
 
@@ -202,17 +205,6 @@ impl Shared {
             Limit::Default => self.config.query_timeout,
             Limit::Custom(t) => t,
         };
-        let control = matches!(op, Op::Begin | Op::Commit | Op::Rollback);
-        if !control {
-            let wanted = timeout.map(|t| t + SERVER_MARGIN);
-            if conn.server_timeout != Some(wanted) {
-                conn.server_timeout = None;
-                conn.backend
-                    .set_server_timeout(wanted)
-                    .map_err(|e| e.on_database(self.name()))?;
-                conn.server_timeout = Some(wanted);
-            }
-        }
         Pool::note(
             conn,
             native,
@@ -237,14 +229,28 @@ impl Shared {
             }
             None => None,
         };
-        let mut result = match op {
+        // The deadline covers setting the server's own limit too: on a server
+        // that stopped answering, that round trip would hang as well.
+        let control = matches!(op, Op::Begin | Op::Commit | Op::Rollback);
+        let wanted = timeout.map(|t| t + SERVER_MARGIN);
+        let set_limit = if control || conn.server_timeout == Some(wanted) {
+            Ok(())
+        } else {
+            conn.server_timeout = None;
+            let r = conn.backend.set_server_timeout(wanted);
+            if r.is_ok() {
+                conn.server_timeout = Some(wanted);
+            }
+            r
+        };
+        let mut result = set_limit.and_then(|()| match op {
             Op::Query => conn.backend.query(native, &values).map(Outcome::Rows),
             Op::Execute => conn.backend.execute(native, &values).map(Outcome::Affected),
             Op::Batch => conn.backend.batch(native).map(|()| Outcome::Done),
             Op::Begin => conn.backend.begin().map(|()| Outcome::Done),
             Op::Commit => conn.backend.commit().map(|()| Outcome::Done),
             Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
-        };
+        });
         let fired = armed.map_or(Fired::No, |(dog, a)| dog.disarm(a));
         let elapsed = start.elapsed();
         Pool::touch(conn);
@@ -259,9 +265,15 @@ impl Shared {
             }
             if let Err(cause) = result {
                 let limit_value = timeout.unwrap_or_default();
-                result = Err(Error::query_timeout(limit_value, &self.timeout_hint(limit)).with_source(cause));
+                result =
+                    Err(Error::query_timeout(limit_value, &self.timeout_hint(limit))
+                        .with_source(cause));
             }
-            tracing::debug!(elapsed_us = elapsed.as_micros() as u64, reused = proven, "statement cancelled at its deadline");
+            tracing::debug!(
+                elapsed_us = elapsed.as_micros() as u64,
+                reused = proven,
+                "statement cancelled at its deadline"
+            );
         }
 
         match &result {
@@ -271,7 +283,11 @@ impl Shared {
                     Outcome::Affected(n) => *n,
                     Outcome::Done => 0,
                 };
-                tracing::debug!(elapsed_us = elapsed.as_micros() as u64, rows, "statement done");
+                tracing::debug!(
+                    elapsed_us = elapsed.as_micros() as u64,
+                    rows,
+                    "statement done"
+                );
             }
             Err(e) => {
                 if e.kind().breaks_connection() || conn.backend.is_closed() {
@@ -297,9 +313,10 @@ impl Shared {
         if let Some(t) = self.translations.lock().get(sql) {
             return Ok(Some(Arc::clone(t)));
         }
-        let t = Arc::new(sql::translate(sql, self.dialect).map_err(|e| {
-            Error::parameter(e.to_string()).on_database(self.name())
-        })?);
+        let t = Arc::new(
+            sql::translate(sql, self.dialect)
+                .map_err(|e| Error::parameter(e.to_string()).on_database(self.name()))?,
+        );
         let mut cache = self.translations.lock();
         if cache.len() >= TRANSLATION_CACHE {
             cache.clear();
@@ -408,9 +425,18 @@ mod tests {
     #[test]
     fn binding_checks_counts_and_names() {
         let v = |i: i64| Value::I64(i);
-        assert_eq!(bind(&Binds::Positional(2), Params::Positional(vec![v(1), v(2)])).unwrap().len(), 2);
+        assert_eq!(
+            bind(&Binds::Positional(2), Params::Positional(vec![v(1), v(2)]))
+                .unwrap()
+                .len(),
+            2
+        );
         let e = bind(&Binds::Positional(2), Params::Positional(vec![v(1)])).unwrap_err();
-        assert!(e.to_string().contains("2 `?` placeholders but 1 value was given"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("2 `?` placeholders but 1 value was given"),
+            "{e}"
+        );
         let names = Binds::Named(vec!["a".into(), "b".into(), "a".into()]);
         let got = bind(
             &names,
@@ -422,7 +448,11 @@ mod tests {
         assert!(e.to_string().contains("no value was given for `:b`"), "{e}");
         let e = bind(
             &names,
-            Params::Named(vec![("a".into(), v(1)), ("b".into(), v(1)), ("c".into(), v(1))]),
+            Params::Named(vec![
+                ("a".into(), v(1)),
+                ("b".into(), v(1)),
+                ("c".into(), v(1)),
+            ]),
         )
         .unwrap_err();
         assert!(e.to_string().contains("`c` is not used"), "{e}");

@@ -28,7 +28,7 @@ use crate::backend::{Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::status::{ConnectionHolder, PoolStatus};
-use crate::watchdog::{Canceller, Sweep, Watchdog};
+use crate::watchdog::{Canceller, Fired, Sweep, Watchdog};
 
 /// Characters of a statement kept for leak reports and pool forensics.
 const LAST_SQL_CHARS: usize = 300;
@@ -185,6 +185,7 @@ pub(crate) struct Pool {
     counters: Arc<Counters>,
     database: Arc<str>,
     acquire_timeout: Duration,
+    connect_timeout: Duration,
     validate_after_idle: Duration,
     pool_size: u32,
     max_overflow: u32,
@@ -201,7 +202,13 @@ struct LeakWatch {
 
 impl Sweep for LeakWatch {
     fn sweep(&self, now: Instant) {
-        let holders: Vec<_> = self.counters.holders.lock().iter().filter_map(Weak::upgrade).collect();
+        let holders: Vec<_> = self
+            .counters
+            .holders
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
         for h in holders {
             let mut h = h.lock();
             let overdue = h
@@ -276,6 +283,7 @@ impl Pool {
             counters,
             database: Arc::clone(&config.name),
             acquire_timeout: config.acquire_timeout,
+            connect_timeout: config.connect_timeout,
             validate_after_idle: config.validate_after_idle,
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
@@ -284,7 +292,11 @@ impl Pool {
 
     /// Checks a connection out, bounded by `timeout` (the configured
     /// acquisition timeout when `None`), and records `site` as its holder.
-    pub(crate) fn get(&self, timeout: Option<Duration>, site: &'static Location<'static>) -> Result<Pooled> {
+    pub(crate) fn get(
+        &self,
+        timeout: Option<Duration>,
+        site: &'static Location<'static>,
+    ) -> Result<Pooled> {
         let conn = self.get_conn(timeout)?;
         {
             let mut h = conn.holder.lock();
@@ -311,7 +323,7 @@ impl Pool {
             if conn.last_used.elapsed() < self.validate_after_idle {
                 return Ok(conn);
             }
-            match conn.backend.ping() {
+            match self.ping(&mut conn) {
                 Ok(()) => {
                     conn.last_used = Instant::now();
                     return Ok(conn);
@@ -325,6 +337,27 @@ impl Pool {
                     }
                 }
             }
+        }
+    }
+
+    /// Pings a connection that sat idle, bounded by the connect timeout
+    /// through the watchdog: a server that stopped answering must not hang
+    /// the checkout.
+    fn ping(&self, conn: &mut Conn) -> Result<()> {
+        let dog = Watchdog::global()?;
+        let armed = dog.arm(Instant::now() + self.connect_timeout, &conn.canceller);
+        let result = conn.backend.ping();
+        match (dog.disarm(armed), result) {
+            (Fired::No, r) => r,
+            (_, Ok(())) => {
+                // Answered just as the cancel went out: not worth the doubt.
+                conn.broken = true;
+                Err(Error::new(
+                    ErrorKind::Connect,
+                    "the connection check raced its deadline",
+                ))
+            }
+            (_, Err(e)) => Err(e),
         }
     }
 
@@ -351,10 +384,7 @@ impl Pool {
     /// pool timeout later. Others wait for the probe and share its verdict.
     fn probe(&self, deadline: Instant) -> Result<()> {
         let asked = Instant::now();
-        let Some(_probing) = self
-            .probe_lock
-            .try_lock_until(deadline)
-        else {
+        let Some(_probing) = self.probe_lock.try_lock_until(deadline) else {
             return Ok(());
         };
         if let Some((at, err)) = &*self.counters.last_connect_error.lock() {
@@ -385,8 +415,15 @@ impl Pool {
     /// Every checked-out connection's holder, longest held first.
     pub(crate) fn holders(&self) -> Vec<ConnectionHolder> {
         let now = Instant::now();
-        let all: Vec<_> = self.counters.holders.lock().iter().filter_map(Weak::upgrade).collect();
-        let mut out: Vec<ConnectionHolder> = all.iter().filter_map(|h| h.lock().report(now)).collect();
+        let all: Vec<_> = self
+            .counters
+            .holders
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut out: Vec<ConnectionHolder> =
+            all.iter().filter_map(|h| h.lock().report(now)).collect();
         out.sort_by(|a, b| b.held_for_ms.cmp(&a.held_for_ms));
         out
     }

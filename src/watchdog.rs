@@ -155,7 +155,8 @@ impl Watchdog {
         st.next_id = st.next_id.wrapping_add(1);
         let key = (deadline, st.next_id);
         let earliest = st.timers.first_key_value().is_none_or(|(k, _)| key < *k);
-        st.timers.insert(key, Timer::Deadline(Arc::clone(canceller)));
+        st.timers
+            .insert(key, Timer::Deadline(Arc::clone(canceller)));
         drop(st);
         if earliest {
             self.wake.notify_one();
@@ -182,7 +183,11 @@ impl Watchdog {
                 let (abort_key, done) = (f.abort_key, f.done);
                 st.firing.remove(&id);
                 st.timers.remove(&abort_key);
-                return if done { Fired::Cancelled } else { Fired::Unfinished };
+                return if done {
+                    Fired::Cancelled
+                } else {
+                    Fired::Unfinished
+                };
             }
             if self.cancel_done.wait_until(&mut st, give_up).timed_out() {
                 if let Some(f) = st.firing.remove(&id) {
@@ -239,7 +244,9 @@ fn run(weak: Weak<Watchdog>) {
                             st.aborted_total += 1;
                             dog.cancel_done.notify_all();
                         } else {
-                            tracing::debug!("the backend cannot cut this connection; waiting for the server");
+                            tracing::debug!(
+                                "the backend cannot cut this connection; waiting for the server"
+                            );
                         }
                     }
                 }
@@ -247,7 +254,8 @@ fn run(weak: Weak<Watchdog>) {
         }
         if now >= next_sweep {
             st.sweepers.retain(|s| s.strong_count() > 0);
-            let sweepers: Vec<Arc<dyn Sweep>> = st.sweepers.iter().filter_map(Weak::upgrade).collect();
+            let sweepers: Vec<Arc<dyn Sweep>> =
+                st.sweepers.iter().filter_map(Weak::upgrade).collect();
             drop(st);
             for s in &sweepers {
                 s.sweep(now);
@@ -365,7 +373,10 @@ mod tests {
     fn until_cancelled(p: &Probe) {
         let waited = Instant::now();
         while p.cancels.load(Ordering::SeqCst) == 0 {
-            assert!(waited.elapsed() < Duration::from_secs(10), "the deadline never fired");
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the deadline never fired"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -403,12 +414,18 @@ mod tests {
         let armed = dog.arm(start + Duration::from_millis(50), &c);
         let waited = Instant::now();
         while early.cancels.load(Ordering::SeqCst) == 0 {
-            assert!(waited.elapsed() < Duration::from_secs(5), "the early deadline never fired");
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "the early deadline never fired"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(dog.disarm(armed), Fired::Cancelled);
         let at = early.cancelled_at.lock().expect("cancelled");
-        assert!(at >= start + Duration::from_millis(50), "fired before its deadline");
+        assert!(
+            at >= start + Duration::from_millis(50),
+            "fired before its deadline"
+        );
         for ((p, _), a) in late.iter().zip(late_armed) {
             assert_eq!(dog.disarm(a), Fired::No);
             assert_eq!(p.cancels.load(Ordering::SeqCst), 0);

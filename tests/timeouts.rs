@@ -31,7 +31,11 @@ fn my_url() -> String {
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn manager(url: &str, pool_size: u32, timeout: Option<Duration>) -> Result<DatabaseManager> {
@@ -58,7 +62,9 @@ fn long_statement(db: &DatabaseManager) -> &'static str {
         dbmanager::BackendKind::Postgres => "SELECT pg_sleep(10)",
         dbmanager::BackendKind::MySql => "SELECT SLEEP(10)",
         // Counts forever; only an interrupt stops it.
-        _ => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        _ => {
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+        }
     }
 }
 
@@ -85,16 +91,29 @@ fn cancelled_on_the_server(url: &str, marker_sql: &str) -> Result<()> {
     assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
     assert!(err.is_timeout());
     assert!(took < PROMPT, "returned after {took:?}");
-    assert!(took >= Duration::from_millis(300), "returned before its deadline: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "returned before its deadline: {took:?}"
+    );
     let text = err.to_string();
-    assert!(text.contains("300 ms") && text.contains("cancelled"), "{text}");
-    assert_eq!(running_on_server(&admin, marker_sql)?, 0, "the statement still runs on the server");
+    assert!(
+        text.contains("300 ms") && text.contains("cancelled"),
+        "{text}"
+    );
+    assert_eq!(
+        running_on_server(&admin, marker_sql)?,
+        0,
+        "the statement still runs on the server"
+    );
     // The pool carries on: the same connection (proven reusable) or a new one.
     let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
     assert_eq!(one, 1);
     let status = db.pool_status();
     assert_eq!(status.checked_out, 0);
-    assert_eq!(status.invalid, 0, "a cleanly cancelled connection is kept: {status:?}");
+    assert_eq!(
+        status.invalid, 0,
+        "a cleanly cancelled connection is kept: {status:?}"
+    );
     Ok(())
 }
 
@@ -139,10 +158,13 @@ fn the_configured_timeout_applies_and_is_named() -> Result<()> {
         })?;
         assert_eq!(config.query_timeout(), Some(Duration::from_millis(300)));
         let db = DatabaseManager::from_config(config)?;
-        let err = db.execute_query(long_statement(&db), ()).expect_err("must time out");
+        let err = db
+            .execute_query(long_statement(&db), ())
+            .expect_err("must time out");
         assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
         assert!(
-            err.to_string().contains(&format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT")),
+            err.to_string()
+                .contains(&format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT")),
             "the message should name the variable: {err}"
         );
         // The guard and a transaction take their own limit.
@@ -158,7 +180,9 @@ fn the_configured_timeout_applies_and_is_named() -> Result<()> {
             conn.execute_query(short, ())?;
         }
         conn.set_timeout(Some(Duration::from_millis(200)));
-        let err = conn.execute_query(long_statement(&db), ()).expect_err("guard limit");
+        let err = conn
+            .execute_query(long_statement(&db), ())
+            .expect_err("guard limit");
         assert_eq!(err.kind(), ErrorKind::QueryTimeout);
     }
     Ok(())
@@ -168,34 +192,53 @@ fn the_configured_timeout_applies_and_is_named() -> Result<()> {
 fn timeout_rolls_back_the_transaction(url: &str) -> Result<()> {
     let db = manager(url, 2, Some(Duration::from_secs(30)))?;
     let table = unique("tx_timeout");
-    db.execute_batch(&format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, note VARCHAR(20))"))?;
+    db.execute_batch(&format!(
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, note VARCHAR(20))"
+    ))?;
     let long = long_statement(&db);
     // Closure form: the statement's own limit.
     let err = db
         .transaction(|tx| {
-            tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (1, "first"))?;
+            tx.execute(
+                &format!("INSERT INTO {table} (id, note) VALUES (?, ?)"),
+                (1, "first"),
+            )?;
             tx.execute_query_with_timeout(long, (), Duration::from_millis(300))?;
-            tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (2, "second"))
+            tx.execute(
+                &format!("INSERT INTO {table} (id, note) VALUES (?, ?)"),
+                (2, "second"),
+            )
         })
         .expect_err("must time out");
     assert_eq!(err.kind(), ErrorKind::QueryTimeout);
     assert!(err.to_string().contains("rolled back"), "{err}");
     // A closure that swallows the timeout still cannot commit the rest.
     let swallowed = db.transaction(|tx| {
-        tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (3, "third"))?;
+        tx.execute(
+            &format!("INSERT INTO {table} (id, note) VALUES (?, ?)"),
+            (3, "third"),
+        )?;
         let _ = tx.execute_query_with_timeout(long, (), Duration::from_millis(300));
         Ok::<_, dbmanager::Error>(())
     });
-    assert_eq!(swallowed.expect_err("commit after a timeout").kind(), ErrorKind::QueryTimeout);
+    assert_eq!(
+        swallowed.expect_err("commit after a timeout").kind(),
+        ErrorKind::QueryTimeout
+    );
     // Whole-transaction deadline.
     let err = db
         .transaction_with_timeout(Duration::from_millis(400), |tx| {
-            tx.execute(&format!("INSERT INTO {table} (id, note) VALUES (?, ?)"), (4, "fourth"))?;
+            tx.execute(
+                &format!("INSERT INTO {table} (id, note) VALUES (?, ?)"),
+                (4, "fourth"),
+            )?;
             tx.execute_query(long, ())
         })
         .expect_err("the transaction deadline must fire");
     assert_eq!(err.kind(), ErrorKind::QueryTimeout);
-    let n: i64 = db.query_one(&format!("SELECT count(*) AS n FROM {table}"), ())?.get("n")?;
+    let n: i64 = db
+        .query_one(&format!("SELECT count(*) AS n FROM {table}"), ())?
+        .get("n")?;
     assert_eq!(n, 0, "nothing of a timed-out transaction may remain");
     db.execute_batch(&format!("DROP TABLE {table}"))?;
     Ok(())
@@ -235,7 +278,11 @@ fn no_spurious_cancels(url: &str, threads: usize, each: usize) -> Result<()> {
             });
         }
     });
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "spurious cancellations");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "spurious cancellations"
+    );
     let status = db.pool_status();
     assert_eq!((status.checked_out, status.invalid), (0, 0), "{status:?}");
     Ok(())
@@ -295,19 +342,33 @@ fn a_connection_held_too_long_is_reported_with_its_checkout_site() -> Result<()>
         )
         .unwrap();
         let mut conn = db.connection().unwrap();
-        conn.execute_query("SELECT 42 AS leaked_marker", ()).unwrap();
+        conn.execute_query("SELECT 42 AS leaked_marker", ())
+            .unwrap();
         let waited = Instant::now();
         while db.pool_status().suspected_leaks == 0 {
-            assert!(waited.elapsed() < Duration::from_secs(10), "no leak reported");
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "no leak reported"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(1200));
-        assert_eq!(db.pool_status().suspected_leaks, 1, "reported once, not again");
+        assert_eq!(
+            db.pool_status().suspected_leaks,
+            1,
+            "reported once, not again"
+        );
         drop(conn);
     });
     assert!(log.contains("leak threshold"), "{log}");
-    assert!(log.contains("tests/timeouts.rs:"), "the checkout site is named: {log}");
-    assert!(log.contains("SELECT 42 AS leaked_marker"), "the last SQL is named: {log}");
+    assert!(
+        log.contains("tests/timeouts.rs:"),
+        "the checkout site is named: {log}"
+    );
+    assert!(
+        log.contains("SELECT 42 AS leaked_marker"),
+        "the last SQL is named: {log}"
+    );
     Ok(())
 }
 
@@ -346,7 +407,12 @@ fn pool_timeout_lists_who_holds_the_pool() -> Result<()> {
         assert!(started.elapsed() < PROMPT);
         let holders = err.pool_holders();
         assert_eq!(holders.len(), 2, "{holders:?}");
-        assert!(holders.iter().all(|h| h.checked_out_at.contains("tests/timeouts.rs:")), "{holders:?}");
+        assert!(
+            holders
+                .iter()
+                .all(|h| h.checked_out_at.contains("tests/timeouts.rs:")),
+            "{holders:?}"
+        );
         assert!(holders
             .iter()
             .any(|h| h.thread.as_deref() == Some("holder-thread") && h.in_transaction));

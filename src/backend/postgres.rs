@@ -1,4 +1,11 @@
-//! PostgreSQL through the `postgres` crate, pooled with `r2d2_postgres`.
+//! PostgreSQL through `tokio-postgres`, driven by a private current-thread
+//! runtime per connection (as the `postgres` crate does), so no async
+//! runtime is asked of the caller.
+//!
+//! We open the socket ourselves rather than through the `postgres` crate:
+//! holding its descriptor is what lets the watchdog cut loose a caller
+//! blocked on a server that no longer answers (a stopped backend, a dead
+//! network), which a cancel request cannot reach.
 //!
 //! Each connection keeps its own cache of prepared statements, so a
 //! repeated statement costs one round trip, as with the raw driver.
@@ -9,16 +16,18 @@
 //! libpq's `require`, which does not verify).
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
+use std::future::Future;
+use std::net::ToSocketAddrs;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use postgres::types::{IsNull, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
-use r2d2::ManageConnection;
-use r2d2_postgres::PostgresConnectionManager;
+use tokio::runtime::Runtime;
+use tokio_postgres::config::Host;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::types::{IsNull, ToSql, Type};
+use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{connect_error, Connection, Connector};
@@ -28,17 +37,13 @@ use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
 use crate::watchdog::Canceller;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Prepared statements kept per connection before the cache is emptied.
 const STATEMENT_CACHE: usize = 256;
 
-enum Manager {
-    Plain(PostgresConnectionManager<NoTls>),
-    Tls(PostgresConnectionManager<MakeRustlsConnect>),
-}
-
 pub(crate) struct PgConnector {
-    manager: Manager,
-    /// For cancel requests, which go over a connection of their own.
+    config: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     target: String,
     connect_timeout: Duration,
@@ -47,23 +52,22 @@ pub(crate) struct PgConnector {
 impl PgConnector {
     pub(crate) fn new(config: &DatabaseConfig) -> Result<Self> {
         let (url, wants_tls) = normalise_url(&config.url)?;
-        let mut pg = postgres::Config::from_str(&url).map_err(|_| {
+        let mut pg = tokio_postgres::Config::from_str(&url).map_err(|_| {
             Error::config(
                 "the PostgreSQL connection string cannot be parsed; expected postgresql://user:password@host:port/database[?sslmode=require]",
             )
         })?;
-        pg.connect_timeout(config.connect_timeout);
         if pg.get_application_name().is_none() {
             pg.application_name("dbmanager");
         }
         let target = describe_target(&pg);
-        let tls = if wants_tls { Some(tls_connector()?) } else { None };
-        let manager = match &tls {
-            Some(t) => Manager::Tls(PostgresConnectionManager::new(pg, t.clone())),
-            None => Manager::Plain(PostgresConnectionManager::new(pg, NoTls)),
+        let tls = if wants_tls {
+            Some(tls_connector()?)
+        } else {
+            None
         };
         Ok(PgConnector {
-            manager,
+            config: pg,
             tls,
             target,
             connect_timeout: config.connect_timeout,
@@ -71,7 +75,7 @@ impl PgConnector {
     }
 }
 
-/// Makes the URL acceptable to `postgres::Config`: scheme `postgresql`,
+/// Makes the URL acceptable to `tokio_postgres::Config`: scheme `postgresql`,
 /// libpq's `verify-ca`/`verify-full` mapped to `require` (we always verify).
 /// Returns whether TLS is wanted.
 fn normalise_url(raw: &str) -> Result<(String, bool)> {
@@ -100,11 +104,11 @@ fn normalise_url(raw: &str) -> Result<(String, bool)> {
     Ok((format!("postgresql{rest}"), wants_tls))
 }
 
-fn describe_target(pg: &postgres::Config) -> String {
+fn describe_target(pg: &tokio_postgres::Config) -> String {
     let host = match pg.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
-        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        Some(Host::Unix(p)) => p.display().to_string(),
         None => "localhost".to_owned(),
     };
     let port = pg.get_ports().first().copied().unwrap_or(5432);
@@ -124,21 +128,229 @@ fn tls_connector() -> Result<MakeRustlsConnect> {
     Ok(MakeRustlsConnect::new(config))
 }
 
+/// Where one connection goes: a TCP address or a Unix socket path.
+#[derive(Clone)]
+enum Endpoint {
+    Tcp(std::net::SocketAddr, String),
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+/// A connected socket, before the runtime takes it.
+enum Socket {
+    Tcp(std::net::TcpStream),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Socket {
+    #[cfg(unix)]
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// Every endpoint the configuration names, in order (libpq's host list).
+fn endpoints(config: &tokio_postgres::Config) -> std::io::Result<Vec<Endpoint>> {
+    let hosts = config.get_hosts();
+    let ports = config.get_ports();
+    let mut out = Vec::new();
+    let default_host = [Host::Tcp("localhost".to_owned())];
+    let hosts = if hosts.is_empty() {
+        &default_host[..]
+    } else {
+        hosts
+    };
+    for (i, host) in hosts.iter().enumerate() {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        match host {
+            Host::Tcp(name) => {
+                for addr in (name.as_str(), port).to_socket_addrs()? {
+                    out.push(Endpoint::Tcp(addr, name.clone()));
+                }
+            }
+            #[cfg(unix)]
+            Host::Unix(dir) => out.push(Endpoint::Unix(dir.join(format!(".s.PGSQL.{port}")))),
+        }
+    }
+    Ok(out)
+}
+
+/// Opens a socket to `endpoint` within `timeout`.
+fn open(endpoint: &Endpoint, timeout: Duration) -> std::io::Result<Socket> {
+    match endpoint {
+        Endpoint::Tcp(addr, _) => {
+            let s = std::net::TcpStream::connect_timeout(addr, timeout)?;
+            s.set_nodelay(true)?;
+            s.set_nonblocking(true)?;
+            Ok(Socket::Tcp(s))
+        }
+        #[cfg(unix)]
+        Endpoint::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_nonblocking(true)?;
+            Ok(Socket::Unix(s))
+        }
+    }
+}
+
+fn runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                "cannot start the PostgreSQL client's runtime",
+            )
+            .with_source(e)
+        })
+}
+
+/// The rustls connector for a stream of type `S` to `host`.
+fn rustls_for<S>(
+    mk: &MakeRustlsConnect,
+    host: &str,
+    _stream: &S,
+) -> std::result::Result<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect, BoxError>
+where
+    MakeRustlsConnect: MakeTlsConnect<S>,
+    <MakeRustlsConnect as MakeTlsConnect<S>>::Error: Into<BoxError>,
+{
+    MakeTlsConnect::<S>::make_tls_connect(&mut mk.clone(), host).map_err(Into::into)
+}
+
+/// Runs the startup handshake on `socket` and spawns the connection task on
+/// the runtime; returns the client.
+async fn handshake(
+    config: &tokio_postgres::Config,
+    socket: Socket,
+    host: &str,
+    tls: Option<&MakeRustlsConnect>,
+) -> std::result::Result<Client, BoxError> {
+    macro_rules! go {
+        ($stream:expr) => {{
+            let stream = $stream;
+            match tls {
+                None => {
+                    let (client, conn) = config.connect_raw(stream, NoTls).await?;
+                    tokio::spawn(conn);
+                    client
+                }
+                Some(mk) => {
+                    let tls = rustls_for(mk, host, &stream)?;
+                    let (client, conn) = config.connect_raw(stream, tls).await?;
+                    tokio::spawn(conn);
+                    client
+                }
+            }
+        }};
+    }
+    Ok(match socket {
+        Socket::Tcp(s) => go!(tokio::net::TcpStream::from_std(s)?),
+        #[cfg(unix)]
+        Socket::Unix(s) => go!(tokio::net::UnixStream::from_std(s)?),
+    })
+}
+
 impl Connector for PgConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let client = match &self.manager {
-            Manager::Plain(m) => m.connect(),
-            Manager::Tls(m) => m.connect(),
+        let rt = runtime()?;
+        let endpoints = endpoints(&self.config)
+            .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?;
+        let deadline = Instant::now() + self.connect_timeout;
+        let mut last: Option<Error> = None;
+        for endpoint in &endpoints {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let socket = match open(endpoint, left) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = Some(connect_error(
+                        e.kind() == std::io::ErrorKind::TimedOut,
+                        &self.target,
+                        self.connect_timeout,
+                        e,
+                    ));
+                    continue;
+                }
+            };
+            #[cfg(unix)]
+            let fd = socket.raw_fd();
+            let host = match endpoint {
+                Endpoint::Tcp(_, h) => h.clone(),
+                #[cfg(unix)]
+                Endpoint::Unix(_) => String::new(),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let shook = rt.block_on(async {
+                tokio::time::timeout(
+                    left,
+                    handshake(&self.config, socket, &host, self.tls.as_ref()),
+                )
+                .await
+            });
+            let client = match shook {
+                Ok(Ok(c)) => c,
+                // The server answered: a wrong password is final, not worth another host.
+                Ok(Err(e)) => match e.downcast::<tokio_postgres::Error>() {
+                    Ok(pg) if pg.as_db_error().is_some() => return Err(classify(*pg)),
+                    Ok(pg) => {
+                        last = Some(connect_error(false, &self.target, self.connect_timeout, pg));
+                        continue;
+                    }
+                    Err(e) => {
+                        last = Some(connect_error(false, &self.target, self.connect_timeout, e));
+                        continue;
+                    }
+                },
+                #[allow(unreachable_patterns)]
+                Ok(Err(e)) => {
+                    last = Some(connect_error(false, &self.target, self.connect_timeout, e));
+                    continue;
+                }
+                Err(elapsed) => {
+                    last = Some(connect_error(
+                        true,
+                        &self.target,
+                        self.connect_timeout,
+                        elapsed,
+                    ));
+                    continue;
+                }
+            };
+            let canceller: Arc<dyn Canceller> = Arc::new(PgCancel {
+                token: client.cancel_token(),
+                endpoint: endpoint.clone(),
+                host,
+                tls: self.tls.clone(),
+                timeout: self.connect_timeout,
+                #[cfg(unix)]
+                fd,
+            });
+            return Ok(Box::new(PgConnection {
+                rt: Some(rt),
+                client: Some(client),
+                statements: HashMap::new(),
+                canceller,
+            }));
         }
-        .map_err(|e| self.connect_failure(e))?;
-        let canceller: Arc<dyn Canceller> = Arc::new(PgCancel {
-            token: client.cancel_token(),
-            tls: self.tls.clone(),
-        });
-        Ok(Box::new(PgConnection {
-            client: Some(client),
-            statements: HashMap::new(),
-            canceller,
+        Err(last.unwrap_or_else(|| {
+            connect_error(
+                true,
+                &self.target,
+                self.connect_timeout,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no address could be tried in time",
+                ),
+            )
         }))
     }
 
@@ -151,19 +363,8 @@ impl Connector for PgConnector {
     }
 }
 
-impl PgConnector {
-    #[cold]
-    fn connect_failure(&self, e: postgres::Error) -> Error {
-        if e.as_db_error().is_some() {
-            return classify(e);
-        }
-        let timed_out = e.to_string().contains("timed out")
-            || source_io_kind(&e) == Some(std::io::ErrorKind::TimedOut);
-        connect_error(timed_out, &self.target, self.connect_timeout, e)
-    }
-}
-
-fn source_io_kind(e: &(dyn StdError + 'static)) -> Option<std::io::ErrorKind> {
+/// The kind of the first I/O error in `e`'s chain, if any.
+fn source_io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
     let mut cur = e.source();
     while let Some(s) = cur {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
@@ -176,6 +377,7 @@ fn source_io_kind(e: &(dyn StdError + 'static)) -> Option<std::io::ErrorKind> {
 
 struct PgConnection {
     /// `Some` until dropped; see `Drop`.
+    rt: Option<Runtime>,
     client: Option<Client>,
     statements: HashMap<String, (Statement, Columns)>,
     canceller: Arc<dyn Canceller>,
@@ -183,32 +385,84 @@ struct PgConnection {
 
 /// Stops a running statement with PostgreSQL's cancel request, sent over a
 /// connection of its own (TLS when the session uses it), bounded by the
-/// connect timeout.
+/// connect timeout; cuts the session's socket when the server does not answer.
 struct PgCancel {
-    token: postgres::CancelToken,
+    token: CancelToken,
+    endpoint: Endpoint,
+    host: String,
     tls: Option<MakeRustlsConnect>,
+    timeout: Duration,
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
+}
+
+impl PgCancel {
+    async fn send(&self, socket: Socket) -> std::result::Result<(), BoxError> {
+        macro_rules! go {
+            ($stream:expr) => {{
+                let stream = $stream;
+                match &self.tls {
+                    None => self.token.cancel_query_raw(stream, NoTls).await?,
+                    Some(mk) => {
+                        let tls = rustls_for(mk, &self.host, &stream)?;
+                        self.token.cancel_query_raw(stream, tls).await?
+                    }
+                }
+            }};
+        }
+        match socket {
+            Socket::Tcp(s) => go!(tokio::net::TcpStream::from_std(s)?),
+            #[cfg(unix)]
+            Socket::Unix(s) => go!(tokio::net::UnixStream::from_std(s)?),
+        }
+        Ok(())
+    }
 }
 
 impl Canceller for PgCancel {
     fn cancel(&self) -> Result<()> {
-        match &self.tls {
-            Some(tls) => self.token.cancel_query(tls.clone()),
-            None => self.token.cancel_query(NoTls),
+        let failed = |e: BoxError| {
+            Error::new(ErrorKind::Connect, "the cancel request could not be sent").with_source(e)
+        };
+        let socket = open(&self.endpoint, self.timeout).map_err(|e| failed(e.into()))?;
+        let rt = runtime()?;
+        match rt.block_on(async { tokio::time::timeout(self.timeout, self.send(socket)).await }) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(e)),
+            Err(e) => Err(failed(e.into())),
         }
-        .map_err(|e| Error::new(ErrorKind::Connect, "the cancel request could not be sent").with_source(e))
+    }
+
+    #[cfg(unix)]
+    fn abort(&self) -> bool {
+        // SAFETY: the watchdog calls this only while the statement is still
+        // registered, i.e. while the connection (and so its socket) is open
+        // and its owner is blocked in a call on it. shutdown(2) does not
+        // close the descriptor; the blocked read sees the end of the stream.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
     }
 }
 
 impl PgConnection {
-    fn client(&mut self) -> &mut Client {
-        self.client.as_mut().expect("client is present until drop")
+    /// Runs one client call to completion on this connection's runtime.
+    fn call<'a, T, F>(&'a mut self, f: impl FnOnce(&'a Client) -> F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, tokio_postgres::Error>> + 'a,
+    {
+        let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_ref()) else {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                "the connection to PostgreSQL was closed",
+            ));
+        };
+        rt.block_on(f(client)).map_err(classify)
     }
 
     fn prepared(&mut self, sql: &str) -> Result<(Statement, Columns)> {
         if let Some((s, c)) = self.statements.get(sql) {
             return Ok((s.clone(), Arc::clone(c)));
         }
-        let stmt = self.client().prepare(sql).map_err(classify)?;
+        let stmt = self.call(|c| c.prepare(sql))?;
         let cols: Columns = stmt
             .columns()
             .iter()
@@ -231,10 +485,8 @@ fn as_sql(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 impl Connection for PgConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let (stmt, columns) = self.prepared(sql)?;
-        let rows = self
-            .client()
-            .query(&stmt, &as_sql(params))
-            .map_err(classify)?;
+        let args = as_sql(params);
+        let rows = self.call(|c| c.query(&stmt, &args))?;
         rows.iter()
             .map(|r| {
                 let values = (0..r.len()).map(|i| read(r, i)).collect::<Result<_>>()?;
@@ -245,17 +497,16 @@ impl Connection for PgConnection {
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         let (stmt, _) = self.prepared(sql)?;
-        self.client()
-            .execute(&stmt, &as_sql(params))
-            .map_err(classify)
+        let args = as_sql(params);
+        self.call(|c| c.execute(&stmt, &args))
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        self.client().batch_execute(sql).map_err(classify)
+        self.call(|c| c.batch_execute(sql))
     }
 
     fn ping(&mut self) -> Result<()> {
-        self.client().simple_query("").map(drop).map_err(classify)
+        self.call(|c| c.simple_query("")).map(drop)
     }
 
     fn is_closed(&self) -> bool {
@@ -274,25 +525,24 @@ impl Connection for PgConnection {
 
 impl Drop for PgConnection {
     fn drop(&mut self) {
-        // `postgres::Client` closes itself with `block_on`, which panics on a
-        // thread that drives an async runtime: drop it on a plain thread then.
-        if let Some(client) = self.client.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let _ = std::thread::Builder::new()
-                    .name("dbmanager-pg-close".into())
-                    .spawn(move || drop(client));
-            } else {
-                drop(client);
-            }
+        // Dropping a runtime panics on a thread that drives another async
+        // runtime: drop it on a plain thread then.
+        let (client, rt) = (self.client.take(), self.rt.take());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("dbmanager-pg-close".into())
+                .spawn(move || drop((client, rt)));
+        } else {
+            drop((client, rt));
         }
     }
 }
 
 /// Reads column `i` by its PostgreSQL type.
-fn read(row: &postgres::Row, i: usize) -> Result<Value> {
+fn read(row: &tokio_postgres::Row, i: usize) -> Result<Value> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
     let ty = row.columns()[i].type_();
-    let conv = |e: postgres::Error| {
+    let conv = |e: tokio_postgres::Error| {
         Error::conversion(format!(
             "column `{}` of type {ty} cannot be read",
             row.columns()[i].name()
@@ -344,14 +594,15 @@ fn read(row: &postgres::Row, i: usize) -> Result<Value> {
     })
 }
 
-type BoxError = Box<dyn StdError + Sync + Send>;
-
 fn narrow<T: TryFrom<i64>>(v: i64, ty: &Type) -> std::result::Result<T, BoxError> {
     T::try_from(v).map_err(|_| format!("{v} does not fit in a {ty} parameter").into())
 }
 
 fn is_text(ty: &Type) -> bool {
-    matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN)
+    matches!(
+        *ty,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    )
 }
 
 /// Binds a [`Value`] as whatever type the server inferred for the
@@ -438,13 +689,13 @@ impl ToSql for Value {
         true
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// Maps a `postgres` error to ours by SQLSTATE class; the server's message
 /// becomes ours (it never contains a password).
 #[cold]
-fn classify(e: postgres::Error) -> Error {
+fn classify(e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let kind = match code {
@@ -467,17 +718,20 @@ fn classify(e: postgres::Error) -> Error {
             message.push_str(detail);
         }
         if let Some(pos) = db.position() {
-            if let postgres::error::ErrorPosition::Original(p) = pos {
+            if let tokio_postgres::error::ErrorPosition::Original(p) = pos {
                 message.push_str(&format!(" (at character {p})"));
             }
         }
         return Error::new(kind, message).with_code(code);
     }
     if e.is_closed() || source_io_kind(&e).is_some() {
-        return Error::new(ErrorKind::Connect, "the connection to PostgreSQL was lost").with_source(e);
+        return Error::new(ErrorKind::Connect, "the connection to PostgreSQL was lost")
+            .with_source(e);
     }
     let text = e.to_string();
-    if text.contains("error serializing parameter") || text.contains("expected") && text.contains("parameters") {
+    if text.contains("error serializing parameter")
+        || text.contains("expected") && text.contains("parameters")
+    {
         return Error::parameter("a parameter could not be sent to PostgreSQL").with_source(e);
     }
     Error::new(ErrorKind::Database, "PostgreSQL client error").with_source(e)
@@ -492,7 +746,10 @@ mod tests {
         let (u, tls) = normalise_url("postgres://u:p@h:5/d")?;
         assert_eq!((u.as_str(), tls), ("postgresql://u:p@h:5/d", false));
         let (u, tls) = normalise_url("postgresql+psycopg2://u@h/d?sslmode=verify-full")?;
-        assert_eq!((u.as_str(), tls), ("postgresql://u@h/d?sslmode=require", true));
+        assert_eq!(
+            (u.as_str(), tls),
+            ("postgresql://u@h/d?sslmode=require", true)
+        );
         let (_, tls) = normalise_url("postgresql://h/d?sslmode=disable")?;
         assert!(!tls);
         Ok(())

@@ -1,0 +1,148 @@
+//! A server that stops answering (SIGSTOP) must not hang the caller: the
+//! watchdog's cancel cannot reach it, so after a grace period the
+//! connection's transport is cut and the caller gets `QueryTimeout`; other
+//! deadlines keep firing on schedule meanwhile.
+//!
+//! One test per file run, in sequence: stopping MariaDB stops the whole
+//! server, which must not disturb tests running beside it.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
+
+fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suite with scripts/test, which starts the servers and sets it")
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn manager(url: &str) -> Result<DatabaseManager> {
+    DatabaseManager::from_config(
+        DatabaseConfig::builder(unique("hung"))
+            .url(url)
+            .pool_size(2)
+            .max_overflow(0)
+            .connect_timeout(Duration::from_secs(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .build()?,
+    )
+}
+
+/// Sends SIGSTOP now and SIGCONT when dropped (also when the test fails).
+struct Stopped(String);
+
+impl Stopped {
+    fn new(pid: impl ToString) -> Stopped {
+        let pid = pid.to_string();
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not stop process {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// While `stopped` hangs, a PostgreSQL (or other) statement on another
+/// server still times out on schedule: the watchdog is not stalled.
+fn other_deadlines_fire(other: &DatabaseManager, sql: &str) -> Result<()> {
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = other
+            .execute_query_with_timeout(sql, (), Duration::from_millis(300))
+            .expect_err("a long statement elsewhere must still time out");
+        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn hung_servers_do_not_hang_callers() -> Result<()> {
+    // --- MariaDB: the whole server stopped.
+    let my = manager(&env("DBMANAGER_TEST_MYSQL_URL"))?;
+    let pg = manager(&env("DBMANAGER_TEST_POSTGRES_URL"))?;
+    let sqlite = manager("sqlite::memory:")?;
+    my.execute_query("SELECT 1", ())?;
+    pg.execute_query("SELECT 1", ())?;
+    {
+        let _stopped = Stopped::new(env("DBMANAGER_TEST_MYSQL_PID"));
+        std::thread::scope(|s| -> Result<()> {
+            let hung = s.spawn(|| {
+                let started = Instant::now();
+                let r = my.execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300));
+                (r, started.elapsed())
+            });
+            eprintln!("mariadb stopped; checking other deadlines");
+            other_deadlines_fire(&pg, "SELECT pg_sleep(10)")?;
+            eprintln!("postgres deadlines fired");
+            other_deadlines_fire(
+                &sqlite,
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            )?;
+            eprintln!("sqlite deadlines fired");
+            let (r, took) = hung.join().expect("no panic");
+            eprintln!("the hung caller returned after {took:?}");
+            let err = r.expect_err("a stopped server cannot answer");
+            assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+            assert!(
+                took < Duration::from_secs(10),
+                "the caller hung for {took:?}"
+            );
+            Ok(())
+        })?;
+    }
+    // Resumed: the cut connection was discarded, a new one works.
+    let one: i64 = my.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
+    assert!(
+        my.pool_status().invalid >= 1,
+        "the cut connection must not be reused"
+    );
+
+    // --- PostgreSQL: one backend stopped; the server itself still answers.
+    let mut conn = pg.connection()?;
+    let pid: i64 = conn
+        .query_one("SELECT pg_backend_pid()::int8 AS pid", ())?
+        .get("pid")?;
+    {
+        let _stopped = Stopped::new(pid);
+        let started = Instant::now();
+        let err = conn
+            .execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300))
+            .expect_err("a stopped backend cannot answer");
+        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the caller hung for {:?}",
+            started.elapsed()
+        );
+        // Other connections of the same server still work and time out on schedule.
+        other_deadlines_fire(&pg, "SELECT pg_sleep(10)")?;
+    }
+    drop(conn);
+    let one: i64 = pg.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
+    Ok(())
+}
