@@ -424,7 +424,7 @@ impl Pool {
             .collect();
         let mut out: Vec<ConnectionHolder> =
             all.iter().filter_map(|h| h.lock().report(now)).collect();
-        out.sort_by(|a, b| b.held_for_ms.cmp(&a.held_for_ms));
+        out.sort_by_key(|h| std::cmp::Reverse(h.held_for_ms));
         out
     }
 

@@ -154,7 +154,7 @@ impl Watchdog {
         let mut st = self.state.lock();
         st.next_id = st.next_id.wrapping_add(1);
         let key = (deadline, st.next_id);
-        let earliest = st.timers.first_key_value().is_none_or(|(k, _)| key < *k);
+        let earliest = st.timers.first_key_value().map_or(true, |(k, _)| key < *k);
         st.timers
             .insert(key, Timer::Deadline(Arc::clone(canceller)));
         drop(st);

@@ -510,7 +510,7 @@ impl Connection for PgConnection {
     }
 
     fn is_closed(&self) -> bool {
-        self.client.as_ref().is_none_or(Client::is_closed)
+        self.client.as_ref().map_or(true, Client::is_closed)
     }
 
     fn canceller(&self) -> Arc<dyn Canceller> {
