@@ -27,6 +27,7 @@ const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct SqliteConnector {
     manager: SqliteConnectionManager,
+    path: String,
     /// Holds an in-memory database open while the manager lives.
     _keeper: Option<Mutex<rusqlite::Connection>>,
 }
@@ -66,6 +67,7 @@ impl SqliteConnector {
         };
         Ok(SqliteConnector {
             manager,
+            path,
             _keeper: keeper,
         })
     }
@@ -103,7 +105,12 @@ fn open_error(path: &str, e: rusqlite::Error) -> Error {
 
 impl Connector for SqliteConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let conn = self.manager.connect().map_err(classify)?;
+        let conn = self.manager.connect().map_err(|e| match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
+                open_error(&self.path, e)
+            }
+            _ => classify(e),
+        })?;
         Ok(Box::new(SqliteConnection {
             conn,
             columns: None,
