@@ -136,7 +136,18 @@ pub(crate) fn redact_url(url: &str) -> String {
                 {
                     format!("{}=***", k)
                 }
-                _ => part.to_owned(),
+                Some((k, _))
+                    if k
+                        .trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_') =>
+                {
+                    part.to_owned()
+                }
+                // Not `key=value`: a malformed string (`mysql:user:pw@host`,
+                // a URL without `//`) may hold a password anywhere in it.
+                _ if part.trim().is_empty() => part.to_owned(),
+                _ => "***".to_owned(),
             })
             .collect::<Vec<_>>()
             .join(";");
