@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(db) => db,
         Err(e) if e.kind() == ErrorKind::Config => {
             let path = std::env::temp_dir().join("dbmanager-quickstart.db");
-            println!("not configured ({e});\nusing the embedded default: SQLite at {}", path.display());
+            println!(
+                "not configured ({e});\nusing the embedded default: SQLite at {}",
+                path.display()
+            );
             DatabaseManager::from_config(
                 DatabaseConfig::builder("quickstart")
                     .url(format!("sqlite:{}", path.display()))
@@ -37,7 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL
                               REFERENCES customers (id), amount INTEGER NOT NULL);",
     )?;
-    for (id, name, status) in [(1, "Ada", "active"), (2, "Grace", "active"), (3, "Linus", "paused")] {
+    for (id, name, status) in [
+        (1, "Ada", "active"),
+        (2, "Grace", "active"),
+        (3, "Linus", "paused"),
+    ] {
         db.execute(
             "INSERT INTO customers (id, [name], status) VALUES (?, ?, ?)",
             (id, name, status),
@@ -52,24 +59,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // All or nothing: the order and the counter move together.
     db.transaction(|tx| {
-        tx.execute("INSERT INTO orders (id, customer_id, amount) VALUES (?, ?, ?)", (1, 1, 100))?;
-        tx.execute("UPDATE customers SET orders = orders + 1 WHERE id = ?", (1,))?;
+        tx.execute(
+            "INSERT INTO orders (id, customer_id, amount) VALUES (?, ?, ?)",
+            (1, 1, 100),
+        )?;
+        tx.execute(
+            "UPDATE customers SET orders = orders + 1 WHERE id = ?",
+            (1,),
+        )?;
         Ok::<_, dbmanager::Error>(())
     })?;
 
     // A failing transaction leaves nothing behind.
     let failed = db.transaction(|tx| {
-        tx.execute("INSERT INTO orders (id, customer_id, amount) VALUES (?, ?, ?)", (2, 2, 50))?;
-        tx.execute("INSERT INTO orders (id, customer_id, amount) VALUES (?, ?, ?)", (3, 99, 10))?;
+        tx.execute(
+            "INSERT INTO orders (id, customer_id, amount) VALUES (?, ?, ?)",
+            (2, 2, 50),
+        )?;
+        tx.execute(
+            "INSERT INTO orders (id, customer_id, amount) VALUES (?, ?, ?)",
+            (3, 99, 10),
+        )?;
         Ok::<_, dbmanager::Error>(())
     });
     let err = failed.expect_err("customer 99 does not exist");
     println!("rolled back: {err}");
 
-    let orders: i64 = db.query_one("SELECT count(*) AS n FROM orders", ())?.get("n")?;
+    let orders: i64 = db
+        .query_one("SELECT count(*) AS n FROM orders", ())?
+        .get("n")?;
     println!("orders stored: {orders}");
 
-    #[derive(serde::Deserialize, Debug)]
+    #[derive(serde::Deserialize)]
     struct Customer {
         id: i64,
         name: String,
@@ -77,9 +98,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let customers: Vec<Customer> =
         db.query_as("SELECT id, [name], orders FROM customers ORDER BY id", ())?;
-    println!("customers: {customers:?}");
+    for c in &customers {
+        println!("customer {}: {} ({} orders)", c.id, c.name, c.orders);
+    }
 
-    println!("pool status: {}", serde_json::to_string_pretty(&db.pool_status())?);
+    println!(
+        "pool status: {}",
+        serde_json::to_string_pretty(&db.pool_status())?
+    );
     db.close();
     Ok(())
 }

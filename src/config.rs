@@ -110,7 +110,7 @@ pub(crate) fn kind_of_url(url: &str) -> std::result::Result<BackendKind, String>
             ))
         }
     };
-    if parsed.host_str().is_none_or(str::is_empty) {
+    if parsed.host_str().map_or(true, str::is_empty) {
         return Err("it names no host".into());
     }
     Ok(kind)
@@ -129,16 +129,12 @@ pub(crate) fn redact_url(url: &str) -> String {
             .split(';')
             .map(|part| match part.split_once('=') {
                 Some((k, _))
-                    if matches!(
-                        k.trim().to_ascii_lowercase().as_str(),
-                        "password" | "pwd"
-                    ) =>
+                    if matches!(k.trim().to_ascii_lowercase().as_str(), "password" | "pwd") =>
                 {
                     format!("{}=***", k)
                 }
                 Some((k, _))
-                    if k
-                        .trim()
+                    if k.trim()
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_') =>
                 {
@@ -164,7 +160,10 @@ pub(crate) fn redact_url(url: &str) -> String {
                         k.to_ascii_lowercase().as_str(),
                         "password" | "pwd" | "sslpassword"
                     );
-                    (k.into_owned(), if secret { "***".into() } else { v.into_owned() })
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
                 })
                 .collect();
             if !pairs.is_empty() {
@@ -204,7 +203,10 @@ pub fn env_prefix(environment: &str) -> String {
 /// default.
 pub fn default_pool_size() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus as u32).saturating_mul(2).saturating_add(1).clamp(2, 32)
+    (cpus as u32)
+        .saturating_mul(2)
+        .saturating_add(1)
+        .clamp(2, 32)
 }
 
 /// Settings of one database. Plain data; build it with
@@ -288,8 +290,13 @@ impl DatabaseConfig {
         let process = |k: &str| std::env::var(k).ok();
         let dir = process("DBMANAGER_ENV_DIR").unwrap_or_else(|| DEFAULT_ENV_DIR.to_owned());
         let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
-        let file = EnvFile::read(&Path::new(&dir).join(format!(".env.{}", environment.to_lowercase())))?;
-        from_sources(name, |k| process(k).or_else(|| file.get(k)), &file.describe())
+        let file =
+            EnvFile::read(&Path::new(&dir).join(format!(".env.{}", environment.to_lowercase())))?;
+        from_sources(
+            name,
+            |k| process(k).or_else(|| file.get(k)),
+            &file.describe(),
+        )
     }
 
     /// Reads the configuration of `name` through `lookup`, which maps a
@@ -300,7 +307,10 @@ impl DatabaseConfig {
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that
     /// is missing or malformed.
-    pub fn from_lookup(name: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
+    pub fn from_lookup(
+        name: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<DatabaseConfig> {
         from_sources(name, lookup, "the given lookup")
     }
 
@@ -386,12 +396,20 @@ impl EnvFile {
             });
         }
         let iter = dotenvy::from_path_iter(path).map_err(|e| {
-            Error::config(format!("cannot read {}: {}", path.display(), dotenv_reason(&e)))
+            Error::config(format!(
+                "cannot read {}: {}",
+                path.display(),
+                dotenv_reason(&e)
+            ))
         })?;
         let mut vars = HashMap::new();
         for item in iter {
             let (k, v) = item.map_err(|e| {
-                Error::config(format!("{} is malformed: {}", path.display(), dotenv_reason(&e)))
+                Error::config(format!(
+                    "{} is malformed: {}",
+                    path.display(),
+                    dotenv_reason(&e)
+                ))
             })?;
             vars.insert(k, v);
         }
@@ -408,10 +426,7 @@ impl EnvFile {
     fn describe(&self) -> String {
         match self.vars {
             Some(_) => format!("the environment and {}", self.path.display()),
-            None => format!(
-                "the environment ({} does not exist)",
-                self.path.display()
-            ),
+            None => format!("the environment ({} does not exist)", self.path.display()),
         }
     }
 }
@@ -696,14 +711,13 @@ impl DatabaseConfigBuilder {
                 "no connection string for database `{name}`: call .url(…) on the builder"
             ))
         })?;
-        let inferred = kind_of_url(&url)
-            .map_err(|why| {
-                Error::config(format!(
-                    "{url_label} cannot be used: {why}; expected a URL such as \
+        let inferred = kind_of_url(&url).map_err(|why| {
+            Error::config(format!(
+                "{url_label} cannot be used: {why}; expected a URL such as \
                      postgresql://user:password@host:5432/database, \
                      mysql://user:password@host:3306/database or sqlite:path/to/file.db"
-                ))
-            })?;
+            ))
+        })?;
         if let Some(k) = self.kind {
             if k != inferred {
                 let kind_label = self.kind_source.as_deref().unwrap_or("the configured type");
@@ -772,7 +786,10 @@ mod tests {
             "rpa_db",
             lookup(&[
                 ("ENVIRONMENT", "staging"),
-                ("STAGING_GLOBAL_RPA_DB_CONNECTION_STRING", "postgresql://u:pw@h:5432/d"),
+                (
+                    "STAGING_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "postgresql://u:pw@h:5432/d",
+                ),
                 ("STAGING_GLOBAL_RPA_DB_TYPE", "postgresql"),
                 ("STAGING_GLOBAL_RPA_DB_POOL_SIZE", "7"),
                 ("STAGING_GLOBAL_RPA_DB_MAX_OVERFLOW", "3"),
@@ -785,7 +802,10 @@ mod tests {
             ]),
         )?;
         assert_eq!(cfg.kind(), BackendKind::Postgres);
-        assert_eq!((cfg.pool_size(), cfg.max_overflow(), cfg.max_size()), (7, 3, 10));
+        assert_eq!(
+            (cfg.pool_size(), cfg.max_overflow(), cfg.max_size()),
+            (7, 3, 10)
+        );
         assert_eq!(cfg.query_timeout(), Some(Duration::from_millis(2500)));
         assert_eq!(cfg.acquire_timeout(), Duration::from_secs(4));
         assert_eq!(cfg.connect_timeout(), Duration::from_secs(5));
@@ -800,7 +820,10 @@ mod tests {
         let cfg = DatabaseConfig::from_lookup(
             "rpa_db",
             lookup(&[
-                ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", "sqlite::memory:"),
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
                 ("DEVELOPMENT_GLOBAL_DATABASE_TIMEOUT", "12"),
                 ("DEVELOPMENT_GLOBAL_CONNECTION_POOL_SIZE", "3"),
             ]),
@@ -810,12 +833,19 @@ mod tests {
         let cfg = DatabaseConfig::from_lookup(
             "rpa_db",
             lookup(&[
-                ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", "sqlite::memory:"),
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
                 ("DEVELOPMENT_GLOBAL_RPA_DB_TIMEOUT", "0"),
                 ("DEVELOPMENT_GLOBAL_DATABASE_TIMEOUT", "12"),
             ]),
         )?;
-        assert_eq!(cfg.query_timeout(), None, "per-database 0 disables and wins");
+        assert_eq!(
+            cfg.query_timeout(),
+            None,
+            "per-database 0 disables and wins"
+        );
         assert_eq!(cfg.pool_size(), default_pool_size());
         Ok(())
     }
@@ -840,14 +870,21 @@ mod tests {
             ("X_READ_ONLY", "maybe", "DEVELOPMENT_GLOBAL_X_READ_ONLY"),
             ("X_TYPE", "oracle", "DEVELOPMENT_GLOBAL_X_TYPE"),
             ("X_TYPE", "mysql", "DEVELOPMENT_GLOBAL_X_TYPE"),
-            ("X_POOL_SIZE", "0", "DEVELOPMENT_GLOBAL_X_POOL_SIZE = 0; it must be at least 1"),
+            (
+                "X_POOL_SIZE",
+                "0",
+                "DEVELOPMENT_GLOBAL_X_POOL_SIZE = 0; it must be at least 1",
+            ),
         ];
         for (suffix, value, expect) in cases {
             let key = format!("DEVELOPMENT_GLOBAL_{suffix}");
             let e = DatabaseConfig::from_lookup(
                 "x",
                 lookup(&[
-                    ("DEVELOPMENT_GLOBAL_X_CONNECTION_STRING", "postgresql://u:hunter2@h/d"),
+                    (
+                        "DEVELOPMENT_GLOBAL_X_CONNECTION_STRING",
+                        "postgresql://u:hunter2@h/d",
+                    ),
                     (&key, value),
                 ]),
             )
@@ -883,7 +920,15 @@ mod tests {
         for (url, kind) in ok {
             assert_eq!(kind_of_url(url), Ok(kind), "{url}");
         }
-        for bad in ["", "   ", "oracle://u:secretpw@h/d", "postgresql://", "just words", "k=v;x=y", "postgresql://u:secretpw@:5432/d"] {
+        for bad in [
+            "",
+            "   ",
+            "oracle://u:secretpw@h/d",
+            "postgresql://",
+            "just words",
+            "k=v;x=y",
+            "postgresql://u:secretpw@:5432/d",
+        ] {
             let e = kind_of_url(bad).unwrap_err();
             assert!(!e.contains("secretpw"), "{e}");
         }
@@ -906,7 +951,10 @@ mod tests {
             .url("postgresql://app:topsecret@h/d")
             .build()
             .unwrap();
-        let dbg = format!("{cfg:?} {:?}", DatabaseConfig::builder("a").url("mysql://u:topsecret@h/d"));
+        let dbg = format!(
+            "{cfg:?} {:?}",
+            DatabaseConfig::builder("a").url("mysql://u:topsecret@h/d")
+        );
         assert!(!dbg.contains("topsecret"), "{dbg}");
     }
 
@@ -922,12 +970,22 @@ mod tests {
         .unwrap();
         let file = EnvFile::read(&path)?;
         let process = lookup(&[("DEVELOPMENT_GLOBAL_A_POOL_SIZE", "9")]);
-        let cfg = from_sources("a", |k| process(k).or_else(|| file.get(k)), &file.describe())?;
+        let cfg = from_sources(
+            "a",
+            |k| process(k).or_else(|| file.get(k)),
+            &file.describe(),
+        )?;
         assert_eq!(cfg.kind(), BackendKind::Sqlite);
         assert_eq!(cfg.pool_size(), 9);
 
-        std::fs::write(&path, "DEVELOPMENT_GLOBAL_A_CONNECTION_STRING='unterminated-secret\n").unwrap();
-        let e = EnvFile::read(&path).err().expect("malformed file is an error");
+        std::fs::write(
+            &path,
+            "DEVELOPMENT_GLOBAL_A_CONNECTION_STRING='unterminated-secret\n",
+        )
+        .unwrap();
+        let e = EnvFile::read(&path)
+            .err()
+            .expect("malformed file is an error");
         assert!(e.to_string().contains(".env.development"), "{e}");
         assert!(!e.to_string().contains("unterminated-secret"), "{e}");
 

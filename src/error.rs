@@ -279,7 +279,10 @@ impl fmt::Debug for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -311,7 +314,10 @@ mod tests {
             "database `rpa_db`: connection failed: could not reach 127.0.0.1:1"
         );
         assert!(!text.contains("refused"));
-        assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("refused"));
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some("refused")
+        );
         assert!(err.is_retryable());
     }
 

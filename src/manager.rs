@@ -226,7 +226,10 @@ impl DatabaseManager {
     ///
     /// The first failing statement's error, after the transaction was rolled
     /// back.
-    pub fn execute_transaction<S, P>(&self, statements: impl IntoIterator<Item = (S, P)>) -> Result<Vec<u64>>
+    pub fn execute_transaction<S, P>(
+        &self,
+        statements: impl IntoIterator<Item = (S, P)>,
+    ) -> Result<Vec<u64>>
     where
         S: AsRef<str>,
         P: IntoParams,

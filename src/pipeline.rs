@@ -159,7 +159,10 @@ impl Shared {
                     )
                     .on_database(self.name()));
                 }
-                (native, bind(binds, params).map_err(|e| e.on_database(self.name()))?)
+                (
+                    native,
+                    bind(binds, params).map_err(|e| e.on_database(self.name()))?,
+                )
             }
         };
 
@@ -188,7 +191,11 @@ impl Shared {
                     Outcome::Affected(n) => *n,
                     Outcome::Done => 0,
                 };
-                tracing::debug!(elapsed_us = elapsed.as_micros() as u64, rows, "statement done");
+                tracing::debug!(
+                    elapsed_us = elapsed.as_micros() as u64,
+                    rows,
+                    "statement done"
+                );
             }
             Err(e) => {
                 if e.kind().breaks_connection() || conn.backend.is_closed() {
@@ -214,9 +221,10 @@ impl Shared {
         if let Some(t) = self.translations.lock().get(sql) {
             return Ok(Some(Arc::clone(t)));
         }
-        let t = Arc::new(sql::translate(sql, self.dialect).map_err(|e| {
-            Error::parameter(e.to_string()).on_database(self.name())
-        })?);
+        let t = Arc::new(
+            sql::translate(sql, self.dialect)
+                .map_err(|e| Error::parameter(e.to_string()).on_database(self.name()))?,
+        );
         let mut cache = self.translations.lock();
         if cache.len() >= TRANSLATION_CACHE {
             cache.clear();
@@ -324,9 +332,18 @@ mod tests {
     #[test]
     fn binding_checks_counts_and_names() {
         let v = |i: i64| Value::I64(i);
-        assert_eq!(bind(&Binds::Positional(2), Params::Positional(vec![v(1), v(2)])).unwrap().len(), 2);
+        assert_eq!(
+            bind(&Binds::Positional(2), Params::Positional(vec![v(1), v(2)]))
+                .unwrap()
+                .len(),
+            2
+        );
         let e = bind(&Binds::Positional(2), Params::Positional(vec![v(1)])).unwrap_err();
-        assert!(e.to_string().contains("2 `?` placeholders but 1 value was given"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("2 `?` placeholders but 1 value was given"),
+            "{e}"
+        );
         let names = Binds::Named(vec!["a".into(), "b".into(), "a".into()]);
         let got = bind(
             &names,
@@ -338,7 +355,11 @@ mod tests {
         assert!(e.to_string().contains("no value was given for `:b`"), "{e}");
         let e = bind(
             &names,
-            Params::Named(vec![("a".into(), v(1)), ("b".into(), v(1)), ("c".into(), v(1))]),
+            Params::Named(vec![
+                ("a".into(), v(1)),
+                ("b".into(), v(1)),
+                ("c".into(), v(1)),
+            ]),
         )
         .unwrap_err();
         assert!(e.to_string().contains("`c` is not used"), "{e}");

@@ -225,10 +225,7 @@ impl Pool {
     /// pool timeout later. Others wait for the probe and share its verdict.
     fn probe(&self, deadline: Instant) -> Result<()> {
         let asked = Instant::now();
-        let Some(_probing) = self
-            .probe_lock
-            .try_lock_until(deadline)
-        else {
+        let Some(_probing) = self.probe_lock.try_lock_until(deadline) else {
             return Ok(());
         };
         if let Some((at, err)) = &*self.counters.last_connect_error.lock() {

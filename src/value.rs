@@ -412,10 +412,7 @@ impl Row {
 
     /// The raw value of column `index`, if the column exists.
     pub fn value(&self, index: impl ColumnIndex) -> Option<&Value> {
-        index
-            .position(&self.columns)
-            .ok()
-            .map(|i| &self.values[i])
+        index.position(&self.columns).ok().map(|i| &self.values[i])
     }
 
     /// Column names, in order.
@@ -603,13 +600,21 @@ impl<const N: usize> IntoParams for [Value; N] {
 
 impl<K: Into<String>, V: Into<Value>> IntoParams for HashMap<K, V> {
     fn into_params(self) -> Params {
-        Params::Named(self.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Params::Named(
+            self.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
 impl<K: Into<String>, V: Into<Value>> IntoParams for BTreeMap<K, V> {
     fn into_params(self) -> Params {
-        Params::Named(self.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Params::Named(
+            self.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -710,7 +715,10 @@ mod tests {
     #[test]
     fn row_serialises_as_object_in_order() {
         let json = serde_json::to_string(&row()).unwrap();
-        assert_eq!(json, r#"{"id":7,"name":"ada","when":"2024-01-15 10:30:00"}"#);
+        assert_eq!(
+            json,
+            r#"{"id":7,"name":"ada","when":"2024-01-15 10:30:00"}"#
+        );
     }
 
     #[test]

@@ -101,7 +101,10 @@ fn to_params(params: &[Value]) -> mysql::Params {
 
 impl Connection for MyConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let mut result = self.conn.exec_iter(sql, to_params(params)).map_err(classify)?;
+        let mut result = self
+            .conn
+            .exec_iter(sql, to_params(params))
+            .map_err(classify)?;
         let mut out = Vec::new();
         // The first result set is the statement's; later ones (procedures) are drained.
         if let Some(set) = result.iter() {
@@ -109,7 +112,14 @@ impl Connection for MyConnection {
             let meta: Vec<(ColumnType, ColumnFlags, u16, u32)> = cols
                 .as_ref()
                 .iter()
-                .map(|c| (c.column_type(), c.flags(), c.character_set(), c.column_length()))
+                .map(|c| {
+                    (
+                        c.column_type(),
+                        c.flags(),
+                        c.character_set(),
+                        c.column_length(),
+                    )
+                })
                 .collect();
             let names: Columns = cols
                 .as_ref()
@@ -198,32 +208,41 @@ fn datetime(t: &chrono::NaiveDateTime) -> mysql::Value {
 
 /// Reads a value by its column's type. `TINYINT(1)` (MariaDB's `BOOLEAN`)
 /// reads as a bool, as JDBC does.
-fn read(v: mysql::Value, (ty, flags, charset, len): (ColumnType, ColumnFlags, u16, u32)) -> Result<Value> {
+fn read(
+    v: mysql::Value,
+    (ty, _flags, charset, len): (ColumnType, ColumnFlags, u16, u32),
+) -> Result<Value> {
     use chrono::{NaiveDate, NaiveTime};
     use mysql::Value as M;
     Ok(match v {
         M::NULL => Value::Null,
         M::Int(i) if ty == ColumnType::MYSQL_TYPE_TINY && len == 1 => Value::Bool(i != 0),
         M::Int(i) => Value::I64(i),
-        M::UInt(u) => i64::try_from(u).map(Value::I64).unwrap_or_else(|_| {
-            Value::Decimal(rust_decimal::Decimal::from(u))
-        }),
+        M::UInt(u) => i64::try_from(u)
+            .map(Value::I64)
+            .unwrap_or_else(|_| Value::Decimal(rust_decimal::Decimal::from(u))),
         M::Float(f) => Value::F64(f.into()),
         M::Double(f) => Value::F64(f),
         M::Date(y, mo, d, h, mi, s, us) => {
             let date = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into());
             match (ty, date) {
                 (ColumnType::MYSQL_TYPE_DATE, Some(date)) => Value::Date(date),
-                (_, Some(date)) => match NaiveTime::from_hms_micro_opt(h.into(), mi.into(), s.into(), us) {
-                    Some(t) => Value::Timestamp(date.and_time(t)),
-                    None => return Err(Error::conversion("MySQL returned an invalid time")),
-                },
+                (_, Some(date)) => {
+                    match NaiveTime::from_hms_micro_opt(h.into(), mi.into(), s.into(), us) {
+                        Some(t) => Value::Timestamp(date.and_time(t)),
+                        None => return Err(Error::conversion("MySQL returned an invalid time")),
+                    }
+                }
                 // Zero dates ('0000-00-00') have no calendar value.
                 (_, None) => Value::Null,
             }
         }
         M::Time(neg, days, h, mi, s, us) => {
-            match (neg, days, NaiveTime::from_hms_micro_opt(h.into(), mi.into(), s.into(), us)) {
+            match (
+                neg,
+                days,
+                NaiveTime::from_hms_micro_opt(h.into(), mi.into(), s.into(), us),
+            ) {
                 (false, 0, Some(t)) => Value::Time(t),
                 _ => {
                     let sign = if neg { "-" } else { "" };
@@ -243,9 +262,7 @@ fn read(v: mysql::Value, (ty, flags, charset, len): (ColumnType, ColumnFlags, u1
                 .map(Value::Json)
                 .unwrap_or_else(|_| Value::Text(String::from_utf8_lossy(&b).into_owned())),
             ColumnType::MYSQL_TYPE_BIT => Value::Bytes(b),
-            _ if charset == BINARY_CHARSET || flags.contains(ColumnFlags::BINARY_FLAG) && charset == BINARY_CHARSET => {
-                Value::Bytes(b)
-            }
+            _ if charset == BINARY_CHARSET => Value::Bytes(b),
             _ => match String::from_utf8(b) {
                 Ok(s) => Value::Text(s),
                 Err(e) => Value::Bytes(e.into_bytes()),

@@ -231,7 +231,7 @@ impl Connection for PgConnection {
     }
 
     fn is_closed(&self) -> bool {
-        self.client.as_ref().is_none_or(Client::is_closed)
+        self.client.as_ref().map_or(true, Client::is_closed)
     }
 }
 
@@ -317,7 +317,10 @@ fn text_as<T>(parsed: Option<T>, ty: &Type) -> std::result::Result<T, BoxError> 
 }
 
 fn is_text(ty: &Type) -> bool {
-    matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN)
+    matches!(
+        *ty,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    )
 }
 
 /// Binds a [`Value`] as whatever type the server inferred for the
@@ -373,7 +376,9 @@ impl ToSql for Value {
                     Value::I64(s.trim().parse()?).to_sql(ty, out)
                 }
                 Type::FLOAT4 | Type::FLOAT8 => Value::F64(s.trim().parse()?).to_sql(ty, out),
-                Type::BOOL => Value::Bool(crate::value::FromValue::from_value(self)?).to_sql(ty, out),
+                Type::BOOL => {
+                    Value::Bool(crate::value::FromValue::from_value(self)?).to_sql(ty, out)
+                }
                 Type::DATE => text_as(value::parse_date(s), ty)?.to_sql(ty, out),
                 Type::TIME => text_as(value::parse_time(s), ty)?.to_sql(ty, out),
                 Type::TIMESTAMP => text_as(value::parse_timestamp(s), ty)?.to_sql(ty, out),
@@ -443,18 +448,19 @@ fn classify(e: postgres::Error) -> Error {
             message.push_str(". ");
             message.push_str(detail);
         }
-        if let Some(pos) = db.position() {
-            if let postgres::error::ErrorPosition::Original(p) = pos {
-                message.push_str(&format!(" (at character {p})"));
-            }
+        if let Some(postgres::error::ErrorPosition::Original(p)) = db.position() {
+            message.push_str(&format!(" (at character {p})"));
         }
         return Error::new(kind, message).with_code(code);
     }
     if e.is_closed() || source_io_kind(&e).is_some() {
-        return Error::new(ErrorKind::Connect, "the connection to PostgreSQL was lost").with_source(e);
+        return Error::new(ErrorKind::Connect, "the connection to PostgreSQL was lost")
+            .with_source(e);
     }
     let text = e.to_string();
-    if text.contains("error serializing parameter") || text.contains("expected") && text.contains("parameters") {
+    if text.contains("error serializing parameter")
+        || text.contains("expected") && text.contains("parameters")
+    {
         return Error::parameter("a parameter could not be sent to PostgreSQL").with_source(e);
     }
     Error::new(ErrorKind::Database, "PostgreSQL client error").with_source(e)
@@ -469,7 +475,10 @@ mod tests {
         let (u, tls) = normalise_url("postgres://u:p@h:5/d")?;
         assert_eq!((u.as_str(), tls), ("postgresql://u:p@h:5/d", false));
         let (u, tls) = normalise_url("postgresql+psycopg2://u@h/d?sslmode=verify-full")?;
-        assert_eq!((u.as_str(), tls), ("postgresql://u@h/d?sslmode=require", true));
+        assert_eq!(
+            (u.as_str(), tls),
+            ("postgresql://u@h/d?sslmode=require", true)
+        );
         let (_, tls) = normalise_url("postgresql://h/d?sslmode=disable")?;
         assert!(!tls);
         Ok(())

@@ -54,7 +54,11 @@ impl SqliteConnector {
             .with_init(move |c| {
                 c.busy_timeout(busy)?;
                 c.set_prepared_statement_cache_capacity(256);
-                let journal = if memory { "" } else { "PRAGMA journal_mode = WAL;" };
+                let journal = if memory {
+                    ""
+                } else {
+                    "PRAGMA journal_mode = WAL;"
+                };
                 c.execute_batch(&format!(
                     "PRAGMA foreign_keys = ON; {journal} PRAGMA synchronous = NORMAL;"
                 ))
@@ -130,7 +134,11 @@ struct SqliteConnection {
 }
 
 /// The column names of `stmt`, from `cache` while the statement text is unchanged.
-fn columns_for(cache: &mut Option<(String, Columns)>, sql: &str, stmt: &rusqlite::Statement<'_>) -> Columns {
+fn columns_for(
+    cache: &mut Option<(String, Columns)>,
+    sql: &str,
+    stmt: &rusqlite::Statement<'_>,
+) -> Columns {
     if let Some((text, cols)) = cache {
         if text == sql {
             return Arc::clone(cols);
@@ -260,7 +268,9 @@ fn read(v: ValueRef<'_>, decl: Decl) -> Value {
             _ => Value::I64(i),
         },
         ValueRef::Real(f) => match decl {
-            Decl::Decimal => rust_decimal::Decimal::try_from(f).map_or(Value::F64(f), Value::Decimal),
+            Decl::Decimal => {
+                rust_decimal::Decimal::try_from(f).map_or(Value::F64(f), Value::Decimal)
+            }
             _ => Value::F64(f),
         },
         ValueRef::Text(bytes) => {
@@ -278,7 +288,9 @@ fn read(v: ValueRef<'_>, decl: Decl) -> Value {
             parsed.unwrap_or_else(|| Value::Text(s.into_owned()))
         }
         ValueRef::Blob(b) => match decl {
-            Decl::Uuid => uuid::Uuid::from_slice(b).map_or_else(|_| Value::Bytes(b.to_vec()), Value::Uuid),
+            Decl::Uuid => {
+                uuid::Uuid::from_slice(b).map_or_else(|_| Value::Bytes(b.to_vec()), Value::Uuid)
+            }
             _ => Value::Bytes(b.to_vec()),
         },
     }
@@ -300,9 +312,9 @@ impl ToSql for Value {
             Value::Timestamp(t) => {
                 ToSqlOutput::Owned(S::Text(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()))
             }
-            Value::TimestampTz(t) => ToSqlOutput::Owned(S::Text(
-                t.format("%Y-%m-%d %H:%M:%S%.f+00:00").to_string(),
-            )),
+            Value::TimestampTz(t) => {
+                ToSqlOutput::Owned(S::Text(t.format("%Y-%m-%d %H:%M:%S%.f+00:00").to_string()))
+            }
             Value::Uuid(u) => ToSqlOutput::Owned(S::Text(u.to_string())),
             Value::Json(j) => ToSqlOutput::Owned(S::Text(j.to_string())),
         })
@@ -368,19 +380,19 @@ fn classify(e: rusqlite::Error) -> Error {
             let message = msg.clone().unwrap_or_else(|| f.to_string());
             Error::new(kind, message).with_code(code_name(f.extended_code))
         }
-        rusqlite::Error::SqlInputError { error, msg, offset, .. } => {
-            Error::new(ErrorKind::Syntax, format!("{msg} (at byte {offset})"))
-                .with_code(code_name(error.extended_code))
-        }
+        rusqlite::Error::SqlInputError {
+            error, msg, offset, ..
+        } => Error::new(ErrorKind::Syntax, format!("{msg} (at byte {offset})"))
+            .with_code(code_name(error.extended_code)),
         rusqlite::Error::InvalidParameterCount(given, expected) => Error::parameter(format!(
             "the statement has {expected} placeholders but {given} values were given"
         )),
         rusqlite::Error::InvalidParameterName(_) => {
             Error::parameter("a named parameter does not match the statement")
         }
-        rusqlite::Error::MultipleStatement => Error::parameter(
-            "more than one statement was given; use execute_batch for scripts",
-        ),
+        rusqlite::Error::MultipleStatement => {
+            Error::parameter("more than one statement was given; use execute_batch for scripts")
+        }
         rusqlite::Error::Utf8Error(..) | rusqlite::Error::FromSqlConversionFailure(..) => {
             Error::conversion("a value read from SQLite could not be converted").with_source(e)
         }
@@ -394,11 +406,21 @@ mod tests {
 
     #[test]
     fn url_forms() {
-        assert!(matches!(sqlite_target("sqlite::memory:"), Ok(Target::Memory)));
-        assert!(matches!(sqlite_target("sqlite://:memory:"), Ok(Target::Memory)));
+        assert!(matches!(
+            sqlite_target("sqlite::memory:"),
+            Ok(Target::Memory)
+        ));
+        assert!(matches!(
+            sqlite_target("sqlite://:memory:"),
+            Ok(Target::Memory)
+        ));
         assert!(matches!(sqlite_target("sqlite:a/b.db"), Ok(Target::File(p)) if p == "a/b.db"));
-        assert!(matches!(sqlite_target("sqlite:///tmp/x.db"), Ok(Target::File(p)) if p == "/tmp/x.db"));
-        assert!(matches!(sqlite_target("sqlite://rel.db?mode=rwc"), Ok(Target::File(p)) if p == "rel.db"));
+        assert!(
+            matches!(sqlite_target("sqlite:///tmp/x.db"), Ok(Target::File(p)) if p == "/tmp/x.db")
+        );
+        assert!(
+            matches!(sqlite_target("sqlite://rel.db?mode=rwc"), Ok(Target::File(p)) if p == "rel.db")
+        );
         assert!(sqlite_target("sqlite:").is_err());
     }
 }
