@@ -90,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get("n")?;
     println!("orders stored: {orders}");
 
-    #[derive(serde::Deserialize, Debug)]
+    #[derive(serde::Deserialize)]
     struct Customer {
         id: i64,
         name: String,
@@ -98,7 +98,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let customers: Vec<Customer> =
         db.query_as("SELECT id, [name], orders FROM customers ORDER BY id", ())?;
-    println!("customers: {customers:?}");
+    for c in &customers {
+        println!("customer {}: {} ({} orders)", c.id, c.name, c.orders);
+    }
 
     println!(
         "pool status: {}",

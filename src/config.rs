@@ -110,7 +110,7 @@ pub(crate) fn kind_of_url(url: &str) -> std::result::Result<BackendKind, String>
             ))
         }
     };
-    if parsed.host_str().is_none_or(str::is_empty) {
+    if parsed.host_str().map_or(true, str::is_empty) {
         return Err("it names no host".into());
     }
     Ok(kind)
@@ -133,7 +133,17 @@ pub(crate) fn redact_url(url: &str) -> String {
                 {
                     format!("{}=***", k)
                 }
-                _ => part.to_owned(),
+                Some((k, _))
+                    if k.trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_') =>
+                {
+                    part.to_owned()
+                }
+                // Not `key=value`: a malformed string (`mysql:user:pw@host`,
+                // a URL without `//`) may hold a password anywhere in it.
+                _ if part.trim().is_empty() => part.to_owned(),
+                _ => "***".to_owned(),
             })
             .collect::<Vec<_>>()
             .join(";");
@@ -457,7 +467,7 @@ fn from_sources(
     looked_in: &str,
 ) -> Result<DatabaseConfig> {
     if name.trim().is_empty() {
-        return Err(Error::config("the database name is empty"));
+        return Err(Error::config(EMPTY_NAME));
     }
     let environment = lookup("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
     let prefix = env_prefix(&environment);
@@ -487,7 +497,11 @@ fn from_sources(
     }
     let global_size = format!("{prefix}{}", var::GLOBAL_POOL_SIZE);
     if let Some((key, v)) = first(&get, &[var(var::POOL_SIZE), global_size]) {
-        b = b.pool_size(parse_u32(&key, &v)?);
+        let n = parse_u32(&key, &v)?;
+        if n == 0 {
+            return Err(Error::config(format!("{key} = 0; it must be at least 1")));
+        }
+        b = b.pool_size(n);
     }
     if let Some(v) = get(&var(var::MAX_OVERFLOW)) {
         b = b.max_overflow(parse_u32(&var(var::MAX_OVERFLOW), &v)?);
@@ -498,10 +512,10 @@ fn from_sources(
         b = b.query_timeout((!secs.is_zero()).then_some(secs));
     }
     if let Some(v) = get(&var(var::POOL_TIMEOUT)) {
-        b = b.acquire_timeout(parse_secs(&var(var::POOL_TIMEOUT), &v)?);
+        b = b.acquire_timeout(parse_positive_secs(&var(var::POOL_TIMEOUT), &v)?);
     }
     if let Some(v) = get(&var(var::CONNECT_TIMEOUT)) {
-        b = b.connect_timeout(parse_secs(&var(var::CONNECT_TIMEOUT), &v)?);
+        b = b.connect_timeout(parse_positive_secs(&var(var::CONNECT_TIMEOUT), &v)?);
     }
     if let Some(v) = get(&var(var::IDLE_TIMEOUT)) {
         b = b.idle_timeout(parse_secs(&var(var::IDLE_TIMEOUT), &v)?);
@@ -520,14 +534,32 @@ fn from_sources(
     b.build()
 }
 
+const EMPTY_NAME: &str =
+    "the database name is empty; give the logical name of the database (e.g. \"rpa_db\")";
+
+/// Like [`parse_secs`], for settings where zero makes no sense.
+fn parse_positive_secs(key: &str, v: &str) -> Result<Duration> {
+    let secs = parse_secs(key, v)?;
+    if secs.is_zero() {
+        return Err(Error::config(format!(
+            "{key} = `{}` must be above zero (seconds, e.g. 30 or 0.5)",
+            v.trim()
+        )));
+    }
+    Ok(secs)
+}
+
 fn first(get: &impl Fn(&str) -> Option<String>, keys: &[String]) -> Option<(String, String)> {
     keys.iter().find_map(|k| get(k).map(|v| (k.clone(), v)))
 }
 
 fn parse_u32(key: &str, v: &str) -> Result<u32> {
-    v.trim()
-        .parse()
-        .map_err(|_| Error::config(format!("{key} = `{}` is not a whole number", v.trim())))
+    v.trim().parse().map_err(|_| {
+        Error::config(format!(
+            "{key} = `{}` is not a whole number; use one such as 5",
+            v.trim()
+        ))
+    })
 }
 
 fn parse_secs(key: &str, v: &str) -> Result<Duration> {
@@ -706,7 +738,7 @@ impl DatabaseConfigBuilder {
     pub fn build(self) -> Result<DatabaseConfig> {
         let name = self.name.trim();
         if name.is_empty() {
-            return Err(Error::config("the database name is empty"));
+            return Err(Error::config(EMPTY_NAME));
         }
         let url_label = self
             .url_source
@@ -717,8 +749,13 @@ impl DatabaseConfigBuilder {
                 "no connection string for database `{name}`: call .url(…) on the builder"
             ))
         })?;
-        let inferred = kind_of_url(&url)
-            .map_err(|why| Error::config(format!("{url_label} cannot be used: {why}")))?;
+        let inferred = kind_of_url(&url).map_err(|why| {
+            Error::config(format!(
+                "{url_label} cannot be used: {why}; expected a URL such as \
+                     postgresql://user:password@host:5432/database, \
+                     mysql://user:password@host:3306/database or sqlite:path/to/file.db"
+            ))
+        })?;
         if let Some(k) = self.kind {
             if k != inferred {
                 let kind_label = self.kind_source.as_deref().unwrap_or("the configured type");
@@ -873,7 +910,11 @@ mod tests {
             ("X_READ_ONLY", "maybe", "DEVELOPMENT_GLOBAL_X_READ_ONLY"),
             ("X_TYPE", "oracle", "DEVELOPMENT_GLOBAL_X_TYPE"),
             ("X_TYPE", "mysql", "DEVELOPMENT_GLOBAL_X_TYPE"),
-            ("X_POOL_SIZE", "0", "pool size"),
+            (
+                "X_POOL_SIZE",
+                "0",
+                "DEVELOPMENT_GLOBAL_X_POOL_SIZE = 0; it must be at least 1",
+            ),
         ];
         for (suffix, value, expect) in cases {
             let key = format!("DEVELOPMENT_GLOBAL_{suffix}");

@@ -10,7 +10,7 @@ use crate::status::ConnectionHolder;
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-type Source = Box<dyn StdError + Send + Sync + 'static>;
+type Source = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// What went wrong, coarsely: the thing callers branch on.
 ///
@@ -184,13 +184,6 @@ impl Error {
         )
     }
 
-    /// Adds a clause to the message (what happened as a consequence).
-    pub(crate) fn context(mut self, clause: &str) -> Error {
-        self.0.message.push_str("; ");
-        self.0.message.push_str(clause);
-        self
-    }
-
     #[cold]
     pub(crate) fn closed() -> Error {
         Error::new(
@@ -200,9 +193,31 @@ impl Error {
     }
 
     /// Attaches the underlying cause.
-    pub(crate) fn with_source(mut self, source: impl Into<Source>) -> Error {
-        self.0.source = Some(source.into());
+    pub(crate) fn with_source(
+        mut self,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Error {
+        self.0.source = Some(Arc::from(source.into()));
         self
+    }
+
+    /// Appends what to do about it to the message.
+    pub(crate) fn with_hint(mut self, hint: &str) -> Error {
+        self.0.message.push_str("; ");
+        self.0.message.push_str(hint);
+        self
+    }
+
+    /// A copy sharing the same cause, for an error reported to several callers.
+    pub(crate) fn duplicate(&self) -> Error {
+        Error(Box::new(Inner {
+            kind: self.0.kind,
+            database: self.0.database.clone(),
+            message: self.0.message.clone(),
+            db_code: self.0.db_code.clone(),
+            source: self.0.source.clone(),
+            holders: self.0.holders.clone(),
+        }))
     }
 
     /// Attaches the server's own error code.

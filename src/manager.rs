@@ -589,8 +589,8 @@ impl<'a> Transaction<'a> {
         self.timed_out = true;
         self.finished = true;
         match self.rollback_now() {
-            Ok(()) => e.context("the transaction was rolled back"),
-            Err(_) => e.context("the transaction was abandoned and its connection discarded"),
+            Ok(()) => e.with_hint("the transaction was rolled back"),
+            Err(_) => e.with_hint("the transaction was abandoned and its connection discarded"),
         }
     }
 

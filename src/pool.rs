@@ -111,7 +111,7 @@ impl r2d2::ManageConnection for Manager {
     type Error = Error;
 
     fn connect(&self) -> Result<Conn> {
-        let backend = self.connector.connect()?;
+        let backend = self.connector.connect().map_err(advise)?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.counters.open.fetch_add(1, Ordering::Relaxed);
         let holder = Arc::new(Mutex::new(Holder::default()));
@@ -155,6 +155,16 @@ impl r2d2::ManageConnection for Manager {
 
 /// Records connection failures from r2d2's background threads (no secrets:
 /// our errors carry none) so that waiting callers can return them.
+/// Adds what to do to a connect error whose own message (the server's)
+/// does not say it.
+#[cold]
+fn advise(e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Auth => e.with_hint("check the user name and password in the connection string"),
+        _ => e,
+    }
+}
+
 #[derive(Debug)]
 struct ConnectErrors {
     counters: Arc<Counters>,
@@ -389,19 +399,18 @@ impl Pool {
         };
         if let Some((at, err)) = &*self.counters.last_connect_error.lock() {
             if *at >= asked {
-                return Err(Error::new(err.kind(), "no connection could be opened")
-                    .with_source(Arc::clone(err)));
+                return Err(err.duplicate());
             }
         }
         if self.inner.state().connections > 0 {
             return Ok(());
         }
-        match self.connector.connect() {
+        match self.connector.connect().map_err(advise) {
             Ok(_) => Ok(()),
             Err(e) => {
-                let e = Arc::new(e);
-                *self.counters.last_connect_error.lock() = Some((Instant::now(), Arc::clone(&e)));
-                Err(Error::new(e.kind(), "no connection could be opened").with_source(e))
+                *self.counters.last_connect_error.lock() =
+                    Some((Instant::now(), Arc::new(e.duplicate())));
+                Err(e)
             }
         }
     }

@@ -313,6 +313,9 @@ impl FromValue for DateTime<Utc> {
     fn from_value(value: &Value) -> Result<Self> {
         match value {
             Value::TimestampTz(t) => Ok(*t),
+            // A timestamp without zone is taken as UTC, as text without an
+            // offset is (MySQL's DATETIME has no zone).
+            Value::Timestamp(t) => Ok(t.and_utc()),
             Value::Text(s) => {
                 parse_timestamptz(s).ok_or_else(|| mismatch(value, "a timestamp with time zone"))
             }

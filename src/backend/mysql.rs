@@ -303,7 +303,7 @@ fn datetime(t: &chrono::NaiveDateTime) -> mysql::Value {
 /// reads as a bool, as JDBC does.
 fn read(
     v: mysql::Value,
-    (ty, flags, charset, len): (ColumnType, ColumnFlags, u16, u32),
+    (ty, _flags, charset, len): (ColumnType, ColumnFlags, u16, u32),
 ) -> Result<Value> {
     use chrono::{NaiveDate, NaiveTime};
     use mysql::Value as M;
@@ -355,11 +355,7 @@ fn read(
                 .map(Value::Json)
                 .unwrap_or_else(|_| Value::Text(String::from_utf8_lossy(&b).into_owned())),
             ColumnType::MYSQL_TYPE_BIT => Value::Bytes(b),
-            _ if charset == BINARY_CHARSET
-                || flags.contains(ColumnFlags::BINARY_FLAG) && charset == BINARY_CHARSET =>
-            {
-                Value::Bytes(b)
-            }
+            _ if charset == BINARY_CHARSET => Value::Bytes(b),
             _ => match String::from_utf8(b) {
                 Ok(s) => Value::Text(s),
                 Err(e) => Value::Bytes(e.into_bytes()),

@@ -34,7 +34,7 @@ use super::{connect_error, Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
-use crate::value::{Columns, Row, Value};
+use crate::value::{self, Columns, Row, Value};
 use crate::watchdog::Canceller;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -598,6 +598,11 @@ fn narrow<T: TryFrom<i64>>(v: i64, ty: &Type) -> std::result::Result<T, BoxError
     T::try_from(v).map_err(|_| format!("{v} does not fit in a {ty} parameter").into())
 }
 
+/// A text parameter parsed for a `ty` slot; the error names the type, never the value.
+fn text_as<T>(parsed: Option<T>, ty: &Type) -> std::result::Result<T, BoxError> {
+    parsed.ok_or_else(|| format!("a text parameter is not a valid {ty}").into())
+}
+
 fn is_text(ty: &Type) -> bool {
     matches!(
         *ty,
@@ -652,6 +657,19 @@ impl ToSql for Value {
                 }
                 Type::UUID => uuid::Uuid::parse_str(s)?.to_sql(ty, out),
                 Type::NUMERIC => s.trim().parse::<Decimal>()?.to_sql(ty, out),
+                // Text for a binary-format type is parsed first: sent as is,
+                // its bytes would be misread (or rejected) by the server.
+                Type::INT2 | Type::INT4 | Type::INT8 | Type::OID | Type::CHAR => {
+                    Value::I64(s.trim().parse()?).to_sql(ty, out)
+                }
+                Type::FLOAT4 | Type::FLOAT8 => Value::F64(s.trim().parse()?).to_sql(ty, out),
+                Type::BOOL => {
+                    Value::Bool(crate::value::FromValue::from_value(self)?).to_sql(ty, out)
+                }
+                Type::DATE => text_as(value::parse_date(s), ty)?.to_sql(ty, out),
+                Type::TIME => text_as(value::parse_time(s), ty)?.to_sql(ty, out),
+                Type::TIMESTAMP => text_as(value::parse_timestamp(s), ty)?.to_sql(ty, out),
+                Type::TIMESTAMPTZ => text_as(value::parse_timestamptz(s), ty)?.to_sql(ty, out),
                 _ => s.as_str().to_sql(ty, out),
             },
             Value::Bytes(b) => b.as_slice().to_sql(ty, out),
@@ -717,10 +735,8 @@ fn classify(e: tokio_postgres::Error) -> Error {
             message.push_str(". ");
             message.push_str(detail);
         }
-        if let Some(pos) = db.position() {
-            if let tokio_postgres::error::ErrorPosition::Original(p) = pos {
-                message.push_str(&format!(" (at character {p})"));
-            }
+        if let Some(tokio_postgres::error::ErrorPosition::Original(p)) = db.position() {
+            message.push_str(&format!(" (at character {p})"));
         }
         return Error::new(kind, message).with_code(code);
     }

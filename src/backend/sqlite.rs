@@ -28,6 +28,7 @@ const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct SqliteConnector {
     manager: SqliteConnectionManager,
+    path: String,
     /// Holds an in-memory database open while the manager lives.
     _keeper: Option<Mutex<rusqlite::Connection>>,
 }
@@ -71,6 +72,7 @@ impl SqliteConnector {
         };
         Ok(SqliteConnector {
             manager,
+            path,
             _keeper: keeper,
         })
     }
@@ -108,7 +110,12 @@ fn open_error(path: &str, e: rusqlite::Error) -> Error {
 
 impl Connector for SqliteConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let conn = self.manager.connect().map_err(classify)?;
+        let conn = self.manager.connect().map_err(|e| match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
+                open_error(&self.path, e)
+            }
+            _ => classify(e),
+        })?;
         let canceller: Arc<dyn Canceller> = Arc::new(Interrupt(conn.get_interrupt_handle()));
         Ok(Box::new(SqliteConnection {
             conn,
@@ -342,6 +349,38 @@ impl ToSql for Value {
 }
 
 /// Maps a rusqlite error to ours, with SQLite's extended result code.
+/// The name of an SQLite result code (`SQLITE_CONSTRAINT_UNIQUE`), as the
+/// SQLite documentation spells it; unnamed extended codes fall back to the
+/// number.
+fn code_name(extended: std::os::raw::c_int) -> String {
+    macro_rules! names {
+        ($code:expr; $($name:ident),* $(,)?) => {
+            match $code {
+                $(ffi::$name => Some(stringify!($name)),)*
+                _ => None,
+            }
+        };
+    }
+    let extended_name = names!(extended;
+        SQLITE_CONSTRAINT_CHECK, SQLITE_CONSTRAINT_COMMITHOOK, SQLITE_CONSTRAINT_FOREIGNKEY,
+        SQLITE_CONSTRAINT_FUNCTION, SQLITE_CONSTRAINT_NOTNULL, SQLITE_CONSTRAINT_PRIMARYKEY,
+        SQLITE_CONSTRAINT_TRIGGER, SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_VTAB,
+        SQLITE_CONSTRAINT_ROWID, SQLITE_CONSTRAINT_DATATYPE, SQLITE_BUSY_SNAPSHOT,
+        SQLITE_BUSY_TIMEOUT, SQLITE_READONLY_DBMOVED, SQLITE_READONLY_DIRECTORY,
+    );
+    if let Some(name) = extended_name {
+        return name.to_owned();
+    }
+    let primary = names!(extended;
+        SQLITE_ERROR, SQLITE_INTERNAL, SQLITE_PERM, SQLITE_ABORT, SQLITE_BUSY, SQLITE_LOCKED,
+        SQLITE_NOMEM, SQLITE_READONLY, SQLITE_INTERRUPT, SQLITE_IOERR, SQLITE_CORRUPT,
+        SQLITE_NOTFOUND, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_PROTOCOL, SQLITE_EMPTY,
+        SQLITE_SCHEMA, SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH, SQLITE_MISUSE,
+        SQLITE_NOLFS, SQLITE_AUTH, SQLITE_FORMAT, SQLITE_RANGE, SQLITE_NOTADB,
+    );
+    primary.map_or_else(|| extended.to_string(), str::to_owned)
+}
+
 #[cold]
 fn classify(e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode as C;
@@ -366,12 +405,12 @@ fn classify(e: rusqlite::Error) -> Error {
                 _ => ErrorKind::Database,
             };
             let message = msg.clone().unwrap_or_else(|| f.to_string());
-            Error::new(kind, message).with_code(f.extended_code.to_string())
+            Error::new(kind, message).with_code(code_name(f.extended_code))
         }
         rusqlite::Error::SqlInputError {
             error, msg, offset, ..
         } => Error::new(ErrorKind::Syntax, format!("{msg} (at byte {offset})"))
-            .with_code(error.extended_code.to_string()),
+            .with_code(code_name(error.extended_code)),
         rusqlite::Error::InvalidParameterCount(given, expected) => Error::parameter(format!(
             "the statement has {expected} placeholders but {given} values were given"
         )),

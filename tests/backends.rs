@@ -1,0 +1,790 @@
+//! One shared suite, run with identical assertions against PostgreSQL,
+//! MariaDB, an SQLite file and `sqlite::memory:`.
+//!
+//! Each function below takes the backend and is called from one `#[test]`
+//! per backend (see `suite!` at the bottom). Every test makes its own table,
+//! so the tests run in parallel against one database per server.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use dbmanager::{params, DatabaseManager, Error, ErrorKind, Result, Value};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    MySql,
+    SqliteFile,
+    SqliteMemory,
+}
+
+impl Backend {
+    fn is_sqlite(self) -> bool {
+        matches!(self, Backend::SqliteFile | Backend::SqliteMemory)
+    }
+}
+
+/// A manager with its own pool on `backend`, and the temp dir of an SQLite file.
+struct Db {
+    db: DatabaseManager,
+    _dir: Option<common::TempDir>,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DatabaseManager;
+    fn deref(&self) -> &DatabaseManager {
+        &self.db
+    }
+}
+
+fn open(backend: Backend) -> Result<Db> {
+    let name = common::unique_name("suite");
+    let (db, dir) = match backend {
+        Backend::Postgres => (common::manager(&name, &common::postgres_url())?, None),
+        Backend::MySql => (common::manager(&name, &common::mysql_url())?, None),
+        Backend::SqliteFile => {
+            let dir = common::TempDir::new("dbmanager-suite");
+            (
+                common::manager(&name, &dir.sqlite_url("suite.db"))?,
+                Some(dir),
+            )
+        }
+        Backend::SqliteMemory => (common::manager(&name, "sqlite::memory:")?, None),
+    };
+    Ok(Db { db, _dir: dir })
+}
+
+/// A table with a unique name, dropped when the test ends (pass or fail).
+struct Table<'a> {
+    db: &'a DatabaseManager,
+    name: String,
+}
+
+impl Table<'_> {
+    fn create<'a>(db: &'a DatabaseManager, columns: &str) -> Result<Table<'a>> {
+        let name = common::unique_name("t");
+        db.execute_batch(&format!("CREATE TABLE [{name}] ({columns})"))?;
+        Ok(Table { db, name })
+    }
+
+    /// `sql` with every `{t}` replaced by the table's name.
+    fn sql(&self, sql: &str) -> String {
+        sql.replace("{t}", &self.name)
+    }
+
+    fn count(&self) -> Result<i64> {
+        self.db
+            .query_one(&self.sql("SELECT COUNT(*) AS n FROM [{t}]"), ())?
+            .get("n")
+    }
+}
+
+impl Drop for Table<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .db
+            .execute_batch(&format!("DROP TABLE IF EXISTS [{}]", self.name));
+    }
+}
+
+/// The items table used by most tests; `order` is a reserved word, quoted
+/// portably as `[order]`.
+fn items(db: &DatabaseManager) -> Result<Table<'_>> {
+    Table::create(
+        db,
+        "id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(100) NOT NULL UNIQUE, qty INTEGER, [order] INTEGER",
+    )
+}
+
+fn insert_item(t: &Table<'_>, id: i64, name: &str) -> Result<u64> {
+    t.db.execute(
+        &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)"),
+        (id, name, 1, id),
+    )
+}
+
+fn expect_kind<T: std::fmt::Debug>(r: Result<T>, kind: ErrorKind) -> Error {
+    match r {
+        Ok(v) => panic!("expected a {kind:?} error, got Ok({v:?})"),
+        Err(e) => {
+            assert_eq!(e.kind(), kind, "{e} / {e:?}");
+            e
+        }
+    }
+}
+
+fn assert_pool_idle(db: &DatabaseManager) {
+    let s = db.pool_status();
+    assert_eq!(
+        s.checked_out, 0,
+        "every connection is back in the pool: {s:?}"
+    );
+}
+
+// ------------------------------------------------------------------ the suite
+
+#[derive(Debug, PartialEq, Deserialize)]
+struct Item {
+    id: i64,
+    name: String,
+    qty: Option<i64>,
+    order: i32,
+}
+
+fn params_quoting_and_rows(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let t = items(&db)?;
+
+    // `?` positional.
+    let n = db.execute(
+        &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)"),
+        (1, "apple", 3, 10),
+    )?;
+    assert_eq!(n, 1);
+    // `:name` named, one name used twice, a NULL.
+    let n = db.execute(
+        &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (:id, :name, :qty, :id)"),
+        params! { "id" => 2, "name" => "banana", "qty" => None::<i64> },
+    )?;
+    assert_eq!(n, 1);
+    // Several rows in one statement.
+    let n = db.execute(
+        &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?), (?, ?, ?, ?)"),
+        vec![
+            Value::from(3),
+            Value::from("cherry"),
+            Value::from(7),
+            Value::from(30),
+            Value::from(4),
+            Value::from("damson"),
+            Value::from(9),
+            Value::from(40),
+        ],
+    )?;
+    assert_eq!(n, 2);
+
+    // Rows and typed getters, by name (any case) and by position.
+    let rows = db.execute_query(
+        &t.sql("SELECT id, name, qty, [order] FROM [{t}] ORDER BY id"),
+        (),
+    )?;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0].get::<i64>("id")?, 1);
+    assert_eq!(rows[0].get::<String>("name")?, "apple");
+    assert_eq!(rows[0].get::<Option<i64>>("qty")?, Some(3));
+    assert_eq!(rows[0].get::<i32>("order")?, 10);
+    assert_eq!(rows[0].get::<i64>("ID")?, 1);
+    assert_eq!(rows[1].get::<String>(1)?, "banana");
+    assert_eq!(rows[1].get::<Option<i64>>("qty")?, None);
+    assert_eq!(rows[1].get::<i64>("order")?, 2, "`:id` bound twice");
+    assert_eq!(rows[1].value("qty"), Some(&Value::Null));
+    assert_eq!(
+        rows[0].columns().collect::<Vec<_>>(),
+        ["id", "name", "qty", "order"]
+    );
+    expect_kind(rows[1].get::<i64>("qty"), ErrorKind::Conversion);
+    expect_kind(rows[0].get::<i64>("nope"), ErrorKind::Parameter);
+
+    // A row serialises as a JSON object, columns in select order.
+    assert_eq!(
+        serde_json::to_string(&rows[0]).unwrap(),
+        r#"{"id":1,"name":"apple","qty":3,"order":10}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&rows[1]).unwrap(),
+        r#"{"id":2,"name":"banana","qty":null,"order":2}"#
+    );
+    assert_eq!(rows[0].to_json(), serde_json::to_value(&rows[0]).unwrap());
+
+    // `[ident]` as an alias too.
+    let row = db.query_one(
+        &t.sql("SELECT name AS [select] FROM [{t}] WHERE id = :id"),
+        params! { "id" => 3 },
+    )?;
+    assert_eq!(row.get::<String>("select")?, "cherry");
+
+    // query_one / query_opt.
+    expect_kind(
+        db.query_one(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (99,)),
+        ErrorKind::NoRows,
+    );
+    expect_kind(
+        db.query_one(&t.sql("SELECT id FROM [{t}]"), ()),
+        ErrorKind::TooManyRows,
+    );
+    assert!(db
+        .query_opt(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (99,))?
+        .is_none());
+    let one = db
+        .query_opt(&t.sql("SELECT id FROM [{t}] WHERE name = ?"), ("damson",))?
+        .expect("one row");
+    assert_eq!(one.get::<i64>("id")?, 4);
+    expect_kind(
+        db.query_opt(&t.sql("SELECT id FROM [{t}]"), ()),
+        ErrorKind::TooManyRows,
+    );
+
+    // query_as with serde.
+    let got: Vec<Item> = db.query_as(
+        &t.sql("SELECT id, name, qty, [order] FROM [{t}] WHERE id <= ? ORDER BY id"),
+        (2,),
+    )?;
+    assert_eq!(
+        got,
+        [
+            Item {
+                id: 1,
+                name: "apple".into(),
+                qty: Some(3),
+                order: 10
+            },
+            Item {
+                id: 2,
+                name: "banana".into(),
+                qty: None,
+                order: 2
+            },
+        ]
+    );
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Wrong {
+        id: String,
+    }
+    expect_kind(
+        db.query_as::<Wrong>(&t.sql("SELECT id FROM [{t}]"), ()),
+        ErrorKind::Conversion,
+    );
+
+    // Affected-row counts (every matched row really changes, so MySQL's
+    // "changed rows" count agrees with the others).
+    assert_eq!(
+        db.execute(
+            &t.sql("UPDATE [{t}] SET qty = qty + 1 WHERE qty IS NOT NULL"),
+            ()
+        )?,
+        3
+    );
+    assert_eq!(
+        db.execute(&t.sql("UPDATE [{t}] SET qty = 0 WHERE id = ?"), (99,))?,
+        0
+    );
+    assert_eq!(
+        db.execute(&t.sql("DELETE FROM [{t}] WHERE id IN (?, ?)"), (3, 4))?,
+        2
+    );
+    assert_eq!(t.count()?, 2);
+    assert_pool_idle(&db);
+    Ok(())
+}
+
+fn batch(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let t = items(&db)?;
+    db.execute_batch(&t.sql(
+        "INSERT INTO [{t}] (id, name, qty, [order]) VALUES (1, 'one', 1, 1);
+         INSERT INTO [{t}] (id, name, qty, [order]) VALUES (2, 'two', 2, 2);",
+    ))?;
+    assert_eq!(t.count()?, 2);
+
+    let e = expect_kind(
+        db.execute_batch(&t.sql("DELETE FROM [{t}] WHERE id = ?")),
+        ErrorKind::Parameter,
+    );
+    assert!(e.to_string().contains("execute_batch"), "{e}");
+    let e = expect_kind(
+        db.execute_batch(&t.sql("DELETE FROM [{t}] WHERE name = :name")),
+        ErrorKind::Parameter,
+    );
+    assert!(
+        e.to_string().contains("??"),
+        "says how to write a literal `?`: {e}"
+    );
+    assert_eq!(t.count()?, 2, "a refused batch runs nothing");
+
+    // Placeholders inside string literals are not placeholders.
+    db.execute_batch(
+        &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (3, 'what? :who [x]', 3, 3)"),
+    )?;
+    let row = db.query_one(&t.sql("SELECT name FROM [{t}] WHERE id = 3"), ())?;
+    assert_eq!(row.get::<String>("name")?, "what? :who [x]");
+    assert_pool_idle(&db);
+    Ok(())
+}
+
+/// Column types per backend for the value round trip.
+fn value_columns(b: Backend) -> &'static str {
+    match b {
+        Backend::Postgres => {
+            "id INTEGER PRIMARY KEY, v_bool BOOLEAN, v_i64 BIGINT, v_f64 DOUBLE PRECISION, \
+             v_dec NUMERIC(20,4), v_text TEXT, v_bytes BYTEA, v_date DATE, v_time TIME, \
+             v_ts TIMESTAMP, v_tstz TIMESTAMPTZ, v_uuid UUID, v_json JSONB"
+        }
+        Backend::MySql => {
+            "id INTEGER PRIMARY KEY, v_bool BOOLEAN, v_i64 BIGINT, v_f64 DOUBLE, \
+             v_dec DECIMAL(20,4), v_text TEXT, v_bytes VARBINARY(64), v_date DATE, v_time TIME(6), \
+             v_ts DATETIME(6), v_tstz DATETIME(6), v_uuid UUID, v_json JSON"
+        }
+        Backend::SqliteFile | Backend::SqliteMemory => {
+            "id INTEGER PRIMARY KEY, v_bool BOOLEAN, v_i64 INTEGER, v_f64 REAL, \
+             v_dec DECIMAL(20,4), v_text TEXT, v_bytes BLOB, v_date DATE, v_time TIME, \
+             v_ts TIMESTAMP, v_tstz TIMESTAMPTZ, v_uuid UUID, v_json JSON"
+        }
+    }
+}
+
+const VALUE_COLUMNS: [&str; 12] = [
+    "v_bool", "v_i64", "v_f64", "v_dec", "v_text", "v_bytes", "v_date", "v_time", "v_ts", "v_tstz",
+    "v_uuid", "v_json",
+];
+
+fn every_value_round_trips(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let t = Table::create(&db, value_columns(b))?;
+
+    let dec: Decimal = "12345.6789".parse().unwrap();
+    let date = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+    let time = NaiveTime::from_hms_micro_opt(13, 45, 30, 123_456).unwrap();
+    let ts = date.and_time(time);
+    let tstz = Utc.from_utc_datetime(
+        &NaiveDate::from_ymd_opt(2023, 12, 31)
+            .unwrap()
+            .and_time(time),
+    );
+    let uuid = Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap();
+    let json = serde_json::json!({"k": [1, 2.5, "x", null, true], "nested": {"a": "b"}});
+    let text = "héllo, wörld ✓ 'quoted' \"double\"";
+    let bytes = vec![0u8, 1, 2, 127, 128, 254, 255];
+    let big = 9_007_199_254_740_993_i64; // 2^53 + 1: not exact as a double
+
+    let sent = vec![
+        Value::Bool(true),
+        Value::I64(big),
+        Value::F64(1234.5625),
+        Value::Decimal(dec),
+        Value::Text(text.into()),
+        Value::Bytes(bytes.clone()),
+        Value::Date(date),
+        Value::Time(time),
+        Value::Timestamp(ts),
+        Value::TimestampTz(tstz),
+        Value::Uuid(uuid),
+        Value::Json(json.clone()),
+    ];
+    let insert = t.sql(&format!(
+        "INSERT INTO [{{t}}] (id, {}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        VALUE_COLUMNS.join(", ")
+    ));
+    let mut row1 = vec![Value::I64(1)];
+    row1.extend(sent.iter().cloned());
+    assert_eq!(db.execute(&insert, row1)?, 1);
+    let mut row2 = vec![Value::I64(2)];
+    row2.extend(std::iter::repeat(Value::Null).take(VALUE_COLUMNS.len()));
+    assert_eq!(db.execute(&insert, row2)?, 1);
+
+    let rows = db.execute_query(
+        &t.sql(&format!(
+            "SELECT id, {} FROM [{{t}}] ORDER BY id",
+            VALUE_COLUMNS.join(", ")
+        )),
+        (),
+    )?;
+    assert_eq!(rows.len(), 2);
+    let r = &rows[0];
+
+    // What comes back as a `Value`, column by column.
+    let mut expected = sent.clone();
+    if b == Backend::MySql {
+        // MariaDB has no time-zone-aware column type: the UTC instant is
+        // stored in DATETIME and read back as a naive timestamp (in UTC).
+        expected[9] = Value::Timestamp(tstz.naive_utc());
+        // MariaDB's UUID and JSON types travel as text on the wire
+        // (JSON is LONGTEXT with a json_valid check).
+        expected[10] = Value::Text(uuid.to_string());
+        expected[11] = r.value("v_json").cloned().unwrap_or(Value::Null);
+        match r.value("v_json") {
+            Some(Value::Text(s)) => {
+                assert_eq!(serde_json::from_str::<serde_json::Value>(s).unwrap(), json)
+            }
+            other => panic!("MariaDB JSON should arrive as text: {other:?}"),
+        }
+    }
+    for (i, (col, want)) in VALUE_COLUMNS.iter().zip(&expected).enumerate() {
+        assert_eq!(r.value(*col), Some(want), "column {col} ({i}) on {b:?}");
+    }
+
+    // The typed getters read every column on every backend.
+    assert!(r.get::<bool>("v_bool")?);
+    assert_eq!(r.get::<i64>("v_i64")?, big);
+    assert_eq!(r.get::<f64>("v_f64")?, 1234.5625);
+    assert_eq!(r.get::<Decimal>("v_dec")?, dec);
+    assert_eq!(r.get::<String>("v_text")?, text);
+    assert_eq!(r.get::<Vec<u8>>("v_bytes")?, bytes);
+    assert_eq!(r.get::<NaiveDate>("v_date")?, date);
+    assert_eq!(r.get::<NaiveTime>("v_time")?, time);
+    assert_eq!(r.get::<NaiveDateTime>("v_ts")?, ts);
+    assert_eq!(r.get::<DateTime<Utc>>("v_tstz")?, tstz);
+    assert_eq!(r.get::<Uuid>("v_uuid")?, uuid);
+    assert_eq!(r.get::<serde_json::Value>("v_json")?, json);
+
+    // NULL comes back as NULL in every column, and as None.
+    let n = &rows[1];
+    for col in VALUE_COLUMNS {
+        assert_eq!(n.value(col), Some(&Value::Null), "column {col} on {b:?}");
+    }
+    assert_eq!(n.get::<Option<bool>>("v_bool")?, None);
+    assert_eq!(n.get::<Option<i64>>("v_i64")?, None);
+    assert_eq!(n.get::<Option<f64>>("v_f64")?, None);
+    assert_eq!(n.get::<Option<Decimal>>("v_dec")?, None);
+    assert_eq!(n.get::<Option<String>>("v_text")?, None);
+    assert_eq!(n.get::<Option<Vec<u8>>>("v_bytes")?, None);
+    assert_eq!(n.get::<Option<NaiveDate>>("v_date")?, None);
+    assert_eq!(n.get::<Option<NaiveTime>>("v_time")?, None);
+    assert_eq!(n.get::<Option<NaiveDateTime>>("v_ts")?, None);
+    assert_eq!(n.get::<Option<DateTime<Utc>>>("v_tstz")?, None);
+    assert_eq!(n.get::<Option<Uuid>>("v_uuid")?, None);
+    assert_eq!(n.get::<Option<serde_json::Value>>("v_json")?, None);
+    expect_kind(n.get::<i64>("v_i64"), ErrorKind::Conversion);
+
+    // Values bound as parameters compare equal to what is stored.
+    let found = db.query_one(
+        &t.sql(
+            "SELECT id FROM [{t}] WHERE v_i64 = ? AND v_dec = ? AND v_date = ? AND v_ts = ? AND v_bytes = ?",
+        ),
+        (big, dec, date, ts, bytes.clone()),
+    )?;
+    assert_eq!(found.get::<i64>("id")?, 1);
+
+    // The JSON form of the row.
+    let j = serde_json::to_value(r).unwrap();
+    assert_eq!(j["id"], 1);
+    assert_eq!(j["v_i64"], big);
+    assert_eq!(j["v_text"], text);
+    assert_eq!(j["v_date"], "2024-02-29");
+    assert_eq!(j["v_ts"], "2024-02-29T13:45:30.123456");
+    assert_eq!(j["v_uuid"], uuid.to_string());
+    assert_eq!(
+        serde_json::to_value(n).unwrap()["v_json"],
+        serde_json::Value::Null
+    );
+    Ok(())
+}
+
+#[derive(Debug)]
+enum AppError {
+    Db(Error),
+    Rule,
+}
+
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        AppError::Db(e)
+    }
+}
+
+fn transactions(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let t = items(&db)?;
+
+    // Closure: Ok commits.
+    let value = db.transaction(|tx| {
+        tx.execute(
+            &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)"),
+            (1, "kept", 1, 1),
+        )?;
+        let inside = tx.query_one(&t.sql("SELECT COUNT(*) AS n FROM [{t}]"), ())?;
+        inside.get::<i64>("n")
+    })?;
+    assert_eq!(value, 1);
+    assert_eq!(t.count()?, 1);
+
+    // Closure: Err (the caller's own error type) rolls back.
+    let r: std::result::Result<(), AppError> = db.transaction(|tx| {
+        tx.execute(
+            &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)"),
+            (2, "rolled back", 1, 1),
+        )?;
+        Err(AppError::Rule)
+    });
+    assert!(matches!(r, Err(AppError::Rule)), "{r:?}");
+    assert_eq!(t.count()?, 1, "Err rolled the insert back");
+
+    // Closure: a failing statement's error rolls back what ran before it.
+    let r: std::result::Result<(), AppError> = db.transaction(|tx| {
+        insert_item_tx(tx, &t, 3, "also rolled back")?;
+        tx.execute("SELEC 1", ())?;
+        Ok(())
+    });
+    match r {
+        Err(AppError::Db(e)) => assert_eq!(e.kind(), ErrorKind::Syntax, "{e}"),
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    assert_eq!(t.count()?, 1);
+
+    // Closure: a panic rolls back, and the panic reaches the caller.
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        let _ = db.transaction(|tx| -> Result<()> {
+            insert_item_tx(tx, &t, 4, "panicked")?;
+            panic!("boom inside a transaction");
+        });
+    }));
+    assert!(panicked.is_err(), "the panic propagates");
+    assert_eq!(t.count()?, 1, "the panic rolled the insert back");
+    assert_pool_idle(&db);
+
+    // Guard: dropped without commit rolls back.
+    {
+        let mut tx = db.begin()?;
+        insert_item_tx(&mut tx, &t, 5, "dropped")?;
+        let n: i64 = tx
+            .query_one(&t.sql("SELECT COUNT(*) AS n FROM [{t}]"), ())?
+            .get("n")?;
+        assert_eq!(n, 2, "visible inside the transaction");
+    }
+    assert_eq!(t.count()?, 1, "dropping the guard rolled back");
+
+    // Guard: explicit rollback.
+    let mut tx = db.begin()?;
+    insert_item_tx(&mut tx, &t, 6, "rolled back explicitly")?;
+    tx.rollback()?;
+    assert_eq!(t.count()?, 1);
+
+    // Guard: commit.
+    let mut tx = db.begin()?;
+    insert_item_tx(&mut tx, &t, 7, "committed")?;
+    tx.commit()?;
+    assert_eq!(t.count()?, 2);
+
+    // A transaction on a checked-out connection.
+    {
+        let mut conn = db.connection()?;
+        conn.transaction(|tx| insert_item_tx(tx, &t, 8, "on a connection").map(drop))?;
+        let mut tx = conn.begin()?;
+        insert_item_tx(&mut tx, &t, 9, "dropped on a connection")?;
+        drop(tx);
+        let n: i64 = conn
+            .query_one(&t.sql("SELECT COUNT(*) AS n FROM [{t}]"), ())?
+            .get("n")?;
+        assert_eq!(n, 3);
+    }
+
+    // execute_transaction: all or nothing.
+    let insert = t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)");
+    let counts = db.execute_transaction(vec![
+        (insert.as_str(), (10, "ten", 1, 1)),
+        (insert.as_str(), (11, "eleven", 1, 1)),
+    ])?;
+    assert_eq!(counts, [1, 1]);
+    assert_eq!(t.count()?, 5);
+    let e = expect_kind(
+        db.execute_transaction(vec![
+            (insert.as_str(), (12, "twelve", 1, 1)),
+            (insert.as_str(), (13, "ten", 1, 1)), // duplicate name
+        ]),
+        ErrorKind::UniqueViolation,
+    );
+    assert!(e.is_unique_violation());
+    assert_eq!(t.count()?, 5, "the first statement is not visible");
+    assert!(db
+        .query_opt(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (12,))?
+        .is_none());
+    assert_pool_idle(&db);
+    Ok(())
+}
+
+fn insert_item_tx(
+    tx: &mut dbmanager::Transaction<'_>,
+    t: &Table<'_>,
+    id: i64,
+    name: &str,
+) -> Result<u64> {
+    tx.execute(
+        &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)"),
+        (id, name, 1, id),
+    )
+}
+
+fn errors_are_classified(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let t = items(&db)?;
+    insert_item(&t, 1, "one")?;
+
+    // Unique column.
+    let e = expect_kind(insert_item(&t, 2, "one"), ErrorKind::UniqueViolation);
+    assert!(e.is_unique_violation());
+    assert!(!e.is_retryable());
+    assert_eq!(e.database(), Some(db.name()));
+    let want = match b {
+        Backend::Postgres => "23505",
+        Backend::MySql => "1062",
+        Backend::SqliteFile | Backend::SqliteMemory => "SQLITE_CONSTRAINT_UNIQUE",
+    };
+    assert_eq!(e.db_code(), Some(want), "{e}");
+    // Primary key.
+    let e = expect_kind(insert_item(&t, 1, "uno"), ErrorKind::UniqueViolation);
+    let want = match b {
+        Backend::Postgres => "23505",
+        Backend::MySql => "1062",
+        Backend::SqliteFile | Backend::SqliteMemory => "SQLITE_CONSTRAINT_PRIMARYKEY",
+    };
+    assert_eq!(e.db_code(), Some(want), "{e}");
+    // Another constraint: NOT NULL.
+    let e = expect_kind(
+        db.execute(
+            &t.sql("INSERT INTO [{t}] (id, name) VALUES (?, ?)"),
+            (5, None::<String>),
+        ),
+        ErrorKind::Constraint,
+    );
+    assert!(!e.is_unique_violation());
+    assert!(e.db_code().is_some(), "{e:?}");
+
+    // Syntax errors and unknown objects.
+    let e = expect_kind(db.execute_query("SELEC 1", ()), ErrorKind::Syntax);
+    assert!(e.db_code().is_some(), "{e:?}");
+    expect_kind(
+        db.execute_query("SELECT * FROM dbmanager_no_such_table", ()),
+        ErrorKind::Syntax,
+    );
+    expect_kind(
+        db.execute_batch("CREATE TABLEX y (a INTEGER)"),
+        ErrorKind::Syntax,
+    );
+
+    // Parameters that do not match the placeholders.
+    let e = expect_kind(
+        db.execute_query("SELECT ? AS a, ? AS b", (1,)),
+        ErrorKind::Parameter,
+    );
+    assert!(e.to_string().contains("2 `?` placeholders"), "{e}");
+    expect_kind(
+        db.execute_query("SELECT ? AS a", (1, 2)),
+        ErrorKind::Parameter,
+    );
+    expect_kind(
+        db.execute_query("SELECT :a AS a, :b AS b", params! { "a" => 1 }),
+        ErrorKind::Parameter,
+    );
+    expect_kind(
+        db.execute_query("SELECT :a AS a", (1,)),
+        ErrorKind::Parameter,
+    );
+    expect_kind(
+        db.execute_query("SELECT ? AS a, :b AS b", (1, 2)),
+        ErrorKind::Parameter,
+    );
+
+    // Nothing above leaked a connection or broke the pool.
+    assert_eq!(t.count()?, 1);
+    assert_pool_idle(&db);
+    Ok(())
+}
+
+fn same_connection_keeps_session(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let t = items(&db)?;
+    let mut conn = db.connection()?;
+    for i in 0..20 {
+        conn.execute(
+            &t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)"),
+            (i, format!("n{i}"), i, i),
+        )?;
+    }
+    let total: i64 = conn
+        .query_one(&t.sql("SELECT SUM(qty) AS s FROM [{t}]"), ())?
+        .get("s")?;
+    assert_eq!(total, (0..20).sum::<i64>());
+    assert_eq!(db.pool_status().checked_out, 1);
+    drop(conn);
+    assert_pool_idle(&db);
+    if b.is_sqlite() {
+        // The in-memory database is shared by every connection of the pool.
+        let other = db.connection()?;
+        drop(other);
+        assert_eq!(t.count()?, 20);
+    }
+    Ok(())
+}
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[test]
+            fn $test() -> dbmanager::Result<()> {
+                super::$test(super::Backend::Postgres)
+            })*
+        }
+        mod mariadb {
+            $(#[test]
+            fn $test() -> dbmanager::Result<()> {
+                super::$test(super::Backend::MySql)
+            })*
+        }
+        mod sqlite_file {
+            $(#[test]
+            fn $test() -> dbmanager::Result<()> {
+                super::$test(super::Backend::SqliteFile)
+            })*
+        }
+        mod sqlite_memory {
+            $(#[test]
+            fn $test() -> dbmanager::Result<()> {
+                super::$test(super::Backend::SqliteMemory)
+            })*
+        }
+    };
+}
+
+suite!(
+    params_quoting_and_rows,
+    batch,
+    every_value_round_trips,
+    transactions,
+    errors_are_classified,
+    same_connection_keeps_session,
+);
+
+// ------------------------------------------------------- PostgreSQL only
+
+/// `::` casts, `??` (jsonb's `?` operators), native `$1` and dollar-quoted
+/// bodies pass through the portable-SQL translation untouched.
+#[test]
+fn postgres_casts_and_jsonb_operators_pass_through() -> Result<()> {
+    let db = open(Backend::Postgres)?;
+    let row = db.query_one(
+        "SELECT '{\"a\":1}'::jsonb ?? 'a' AS has_a, '{\"a\":1}'::jsonb ?? 'b' AS has_b, \
+                '{\"a\":1}'::jsonb ??| array['x','a'] AS any_of, ?::int + 1 AS n, '12'::text AS t",
+        (41,),
+    )?;
+    assert!(row.get::<bool>("has_a")?);
+    assert!(!row.get::<bool>("has_b")?);
+    assert!(row.get::<bool>("any_of")?);
+    assert_eq!(row.get::<i64>("n")?, 42);
+    assert_eq!(row.get::<String>("t")?, "12");
+
+    let row = db.query_one(
+        "SELECT :v::int * 2 AS n, :v::text AS s",
+        params! { "v" => "21" },
+    )?;
+    assert_eq!(row.get::<i64>("n")?, 42);
+    assert_eq!(row.get::<String>("s")?, "21");
+
+    // Native placeholders pass through, and a count mismatch is a Parameter error.
+    let row = db.query_one("SELECT $1::int AS n", (5,))?;
+    assert_eq!(row.get::<i64>("n")?, 5);
+    expect_kind(
+        db.query_one("SELECT $1::int AS a, $2::int AS b", (5,)),
+        ErrorKind::Parameter,
+    );
+
+    // `?` inside a dollar-quoted body is not a placeholder.
+    db.execute_batch("DO $$ BEGIN PERFORM 1 WHERE '?' = '?' AND 1 = 1; END $$")?;
+    db.execute_batch("DO $body$ BEGIN PERFORM '[x] :y ?'; END $body$")?;
+    assert_pool_idle(&db);
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Helpers shared by the integration tests.
+//!
+//! The server URLs come from the `DBMANAGER_TEST_*` variables that
+//! `scripts/test` exports after starting throwaway PostgreSQL and MariaDB
+//! servers. Without them the tests panic with a message saying so: a test
+//! that needs a server is never silently skipped.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dbmanager::{DatabaseConfig, DatabaseConfigBuilder, DatabaseManager, Result};
+
+/// Reads a URL the test script exports, or panics saying how to get it.
+fn required_env(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!(
+            "{var} is not set: run the integration tests with `scripts/test` \
+             (it starts throwaway PostgreSQL and MariaDB servers and sets the \
+             DBMANAGER_TEST_* variables), e.g. `scripts/test --test backends`"
+        ),
+    }
+}
+
+/// The application user's PostgreSQL URL.
+pub fn postgres_url() -> String {
+    required_env("DBMANAGER_TEST_POSTGRES_URL")
+}
+
+/// The application user's MariaDB URL.
+pub fn mysql_url() -> String {
+    required_env("DBMANAGER_TEST_MYSQL_URL")
+}
+
+/// The password inside a URL (percent-decoded), if it has one.
+pub fn password_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let pw = parsed.password()?;
+    Some(
+        percent_decode(pw)
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| pw.to_owned()),
+    )
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `url` with its password replaced by `password`.
+pub fn with_password(url: &str, password: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("the test URL parses");
+    parsed
+        .set_password(Some(password))
+        .expect("the test URL can carry a password");
+    parsed.to_string()
+}
+
+/// A name no other test (in this or another test process) uses: tests run
+/// in parallel and share one database per server. Lower-case ASCII letters,
+/// digits and `_`, valid unquoted on every backend.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{n}_{:x}",
+        std::process::id(),
+        nanos % 0x10_0000
+    )
+}
+
+/// A manager with its own pool for `url`, configured in code.
+pub fn manager(name: &str, url: &str) -> Result<DatabaseManager> {
+    manager_with(name, url, |b| b)
+}
+
+/// Like [`manager`], with extra builder settings.
+pub fn manager_with(
+    name: &str,
+    url: &str,
+    settings: impl FnOnce(DatabaseConfigBuilder) -> DatabaseConfigBuilder,
+) -> Result<DatabaseManager> {
+    let builder = DatabaseConfig::builder(name).url(url);
+    DatabaseManager::from_config(settings(builder).build()?)
+}
+
+/// A directory removed (with its contents) on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// An `sqlite:` URL for a file named `file` in this directory.
+    pub fn sqlite_url(&self, file: &str) -> String {
+        format!("sqlite:{}", self.0.join(file).display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("local addr").port();
+    drop(listener);
+    port
+}
+
+/// Every layer of an error: `Display`, `{:?}` and each `source()` in turn.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = format!("{e}\n{e:?}\n");
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(&format!("{s}\n{s:?}\n"));
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,312 @@
+//! Bad configuration, through `DatabaseConfig::from_lookup`, the builder and
+//! the manager (wrong password, unreachable server). Every message names
+//! what is wrong and says what to do.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use dbmanager::{BackendKind, DatabaseConfig, DatabaseManager, Error, ErrorKind, Result};
+
+fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+/// Asserts a Config error whose message contains every one of `parts`.
+fn config_error(r: Result<DatabaseConfig>, parts: &[&str]) -> Error {
+    let e = r.expect_err("a configuration error");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    let text = e.to_string();
+    for part in parts {
+        assert!(text.contains(part), "`{part}` missing from: {text}");
+    }
+    e
+}
+
+const URL: &str = "postgresql://app:pw@db.example:5432/appdb";
+
+#[test]
+fn missing_connection_string_names_the_exact_variable() {
+    config_error(
+        DatabaseConfig::from_lookup("rpa_db", lookup(&[])),
+        &[
+            "set DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+            "the given lookup",
+        ],
+    );
+    config_error(
+        DatabaseConfig::from_lookup("SurveyHub", lookup(&[("ENVIRONMENT", "staging")])),
+        &["set STAGING_GLOBAL_SURVEYHUB_CONNECTION_STRING"],
+    );
+    config_error(
+        DatabaseConfig::from_lookup(
+            "my-db.main",
+            lookup(&[("DEVELOPMENT_GLOBAL_MY_DB_MAIN_CONNECTION_STRING", "   ")]),
+        ),
+        &["set DEVELOPMENT_GLOBAL_MY_DB_MAIN_CONNECTION_STRING"],
+    );
+}
+
+#[test]
+fn malformed_settings_name_the_variable_and_the_fix() {
+    // (variable suffix, value, what the message must also say)
+    let cases: &[(&str, &str, &str)] = &[
+        ("RPA_DB_POOL_SIZE", "five", "whole number"),
+        ("RPA_DB_POOL_SIZE", "-3", "whole number"),
+        ("RPA_DB_POOL_SIZE", "0", "at least 1"),
+        ("CONNECTION_POOL_SIZE", "many", "whole number"),
+        ("RPA_DB_MAX_OVERFLOW", "1.5", "whole number"),
+        ("RPA_DB_TIMEOUT", "soon", "e.g. 30"),
+        ("RPA_DB_TIMEOUT", "-1", "e.g. 30"),
+        ("DATABASE_TIMEOUT", "NaN", "e.g. 30"),
+        ("RPA_DB_POOL_TIMEOUT", "1m", "e.g. 30"),
+        ("RPA_DB_POOL_TIMEOUT", "0", "above zero"),
+        ("RPA_DB_CONNECT_TIMEOUT", "fast", "e.g. 30"),
+        ("RPA_DB_CONNECT_TIMEOUT", "0", "above zero"),
+        ("RPA_DB_IDLE_TIMEOUT", "never", "e.g. 30"),
+        ("RPA_DB_MAX_LIFETIME", "forever", "e.g. 30"),
+        ("RPA_DB_READ_ONLY", "maybe", "true or false"),
+        (
+            "RPA_DB_TYPE",
+            "oracle",
+            "use postgresql, mysql, sqlite or sqlserver",
+        ),
+    ];
+    for (suffix, value, advice) in cases {
+        let var = format!("DEVELOPMENT_GLOBAL_{suffix}");
+        config_error(
+            DatabaseConfig::from_lookup(
+                "rpa_db",
+                lookup(&[
+                    ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", URL),
+                    (&var, value),
+                ]),
+            ),
+            &[&var, advice],
+        );
+    }
+}
+
+#[test]
+fn valid_settings_are_read() -> Result<()> {
+    let cfg = DatabaseConfig::from_lookup(
+        "rpa_db",
+        lookup(&[
+            ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", URL),
+            ("DEVELOPMENT_GLOBAL_RPA_DB_TYPE", "PostgreSQL"),
+            ("DEVELOPMENT_GLOBAL_RPA_DB_POOL_SIZE", " 3 "),
+            ("DEVELOPMENT_GLOBAL_RPA_DB_POOL_TIMEOUT", "0.5"),
+            ("DEVELOPMENT_GLOBAL_RPA_DB_READ_ONLY", "yes"),
+        ]),
+    )?;
+    assert_eq!(cfg.kind(), BackendKind::Postgres);
+    assert_eq!(cfg.pool_size(), 3);
+    assert_eq!(cfg.acquire_timeout(), Duration::from_millis(500));
+    assert!(cfg.read_only());
+    Ok(())
+}
+
+#[test]
+fn type_must_agree_with_the_url() {
+    config_error(
+        DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", URL),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_TYPE", "mysql"),
+            ]),
+        ),
+        &[
+            "DEVELOPMENT_GLOBAL_RPA_DB_TYPE says mysql",
+            "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING is a postgresql URL",
+            "make them agree",
+        ],
+    );
+    config_error(
+        DatabaseConfig::builder("rpa_db")
+            .url("sqlite::memory:")
+            .kind(BackendKind::MySql)
+            .build(),
+        &["says mysql", "sqlite URL", "make them agree"],
+    );
+}
+
+#[test]
+fn bad_urls_name_the_variable_and_the_expected_form() {
+    let cases: &[(&str, &str)] = &[
+        ("oracle://app:pw@db.example/orcl", "not one of postgresql"),
+        (
+            "postgresql://app:pw@db.example:notaport/appdb",
+            "postgresql://user:password@host",
+        ),
+        ("postgresql:///appdb", "postgresql://user:password@host"),
+        ("just some words", "postgresql://user:password@host"),
+        ("k=v;x=y", "postgresql://user:password@host"),
+    ];
+    for (url, advice) in cases {
+        config_error(
+            DatabaseConfig::from_lookup(
+                "rpa_db",
+                lookup(&[("DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING", url)]),
+            ),
+            &[
+                "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING cannot be used",
+                advice,
+            ],
+        );
+        config_error(
+            DatabaseConfig::builder("rpa_db").url(*url).build(),
+            &["the connection string cannot be used", advice],
+        );
+    }
+}
+
+#[test]
+fn builder_errors_say_what_to_do() {
+    config_error(
+        DatabaseConfig::builder("x").build(),
+        &["call .url(…) on the builder"],
+    );
+    config_error(
+        DatabaseConfig::builder("  ").url("sqlite::memory:").build(),
+        &["database name is empty", "give"],
+    );
+    config_error(
+        DatabaseConfig::builder("x").url(URL).pool_size(0).build(),
+        &["at least 1"],
+    );
+    config_error(
+        DatabaseConfig::builder("x")
+            .url(URL)
+            .acquire_timeout(Duration::ZERO)
+            .build(),
+        &["above zero"],
+    );
+    config_error(
+        DatabaseConfig::builder("x")
+            .url(URL)
+            .connect_timeout(Duration::ZERO)
+            .build(),
+        &["above zero"],
+    );
+    config_error(
+        DatabaseConfig::builder("x")
+            .url(URL)
+            .pool_size(9_000)
+            .max_overflow(2_000)
+            .build(),
+        &["exceeds 10000"],
+    );
+}
+
+#[test]
+fn sql_server_is_configured_but_not_available() -> Result<()> {
+    let cfg = DatabaseConfig::builder("hub")
+        .url("mssql://app:pw@db.example:1433/hub")
+        .build()?;
+    assert_eq!(cfg.kind(), BackendKind::MsSql);
+    let e = DatabaseManager::from_config(cfg).expect_err("no SQL Server backend yet");
+    assert_eq!(e.kind(), ErrorKind::FeatureDisabled, "{e}");
+    assert!(e.to_string().contains("SQL Server"), "{e}");
+    Ok(())
+}
+
+// ------------------------------------------------------- through the manager
+
+/// The acquisition timeout is long, so an error that arrives quickly was
+/// reported at once rather than after waiting for the pool.
+const LONG_WAIT: Duration = Duration::from_secs(30);
+const AT_ONCE: Duration = Duration::from_secs(10);
+
+fn first_statement_error(url: &str) -> (Error, Duration) {
+    let db = common::manager_with(&common::unique_name("cfg"), url, |b| {
+        b.acquire_timeout(LONG_WAIT)
+            .connect_timeout(Duration::from_secs(5))
+    })
+    .expect("the configuration itself is valid");
+    let started = Instant::now();
+    let e = db
+        .execute_query("SELECT 1 AS one", ())
+        .expect_err("the first statement fails");
+    let took = started.elapsed();
+    // A second attempt fails the same way (nothing is left half open).
+    let again = db.execute_query("SELECT 1 AS one", ()).unwrap_err();
+    assert_eq!(again.kind(), e.kind(), "{again}");
+    assert_eq!(db.pool_status().checked_out, 0);
+    (e, took)
+}
+
+fn wrong_password_is_auth(url: &str, code: &str) {
+    let (e, took) = first_statement_error(&common::with_password(url, "not-the-password"));
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e} / {e:?}");
+    assert!(!e.is_retryable());
+    assert!(
+        took < AT_ONCE,
+        "reported at once, not after the pool timeout: {took:?}"
+    );
+    assert_eq!(e.db_code(), Some(code), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("password"), "says what to check: {text}");
+}
+
+#[test]
+fn postgres_wrong_password_is_auth_at_once() {
+    wrong_password_is_auth(&common::postgres_url(), "28P01");
+}
+
+#[test]
+fn mariadb_wrong_password_is_auth_at_once() {
+    wrong_password_is_auth(&common::mysql_url(), "1045");
+}
+
+fn closed_port_is_connect(url: &str) {
+    let mut parsed = url::Url::parse(url).unwrap();
+    parsed.set_port(Some(common::closed_port())).unwrap();
+    let (e, took) = first_statement_error(parsed.as_str());
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e} / {e:?}");
+    assert!(e.is_retryable());
+    assert!(took < AT_ONCE, "reported at once: {took:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("check that the server is running"),
+        "says what to do: {text}"
+    );
+}
+
+#[test]
+fn postgres_closed_port_is_connect() {
+    closed_port_is_connect(&common::postgres_url());
+}
+
+#[test]
+fn mariadb_closed_port_is_connect() {
+    closed_port_is_connect(&common::mysql_url());
+}
+
+#[test]
+fn sqlite_unopenable_file_is_connect() {
+    let dir = common::TempDir::new("dbmanager-cfg");
+    let url = format!(
+        "sqlite:{}",
+        dir.path().join("no-such-folder").join("x.db").display()
+    );
+    let (e, took) = first_statement_error(&url);
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e} / {e:?}");
+    assert!(took < AT_ONCE, "{took:?}");
+    assert!(e.to_string().contains("check"), "says what to do: {e}");
+}
+
+#[test]
+fn postgres_unknown_database_says_so() {
+    let mut parsed = url::Url::parse(&common::postgres_url()).unwrap();
+    parsed.set_path("/dbmanager_no_such_database");
+    let (e, took) = first_statement_error(parsed.as_str());
+    assert!(took < AT_ONCE, "{took:?}");
+    assert_eq!(e.db_code(), Some("3D000"), "{e:?}");
+    assert!(e.to_string().contains("dbmanager_no_such_database"), "{e}");
+}

@@ -1,0 +1,352 @@
+//! No password ever appears in an error (any layer of it), a `Debug` print,
+//! a status report or a log line.
+//!
+//! Every test here collects all of that text and searches it for a known,
+//! distinctive password, and for the real application password of the test
+//! servers (parsed from `DBMANAGER_TEST_*_URL`).
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use dbmanager::{DatabaseConfig, DatabaseManager, Error, ErrorKind};
+
+const SECRET: &str = "S3cr3t-Pw-9137";
+
+// ------------------------------------------------------------ captured logs
+
+#[derive(Clone)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything logged through `tracing` by this test process so far, at
+/// every level, spans included. The subscriber is process-wide (not a
+/// thread-local default) so that it also sees what the pool logs from its
+/// own threads.
+fn logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured(Arc::new(Mutex::new(Vec::new())));
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test process");
+        captured
+    })
+}
+
+fn logged_text() -> String {
+    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
+}
+
+// ------------------------------------------------------- collected outputs
+
+#[derive(Default)]
+struct Seen(String);
+
+impl Seen {
+    fn error(&mut self, what: &str, e: &Error) {
+        self.0
+            .push_str(&format!("--- {what}\n{}", common::error_text(e)));
+    }
+
+    fn manager(&mut self, db: &DatabaseManager) {
+        self.0.push_str(&format!("{db:?}\n{:?}\n", db.config()));
+        self.0
+            .push_str(&format!("{}\n", db.config().redacted_url()));
+        self.0
+            .push_str(&serde_json::to_string(&db.pool_status()).unwrap());
+        self.0.push('\n');
+    }
+
+    fn text(&mut self, t: impl std::fmt::Display) {
+        self.0.push_str(&format!("{t}\n"));
+    }
+
+    /// Asserts none of `secrets` is in anything collected or logged.
+    fn assert_free_of(&self, secrets: &[&str]) {
+        let logged = logged_text();
+        for secret in secrets {
+            assert!(secret.len() >= 8, "a distinctive secret");
+            assert!(
+                !self.0.contains(secret),
+                "a password leaked into an error, Debug or status:\n{}",
+                self.0
+            );
+            assert!(
+                !logged.contains(secret),
+                "a password leaked into the logs:\n{logged}"
+            );
+        }
+    }
+}
+
+fn config(url: &str) -> DatabaseConfig {
+    DatabaseConfig::builder(common::unique_name("secret"))
+        .url(url)
+        .connect_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_secs(20))
+        .build()
+        .expect("a valid configuration")
+}
+
+/// The first statement's error on a manager for `url`, with everything
+/// the manager shows about itself.
+fn failing(seen: &mut Seen, what: &str, url: &str) -> Error {
+    let cfg = config(url);
+    seen.text(format!("{cfg:?}"));
+    let db = DatabaseManager::from_config(cfg).expect("a manager");
+    let e = db
+        .execute_query("SELECT 1 AS one", ())
+        .expect_err("the statement fails");
+    seen.error(what, &e);
+    let e2 = db.connection().expect_err("so does a checkout");
+    seen.error(what, &e2);
+    seen.manager(&db);
+    e
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Postgres,
+    MariaDb,
+}
+
+fn real_url(server: Server) -> String {
+    match server {
+        Server::Postgres => common::postgres_url(),
+        Server::MariaDb => common::mysql_url(),
+    }
+}
+
+/// Bad host, closed port, wrong password and malformed URLs, all carrying
+/// `SECRET`.
+fn known_password_never_appears(server: Server) {
+    logs();
+    let real = real_url(server);
+    let mut seen = Seen::default();
+
+    let mut bad_host = url::Url::parse(&common::with_password(&real, SECRET)).unwrap();
+    bad_host
+        .set_host(Some("dbmanager-no-such-host.invalid"))
+        .unwrap();
+    let e = failing(&mut seen, "bad host", bad_host.as_str());
+    assert!(
+        matches!(e.kind(), ErrorKind::Connect | ErrorKind::ConnectTimeout),
+        "{e}"
+    );
+
+    let mut closed = url::Url::parse(&common::with_password(&real, SECRET)).unwrap();
+    closed.set_port(Some(common::closed_port())).unwrap();
+    let e = failing(&mut seen, "closed port", closed.as_str());
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+
+    // The real user with a wrong password, against the real server.
+    let e = failing(
+        &mut seen,
+        "wrong password",
+        &common::with_password(&real, SECRET),
+    );
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+
+    // Malformed URLs with the password in them: refused by the builder,
+    // by from_lookup, or by the backend when the manager is made.
+    let scheme = if server == Server::Postgres {
+        "postgresql"
+    } else {
+        "mysql"
+    };
+    let malformed = [
+        format!("{scheme}://app:{SECRET}@127.0.0.1:notaport/appdb"),
+        format!("{scheme}://app:{SECRET}@/appdb"),
+        format!("{scheme}://app:{SECRET}@[::1/appdb"),
+        format!("{scheme}:app:{SECRET}@127.0.0.1/appdb"),
+        format!("{scheme}:app:{SECRET}@127.0.0.1/appdb?ssl=true"),
+        format!("{scheme}:/app:{SECRET}@127.0.0.1/appdb"),
+        format!("oracle://app:{SECRET}@127.0.0.1/appdb"),
+    ];
+    for url in &malformed {
+        let builder = DatabaseConfig::builder("malformed").url(url);
+        seen.text(format!("{builder:?}"));
+        let e = builder.build().expect_err("a malformed URL");
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        seen.error("malformed URL (builder)", &e);
+        let e = DatabaseConfig::from_lookup("malformed", |k| {
+            (k == "DEVELOPMENT_GLOBAL_MALFORMED_CONNECTION_STRING").then(|| url.clone())
+        })
+        .expect_err("a malformed URL");
+        seen.error("malformed URL (from_lookup)", &e);
+    }
+    // Accepted as URLs, refused by the backend's own parser.
+    let refused = match server {
+        Server::Postgres => format!("postgresql://app:{SECRET}@127.0.0.1:5432/appdb?sslmode=bogus"),
+        Server::MariaDb => format!("mysql://app:{SECRET}@127.0.0.1:3306/appdb?bogus_option=1"),
+    };
+    let cfg = config(&refused);
+    seen.text(format!("{cfg:?}"));
+    let e = DatabaseManager::from_config(cfg).expect_err("refused by the backend");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    seen.error("refused by the backend", &e);
+
+    // The password as a query parameter of the URL.
+    if server == Server::Postgres {
+        let port = common::closed_port();
+        failing(
+            &mut seen,
+            "password in the query",
+            &format!("postgresql://app@127.0.0.1:{port}/appdb?password={SECRET}"),
+        );
+    }
+
+    assert!(
+        seen.0.contains("***"),
+        "the redacted URL is shown: {}",
+        seen.0
+    );
+    seen.assert_free_of(&[SECRET]);
+}
+
+/// Working configuration: errors, pool timeouts, Debug of every handle,
+/// status and logs never show the real password (nor parameter values in
+/// the logs).
+fn real_password_never_appears(server: Server) -> dbmanager::Result<()> {
+    logs();
+    let real = real_url(server);
+    let app_password = common::password_of(&real).expect("the test URL has a password");
+    let mut seen = Seen::default();
+
+    let db = common::manager_with(&common::unique_name("secret"), &real, |b| {
+        b.pool_size(1)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_millis(300))
+    })?;
+    seen.manager(&db);
+
+    let table = common::unique_name("t");
+    db.execute_batch(&format!(
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v VARCHAR(40))"
+    ))?;
+    let param = "ParamValue-5521-visible";
+    db.execute(
+        &format!("INSERT INTO {table} (id, v) VALUES (?, ?)"),
+        (1, param),
+    )?;
+    let rows = db.execute_query(
+        &format!("SELECT v FROM {table} WHERE v = :v"),
+        dbmanager::params! { "v" => param },
+    )?;
+    assert_eq!(rows.len(), 1);
+
+    let e = db.execute_query("SELEC 1", ()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Syntax);
+    seen.error("bad SQL", &e);
+    let e = db
+        .execute(
+            &format!("INSERT INTO {table} (id, v) VALUES (?, ?)"),
+            (1, "dup"),
+        )
+        .unwrap_err();
+    assert!(e.is_unique_violation(), "{e}");
+    seen.error("unique violation", &e);
+    let e = db.execute_query("SELECT ? AS a", ()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Parameter);
+    seen.error("parameter", &e);
+
+    {
+        let mut held = db.connection()?;
+        seen.text(format!("{held:?}"));
+        let e = db.connection().expect_err("the pool of one is exhausted");
+        assert!(e.is_pool_exhausted(), "{e}");
+        seen.error("pool timeout", &e);
+        seen.manager(&db);
+        let tx = held.begin()?;
+        seen.text(format!("{tx:?}"));
+    }
+    let tx = db.begin()?;
+    seen.text(format!("{tx:?}"));
+    drop(tx);
+    seen.manager(&db);
+    db.execute_batch(&format!("DROP TABLE {table}"))?;
+    db.close();
+    let e = db.execute_query("SELECT 1", ()).unwrap_err();
+    seen.error("closed", &e);
+    seen.manager(&db);
+
+    assert!(
+        logged_text().contains("dbmanager.statement"),
+        "statements are traced"
+    );
+    seen.assert_free_of(&[&app_password]);
+    let logged = logged_text();
+    assert!(
+        !logged.contains(param),
+        "parameter values are not logged:\n{logged}"
+    );
+    Ok(())
+}
+
+#[test]
+fn postgres_known_password_never_appears() {
+    known_password_never_appears(Server::Postgres);
+}
+
+#[test]
+fn mariadb_known_password_never_appears() {
+    known_password_never_appears(Server::MariaDb);
+}
+
+#[test]
+fn postgres_real_password_never_appears() -> dbmanager::Result<()> {
+    real_password_never_appears(Server::Postgres)
+}
+
+#[test]
+fn mariadb_real_password_never_appears() -> dbmanager::Result<()> {
+    real_password_never_appears(Server::MariaDb)
+}
+
+#[test]
+fn configs_from_the_environment_form_never_show_the_password() {
+    logs();
+    let mut seen = Seen::default();
+    for url in [
+        format!("postgresql://app:{SECRET}@db.example:5432/appdb?sslmode=require"),
+        format!("postgres://app:{SECRET}@db.example/appdb"),
+        format!("mariadb://app:{SECRET}@db.example:3306/appdb"),
+        format!("mssql://app:{SECRET}@db.example:1433/hub"),
+        format!("Server=db.example,1433;Database=hub;User Id=app;Password={SECRET};Encrypt=true"),
+        format!("Server=db.example;Database=hub;User Id=app;PWD={SECRET}"),
+    ] {
+        let cfg = DatabaseConfig::from_lookup("envform", |k| {
+            (k == "DEVELOPMENT_GLOBAL_ENVFORM_CONNECTION_STRING").then(|| url.clone())
+        })
+        .expect("a valid configuration");
+        seen.text(format!("{cfg:?}\n{}", cfg.redacted_url()));
+        // A bad setting next to the URL.
+        let e = DatabaseConfig::from_lookup("envform", |k| match k {
+            "DEVELOPMENT_GLOBAL_ENVFORM_CONNECTION_STRING" => Some(url.clone()),
+            "DEVELOPMENT_GLOBAL_ENVFORM_POOL_SIZE" => Some("lots".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        seen.error("bad pool size", &e);
+    }
+    assert_eq!(seen.0.matches("***").count(), 12, "{}", seen.0);
+    seen.assert_free_of(&[SECRET]);
+}

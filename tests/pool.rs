@@ -1,0 +1,327 @@
+//! Pool behaviour on real servers: many threads on a small pool, exhaustion,
+//! sharing by name, closing, and calls from inside an async runtime.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use dbmanager::{DatabaseManager, ErrorKind, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    MySql,
+    SqliteFile,
+}
+
+/// A manager with its own pool; keeps the SQLite file's temp dir alive.
+fn open(
+    backend: Backend,
+    settings: impl FnOnce(dbmanager::DatabaseConfigBuilder) -> dbmanager::DatabaseConfigBuilder,
+) -> Result<(DatabaseManager, Option<common::TempDir>)> {
+    let name = common::unique_name("pool");
+    Ok(match backend {
+        Backend::Postgres => (
+            common::manager_with(&name, &common::postgres_url(), settings)?,
+            None,
+        ),
+        Backend::MySql => (
+            common::manager_with(&name, &common::mysql_url(), settings)?,
+            None,
+        ),
+        Backend::SqliteFile => {
+            let dir = common::TempDir::new("dbmanager-pool");
+            let db = common::manager_with(&name, &dir.sqlite_url("pool.db"), settings)?;
+            (db, Some(dir))
+        }
+    })
+}
+
+const THREADS: usize = 32;
+const ROUNDS: i64 = 20;
+
+fn many_threads_share_a_small_pool(b: Backend) -> Result<()> {
+    let (db, _dir) = open(b, |c| {
+        c.pool_size(4)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_secs(60))
+    })?;
+    let table = common::unique_name("t");
+    db.execute_batch(&format!(
+        "CREATE TABLE {table} (thread INTEGER NOT NULL, round INTEGER NOT NULL, PRIMARY KEY (thread, round))"
+    ))?;
+
+    let start = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS as i64)
+        .map(|thread| {
+            let db = db.clone();
+            let start = Arc::clone(&start);
+            let table = table.clone();
+            std::thread::spawn(move || -> Result<i64> {
+                start.wait();
+                let mut sum = 0;
+                for round in 0..ROUNDS {
+                    let row = db.query_one("SELECT ? AS n", (thread * 1000 + round,))?;
+                    sum += row.get::<i64>("n")?;
+                    if round % 4 == 0 {
+                        db.transaction(|tx| {
+                            tx.execute(
+                                &format!("INSERT INTO {table} (thread, round) VALUES (?, ?)"),
+                                (thread, round),
+                            )
+                        })?;
+                    } else {
+                        db.execute(
+                            &format!("INSERT INTO {table} (thread, round) VALUES (:t, :r)"),
+                            dbmanager::params! { "t" => thread, "r" => round },
+                        )?;
+                    }
+                    let s = db.pool_status();
+                    assert!(s.connections <= 4, "never more than the pool: {s:?}");
+                }
+                Ok(sum)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().expect("no thread panicked")?;
+    }
+    let want: i64 = (0..THREADS as i64)
+        .map(|t| (0..ROUNDS).map(|r| t * 1000 + r).sum::<i64>())
+        .sum();
+    assert_eq!(total, want);
+    let n: i64 = db
+        .query_one(&format!("SELECT COUNT(*) AS n FROM {table}"), ())?
+        .get("n")?;
+    assert_eq!(n, THREADS as i64 * ROUNDS);
+
+    let s = db.pool_status();
+    assert_eq!(s.checked_out, 0, "all idle afterwards: {s:?}");
+    assert!(s.connections >= 1 && s.connections <= 4, "{s:?}");
+    assert_eq!(s.checked_in, s.connections, "{s:?}");
+    assert_eq!(s.timeouts, 0, "{s:?}");
+    assert_eq!(s.waiting, 0, "{s:?}");
+    assert_eq!((s.pool_size, s.max_overflow, s.max_size), (4, 0, 4));
+    db.execute_batch(&format!("DROP TABLE {table}"))?;
+    Ok(())
+}
+
+fn exhaustion_is_a_pool_timeout(b: Backend) -> Result<()> {
+    let (db, _dir) = open(b, |c| {
+        c.pool_size(2)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_millis(300))
+    })?;
+    let first = db.connection()?;
+    let second = db.connection()?;
+    assert_eq!(db.pool_status().checked_out, 2);
+
+    let started = Instant::now();
+    let e = db.connection().expect_err("the pool is exhausted");
+    let waited = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::PoolTimeout, "{e}");
+    assert!(e.is_pool_exhausted() && e.is_timeout() && e.is_retryable());
+    assert!(waited < Duration::from_secs(5), "returned in {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "waited for the timeout: {waited:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("POOL_SIZE"), "says what to do: {text}");
+    assert_eq!(e.database(), Some(db.name()));
+
+    // A statement on the manager waits for a connection the same way.
+    let started = Instant::now();
+    let e = db.execute_query("SELECT 1 AS one", ()).unwrap_err();
+    assert!(e.is_pool_exhausted(), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let s = db.pool_status();
+    assert_eq!(
+        (s.checked_out, s.connections, s.waiting),
+        (2, 2, 0),
+        "{s:?}"
+    );
+    assert!(s.timeouts >= 2, "{s:?}");
+
+    // Returning one makes the next checkout succeed.
+    drop(first);
+    let mut third = db.connection()?;
+    assert_eq!(
+        third.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?,
+        1
+    );
+    drop((second, third));
+    assert_eq!(db.pool_status().checked_out, 0);
+    Ok(())
+}
+
+fn close_is_idempotent(b: Backend) -> Result<()> {
+    let (db, _dir) = open(b, |c| c)?;
+    let clone = db.clone();
+    db.query_one("SELECT 1 AS one", ())?;
+    assert!(!db.is_closed());
+    assert!(db.close(), "the first close closes");
+    assert!(!db.close(), "the second close is a no-op");
+    assert!(!clone.close());
+    assert!(db.is_closed() && clone.is_closed());
+
+    for e in [
+        db.execute_query("SELECT 1 AS one", ()).unwrap_err(),
+        clone.execute("SELECT 1 AS one", ()).unwrap_err(),
+        db.execute_batch("SELECT 1").unwrap_err(),
+        db.connection().unwrap_err(),
+        db.begin().unwrap_err(),
+        db.transaction(|_| Ok::<_, dbmanager::Error>(()))
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+        assert!(
+            e.to_string().contains("DatabaseManager::new"),
+            "says what to do: {e}"
+        );
+    }
+    let s = db.pool_status();
+    assert_eq!((s.connections, s.checked_out), (0, 0), "{s:?}");
+    Ok(())
+}
+
+macro_rules! per_backend {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[test]
+            fn $test() -> dbmanager::Result<()> {
+                super::$test(super::Backend::Postgres)
+            })*
+        }
+        mod mariadb {
+            $(#[test]
+            fn $test() -> dbmanager::Result<()> {
+                super::$test(super::Backend::MySql)
+            })*
+        }
+        mod sqlite_file {
+            $(#[test]
+            fn $test() -> dbmanager::Result<()> {
+                super::$test(super::Backend::SqliteFile)
+            })*
+        }
+    };
+}
+
+per_backend!(
+    many_threads_share_a_small_pool,
+    exhaustion_is_a_pool_timeout,
+    close_is_idempotent,
+);
+
+/// `DatabaseManager::new` with the same name (however it is spelt) returns
+/// the same pool; another name gets another pool.
+#[test]
+fn new_shares_one_pool_per_name() -> Result<()> {
+    let dir = common::TempDir::new("dbmanager-share");
+    let stem = common::unique_name("POOLSHARE").to_uppercase();
+    let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".into());
+    let prefix = dbmanager::env_prefix(&environment);
+    // Only this test sets variables, each with a name no other test uses.
+    std::env::set_var(
+        format!("{prefix}{stem}_CONNECTION_STRING"),
+        dir.sqlite_url("shared.db"),
+    );
+    std::env::set_var(
+        format!("{prefix}{stem}_OTHER_CONNECTION_STRING"),
+        dir.sqlite_url("other.db"),
+    );
+
+    let name = stem.to_lowercase();
+    let a = DatabaseManager::new(&name)?;
+    let b = DatabaseManager::new(&name)?;
+    assert!(a.same_pool(&b));
+    let spelt_differently = DatabaseManager::new(&name.replace('_', "-").to_uppercase())?;
+    assert!(a.same_pool(&spelt_differently));
+    let other = DatabaseManager::new(&format!("{name}_other"))?;
+    assert!(!a.same_pool(&other));
+
+    a.execute_batch("CREATE TABLE shared (x INTEGER)")?;
+    b.execute("INSERT INTO shared (x) VALUES (?)", (7,))?;
+    let x: i64 = a.query_one("SELECT x FROM shared", ())?.get("x")?;
+    assert_eq!(x, 7);
+    assert_eq!(
+        a.pool_status().connections_created,
+        b.pool_status().connections_created
+    );
+
+    // Closed, the name is free again: new() opens a fresh pool.
+    assert!(a.close());
+    assert!(b.is_closed());
+    let c = DatabaseManager::new(&name)?;
+    assert!(!c.same_pool(&a));
+    assert!(!c.is_closed());
+    assert_eq!(c.query_one("SELECT x FROM shared", ())?.get::<i64>("x")?, 7);
+    c.close();
+    other.close();
+    Ok(())
+}
+
+/// The PostgreSQL client cannot block inside an async runtime: the call
+/// returns `AsyncContext` instead of panicking, and dropping a manager
+/// there does not panic either.
+#[test]
+fn postgres_inside_a_tokio_runtime_is_an_error_not_a_panic() -> Result<()> {
+    let db = common::manager(&common::unique_name("async"), &common::postgres_url())?;
+    db.query_one("SELECT 1 AS one", ())?; // one idle connection in the pool
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let kinds = [
+                db.execute_query("SELECT 1 AS one", ()).map(drop),
+                db.execute("SELECT 1", ()).map(drop),
+                db.connection().map(drop),
+                db.begin().map(drop),
+                db.transaction(|_| Ok::<_, dbmanager::Error>(())),
+            ]
+            .map(|r| r.map_err(|e| (e.kind(), e.to_string())));
+            let fresh = common::manager(&common::unique_name("async"), &common::postgres_url())
+                .and_then(|m| m.execute_query("SELECT 1", ()))
+                .map(drop)
+                .map_err(|e| (e.kind(), e.to_string()));
+            (kinds, fresh)
+        })
+    }));
+    let (kinds, fresh) = outcome.expect("no panic inside the runtime");
+    for r in kinds.into_iter().chain([fresh]) {
+        let (kind, text) = r.expect_err("refused inside the runtime");
+        assert_eq!(kind, ErrorKind::AsyncContext, "{text}");
+        assert!(text.contains("spawn_blocking"), "says what to do: {text}");
+    }
+
+    // Outside the runtime the same manager works, and its pool is intact.
+    assert_eq!(db.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?, 1);
+    assert_eq!(db.pool_status().checked_out, 0);
+
+    // Dropping the last handle (and its open connection) inside the runtime.
+    let dropped = catch_unwind(AssertUnwindSafe(|| rt.block_on(async move { drop(db) })));
+    assert!(
+        dropped.is_ok(),
+        "dropping inside the runtime does not panic"
+    );
+    Ok(())
+}
+
+/// SQLite has no such restriction: it works inside a runtime.
+#[test]
+fn sqlite_works_inside_a_tokio_runtime() -> Result<()> {
+    let db = common::manager(&common::unique_name("async"), "sqlite::memory:")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    let one: i64 = rt.block_on(async { db.query_one("SELECT 1 AS one", ())?.get("one") })?;
+    assert_eq!(one, 1);
+    Ok(())
+}
