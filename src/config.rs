@@ -227,6 +227,10 @@ pub struct DatabaseConfig {
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) validate_after_idle: Duration,
     pub(crate) leak_threshold: Option<Duration>,
+    pub(crate) slow_query_threshold: Option<Duration>,
+    pub(crate) health_timeout: Duration,
+    pub(crate) degraded_after: Duration,
+    pub(crate) metrics: bool,
     pub(crate) read_only: bool,
     /// `DEVELOPMENT_GLOBAL_RPA_DB_` when read from the environment, for messages.
     pub(crate) var_stem: Option<String>,
@@ -247,6 +251,10 @@ impl fmt::Debug for DatabaseConfig {
             .field("max_lifetime", &self.max_lifetime)
             .field("validate_after_idle", &self.validate_after_idle)
             .field("leak_threshold", &self.leak_threshold)
+            .field("slow_query_threshold", &self.slow_query_threshold)
+            .field("health_timeout", &self.health_timeout)
+            .field("degraded_after", &self.degraded_after)
+            .field("metrics", &self.metrics)
             .field("read_only", &self.read_only)
             .finish()
     }
@@ -269,6 +277,10 @@ mod var {
     pub const MAX_LIFETIME: &str = "MAX_LIFETIME";
     pub const READ_ONLY: &str = "READ_ONLY";
     pub const LEAK_THRESHOLD: &str = "LEAK_THRESHOLD";
+    pub const SLOW_QUERY_THRESHOLD: &str = "SLOW_QUERY_THRESHOLD";
+    pub const HEALTH_TIMEOUT: &str = "HEALTH_TIMEOUT";
+    pub const DEGRADED_THRESHOLD: &str = "DEGRADED_THRESHOLD";
+    pub const METRICS: &str = "METRICS";
     pub const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
     pub const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
 }
@@ -383,6 +395,26 @@ impl DatabaseConfig {
     /// reported as a suspected leak (`None`: never reported).
     pub fn leak_threshold(&self) -> Option<Duration> {
         self.leak_threshold
+    }
+
+    /// Statements slower than this are logged and counted as slow (`None`: never).
+    pub fn slow_query_threshold(&self) -> Option<Duration> {
+        self.slow_query_threshold
+    }
+
+    /// The whole health check's time limit.
+    pub fn health_timeout(&self) -> Duration {
+        self.health_timeout
+    }
+
+    /// A health check slower than this reports `degraded`.
+    pub fn degraded_after(&self) -> Duration {
+        self.degraded_after
+    }
+
+    /// Whether Prometheus metrics are recorded for this database.
+    pub fn metrics(&self) -> bool {
+        self.metrics
     }
 
     /// Whether writes and migrations are refused.
@@ -528,6 +560,19 @@ fn from_sources(
         let secs = parse_secs(&var(var::LEAK_THRESHOLD), &v)?;
         b = b.leak_threshold((!secs.is_zero()).then_some(secs));
     }
+    if let Some(v) = get(&var(var::SLOW_QUERY_THRESHOLD)) {
+        let secs = parse_secs(&var(var::SLOW_QUERY_THRESHOLD), &v)?;
+        b = b.slow_query_threshold((!secs.is_zero()).then_some(secs));
+    }
+    if let Some(v) = get(&var(var::HEALTH_TIMEOUT)) {
+        b = b.health_timeout(parse_secs(&var(var::HEALTH_TIMEOUT), &v)?);
+    }
+    if let Some(v) = get(&var(var::DEGRADED_THRESHOLD)) {
+        b = b.degraded_after(parse_secs(&var(var::DEGRADED_THRESHOLD), &v)?);
+    }
+    if let Some(v) = get(&var(var::METRICS)) {
+        b = b.metrics(parse_bool(&var(var::METRICS), &v)?);
+    }
     if let Some(v) = get(&var(var::READ_ONLY)) {
         b = b.read_only(parse_bool(&var(var::READ_ONLY), &v)?);
     }
@@ -604,6 +649,10 @@ pub struct DatabaseConfigBuilder {
     max_lifetime: Option<Duration>,
     validate_after_idle: Duration,
     leak_threshold: Option<Duration>,
+    slow_query_threshold: Option<Duration>,
+    health_timeout: Duration,
+    degraded_after: Duration,
+    metrics: bool,
     read_only: bool,
     var_stem: Option<String>,
 }
@@ -635,6 +684,10 @@ impl DatabaseConfigBuilder {
             max_lifetime: Some(Duration::from_secs(1800)),
             validate_after_idle: Duration::from_secs(30),
             leak_threshold: Some(Duration::from_secs(300)),
+            slow_query_threshold: Some(Duration::from_secs(2)),
+            health_timeout: Duration::from_secs(5),
+            degraded_after: Duration::from_secs(1),
+            metrics: true,
             read_only: false,
             var_stem: None,
         }
@@ -722,6 +775,37 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// Statements slower than this are logged once at `warn` (normalised
+    /// SQL, never parameter values) and counted in `db_slow_query_count`;
+    /// `None` turns that off. Default 2 s: well above an OLTP statement,
+    /// well under the 30 s query timeout.
+    pub fn slow_query_threshold(mut self, t: Option<Duration>) -> Self {
+        self.slow_query_threshold = t;
+        self
+    }
+
+    /// The time limit of a whole health check (waiting for a connection and
+    /// `SELECT 1`); past it the database is reported `unhealthy`. Default 5 s:
+    /// a health check must answer well inside a typical probe's timeout.
+    pub fn health_timeout(mut self, t: Duration) -> Self {
+        self.health_timeout = t;
+        self
+    }
+
+    /// A health check that answers but takes longer than this reports
+    /// `degraded`. Default 1 s.
+    pub fn degraded_after(mut self, t: Duration) -> Self {
+        self.degraded_after = t;
+        self
+    }
+
+    /// Record Prometheus metrics for this database. Default `true` (the
+    /// cost is a few atomic operations per statement).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
     /// Refuse writes and migrations. Default `false`.
     pub fn read_only(mut self, on: bool) -> Self {
         self.read_only = on;
@@ -780,6 +864,11 @@ impl DatabaseConfigBuilder {
                 "the acquisition and connect timeouts of `{name}` must be above zero"
             )));
         }
+        if self.health_timeout.is_zero() {
+            return Err(Error::config(format!(
+                "the health-check timeout of `{name}` must be above zero"
+            )));
+        }
         Ok(DatabaseConfig {
             name: Arc::from(name),
             kind: inferred,
@@ -793,6 +882,10 @@ impl DatabaseConfigBuilder {
             max_lifetime: self.max_lifetime,
             validate_after_idle: self.validate_after_idle,
             leak_threshold: self.leak_threshold.filter(|t| !t.is_zero()),
+            slow_query_threshold: self.slow_query_threshold.filter(|t| !t.is_zero()),
+            health_timeout: self.health_timeout,
+            degraded_after: self.degraded_after,
+            metrics: self.metrics,
             read_only: self.read_only,
             var_stem: self.var_stem,
         })

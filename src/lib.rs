@@ -48,7 +48,10 @@
 mod backend;
 mod config;
 mod error;
+mod health;
 mod manager;
+pub mod metrics;
+mod observe;
 mod pipeline;
 mod pool;
 mod sql;
@@ -62,7 +65,11 @@ pub use crate::config::{
 };
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
-pub use crate::status::{ConnectionHolder, PoolStatus};
+pub use crate::metrics::{metrics_text, push_metrics};
+pub use crate::status::{
+    ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan, ScalingLevel,
+    StatementStats,
+};
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 
 #[doc = include_str!("../README.md")]

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{env_stem, BackendKind, DatabaseConfig};
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{DbMetrics, PoolSource};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
-use crate::status::PoolStatus;
+use crate::status::{HealthStatus, MigrationSummary, PoolStatus, QueryPlan, StatementStats};
 use crate::value::{IntoParams, Params, Row};
 
 /// The one door to one database: a pool of connections and everything that
@@ -35,6 +36,12 @@ impl fmt::Debug for DatabaseManager {
             .field("closed", &self.shared.is_closed())
             .finish()
     }
+}
+
+/// Every live manager in the process, for [`DatabaseManager::health_check_all`].
+fn every_manager() -> &'static Mutex<Vec<Weak<Shared>>> {
+    static ALL: OnceLock<Mutex<Vec<Weak<Shared>>>> = OnceLock::new();
+    ALL.get_or_init(Default::default)
 }
 
 fn registry() -> &'static Mutex<HashMap<String, DatabaseManager>> {
@@ -230,9 +237,13 @@ impl DatabaseManager {
     /// backend was compiled out; [`Config`](crate::ErrorKind::Config) when
     /// the backend's driver rejects the connection string.
     pub fn from_config(config: DatabaseConfig) -> Result<DatabaseManager> {
-        Ok(DatabaseManager {
-            shared: Arc::new(Shared::new(config)?),
-        })
+        let shared = Arc::new(Shared::new(config)?);
+        let weak: Weak<dyn PoolSource> = Arc::downgrade(&shared) as Weak<Shared>;
+        DbMetrics::watch(weak);
+        let mut all = every_manager().lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&shared));
+        Ok(DatabaseManager { shared })
     }
 
     /// The logical database name.
@@ -369,6 +380,52 @@ impl DatabaseManager {
     /// A snapshot of the pool (seed 002's `get_pool_status`).
     pub fn pool_status(&self) -> PoolStatus {
         self.shared.pool_status()
+    }
+
+    /// Checks the database (seed 002's `health_check`): a connection and
+    /// `SELECT 1` within the health-check timeout (5 s by default, see
+    /// [`DatabaseConfigBuilder::health_timeout`](crate::DatabaseConfigBuilder::health_timeout)),
+    /// whatever the server does; never hangs, never fails: problems are in
+    /// the report. [`HealthStatus`] documents when it says `degraded`.
+    pub fn health_check(&self) -> HealthStatus {
+        crate::health::check(&self.shared, MigrationSummary::default())
+    }
+
+    /// [`health_check`](Self::health_check) of every live manager in the
+    /// process, run side by side (so the whole call takes about one health
+    /// timeout at most), in the order the managers were made.
+    pub fn health_check_all() -> Vec<HealthStatus> {
+        let all: Vec<DatabaseManager> = every_manager()
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| !s.is_closed())
+            .map(|shared| DatabaseManager { shared })
+            .collect();
+        std::thread::scope(|s| {
+            let checks: Vec<_> = all.iter().map(|db| s.spawn(|| db.health_check())).collect();
+            checks.into_iter().filter_map(|c| c.join().ok()).collect()
+        })
+    }
+
+    /// Time statistics of the `top` statements by total time since the
+    /// manager started (SQL normalised: literals replaced by `?`), for
+    /// finding what to optimise. Empty when metrics are off.
+    pub fn statement_stats(&self, top: usize) -> Vec<StatementStats> {
+        self.shared.stats.top(self.shared.dialect, top)
+    }
+
+    /// The backend's plan for `sql` (PostgreSQL `EXPLAIN (FORMAT JSON)`,
+    /// MariaDB/MySQL `EXPLAIN FORMAT=JSON`, SQLite `EXPLAIN QUERY PLAN`),
+    /// without running the statement.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute_query`](Self::execute_query);
+    /// [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) for SQL Server.
+    #[track_caller]
+    pub fn explain(&self, sql: &str, params: impl IntoParams) -> Result<QueryPlan> {
+        crate::health::explain(&self.shared, sql, params.into_params())
     }
 
     /// Closes the manager: its pool is dropped (idle connections close now,

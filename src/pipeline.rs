@@ -8,7 +8,9 @@
 //! 4. the statement's limit: the server's own limit set a little above it
 //!    (second line of defence), the deadline registered with the watchdog
 //! 5. run on the backend
-//! 6. deregister; record duration, rows and outcome in tracing
+//! 6. deregister; record duration, rows and outcome in metrics, the
+//!    timeout-rate window, statement statistics and tracing; log slow
+//!    statements (normalised SQL, never values)
 //! 7. errors classified by the backend, a fired deadline made a
 //!    `QueryTimeout`, named with the database here
 //! 8. the connection goes back to the pool; one that failed at the
@@ -25,9 +27,11 @@ use parking_lot::{Mutex, RwLock};
 use crate::backend::{self, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{DbMetrics, PoolSnapshot, PoolSource, OPERATIONS};
+use crate::observe::{StatTable, TimeoutWindow, SQL_IN_LOGS};
 use crate::pool::{Pool, Pooled};
 use crate::sql::{self, Binds, Dialect, Translated};
-use crate::status::PoolStatus;
+use crate::status::{PoolStatus, ScalingLevel};
 use crate::value::{Params, Row, Value};
 use crate::watchdog::{Fired, Watchdog};
 
@@ -64,15 +68,9 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The `operation` label: [`OPERATIONS`] follows this enum's order.
     fn name(self) -> &'static str {
-        match self {
-            Op::Query => "query",
-            Op::Execute => "execute",
-            Op::Batch => "batch",
-            Op::Begin => "begin",
-            Op::Commit => "commit",
-            Op::Rollback => "rollback",
-        }
+        OPERATIONS[self as usize]
     }
 }
 
@@ -87,9 +85,12 @@ pub(crate) enum Outcome {
 pub(crate) struct Shared {
     pub(crate) config: DatabaseConfig,
     pool: RwLock<Option<Arc<Pool>>>,
-    dialect: Dialect,
+    pub(crate) dialect: Dialect,
     refuses_async: bool,
     translations: Mutex<HashMap<Box<str>, Arc<Translated>>>,
+    pub(crate) metrics: Arc<DbMetrics>,
+    pub(crate) window: TimeoutWindow,
+    pub(crate) stats: StatTable,
 }
 
 impl Shared {
@@ -98,13 +99,17 @@ impl Shared {
             backend::connector(&config).map_err(|e| e.on_database(&config.name))?;
         let dialect = connector.dialect();
         let refuses_async = connector.refuses_async_context();
-        let pool = Pool::new(&config, connector);
+        let metrics = Arc::new(DbMetrics::new(&config.name, config.metrics));
+        let pool = Pool::new(&config, connector, Arc::clone(&metrics));
         Ok(Shared {
             config,
             pool: RwLock::new(Some(Arc::new(pool))),
             dialect,
             refuses_async,
             translations: Mutex::new(HashMap::new()),
+            metrics,
+            window: TimeoutWindow::new(),
+            stats: StatTable::new(),
         })
     }
 
@@ -137,11 +142,99 @@ impl Shared {
     /// recorded as its holder.
     #[track_caller]
     pub(crate) fn checkout(&self) -> Result<Pooled> {
-        let site = Location::caller();
+        self.checkout_within(None, Location::caller())
+    }
+
+    /// Checks a connection out within `timeout` (the acquisition timeout
+    /// when `None`), recording the wait in metrics.
+    pub(crate) fn checkout_within(
+        &self,
+        timeout: Option<Duration>,
+        site: &'static Location<'static>,
+    ) -> Result<Pooled> {
         self.check_context()?;
-        self.pool()?
-            .get(None, site)
-            .map_err(|e| e.on_database(self.name()))
+        let start = Instant::now();
+        let got = self.pool()?.get(timeout, site);
+        self.metrics.acquired(start.elapsed());
+        match got {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                if e.kind() == ErrorKind::PoolTimeout {
+                    self.metrics.pool_timeout();
+                    self.scaling(Instant::now(), true);
+                } else {
+                    self.metrics.failure(e.kind());
+                }
+                Err(e.on_database(self.name()))
+            }
+        }
+    }
+
+    /// Counts a statement or checkout in the timeout-rate window; logs a
+    /// change of scaling level.
+    fn scaling(&self, at: Instant, timed_out: bool) {
+        if let Some(level) = self.window.record(at, timed_out) {
+            self.log_level(level, at);
+        }
+    }
+
+    /// The scaling level now (logged when it changed).
+    pub(crate) fn scaling_level(&self, now: Instant) -> ScalingLevel {
+        let (level, changed) = self.window.level(now);
+        if changed {
+            self.log_level(level, now);
+        }
+        level
+    }
+
+    #[cold]
+    fn log_level(&self, level: ScalingLevel, at: Instant) {
+        tracing::warn!(
+            database = %self.config.name,
+            timeout_rate = self.window.rate(at),
+            level = ?level,
+            "scaling signal changed: {}",
+            level.advice()
+        );
+    }
+
+    /// Everything learnt from one finished statement.
+    fn observe(
+        &self,
+        op: Op,
+        native: &str,
+        started: Instant,
+        elapsed: Duration,
+        failure: Option<ErrorKind>,
+        fired: bool,
+    ) {
+        self.metrics
+            .statement(op as usize, elapsed, matches!(op, Op::Query | Op::Execute));
+        if let Some(kind) = failure {
+            self.metrics.failure(kind);
+        }
+        if fired {
+            self.metrics.cancelled();
+        }
+        self.scaling(started, failure == Some(ErrorKind::QueryTimeout));
+        if matches!(op, Op::Query | Op::Execute | Op::Batch) {
+            if self.config.metrics {
+                self.stats.record(native, elapsed, failure.is_some());
+            }
+            if self
+                .config
+                .slow_query_threshold
+                .is_some_and(|t| elapsed >= t)
+            {
+                self.metrics.slow();
+                tracing::warn!(
+                    database = %self.config.name,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    sql = %sql::normalise(native, self.dialect, SQL_IN_LOGS),
+                    "slow statement"
+                );
+            }
+        }
     }
 
     /// The variable that sets this database's query timeout, for messages.
@@ -276,6 +369,27 @@ impl Shared {
             );
         }
 
+        match (op, &result) {
+            (Op::Begin, Ok(_)) => {
+                conn.tx_started = Some(start);
+                self.metrics.transaction_started();
+            }
+            (Op::Commit | Op::Rollback, _) => {
+                if let Some(began) = conn.tx_started.take() {
+                    let committed = op == Op::Commit && result.is_ok();
+                    self.metrics.transaction_ended(committed, began.elapsed());
+                }
+            }
+            _ => {}
+        }
+        self.observe(
+            op,
+            native,
+            start,
+            elapsed,
+            result.as_ref().err().map(Error::kind),
+            fired != Fired::No,
+        );
         match &result {
             Ok(outcome) => {
                 let rows = match outcome {
@@ -323,6 +437,11 @@ impl Shared {
         }
         cache.insert(sql.into(), Arc::clone(&t));
         Ok(Some(t))
+    }
+
+    /// The statement texts cached for translation.
+    pub(crate) fn translation_cache_len(&self) -> usize {
+        self.translations.lock().len()
     }
 
     pub(crate) fn pool_status(&self) -> PoolStatus {
@@ -458,5 +577,27 @@ mod tests {
         assert!(e.to_string().contains("`c` is not used"), "{e}");
         assert!(bind(&Binds::Native, Params::Named(vec![("a".into(), v(1))])).is_err());
         assert!(bind(&names, Params::Positional(vec![v(1)])).is_err());
+    }
+}
+
+impl PoolSource for Shared {
+    fn snapshot(&self) -> Option<PoolSnapshot> {
+        if self.is_closed() {
+            return None;
+        }
+        let p = self.pool_status();
+        let now = Instant::now();
+        let level = self.scaling_level(now);
+        Some(PoolSnapshot {
+            database: Arc::clone(&self.config.name),
+            pool_size: p.pool_size,
+            max_size: p.max_size,
+            usage: p.checked_out,
+            idle: p.checked_in,
+            waiting: p.waiting,
+            statement_cache: self.translation_cache_len(),
+            timeout_rate: self.window.rate(now),
+            scaling_level: level as u8,
+        })
     }
 }

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use crate::backend::{Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::DbMetrics;
 use crate::status::{ConnectionHolder, PoolStatus};
 use crate::watchdog::{Canceller, Fired, Sweep, Watchdog};
 
@@ -45,6 +46,8 @@ pub(crate) struct Conn {
     /// The server-side statement limit last set on the session; `None` when
     /// unknown (after a rollback, which may have undone it).
     pub(crate) server_timeout: Option<Option<Duration>>,
+    /// When the open transaction began, if one is open.
+    pub(crate) tx_started: Option<Instant>,
     holder: Arc<Mutex<Holder>>,
 }
 
@@ -79,12 +82,22 @@ impl Holder {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(started) = self.tx_started.take() {
+            // Lost inside a transaction: the server rolls it back.
+            self.counters
+                .metrics
+                .transaction_ended(false, started.elapsed());
+        }
+        self.counters
+            .metrics
+            .connection_closed(self.broken || self.backend.is_closed());
     }
 }
 
 /// Counters the pool keeps beside r2d2's state.
-#[derive(Default)]
 pub(crate) struct Counters {
+    /// The database's metric handles.
+    pub(crate) metrics: Arc<DbMetrics>,
     /// Connections open now (r2d2 counts pending ones too).
     open: AtomicU32,
     pub(crate) waiting: AtomicU32,
@@ -114,6 +127,7 @@ impl r2d2::ManageConnection for Manager {
         let backend = self.connector.connect().map_err(advise)?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.counters.open.fetch_add(1, Ordering::Relaxed);
+        self.counters.metrics.connection_created();
         let holder = Arc::new(Mutex::new(Holder::default()));
         {
             let mut all = self.counters.holders.lock();
@@ -128,6 +142,7 @@ impl r2d2::ManageConnection for Manager {
             counters: Arc::clone(&self.counters),
             // A new session has no statement limit.
             server_timeout: Some(None),
+            tx_started: None,
             holder,
         })
     }
@@ -247,9 +262,23 @@ impl Sweep for LeakWatch {
 }
 
 impl Pool {
-    pub(crate) fn new(config: &DatabaseConfig, connector: Box<dyn Connector>) -> Pool {
+    pub(crate) fn new(
+        config: &DatabaseConfig,
+        connector: Box<dyn Connector>,
+        metrics: Arc<DbMetrics>,
+    ) -> Pool {
         let connector: Arc<dyn Connector> = Arc::from(connector);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            metrics,
+            open: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            timeouts: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+            leaks: AtomicU64::new(0),
+            holders: Mutex::new(Vec::new()),
+            last_connect_error: Mutex::new(None),
+        });
         let manager = Manager {
             connector: Arc::clone(&connector),
             counters: Arc::clone(&counters),

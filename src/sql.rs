@@ -23,6 +23,21 @@ pub(crate) enum Dialect {
     MsSql,
 }
 
+impl Dialect {
+    /// What to put before a statement to have the backend explain its plan
+    /// (`None`: not available here).
+    pub(crate) fn explain_prefix(self) -> Option<&'static str> {
+        match self {
+            Dialect::Postgres => Some("EXPLAIN (FORMAT JSON) "),
+            Dialect::MySql => Some("EXPLAIN FORMAT=JSON "),
+            Dialect::Sqlite => Some("EXPLAIN QUERY PLAN "),
+            // SHOWPLAN needs a session switch (SET SHOWPLAN_XML ON) that this
+            // release does not make.
+            Dialect::MsSql => None,
+        }
+    }
+}
+
 /// A statement in the backend's native form, with how user values map onto its placeholders.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Translated {
@@ -218,6 +233,99 @@ fn run_end(b: &[u8], start: usize, pred: fn(u8) -> bool) -> usize {
         .iter()
         .position(|&c| !pred(c))
         .map_or(b.len(), |p| start + p)
+}
+
+/// The statement's shape for logs and statistics: comments dropped,
+/// whitespace collapsed, string, number and dollar-quoted literals replaced
+/// by `?` (so no value written into the SQL reaches a log), at most `max`
+/// bytes (cut at a character boundary, with `…`).
+pub(crate) fn normalise(sql: &str, dialect: Dialect, max: usize) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len().min(max) + 4);
+    let mut i = 0;
+    let mut space = false;
+    let push = |out: &mut String, piece: &str, space: &mut bool| {
+        if *space && !out.is_empty() {
+            out.push(' ');
+        }
+        *space = false;
+        out.push_str(piece);
+    };
+    while i < b.len() && out.len() < max {
+        let c = b[i];
+        let (end, literal) = match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                space = true;
+                i += 1;
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                space = true;
+                i = line_end(b, i, false);
+                continue;
+            }
+            b'#' if dialect == Dialect::MySql => {
+                space = true;
+                i = line_end(b, i, false);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                space = true;
+                i = skip_block_comment(b, i, dialect != Dialect::MySql);
+                continue;
+            }
+            b'\'' => (skip_quoted(b, i, b'\'', dialect == Dialect::MySql), true),
+            b'"' if dialect == Dialect::MySql => (skip_quoted(b, i, b'"', true), true),
+            b'"' => (skip_quoted(b, i, b'"', false), false),
+            b'`' => (skip_quoted(b, i, b'`', false), false),
+            b'$' if dialect == Dialect::Postgres
+                && b.get(i + 1)
+                    .is_some_and(|&n| n == b'$' || is_ident_start(n)) =>
+            {
+                let tag_end = run_end(b, i + 1, |c| is_ident_start(c) || c.is_ascii_digit());
+                if b.get(tag_end) == Some(&b'$') {
+                    let tag = &sql[i..=tag_end];
+                    let body = tag_end + 1;
+                    (
+                        sql[body..]
+                            .find(tag)
+                            .map_or(b.len(), |p| body + p + tag.len()),
+                        true,
+                    )
+                } else {
+                    (i + 1, false)
+                }
+            }
+            _ if c.is_ascii_digit() => (
+                run_end(b, i, |c| c.is_ascii_alphanumeric() || c == b'.'),
+                true,
+            ),
+            _ if is_word_start(c) => (run_end(b, i, is_ident_byte), false),
+            _ => {
+                // One character of punctuation (UTF-8 safe: ASCII here).
+                let len = sql[i..].chars().next().map_or(1, char::len_utf8);
+                (i + len, false)
+            }
+        };
+        let end = end.min(b.len());
+        push(
+            &mut out,
+            if literal { "?" } else { &sql[i..end] },
+            &mut space,
+        );
+        i = end;
+    }
+    if out.len() > max {
+        let mut cut = max;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    if i < b.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Which portable placeholder style a statement uses.
@@ -1140,6 +1248,37 @@ mod tests {
             assert_eq!(tr("/* /* */ ?", d)?.1, Binds::Positional(1), "{d:?}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn normalised_statements_keep_no_literal() {
+        use Dialect::*;
+        assert_eq!(
+            normalise(
+                "SELECT  *\n FROM t -- note\n WHERE a = 'secret' AND b = 42 AND c = ?",
+                Postgres,
+                200
+            ),
+            "SELECT * FROM t WHERE a = ? AND b = ? AND c = ?"
+        );
+        assert_eq!(
+            normalise("SELECT $x$pw$x$, 1.5e3, \"Col\"", Postgres, 200),
+            "SELECT ?, ?, \"Col\""
+        );
+        assert_eq!(
+            normalise("SELECT \"pw\" # c\n, `x`", MySql, 200),
+            "SELECT ? , `x`"
+        );
+        assert_eq!(
+            normalise("SELECT 1 /* a */ + 2", Sqlite, 200),
+            "SELECT ? + ?"
+        );
+        let long = normalise(&"SELECT aaaa, ".repeat(50), Sqlite, 20);
+        assert!(
+            long.ends_with('…') && long.len() <= 20 + '…'.len_utf8(),
+            "{long}"
+        );
+        assert_eq!(normalise("SELECT 'é' || ü", Postgres, 200), "SELECT ? || ü");
     }
 
     #[test]

@@ -66,3 +66,148 @@ pub struct ConnectionHolder {
     /// Whether a transaction is open on it.
     pub in_transaction: bool,
 }
+
+/// How a database is doing, as seed 002's `health_check` reports it, plus
+/// the pool's saturation and the scaling signal.
+///
+/// ```json
+/// {"database_name":"rpa_db","database_type":"postgresql","status":"healthy","connection":true,
+///  "query_test":true,"migration_status":{"current_version":null,"pending_migrations":[]},
+///  "error":null,"response_time_ms":1.9,"timestamp":"2024-01-15T10:30:00.000Z", "...": "..."}
+/// ```
+///
+/// `status` is `unhealthy` when no connection could be had or `SELECT 1`
+/// failed (within the health check's own timeout); `degraded` when it
+/// answered but one of these holds: the answer took longer than the
+/// degraded threshold, the pool is saturated (every connection in use, or
+/// callers waiting), migrations are pending, or the timeout rate of the last
+/// minute is at [`ScalingLevel::HighLoad`] or worse; else `healthy`.
+/// `degraded_reasons` says which.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct HealthStatus {
+    /// The logical database name.
+    pub database_name: String,
+    /// `postgresql`, `mysql`, `sqlite` or `sqlserver`.
+    pub database_type: String,
+    /// The verdict.
+    pub status: Health,
+    /// A connection could be had from the pool.
+    pub connection: bool,
+    /// `SELECT 1` answered.
+    pub query_test: bool,
+    /// The migration state.
+    pub migration_status: MigrationSummary,
+    /// What failed, when something did (never a password).
+    pub error: Option<String>,
+    /// How long the check took, in milliseconds.
+    pub response_time_ms: f64,
+    /// When the check ran, RFC 3339 in UTC.
+    pub timestamp: String,
+    /// Connections in use over the most the pool may open, 0 to 1.
+    pub pool_saturation: f64,
+    /// Whether the database is configured read-only.
+    pub read_only: bool,
+    /// The timeout rate of the last minute, as a level.
+    pub scaling: ScalingLevel,
+    /// Why the status is `degraded` (empty otherwise).
+    pub degraded_reasons: Vec<String>,
+}
+
+/// The verdict of a health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Health {
+    /// Answering promptly, nothing pending.
+    Healthy,
+    /// Answering, but slow, saturated, behind on migrations or timing out.
+    Degraded,
+    /// Not answering.
+    Unhealthy,
+}
+
+/// The migration part of a health report (seed 002's shape).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MigrationSummary {
+    /// The version applied last, if any.
+    pub current_version: Option<String>,
+    /// Versions found but not yet applied.
+    pub pending_migrations: Vec<String>,
+}
+
+/// Seed 003's reading of the timeout rate (statement timeouts and pool
+/// timeouts over all statements and checkouts in the last minute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ScalingLevel {
+    /// Under 0.1 %: normal load, no action needed.
+    Normal,
+    /// 0.1 % to 1 %: mild contention; review slow queries.
+    MildContention,
+    /// 1 % to 5 %: high load; scale vertically (a bigger database or app server).
+    HighLoad,
+    /// Over 5 %: critical pressure; scale horizontally (more app servers and pools).
+    Critical,
+}
+
+impl ScalingLevel {
+    /// The level for a timeout rate between 0 and 1.
+    pub fn from_rate(rate: f64) -> ScalingLevel {
+        if rate > 0.05 {
+            ScalingLevel::Critical
+        } else if rate >= 0.01 {
+            ScalingLevel::HighLoad
+        } else if rate >= 0.001 {
+            ScalingLevel::MildContention
+        } else {
+            ScalingLevel::Normal
+        }
+    }
+
+    /// What to do about it, in a few words.
+    pub fn advice(self) -> &'static str {
+        match self {
+            ScalingLevel::Normal => "normal load; no action needed",
+            ScalingLevel::MildContention => "mild contention; review slow queries",
+            ScalingLevel::HighLoad => {
+                "high load; scale vertically (bigger database or app servers)"
+            }
+            ScalingLevel::Critical => "critical pressure; scale horizontally (add app servers)",
+        }
+    }
+}
+
+/// Time statistics of one statement (normalised: literals replaced by `?`,
+/// whitespace collapsed), from [`DatabaseManager::statement_stats`](crate::DatabaseManager::statement_stats).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct StatementStats {
+    /// The normalised SQL.
+    pub sql: String,
+    /// Times it ran.
+    pub calls: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Total time, milliseconds.
+    pub total_ms: f64,
+    /// Mean time, milliseconds.
+    pub mean_ms: f64,
+    /// Longest time, milliseconds.
+    pub max_ms: f64,
+}
+
+/// A query plan from [`DatabaseManager::explain`](crate::DatabaseManager::explain).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct QueryPlan {
+    /// The backend that made it.
+    pub database_type: String,
+    /// The plan as JSON where the backend gives JSON (PostgreSQL, MariaDB);
+    /// for SQLite, an array of `{id, parent, detail}` rows.
+    pub plan: serde_json::Value,
+    /// The plan as the backend printed it.
+    pub raw: String,
+}

@@ -1,0 +1,622 @@
+//! Prometheus metrics, with the seeds' names, every family labelled by
+//! `database` (never by SQL text, parameter values or credentials).
+//!
+//! The families live once per process and are registered in this crate's
+//! own [`registry()`]; [`register`] adds them to yours. Read them as text
+//! with [`metrics_text`], push them to a Pushgateway at the end of a batch job
+//! with [`push_metrics`], or (feature `metrics-server`) serve them for
+//! scraping with [`serve`].
+//!
+//! | family | type | labels | what |
+//! |---|---|---|---|
+//! | `db_pool_size` | gauge | database | connections kept open (`POOL_SIZE`) |
+//! | `db_pool_max_size` | gauge | database | `POOL_SIZE + MAX_OVERFLOW` |
+//! | `db_pool_usage` | gauge | database | connections checked out now |
+//! | `db_pool_idle` | gauge | database | open connections idle in the pool |
+//! | `db_pool_waiting` | gauge | database | callers waiting for a connection |
+//! | `db_connection_time_seconds` | histogram | database | time to acquire a pooled connection |
+//! | `db_pool_timeouts_total` | counter | database | acquisitions that gave up |
+//! | `db_connections_created_total` / `_closed_total` / `_broken_total` | counter | database | connection lifecycle |
+//! | `db_query_time_seconds` | histogram | database, operation | statement time (`query`, `execute`, `batch`, `begin`, `commit`, `rollback`) |
+//! | `db_query_count` | counter | database, operation | statements run |
+//! | `db_slow_query_count` | counter | database | statements over the slow-query threshold |
+//! | `db_deadlock_count` | counter | database | deadlocks and serialization failures |
+//! | `db_connection_errors` | counter | database | statements or checkouts that failed to reach the server |
+//! | `db_query_timeouts_total` | counter | database | statements that hit their time limit |
+//! | `db_query_cancellations_total` | counter | database | cancels the watchdog sent |
+//! | `prepared_stmt_cache_size` | gauge | database | statement texts in the translation cache |
+//! | `prepared_stmt_execution_time_seconds` / `prepared_stmt_executions_total` | histogram / counter | database | statements run as prepared statements (with parameters) |
+//! | `bulk_operation_time_seconds` / `_rows_total` / `_executions_total` | histogram / counters | database | reserved for bulk operations |
+//! | `db_transactions_active` | gauge | database | open transactions |
+//! | `db_transaction_commits_total` / `_rollbacks_total` | counter | database | finished transactions |
+//! | `db_transaction_duration_seconds` | histogram | database | `BEGIN` to `COMMIT`/`ROLLBACK` |
+//! | `db_timeout_rate` | gauge | database | share of statements and checkouts that timed out over the last minute |
+//! | `db_scaling_level` | gauge | database | 0 normal, 1 mild contention, 2 high load, 3 critical (see [`ScalingLevel`](crate::ScalingLevel)) |
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The operations statements are counted by (the `operation` label).
+pub(crate) const OPERATIONS: [&str; 6] =
+    ["query", "execute", "batch", "begin", "commit", "rollback"];
+
+/// Latency buckets: 0.5 ms to 60 s, for statements and acquisitions.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// What a pool tells the metrics at collection time.
+pub(crate) struct PoolSnapshot {
+    pub(crate) database: Arc<str>,
+    pub(crate) pool_size: u32,
+    pub(crate) max_size: u32,
+    pub(crate) usage: u32,
+    pub(crate) idle: u32,
+    pub(crate) waiting: u32,
+    pub(crate) statement_cache: usize,
+    pub(crate) timeout_rate: f64,
+    pub(crate) scaling_level: u8,
+}
+
+/// A live database whose pool is read when metrics are collected.
+pub(crate) trait PoolSource: Send + Sync + 'static {
+    /// The pool's state now; `None` once closed.
+    fn snapshot(&self) -> Option<PoolSnapshot>;
+}
+
+/// Every family, once per process.
+struct Families {
+    pool_size: IntGaugeVec,
+    pool_max_size: IntGaugeVec,
+    pool_usage: IntGaugeVec,
+    pool_idle: IntGaugeVec,
+    pool_waiting: IntGaugeVec,
+    stmt_cache_size: IntGaugeVec,
+    timeout_rate: prometheus::GaugeVec,
+    scaling_level: IntGaugeVec,
+    connection_time: HistogramVec,
+    pool_timeouts: IntCounterVec,
+    connections_created: IntCounterVec,
+    connections_closed: IntCounterVec,
+    connections_broken: IntCounterVec,
+    query_time: HistogramVec,
+    query_count: IntCounterVec,
+    slow_queries: IntCounterVec,
+    deadlocks: IntCounterVec,
+    connection_errors: IntCounterVec,
+    query_timeouts: IntCounterVec,
+    cancellations: IntCounterVec,
+    stmt_exec_time: HistogramVec,
+    stmt_executions: IntCounterVec,
+    bulk_time: HistogramVec,
+    bulk_rows: IntCounterVec,
+    bulk_executions: IntCounterVec,
+    tx_active: IntGaugeVec,
+    tx_commits: IntCounterVec,
+    tx_rollbacks: IntCounterVec,
+    tx_duration: HistogramVec,
+    /// Live databases, read at collection time.
+    sources: Mutex<Vec<Weak<dyn PoolSource>>>,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn gauge(name: &str, help: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &["database"]).expect("valid metric definition")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition")
+}
+
+fn families() -> &'static Families {
+    static F: OnceLock<Families> = OnceLock::new();
+    F.get_or_init(|| {
+        let db = &["database"];
+        let db_op = &["database", "operation"];
+        Families {
+            pool_size: gauge("db_pool_size", "Connections the pool keeps open (POOL_SIZE)."),
+            pool_max_size: gauge("db_pool_max_size", "Largest number of connections (POOL_SIZE + MAX_OVERFLOW)."),
+            pool_usage: gauge("db_pool_usage", "Connections checked out of the pool now."),
+            pool_idle: gauge("db_pool_idle", "Open connections idle in the pool."),
+            pool_waiting: gauge("db_pool_waiting", "Callers waiting for a pooled connection."),
+            stmt_cache_size: gauge("prepared_stmt_cache_size", "Statement texts kept in the translation cache."),
+            timeout_rate: prometheus::GaugeVec::new(
+                Opts::new("db_timeout_rate", "Share of statements and checkouts that timed out over the last minute."),
+                db,
+            )
+            .expect("valid metric definition"),
+            scaling_level: gauge(
+                "db_scaling_level",
+                "0 normal, 1 mild contention, 2 high load (scale vertically), 3 critical (scale horizontally).",
+            ),
+            connection_time: histogram("db_connection_time_seconds", "Time spent acquiring a pooled connection.", db),
+            pool_timeouts: counter("db_pool_timeouts_total", "Acquisitions that gave up at the pool timeout.", db),
+            connections_created: counter("db_connections_created_total", "Connections opened.", db),
+            connections_closed: counter("db_connections_closed_total", "Connections closed.", db),
+            connections_broken: counter("db_connections_broken_total", "Connections discarded as broken.", db),
+            query_time: histogram("db_query_time_seconds", "Time spent executing statements.", db_op),
+            query_count: counter("db_query_count", "Statements executed.", db_op),
+            slow_queries: counter("db_slow_query_count", "Statements slower than the slow-query threshold.", db),
+            deadlocks: counter("db_deadlock_count", "Deadlocks and serialization failures.", db),
+            connection_errors: counter("db_connection_errors", "Failures to reach the database.", db),
+            query_timeouts: counter("db_query_timeouts_total", "Statements that ran past their time limit.", db),
+            cancellations: counter("db_query_cancellations_total", "Statements the watchdog cancelled.", db),
+            stmt_exec_time: histogram(
+                "prepared_stmt_execution_time_seconds",
+                "Time spent executing prepared statements.",
+                db,
+            ),
+            stmt_executions: counter("prepared_stmt_executions_total", "Prepared statement executions.", db),
+            bulk_time: histogram("bulk_operation_time_seconds", "Time spent on bulk operations.", db),
+            bulk_rows: counter("bulk_operation_rows_total", "Rows processed by bulk operations.", db),
+            bulk_executions: counter("bulk_operation_executions_total", "Bulk operations run.", db),
+            tx_active: gauge("db_transactions_active", "Transactions open now."),
+            tx_commits: counter("db_transaction_commits_total", "Transactions committed.", db),
+            tx_rollbacks: counter("db_transaction_rollbacks_total", "Transactions rolled back.", db),
+            tx_duration: histogram("db_transaction_duration_seconds", "Transactions from BEGIN to COMMIT or ROLLBACK.", db),
+            sources: Mutex::new(Vec::new()),
+        }
+    })
+}
+
+/// The collector registered in a registry: refreshes the pool gauges from
+/// the live databases, then yields every family.
+struct DbCollector;
+
+impl Families {
+    fn all(&self) -> Vec<&dyn Collector> {
+        vec![
+            &self.pool_size,
+            &self.pool_max_size,
+            &self.pool_usage,
+            &self.pool_idle,
+            &self.pool_waiting,
+            &self.stmt_cache_size,
+            &self.timeout_rate,
+            &self.scaling_level,
+            &self.connection_time,
+            &self.pool_timeouts,
+            &self.connections_created,
+            &self.connections_closed,
+            &self.connections_broken,
+            &self.query_time,
+            &self.query_count,
+            &self.slow_queries,
+            &self.deadlocks,
+            &self.connection_errors,
+            &self.query_timeouts,
+            &self.cancellations,
+            &self.stmt_exec_time,
+            &self.stmt_executions,
+            &self.bulk_time,
+            &self.bulk_rows,
+            &self.bulk_executions,
+            &self.tx_active,
+            &self.tx_commits,
+            &self.tx_rollbacks,
+            &self.tx_duration,
+        ]
+    }
+
+    fn refresh(&self) {
+        let sources: Vec<Arc<dyn PoolSource>> = {
+            let mut s = self.sources.lock();
+            s.retain(|w| w.strong_count() > 0);
+            s.iter().filter_map(Weak::upgrade).collect()
+        };
+        for src in sources {
+            let Some(p) = src.snapshot() else { continue };
+            let l = [&*p.database];
+            self.pool_size.with_label_values(&l).set(p.pool_size.into());
+            self.pool_max_size
+                .with_label_values(&l)
+                .set(p.max_size.into());
+            self.pool_usage.with_label_values(&l).set(p.usage.into());
+            self.pool_idle.with_label_values(&l).set(p.idle.into());
+            self.pool_waiting
+                .with_label_values(&l)
+                .set(p.waiting.into());
+            self.stmt_cache_size
+                .with_label_values(&l)
+                .set(i64::try_from(p.statement_cache).unwrap_or(i64::MAX));
+            self.timeout_rate.with_label_values(&l).set(p.timeout_rate);
+            self.scaling_level
+                .with_label_values(&l)
+                .set(p.scaling_level.into());
+        }
+    }
+}
+
+impl Collector for DbCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        families()
+            .all()
+            .into_iter()
+            .flat_map(|c| c.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = families();
+        f.refresh();
+        f.all().into_iter().flat_map(|c| c.collect()).collect()
+    }
+}
+
+/// This crate's own registry, holding every family.
+pub fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| {
+        let r = Registry::new();
+        r.register(Box::new(DbCollector))
+            .expect("the families are registered once in a fresh registry");
+        r
+    })
+}
+
+/// Registers every dbmanager family in `registry` (yours), so that your own
+/// exposition includes them.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] when `registry` already holds a family of the same
+/// name (for example when called twice).
+pub fn register(registry: &Registry) -> Result<()> {
+    registry.register(Box::new(DbCollector)).map_err(|e| {
+        Error::config("the dbmanager metrics cannot be added to this registry (registered twice?)")
+            .with_source(e)
+    })
+}
+
+/// Every dbmanager metric in Prometheus' text exposition format.
+pub fn metrics_text() -> String {
+    let mut buf = Vec::new();
+    // Encoding our own families into memory cannot fail.
+    let _ = TextEncoder::new().encode(&registry().gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Pushes every dbmanager metric to a Prometheus Pushgateway, under `job`
+/// (replacing what that job pushed before), as a batch job does when it ends.
+/// `gateway_url` is the gateway's base URL, `http://host:9091`; HTTPS is not
+/// supported by this client.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] for a malformed URL or job name;
+/// [`ErrorKind::Connect`] when the gateway cannot be reached or refuses the
+/// metrics.
+pub fn push_metrics(gateway_url: &str, job: &str) -> Result<()> {
+    let base = url::Url::parse(gateway_url.trim()).map_err(|_| {
+        Error::config("the Pushgateway URL is not a valid URL; expected http://host:9091")
+    })?;
+    if base.scheme() != "http" {
+        return Err(Error::config(
+            "the Pushgateway URL must use http:// (this client has no TLS); put a TLS proxy in front if needed",
+        ));
+    }
+    if job.is_empty() || job.contains('/') {
+        return Err(Error::config(
+            "the Pushgateway job name must be non-empty and contain no `/`",
+        ));
+    }
+    let mut target = base.clone();
+    target
+        .path_segments_mut()
+        .map_err(|_| Error::config("the Pushgateway URL cannot take a path"))?
+        .pop_if_empty()
+        .extend(["metrics", "job", job]);
+    let where_ = format!("the Pushgateway at {}", base.host_str().unwrap_or("?"));
+    let response = ureq::put(target.as_str())
+        .timeout(Duration::from_secs(10))
+        .set("Content-Type", "text/plain; version=0.0.4")
+        .send_string(&metrics_text());
+    match response {
+        Ok(_) => Ok(()),
+        Err(ureq::Error::Status(code, _)) => Err(Error::new(
+            ErrorKind::Connect,
+            format!("{where_} refused the metrics with HTTP status {code}"),
+        )),
+        Err(e) => Err(Error::new(
+            ErrorKind::Connect,
+            format!("{where_} could not be reached; check the URL and that it runs"),
+        )
+        .with_source(e)),
+    }
+}
+
+/// A running scrape endpoint; stops when dropped.
+#[cfg(feature = "metrics-server")]
+pub struct MetricsServer {
+    addr: std::net::SocketAddr,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "metrics-server")]
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "metrics-server")]
+impl MetricsServer {
+    /// The address it listens on (useful with port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+#[cfg(feature = "metrics-server")]
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves [`metrics_text`] over HTTP at every path of `addr`
+/// (`127.0.0.1:9187`, or port 0 for any free port) on a thread of its own,
+/// for Prometheus to scrape.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] when `addr` cannot be listened on.
+#[cfg(feature = "metrics-server")]
+pub fn serve(addr: impl std::net::ToSocketAddrs) -> Result<MetricsServer> {
+    let server = tiny_http::Server::http(addr).map_err(|e| {
+        Error::config("cannot listen for metrics scrapes on that address").with_source(e)
+    })?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| Error::config("the metrics endpoint must listen on an IP address"))?;
+    let server = Arc::new(server);
+    let serving = Arc::clone(&server);
+    let thread = std::thread::Builder::new()
+        .name("dbmanager-metrics".into())
+        .spawn(move || {
+            for request in serving.incoming_requests() {
+                let header = tiny_http::Header::from_bytes(
+                    &b"Content-Type"[..],
+                    &b"text/plain; version=0.0.4"[..],
+                )
+                .expect("a valid header");
+                let _ = request
+                    .respond(tiny_http::Response::from_string(metrics_text()).with_header(header));
+            }
+        })
+        .map_err(|e| {
+            Error::new(ErrorKind::Other, "cannot start the metrics thread").with_source(e)
+        })?;
+    Ok(MetricsServer {
+        addr,
+        server,
+        thread: Some(thread),
+    })
+}
+
+/// One database's metric handles, resolved once (no label lookup per
+/// statement).
+pub(crate) struct DbMetrics {
+    on: bool,
+    query_time: [Histogram; 6],
+    query_count: [IntCounter; 6],
+    slow_queries: IntCounter,
+    deadlocks: IntCounter,
+    connection_errors: IntCounter,
+    query_timeouts: IntCounter,
+    cancellations: IntCounter,
+    stmt_exec_time: Histogram,
+    stmt_executions: IntCounter,
+    connection_time: Histogram,
+    pool_timeouts: IntCounter,
+    connections_created: IntCounter,
+    connections_closed: IntCounter,
+    connections_broken: IntCounter,
+    tx_active: IntGauge,
+    tx_commits: IntCounter,
+    tx_rollbacks: IntCounter,
+    tx_duration: Histogram,
+}
+
+impl DbMetrics {
+    /// Handles for `database`; with `on == false` nothing is recorded.
+    pub(crate) fn new(database: &str, on: bool) -> DbMetrics {
+        let f = families();
+        let l = [database];
+        let op = |v: &HistogramVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
+        let opc = |v: &IntCounterVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
+        DbMetrics {
+            on,
+            query_time: std::array::from_fn(|i| op(&f.query_time, i)),
+            query_count: std::array::from_fn(|i| opc(&f.query_count, i)),
+            slow_queries: f.slow_queries.with_label_values(&l),
+            deadlocks: f.deadlocks.with_label_values(&l),
+            connection_errors: f.connection_errors.with_label_values(&l),
+            query_timeouts: f.query_timeouts.with_label_values(&l),
+            cancellations: f.cancellations.with_label_values(&l),
+            stmt_exec_time: f.stmt_exec_time.with_label_values(&l),
+            stmt_executions: f.stmt_executions.with_label_values(&l),
+            connection_time: f.connection_time.with_label_values(&l),
+            pool_timeouts: f.pool_timeouts.with_label_values(&l),
+            connections_created: f.connections_created.with_label_values(&l),
+            connections_closed: f.connections_closed.with_label_values(&l),
+            connections_broken: f.connections_broken.with_label_values(&l),
+            tx_active: f.tx_active.with_label_values(&l),
+            tx_commits: f.tx_commits.with_label_values(&l),
+            tx_rollbacks: f.tx_rollbacks.with_label_values(&l),
+            tx_duration: f.tx_duration.with_label_values(&l),
+        }
+    }
+
+    /// Adds a live database whose pool gauges are read at collection time.
+    pub(crate) fn watch(source: Weak<dyn PoolSource>) {
+        families().sources.lock().push(source);
+    }
+
+    /// A statement ended: `op` indexes [`OPERATIONS`].
+    #[inline]
+    pub(crate) fn statement(&self, op: usize, elapsed: Duration, prepared: bool) {
+        if !self.on {
+            return;
+        }
+        let secs = elapsed.as_secs_f64();
+        self.query_time[op].observe(secs);
+        self.query_count[op].inc();
+        if prepared {
+            self.stmt_exec_time.observe(secs);
+            self.stmt_executions.inc();
+        }
+    }
+
+    /// The statement failed with this kind of error.
+    #[cold]
+    pub(crate) fn failure(&self, kind: ErrorKind) {
+        if !self.on {
+            return;
+        }
+        match kind {
+            ErrorKind::Conflict => self.deadlocks.inc(),
+            ErrorKind::Connect | ErrorKind::ConnectTimeout | ErrorKind::Auth => {
+                self.connection_errors.inc()
+            }
+            ErrorKind::QueryTimeout => self.query_timeouts.inc(),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn slow(&self) {
+        if self.on {
+            self.slow_queries.inc();
+        }
+    }
+
+    pub(crate) fn cancelled(&self) {
+        if self.on {
+            self.cancellations.inc();
+        }
+    }
+
+    pub(crate) fn acquired(&self, elapsed: Duration) {
+        if self.on {
+            self.connection_time.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn pool_timeout(&self) {
+        if self.on {
+            self.pool_timeouts.inc();
+        }
+    }
+
+    pub(crate) fn connection_created(&self) {
+        if self.on {
+            self.connections_created.inc();
+        }
+    }
+
+    pub(crate) fn connection_closed(&self, broken: bool) {
+        if self.on {
+            self.connections_closed.inc();
+            if broken {
+                self.connections_broken.inc();
+            }
+        }
+    }
+
+    pub(crate) fn transaction_started(&self) {
+        if self.on {
+            self.tx_active.inc();
+        }
+    }
+
+    /// A transaction ended (committed or not) after `lasted`.
+    pub(crate) fn transaction_ended(&self, committed: bool, lasted: Duration) {
+        if !self.on {
+            return;
+        }
+        self.tx_active.dec();
+        if committed {
+            self.tx_commits.inc();
+        } else {
+            self.tx_rollbacks.inc();
+        }
+        self.tx_duration.observe(lasted.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_register_once_per_registry_and_encode() -> Result<()> {
+        let m = DbMetrics::new("unit_db", true);
+        m.statement(0, Duration::from_millis(3), true);
+        let text = metrics_text();
+        assert!(
+            text.contains("db_query_count{database=\"unit_db\",operation=\"query\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE db_query_time_seconds histogram"));
+        let mine = Registry::new();
+        register(&mine)?;
+        assert_eq!(
+            register(&mine).expect_err("twice").kind(),
+            ErrorKind::Config
+        );
+        assert!(mine.gather().iter().any(|f| f.name() == "db_query_count"));
+        Ok(())
+    }
+
+    #[test]
+    fn metrics_off_records_nothing() {
+        let m = DbMetrics::new("unit_db_off", false);
+        m.statement(1, Duration::from_millis(3), true);
+        m.failure(ErrorKind::QueryTimeout);
+        let text = metrics_text();
+        assert!(
+            !text.contains("unit_db_off\",operation=\"execute\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn push_rejects_bad_targets_before_any_io() {
+        for (url, job) in [
+            ("not a url", "j"),
+            ("https://gw:9091", "j"),
+            ("http://gw:9091", ""),
+            ("http://gw:9091", "a/b"),
+        ] {
+            assert_eq!(
+                push_metrics(url, job).expect_err(url).kind(),
+                ErrorKind::Config
+            );
+        }
+    }
+}

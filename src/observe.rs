@@ -1,0 +1,225 @@
+//! What the pipeline learns from each statement beyond metrics: the
+//! sliding timeout-rate window behind the scaling signal, and per-statement
+//! time statistics. Both are fed from the choke point only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::sql::{self, Dialect};
+use crate::status::{ScalingLevel, StatementStats};
+
+/// Seconds in the sliding window.
+const WINDOW_SECS: u64 = 60;
+
+/// Distinct statement texts tracked before new ones are no longer counted.
+const STATS_CAPACITY: usize = 2048;
+
+/// Characters of normalised SQL kept in logs and statistics.
+pub(crate) const SQL_IN_LOGS: usize = 300;
+
+struct Bucket {
+    /// The second this bucket counts (`u64::MAX`: never used).
+    sec: AtomicU64,
+    calls: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+/// Calls and timeouts over the last minute, per second, lock-free.
+pub(crate) struct TimeoutWindow {
+    born: Instant,
+    buckets: [Bucket; WINDOW_SECS as usize],
+    level: AtomicU8,
+}
+
+impl TimeoutWindow {
+    pub(crate) fn new() -> TimeoutWindow {
+        TimeoutWindow {
+            born: Instant::now(),
+            buckets: std::array::from_fn(|_| Bucket {
+                sec: AtomicU64::new(u64::MAX),
+                calls: AtomicU64::new(0),
+                timeouts: AtomicU64::new(0),
+            }),
+            level: AtomicU8::new(ScalingLevel::Normal as u8),
+        }
+    }
+
+    fn sec(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.born).as_secs()
+    }
+
+    /// Counts one statement or checkout at `at`; `timed_out` when it hit a
+    /// limit. Returns the new level when a timeout changed it.
+    #[inline]
+    pub(crate) fn record(&self, at: Instant, timed_out: bool) -> Option<ScalingLevel> {
+        let sec = self.sec(at);
+        let b = &self.buckets[(sec % WINDOW_SECS) as usize];
+        let seen = b.sec.load(Ordering::Relaxed);
+        if seen != sec
+            && b.sec
+                .compare_exchange(seen, sec, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            b.calls.store(0, Ordering::Relaxed);
+            b.timeouts.store(0, Ordering::Relaxed);
+        }
+        b.calls.fetch_add(1, Ordering::Relaxed);
+        if timed_out {
+            b.timeouts.fetch_add(1, Ordering::Relaxed);
+            return self.level_changed(at);
+        }
+        None
+    }
+
+    /// The share of calls that timed out over the last minute.
+    pub(crate) fn rate(&self, now: Instant) -> f64 {
+        let now = self.sec(now);
+        let (mut calls, mut timeouts) = (0u64, 0u64);
+        for b in &self.buckets {
+            let sec = b.sec.load(Ordering::Relaxed);
+            if sec != u64::MAX && now.saturating_sub(sec) < WINDOW_SECS {
+                calls += b.calls.load(Ordering::Relaxed);
+                timeouts += b.timeouts.load(Ordering::Relaxed);
+            }
+        }
+        if calls == 0 {
+            0.0
+        } else {
+            timeouts as f64 / calls as f64
+        }
+    }
+
+    /// The level now, and whether it differs from the last one seen.
+    pub(crate) fn level(&self, now: Instant) -> (ScalingLevel, bool) {
+        let level = ScalingLevel::from_rate(self.rate(now));
+        let before = self.level.swap(level as u8, Ordering::Relaxed);
+        (level, before != level as u8)
+    }
+
+    fn level_changed(&self, now: Instant) -> Option<ScalingLevel> {
+        let (level, changed) = self.level(now);
+        changed.then_some(level)
+    }
+}
+
+#[derive(Default)]
+struct Stat {
+    calls: u64,
+    errors: u64,
+    total: Duration,
+    max: Duration,
+}
+
+/// Per-statement-text timings, merged by normalised SQL when read.
+pub(crate) struct StatTable {
+    map: Mutex<HashMap<Box<str>, Stat>>,
+}
+
+impl StatTable {
+    pub(crate) fn new() -> StatTable {
+        StatTable {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, sql: &str, elapsed: Duration, failed: bool) {
+        let add = |stat: &mut Stat| {
+            stat.calls += 1;
+            stat.errors += u64::from(failed);
+            stat.total += elapsed;
+            stat.max = stat.max.max(elapsed);
+        };
+        let mut map = self.map.lock();
+        if let Some(stat) = map.get_mut(sql) {
+            add(stat);
+        } else if map.len() < STATS_CAPACITY {
+            add(map.entry(sql.into()).or_default());
+        }
+    }
+
+    /// The `top` statements by total time, normalised for `dialect`.
+    pub(crate) fn top(&self, dialect: Dialect, top: usize) -> Vec<StatementStats> {
+        let mut merged: HashMap<String, Stat> = HashMap::new();
+        for (sql, s) in self.map.lock().iter() {
+            let m = merged
+                .entry(sql::normalise(sql, dialect, SQL_IN_LOGS))
+                .or_default();
+            m.calls += s.calls;
+            m.errors += s.errors;
+            m.total += s.total;
+            m.max = m.max.max(s.max);
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut out: Vec<StatementStats> = merged
+            .into_iter()
+            .map(|(sql, s)| StatementStats {
+                sql,
+                calls: s.calls,
+                errors: s.errors,
+                total_ms: ms(s.total),
+                mean_ms: ms(s.total) / s.calls.max(1) as f64,
+                max_ms: ms(s.max),
+            })
+            .collect();
+        out.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        out.truncate(top);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_reads_seed_003s_levels() {
+        let w = TimeoutWindow::new();
+        let now = Instant::now();
+        for _ in 0..999 {
+            assert_eq!(w.record(now, false), None);
+        }
+        assert_eq!(w.level(now).0, ScalingLevel::Normal);
+        // 1 in 1000: mild contention (the change is reported once).
+        assert_eq!(w.record(now, true), Some(ScalingLevel::MildContention));
+        assert!((w.rate(now) - 0.001).abs() < 1e-12);
+        for _ in 0..20 {
+            w.record(now, true);
+        }
+        assert_eq!(w.level(now).0, ScalingLevel::HighLoad);
+        for _ in 0..60 {
+            w.record(now, true);
+        }
+        assert_eq!(w.level(now).0, ScalingLevel::Critical);
+        // A minute later the old seconds no longer count.
+        assert_eq!(w.rate(now + Duration::from_secs(61)), 0.0);
+        assert_eq!(
+            w.level(now + Duration::from_secs(61)),
+            (ScalingLevel::Normal, true)
+        );
+    }
+
+    #[test]
+    fn stats_merge_statements_that_differ_only_in_literals() {
+        let t = StatTable::new();
+        t.record(
+            "SELECT * FROM t WHERE id = 1",
+            Duration::from_millis(10),
+            false,
+        );
+        t.record(
+            "SELECT *  FROM t WHERE id = 2",
+            Duration::from_millis(30),
+            true,
+        );
+        t.record("SELECT 1", Duration::from_millis(1), false);
+        let top = t.top(Dialect::Postgres, 10);
+        assert_eq!(top[0].sql, "SELECT * FROM t WHERE id = ?");
+        assert_eq!((top[0].calls, top[0].errors), (2, 1));
+        assert!((top[0].mean_ms - 20.0).abs() < 1e-9 && (top[0].max_ms - 30.0).abs() < 1e-9);
+        assert_eq!(t.top(Dialect::Postgres, 1).len(), 1);
+    }
+}
