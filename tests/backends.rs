@@ -788,3 +788,80 @@ fn postgres_casts_and_jsonb_operators_pass_through() -> Result<()> {
     assert_pool_idle(&db);
     Ok(())
 }
+
+/// A value bound to a PostgreSQL placeholder of another type is converted
+/// when that is exact, and refused as a Parameter error otherwise: it is
+/// never written in a binary format the server would misread, and the
+/// connection survives.
+#[test]
+fn postgres_parameters_of_another_type_are_converted_or_refused() -> Result<()> {
+    let db = open(Backend::Postgres)?;
+    let t = Table::create(
+        &db,
+        "id INTEGER PRIMARY KEY, big BIGINT, small INTEGER, f DOUBLE PRECISION, \
+         d DATE, ts TIMESTAMP, tz TIMESTAMPTZ, txt TEXT",
+    )?;
+    let date = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+    let midnight = date.and_time(NaiveTime::MIN);
+    let converted: [(&str, Value, Value); 8] = [
+        ("big", Value::from("12345678"), Value::I64(12_345_678)),
+        ("big", Value::F64(3.0), Value::I64(3)),
+        ("small", Value::from(" 42 "), Value::I64(42)),
+        ("f", Value::I64(2), Value::F64(2.0)),
+        ("f", Value::from("2.5"), Value::F64(2.5)),
+        (
+            "tz",
+            Value::Date(date),
+            Value::TimestampTz(midnight.and_utc()),
+        ),
+        (
+            "ts",
+            Value::from("2024-02-29 00:00:00"),
+            Value::Timestamp(midnight),
+        ),
+        ("txt", Value::Bytes(b"abc".to_vec()), Value::from("abc")),
+    ];
+    for (i, (col, sent, back)) in converted.into_iter().enumerate() {
+        let id = i as i64 + 1;
+        db.execute(
+            &t.sql(&format!("INSERT INTO [{{t}}] (id, {col}) VALUES (?, ?)")),
+            (id, sent.clone()),
+        )?;
+        let row = db.query_one(
+            &t.sql(&format!("SELECT {col} FROM [{{t}}] WHERE id = ?")),
+            (id,),
+        )?;
+        assert_eq!(row.value(col), Some(&back), "{sent:?} into {col}");
+    }
+    let refused: [(&str, Value); 8] = [
+        ("big", Value::F64(2.5)),
+        ("big", Value::Date(date)),
+        ("big", Value::Bytes(vec![0, 0, 0, 0, 0, 0, 0, 7])),
+        ("big", Value::from("12abc")),
+        ("ts", Value::I64(1_700_000_000)),
+        ("d", Value::Timestamp(midnight)),
+        ("small", Value::Uuid(Uuid::nil())),
+        ("f", Value::Json(serde_json::json!(1.5))),
+    ];
+    for (col, sent) in refused {
+        let e = expect_kind(
+            db.execute(
+                &t.sql(&format!("INSERT INTO [{{t}}] (id, {col}) VALUES (?, ?)")),
+                (100, sent.clone()),
+            ),
+            ErrorKind::Parameter,
+        );
+        assert!(
+            !e.to_string().contains("12abc"),
+            "no value in the message: {e}"
+        );
+    }
+    assert_eq!(t.count()?, 8, "nothing refused was stored");
+    let s = db.pool_status();
+    assert_eq!(
+        (s.invalid, s.checked_out),
+        (0, 0),
+        "no connection was broken: {s:?}"
+    );
+    Ok(())
+}

@@ -325,7 +325,9 @@ fn is_text(ty: &Type) -> bool {
 
 /// Binds a [`Value`] as whatever type the server inferred for the
 /// placeholder, widening and range-checking integers, and accepting text
-/// for types that have a text form.
+/// for types that have a text form. Any other pairing goes through the
+/// driver's type check (`to_sql_checked`), so a value is never written in
+/// a binary format the server would misread.
 impl ToSql for Value {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
         use rust_decimal::Decimal;
@@ -347,13 +349,16 @@ impl ToSql for Value {
                 Type::NUMERIC => Decimal::from(*v).to_sql(ty, out),
                 Type::BOOL => (*v != 0).to_sql(ty, out),
                 _ if is_text(ty) => v.to_string().to_sql(ty, out),
-                _ => v.to_sql(ty, out),
+                _ => v.to_sql_checked(ty, out),
             },
             Value::F64(v) => match *ty {
                 Type::FLOAT4 => (*v as f32).to_sql(ty, out),
                 Type::NUMERIC => Decimal::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 | Type::INT4 | Type::INT8 if v.fract() == 0.0 && v.abs() < 9.0e18 => {
+                    Value::I64(*v as i64).to_sql(ty, out)
+                }
                 _ if is_text(ty) => v.to_string().to_sql(ty, out),
-                _ => v.to_sql(ty, out),
+                _ => v.to_sql_checked(ty, out),
             },
             Value::Decimal(d) => match *ty {
                 Type::FLOAT8 => d.to_string().parse::<f64>()?.to_sql(ty, out),
@@ -362,7 +367,7 @@ impl ToSql for Value {
                     Value::I64(i64::try_from(*d)?).to_sql(ty, out)
                 }
                 _ if is_text(ty) => d.to_string().to_sql(ty, out),
-                _ => d.to_sql(ty, out),
+                _ => d.to_sql_checked(ty, out),
             },
             Value::Text(s) => match *ty {
                 Type::JSON | Type::JSONB => {
@@ -385,33 +390,37 @@ impl ToSql for Value {
                 Type::TIMESTAMPTZ => text_as(value::parse_timestamptz(s), ty)?.to_sql(ty, out),
                 _ => s.as_str().to_sql(ty, out),
             },
-            Value::Bytes(b) => b.as_slice().to_sql(ty, out),
+            Value::Bytes(b) => match *ty {
+                _ if is_text(ty) => b.as_slice().to_sql(ty, out),
+                _ => b.as_slice().to_sql_checked(ty, out),
+            },
             Value::Date(d) => match *ty {
                 _ if is_text(ty) => d.to_string().to_sql(ty, out),
                 Type::TIMESTAMP => d.and_time(chrono::NaiveTime::MIN).to_sql(ty, out),
-                _ => d.to_sql(ty, out),
+                Type::TIMESTAMPTZ => d.and_time(chrono::NaiveTime::MIN).and_utc().to_sql(ty, out),
+                _ => d.to_sql_checked(ty, out),
             },
             Value::Time(t) => match *ty {
                 _ if is_text(ty) => t.to_string().to_sql(ty, out),
-                _ => t.to_sql(ty, out),
+                _ => t.to_sql_checked(ty, out),
             },
             Value::Timestamp(t) => match *ty {
                 Type::TIMESTAMPTZ => t.and_utc().to_sql(ty, out),
                 _ if is_text(ty) => t.to_string().to_sql(ty, out),
-                _ => t.to_sql(ty, out),
+                _ => t.to_sql_checked(ty, out),
             },
             Value::TimestampTz(t) => match *ty {
                 Type::TIMESTAMP => t.naive_utc().to_sql(ty, out),
                 _ if is_text(ty) => t.to_rfc3339().to_sql(ty, out),
-                _ => t.to_sql(ty, out),
+                _ => t.to_sql_checked(ty, out),
             },
             Value::Uuid(u) => match *ty {
                 _ if is_text(ty) => u.to_string().to_sql(ty, out),
-                _ => u.to_sql(ty, out),
+                _ => u.to_sql_checked(ty, out),
             },
             Value::Json(j) => match *ty {
                 _ if is_text(ty) => j.to_string().to_sql(ty, out),
-                _ => j.to_sql(ty, out),
+                _ => j.to_sql_checked(ty, out),
             },
         }
     }
