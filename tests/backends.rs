@@ -565,6 +565,31 @@ fn transactions(b: Backend) -> Result<()> {
     tx.commit()?;
     assert_eq!(t.count()?, 2);
 
+    // A statement fails inside a guard transaction and its error is
+    // ignored. PostgreSQL aborts the whole transaction, so commit() must
+    // report that nothing was committed (the server itself answers COMMIT
+    // with a silent ROLLBACK). MySQL and SQLite keep the transaction going,
+    // and the other statements commit.
+    let mut tx = db.begin()?;
+    insert_item_tx(&mut tx, &t, 20, "before a failed statement")?;
+    expect_kind(tx.execute("SELEC 1", ()), ErrorKind::Syntax);
+    let committed = tx.commit();
+    let kept = db
+        .query_opt(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (20,))?
+        .is_some();
+    if b == Backend::Postgres {
+        let e = committed.expect_err("an aborted transaction does not commit");
+        assert_eq!(e.db_code(), Some("25P02"), "{e}");
+        assert!(e.to_string().contains("rolled back"), "{e}");
+        assert!(!kept);
+    } else {
+        committed?;
+        assert!(kept);
+        db.execute(&t.sql("DELETE FROM [{t}] WHERE id = ?"), (20,))?;
+    }
+    assert_eq!(t.count()?, 2);
+    assert_pool_idle(&db);
+
     // A transaction on a checked-out connection.
     {
         let mut conn = db.connection()?;

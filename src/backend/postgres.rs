@@ -130,6 +130,7 @@ impl Connector for PgConnector {
         Ok(Box::new(PgConnection {
             client: Some(client),
             statements: HashMap::new(),
+            tx_failed: None,
         }))
     }
 
@@ -169,6 +170,9 @@ struct PgConnection {
     /// `Some` until dropped; see `Drop`.
     client: Option<Client>,
     statements: HashMap<String, (Statement, Columns)>,
+    /// Inside a transaction begun here: whether a statement in it failed on
+    /// the server, which aborts the whole transaction on PostgreSQL.
+    tx_failed: Option<bool>,
 }
 
 impl PgConnection {
@@ -200,8 +204,16 @@ fn as_sql(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
-impl Connection for PgConnection {
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+impl PgConnection {
+    /// Notes a server-side failure inside a transaction (see `commit`).
+    fn noting<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let (Err(e), Some(failed)) = (&result, &mut self.tx_failed) {
+            *failed |= e.db_code().is_some();
+        }
+        result
+    }
+
+    fn run_query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let (stmt, columns) = self.prepared(sql)?;
         let rows = self
             .client()
@@ -215,15 +227,55 @@ impl Connection for PgConnection {
             .collect()
     }
 
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+    fn run_execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         let (stmt, _) = self.prepared(sql)?;
         self.client()
             .execute(&stmt, &as_sql(params))
             .map_err(classify)
     }
+}
+
+impl Connection for PgConnection {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let result = self.run_query(sql, params);
+        self.noting(result)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let result = self.run_execute(sql, params);
+        self.noting(result)
+    }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        self.client().batch_execute(sql).map_err(classify)
+        let result = self.client().batch_execute(sql).map_err(classify);
+        self.noting(result)
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        self.batch("BEGIN")?;
+        self.tx_failed = Some(false);
+        Ok(())
+    }
+
+    /// PostgreSQL answers COMMIT of an aborted transaction with a silent
+    /// ROLLBACK; that is reported as an error here, never as success.
+    fn commit(&mut self) -> Result<()> {
+        if self.tx_failed.take() == Some(true) {
+            self.batch("ROLLBACK")?;
+            return Err(Error::new(
+                ErrorKind::Database,
+                "the transaction was rolled back, not committed: a statement in it failed, \
+                 which aborts the whole transaction on PostgreSQL; handle that statement's \
+                 error by ending the transaction, then run it again",
+            )
+            .with_code("25P02"));
+        }
+        self.batch("COMMIT")
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        self.tx_failed = None;
+        self.batch("ROLLBACK")
     }
 
     fn ping(&mut self) -> Result<()> {
