@@ -32,6 +32,7 @@ impl Backend {
 /// A manager with its own pool on `backend`, and the temp dir of an SQLite file.
 struct Db {
     db: DatabaseManager,
+    url: String,
     _dir: Option<common::TempDir>,
 }
 
@@ -43,20 +44,15 @@ impl std::ops::Deref for Db {
 }
 
 fn open(backend: Backend) -> Result<Db> {
-    let name = common::unique_name("suite");
-    let (db, dir) = match backend {
-        Backend::Postgres => (common::manager(&name, &common::postgres_url())?, None),
-        Backend::MySql => (common::manager(&name, &common::mysql_url())?, None),
-        Backend::SqliteFile => {
-            let dir = common::TempDir::new("dbmanager-suite");
-            (
-                common::manager(&name, &dir.sqlite_url("suite.db"))?,
-                Some(dir),
-            )
-        }
-        Backend::SqliteMemory => (common::manager(&name, "sqlite::memory:")?, None),
+    let dir = (backend == Backend::SqliteFile).then(|| common::TempDir::new("dbmanager-suite"));
+    let url = match backend {
+        Backend::Postgres => common::postgres_url(),
+        Backend::MySql => common::mysql_url(),
+        Backend::SqliteFile => dir.as_ref().unwrap().sqlite_url("suite.db"),
+        Backend::SqliteMemory => "sqlite::memory:".to_owned(),
     };
-    Ok(Db { db, _dir: dir })
+    let db = common::manager(&common::unique_name("suite"), &url)?;
+    Ok(Db { db, url, _dir: dir })
 }
 
 /// A table with a unique name, dropped when the test ends (pass or fail).
@@ -741,6 +737,46 @@ fn same_connection_keeps_session(b: Backend) -> Result<()> {
     Ok(())
 }
 
+/// READ_ONLY: the server (or SQLite) refuses every write; reads work.
+fn read_only_refuses_writes(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let ro = common::manager_with(&common::unique_name("ro"), &db.url, |c| c.read_only(true))?;
+    assert!(ro.pool_status().read_only);
+    if b == Backend::SqliteMemory {
+        // Another manager means another in-memory database: nothing to read.
+        expect_kind(
+            ro.execute_batch("CREATE TABLE x (a INTEGER)"),
+            ErrorKind::ReadOnly,
+        );
+        return Ok(());
+    }
+    let t = items(&db)?;
+    insert_item(&t, 1, "one")?;
+
+    let n: i64 = ro
+        .query_one(&t.sql("SELECT COUNT(*) AS n FROM [{t}]"), ())?
+        .get("n")?;
+    assert_eq!(n, 1, "reads work");
+    let insert = t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)");
+    let e = expect_kind(ro.execute(&insert, (2, "two", 1, 1)), ErrorKind::ReadOnly);
+    assert!(e.db_code().is_some(), "{e:?}");
+    expect_kind(
+        ro.execute(&t.sql("UPDATE [{t}] SET qty = 5"), ()),
+        ErrorKind::ReadOnly,
+    );
+    expect_kind(
+        ro.execute(&t.sql("DELETE FROM [{t}]"), ()),
+        ErrorKind::ReadOnly,
+    );
+    let e = ro
+        .transaction(|tx| tx.execute(&insert, (3, "three", 1, 1)))
+        .expect_err("refused in a transaction too");
+    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    assert_eq!(t.count()?, 1, "nothing was written");
+    assert_pool_idle(&ro);
+    Ok(())
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -777,6 +813,7 @@ suite!(
     transactions,
     errors_are_classified,
     same_connection_keeps_session,
+    read_only_refuses_writes,
 );
 
 // ------------------------------------------------------- PostgreSQL only

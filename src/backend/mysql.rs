@@ -57,6 +57,12 @@ impl MyConnector {
             .tcp_connect_timeout(Some(config.connect_timeout))
             .prefer_socket(false)
             .stmt_cache_size(256);
+        // READ_ONLY: the server refuses writes (error 1792).
+        let builder = if config.read_only {
+            builder.init(vec!["SET SESSION TRANSACTION READ ONLY"])
+        } else {
+            builder
+        };
         Ok(MyConnector {
             manager: MySqlConnectionManager::new(builder),
             target,

@@ -50,6 +50,16 @@ impl PgConnector {
             )
         })?;
         pg.connect_timeout(config.connect_timeout);
+        if config.read_only {
+            // READ_ONLY: the server refuses writes (SQLSTATE 25006).
+            let options = match pg.get_options() {
+                Some(o) if !o.trim().is_empty() => {
+                    format!("{o} -c default_transaction_read_only=on")
+                }
+                _ => "-c default_transaction_read_only=on".to_owned(),
+            };
+            pg.options(&options);
+        }
         if pg.get_application_name().is_none() {
             pg.application_name("dbmanager");
         }
