@@ -28,6 +28,8 @@
 #   DBM_PG_MAX_CONNECTIONS  default 300
 #   DBM_MY_MAX_CONNECTIONS  default 500
 #   DBM_START_TIMEOUT       seconds to wait for a server to accept connections (default 60)
+#   DBM_TMPDIR              where the temp dirs go (default /tmp; must be reachable by
+#                           the postgres and mysql OS users)
 #   DBM_KEEP_DIRS=1         keep the temp dirs (logs) after dbm_stop_all
 
 # ---------------------------------------------------------------- helpers
@@ -147,6 +149,46 @@ _dbm_wait_gone() {
 
 _dbm_is_root() { [[ $(id -u) == 0 ]]; }
 
+# Earlier runs that were killed (kill -9, a lost CI machine) leave servers and
+# 40-130 MB temp dirs behind. Each dir records the shell that owns it. Once that
+# shell is gone: a dir whose server is dead is removed; a server still running
+# is left alone for 2 hours (somebody may be using it on purpose), then stopped
+# and its dir removed. A dir with no owner file is only touched once it is
+# 10 minutes old (another run may be creating it).
+_dbm_clean_stale() {
+    local base=${DBM_TMPDIR:-/tmp} d owner pid sig
+    while IFS= read -r d; do
+        [[ -n $d && -d $d ]] || continue
+        owner=
+        if [[ -f $d/owner ]]; then
+            owner=$(cat "$d/owner" 2>/dev/null) || owner=
+            if [[ $owner =~ ^[0-9]+$ ]] && kill -0 "$owner" 2>/dev/null; then continue; fi
+        elif [[ -z $(find "$d" -maxdepth 0 -mmin +10 2>/dev/null) ]]; then
+            continue
+        fi
+        pid=
+        sig=TERM
+        if [[ -f $d/data/postmaster.pid ]]; then
+            pid=$(head -n 1 "$d/data/postmaster.pid" 2>/dev/null) || pid=
+            sig=INT # the postmaster's fast shutdown
+        elif [[ -f $d/pid ]]; then
+            pid=$(cat "$d/pid" 2>/dev/null) || pid=
+        fi
+        if [[ $pid =~ ^[0-9]+$ ]] && _dbm_alive "$pid"; then
+            [[ -n $(find "$d" -maxdepth 0 -mmin +120 2>/dev/null) ]] || continue
+            _dbm_log "stopping server $pid left behind in $d"
+            _dbm_cont_tree "$pid"
+            kill "-$sig" "$pid" 2>/dev/null || true
+            if ! _dbm_wait_dead "$pid" 20; then
+                kill -KILL "$pid" 2>/dev/null || true
+                _dbm_wait_dead "$pid" 10 || true
+            fi
+        fi
+        rm -rf -- "$d"
+    done < <(find "$base" -maxdepth 1 -type d \( -name 'dbmanager-pg.??????' -o -name 'dbmanager-my.??????' \) 2>/dev/null)
+    return 0
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 _dbm_pg_bin() {
@@ -228,6 +270,7 @@ dbm_start_postgres() {
         return 0
     fi
     _dbm_stop_postgres # leftovers of a failed start in this shell
+    _dbm_clean_stale
 
     bin=$(_dbm_pg_bin)
     if [[ -z $bin || ! -x $bin/initdb || ! -x $bin/pg_ctl ]]; then
@@ -249,11 +292,12 @@ dbm_start_postgres() {
         return 1
     fi
 
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/dbmanager-pg.XXXXXX") || {
+    dir=$(mktemp -d "${DBM_TMPDIR:-/tmp}/dbmanager-pg.XXXXXX") || {
         _dbm_fail "mktemp -d failed"
         return 1
     }
     _DBM_PG_DIR=$dir
+    printf '%s\n' "$$" >"$dir/owner" || true
     chmod 0700 "$dir" || true
     if _dbm_is_root; then
         chown postgres:postgres "$dir" || {
@@ -357,12 +401,12 @@ _dbm_apt_install() {
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && added=1
     fi
     _dbm_log "apt-get update"
-    timeout 600 apt-get -o DPkg::Lock::Timeout=300 -q update >/tmp/dbmanager-apt.log 2>&1 || rc=$?
-    if ((rc == 0)); then
-        _dbm_log "apt-get install -y $* (this takes about a minute)"
-        DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get -o DPkg::Lock::Timeout=300 -q install -y "$@" \
-            >>/tmp/dbmanager-apt.log 2>&1 || rc=$?
+    if ! timeout 600 apt-get -o DPkg::Lock::Timeout=300 -q update >/tmp/dbmanager-apt.log 2>&1; then
+        _dbm_log "apt-get update failed (see /tmp/dbmanager-apt.log); trying the install anyway"
     fi
+    _dbm_log "apt-get install -y $* (this takes about a minute)"
+    DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get -o DPkg::Lock::Timeout=300 -q install -y "$@" \
+        >>/tmp/dbmanager-apt.log 2>&1 || rc=$?
     if ((added)); then rm -f -- "$policy"; fi
     if ((rc != 0)); then
         _dbm_fail "apt-get failed (exit $rc) installing $*" /tmp/dbmanager-apt.log
@@ -442,7 +486,8 @@ dbm_start_mariadb() {
         _dbm_log "MariaDB already running on port ${_DBM_MY_PORT:-?} (reusing it)"
         return 0
     fi
-    _dbm_stop_mariadb
+    _dbm_stop_mariadb # leftovers of a failed start in this shell
+    _dbm_clean_stale
 
     if ! mariadbd=$(_dbm_mariadbd); then
         _dbm_log "mariadbd not found; installing mariadb-server"
@@ -460,11 +505,12 @@ dbm_start_mariadb() {
         return 1
     fi
 
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/dbmanager-my.XXXXXX") || {
+    dir=$(mktemp -d "${DBM_TMPDIR:-/tmp}/dbmanager-my.XXXXXX") || {
         _dbm_fail "mktemp -d failed"
         return 1
     }
     _DBM_MY_DIR=$dir
+    printf '%s\n' "$$" >"$dir/owner" || true
     chmod 0711 "$dir" || true
     if _dbm_is_root; then
         if ! id mysql >/dev/null 2>&1; then

@@ -537,6 +537,28 @@ fn list_names(names: &[String]) -> String {
         .join(", ")
 }
 
+impl PoolSource for Shared {
+    fn snapshot(&self) -> Option<PoolSnapshot> {
+        if self.is_closed() {
+            return None;
+        }
+        let p = self.pool_status();
+        let now = Instant::now();
+        let level = self.scaling_level(now);
+        Some(PoolSnapshot {
+            database: Arc::clone(&self.config.name),
+            pool_size: p.pool_size,
+            max_size: p.max_size,
+            usage: p.checked_out,
+            idle: p.checked_in,
+            waiting: p.waiting,
+            statement_cache: self.translation_cache_len(),
+            timeout_rate: self.window.rate(now),
+            scaling_level: level as u8,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,27 +599,5 @@ mod tests {
         assert!(e.to_string().contains("`c` is not used"), "{e}");
         assert!(bind(&Binds::Native, Params::Named(vec![("a".into(), v(1))])).is_err());
         assert!(bind(&names, Params::Positional(vec![v(1)])).is_err());
-    }
-}
-
-impl PoolSource for Shared {
-    fn snapshot(&self) -> Option<PoolSnapshot> {
-        if self.is_closed() {
-            return None;
-        }
-        let p = self.pool_status();
-        let now = Instant::now();
-        let level = self.scaling_level(now);
-        Some(PoolSnapshot {
-            database: Arc::clone(&self.config.name),
-            pool_size: p.pool_size,
-            max_size: p.max_size,
-            usage: p.checked_out,
-            idle: p.checked_in,
-            waiting: p.waiting,
-            statement_cache: self.translation_cache_len(),
-            timeout_rate: self.window.rate(now),
-            scaling_level: level as u8,
-        })
     }
 }

@@ -32,6 +32,7 @@ impl Backend {
 /// A manager with its own pool on `backend`, and the temp dir of an SQLite file.
 struct Db {
     db: DatabaseManager,
+    url: String,
     _dir: Option<common::TempDir>,
 }
 
@@ -43,20 +44,15 @@ impl std::ops::Deref for Db {
 }
 
 fn open(backend: Backend) -> Result<Db> {
-    let name = common::unique_name("suite");
-    let (db, dir) = match backend {
-        Backend::Postgres => (common::manager(&name, &common::postgres_url())?, None),
-        Backend::MySql => (common::manager(&name, &common::mysql_url())?, None),
-        Backend::SqliteFile => {
-            let dir = common::TempDir::new("dbmanager-suite");
-            (
-                common::manager(&name, &dir.sqlite_url("suite.db"))?,
-                Some(dir),
-            )
-        }
-        Backend::SqliteMemory => (common::manager(&name, "sqlite::memory:")?, None),
+    let dir = (backend == Backend::SqliteFile).then(|| common::TempDir::new("dbmanager-suite"));
+    let url = match backend {
+        Backend::Postgres => common::postgres_url(),
+        Backend::MySql => common::mysql_url(),
+        Backend::SqliteFile => dir.as_ref().unwrap().sqlite_url("suite.db"),
+        Backend::SqliteMemory => "sqlite::memory:".to_owned(),
     };
-    Ok(Db { db, _dir: dir })
+    let db = common::manager(&common::unique_name("suite"), &url)?;
+    Ok(Db { db, url, _dir: dir })
 }
 
 /// A table with a unique name, dropped when the test ends (pass or fail).
@@ -261,8 +257,7 @@ fn params_quoting_and_rows(b: Backend) -> Result<()> {
         ErrorKind::Conversion,
     );
 
-    // Affected-row counts (every matched row really changes, so MySQL's
-    // "changed rows" count agrees with the others).
+    // Affected-row counts.
     assert_eq!(
         db.execute(
             &t.sql("UPDATE [{t}] SET qty = qty + 1 WHERE qty IS NOT NULL"),
@@ -273,6 +268,12 @@ fn params_quoting_and_rows(b: Backend) -> Result<()> {
     assert_eq!(
         db.execute(&t.sql("UPDATE [{t}] SET qty = 0 WHERE id = ?"), (99,))?,
         0
+    );
+    // Rows matched, not rows changed: setting a value a row already has
+    // still counts it (MySQL's default would say 0).
+    assert_eq!(
+        db.execute(&t.sql("UPDATE [{t}] SET name = name WHERE id <= ?"), (2,))?,
+        2
     );
     assert_eq!(
         db.execute(&t.sql("DELETE FROM [{t}] WHERE id IN (?, ?)"), (3, 4))?,
@@ -560,6 +561,31 @@ fn transactions(b: Backend) -> Result<()> {
     tx.commit()?;
     assert_eq!(t.count()?, 2);
 
+    // A statement fails inside a guard transaction and its error is
+    // ignored. PostgreSQL aborts the whole transaction, so commit() must
+    // report that nothing was committed (the server itself answers COMMIT
+    // with a silent ROLLBACK). MySQL and SQLite keep the transaction going,
+    // and the other statements commit.
+    let mut tx = db.begin()?;
+    insert_item_tx(&mut tx, &t, 20, "before a failed statement")?;
+    expect_kind(tx.execute("SELEC 1", ()), ErrorKind::Syntax);
+    let committed = tx.commit();
+    let kept = db
+        .query_opt(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (20,))?
+        .is_some();
+    if b == Backend::Postgres {
+        let e = committed.expect_err("an aborted transaction does not commit");
+        assert_eq!(e.db_code(), Some("25P02"), "{e}");
+        assert!(e.to_string().contains("rolled back"), "{e}");
+        assert!(!kept);
+    } else {
+        committed?;
+        assert!(kept);
+        db.execute(&t.sql("DELETE FROM [{t}] WHERE id = ?"), (20,))?;
+    }
+    assert_eq!(t.count()?, 2);
+    assert_pool_idle(&db);
+
     // A transaction on a checked-out connection.
     {
         let mut conn = db.connection()?;
@@ -711,6 +737,46 @@ fn same_connection_keeps_session(b: Backend) -> Result<()> {
     Ok(())
 }
 
+/// READ_ONLY: the server (or SQLite) refuses every write; reads work.
+fn read_only_refuses_writes(b: Backend) -> Result<()> {
+    let db = open(b)?;
+    let ro = common::manager_with(&common::unique_name("ro"), &db.url, |c| c.read_only(true))?;
+    assert!(ro.pool_status().read_only);
+    if b == Backend::SqliteMemory {
+        // Another manager means another in-memory database: nothing to read.
+        expect_kind(
+            ro.execute_batch("CREATE TABLE x (a INTEGER)"),
+            ErrorKind::ReadOnly,
+        );
+        return Ok(());
+    }
+    let t = items(&db)?;
+    insert_item(&t, 1, "one")?;
+
+    let n: i64 = ro
+        .query_one(&t.sql("SELECT COUNT(*) AS n FROM [{t}]"), ())?
+        .get("n")?;
+    assert_eq!(n, 1, "reads work");
+    let insert = t.sql("INSERT INTO [{t}] (id, name, qty, [order]) VALUES (?, ?, ?, ?)");
+    let e = expect_kind(ro.execute(&insert, (2, "two", 1, 1)), ErrorKind::ReadOnly);
+    assert!(e.db_code().is_some(), "{e:?}");
+    expect_kind(
+        ro.execute(&t.sql("UPDATE [{t}] SET qty = 5"), ()),
+        ErrorKind::ReadOnly,
+    );
+    expect_kind(
+        ro.execute(&t.sql("DELETE FROM [{t}]"), ()),
+        ErrorKind::ReadOnly,
+    );
+    let e = ro
+        .transaction(|tx| tx.execute(&insert, (3, "three", 1, 1)))
+        .expect_err("refused in a transaction too");
+    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    assert_eq!(t.count()?, 1, "nothing was written");
+    assert_pool_idle(&ro);
+    Ok(())
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -747,6 +813,7 @@ suite!(
     transactions,
     errors_are_classified,
     same_connection_keeps_session,
+    read_only_refuses_writes,
 );
 
 // ------------------------------------------------------- PostgreSQL only
@@ -786,5 +853,82 @@ fn postgres_casts_and_jsonb_operators_pass_through() -> Result<()> {
     db.execute_batch("DO $$ BEGIN PERFORM 1 WHERE '?' = '?' AND 1 = 1; END $$")?;
     db.execute_batch("DO $body$ BEGIN PERFORM '[x] :y ?'; END $body$")?;
     assert_pool_idle(&db);
+    Ok(())
+}
+
+/// A value bound to a PostgreSQL placeholder of another type is converted
+/// when that is exact, and refused as a Parameter error otherwise: it is
+/// never written in a binary format the server would misread, and the
+/// connection survives.
+#[test]
+fn postgres_parameters_of_another_type_are_converted_or_refused() -> Result<()> {
+    let db = open(Backend::Postgres)?;
+    let t = Table::create(
+        &db,
+        "id INTEGER PRIMARY KEY, big BIGINT, small INTEGER, f DOUBLE PRECISION, \
+         d DATE, ts TIMESTAMP, tz TIMESTAMPTZ, txt TEXT",
+    )?;
+    let date = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+    let midnight = date.and_time(NaiveTime::MIN);
+    let converted: [(&str, Value, Value); 8] = [
+        ("big", Value::from("12345678"), Value::I64(12_345_678)),
+        ("big", Value::F64(3.0), Value::I64(3)),
+        ("small", Value::from(" 42 "), Value::I64(42)),
+        ("f", Value::I64(2), Value::F64(2.0)),
+        ("f", Value::from("2.5"), Value::F64(2.5)),
+        (
+            "tz",
+            Value::Date(date),
+            Value::TimestampTz(midnight.and_utc()),
+        ),
+        (
+            "ts",
+            Value::from("2024-02-29 00:00:00"),
+            Value::Timestamp(midnight),
+        ),
+        ("txt", Value::Bytes(b"abc".to_vec()), Value::from("abc")),
+    ];
+    for (i, (col, sent, back)) in converted.into_iter().enumerate() {
+        let id = i as i64 + 1;
+        db.execute(
+            &t.sql(&format!("INSERT INTO [{{t}}] (id, {col}) VALUES (?, ?)")),
+            (id, sent.clone()),
+        )?;
+        let row = db.query_one(
+            &t.sql(&format!("SELECT {col} FROM [{{t}}] WHERE id = ?")),
+            (id,),
+        )?;
+        assert_eq!(row.value(col), Some(&back), "{sent:?} into {col}");
+    }
+    let refused: [(&str, Value); 8] = [
+        ("big", Value::F64(2.5)),
+        ("big", Value::Date(date)),
+        ("big", Value::Bytes(vec![0, 0, 0, 0, 0, 0, 0, 7])),
+        ("big", Value::from("12abc")),
+        ("ts", Value::I64(1_700_000_000)),
+        ("d", Value::Timestamp(midnight)),
+        ("small", Value::Uuid(Uuid::nil())),
+        ("f", Value::Json(serde_json::json!(1.5))),
+    ];
+    for (col, sent) in refused {
+        let e = expect_kind(
+            db.execute(
+                &t.sql(&format!("INSERT INTO [{{t}}] (id, {col}) VALUES (?, ?)")),
+                (100, sent.clone()),
+            ),
+            ErrorKind::Parameter,
+        );
+        assert!(
+            !e.to_string().contains("12abc"),
+            "no value in the message: {e}"
+        );
+    }
+    assert_eq!(t.count()?, 8, "nothing refused was stored");
+    let s = db.pool_status();
+    assert_eq!(
+        (s.invalid, s.checked_out),
+        (0, 0),
+        "no connection was broken: {s:?}"
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mysql::consts::{ColumnFlags, ColumnType};
+use mysql::consts::{CapabilityFlags, ColumnFlags, ColumnType};
 use mysql::prelude::Queryable;
 use mysql::{Opts, OptsBuilder};
 use r2d2::ManageConnection;
@@ -51,10 +51,21 @@ impl MyConnector {
                 url_error_reason(&e)
             ))
         })?;
+        // Affected-row counts are rows matched, not rows changed, as on the
+        // other backends (and SQLAlchemy's default): an UPDATE that sets a
+        // value it already has still counts its row.
+        let capabilities = opts.get_additional_capabilities() | CapabilityFlags::CLIENT_FOUND_ROWS;
         let builder = OptsBuilder::from_opts(opts)
+            .additional_capabilities(capabilities)
             .tcp_connect_timeout(Some(config.connect_timeout))
             .prefer_socket(false)
             .stmt_cache_size(256);
+        // READ_ONLY: the server refuses writes (error 1792).
+        let builder = if config.read_only {
+            builder.init(vec!["SET SESSION TRANSACTION READ ONLY"])
+        } else {
+            builder
+        };
         // A cancel must never wait long on a server that does not answer.
         let kill_opts = Opts::from(
             builder

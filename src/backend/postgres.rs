@@ -57,6 +57,16 @@ impl PgConnector {
                 "the PostgreSQL connection string cannot be parsed; expected postgresql://user:password@host:port/database[?sslmode=require]",
             )
         })?;
+        if config.read_only {
+            // READ_ONLY: the server refuses writes (SQLSTATE 25006).
+            let options = match pg.get_options() {
+                Some(o) if !o.trim().is_empty() => {
+                    format!("{o} -c default_transaction_read_only=on")
+                }
+                _ => "-c default_transaction_read_only=on".to_owned(),
+            };
+            pg.options(&options);
+        }
         if pg.get_application_name().is_none() {
             pg.application_name("dbmanager");
         }
@@ -339,6 +349,7 @@ impl Connector for PgConnector {
                 client: Some(client),
                 statements: HashMap::new(),
                 canceller,
+                tx_failed: None,
             }));
         }
         Err(last.unwrap_or_else(|| {
@@ -381,6 +392,9 @@ struct PgConnection {
     client: Option<Client>,
     statements: HashMap<String, (Statement, Columns)>,
     canceller: Arc<dyn Canceller>,
+    /// Inside a transaction begun here: whether a statement in it failed on
+    /// the server, which aborts the whole transaction on PostgreSQL.
+    tx_failed: Option<bool>,
 }
 
 /// Stops a running statement with PostgreSQL's cancel request, sent over a
@@ -482,8 +496,16 @@ fn as_sql(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
-impl Connection for PgConnection {
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+impl PgConnection {
+    /// Notes a server-side failure inside a transaction (see `commit`).
+    fn noting<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let (Err(e), Some(failed)) = (&result, &mut self.tx_failed) {
+            *failed |= e.db_code().is_some();
+        }
+        result
+    }
+
+    fn run_query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let (stmt, columns) = self.prepared(sql)?;
         let args = as_sql(params);
         let rows = self.call(|c| c.query(&stmt, &args))?;
@@ -495,14 +517,54 @@ impl Connection for PgConnection {
             .collect()
     }
 
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+    fn run_execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         let (stmt, _) = self.prepared(sql)?;
         let args = as_sql(params);
         self.call(|c| c.execute(&stmt, &args))
     }
+}
+
+impl Connection for PgConnection {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let result = self.run_query(sql, params);
+        self.noting(result)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let result = self.run_execute(sql, params);
+        self.noting(result)
+    }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        self.call(|c| c.batch_execute(sql))
+        let result = self.call(|c| c.batch_execute(sql));
+        self.noting(result)
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        self.batch("BEGIN")?;
+        self.tx_failed = Some(false);
+        Ok(())
+    }
+
+    /// PostgreSQL answers COMMIT of an aborted transaction with a silent
+    /// ROLLBACK; that is reported as an error here, never as success.
+    fn commit(&mut self) -> Result<()> {
+        if self.tx_failed.take() == Some(true) {
+            self.batch("ROLLBACK")?;
+            return Err(Error::new(
+                ErrorKind::Database,
+                "the transaction was rolled back, not committed: a statement in it failed, \
+                 which aborts the whole transaction on PostgreSQL; handle that statement's \
+                 error by ending the transaction, then run it again",
+            )
+            .with_code("25P02"));
+        }
+        self.batch("COMMIT")
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        self.tx_failed = None;
+        self.batch("ROLLBACK")
     }
 
     fn ping(&mut self) -> Result<()> {
@@ -612,7 +674,9 @@ fn is_text(ty: &Type) -> bool {
 
 /// Binds a [`Value`] as whatever type the server inferred for the
 /// placeholder, widening and range-checking integers, and accepting text
-/// for types that have a text form.
+/// for types that have a text form. Any other pairing goes through the
+/// driver's type check (`to_sql_checked`), so a value is never written in
+/// a binary format the server would misread.
 impl ToSql for Value {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
         use rust_decimal::Decimal;
@@ -634,13 +698,16 @@ impl ToSql for Value {
                 Type::NUMERIC => Decimal::from(*v).to_sql(ty, out),
                 Type::BOOL => (*v != 0).to_sql(ty, out),
                 _ if is_text(ty) => v.to_string().to_sql(ty, out),
-                _ => v.to_sql(ty, out),
+                _ => v.to_sql_checked(ty, out),
             },
             Value::F64(v) => match *ty {
                 Type::FLOAT4 => (*v as f32).to_sql(ty, out),
                 Type::NUMERIC => Decimal::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 | Type::INT4 | Type::INT8 if v.fract() == 0.0 && v.abs() < 9.0e18 => {
+                    Value::I64(*v as i64).to_sql(ty, out)
+                }
                 _ if is_text(ty) => v.to_string().to_sql(ty, out),
-                _ => v.to_sql(ty, out),
+                _ => v.to_sql_checked(ty, out),
             },
             Value::Decimal(d) => match *ty {
                 Type::FLOAT8 => d.to_string().parse::<f64>()?.to_sql(ty, out),
@@ -649,7 +716,7 @@ impl ToSql for Value {
                     Value::I64(i64::try_from(*d)?).to_sql(ty, out)
                 }
                 _ if is_text(ty) => d.to_string().to_sql(ty, out),
-                _ => d.to_sql(ty, out),
+                _ => d.to_sql_checked(ty, out),
             },
             Value::Text(s) => match *ty {
                 Type::JSON | Type::JSONB => {
@@ -672,33 +739,37 @@ impl ToSql for Value {
                 Type::TIMESTAMPTZ => text_as(value::parse_timestamptz(s), ty)?.to_sql(ty, out),
                 _ => s.as_str().to_sql(ty, out),
             },
-            Value::Bytes(b) => b.as_slice().to_sql(ty, out),
+            Value::Bytes(b) => match *ty {
+                _ if is_text(ty) => b.as_slice().to_sql(ty, out),
+                _ => b.as_slice().to_sql_checked(ty, out),
+            },
             Value::Date(d) => match *ty {
                 _ if is_text(ty) => d.to_string().to_sql(ty, out),
                 Type::TIMESTAMP => d.and_time(chrono::NaiveTime::MIN).to_sql(ty, out),
-                _ => d.to_sql(ty, out),
+                Type::TIMESTAMPTZ => d.and_time(chrono::NaiveTime::MIN).and_utc().to_sql(ty, out),
+                _ => d.to_sql_checked(ty, out),
             },
             Value::Time(t) => match *ty {
                 _ if is_text(ty) => t.to_string().to_sql(ty, out),
-                _ => t.to_sql(ty, out),
+                _ => t.to_sql_checked(ty, out),
             },
             Value::Timestamp(t) => match *ty {
                 Type::TIMESTAMPTZ => t.and_utc().to_sql(ty, out),
                 _ if is_text(ty) => t.to_string().to_sql(ty, out),
-                _ => t.to_sql(ty, out),
+                _ => t.to_sql_checked(ty, out),
             },
             Value::TimestampTz(t) => match *ty {
                 Type::TIMESTAMP => t.naive_utc().to_sql(ty, out),
                 _ if is_text(ty) => t.to_rfc3339().to_sql(ty, out),
-                _ => t.to_sql(ty, out),
+                _ => t.to_sql_checked(ty, out),
             },
             Value::Uuid(u) => match *ty {
                 _ if is_text(ty) => u.to_string().to_sql(ty, out),
-                _ => u.to_sql(ty, out),
+                _ => u.to_sql_checked(ty, out),
             },
             Value::Json(j) => match *ty {
                 _ if is_text(ty) => j.to_string().to_sql(ty, out),
-                _ => j.to_sql(ty, out),
+                _ => j.to_sql_checked(ty, out),
             },
         }
     }

@@ -38,6 +38,7 @@ impl SqliteConnector {
         static MEMORY_DBS: AtomicU64 = AtomicU64::new(0);
         let target = sqlite_target(&config.url)?;
         let busy = config.query_timeout.unwrap_or(DEFAULT_BUSY_TIMEOUT);
+        let read_only = config.read_only;
         let (path, memory) = match target {
             Target::Memory => {
                 let n = MEMORY_DBS.fetch_add(1, Ordering::Relaxed);
@@ -60,8 +61,15 @@ impl SqliteConnector {
                 } else {
                     "PRAGMA journal_mode = WAL;"
                 };
+                // READ_ONLY: SQLite refuses writes (SQLITE_READONLY), after
+                // the journal mode is set.
+                let query_only = if read_only {
+                    "PRAGMA query_only = ON;"
+                } else {
+                    ""
+                };
                 c.execute_batch(&format!(
-                    "PRAGMA foreign_keys = ON; {journal} PRAGMA synchronous = NORMAL;"
+                    "PRAGMA foreign_keys = ON; {journal} PRAGMA synchronous = NORMAL; {query_only}"
                 ))
             });
         let keeper = if memory {
