@@ -338,7 +338,18 @@ fn manager(
     pool_size: Option<u32>,
     max_overflow: Option<u32>,
 ) -> Outcome<DatabaseManager> {
-    let mut b = DatabaseConfig::builder(name).url(url);
+    manager_with(name, url, pool_size, max_overflow, |b| b)
+}
+
+/// As [`manager`], with more settings applied to the builder.
+fn manager_with(
+    name: &str,
+    url: &str,
+    pool_size: Option<u32>,
+    max_overflow: Option<u32>,
+    more: impl FnOnce(dbmanager::DatabaseConfigBuilder) -> dbmanager::DatabaseConfigBuilder,
+) -> Outcome<DatabaseManager> {
+    let mut b = more(DatabaseConfig::builder(name).url(url));
     if let Some(n) = pool_size {
         b = b.pool_size(n);
     }
@@ -586,6 +597,138 @@ fn pool_get_return(settings: &Settings, report: &mut Report, threads: &[usize]) 
     Ok(())
 }
 
+// ------------------------------------------------------------------ watchdog and metrics
+
+/// One setting switched on and off on two managers of the same database.
+struct Toggle {
+    /// Report prefix and filter key.
+    key: &'static str,
+    /// The line's text.
+    what: &'static str,
+    off: fn(dbmanager::DatabaseConfigBuilder) -> dbmanager::DatabaseConfigBuilder,
+    on: fn(dbmanager::DatabaseConfigBuilder) -> dbmanager::DatabaseConfigBuilder,
+}
+
+const WATCHDOG: Toggle = Toggle {
+    key: "watchdog",
+    what: "SELECT 1, watchdog armed vs not",
+    // Metrics off on both sides: this compares the watchdog alone.
+    off: |b| b.query_timeout(None).metrics(false),
+    on: |b| b.query_timeout(Some(Duration::from_secs(30))).metrics(false),
+};
+
+const METRICS: Toggle = Toggle {
+    key: "metrics",
+    what: "SELECT 1, metrics on vs off",
+    off: |b| b.query_timeout(None).metrics(false),
+    on: |b| b.query_timeout(None).metrics(true),
+};
+
+fn toggles(settings: &Settings, report: &mut Report) {
+    for t in [&WATCHDOG, &METRICS] {
+        for (backend, var, goal) in [
+            ("postgres", Some("DBMANAGER_TEST_POSTGRES_URL"), Goal::Ratio(1.02)),
+            ("mariadb", Some("DBMANAGER_TEST_MYSQL_URL"), Goal::Ratio(1.02)),
+            (
+                "sqlite",
+                None,
+                Goal::ExtraNs(if t.key == "watchdog" { 300.0 } else { 100.0 }),
+            ),
+        ] {
+            let label = format!("{}/{backend}", t.key);
+            if !settings.wants(&[format!("{label} {}", t.what)]) {
+                continue;
+            }
+            let url = match var {
+                None => "sqlite::memory:".to_owned(),
+                Some(v) => match std::env::var(v) {
+                    Ok(u) => u,
+                    Err(_) => {
+                        skipped(&label, v);
+                        continue;
+                    }
+                },
+            };
+            let threads: &[usize] = if backend == "sqlite" { &[1, 2, 8] } else { &[1] };
+            if let Err(e) = toggle(settings, report, t, &label, &url, threads, goal) {
+                failed(&label, t.what, &e);
+            }
+        }
+    }
+    if settings.wants(&["watchdog/postgres precision".to_owned()]) {
+        match std::env::var("DBMANAGER_TEST_POSTGRES_URL") {
+            Ok(url) => {
+                if let Err(e) = precision(&url) {
+                    failed("watchdog", "precision", &e);
+                }
+            }
+            Err(_) => skipped("watchdog", "DBMANAGER_TEST_POSTGRES_URL"),
+        }
+    }
+}
+
+fn toggle(
+    settings: &Settings,
+    report: &mut Report,
+    t: &Toggle,
+    label: &str,
+    url: &str,
+    threads: &[usize],
+    goal: Goal,
+) -> Outcome<()> {
+    let off = manager_with(&format!("bench_{label}_off"), url, Some(8), Some(0), t.off)?;
+    let on = manager_with(&format!("bench_{label}_on"), url, Some(8), Some(0), t.on)?;
+    for &n in threads {
+        let sides = if n == 1 {
+            vec![
+                Side::serial("off", || dbm_select_one(&off)),
+                Side::serial("on", || dbm_select_one(&on)),
+            ]
+        } else {
+            vec![
+                Side::threaded("off", n, || dbm_select_one(&off)),
+                Side::threaded("on", n, || dbm_select_one(&on)),
+            ]
+        };
+        let m = measure(settings, sides)?;
+        let what = format!("{}, {n} thread{}", t.what, if n == 1 { "" } else { "s" });
+        report.line(label, &what, &m, 0, 1, if n == 1 { goal } else { Goal::Scale });
+    }
+    off.close();
+    on.close();
+    Ok(())
+}
+
+/// How long after a 100 ms limit the caller of `pg_sleep(1)` gets control
+/// back, over 100 cancelled calls.
+fn precision(url: &str) -> Outcome<()> {
+    let db = manager("bench_precision", url, Some(1), Some(0))?;
+    let limit = Duration::from_millis(100);
+    let mut ms = Vec::with_capacity(100);
+    for _ in 0..100 {
+        let started = Instant::now();
+        match db.execute_with_timeout("SELECT pg_sleep(1)", (), limit) {
+            Err(e) if e.kind() == dbmanager::ErrorKind::QueryTimeout => {
+                ms.push(started.elapsed().as_secs_f64() * 1e3)
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Err("pg_sleep(1) finished within its 100 ms limit".into()),
+        }
+    }
+    let p99 = quantile(&ms, 0.99);
+    println!(
+        "{:<9}{:<44}p50 {:.1} ms, p99 {p99:.1} ms, max {:.1} ms   goal p99 <= 120 ms   {}   (connections discarded: {})",
+        "watchdog",
+        "100 x pg_sleep(1) with a 100 ms limit",
+        quantile(&ms, 0.5),
+        ms.iter().copied().fold(0.0, f64::max),
+        if p99 <= 120.0 { "ok" } else { "MISSED" },
+        db.pool_status().invalid
+    );
+    db.close();
+    Ok(())
+}
+
 // ------------------------------------------------------------------ main
 
 fn main() -> ExitCode {
@@ -606,6 +749,7 @@ fn main() -> ExitCode {
     mariadb(&settings, &mut report);
     sqlite(&settings, &mut report);
     pool(&settings, &mut report);
+    toggles(&settings, &mut report);
 
     println!(
         "\n{} of {} goals met in {:.1} s",

@@ -106,6 +106,9 @@ struct State {
     next_id: u64,
     cancels_running: usize,
     sweepers: Vec<Weak<dyn Sweep>>,
+    /// When the timer thread, parked, will wake by itself; `None` while it
+    /// runs (it reads the map again before parking).
+    parked_until: Option<Instant>,
     /// Counters for tests and metrics.
     fired_total: u64,
     aborted_total: u64,
@@ -154,11 +157,17 @@ impl Watchdog {
         let mut st = self.state.lock();
         st.next_id = st.next_id.wrapping_add(1);
         let key = (deadline, st.next_id);
-        let earliest = st.timers.first_key_value().map_or(true, |(k, _)| key < *k);
         st.timers
             .insert(key, Timer::Deadline(Arc::clone(canceller)));
+        // Wake the thread only if it would otherwise sleep past this
+        // deadline: the usual statement (a limit of seconds, ended in
+        // milliseconds) costs no system call and no context switch.
+        let wake = st.parked_until.is_some_and(|p| deadline < p);
+        if wake {
+            st.parked_until = None;
+        }
         drop(st);
-        if earliest {
+        if wake {
             self.wake.notify_one();
         }
         Armed { key }
@@ -200,7 +209,10 @@ impl Watchdog {
 
     /// Adds a sweeper, called every [`SWEEP_EVERY`] while it lives.
     pub(crate) fn add_sweeper(&self, s: Weak<dyn Sweep>) {
-        self.state.lock().sweepers.push(s);
+        let mut st = self.state.lock();
+        st.sweepers.push(s);
+        st.parked_until = None;
+        drop(st);
         self.wake.notify_one();
     }
 
@@ -272,7 +284,9 @@ fn run(weak: Weak<Watchdog>) {
         };
         // Idle parks are capped so that a dropped (test) watchdog's thread ends.
         let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        st.parked_until = Some(until);
         dog.wake.wait_until(&mut st, until);
+        st.parked_until = None;
     }
 }
 
