@@ -614,7 +614,10 @@ const WATCHDOG: Toggle = Toggle {
     what: "SELECT 1, watchdog armed vs not",
     // Metrics off on both sides: this compares the watchdog alone.
     off: |b| b.query_timeout(None).metrics(false),
-    on: |b| b.query_timeout(Some(Duration::from_secs(30))).metrics(false),
+    on: |b| {
+        b.query_timeout(Some(Duration::from_secs(30)))
+            .metrics(false)
+    },
 };
 
 const METRICS: Toggle = Toggle {
@@ -627,8 +630,16 @@ const METRICS: Toggle = Toggle {
 fn toggles(settings: &Settings, report: &mut Report) {
     for t in [&WATCHDOG, &METRICS] {
         for (backend, var, goal) in [
-            ("postgres", Some("DBMANAGER_TEST_POSTGRES_URL"), Goal::Ratio(1.02)),
-            ("mariadb", Some("DBMANAGER_TEST_MYSQL_URL"), Goal::Ratio(1.02)),
+            (
+                "postgres",
+                Some("DBMANAGER_TEST_POSTGRES_URL"),
+                Goal::Ratio(1.02),
+            ),
+            (
+                "mariadb",
+                Some("DBMANAGER_TEST_MYSQL_URL"),
+                Goal::Ratio(1.02),
+            ),
             (
                 "sqlite",
                 None,
@@ -649,7 +660,11 @@ fn toggles(settings: &Settings, report: &mut Report) {
                     }
                 },
             };
-            let threads: &[usize] = if backend == "sqlite" { &[1, 2, 8] } else { &[1] };
+            let threads: &[usize] = if backend == "sqlite" {
+                &[1, 2, 8]
+            } else {
+                &[1]
+            };
             if let Err(e) = toggle(settings, report, t, &label, &url, threads, goal) {
                 failed(&label, t.what, &e);
             }
@@ -692,7 +707,14 @@ fn toggle(
         };
         let m = measure(settings, sides)?;
         let what = format!("{}, {n} thread{}", t.what, if n == 1 { "" } else { "s" });
-        report.line(label, &what, &m, 0, 1, if n == 1 { goal } else { Goal::Scale });
+        report.line(
+            label,
+            &what,
+            &m,
+            0,
+            1,
+            if n == 1 { goal } else { Goal::Scale },
+        );
     }
     off.close();
     on.close();

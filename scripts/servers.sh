@@ -17,6 +17,8 @@
 #   DBMANAGER_TEST_MYSQL_URL           mysql://app:<pw>@127.0.0.1:<port>/appdb
 #   DBMANAGER_TEST_MYSQL_ADMIN_URL     mysql://root:<pw>@127.0.0.1:<port>/appdb
 #   DBMANAGER_TEST_MYSQL_PID           mariadbd's pid
+# Exported after dbm_start_pushgateway:
+#   DBMANAGER_TEST_PUSHGATEWAY_URL     http://127.0.0.1:<port>
 #
 # Every step has a bounded timeout. On failure a function prints one line
 # "dbm: ERROR: ..." (plus the tail of the server log) to stderr, cleans up what
@@ -640,6 +642,46 @@ dbm_start_mariadb() {
     _dbm_log "MariaDB $("$mariadbd" --version 2>/dev/null | awk '{ print $3 }') ready on 127.0.0.1:$port (pid $pid, $(_dbm_elapsed "$t0") s)"
 }
 
+# ---------------------------------------------------------------- Pushgateway
+
+# dbm_start_pushgateway: a Prometheus Pushgateway (Debian's package, installed
+# when missing) on a free loopback port, in memory only. Exports
+# DBMANAGER_TEST_PUSHGATEWAY_URL (http://127.0.0.1:<port>).
+dbm_start_pushgateway() {
+    local bin=/usr/bin/prometheus-pushgateway port log i
+    if [[ ! -x $bin ]]; then
+        _dbm_apt_install prometheus-pushgateway || return 1
+    fi
+    port=$(_dbm_free_port) || {
+        _dbm_fail "no free port for the Pushgateway"
+        return 1
+    }
+    log=$(mktemp "${DBM_TMPDIR:-/tmp}/dbmanager-pushgateway.XXXXXX") || return 1
+    _DBM_PGW_LOG=$log
+    "$bin" --web.listen-address="127.0.0.1:$port" >"$log" 2>&1 &
+    _DBM_PGW_PID=$!
+    for ((i = 0; i < ${DBM_START_TIMEOUT:-60} * 10; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            export DBMANAGER_TEST_PUSHGATEWAY_URL="http://127.0.0.1:$port"
+            _dbm_log "Pushgateway on port $port"
+            return 0
+        fi
+        if ! _dbm_alive "$_DBM_PGW_PID"; then break; fi
+        sleep 0.1
+    done
+    _dbm_fail "the Pushgateway did not start" "$log"
+    _dbm_stop_pushgateway
+    return 1
+}
+
+_dbm_stop_pushgateway() {
+    if [[ -n ${_DBM_PGW_PID:-} ]] && _dbm_alive "$_DBM_PGW_PID"; then
+        _dbm_kill_hard "$_DBM_PGW_PID" || true
+    fi
+    if [[ -n ${_DBM_PGW_LOG:-} ]]; then rm -f -- "$_DBM_PGW_LOG"; fi
+    _DBM_PGW_PID= _DBM_PGW_LOG=
+}
+
 # ---------------------------------------------------------------- both
 
 # Print the exported DBMANAGER_TEST_* variables, passwords masked.
@@ -647,7 +689,8 @@ dbm_print_env() {
     local v val
     for v in DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
         DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID \
-        DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID; do
+        DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID \
+        DBMANAGER_TEST_PUSHGATEWAY_URL; do
         val=${!v:-}
         [[ -n $val ]] || continue
         # scheme://user:password@host -> scheme://user:***@host
@@ -667,6 +710,10 @@ dbm_stop_all() {
     if [[ -n ${_DBM_MY_DIR:-} || -n ${_DBM_MY_PID:-} ]]; then
         had=1
         _dbm_stop_mariadb
+    fi
+    if [[ -n ${_DBM_PGW_PID:-} ]]; then
+        had=1
+        _dbm_stop_pushgateway
     fi
     if ((had)); then _dbm_log "servers stopped"; fi
     return 0

@@ -3,8 +3,9 @@
 //! connection's transport is cut and the caller gets `QueryTimeout`; other
 //! deadlines keep firing on schedule meanwhile.
 //!
-//! One test per file run, in sequence: stopping MariaDB stops the whole
-//! server, which must not disturb tests running beside it.
+//! One test in this file, so nothing runs beside it: stopping MariaDB stops
+//! the whole server, and `health_check_all` touches every manager in the
+//! process; neither may disturb other tests.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,6 +113,45 @@ fn hung_servers_do_not_hang_callers() -> Result<()> {
             );
             Ok(())
         })?;
+        // A health check of a stopped server answers within its own limit.
+        let my_quick = DatabaseManager::from_config(
+            DatabaseConfig::builder(unique("hung_health"))
+                .url(env("DBMANAGER_TEST_MYSQL_URL"))
+                .health_timeout(Duration::from_secs(1))
+                .build()?,
+        )?;
+        let started = Instant::now();
+        let h = my_quick.health_check();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(h.status, dbmanager::Health::Unhealthy, "{h:?}");
+        // Every live manager in the process, side by side: about one
+        // health timeout in all, not one per database.
+        let started = Instant::now();
+        let all = DatabaseManager::health_check_all();
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "took {:?}",
+            started.elapsed()
+        );
+        for db in [&my, &pg, &sqlite, &my_quick] {
+            assert!(
+                all.iter().any(|h| h.database_name == db.name()),
+                "{} missing",
+                db.name()
+            );
+        }
+        let status = |db: &DatabaseManager| {
+            all.iter()
+                .find(|h| h.database_name == db.name())
+                .map(|h| h.status)
+        };
+        // PostgreSQL answers (degraded, though: its statements just timed out).
+        assert_eq!(status(&pg), Some(dbmanager::Health::Degraded));
+        assert_eq!(status(&my_quick), Some(dbmanager::Health::Unhealthy));
     }
     // Resumed: the cut connection was discarded, a new one works.
     let one: i64 = my.query_one("SELECT 1 AS one", ())?.get("one")?;

@@ -1,0 +1,436 @@
+//! Metrics, health checks, the slow-query log, statement statistics, query
+//! plans and the scaling signal, against real servers, read back through
+//! real parsers (Prometheus' text format) and a real Pushgateway.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{closed_port, manager_with, mysql_url, postgres_url, unique_name, TempDir};
+use dbmanager::{BackendKind, ErrorKind, Health, Result, ScalingLevel};
+use prometheus_parse::{Scrape, Value};
+
+fn parse(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition text")
+}
+
+/// The value of `metric` for `database` (and `operation`, when given).
+fn sample(scrape: &Scrape, metric: &str, database: &str, operation: Option<&str>) -> Option<Value> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == metric
+                && s.labels.get("database") == Some(database)
+                && operation.map_or(true, |op| s.labels.get("operation") == Some(op))
+        })
+        .map(|s| s.value.clone())
+}
+
+fn number(scrape: &Scrape, metric: &str, database: &str, operation: Option<&str>) -> f64 {
+    match sample(scrape, metric, database, operation) {
+        Some(Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v)) => v,
+        other => panic!("{metric}{{database={database}}}: {other:?}"),
+    }
+}
+
+fn bucket(scrape: &Scrape, metric: &str, database: &str, operation: &str, le: f64) -> f64 {
+    match sample(scrape, metric, database, Some(operation)) {
+        Some(Value::Histogram(counts)) => {
+            counts
+                .iter()
+                .find(|c| (c.less_than - le).abs() < 1e-9)
+                .unwrap_or_else(|| panic!("no bucket le={le}"))
+                .count
+        }
+        other => panic!("{metric}: {other:?}"),
+    }
+}
+
+/// Everything `tracing` prints in this test binary (a global subscriber, so
+/// the pool's and watchdog's threads are seen too).
+fn log() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        #[derive(Clone)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(Arc::clone(&buf));
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per binary");
+        buf
+    })
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&log().lock().unwrap()).into_owned()
+}
+
+fn sleep_sql(kind: BackendKind, secs: f64) -> String {
+    match kind {
+        BackendKind::Postgres => format!("SELECT pg_sleep({secs}), 'sleep-literal-7731'"),
+        BackendKind::MySql => format!("SELECT SLEEP({secs}), 'sleep-literal-7731'"),
+        // About half a second of counting on this machine kind; only used as "slow".
+        _ => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 3000000) \
+              SELECT count(*), 'sleep-literal-7731' FROM c"
+            .to_owned(),
+    }
+}
+
+fn endless(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Postgres => "SELECT pg_sleep(10)",
+        BackendKind::MySql => "SELECT SLEEP(10)",
+        _ => {
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+        }
+    }
+}
+
+/// A known sequence of statements, then the exposition text read back.
+fn metrics_follow_a_known_sequence(url: &str) -> Result<()> {
+    log();
+    let name = unique_name("obs");
+    let db = manager_with(&name, url, |b| {
+        b.pool_size(3)
+            .max_overflow(1)
+            .slow_query_threshold(Some(Duration::from_millis(250)))
+    })?;
+    let kind = db.backend();
+    let table = unique_name("obs_t");
+    db.execute_batch(&format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY)"))?;
+    for _ in 0..5 {
+        db.execute_query("SELECT 1", ())?;
+    }
+    // Two slow ones (over 250 ms).
+    if kind == BackendKind::Sqlite {
+        // Counting is not sleeping: make sure these really are slow here.
+        let started = Instant::now();
+        db.execute_query(&sleep_sql(kind, 0.0), ())?;
+        assert!(
+            started.elapsed() > Duration::from_millis(250),
+            "the SQLite statement is too fast to be slow"
+        );
+        db.execute_query(&sleep_sql(kind, 0.0), ())?;
+    } else {
+        db.execute_query(&sleep_sql(kind, 0.6), ())?;
+        db.execute_query(&sleep_sql(kind, 0.6), ())?;
+    }
+    // One timeout, well under the slow threshold.
+    let err = db
+        .execute_query_with_timeout(endless(kind), (), Duration::from_millis(100))
+        .expect_err("must time out");
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout);
+    // One rolled-back transaction with one insert.
+    let _ = db.transaction(|tx| {
+        tx.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (1,))?;
+        Err::<(), dbmanager::Error>(err)
+    });
+
+    let text = dbmanager::metrics_text();
+    let m = parse(&text);
+    assert_eq!(
+        number(&m, "db_query_count", &name, Some("query")),
+        8.0,
+        "{:?}",
+        db.statement_stats(20)
+    );
+    assert_eq!(number(&m, "db_query_count", &name, Some("execute")), 1.0);
+    assert_eq!(number(&m, "db_query_count", &name, Some("batch")), 1.0);
+    assert_eq!(number(&m, "db_query_count", &name, Some("rollback")), 1.0);
+    assert_eq!(number(&m, "db_slow_query_count", &name, None), 2.0);
+    assert_eq!(number(&m, "db_query_timeouts_total", &name, None), 1.0);
+    assert_eq!(number(&m, "db_query_cancellations_total", &name, None), 1.0);
+    assert_eq!(
+        number(&m, "db_transaction_rollbacks_total", &name, None),
+        1.0
+    );
+    assert_eq!(number(&m, "db_transaction_commits_total", &name, None), 0.0);
+    assert_eq!(number(&m, "db_transactions_active", &name, None), 0.0);
+    assert_eq!(number(&m, "db_pool_size", &name, None), 3.0);
+    assert_eq!(number(&m, "db_pool_max_size", &name, None), 4.0);
+    assert_eq!(number(&m, "db_pool_usage", &name, None), 0.0);
+    assert!(number(&m, "db_connections_created_total", &name, None) >= 1.0);
+    assert_eq!(
+        number(&m, "prepared_stmt_executions_total", &name, None),
+        9.0
+    );
+    // Histogram: the five quick ones and the timed-out one under 250 ms, the
+    // slow ones above; all eight under 10 s.
+    let q = "db_query_time_seconds";
+    assert_eq!(bucket(&m, q, &name, "query", 0.25), 6.0, "{text}");
+    assert_eq!(bucket(&m, q, &name, "query", 10.0), 8.0);
+    // One timeout in ten statements: seed 003 says critical.
+    assert_eq!(number(&m, "db_scaling_level", &name, None), 3.0);
+    let health = db.health_check();
+    assert_eq!(health.scaling, ScalingLevel::Critical);
+    assert_eq!(health.status, Health::Degraded, "{health:?}");
+    assert!(
+        health
+            .degraded_reasons
+            .iter()
+            .any(|r| r.contains("scale horizontally")),
+        "{health:?}"
+    );
+
+    // Statistics, normalised: the two slow statements are one entry.
+    let stats = db.statement_stats(20);
+    let slow = stats
+        .iter()
+        .find(|s| s.calls == 2)
+        .expect("the slow statement is listed once, with both calls");
+    assert_eq!(slow.calls, 2, "{stats:?}");
+    assert!(
+        stats.iter().all(|s| !s.sql.contains("sleep-literal-7731")),
+        "literals are replaced: {stats:?}"
+    );
+    assert_eq!(stats[0].sql, slow.sql, "sorted by total time: {stats:?}");
+
+    // The slow-query log names the statement, never its literals.
+    let log = logged();
+    assert!(
+        log.contains("slow statement") && log.contains(&name),
+        "{log}"
+    );
+    assert!(
+        !log.contains("sleep-literal-7731"),
+        "a literal reached the log"
+    );
+    assert!(!text.contains("sleep-literal-7731"), "SQL reached a metric");
+    if let Some(pw) = common::password_of(url) {
+        assert!(
+            !text.contains(&pw) && !log.contains(&pw),
+            "the password leaked"
+        );
+    }
+    db.execute_batch(&format!("DROP TABLE {table}"))?;
+    Ok(())
+}
+
+#[test]
+fn postgres_metrics_follow_a_known_sequence() -> Result<()> {
+    metrics_follow_a_known_sequence(&postgres_url())
+}
+
+#[test]
+fn mariadb_metrics_follow_a_known_sequence() -> Result<()> {
+    metrics_follow_a_known_sequence(&mysql_url())
+}
+
+#[test]
+fn sqlite_metrics_follow_a_known_sequence() -> Result<()> {
+    let dir = TempDir::new("obs");
+    metrics_follow_a_known_sequence(&dir.sqlite_url("obs.db"))
+}
+
+#[test]
+fn health_reports_seed_002s_shape() -> Result<()> {
+    let dir = TempDir::new("health");
+    let db = manager_with(&unique_name("health"), &dir.sqlite_url("h.db"), |b| b)?;
+    let h = db.health_check();
+    assert_eq!(h.status, Health::Healthy, "{h:?}");
+    assert!(h.connection && h.query_test && h.error.is_none());
+    let json = serde_json::to_value(&h).expect("serialisable");
+    let obj = json.as_object().expect("an object");
+    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    let seed: BTreeSet<&str> = [
+        "database_name",
+        "database_type",
+        "status",
+        "connection",
+        "query_test",
+        "migration_status",
+        "error",
+        "response_time_ms",
+        "timestamp",
+    ]
+    .into();
+    assert!(
+        seed.is_subset(&keys),
+        "missing seed keys: {:?}",
+        seed.difference(&keys).collect::<Vec<_>>()
+    );
+    let extra: BTreeSet<&str> = [
+        "pool_saturation",
+        "read_only",
+        "scaling",
+        "degraded_reasons",
+    ]
+    .into();
+    assert_eq!(
+        keys,
+        seed.union(&extra).copied().collect(),
+        "only documented keys"
+    );
+    assert_eq!(obj["status"], "healthy");
+    assert_eq!(obj["database_type"], "sqlite");
+    assert!(obj["connection"].is_boolean() && obj["query_test"].is_boolean());
+    assert!(obj["response_time_ms"].is_f64());
+    assert!(obj["error"].is_null());
+    let ms = obj["migration_status"].as_object().expect("an object");
+    assert!(ms.contains_key("current_version") && ms["pending_migrations"].is_array());
+    let ts = obj["timestamp"].as_str().expect("a string");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z'),
+        "{ts}"
+    );
+    Ok(())
+}
+
+#[test]
+fn health_is_unhealthy_when_nothing_answers_and_never_hangs() -> Result<()> {
+    let url = format!("postgresql://app:pw@127.0.0.1:{}/db", closed_port());
+    let db = manager_with(&unique_name("down"), &url, |b| {
+        b.health_timeout(Duration::from_secs(2))
+    })?;
+    let started = Instant::now();
+    let h = db.health_check();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.status, Health::Unhealthy);
+    assert!(!h.connection && !h.query_test);
+    assert!(
+        h.error.as_deref().is_some_and(|e| e.contains("connect")),
+        "{h:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn health_is_degraded_under_the_documented_conditions() -> Result<()> {
+    let dir = TempDir::new("degraded");
+    // Slow: any answer is over a zero threshold.
+    let slow = manager_with(&unique_name("slow"), &dir.sqlite_url("a.db"), |b| {
+        b.degraded_after(Duration::ZERO)
+    })?;
+    let h = slow.health_check();
+    assert_eq!(h.status, Health::Degraded);
+    assert!(
+        h.degraded_reasons.iter().any(|r| r.starts_with("slow")),
+        "{h:?}"
+    );
+    // Saturated: the only connection is held, and freed while the check waits.
+    let full = manager_with(&unique_name("full"), &dir.sqlite_url("b.db"), |b| {
+        b.pool_size(1).max_overflow(0)
+    })?;
+    let held = full.connection()?;
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+    });
+    let h = full.health_check();
+    releaser.join().unwrap();
+    assert_eq!(h.status, Health::Degraded, "{h:?}");
+    assert!(
+        h.degraded_reasons.iter().any(|r| r.contains("saturated")),
+        "{h:?}"
+    );
+    assert!((h.pool_saturation - 1.0).abs() < 1e-9);
+    // `health_check_all` is tested in hung_server.rs: it runs a statement on
+    // every manager in the process, which would disturb the exact counts here.
+    Ok(())
+}
+
+#[test]
+fn metrics_reach_a_real_pushgateway() -> Result<()> {
+    let gateway = std::env::var("DBMANAGER_TEST_PUSHGATEWAY_URL")
+        .expect("DBMANAGER_TEST_PUSHGATEWAY_URL is not set: run the suite with scripts/test");
+    let name = unique_name("pushed");
+    let db = manager_with(&name, "sqlite::memory:", |b| b)?;
+    for _ in 0..3 {
+        db.execute_query("SELECT 1", ())?;
+    }
+    let job = unique_name("batch_job");
+    dbmanager::push_metrics(&gateway, &job)?;
+    let body = ureq::get(&format!("{gateway}/metrics"))
+        .call()
+        .expect("the gateway answers")
+        .into_string()
+        .expect("text");
+    let m = parse(&body);
+    let pushed = m
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "db_query_count"
+                && s.labels.get("database") == Some(name.as_str())
+                && s.labels.get("operation") == Some("query")
+                && s.labels.get("job") == Some(job.as_str())
+        })
+        .expect("the pushed metric is on the gateway");
+    assert_eq!(pushed.value, Value::Counter(3.0));
+    // A gateway that is not there: a clear error, no hang.
+    let err = dbmanager::push_metrics(&format!("http://127.0.0.1:{}", closed_port()), &job)
+        .expect_err("nothing listens");
+    assert_eq!(err.kind(), ErrorKind::Connect);
+    Ok(())
+}
+
+#[cfg(feature = "metrics-server")]
+#[test]
+fn the_scrape_endpoint_serves_the_exposition_text() -> Result<()> {
+    let name = unique_name("scraped");
+    let db = manager_with(&name, "sqlite::memory:", |b| b)?;
+    db.execute_query("SELECT 1", ())?;
+    let server = dbmanager::metrics::serve("127.0.0.1:0")?;
+    let body = ureq::get(&format!("http://{}/metrics", server.local_addr()))
+        .call()
+        .expect("the endpoint answers")
+        .into_string()
+        .expect("text");
+    assert_eq!(
+        number(&parse(&body), "db_query_count", &name, Some("query")),
+        1.0
+    );
+    drop(server);
+    Ok(())
+}
+
+fn plans(url: &str) -> Result<()> {
+    let db = manager_with(&unique_name("plan"), url, |b| b)?;
+    let table = unique_name("plan_t");
+    db.execute_batch(&format!(
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v INTEGER)"
+    ))?;
+    let plan = db.explain(&format!("SELECT v FROM {table} WHERE id = ?"), (1,))?;
+    let text = plan.plan.to_string();
+    match db.backend() {
+        BackendKind::Postgres => assert!(plan.plan[0]["Plan"]["Node Type"].is_string(), "{text}"),
+        BackendKind::MySql => assert!(plan.plan["query_block"].is_object(), "{text}"),
+        _ => assert!(
+            plan.raw.contains("SEARCH") || plan.raw.contains("SCAN"),
+            "{}",
+            plan.raw
+        ),
+    }
+    // Nothing was run: the table is still empty and a bad statement is an error.
+    assert!(db.explain("SELECT FROM WHERE", ()).is_err());
+    db.execute_batch(&format!("DROP TABLE {table}"))?;
+    Ok(())
+}
+
+#[test]
+fn query_plans_on_every_backend() -> Result<()> {
+    let dir = TempDir::new("plans");
+    plans(&postgres_url())?;
+    plans(&mysql_url())?;
+    plans(&dir.sqlite_url("p.db"))
+}
