@@ -73,6 +73,13 @@ impl Seen {
         self.0
             .push_str(&serde_json::to_string(&db.pool_status()).unwrap());
         self.0.push('\n');
+        // Health reports, statistics and metrics (labels and values).
+        self.0
+            .push_str(&serde_json::to_string(&db.health_check()).unwrap());
+        self.0
+            .push_str(&serde_json::to_string(&db.statement_stats(50)).unwrap());
+        self.0.push_str(&dbmanager::metrics_text());
+        self.0.push('\n');
     }
 
     fn text(&mut self, t: impl std::fmt::Display) {
