@@ -39,6 +39,7 @@
 //! | `mysql`    | MySQL and MariaDB (`mysql` crate, rustls)         | yes     |
 //! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
 //! | `mssql`    | reserved for SQL Server (not yet available)       | yes     |
+//! | `metrics-server` | a tiny HTTP endpoint for Prometheus to scrape (`metrics::serve`) | no |
 //!
 //! A database whose backend is compiled out fails with
 //! [`ErrorKind::FeatureDisabled`] naming the feature.
