@@ -154,11 +154,13 @@ impl Shared {
     ) -> Result<Pooled> {
         self.check_context()?;
         let start = Instant::now();
-        let got = self.pool()?.get(timeout, site);
-        self.metrics.acquired(start.elapsed());
-        match got {
-            Ok(c) => Ok(c),
+        match self.pool()?.get(start, timeout, site) {
+            Ok((c, now)) => {
+                self.metrics.acquired(now.saturating_duration_since(start));
+                Ok(c)
+            }
             Err(e) => {
+                self.metrics.acquired(start.elapsed());
                 if e.kind() == ErrorKind::PoolTimeout {
                     self.metrics.pool_timeout();
                     self.scaling(Instant::now(), true);
@@ -345,8 +347,9 @@ impl Shared {
             Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
         });
         let fired = armed.map_or(Fired::No, |(dog, a)| dog.disarm(a));
-        let elapsed = start.elapsed();
-        Pool::touch(conn);
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(start);
+        Pool::touch(conn, end);
         if fired != Fired::No {
             // Reused only when the statement failed with the server's own
             // "cancelled" error: then the cancel hit it and nothing else.

@@ -331,16 +331,21 @@ impl Pool {
 
     /// Checks a connection out, bounded by `timeout` (the configured
     /// acquisition timeout when `None`), and records `site` as its holder.
+    ///
+    /// `start` is when the caller began to wait; the checkout time is
+    /// returned beside the connection (one clock read serves the idle check,
+    /// the holder record and the caller's metrics).
     pub(crate) fn get(
         &self,
+        start: Instant,
         timeout: Option<Duration>,
         site: &'static Location<'static>,
-    ) -> Result<Pooled> {
-        let conn = self.get_conn(timeout)?;
+    ) -> Result<(Pooled, Instant)> {
+        let (conn, now) = self.get_conn(start, timeout)?;
         {
             let mut h = conn.holder.lock();
             h.checkout = Some(Checkout {
-                at: Instant::now(),
+                at: now,
                 site,
                 thread: std::thread::current(),
             });
@@ -348,24 +353,26 @@ impl Pool {
             h.in_transaction = false;
             h.leak_reported = false;
         }
-        Ok(conn)
+        Ok((conn, now))
     }
 
-    fn get_conn(&self, timeout: Option<Duration>) -> Result<Pooled> {
+    fn get_conn(&self, start: Instant, timeout: Option<Duration>) -> Result<(Pooled, Instant)> {
         let timeout = timeout.unwrap_or(self.acquire_timeout);
-        let deadline = Instant::now() + timeout;
+        let deadline = start + timeout;
         loop {
             let mut conn = match self.inner.try_get() {
                 Some(c) => c,
                 None => self.wait(deadline, timeout)?,
             };
-            if conn.last_used.elapsed() < self.validate_after_idle {
-                return Ok(conn);
+            let now = Instant::now();
+            if now.saturating_duration_since(conn.last_used) < self.validate_after_idle {
+                return Ok((conn, now));
             }
             match self.ping(&mut conn) {
                 Ok(()) => {
-                    conn.last_used = Instant::now();
-                    return Ok(conn);
+                    let now = Instant::now();
+                    conn.last_used = now;
+                    return Ok((conn, now));
                 }
                 Err(e) => {
                     tracing::debug!(database = %self.database, error = %e, "discarding a stale connection");
@@ -482,9 +489,9 @@ impl Pool {
         }
     }
 
-    /// Marks a connection as used now (after a statement).
-    pub(crate) fn touch(conn: &mut Conn) {
-        conn.last_used = Instant::now();
+    /// Marks a connection as used at `at` (the end of a statement).
+    pub(crate) fn touch(conn: &mut Conn, at: Instant) {
+        conn.last_used = at;
     }
 
     pub(crate) fn status(&self, read_only: bool) -> PoolStatus {
