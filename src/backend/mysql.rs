@@ -63,6 +63,13 @@ impl MyConnector {
                 .read_timeout(Some(config.connect_timeout))
                 .write_timeout(Some(config.connect_timeout)),
         );
+        // Every transaction of the session is read-only: the server refuses
+        // writes the library's check misses.
+        let builder = if config.read_only {
+            builder.init(vec!["SET SESSION TRANSACTION READ ONLY"])
+        } else {
+            builder
+        };
         Ok(MyConnector {
             manager: MySqlConnectionManager::new(builder),
             kill_opts,

@@ -47,6 +47,8 @@ pub(crate) struct PgConnector {
     tls: Option<MakeRustlsConnect>,
     target: String,
     connect_timeout: Duration,
+    /// `SET default_transaction_read_only = on` at connect.
+    read_only: bool,
 }
 
 impl PgConnector {
@@ -71,6 +73,7 @@ impl PgConnector {
             tls,
             target,
             connect_timeout: config.connect_timeout,
+            read_only: config.read_only,
         })
     }
 }
@@ -289,11 +292,19 @@ impl Connector for PgConnector {
                 Endpoint::Unix(_) => String::new(),
             };
             let left = deadline.saturating_duration_since(Instant::now());
+            let read_only = self.read_only;
             let shook = rt.block_on(async {
-                tokio::time::timeout(
-                    left,
-                    handshake(&self.config, socket, &host, self.tls.as_ref()),
-                )
+                tokio::time::timeout(left, async {
+                    let client = handshake(&self.config, socket, &host, self.tls.as_ref()).await?;
+                    if read_only {
+                        // Every transaction of the session is read-only: the
+                        // server refuses writes the library's check misses.
+                        client
+                            .batch_execute("SET default_transaction_read_only = on")
+                            .await?;
+                    }
+                    Ok::<_, BoxError>(client)
+                })
                 .await
             });
             let client = match shook {

@@ -38,6 +38,13 @@ impl SqliteConnector {
         static MEMORY_DBS: AtomicU64 = AtomicU64::new(0);
         let target = sqlite_target(&config.url)?;
         let busy = config.query_timeout.unwrap_or(DEFAULT_BUSY_TIMEOUT);
+        // The connection refuses every change to the database file: the
+        // library's check is backed by SQLite's own.
+        let query_only = if config.read_only {
+            " PRAGMA query_only = ON;"
+        } else {
+            ""
+        };
         let (path, memory) = match target {
             Target::Memory => {
                 let n = MEMORY_DBS.fetch_add(1, Ordering::Relaxed);
@@ -61,7 +68,7 @@ impl SqliteConnector {
                     "PRAGMA journal_mode = WAL;"
                 };
                 c.execute_batch(&format!(
-                    "PRAGMA foreign_keys = ON; {journal} PRAGMA synchronous = NORMAL;"
+                    "PRAGMA foreign_keys = ON; {journal} PRAGMA synchronous = NORMAL;{query_only}"
                 ))
             });
         let keeper = if memory {
