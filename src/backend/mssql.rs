@@ -451,7 +451,7 @@ impl Connector for MsConnector {
                     return Err(Error::new(
                         ErrorKind::Connect,
                         format!(
-                            "the TLS handshake with {} failed; if the server uses a self-signed certificate, add TrustServerCertificate=true (trust_server_certificate=true in a URL) to the connection string, or encrypt=off",
+                            "the TLS handshake with {} failed; if the server uses a self-signed certificate, add TrustServerCertificate=true (trust_server_certificate=true in a URL) to the connection string (SQL Server encrypts the login even with encrypt=off)",
                             self.target
                         ),
                     )
