@@ -75,7 +75,9 @@ fn connects_with_tls_and_reads_the_served_tables() -> Result<()> {
     // The test URL asks for encryption and trusts the peer's self-signed
     // certificate explicitly.
     let u = url::Url::parse(&url()).expect("the test URL parses");
-    assert!(u.query().is_some_and(|q| q.contains("trust_server_certificate=true")));
+    assert!(u
+        .query()
+        .is_some_and(|q| q.contains("trust_server_certificate=true")));
     let db = open()?;
     assert_eq!(db.backend(), dbmanager::BackendKind::MsSql);
     let rows = db.execute_query("SELECT id, name FROM people ORDER BY id", ())?;
@@ -128,7 +130,10 @@ fn every_connection_string_form_connects() -> Result<()> {
 
     // A self-signed certificate is refused unless trusted explicitly, and
     // the error says what to do.
-    let db = common::manager(&common::unique_name("untrusted"), &with_query("encrypt=required"))?;
+    let db = common::manager(
+        &common::unique_name("untrusted"),
+        &with_query("encrypt=required"),
+    )?;
     let e = db.execute_query("SELECT 1 AS one", ()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
     assert!(e.to_string().contains("TrustServerCertificate"), "{e}");
@@ -226,10 +231,7 @@ fn served_types_and_nulls_convert() -> Result<()> {
     // Dates and times are sent as `date`, `time`, `datetime2` and
     // `datetimeoffset` parameters, which the peer cannot parse (it drops
     // the connection): not exercised here. Sent as text, they convert.
-    let row = db.query_one(
-        "SELECT CAST(? AS datetime) AS dt",
-        ("2024-01-15T10:30:00",),
-    )?;
+    let row = db.query_one("SELECT CAST(? AS datetime) AS dt", ("2024-01-15T10:30:00",))?;
     assert_eq!(row.get::<chrono::NaiveDateTime>("dt")?, at);
     Ok(())
 }
@@ -312,10 +314,20 @@ fn temp_tables_and_transactions() -> Result<()> {
 fn errors_are_classified_with_sql_servers_numbers() -> Result<()> {
     let _peer = shared();
     let db = open()?;
-    let e = db.execute_query("SELECT * FROM no_such_table", ()).unwrap_err();
-    assert_eq!((e.kind(), e.db_code()), (ErrorKind::Syntax, Some("208")), "{e}");
+    let e = db
+        .execute_query("SELECT * FROM no_such_table", ())
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.db_code()),
+        (ErrorKind::Syntax, Some("208")),
+        "{e}"
+    );
     let e = db.execute_query("SELECT FROM", ()).unwrap_err();
-    assert_eq!((e.kind(), e.db_code()), (ErrorKind::Syntax, Some("156")), "{e}");
+    assert_eq!(
+        (e.kind(), e.db_code()),
+        (ErrorKind::Syntax, Some("156")),
+        "{e}"
+    );
     // A server error leaves the connection usable.
     let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
     assert_eq!(one, 1);
@@ -357,7 +369,11 @@ fn a_slow_statement_times_out_and_its_connection_is_discarded() -> Result<()> {
     let took = started.elapsed();
     assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert_eq!(db.pool_status().invalid, 1, "the cut connection is discarded");
+    assert_eq!(
+        db.pool_status().invalid,
+        1,
+        "the cut connection is discarded"
+    );
     // The next statement gets a fresh connection.
     let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
     assert_eq!(one, 1);
@@ -383,10 +399,8 @@ fn a_pool_of_two_serves_eight_threads() -> Result<()> {
                 let db = db.clone();
                 s.spawn(move || -> Result<()> {
                     for _ in 0..10 {
-                        let row = db.query_one(
-                            "SELECT name FROM people WHERE id = ?",
-                            (i % 5 + 1,),
-                        )?;
+                        let row =
+                            db.query_one("SELECT name FROM people WHERE id = ?", (i % 5 + 1,))?;
                         assert!(!row.get::<String>("name")?.is_empty());
                     }
                     Ok(())
@@ -473,7 +487,11 @@ fn a_stopped_server_gives_an_error_never_a_hang() -> Result<()> {
             .execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300))
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
         // A new connection: the login is bounded by the connect timeout.
         let started = Instant::now();
         let e = db.execute_query("SELECT 1", ()).unwrap_err();
@@ -484,7 +502,11 @@ fn a_stopped_server_gives_an_error_never_a_hang() -> Result<()> {
             ),
             "{e}"
         );
-        assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
     }
     // Resumed: a fresh connection works again.
     let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
