@@ -358,17 +358,20 @@ fn wrong_password_is_auth_18456_without_the_password() {
 fn a_slow_statement_times_out_and_its_connection_is_discarded() -> Result<()> {
     let _peer = shared();
     let db = open()?;
+    // About 3.5 s on the peer (some 175 µs per iteration, measured); kept
+    // short because the peer finishes it after the cut, on a CPU the rest
+    // of the suite shares.
     let started = Instant::now();
     let e = db
         .execute_query_with_timeout(
-            "DECLARE @i int = 0; WHILE @i < 200000000 SET @i += 1; SELECT @i AS i",
+            "DECLARE @i int = 0; WHILE @i < 20000 SET @i += 1; SELECT @i AS i",
             (),
-            Duration::from_millis(400),
+            Duration::from_millis(300),
         )
         .unwrap_err();
     let took = started.elapsed();
     assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
     assert_eq!(
         db.pool_status().invalid,
         1,
