@@ -106,6 +106,7 @@ pub(crate) fn connector(config: &DatabaseConfig) -> Result<Box<dyn Connector>> {
 }
 
 /// Classifies a transport-level failure while connecting.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 #[cold]
 pub(crate) fn connect_error(
     io_timed_out: bool,

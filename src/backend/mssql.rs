@@ -484,6 +484,7 @@ impl Connector for MsConnector {
                 rt: Some(rt),
                 client: Some(client),
                 broken,
+                in_flight: false,
                 canceller,
             }));
         }
@@ -557,6 +558,10 @@ struct MsConnection {
     /// Set when a request was cut or failed at the transport level: the TDS
     /// stream can no longer be trusted (tiberius#300).
     broken: Arc<AtomicBool>,
+    /// True while a request runs; still true if it was abandoned half way
+    /// (a panic unwinding through `block_on`), which leaves the TDS stream
+    /// out of step.
+    in_flight: bool,
     canceller: Arc<dyn Canceller>,
 }
 
@@ -596,13 +601,16 @@ impl MsConnection {
             Box<dyn std::future::Future<Output = tiberius::Result<T>> + 'c>,
         >,
     ) -> Result<T> {
-        if self.broken.load(Ordering::SeqCst) {
+        if self.broken.load(Ordering::SeqCst) || self.in_flight {
             return Err(lost(None));
         }
         let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
             return Err(lost(None));
         };
-        match rt.block_on(f(client)) {
+        self.in_flight = true;
+        let result = rt.block_on(f(client));
+        self.in_flight = false;
+        match result {
             Ok(v) => Ok(v),
             Err(tiberius::error::Error::Server(e)) => Err(classify_token(&e)),
             Err(e) => {
@@ -704,7 +712,7 @@ impl Connection for MsConnection {
     }
 
     fn is_closed(&self) -> bool {
-        self.broken.load(Ordering::SeqCst) || self.client.is_none()
+        self.broken.load(Ordering::SeqCst) || self.in_flight || self.client.is_none()
     }
 }
 
