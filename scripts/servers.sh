@@ -1,9 +1,13 @@
 # shellcheck shell=bash
-# Throwaway PostgreSQL and MariaDB servers for dbmanager's tests and benches.
+# Throwaway PostgreSQL, MariaDB and SQL Server (pysqlbridge) servers for
+# dbmanager's tests and benches.
 #
 # Source this file, then call:
 #   dbm_start_postgres   PostgreSQL (15) on a free 127.0.0.1 port, in a fresh temp dir
 #   dbm_start_mariadb    MariaDB (installs mariadb-server with apt if missing)
+#   dbm_start_mssql      a SQL Server wire-protocol peer: the PyPI package
+#                        pysqlbridge in a venv under a cache folder, serving
+#                        the CSV tables in tests/data/mssql (read-only)
 #   dbm_print_env        prints the exported URLs with the passwords masked
 #   dbm_stop_all         stops whatever was started and removes the temp dirs
 #                        (safe to call twice, or when nothing was started)
@@ -19,6 +23,9 @@
 #   DBMANAGER_TEST_MYSQL_PID           mariadbd's pid
 # Exported after dbm_start_pushgateway:
 #   DBMANAGER_TEST_PUSHGATEWAY_URL     http://127.0.0.1:<port>
+# Exported after dbm_start_mssql:
+#   DBMANAGER_TEST_MSSQL_URL           mssql://app:<pw>@127.0.0.1:<port>/bridge?encrypt=true&trust_server_certificate=true
+#   DBMANAGER_TEST_MSSQL_PID           the pysqlbridge process's pid
 #
 # Every step has a bounded timeout. On failure a function prints one line
 # "dbm: ERROR: ..." (plus the tail of the server log) to stderr, cleans up what
@@ -33,6 +40,9 @@
 #   DBM_TMPDIR              where the temp dirs go (default /tmp; must be reachable by
 #                           the postgres and mysql OS users)
 #   DBM_KEEP_DIRS=1         keep the temp dirs (logs) after dbm_stop_all
+#   DBM_PYSQLBRIDGE_VERSION pysqlbridge version to install (default 2.1.3, the one tested)
+#   DBM_CACHE_DIR           where the pysqlbridge venv lives
+#                           (default ${XDG_CACHE_HOME:-~/.cache}/dbmanager)
 
 # ---------------------------------------------------------------- helpers
 
@@ -682,7 +692,175 @@ _dbm_stop_pushgateway() {
     _DBM_PGW_PID= _DBM_PGW_LOG=
 }
 
-# ---------------------------------------------------------------- both
+# ---------------------------------------------------------------- SQL Server (pysqlbridge)
+
+_dbm_stop_mssql() {
+    local dir=${_DBM_MS_DIR:-} pid=${_DBM_MS_PID:-}
+    if [[ -n $pid ]] && _dbm_alive "$pid"; then
+        # A fault-injection test may have SIGSTOPped it.
+        kill -CONT "$pid" 2>/dev/null || true
+        _dbm_kill_hard "$pid" || _dbm_log "pysqlbridge $pid would not die"
+    fi
+    _dbm_wait_gone "$pid"
+    if [[ -n $dir && -d $dir && ${DBM_KEEP_DIRS:-0} != 1 ]]; then
+        rm -rf -- "$dir"
+    elif [[ -n $dir && -d $dir ]]; then
+        _dbm_log "kept $dir"
+    fi
+    unset _DBM_MS_DIR _DBM_MS_PID _DBM_MS_PORT
+    unset DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID
+}
+
+# _dbm_pysqlbridge_venv: prints the venv's directory, creating it (and
+# installing python3-venv with apt when `python3 -m venv` is missing) if needed.
+_dbm_pysqlbridge_venv() {
+    local version=${DBM_PYSQLBRIDGE_VERSION:-2.1.3} cache venv py
+    cache=${DBM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dbmanager}
+    venv=$cache/pysqlbridge-$version
+    if [[ -x $venv/bin/pysqlbridge && -f $venv/.dbm-complete ]]; then
+        printf '%s' "$venv"
+        return 0
+    fi
+    py=$(command -v python3 2>/dev/null) || {
+        _dbm_fail "python3 not found (pysqlbridge, the SQL Server test peer, needs Python 3.10 or newer)"
+        return 1
+    }
+    if ! timeout 30 "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
+        _dbm_fail "python3 is older than 3.10; pysqlbridge needs 3.10 or newer"
+        return 1
+    fi
+    if ! timeout 30 "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        _dbm_log "python3 has no venv/ensurepip; installing python3-venv"
+        _dbm_apt_install python3-venv || return 1
+    fi
+    mkdir -p -- "$cache" || {
+        _dbm_fail "cannot create $cache (set DBM_CACHE_DIR)"
+        return 1
+    }
+    rm -rf -- "$venv"
+    _dbm_log "installing pysqlbridge $version into $venv (about 15 s)"
+    if ! timeout 120 "$py" -m venv "$venv" >"$cache/pysqlbridge-install.log" 2>&1 ||
+        ! timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check \
+            "pysqlbridge==$version" >>"$cache/pysqlbridge-install.log" 2>&1; then
+        _dbm_fail "could not install pysqlbridge $version into $venv" "$cache/pysqlbridge-install.log"
+        rm -rf -- "$venv"
+        return 1
+    fi
+    : >"$venv/.dbm-complete"
+    printf '%s' "$venv"
+}
+
+dbm_start_mssql() {
+    local t0 root venv dir port apppw hash tries lpid deadline started f
+    t0=$(_dbm_now)
+    if [[ -n ${_DBM_MS_DIR:-} ]] && _dbm_alive "${_DBM_MS_PID:-}"; then
+        _dbm_log "pysqlbridge already running on port ${_DBM_MS_PORT:-?} (reusing it)"
+        return 0
+    fi
+    _dbm_stop_mssql
+
+    root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+    if [[ ! -f $root/tests/data/mssql/people.csv ]]; then
+        _dbm_fail "tests/data/mssql/people.csv not found under $root"
+        return 1
+    fi
+    venv=$(_dbm_pysqlbridge_venv) || return 1
+
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/dbmanager-ms.XXXXXX") || {
+        _dbm_fail "mktemp -d failed"
+        return 1
+    }
+    _DBM_MS_DIR=$dir
+    chmod 0700 "$dir" || true
+    apppw=$(_dbm_password) || {
+        _dbm_fail "could not generate a password from /dev/urandom"
+        _dbm_stop_mssql
+        return 1
+    }
+    # --hash-password reads the password twice from the terminal; without
+    # one (setsid) getpass falls back to stdin, so it never shows on a
+    # command line.
+    hash=$(printf '%s\n%s\n' "$apppw" "$apppw" |
+        timeout 60 setsid "$venv/bin/pysqlbridge" --hash-password 2>"$dir/hash.log" |
+        grep -E '^pbkdf2_sha256\$' | tail -n 1) || hash=
+    if [[ -z $hash ]]; then
+        _dbm_fail "pysqlbridge --hash-password printed no hash" "$dir/hash.log"
+        _dbm_stop_mssql
+        return 1
+    fi
+    for f in "$root"/tests/data/mssql/*.csv; do
+        cp -- "$f" "$dir/" || {
+            _dbm_fail "cannot copy $f to $dir"
+            _dbm_stop_mssql
+            return 1
+        }
+    done
+    {
+        printf '{\n  "logins": [ { "user": "app", "password_hash": "%s" } ],\n  "tables": [\n' "$hash"
+        local first=1 name
+        for f in "$dir"/*.csv; do
+            name=$(basename -- "$f" .csv)
+            ((first)) || printf ',\n'
+            printf '    { "name": "%s", "csv": "%s.csv" }' "$name" "$name"
+            first=0
+        done
+        printf '\n  ]\n}\n'
+    } >"$dir/bridge.json"
+
+    started=0
+    for tries in 1 2 3; do
+        port=$(_dbm_free_port) || {
+            _dbm_fail "could not find a free port on 127.0.0.1"
+            _dbm_stop_mssql
+            return 1
+        }
+        : >"$dir/bridge.log"
+        (cd "$dir" && exec "$venv/bin/pysqlbridge" --config "$dir/bridge.json" \
+            --host 127.0.0.1 --port "$port" --log "$dir/bridge.log") \
+            </dev/null >"$dir/stdout.log" 2>&1 &
+        lpid=$!
+        disown "$lpid" 2>/dev/null || true
+        _DBM_MS_PID=$lpid
+        deadline=$((SECONDS + ${DBM_START_TIMEOUT:-60}))
+        while ((SECONDS < deadline)); do
+            _dbm_alive "$lpid" || break
+            if grep -q 'listening on' "$dir/bridge.log" "$dir/stdout.log" 2>/dev/null &&
+                (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+                started=1
+                break
+            fi
+            sleep 0.1
+        done
+        ((started)) && break
+        if _dbm_alive "$lpid"; then
+            _dbm_kill_hard "$lpid" || true
+            _dbm_fail "pysqlbridge did not listen on 127.0.0.1:$port within ${DBM_START_TIMEOUT:-60}s" "$dir/stdout.log" "$dir/bridge.log"
+            _dbm_stop_mssql
+            return 1
+        fi
+        if ((tries < 3)) && grep -q 'cannot listen' "$dir/stdout.log" "$dir/bridge.log" 2>/dev/null; then
+            _dbm_log "pysqlbridge: port $port was taken, trying another one"
+            continue
+        fi
+        _dbm_fail "pysqlbridge exited during startup (port $port)" "$dir/stdout.log" "$dir/bridge.log"
+        _dbm_stop_mssql
+        return 1
+    done
+    if ! ((started)); then
+        _dbm_fail "pysqlbridge could not start" "$dir/stdout.log"
+        _dbm_stop_mssql
+        return 1
+    fi
+    _DBM_MS_PORT=$port
+
+    # The peer serves a self-signed certificate: the tests ask for TLS and
+    # trust it explicitly.
+    export DBMANAGER_TEST_MSSQL_URL="mssql://app:$apppw@127.0.0.1:$port/bridge?encrypt=true&trust_server_certificate=true"
+    export DBMANAGER_TEST_MSSQL_PID=$lpid
+    _dbm_log "pysqlbridge $("$venv/bin/pip" show pysqlbridge 2>/dev/null | awk '/^Version:/ { print $2 }') ready on 127.0.0.1:$port (pid $lpid, $(_dbm_elapsed "$t0") s)"
+}
+
+# ---------------------------------------------------------------- all
 
 # Print the exported DBMANAGER_TEST_* variables, passwords masked.
 dbm_print_env() {
@@ -690,7 +868,7 @@ dbm_print_env() {
     for v in DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
         DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID \
         DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID \
-        DBMANAGER_TEST_PUSHGATEWAY_URL; do
+        DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID; do
         val=${!v:-}
         [[ -n $val ]] || continue
         # scheme://user:password@host -> scheme://user:***@host
@@ -714,6 +892,10 @@ dbm_stop_all() {
     if [[ -n ${_DBM_PGW_PID:-} ]]; then
         had=1
         _dbm_stop_pushgateway
+    fi
+    if [[ -n ${_DBM_MS_DIR:-} || -n ${_DBM_MS_PID:-} ]]; then
+        had=1
+        _dbm_stop_mssql
     fi
     if ((had)); then _dbm_log "servers stopped"; fi
     return 0

@@ -160,10 +160,17 @@ pub(crate) fn redact_url(url: &str) -> String {
                         k.to_ascii_lowercase().as_str(),
                         "password" | "pwd" | "sslpassword"
                     );
-                    (
-                        k.into_owned(),
-                        if secret { "***".into() } else { v.into_owned() },
-                    )
+                    // pyodbc's `odbc_connect=` carries a whole ODBC string.
+                    let lower = v.to_ascii_lowercase();
+                    let nested = lower.contains("pwd=") || lower.contains("password=");
+                    let value = if secret {
+                        "***".into()
+                    } else if nested {
+                        redact_url(&v)
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), value)
                 })
                 .collect();
             if !pairs.is_empty() {
@@ -1075,6 +1082,11 @@ mod tests {
             "postgresql://h/d?user=app&password=s3cr%21t",
             "Server=h,1433;User Id=app;Password=s3cr%21t;Encrypt=true",
             "Server=h;PWD=s3cr%21t",
+            "Server=tcp:h,1433;User Id=app;Password=\"s3cr;t\";Encrypt=true",
+            "Server=h;Password='s3cr;t'",
+            "Server=h;Password={s3cr}};t}",
+            "mssql+pyodbc://u:s3cret@h:1433/d?TrustServerCertificate=yes&Encrypt=yes",
+            "mssql+pyodbc://h/?odbc_connect=DRIVER%3D%7BODBC%7D%3BSERVER%3Dh%3BUID%3Du%3BPWD%3Ds3cret",
         ] {
             let r = redact_url(url);
             assert!(!r.contains("s3cr"), "{url} -> {r}");

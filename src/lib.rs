@@ -1,8 +1,8 @@
 //! # dbmanager
 //!
-//! One well-behaved, synchronous door to PostgreSQL, MySQL/MariaDB and SQLite
-//! (SQL Server to follow) for batch jobs, workflow steps and other blocking
-//! code: configuration from environment variables, pooled connections,
+//! One well-behaved, synchronous door to PostgreSQL, MySQL/MariaDB, SQLite
+//! and SQL Server for batch jobs, workflow steps and other blocking code:
+//! configuration from environment variables, pooled connections,
 //! portable SQL, transactions that cannot be left half done, and plain status
 //! reports.
 //!
@@ -38,7 +38,7 @@
 //! | `postgres` | PostgreSQL (`postgres` crate, TLS through rustls) | yes     |
 //! | `mysql`    | MySQL and MariaDB (`mysql` crate, rustls)         | yes     |
 //! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
-//! | `mssql`    | reserved for SQL Server (not yet available)       | yes     |
+//! | `mssql`    | SQL Server (`tiberius`, TDS 7.3, rustls)          | yes     |
 //! | `metrics-server` | a tiny HTTP endpoint for Prometheus to scrape (`metrics::serve`) | no |
 //!
 //! A database whose backend is compiled out fails with

@@ -2,7 +2,8 @@
 //! [`Shared::run`], so each cross-cutting concern lives here once.
 //!
 //! Order, per DESIGN.md:
-//! 1. (circuit breaker: later)
+//! 1. (circuit breaker: later); on a read-only database, statements the
+//!    classifier sees writing are refused here, before any connection
 //! 2. checkout from the pool, bounded by the acquisition timeout
 //! 3. portable SQL → native SQL, cached per statement text
 //! 4. the statement's limit: the server's own limit set a little above it
@@ -264,6 +265,9 @@ impl Shared {
         params: Params,
         limit: Limit,
     ) -> Result<Outcome> {
+        if self.config.read_only && matches!(op, Op::Query | Op::Execute | Op::Batch) {
+            self.refuse_writes(sql)?;
+        }
         let mut owned;
         let conn = match conn {
             Some(c) => {
@@ -419,6 +423,27 @@ impl Shared {
             }
         }
         result.map_err(|e| e.on_database(self.name()))
+    }
+
+    /// On a read-only database, refuses a statement the classifier sees
+    /// writing, before it reaches the server. What it cannot tell is left to
+    /// the session's own read-only setting, made at connect by each backend.
+    fn refuse_writes(&self, sql: &str) -> Result<()> {
+        if let sql::StatementKind::Write(keyword) = sql::classify_statement(sql) {
+            let setting = match &self.config.var_stem {
+                Some(stem) => format!("{stem}READ_ONLY=true"),
+                None => "DatabaseConfigBuilder::read_only(true)".to_owned(),
+            };
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!(
+                    "this database is configured read-only ({setting}), so the {keyword} statement was refused before reaching the server; \
+                     write through a database configured for writing"
+                ),
+            )
+            .on_database(self.name()));
+        }
+        Ok(())
     }
 
     /// The native form of `sql`, or `None` when it has nothing portable to

@@ -328,6 +328,150 @@ pub(crate) fn normalise(sql: &str, dialect: Dialect, max: usize) -> String {
     out
 }
 
+/// What a statement does to the database, as far as its keywords tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StatementKind {
+    /// Only reads: `SELECT`, `SHOW`, `EXPLAIN`, `VALUES`, `WITH … SELECT`.
+    Read,
+    /// Writes; the keyword that says so (`INSERT`, `CREATE`, …).
+    Write(String),
+    /// Cannot tell from the keywords (`CALL`, `EXEC`, `SET`, `PRAGMA`, …):
+    /// left to the server's session-level read-only setting.
+    Unknown,
+}
+
+/// First keywords of statements that change data, schema or permissions.
+const WRITE_KEYWORDS: &[&str] = &[
+    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "REPLACE", "CREATE", "ALTER", "DROP",
+    "TRUNCATE", "GRANT", "REVOKE", "DENY", "RENAME", "COMMENT", "LOAD", "IMPORT", "REINDEX",
+    "CLUSTER", "VACUUM", "REFRESH", "SECURITY", "OPTIMIZE", "REPAIR",
+];
+
+/// First keywords of statements that only read.
+const READ_KEYWORDS: &[&str] = &["SELECT", "SHOW", "VALUES", "TABLE", "DESCRIBE", "DESC"];
+
+/// Keywords that write wherever they appear inside a `WITH` or `EXPLAIN`
+/// (PostgreSQL's data-modifying CTEs, `EXPLAIN ANALYZE DELETE …`).
+const DML_KEYWORDS: &[&str] = &["INSERT", "UPDATE", "DELETE", "MERGE"];
+
+/// Classifies a statement (or a script of several, split at `;`) by its
+/// keywords: the first one after comments, whitespace and parentheses, and
+/// for `WITH` and `EXPLAIN` any data-modifying keyword in the rest. A
+/// script is a write if any of its statements is, unknown if any is, and
+/// a read otherwise. String literals, quoted identifiers (`"x"`, `` `x` ``,
+/// `[x]`), comments and dollar-quoted bodies are skipped, so a keyword
+/// inside them never counts.
+///
+/// This is the library's first line for read-only databases; what it
+/// cannot tell (a function with side effects called from a `SELECT`,
+/// `SELECT … INTO`, a procedure) is left to the session's own read-only
+/// setting.
+pub(crate) fn classify_statement(sql: &str) -> StatementKind {
+    let b = sql.as_bytes();
+    // Words of the current statement: (upper-cased word, nesting depth).
+    let mut words: Vec<(String, usize)> = Vec::new();
+    let mut depth = 0usize;
+    let mut overall = StatementKind::Read;
+    let mut i = 0;
+    let finish = |words: &mut Vec<(String, usize)>, overall: &mut StatementKind| {
+        let kind = classify_words(words);
+        words.clear();
+        match (&*overall, kind) {
+            (StatementKind::Write(_), _) => {}
+            (_, w @ StatementKind::Write(_)) => *overall = w,
+            (_, StatementKind::Unknown) => *overall = StatementKind::Unknown,
+            (_, StatementKind::Read) => {}
+        }
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => i = line_end(b, i, false),
+            b'#' if words.is_empty() => i = line_end(b, i, false),
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i, true),
+            // No backslash escapes: reading too little of a literal shows more
+            // keywords, which can only make a statement look like a write.
+            b'\'' => i = skip_quoted(b, i, b'\'', false),
+            b'"' => i = skip_quoted(b, i, b'"', false),
+            b'`' => i = skip_quoted(b, i, b'`', false),
+            b'[' => i = skip_quoted(b, i, b']', false),
+            b'$' => {
+                // PostgreSQL dollar quoting: `$$…$$` or `$tag$…$tag$`.
+                let tag_end = run_end(b, i + 1, is_name_byte);
+                if b.get(tag_end) == Some(&b'$') {
+                    let tag = &b[i..=tag_end];
+                    let body = tag_end + 1;
+                    i = b[body..]
+                        .windows(tag.len())
+                        .position(|w| w == tag)
+                        .map_or(b.len(), |p| body + p + tag.len());
+                } else {
+                    i += 1;
+                }
+            }
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b';' => {
+                finish(&mut words, &mut overall);
+                depth = 0;
+                i += 1;
+            }
+            _ if is_ident_start(c) => {
+                let end = run_end(b, i, is_ident_byte);
+                words.push((sql[i..end].to_ascii_uppercase(), depth));
+                i = end;
+            }
+            _ if is_word_start(c) => i = run_end(b, i, is_ident_byte),
+            _ => i += 1,
+        }
+    }
+    finish(&mut words, &mut overall);
+    overall
+}
+
+/// Classifies one statement's words.
+fn classify_words(words: &[(String, usize)]) -> StatementKind {
+    let Some((first, _)) = words.first() else {
+        return StatementKind::Read;
+    };
+    let first = first.as_str();
+    if WRITE_KEYWORDS.contains(&first) {
+        return StatementKind::Write(first.to_owned());
+    }
+    if first == "WITH" || first == "EXPLAIN" {
+        // A DML keyword anywhere, except in `FOR UPDATE`, `FOR NO KEY
+        // UPDATE`, `ON DELETE`/`ON UPDATE` (clauses, not statements).
+        let dml = words.iter().enumerate().skip(1).find(|(k, (w, _))| {
+            DML_KEYWORDS.contains(&w.as_str())
+                && !matches!(words[k - 1].0.as_str(), "FOR" | "KEY" | "ON" | "SHARE")
+        });
+        if let Some((_, (w, _))) = dml {
+            return StatementKind::Write(w.clone());
+        }
+        if first == "EXPLAIN" {
+            return StatementKind::Read;
+        }
+        let main = words[1..]
+            .iter()
+            .find(|(w, d)| *d == 0 && (READ_KEYWORDS.contains(&w.as_str())));
+        return if main.is_some() {
+            StatementKind::Read
+        } else {
+            StatementKind::Unknown
+        };
+    }
+    if READ_KEYWORDS.contains(&first) {
+        return StatementKind::Read;
+    }
+    StatementKind::Unknown
+}
+
 /// Which portable placeholder style a statement uses.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Style {
@@ -1647,6 +1791,77 @@ mod tests {
             let sql = frags.join(" ");
             let t = translate(&sql, d).map_err(|e| TestCaseError::fail(format!("{e}: {sql:?}")))?;
             prop_assert_eq!(native_count(&t.sql, d), bind_count(&t.binds), "{:?} -> {:?}", sql, t.sql);
+        }
+    }
+
+    #[test]
+    fn statements_are_classified_by_their_keywords() {
+        use super::{classify_statement as c, StatementKind::*};
+        let w = |k: &str| Write(k.to_owned());
+        for read in [
+            "SELECT 1",
+            "  select * from t",
+            "-- note\n/* block /* nested */ */ ( SELECT 1 ) UNION (SELECT 2)",
+            "SHOW TABLES",
+            "EXPLAIN SELECT * FROM t",
+            "VALUES (1), (2)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT * FROM r",
+            "SELECT 'DELETE FROM t', \"update\", [insert] FROM t -- DROP TABLE t",
+            "WITH x AS (SELECT * FROM t FOR UPDATE) SELECT * FROM x",
+            "SELECT $$ DELETE $$, $f$ DROP $f$",
+            "SELECT 1; SELECT 2;",
+            "",
+        ] {
+            assert_eq!(c(read), Read, "{read}");
+        }
+        for (write, kw) in [
+            ("INSERT INTO t VALUES (1)", "INSERT"),
+            ("update t set a = 1", "UPDATE"),
+            ("/* comment */ DELETE FROM t", "DELETE"),
+            ("-- SELECT\nCREATE TABLE t (id int)", "CREATE"),
+            (
+                "MERGE INTO t USING s ON 1=1 WHEN MATCHED THEN DELETE",
+                "MERGE",
+            ),
+            ("ALTER TABLE t ADD c int", "ALTER"),
+            ("DROP TABLE t", "DROP"),
+            ("TRUNCATE TABLE t", "TRUNCATE"),
+            ("GRANT SELECT ON t TO u", "GRANT"),
+            ("REPLACE INTO t VALUES (1)", "REPLACE"),
+            (
+                "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+                "INSERT",
+            ),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+                "DELETE",
+            ),
+            ("EXPLAIN ANALYZE DELETE FROM t", "DELETE"),
+            ("SELECT 1; DELETE FROM t", "DELETE"),
+            ("( ( UPDATE t SET a = 1 ) )", "UPDATE"),
+        ] {
+            assert_eq!(c(write), w(kw), "{write}");
+        }
+        for unknown in [
+            "CALL proc()",
+            "EXEC sp_who",
+            "SET LOCK_TIMEOUT 5",
+            "PRAGMA user_version = 5",
+            "BEGIN",
+            "WITH x AS (SELECT 1) CALL p()",
+            "SELECT 1; EXEC p",
+        ] {
+            assert_eq!(c(unknown), Unknown, "{unknown}");
+        }
+        // A write wins over an unknown anywhere in the script.
+        assert_eq!(c("EXEC p; DROP TABLE t"), w("DROP"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_classifier_never_panics(s in ".{0,200}") {
+            let _ = super::classify_statement(&s);
         }
     }
 }

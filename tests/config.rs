@@ -205,13 +205,13 @@ fn builder_errors_say_what_to_do() {
 }
 
 #[test]
-fn sql_server_is_configured_but_not_available() -> Result<()> {
-    let cfg = DatabaseConfig::builder("hub")
-        .url("mssql://app:pw@db.example:1433/hub")
-        .build()?;
+fn sql_server_is_configured_and_connects_on_demand() -> Result<()> {
+    let url = format!("mssql://app:pw@127.0.0.1:{}/hub", common::closed_port());
+    let cfg = DatabaseConfig::builder("hub").url(url).build()?;
     assert_eq!(cfg.kind(), BackendKind::MsSql);
-    let e = DatabaseManager::from_config(cfg).expect_err("no SQL Server backend yet");
-    assert_eq!(e.kind(), ErrorKind::FeatureDisabled, "{e}");
+    let db = DatabaseManager::from_config(cfg)?;
+    let e = db.execute_query("SELECT 1", ()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
     assert!(e.to_string().contains("SQL Server"), "{e}");
     Ok(())
 }

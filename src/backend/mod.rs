@@ -13,6 +13,8 @@ use crate::sql::Dialect;
 use crate::value::{Row, Value};
 use crate::watchdog::Canceller;
 
+#[cfg(feature = "mssql")]
+mod mssql;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
@@ -90,10 +92,8 @@ pub(crate) fn connector(config: &DatabaseConfig) -> Result<Box<dyn Connector>> {
         BackendKind::MySql => Ok(Box::new(mysql::MyConnector::new(config)?)),
         #[cfg(feature = "sqlite")]
         BackendKind::Sqlite => Ok(Box::new(sqlite::SqliteConnector::new(config)?)),
-        BackendKind::MsSql => Err(Error::new(
-            ErrorKind::FeatureDisabled,
-            "the SQL Server backend is not available in this release of dbmanager",
-        )),
+        #[cfg(feature = "mssql")]
+        BackendKind::MsSql => Ok(Box::new(mssql::MsConnector::new(config)?)),
         #[allow(unreachable_patterns)]
         kind => Err(Error::new(
             ErrorKind::FeatureDisabled,
@@ -106,6 +106,7 @@ pub(crate) fn connector(config: &DatabaseConfig) -> Result<Box<dyn Connector>> {
 }
 
 /// Classifies a transport-level failure while connecting.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 #[cold]
 pub(crate) fn connect_error(
     io_timed_out: bool,

@@ -60,7 +60,8 @@ impl MyConnector {
             .tcp_connect_timeout(Some(config.connect_timeout))
             .prefer_socket(false)
             .stmt_cache_size(256);
-        // READ_ONLY: the server refuses writes (error 1792).
+        // READ_ONLY: every transaction of the session is read-only, so the
+        // server refuses the writes the library's check misses (error 1792).
         let builder = if config.read_only {
             builder.init(vec!["SET SESSION TRANSACTION READ ONLY"])
         } else {

@@ -47,6 +47,8 @@ pub(crate) struct PgConnector {
     tls: Option<MakeRustlsConnect>,
     target: String,
     connect_timeout: Duration,
+    /// `SET default_transaction_read_only = on` at connect.
+    read_only: bool,
 }
 
 impl PgConnector {
@@ -57,16 +59,6 @@ impl PgConnector {
                 "the PostgreSQL connection string cannot be parsed; expected postgresql://user:password@host:port/database[?sslmode=require]",
             )
         })?;
-        if config.read_only {
-            // READ_ONLY: the server refuses writes (SQLSTATE 25006).
-            let options = match pg.get_options() {
-                Some(o) if !o.trim().is_empty() => {
-                    format!("{o} -c default_transaction_read_only=on")
-                }
-                _ => "-c default_transaction_read_only=on".to_owned(),
-            };
-            pg.options(&options);
-        }
         if pg.get_application_name().is_none() {
             pg.application_name("dbmanager");
         }
@@ -81,6 +73,7 @@ impl PgConnector {
             tls,
             target,
             connect_timeout: config.connect_timeout,
+            read_only: config.read_only,
         })
     }
 }
@@ -299,11 +292,21 @@ impl Connector for PgConnector {
                 Endpoint::Unix(_) => String::new(),
             };
             let left = deadline.saturating_duration_since(Instant::now());
+            let read_only = self.read_only;
             let shook = rt.block_on(async {
-                tokio::time::timeout(
-                    left,
-                    handshake(&self.config, socket, &host, self.tls.as_ref()),
-                )
+                tokio::time::timeout(left, async {
+                    let client = handshake(&self.config, socket, &host, self.tls.as_ref()).await?;
+                    if read_only {
+                        // READ_ONLY: every transaction of the session is
+                        // read-only, so the server refuses the writes the
+                        // library's check misses (SQLSTATE 25006). A SET, not
+                        // a startup option, so that poolers accept it.
+                        client
+                            .batch_execute("SET default_transaction_read_only = on")
+                            .await?;
+                    }
+                    Ok::<_, BoxError>(client)
+                })
                 .await
             });
             let client = match shook {

@@ -31,6 +31,7 @@ pub(crate) struct SqliteConnector {
     path: String,
     /// Holds an in-memory database open while the manager lives.
     _keeper: Option<Mutex<rusqlite::Connection>>,
+    read_only: bool,
 }
 
 impl SqliteConnector {
@@ -62,7 +63,8 @@ impl SqliteConnector {
                     "PRAGMA journal_mode = WAL;"
                 };
                 // READ_ONLY: SQLite refuses writes (SQLITE_READONLY), after
-                // the journal mode is set.
+                // the journal mode is set; the library's check is backed by
+                // SQLite's own.
                 let query_only = if read_only {
                     "PRAGMA query_only = ON;"
                 } else {
@@ -82,6 +84,7 @@ impl SqliteConnector {
             manager,
             path,
             _keeper: keeper,
+            read_only: config.read_only,
         })
     }
 }
@@ -129,6 +132,7 @@ impl Connector for SqliteConnector {
             conn,
             columns: None,
             canceller,
+            read_only: self.read_only,
         }))
     }
 
@@ -143,6 +147,8 @@ struct SqliteConnection {
     /// is unchanged (saves an allocation per row set on hot loops).
     columns: Option<(String, Columns)>,
     canceller: Arc<dyn Canceller>,
+    /// `PRAGMA query_only` is on: transactions cannot take the write lock.
+    read_only: bool,
 }
 
 /// Stops a running statement with `sqlite3_interrupt`; the connection stays
@@ -224,8 +230,13 @@ impl Connection for SqliteConnection {
 
     fn begin(&mut self) -> Result<()> {
         // IMMEDIATE takes the write lock up front: a deferred transaction
-        // that later writes can fail with SQLITE_BUSY without waiting.
-        self.batch("BEGIN IMMEDIATE")
+        // that later writes can fail with SQLITE_BUSY without waiting. A
+        // read-only connection never writes (and may not take that lock).
+        self.batch(if self.read_only {
+            "BEGIN DEFERRED"
+        } else {
+            "BEGIN IMMEDIATE"
+        })
     }
 
     fn ping(&mut self) -> Result<()> {

@@ -1,0 +1,970 @@
+//! SQL Server through `tiberius` (TDS 7.3, TLS through rustls), driven by a
+//! private current-thread runtime per connection, so no async runtime is
+//! asked of the caller.
+//!
+//! We open the socket ourselves and keep its descriptor, as the PostgreSQL
+//! backend does: that is what lets the watchdog cut loose a caller blocked
+//! on a statement past its deadline.
+//!
+//! # Encryption
+//!
+//! `encrypt=off` (ADO.NET `Encrypt=False`/`Optional`) encrypts the login
+//! packet only, as SQL Server's own clients do; `encrypt=on` encrypts
+//! everything when the server offers it; `encrypt=required` (also `true`,
+//! `yes`, `mandatory`, and the default) encrypts everything or fails. The
+//! server's certificate is verified against the system's roots unless the
+//! connection string asks for `TrustServerCertificate=true`.
+//!
+//! # Timeouts and what happens on the server
+//!
+//! A statement past its deadline cannot be stopped with TDS's own cancel
+//! (an ATTENTION packet) from the watchdog: that has to go through the
+//! client, which the blocked caller is using. So the watchdog shuts the
+//! connection's socket down instead; the caller gets
+//! [`ErrorKind::QueryTimeout`](crate::ErrorKind::QueryTimeout) at once and
+//! the connection is discarded (never reused: after a dropped in-flight
+//! request the TDS stream is out of step, tiberius#300).
+//!
+//! On the server, SQL Server notices the closed connection at its next
+//! network check (at the latest when it sends results): it stops the
+//! request, rolls back the session's open transaction and ends the session,
+//! releasing its locks. Until then the request keeps running.
+//!
+//! SQL Server has no per-session statement timeout. As the second line of
+//! defence the session's `LOCK_TIMEOUT` is set to the statement's limit
+//! (plus a margin), so a statement blocked on another session's lock gives
+//! up on the server by itself (error 1222, reported as a query timeout).
+
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tiberius::{AuthMethod, Client, ColumnData, EncryptionLevel, FromSql, ToSql};
+use tokio::runtime::Runtime;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+use super::{connect_error, Connection, Connector};
+use crate::config::DatabaseConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::sql::Dialect;
+use crate::value::{Columns, Row, Value};
+use crate::watchdog::Canceller;
+
+type Tds = Client<Compat<tokio::net::TcpStream>>;
+
+/// How encryption is negotiated (the connection string's `Encrypt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encrypt {
+    /// Only the login packet is encrypted.
+    Off,
+    /// Everything, when the server supports it.
+    On,
+    /// Everything, or the connection fails.
+    Required,
+}
+
+/// What a SQL Server connection string says, parsed once.
+#[derive(Clone, PartialEq, Eq)]
+struct Settings {
+    host: String,
+    port: u16,
+    database: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    encrypt: Encrypt,
+    trust_cert: bool,
+    read_only_intent: bool,
+    application_name: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("encrypt", &self.encrypt)
+            .field("trust_cert", &self.trust_cert)
+            .field("read_only_intent", &self.read_only_intent)
+            .finish()
+    }
+}
+
+const EXPECTED: &str = "expected mssql://user:password@host:1433/database[?encrypt=required&trust_server_certificate=true] \
+     or Server=tcp:host,1433;Database=…;User Id=…;Password=…";
+
+/// A boolean option's value; the error names the key, never the value.
+fn flag(key: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(Error::config(format!(
+            "the SQL Server connection string's `{key}` must be true or false"
+        ))),
+    }
+}
+
+fn encrypt_of(value: &str) -> Result<Encrypt> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "false" | "no" | "off" | "0" | "optional" => Ok(Encrypt::Off),
+        "on" => Ok(Encrypt::On),
+        "true" | "yes" | "1" | "required" | "mandatory" => Ok(Encrypt::Required),
+        "strict" => Err(Error::config(
+            "Encrypt=Strict (TDS 8.0) is not supported by dbmanager's SQL Server client; use Encrypt=true",
+        )),
+        _ => Err(Error::config(
+            "the SQL Server connection string's `encrypt` must be off, on or required (or true/false)",
+        )),
+    }
+}
+
+/// Applies one `key=value` option common to both forms. Keys are compared
+/// case-insensitively with spaces and `_` removed. Returns false for a key
+/// it does not know.
+fn apply_option(s: &mut Settings, key: &str, value: &str) -> Result<bool> {
+    let norm: String = key
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '_' | '-'))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    match norm.as_str() {
+        "encrypt" => s.encrypt = encrypt_of(value)?,
+        "trustservercertificate" | "trustcert" => s.trust_cert = flag(key, value)?,
+        "applicationintent" => {
+            s.read_only_intent = match value.trim().to_ascii_lowercase().as_str() {
+                "readonly" => true,
+                "readwrite" => false,
+                _ => {
+                    return Err(Error::config(
+                        "the SQL Server connection string's `ApplicationIntent` must be ReadOnly or ReadWrite",
+                    ))
+                }
+            }
+        }
+        "applicationname" | "app" => s.application_name = Some(value.to_owned()),
+        "database" | "initialcatalog" => {
+            if !value.is_empty() {
+                s.database = Some(value.to_owned());
+            }
+        }
+        "userid" | "uid" | "user" | "username" => s.user = Some(value.to_owned()),
+        "password" | "pwd" => s.password = Some(value.to_owned()),
+        // ODBC/pyodbc options that mean nothing to a TDS client.
+        "driver" | "odbcdriver" | "mars" | "multipleactiveresultsets" | "persistsecurityinfo" => {}
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn defaults() -> Settings {
+    Settings {
+        host: "localhost".to_owned(),
+        port: 1433,
+        database: None,
+        user: None,
+        password: None,
+        encrypt: Encrypt::Required,
+        trust_cert: false,
+        read_only_intent: false,
+        application_name: None,
+    }
+}
+
+/// Parses `mssql://`, `sqlserver://`, `mssql+pyodbc://` URLs and ADO.NET
+/// strings. Errors never echo a value.
+fn parse(raw: &str) -> Result<Settings> {
+    let raw = raw.trim();
+    if raw.contains("://") {
+        parse_url(raw)
+    } else {
+        parse_ado(raw)
+    }
+}
+
+fn parse_url(raw: &str) -> Result<Settings> {
+    let url = url::Url::parse(raw).map_err(|_| {
+        Error::config(format!(
+            "the SQL Server connection string is not a valid URL; {EXPECTED}"
+        ))
+    })?;
+    let mut s = defaults();
+    s.host = match url.host_str() {
+        Some(h) if !h.is_empty() => h.trim_matches(['[', ']']).to_owned(),
+        _ => {
+            return Err(Error::config(format!(
+                "the SQL Server URL names no host; {EXPECTED}"
+            )))
+        }
+    };
+    s.port = url.port().unwrap_or(1433);
+    let decode = |v: &str| {
+        url::form_urlencoded::parse(format!("x={}", v.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    if !url.username().is_empty() {
+        s.user = Some(decode(url.username()));
+    }
+    if let Some(pw) = url.password() {
+        s.password = Some(decode(pw));
+    }
+    let path = url.path().trim_matches('/');
+    if path.contains('/') {
+        return Err(Error::config(
+            "the SQL Server URL's path must be only the database name (named instances are not supported: give the instance's port instead)",
+        ));
+    }
+    if !path.is_empty() {
+        s.database = Some(decode(path));
+    }
+    for (k, v) in url.query_pairs() {
+        if !apply_option(&mut s, &k, &v)? {
+            tracing::debug!(option = %k, "ignoring an unknown SQL Server URL option");
+        }
+    }
+    Ok(s)
+}
+
+/// Splits an ADO.NET string into `(key, value)` pairs; values may be quoted
+/// with `'…'`, `"…"` (doubling the quote escapes it) or `{…}`.
+fn ado_pairs(raw: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    loop {
+        rest = rest.trim_start_matches([';', ' ', '\t', '\r', '\n']);
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        let Some(eq) = rest.find('=') else {
+            return Err(Error::config(format!(
+                "the SQL Server connection string has a part without `=`; {EXPECTED}"
+            )));
+        };
+        let key = rest[..eq].trim().to_owned();
+        rest = rest[eq + 1..].trim_start();
+        let value;
+        match rest.chars().next() {
+            Some(q @ ('\'' | '"' | '{')) => {
+                let close = if q == '{' { '}' } else { q };
+                let mut v = String::new();
+                let mut chars = rest[1..].char_indices();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    if c == close {
+                        if rest[1 + i + 1..].starts_with(close) {
+                            v.push(c);
+                            chars.next();
+                            continue;
+                        }
+                        end = Some(1 + i + 1);
+                        break;
+                    }
+                    v.push(c);
+                }
+                let Some(end) = end else {
+                    return Err(Error::config(format!(
+                        "the SQL Server connection string's `{key}` has an unterminated quote"
+                    )));
+                };
+                value = v;
+                rest = &rest[end..];
+            }
+            _ => {
+                let end = rest.find(';').unwrap_or(rest.len());
+                value = rest[..end].trim().to_owned();
+                rest = &rest[end..];
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn parse_ado(raw: &str) -> Result<Settings> {
+    let mut s = defaults();
+    let mut server = None;
+    for (k, v) in ado_pairs(raw)? {
+        let norm = k.to_ascii_lowercase();
+        let norm = norm.trim();
+        if matches!(
+            norm,
+            "server" | "data source" | "address" | "addr" | "network address"
+        ) {
+            server = Some(v);
+        } else if norm == "integrated security" || norm == "trusted_connection" {
+            if flag(&k, &v).unwrap_or(true) && !v.eq_ignore_ascii_case("false") {
+                return Err(Error::config(
+                    "Integrated Security (Windows authentication) is not supported; give User Id and Password",
+                ));
+            }
+        } else if !apply_option(&mut s, &k, &v)? {
+            tracing::debug!(option = %k, "ignoring an unknown SQL Server connection string option");
+        }
+    }
+    let Some(server) = server else {
+        return Err(Error::config(format!(
+            "the SQL Server connection string names no Server; {EXPECTED}"
+        )));
+    };
+    let server = server.trim();
+    let server = server
+        .strip_prefix("tcp:")
+        .or_else(|| server.strip_prefix("TCP:"))
+        .unwrap_or(server);
+    let (host, port) = match server.rsplit_once(',') {
+        Some((h, p)) => (
+            h.trim(),
+            Some(p.trim().parse::<u16>().map_err(|_| {
+                Error::config("the port after the comma in the SQL Server connection string's Server is not a number")
+            })?),
+        ),
+        None => (server, None),
+    };
+    if host.contains('\\') && port.is_none() {
+        return Err(Error::config(
+            "named instances (Server=host\\instance) are not supported: give the instance's port (Server=host,port)",
+        ));
+    }
+    let host = host.split('\\').next().unwrap_or(host);
+    s.host = match host {
+        "" | "." | "(local)" => "localhost".to_owned(),
+        h => h.to_owned(),
+    };
+    s.port = port.unwrap_or(1433);
+    Ok(s)
+}
+
+pub(crate) struct MsConnector {
+    settings: Settings,
+    read_only: bool,
+    target: String,
+    connect_timeout: Duration,
+}
+
+impl MsConnector {
+    pub(crate) fn new(config: &DatabaseConfig) -> Result<Self> {
+        let settings = parse(&config.url)?;
+        if settings.user.is_none() {
+            return Err(Error::config(
+                "the SQL Server connection string has no user; dbmanager logs in with SQL Server authentication (user and password)",
+            ));
+        }
+        let target = format!("SQL Server at {}:{}", settings.host, settings.port);
+        Ok(MsConnector {
+            read_only: config.read_only || settings.read_only_intent,
+            settings,
+            target,
+            connect_timeout: config.connect_timeout,
+        })
+    }
+
+    fn tiberius_config(&self) -> tiberius::Config {
+        let s = &self.settings;
+        let mut c = tiberius::Config::new();
+        c.host(&s.host);
+        c.port(s.port);
+        if let Some(db) = &s.database {
+            c.database(db);
+        }
+        c.application_name(s.application_name.as_deref().unwrap_or("dbmanager"));
+        c.authentication(AuthMethod::sql_server(
+            s.user.as_deref().unwrap_or_default(),
+            s.password.as_deref().unwrap_or_default(),
+        ));
+        c.encryption(match s.encrypt {
+            Encrypt::Off => EncryptionLevel::Off,
+            Encrypt::On => EncryptionLevel::On,
+            Encrypt::Required => EncryptionLevel::Required,
+        });
+        if s.trust_cert {
+            c.trust_cert();
+        }
+        c.readonly(self.read_only);
+        c
+    }
+}
+
+fn runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                "cannot start the SQL Server client's runtime",
+            )
+            .with_source(e)
+        })
+}
+
+impl Connector for MsConnector {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        let rt = runtime()?;
+        let addrs: Vec<std::net::SocketAddr> = (self.settings.host.as_str(), self.settings.port)
+            .to_socket_addrs()
+            .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?
+            .collect();
+        let deadline = Instant::now() + self.connect_timeout;
+        let mut last: Option<Error> = None;
+        for addr in &addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let tcp = match std::net::TcpStream::connect_timeout(addr, left).and_then(|s| {
+                s.set_nodelay(true)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = Some(connect_error(
+                        e.kind() == std::io::ErrorKind::TimedOut,
+                        &self.target,
+                        self.connect_timeout,
+                        e,
+                    ));
+                    continue;
+                }
+            };
+            #[cfg(unix)]
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+            let config = self.tiberius_config();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let shook = rt.block_on(async {
+                let tcp =
+                    tokio::net::TcpStream::from_std(tcp).map_err(tiberius::error::Error::from)?;
+                match tokio::time::timeout(left, Client::connect(config, tcp.compat_write())).await
+                {
+                    Ok(r) => r.map(Some),
+                    Err(_) => Ok(None),
+                }
+            });
+            let client = match shook {
+                Ok(Some(c)) => c,
+                // The server answered: a wrong password is final, not worth another address.
+                Err(tiberius::error::Error::Server(e)) => return Err(classify_token(&e)),
+                Err(e @ tiberius::error::Error::Tls(_)) => {
+                    return Err(Error::new(
+                        ErrorKind::Connect,
+                        format!(
+                            "the TLS handshake with {} failed; if the server uses a self-signed certificate, add TrustServerCertificate=true (trust_server_certificate=true in a URL) to the connection string (SQL Server encrypts the login even with encrypt=off)",
+                            self.target
+                        ),
+                    )
+                    .with_source(e))
+                }
+                Err(e) => {
+                    last = Some(connect_error(false, &self.target, self.connect_timeout, e));
+                    continue;
+                }
+                Ok(None) => {
+                    last = Some(connect_error(
+                        true,
+                        &self.target,
+                        self.connect_timeout,
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the login did not finish in time",
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            let broken = Arc::new(AtomicBool::new(false));
+            let canceller: Arc<dyn Canceller> = Arc::new(MsCancel {
+                broken: Arc::clone(&broken),
+                #[cfg(unix)]
+                fd,
+            });
+            return Ok(Box::new(MsConnection {
+                rt: Some(rt),
+                client: Some(client),
+                broken,
+                in_flight: false,
+                canceller,
+            }));
+        }
+        Err(last.unwrap_or_else(|| {
+            connect_error(
+                true,
+                &self.target,
+                self.connect_timeout,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no address could be tried in time",
+                ),
+            )
+        }))
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::MsSql
+    }
+
+    fn refuses_async_context(&self) -> bool {
+        // `block_on` panics on a thread that drives another runtime.
+        true
+    }
+}
+
+/// Stops a statement past its deadline by shutting the socket down: the
+/// client is borrowed by the blocked caller, so TDS's own cancel cannot be
+/// sent. The connection is then broken and discarded.
+struct MsCancel {
+    broken: Arc<AtomicBool>,
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
+}
+
+impl MsCancel {
+    fn cut(&self) -> bool {
+        self.broken.store(true, Ordering::SeqCst);
+        #[cfg(unix)]
+        {
+            // SAFETY: the watchdog calls this only while the statement is
+            // still registered, i.e. while the connection (and so its
+            // socket) is open and its owner is blocked in a call on it (or
+            // about to disarm and wait for this call to finish).
+            // shutdown(2) does not close the descriptor; the blocked read
+            // sees the end of the stream.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+}
+
+impl Canceller for MsCancel {
+    fn cancel(&self) -> Result<()> {
+        self.cut();
+        Ok(())
+    }
+
+    fn abort(&self) -> bool {
+        self.cut()
+    }
+}
+
+struct MsConnection {
+    /// `Some` until dropped; see `Drop`.
+    rt: Option<Runtime>,
+    client: Option<Tds>,
+    /// Set when a request was cut or failed at the transport level: the TDS
+    /// stream can no longer be trusted (tiberius#300).
+    broken: Arc<AtomicBool>,
+    /// True while a request runs; still true if it was abandoned half way
+    /// (a panic unwinding through `block_on`), which leaves the TDS stream
+    /// out of step.
+    in_flight: bool,
+    canceller: Arc<dyn Canceller>,
+}
+
+/// A [`Value`] bound as a SQL Server parameter.
+struct Param<'a>(&'a Value);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> ColumnData<'_> {
+        match self.0 {
+            Value::Null => ColumnData::String(None),
+            Value::Bool(b) => ColumnData::Bit(Some(*b)),
+            Value::I64(i) => ColumnData::I64(Some(*i)),
+            Value::F64(f) => ColumnData::F64(Some(*f)),
+            Value::Decimal(d) => ColumnData::Numeric(Some(
+                tiberius::numeric::Numeric::new_with_scale(d.mantissa(), d.scale() as u8),
+            )),
+            Value::Text(s) => ColumnData::String(Some(s.as_str().into())),
+            Value::Bytes(b) => ColumnData::Binary(Some(b.as_slice().into())),
+            Value::Date(d) => d.to_sql(),
+            Value::Time(t) => t.to_sql(),
+            Value::Timestamp(t) => t.to_sql(),
+            Value::TimestampTz(t) => t.to_sql(),
+            Value::Uuid(u) => ColumnData::Guid(Some(*u)),
+            Value::Json(j) => ColumnData::String(Some(j.to_string().into())),
+        }
+    }
+}
+
+impl MsConnection {
+    /// Runs one request to completion on this connection's runtime; a
+    /// transport failure marks the connection broken.
+    fn call<T>(
+        &mut self,
+        f: impl for<'c> FnOnce(
+            &'c mut Tds,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = tiberius::Result<T>> + 'c>,
+        >,
+    ) -> Result<T> {
+        if self.broken.load(Ordering::SeqCst) || self.in_flight {
+            return Err(lost(None));
+        }
+        let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
+            return Err(lost(None));
+        };
+        self.in_flight = true;
+        let result = rt.block_on(f(client));
+        self.in_flight = false;
+        match result {
+            Ok(v) => Ok(v),
+            Err(tiberius::error::Error::Server(e)) => Err(classify_token(&e)),
+            Err(e) => {
+                if transport(&e) {
+                    self.broken.store(true, Ordering::SeqCst);
+                }
+                Err(classify(e))
+            }
+        }
+    }
+}
+
+impl Connection for MsConnection {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let sql = sql.to_owned();
+        let params: Vec<Value> = params.to_vec();
+        let (columns, rows) = self.call(move |c| {
+            Box::pin(async move {
+                let args: Vec<Param<'_>> = params.iter().map(Param).collect();
+                let refs: Vec<&dyn ToSql> = args.iter().map(|p| p as &dyn ToSql).collect();
+                let mut stream = if refs.is_empty() {
+                    c.simple_query(sql).await?
+                } else {
+                    c.query(sql, &refs).await?
+                };
+                let columns: Columns = stream
+                    .columns()
+                    .await?
+                    .map(|cols| {
+                        cols.iter()
+                            .map(|c| Arc::<str>::from(c.name()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+                    .into();
+                let rows = stream.into_first_result().await?;
+                Ok((columns, rows))
+            })
+        })?;
+        rows.into_iter()
+            .map(|r| {
+                let values = r
+                    .cells()
+                    .map(|(col, data)| read(col.name(), data))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Row::new(Arc::clone(&columns), values))
+            })
+            .collect()
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let sql = sql.to_owned();
+        let params: Vec<Value> = params.to_vec();
+        self.call(move |c| {
+            Box::pin(async move {
+                let args: Vec<Param<'_>> = params.iter().map(Param).collect();
+                let refs: Vec<&dyn ToSql> = args.iter().map(|p| p as &dyn ToSql).collect();
+                Ok(c.execute(sql, &refs).await?.total())
+            })
+        })
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        let sql = sql.to_owned();
+        self.call(move |c| {
+            Box::pin(async move {
+                c.simple_query(sql).await?.into_results().await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        self.batch("BEGIN TRANSACTION")
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.batch("COMMIT TRANSACTION")
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        // Only when one is open: SQL Server ends the transaction itself on
+        // some errors (XACT_ABORT, deadlocks), and a ROLLBACK then fails with 3903.
+        self.batch("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION")
+    }
+
+    fn ping(&mut self) -> Result<()> {
+        self.batch("SELECT 1")
+    }
+
+    fn canceller(&self) -> Arc<dyn Canceller> {
+        Arc::clone(&self.canceller)
+    }
+
+    fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()> {
+        // No statement timeout exists on the server; bound lock waits.
+        let ms = limit.map_or(-1, |d| d.as_millis().clamp(1, i32::MAX as u128) as i64);
+        self.batch(&format!("SET LOCK_TIMEOUT {ms}"))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.broken.load(Ordering::SeqCst) || self.in_flight || self.client.is_none()
+    }
+}
+
+impl Drop for MsConnection {
+    fn drop(&mut self) {
+        // Dropping a runtime panics on a thread that drives another async
+        // runtime: drop it on a plain thread then.
+        let (client, rt) = (self.client.take(), self.rt.take());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("dbmanager-mssql-close".into())
+                .spawn(move || drop((client, rt)));
+        } else {
+            drop((client, rt));
+        }
+    }
+}
+
+/// Reads one cell, widening to [`Value`]'s types.
+fn read(column: &str, data: &ColumnData<'static>) -> Result<Value> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+    let conv = |e: tiberius::error::Error| {
+        Error::conversion(format!(
+            "column `{column}` of type {} cannot be read",
+            data_type_name(data)
+        ))
+        .with_source(e)
+    };
+    macro_rules! via {
+        ($t:ty, $wrap:expr) => {
+            <$t as FromSql<'_>>::from_sql(data)
+                .map_err(conv)?
+                .map_or(Value::Null, $wrap)
+        };
+    }
+    Ok(match data {
+        ColumnData::U8(v) => v.map_or(Value::Null, |v| Value::I64(v.into())),
+        ColumnData::I16(v) => v.map_or(Value::Null, |v| Value::I64(v.into())),
+        ColumnData::I32(v) => v.map_or(Value::Null, |v| Value::I64(v.into())),
+        ColumnData::I64(v) => v.map_or(Value::Null, Value::I64),
+        ColumnData::F32(v) => v.map_or(Value::Null, |v| Value::F64(v.into())),
+        ColumnData::F64(v) => v.map_or(Value::Null, Value::F64),
+        ColumnData::Bit(v) => v.map_or(Value::Null, Value::Bool),
+        ColumnData::String(v) => v
+            .as_ref()
+            .map_or(Value::Null, |s| Value::Text(s.to_string())),
+        ColumnData::Guid(v) => v.map_or(Value::Null, Value::Uuid),
+        ColumnData::Binary(v) => v.as_ref().map_or(Value::Null, |b| Value::Bytes(b.to_vec())),
+        ColumnData::Numeric(v) => v.map_or(Value::Null, |n| {
+            Value::Decimal(rust_decimal::Decimal::from_i128_with_scale(
+                n.value(),
+                n.scale().into(),
+            ))
+        }),
+        ColumnData::Xml(v) => v
+            .as_ref()
+            .map_or(Value::Null, |x| Value::Text(x.to_string())),
+        ColumnData::DateTime(_) | ColumnData::SmallDateTime(_) | ColumnData::DateTime2(_) => {
+            via!(NaiveDateTime, Value::Timestamp)
+        }
+        ColumnData::Date(_) => via!(NaiveDate, Value::Date),
+        ColumnData::Time(_) => via!(NaiveTime, Value::Time),
+        ColumnData::DateTimeOffset(_) => via!(DateTime<Utc>, Value::TimestampTz),
+    })
+}
+
+fn data_type_name(data: &ColumnData<'_>) -> &'static str {
+    match data {
+        ColumnData::U8(_) => "tinyint",
+        ColumnData::I16(_) => "smallint",
+        ColumnData::I32(_) => "int",
+        ColumnData::I64(_) => "bigint",
+        ColumnData::F32(_) => "real",
+        ColumnData::F64(_) => "float",
+        ColumnData::Bit(_) => "bit",
+        ColumnData::String(_) => "nvarchar",
+        ColumnData::Guid(_) => "uniqueidentifier",
+        ColumnData::Binary(_) => "varbinary",
+        ColumnData::Numeric(_) => "decimal",
+        ColumnData::Xml(_) => "xml",
+        ColumnData::DateTime(_) => "datetime",
+        ColumnData::SmallDateTime(_) => "smalldatetime",
+        ColumnData::DateTime2(_) => "datetime2",
+        ColumnData::Date(_) => "date",
+        ColumnData::Time(_) => "time",
+        ColumnData::DateTimeOffset(_) => "datetimeoffset",
+    }
+}
+
+/// True when the error leaves the TDS stream unusable.
+fn transport(e: &tiberius::error::Error) -> bool {
+    use tiberius::error::Error as E;
+    matches!(
+        e,
+        E::Io { .. } | E::Protocol(_) | E::Tls(_) | E::Routing { .. }
+    )
+}
+
+#[cold]
+fn lost(source: Option<tiberius::error::Error>) -> Error {
+    let e = Error::new(
+        ErrorKind::Connect,
+        "the connection to SQL Server was lost (or cut at a statement's deadline); it is discarded",
+    );
+    match source {
+        Some(s) => e.with_source(s),
+        None => e,
+    }
+}
+
+/// Maps a client-side tiberius error to ours.
+#[cold]
+fn classify(e: tiberius::error::Error) -> Error {
+    use tiberius::error::Error as E;
+    match e {
+        E::Server(ref t) => classify_token(t),
+        E::Io { .. } | E::Protocol(_) | E::Tls(_) => lost(Some(e)),
+        E::Routing { .. } => Error::new(
+            ErrorKind::Connect,
+            "the server redirected the connection (Azure SQL gateway routing), which dbmanager does not follow; connect to the redirected host directly",
+        )
+        .with_source(e),
+        E::Conversion(_) | E::Encoding(_) | E::Utf8 | E::Utf16 | E::ParseInt(_) => {
+            Error::conversion("a value could not be converted between Rust and SQL Server")
+                .with_source(e)
+        }
+        other => Error::new(ErrorKind::Database, "SQL Server client error").with_source(other),
+    }
+}
+
+/// The kind of a SQL Server error number.
+fn kind_of_code(code: u32) -> ErrorKind {
+    match code {
+        18456 | 18452 | 18470 | 18486 | 18487 | 18488 | 4060 => ErrorKind::Auth,
+        2627 | 2601 => ErrorKind::UniqueViolation,
+        547 | 515 | 2628 => ErrorKind::Constraint,
+        229 | 230 | 262 | 297 | 300 | 916 => ErrorKind::Permission,
+        102 | 105 | 156 | 170 | 207 | 208 | 209 | 2812 | 137 | 4145 | 8180 | 1038 => {
+            ErrorKind::Syntax
+        }
+        1205 => ErrorKind::Conflict,
+        1222 => ErrorKind::QueryTimeout,
+        3906 | 3908 => ErrorKind::ReadOnly,
+        245 | 8114 | 8115 | 220 | 232 | 241 | 242 | 295 | 8152 | 517 | 8134 => {
+            ErrorKind::Conversion
+        }
+        40613 | 40197 | 40501 | 49918 | 49919 | 49920 | 4221 | 10928 | 10929 => ErrorKind::Connect,
+        _ => ErrorKind::Database,
+    }
+}
+
+/// Maps a server error to ours; SQL Server's number becomes `db_code()`.
+/// The server's message becomes ours (it never contains a password).
+#[cold]
+fn classify_token(t: &tiberius::error::TokenError) -> Error {
+    let code = t.code();
+    let kind = kind_of_code(code);
+    let mut message = t.message().to_owned();
+    if kind == ErrorKind::Auth && code == 18456 {
+        message.push_str(" Check the user and password in the connection string.");
+    }
+    Error::new(kind, message).with_code(code.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_of_every_form_parse() -> Result<()> {
+        let s = parse("mssql://app:p%40ss@db.example:1444/hub?encrypt=off&TrustServerCertificate=yes&ApplicationIntent=ReadOnly")?;
+        assert_eq!((s.host.as_str(), s.port), ("db.example", 1444));
+        assert_eq!(s.database.as_deref(), Some("hub"));
+        assert_eq!(s.user.as_deref(), Some("app"));
+        assert_eq!(s.password.as_deref(), Some("p@ss"));
+        assert_eq!(s.encrypt, Encrypt::Off);
+        assert!(s.trust_cert && s.read_only_intent);
+
+        let s = parse("mssql+pyodbc://user:pass@server:1433/survey_hub?driver=ODBC+Driver+17+for+SQL+Server&TrustServerCertificate=yes&Encrypt=yes")?;
+        assert_eq!(s.encrypt, Encrypt::Required);
+        assert!(s.trust_cert);
+        assert_eq!(s.database.as_deref(), Some("survey_hub"));
+
+        let s = parse("sqlserver://u:p@h")?;
+        assert_eq!(s.port, 1433);
+        assert_eq!(
+            s.encrypt,
+            Encrypt::Required,
+            "encrypted and verified by default"
+        );
+        assert!(!s.trust_cert, "certificates are trusted only when asked");
+        Ok(())
+    }
+
+    #[test]
+    fn ado_strings_parse() -> Result<()> {
+        let s = parse("Server=tcp:db.example,1433;Database=hub;User Id=app;Password=\"a;b\"\"c\";Encrypt=True;TrustServerCertificate=False;ApplicationIntent=ReadOnly")?;
+        assert_eq!((s.host.as_str(), s.port), ("db.example", 1433));
+        assert_eq!(s.database.as_deref(), Some("hub"));
+        assert_eq!(s.user.as_deref(), Some("app"));
+        assert_eq!(s.password.as_deref(), Some("a;b\"c"));
+        assert_eq!(s.encrypt, Encrypt::Required);
+        assert!(!s.trust_cert && s.read_only_intent);
+
+        let s = parse("Data Source=.;Initial Catalog=x;UID=u;PWD={p}};w};Encrypt=Optional")?;
+        assert_eq!(s.host, "localhost");
+        assert_eq!(s.password.as_deref(), Some("p};w"));
+        assert_eq!(s.encrypt, Encrypt::Off);
+        assert_eq!(parse("Server=h;Encrypt=on;User Id=u")?.encrypt, Encrypt::On);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_strings_say_why_without_values() {
+        for (bad, expect) in [
+            ("Server=h,port;Password=hunter2", "not a number"),
+            ("Server=h;Encrypt=hunter2", "must be off, on or required"),
+            ("Server=h\\SQLEXPRESS;Password=hunter2", "named instances"),
+            ("Database=x;Password=hunter2", "names no Server"),
+            ("Server=h;Password='hunter2", "unterminated quote"),
+            (
+                "Server=h;Integrated Security=SSPI;Password=hunter2",
+                "Windows authentication",
+            ),
+            ("mssql://u:hunter2@h/a/b", "named instances"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(text.contains(expect), "{bad}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn server_numbers_are_classified() {
+        assert_eq!(kind_of_code(18456), ErrorKind::Auth);
+        assert_eq!(kind_of_code(208), ErrorKind::Syntax);
+        assert_eq!(kind_of_code(1205), ErrorKind::Conflict);
+        assert_eq!(kind_of_code(2627), ErrorKind::UniqueViolation);
+        assert_eq!(kind_of_code(2601), ErrorKind::UniqueViolation);
+        assert_eq!(kind_of_code(547), ErrorKind::Constraint);
+        assert_eq!(kind_of_code(229), ErrorKind::Permission);
+        assert_eq!(kind_of_code(230), ErrorKind::Permission);
+        assert_eq!(kind_of_code(1222), ErrorKind::QueryTimeout);
+        assert_eq!(kind_of_code(50000), ErrorKind::Database);
+    }
+
+    #[test]
+    fn settings_debug_hides_the_password() -> Result<()> {
+        let s = parse("Server=h;User Id=u;Password=hunter2")?;
+        assert!(!format!("{s:?}").contains("hunter2"));
+        Ok(())
+    }
+}
