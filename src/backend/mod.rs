@@ -13,6 +13,8 @@ use crate::sql::Dialect;
 use crate::value::{Row, Value};
 use crate::watchdog::Canceller;
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
+mod blocking;
 #[cfg(feature = "mssql")]
 mod mssql;
 #[cfg(feature = "mysql")]

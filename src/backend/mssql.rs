@@ -44,6 +44,7 @@ use tiberius::{AuthMethod, Client, ColumnData, EncryptionLevel, FromSql, ToSql};
 use tokio::runtime::Runtime;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
+use super::blocking::{self, SocketHandle};
 use super::{connect_error, Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -387,22 +388,9 @@ impl MsConnector {
     }
 }
 
-fn runtime() -> Result<Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Other,
-                "cannot start the SQL Server client's runtime",
-            )
-            .with_source(e)
-        })
-}
-
 impl Connector for MsConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let rt = runtime()?;
+        let rt = blocking::runtime("SQL Server")?;
         let addrs: Vec<std::net::SocketAddr> = (self.settings.host.as_str(), self.settings.port)
             .to_socket_addrs()
             .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?
@@ -430,8 +418,7 @@ impl Connector for MsConnector {
                     continue;
                 }
             };
-            #[cfg(unix)]
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+            let socket = SocketHandle::of(&tcp);
             let config = self.tiberius_config();
             let left = deadline.saturating_duration_since(Instant::now());
             let shook = rt.block_on(async {
@@ -477,8 +464,7 @@ impl Connector for MsConnector {
             let broken = Arc::new(AtomicBool::new(false));
             let canceller: Arc<dyn Canceller> = Arc::new(MsCancel {
                 broken: Arc::clone(&broken),
-                #[cfg(unix)]
-                fd,
+                socket,
             });
             return Ok(Box::new(MsConnection {
                 rt: Some(rt),
@@ -516,27 +502,13 @@ impl Connector for MsConnector {
 /// sent. The connection is then broken and discarded.
 struct MsCancel {
     broken: Arc<AtomicBool>,
-    #[cfg(unix)]
-    fd: std::os::fd::RawFd,
+    socket: SocketHandle,
 }
 
 impl MsCancel {
     fn cut(&self) -> bool {
         self.broken.store(true, Ordering::SeqCst);
-        #[cfg(unix)]
-        {
-            // SAFETY: the watchdog calls this only while the statement is
-            // still registered, i.e. while the connection (and so its
-            // socket) is open and its owner is blocked in a call on it (or
-            // about to disarm and wait for this call to finish).
-            // shutdown(2) does not close the descriptor; the blocked read
-            // sees the end of the stream.
-            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
-        }
-        #[cfg(not(unix))]
-        {
-            false
-        }
+        self.socket.cut()
     }
 }
 
@@ -718,16 +690,7 @@ impl Connection for MsConnection {
 
 impl Drop for MsConnection {
     fn drop(&mut self) {
-        // Dropping a runtime panics on a thread that drives another async
-        // runtime: drop it on a plain thread then.
-        let (client, rt) = (self.client.take(), self.rt.take());
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = std::thread::Builder::new()
-                .name("dbmanager-mssql-close".into())
-                .spawn(move || drop((client, rt)));
-        } else {
-            drop((client, rt));
-        }
+        blocking::drop_off_runtime((self.client.take(), self.rt.take()));
     }
 }
 

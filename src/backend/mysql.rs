@@ -14,6 +14,7 @@ use mysql::{Opts, OptsBuilder};
 use r2d2::ManageConnection;
 use r2d2_mysql::MySqlConnectionManager;
 
+use super::blocking::SocketHandle;
 use super::{connect_error, Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -106,8 +107,7 @@ impl Connector for MyConnector {
         let canceller: Arc<dyn Canceller> = Arc::new(Kill {
             opts: self.kill_opts.clone(),
             id: conn.connection_id(),
-            #[cfg(unix)]
-            fd: std::os::fd::AsRawFd::as_raw_fd(&conn),
+            socket: SocketHandle::of(&conn),
         });
         Ok(Box::new(MyConnection {
             conn,
@@ -141,8 +141,7 @@ enum Flavor {
 struct Kill {
     opts: Opts,
     id: u32,
-    #[cfg(unix)]
-    fd: std::os::fd::RawFd,
+    socket: SocketHandle,
 }
 
 impl Canceller for Kill {
@@ -152,13 +151,8 @@ impl Canceller for Kill {
             .map_err(classify)
     }
 
-    #[cfg(unix)]
     fn abort(&self) -> bool {
-        // SAFETY: the watchdog calls this only while the statement is still
-        // registered, i.e. while the connection (and so its socket) is open
-        // and its owner is blocked in a call on it. shutdown(2) does not
-        // close the descriptor; it makes the blocked read return at once.
-        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
+        self.socket.cut()
     }
 }
 

@@ -30,6 +30,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::blocking::{self, SocketHandle};
 use super::{connect_error, Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -147,12 +148,11 @@ enum Socket {
 }
 
 impl Socket {
-    #[cfg(unix)]
-    fn raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
+    fn handle(&self) -> SocketHandle {
         match self {
-            Socket::Tcp(s) => s.as_raw_fd(),
-            Socket::Unix(s) => s.as_raw_fd(),
+            Socket::Tcp(s) => SocketHandle::of(s),
+            #[cfg(unix)]
+            Socket::Unix(s) => SocketHandle::of(s),
         }
     }
 }
@@ -199,19 +199,6 @@ fn open(endpoint: &Endpoint, timeout: Duration) -> std::io::Result<Socket> {
             Ok(Socket::Unix(s))
         }
     }
-}
-
-fn runtime() -> Result<Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Other,
-                "cannot start the PostgreSQL client's runtime",
-            )
-            .with_source(e)
-        })
 }
 
 /// The rustls connector for a stream of type `S` to `host`.
@@ -262,7 +249,7 @@ async fn handshake(
 
 impl Connector for PgConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let rt = runtime()?;
+        let rt = blocking::runtime("PostgreSQL")?;
         let endpoints = endpoints(&self.config)
             .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?;
         let deadline = Instant::now() + self.connect_timeout;
@@ -284,8 +271,7 @@ impl Connector for PgConnector {
                     continue;
                 }
             };
-            #[cfg(unix)]
-            let fd = socket.raw_fd();
+            let socket_handle = socket.handle();
             let host = match endpoint {
                 Endpoint::Tcp(_, h) => h.clone(),
                 #[cfg(unix)]
@@ -344,8 +330,7 @@ impl Connector for PgConnector {
                 host,
                 tls: self.tls.clone(),
                 timeout: self.connect_timeout,
-                #[cfg(unix)]
-                fd,
+                socket: socket_handle,
             });
             return Ok(Box::new(PgConnection {
                 rt: Some(rt),
@@ -409,8 +394,7 @@ struct PgCancel {
     host: String,
     tls: Option<MakeRustlsConnect>,
     timeout: Duration,
-    #[cfg(unix)]
-    fd: std::os::fd::RawFd,
+    socket: SocketHandle,
 }
 
 impl PgCancel {
@@ -442,7 +426,7 @@ impl Canceller for PgCancel {
             Error::new(ErrorKind::Connect, "the cancel request could not be sent").with_source(e)
         };
         let socket = open(&self.endpoint, self.timeout).map_err(|e| failed(e.into()))?;
-        let rt = runtime()?;
+        let rt = blocking::runtime("PostgreSQL")?;
         match rt.block_on(async { tokio::time::timeout(self.timeout, self.send(socket)).await }) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(failed(e)),
@@ -450,13 +434,8 @@ impl Canceller for PgCancel {
         }
     }
 
-    #[cfg(unix)]
     fn abort(&self) -> bool {
-        // SAFETY: the watchdog calls this only while the statement is still
-        // registered, i.e. while the connection (and so its socket) is open
-        // and its owner is blocked in a call on it. shutdown(2) does not
-        // close the descriptor; the blocked read sees the end of the stream.
-        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
+        self.socket.cut()
     }
 }
 
@@ -590,16 +569,7 @@ impl Connection for PgConnection {
 
 impl Drop for PgConnection {
     fn drop(&mut self) {
-        // Dropping a runtime panics on a thread that drives another async
-        // runtime: drop it on a plain thread then.
-        let (client, rt) = (self.client.take(), self.rt.take());
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = std::thread::Builder::new()
-                .name("dbmanager-pg-close".into())
-                .spawn(move || drop((client, rt)));
-        } else {
-            drop((client, rt));
-        }
+        blocking::drop_off_runtime((self.client.take(), self.rt.take()));
     }
 }
 
