@@ -228,6 +228,9 @@ pub struct DatabaseConfig {
     pub(crate) validate_after_idle: Duration,
     pub(crate) leak_threshold: Option<Duration>,
     pub(crate) read_only: bool,
+    pub(crate) migrations_dir: PathBuf,
+    pub(crate) history_table: String,
+    pub(crate) auto_migrate: bool,
     /// `DEVELOPMENT_GLOBAL_RPA_DB_` when read from the environment, for messages.
     pub(crate) var_stem: Option<String>,
 }
@@ -248,6 +251,9 @@ impl fmt::Debug for DatabaseConfig {
             .field("validate_after_idle", &self.validate_after_idle)
             .field("leak_threshold", &self.leak_threshold)
             .field("read_only", &self.read_only)
+            .field("migrations_dir", &self.migrations_dir)
+            .field("history_table", &self.history_table)
+            .field("auto_migrate", &self.auto_migrate)
             .finish()
     }
 }
@@ -269,6 +275,9 @@ mod var {
     pub const MAX_LIFETIME: &str = "MAX_LIFETIME";
     pub const READ_ONLY: &str = "READ_ONLY";
     pub const LEAK_THRESHOLD: &str = "LEAK_THRESHOLD";
+    pub const MIGRATIONS_DIR: &str = "MIGRATIONS_DIR";
+    pub const MIGRATIONS_TABLE: &str = "MIGRATIONS_TABLE";
+    pub const AUTO_MIGRATE: &str = "AUTO_MIGRATE";
     pub const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
     pub const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
 }
@@ -388,6 +397,28 @@ impl DatabaseConfig {
     /// Whether writes and migrations are refused.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The folder versioned migrations are read from. Default
+    /// `migrations/{database name}`, relative to the working directory.
+    pub fn migrations_dir(&self) -> &Path {
+        &self.migrations_dir
+    }
+
+    /// The migration history table. Default `schema_version` (seed 002's).
+    pub fn history_table(&self) -> &str {
+        &self.history_table
+    }
+
+    /// Whether [`DatabaseManager::new`](crate::DatabaseManager::new) runs
+    /// migrations when it creates the manager. Default `false`.
+    pub fn auto_migrate(&self) -> bool {
+        self.auto_migrate
+    }
+
+    /// Where a migration setting is read from, for error messages.
+    pub(crate) fn variable(&self, suffix: &str) -> Option<String> {
+        self.var_stem.as_ref().map(|stem| format!("{stem}{suffix}"))
     }
 
     /// Where the query timeout is set, for error messages.
@@ -531,6 +562,16 @@ fn from_sources(
     if let Some(v) = get(&var(var::READ_ONLY)) {
         b = b.read_only(parse_bool(&var(var::READ_ONLY), &v)?);
     }
+    if let Some(v) = get(&var(var::MIGRATIONS_DIR)) {
+        b = b.migrations_dir(v.trim());
+    }
+    if let Some(v) = get(&var(var::MIGRATIONS_TABLE)) {
+        b = b.history_table(v.trim());
+        b.table_source = Some(var(var::MIGRATIONS_TABLE));
+    }
+    if let Some(v) = get(&var(var::AUTO_MIGRATE)) {
+        b = b.auto_migrate(parse_bool(&var(var::AUTO_MIGRATE), &v)?);
+    }
     b.build()
 }
 
@@ -605,6 +646,10 @@ pub struct DatabaseConfigBuilder {
     validate_after_idle: Duration,
     leak_threshold: Option<Duration>,
     read_only: bool,
+    migrations_dir: Option<PathBuf>,
+    history_table: String,
+    table_source: Option<String>,
+    auto_migrate: bool,
     var_stem: Option<String>,
 }
 
@@ -636,6 +681,10 @@ impl DatabaseConfigBuilder {
             validate_after_idle: Duration::from_secs(30),
             leak_threshold: Some(Duration::from_secs(300)),
             read_only: false,
+            migrations_dir: None,
+            history_table: "schema_version".to_owned(),
+            table_source: None,
+            auto_migrate: false,
             var_stem: None,
         }
     }
@@ -728,6 +777,30 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// The folder migrations are read from (`{PREFIX}{NAME}_MIGRATIONS_DIR`).
+    /// Default `migrations/{database name}`, relative to the working
+    /// directory, as in seed 002.
+    pub fn migrations_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.migrations_dir = Some(dir.into());
+        self
+    }
+
+    /// The migration history table (`{PREFIX}{NAME}_MIGRATIONS_TABLE`):
+    /// a plain identifier, optionally `schema.table`. Default
+    /// `schema_version`, the table of seed 002 (and Flyway's old default).
+    pub fn history_table(mut self, table: impl Into<String>) -> Self {
+        self.history_table = table.into();
+        self
+    }
+
+    /// Run migrations when [`DatabaseManager::new`](crate::DatabaseManager::new)
+    /// creates the manager (`{PREFIX}{NAME}_AUTO_MIGRATE`). Default `false`:
+    /// a schema change should be a decision, not a side effect of starting.
+    pub fn auto_migrate(mut self, on: bool) -> Self {
+        self.auto_migrate = on;
+        self
+    }
+
     /// Validates and builds the configuration.
     ///
     /// # Errors
@@ -780,6 +853,20 @@ impl DatabaseConfigBuilder {
                 "the acquisition and connect timeouts of `{name}` must be above zero"
             )));
         }
+        if !crate::sql::is_plain_identifier(&self.history_table) {
+            let label = self
+                .table_source
+                .clone()
+                .unwrap_or_else(|| "the migration history table".to_owned());
+            return Err(Error::config(format!(
+                "{label} = `{}` is not a plain table name; use letters, digits and `_` \
+                 (starting with a letter or `_`), optionally `schema.table`, at most 63 characters",
+                self.history_table
+            )));
+        }
+        let migrations_dir = self
+            .migrations_dir
+            .unwrap_or_else(|| Path::new("migrations").join(name));
         Ok(DatabaseConfig {
             name: Arc::from(name),
             kind: inferred,
@@ -794,6 +881,9 @@ impl DatabaseConfigBuilder {
             validate_after_idle: self.validate_after_idle,
             leak_threshold: self.leak_threshold.filter(|t| !t.is_zero()),
             read_only: self.read_only,
+            migrations_dir,
+            history_table: self.history_table,
+            auto_migrate: self.auto_migrate,
             var_stem: self.var_stem,
         })
     }

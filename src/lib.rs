@@ -49,6 +49,7 @@ mod backend;
 mod config;
 mod error;
 mod manager;
+pub mod migrate;
 mod pipeline;
 mod pool;
 mod sql;
@@ -62,6 +63,7 @@ pub use crate::config::{
 };
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
+pub use crate::migrate::{MigrateOptions, MigrationReport, MigrationStatus};
 pub use crate::status::{ConnectionHolder, PoolStatus};
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 

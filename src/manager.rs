@@ -229,10 +229,24 @@ impl DatabaseManager {
     /// [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when the
     /// backend was compiled out; [`Config`](crate::ErrorKind::Config) when
     /// the backend's driver rejects the connection string.
+    ///
+    /// With [`auto_migrate`](DatabaseConfig::auto_migrate) on
+    /// (`{PREFIX}{NAME}_AUTO_MIGRATE=true`), pending migrations are applied
+    /// here, before the manager is returned.
+    ///
+    /// # Errors (migrations)
+    ///
+    /// With auto-migrate on, any error of
+    /// [`run_migrations`](Self::run_migrations).
     pub fn from_config(config: DatabaseConfig) -> Result<DatabaseManager> {
-        Ok(DatabaseManager {
+        let auto = config.auto_migrate;
+        let manager = DatabaseManager {
             shared: Arc::new(Shared::new(config)?),
-        })
+        };
+        if auto {
+            manager.run_migrations()?;
+        }
+        Ok(manager)
     }
 
     /// The logical database name.
@@ -428,6 +442,12 @@ impl PooledConnection {
     }
 
     statement_methods!(&mut self);
+
+    /// Marks the connection broken: it is closed instead of going back to
+    /// the pool (used when its session state is unknown).
+    pub(crate) fn discard(&mut self) {
+        self.conn.broken = true;
+    }
 
     /// Sets the limit for this guard's later statements (and its
     /// transactions' statements): `Some(d)`, or `None` for no limit, in place
