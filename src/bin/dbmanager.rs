@@ -255,7 +255,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             if cli.json {
                 print_json(&serde_json::json!({
                     "database_name": db.name(),
-                    "database_type": db.backend(),
+                    "database_type": db.backend().as_str(),
                     "status": "ok",
                     "response_time_ms": ms,
                 }))?;
