@@ -60,11 +60,15 @@ fn refinery_run(dir: &Path, round: usize) -> Duration {
     let db_dir = scratch(&format!("ref-{round}"));
     let mut conn = rusqlite::Connection::open(db_dir.join("app.db")).expect("open");
     // The same settings dbmanager's SQLite connections use.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-        .expect("pragmas");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .expect("pragmas");
     let start = Instant::now();
     let migrations = refinery::load_sql_migrations(dir).expect("load");
-    let report = refinery::Runner::new(&migrations).run(&mut conn).expect("refinery migrate");
+    let report = refinery::Runner::new(&migrations)
+        .run(&mut conn)
+        .expect("refinery migrate");
     let elapsed = start.elapsed();
     assert_eq!(report.applied_migrations().len(), MIGRATIONS);
     drop(conn);
@@ -74,7 +78,11 @@ fn refinery_run(dir: &Path, round: usize) -> Duration {
 
 fn main() {
     // `cargo test --benches` runs benches once with --bench absent: keep it quick.
-    let rounds = if std::env::args().any(|a| a == "--bench") { ROUNDS } else { 1 };
+    let rounds = if std::env::args().any(|a| a == "--bench") {
+        ROUNDS
+    } else {
+        1
+    };
     let dir = scratch("files");
     write_migrations(&dir);
 
@@ -100,12 +108,18 @@ fn main() {
         ms(refinery),
         ms(refinery) / MIGRATIONS as f64
     );
-    println!("  ratio     dbmanager / refinery = {:.2}", ms(dbm) / ms(refinery));
+    println!(
+        "  ratio     dbmanager / refinery = {:.2}",
+        ms(dbm) / ms(refinery)
+    );
     println!(
         "  validate  dbmanager {:>9.1} ms for {MIGRATIONS} applied ({:.1} µs/migration)",
         ms(validate),
         ms(validate) * 1000.0 / MIGRATIONS as f64
     );
-    println!("  ratio     validate / apply = {:.3}", ms(validate) / ms(dbm));
+    println!(
+        "  ratio     validate / apply = {:.3}",
+        ms(validate) / ms(dbm)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,7 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 DatabaseConfig::builder("quickstart")
                     .url(format!("sqlite:{}", path.display()))
                     // The folder next to Cargo.toml, wherever this runs from.
-                    .migrations_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/quickstart"))
+                    .migrations_dir(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/migrations/quickstart"
+                    ))
                     .build()?,
             )?
         }

@@ -39,6 +39,11 @@
 //! | `mysql`    | MySQL and MariaDB (`mysql` crate, rustls)         | yes     |
 //! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
 //! | `mssql`    | reserved for SQL Server (not yet available)       | yes     |
+//! | `cli`      | the `dbmanager` command-line tool (adds `clap`)   | yes     |
+//!
+//! Migrations (Flyway-style `V…__….sql` scripts, a `schema_version` history,
+//! one migrator at a time): see [`migrate`] and
+//! [`DatabaseManager::run_migrations`].
 //!
 //! A database whose backend is compiled out fails with
 //! [`ErrorKind::FeatureDisabled`] naming the feature.

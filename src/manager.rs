@@ -207,7 +207,8 @@ impl DatabaseManager {
     ///
     /// [`Config`](crate::ErrorKind::Config) naming the missing or malformed
     /// variable; [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when
-    /// the backend was compiled out.
+    /// the backend was compiled out; with `{PREFIX}{NAME}_AUTO_MIGRATE=true`,
+    /// any error of [`run_migrations`](Self::run_migrations).
     pub fn new(name: &str) -> Result<DatabaseManager> {
         let key = env_stem(name.trim());
         let mut map = registry().lock();
@@ -224,20 +225,16 @@ impl DatabaseManager {
     /// A new manager (with its own pool) for an explicit configuration. It is
     /// not shared through [`DatabaseManager::new`].
     ///
-    /// # Errors
-    ///
-    /// [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when the
-    /// backend was compiled out; [`Config`](crate::ErrorKind::Config) when
-    /// the backend's driver rejects the connection string.
-    ///
     /// With [`auto_migrate`](DatabaseConfig::auto_migrate) on
     /// (`{PREFIX}{NAME}_AUTO_MIGRATE=true`), pending migrations are applied
     /// here, before the manager is returned.
     ///
-    /// # Errors (migrations)
+    /// # Errors
     ///
-    /// With auto-migrate on, any error of
-    /// [`run_migrations`](Self::run_migrations).
+    /// [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when the
+    /// backend was compiled out; [`Config`](crate::ErrorKind::Config) when
+    /// the backend's driver rejects the connection string; with auto-migrate
+    /// on, any error of [`run_migrations`](Self::run_migrations).
     pub fn from_config(config: DatabaseConfig) -> Result<DatabaseManager> {
         let auto = config.auto_migrate;
         let manager = DatabaseManager {

@@ -15,8 +15,14 @@ fn cli(dir: &TempDir, url: &str, args: &[&str]) -> Output {
         .env("ENVIRONMENT", "development")
         .env("DBMANAGER_ENV_DIR", dir.path())
         .env("DEVELOPMENT_GLOBAL_SHOP_CONNECTION_STRING", url)
-        .env("DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_DIR", dir.path().join("sql"))
-        .env("STAGING_GLOBAL_SHOP_CONNECTION_STRING", dir.sqlite_url("staging.db"))
+        .env(
+            "DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_DIR",
+            dir.path().join("sql"),
+        )
+        .env(
+            "STAGING_GLOBAL_SHOP_CONNECTION_STRING",
+            dir.sqlite_url("staging.db"),
+        )
         .env("STAGING_GLOBAL_SHOP_MIGRATIONS_DIR", dir.path().join("sql"))
         .output()
         .expect("run the CLI")
@@ -42,7 +48,11 @@ fn migrate_info_validate_new_on_sqlite() {
     assert!(o.status.success(), "{}", text(&o));
     let first = dir.path().join("sql/V001__create_customers.sql");
     assert!(first.exists(), "{}", text(&o));
-    std::fs::write(&first, "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);\n").expect("write");
+    std::fs::write(
+        &first,
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);\n",
+    )
+    .expect("write");
     let o = run(&["--database", "shop", "new", "add orders"]);
     assert!(o.status.success(), "{}", text(&o));
     let second = dir.path().join("sql/V002__add_orders.sql");
@@ -51,14 +61,25 @@ fn migrate_info_validate_new_on_sqlite() {
     // Dry run: the SQL, nothing applied.
     let o = run(&["--database", "shop", "migrate", "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("CREATE TABLE customers"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("CREATE TABLE customers"),
+        "{}",
+        text(&o)
+    );
 
     let o = run(&["--database", "shop", "migrate"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(out.contains("V001__create_customers.sql") && out.contains("version 2"), "{out}");
+    assert!(
+        out.contains("V001__create_customers.sql") && out.contains("version 2"),
+        "{out}"
+    );
     let o = run(&["--database", "shop", "migrate"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to do"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("nothing to do"),
+        "{}",
+        text(&o)
+    );
 
     // info --json parses.
     let o = run(&["--database", "shop", "info", "--json"]);
@@ -70,13 +91,24 @@ fn migrate_info_validate_new_on_sqlite() {
     // The human table.
     let o = run(&["--database", "shop", "info"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(out.contains("| Version") && out.contains("Success"), "{out}");
+    assert!(
+        out.contains("| Version") && out.contains("Success"),
+        "{out}"
+    );
 
     // An edited applied file: validate and info exit non-zero, naming it.
-    std::fs::write(&first, "CREATE TABLE customers (id BIGINT PRIMARY KEY, name TEXT);\n").expect("write");
+    std::fs::write(
+        &first,
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, name TEXT);\n",
+    )
+    .expect("write");
     let o = run(&["--database", "shop", "validate"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("V001__create_customers.sql"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("V001__create_customers.sql"),
+        "{}",
+        text(&o)
+    );
     let o = run(&["--database", "shop", "info"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let o = run(&["--database", "shop", "repair"]);
@@ -85,7 +117,14 @@ fn migrate_info_validate_new_on_sqlite() {
     assert!(o.status.success(), "{}", text(&o));
 
     // --env selects the configuration as the library does.
-    let o = run(&["--database", "shop", "--env", "staging", "migrate", "--json"]);
+    let o = run(&[
+        "--database",
+        "shop",
+        "--env",
+        "staging",
+        "migrate",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["applied"].as_array().map(Vec::len), Some(2));
@@ -96,7 +135,11 @@ fn migrate_info_validate_new_on_sqlite() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("pool --json is JSON");
     assert_eq!(v["database_name"], "shop");
     let o = run(&["--database", "shop", "health"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("ok"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ok"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -106,18 +149,30 @@ fn problems_exit_non_zero() {
     // No database given.
     let o = cli(&dir, &url, &["info"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--database"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--database"),
+        "{}",
+        text(&o)
+    );
     // Not configured: names the variable.
     let o = cli(&dir, &url, &["--database", "nowhere", "info"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("DEVELOPMENT_GLOBAL_NOWHERE_CONNECTION_STRING"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("DEVELOPMENT_GLOBAL_NOWHERE_CONNECTION_STRING"),
+        "{}",
+        text(&o)
+    );
     // A bad file name.
     std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
     std::fs::write(dir.path().join("sql/V1-first.sql"), "SELECT 1;").expect("write");
     let o = cli(&dir, &url, &["--database", "shop", "migrate", "--json"]);
     assert_eq!(o.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("errors are JSON with --json");
-    assert!(v["error"].as_str().unwrap_or("").contains("V1-first.sql"), "{v}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("errors are JSON with --json");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("V1-first.sql"),
+        "{v}"
+    );
     // Usage errors: clap's code 2.
     let o = cli(&dir, &url, &["--database", "shop", "frobnicate"]);
     assert_eq!(o.status.code(), Some(2));

@@ -54,7 +54,8 @@ impl Case {
     }
 
     fn write(&self, file: &str, sql: &str) {
-        std::fs::write(self.sql_dir().join(file), sql.replace("{t}", &self.t)).expect("write a script");
+        std::fs::write(self.sql_dir().join(file), sql.replace("{t}", &self.t))
+            .expect("write a script");
     }
 
     fn remove(&self, file: &str) {
@@ -73,18 +74,33 @@ impl Case {
     }
 
     fn count(&self, db: &DatabaseManager, table: &str) -> i64 {
-        db.query_one(&format!("SELECT COUNT(*) AS n FROM {}", table.replace("{t}", &self.t)), ())
-            .and_then(|r| r.get::<i64>("n"))
-            .expect("count")
+        db.query_one(
+            &format!(
+                "SELECT COUNT(*) AS n FROM {}",
+                table.replace("{t}", &self.t)
+            ),
+            (),
+        )
+        .and_then(|r| r.get::<i64>("n"))
+        .expect("count")
     }
 
     fn table_exists(&self, db: &DatabaseManager, table: &str) -> bool {
-        db.execute_query(&format!("SELECT 1 FROM {} WHERE 1 = 0", table.replace("{t}", &self.t)), ())
-            .is_ok()
+        db.execute_query(
+            &format!(
+                "SELECT 1 FROM {} WHERE 1 = 0",
+                table.replace("{t}", &self.t)
+            ),
+            (),
+        )
+        .is_ok()
     }
 
     fn log_table(&self) {
-        self.write("V1__log.sql", "CREATE TABLE {t}_log (v VARCHAR(20), at_rank INTEGER);\n");
+        self.write(
+            "V1__log.sql",
+            "CREATE TABLE {t}_log (v VARCHAR(20), at_rank INTEGER);\n",
+        );
     }
 }
 
@@ -101,14 +117,21 @@ fn versions_apply_in_numeric_order() -> Result<()> {
         }
         let db = c.db();
         let report = db.run_migrations()?;
-        let order: Vec<String> = report.applied.iter().filter_map(|s| s.version.clone()).collect();
+        let order: Vec<String> = report
+            .applied
+            .iter()
+            .filter_map(|s| s.version.clone())
+            .collect();
         assert_eq!(order, ["1", "1.0.5", "1.1", "2", "10"], "{b:?}");
         assert_eq!(report.current_version.as_deref(), Some("10"));
         let status = db.migration_status()?;
         assert_eq!(status.current_version.as_deref(), Some("10"));
         assert_eq!(status.applied.len(), 5);
         assert!(status.pending.is_empty() && status.problems.is_empty());
-        assert!(status.applied.iter().all(|a| a.success && a.checksum.is_some()));
+        assert!(status
+            .applied
+            .iter()
+            .all(|a| a.success && a.checksum.is_some()));
         // A second run has nothing to do.
         assert!(db.run_migrations()?.applied.is_empty());
         assert_eq!(c.count(&db, "{t}_log"), 4);
@@ -155,7 +178,10 @@ fn undo_goes_back_with_u_scripts() -> Result<()> {
         assert_eq!(db.migration_status()?.pending.len(), 2);
         let e = db.undo("0").expect_err("no U1");
         assert_eq!(e.kind(), ErrorKind::Migration);
-        assert!(e.to_string().contains("V1__a.sql") && e.to_string().contains("U1__"), "{e}");
+        assert!(
+            e.to_string().contains("V1__a.sql") && e.to_string().contains("U1__"),
+            "{e}"
+        );
         assert_eq!(db.run_migrations()?.applied.len(), 2);
     }
     Ok(())
@@ -166,19 +192,33 @@ fn repeatable_scripts_rerun_when_changed() -> Result<()> {
     for b in ALL {
         let c = Case::new(b);
         c.log_table();
-        c.write("R__view.sql", "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 1 AS n;\n");
+        c.write(
+            "R__view.sql",
+            "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 1 AS n;\n",
+        );
         let db = c.db();
         let r = db.run_migrations()?;
         assert_eq!(r.applied.len(), 2, "{b:?}");
-        assert!(db.run_migrations()?.applied.is_empty(), "unchanged: not re-run");
-        c.write("R__view.sql", "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 2 AS n;\n");
+        assert!(
+            db.run_migrations()?.applied.is_empty(),
+            "unchanged: not re-run"
+        );
+        c.write(
+            "R__view.sql",
+            "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 2 AS n;\n",
+        );
         let r = db.run_migrations()?;
         assert_eq!(r.applied.len(), 1);
         assert_eq!(r.applied[0].script, "R__view.sql");
-        let n: i64 = db.query_one(&format!("SELECT n FROM {}_v", c.t), ())?.get("n")?;
+        let n: i64 = db
+            .query_one(&format!("SELECT n FROM {}_v", c.t), ())?
+            .get("n")?;
         assert_eq!(n, 2);
         // A line-ending change alone is no change.
-        c.write("R__view.sql", "DROP VIEW IF EXISTS {t}_v;\r\nCREATE VIEW {t}_v AS SELECT 2 AS n;\r\n");
+        c.write(
+            "R__view.sql",
+            "DROP VIEW IF EXISTS {t}_v;\r\nCREATE VIEW {t}_v AS SELECT 2 AS n;\r\n",
+        );
         assert!(db.run_migrations()?.applied.is_empty());
     }
     Ok(())
@@ -192,7 +232,10 @@ fn baseline_skips_what_is_already_there() -> Result<()> {
         c.write("V2__b.sql", "CREATE TABLE {t}_b (id INTEGER);");
         c.write("V3__c.sql", "CREATE TABLE {t}_c (id INTEGER);");
         let db = c.db();
-        db.execute_batch(&format!("CREATE TABLE {}_a (id INTEGER); CREATE TABLE {}_b (id INTEGER)", c.t, c.t))?;
+        db.execute_batch(&format!(
+            "CREATE TABLE {}_a (id INTEGER); CREATE TABLE {}_b (id INTEGER)",
+            c.t, c.t
+        ))?;
         db.baseline("2")?;
         let r = db.run_migrations()?;
         let applied: Vec<&str> = r.applied.iter().map(|s| s.script.as_str()).collect();
@@ -201,7 +244,10 @@ fn baseline_skips_what_is_already_there() -> Result<()> {
         assert_eq!(status.current_version.as_deref(), Some("3"));
         assert_eq!(status.applied[0].kind, "BASELINE");
         // A second, different baseline is refused.
-        assert_eq!(db.baseline("1").expect_err("one baseline").kind(), ErrorKind::Migration);
+        assert_eq!(
+            db.baseline("1").expect_err("one baseline").kind(),
+            ErrorKind::Migration
+        );
     }
     Ok(())
 }
@@ -211,16 +257,24 @@ fn dry_run_changes_nothing() -> Result<()> {
     for b in ALL {
         let c = Case::new(b);
         c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
-        c.write("V2__b.sql", "-- dbmanager:no-transaction\nCREATE TABLE {t}_b (id INTEGER);");
+        c.write(
+            "V2__b.sql",
+            "-- dbmanager:no-transaction\nCREATE TABLE {t}_b (id INTEGER);",
+        );
         let db = c.db();
         let plan = db.dry_run()?;
         assert!(!plan.history_table_exists);
         assert_eq!(plan.steps.len(), 2);
-        assert!(plan.steps[0].sql.contains(&format!("CREATE TABLE {}_a", c.t)));
+        assert!(plan.steps[0]
+            .sql
+            .contains(&format!("CREATE TABLE {}_a", c.t)));
         assert!(!plan.steps[1].in_transaction);
         assert_eq!(plan.steps[0].in_transaction, b != Backend::MySql, "{b:?}");
         assert!(!c.table_exists(&db, "{t}_a"));
-        assert!(!c.table_exists(&db, &c.history), "no history table was created");
+        assert!(
+            !c.table_exists(&db, &c.history),
+            "no history table was created"
+        );
         assert_eq!(db.run_migrations()?.applied.len(), 2);
         assert!(db.dry_run()?.steps.is_empty());
     }
@@ -231,28 +285,47 @@ fn dry_run_changes_nothing() -> Result<()> {
 fn edited_applied_script_fails_validation_but_line_endings_do_not() -> Result<()> {
     for b in ALL {
         let c = Case::new(b);
-        c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);\nCREATE TABLE {t}_b (id INTEGER);\n");
+        c.write(
+            "V1__a.sql",
+            "CREATE TABLE {t}_a (id INTEGER);\nCREATE TABLE {t}_b (id INTEGER);\n",
+        );
         let db = c.db();
         db.run_migrations()?;
         // CRLF instead of LF: the same checksum.
-        c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);\r\nCREATE TABLE {t}_b (id INTEGER);\r\n");
+        c.write(
+            "V1__a.sql",
+            "CREATE TABLE {t}_a (id INTEGER);\r\nCREATE TABLE {t}_b (id INTEGER);\r\n",
+        );
         db.validate()?;
         assert!(db.run_migrations()?.applied.is_empty());
         // A real edit: validation names the file and both checksums.
-        let applied = db.migration_status()?.applied[0].checksum.expect("a checksum");
-        c.write("V1__a.sql", "CREATE TABLE {t}_a (id BIGINT);\nCREATE TABLE {t}_b (id INTEGER);\n");
+        let applied = db.migration_status()?.applied[0]
+            .checksum
+            .expect("a checksum");
+        c.write(
+            "V1__a.sql",
+            "CREATE TABLE {t}_a (id BIGINT);\nCREATE TABLE {t}_b (id INTEGER);\n",
+        );
         c.write("V2__b.sql", "CREATE TABLE {t}_c (id INTEGER);");
-        let now = dbmanager::migrate::checksum(&std::fs::read_to_string(c.sql_dir().join("V1__a.sql")).unwrap_or_default());
+        let now = dbmanager::migrate::checksum(
+            &std::fs::read_to_string(c.sql_dir().join("V1__a.sql")).unwrap_or_default(),
+        );
         let e = db.validate().expect_err("edited");
         let text = e.to_string();
         assert_eq!(e.kind(), ErrorKind::Migration);
         assert!(text.contains("V1__a.sql"), "{text}");
-        assert!(text.contains(&applied.to_string()) && text.contains(&now.to_string()), "{text}");
+        assert!(
+            text.contains(&applied.to_string()) && text.contains(&now.to_string()),
+            "{text}"
+        );
         let e = db.run_migrations().expect_err("run refuses");
         assert_eq!(e.kind(), ErrorKind::Migration);
         assert!(!c.table_exists(&db, "{t}_c"), "nothing ran");
         let status = db.migration_status()?;
-        assert!(matches!(status.problems[0], MigrationProblem::ChecksumMismatch { .. }));
+        assert!(matches!(
+            status.problems[0],
+            MigrationProblem::ChecksumMismatch { .. }
+        ));
         // repair accepts the edit.
         let r = db.repair()?;
         assert_eq!(r.realigned, ["V1__a.sql"]);
@@ -260,7 +333,10 @@ fn edited_applied_script_fails_validation_but_line_endings_do_not() -> Result<()
         // A deleted applied file is a problem too.
         c.remove("V2__b.sql");
         let e = db.validate().expect_err("missing file");
-        assert!(e.to_string().contains("V2__b.sql") && e.to_string().contains("missing"), "{e}");
+        assert!(
+            e.to_string().contains("V2__b.sql") && e.to_string().contains("missing"),
+            "{e}"
+        );
     }
     Ok(())
 }
@@ -270,23 +346,38 @@ fn failing_migration_leaves_nothing_where_ddl_is_transactional() -> Result<()> {
     for b in [Backend::Postgres, Backend::Sqlite] {
         let c = Case::new(b);
         c.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
-        c.write("V2__half.sql", "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n");
+        c.write(
+            "V2__half.sql",
+            "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
+        );
         let db = c.db();
         let e = db.run_migrations().expect_err("V2 fails");
         let text = e.to_string();
-        assert!(text.contains("V2__half.sql") && text.contains("version 2"), "{text}");
-        assert!(text.contains("V1__ok.sql"), "names what applied before: {text}");
+        assert!(
+            text.contains("V2__half.sql") && text.contains("version 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("V1__ok.sql"),
+            "names what applied before: {text}"
+        );
         let report = e.migration_report().expect("a report");
         assert_eq!(report.applied.len(), 1);
         assert_eq!(report.applied[0].script, "V1__ok.sql");
         if b == Backend::Postgres {
             assert!(text.contains("line 2"), "{text}");
         }
-        assert!(!c.table_exists(&db, "{t}_half"), "{b:?}: nothing of V2 remains");
+        assert!(
+            !c.table_exists(&db, "{t}_half"),
+            "{b:?}: nothing of V2 remains"
+        );
         let status = db.migration_status()?;
         assert_eq!(status.applied.len(), 1, "no history row for V2");
         assert_eq!(status.pending.len(), 1);
-        c.write("V2__half.sql", "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLE {t}_half2 (id INTEGER);\n");
+        c.write(
+            "V2__half.sql",
+            "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLE {t}_half2 (id INTEGER);\n",
+        );
         assert_eq!(db.run_migrations()?.applied.len(), 1);
         assert_eq!(db.migration_status()?.current_version.as_deref(), Some("2"));
     }
@@ -297,21 +388,42 @@ fn failing_migration_leaves_nothing_where_ddl_is_transactional() -> Result<()> {
 fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
     let c = Case::new(Backend::MySql);
     c.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
-    c.write("V2__half.sql", "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n");
+    c.write(
+        "V2__half.sql",
+        "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
+    );
     let db = c.db();
     let e = db.run_migrations().expect_err("V2 fails");
     let text = e.to_string();
-    assert!(text.contains("V2__half.sql") && text.contains("repair"), "{text}");
+    assert!(
+        text.contains("V2__half.sql") && text.contains("repair"),
+        "{text}"
+    );
     assert_eq!(e.migration_report().map(|r| r.applied.len()), Some(1));
-    assert!(c.table_exists(&db, "{t}_half"), "MariaDB committed the first statement");
+    assert!(
+        c.table_exists(&db, "{t}_half"),
+        "MariaDB committed the first statement"
+    );
     let status = db.migration_status()?;
-    assert!(status.applied.iter().any(|a| !a.success && a.script == "V2__half.sql"));
-    assert!(matches!(status.problems[0], MigrationProblem::Failed { .. }));
+    assert!(status
+        .applied
+        .iter()
+        .any(|a| !a.success && a.script == "V2__half.sql"));
+    assert!(matches!(
+        status.problems[0],
+        MigrationProblem::Failed { .. }
+    ));
     // The next run refuses, naming the failed script, until repair.
     let e = db.run_migrations().expect_err("refuses");
     assert_eq!(e.kind(), ErrorKind::Migration);
-    assert!(e.to_string().contains("V2__half.sql") && e.to_string().contains("repair"), "{e}");
-    c.write("V2__half.sql", "CREATE TABLE IF NOT EXISTS {t}_half (id INTEGER);\nCREATE TABLE {t}_half2 (id INTEGER);\n");
+    assert!(
+        e.to_string().contains("V2__half.sql") && e.to_string().contains("repair"),
+        "{e}"
+    );
+    c.write(
+        "V2__half.sql",
+        "CREATE TABLE IF NOT EXISTS {t}_half (id INTEGER);\nCREATE TABLE {t}_half2 (id INTEGER);\n",
+    );
     let r = db.repair()?;
     assert_eq!(r.removed_failed, ["V2__half.sql"]);
     assert_eq!(db.run_migrations()?.applied.len(), 1);
@@ -327,7 +439,10 @@ fn concurrent_migrators_apply_each_version_once() -> Result<()> {
         let c = Case::new(b);
         c.log_table();
         for v in 2..=6 {
-            c.write(&format!("V{v}__step.sql"), &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"));
+            c.write(
+                &format!("V{v}__step.sql"),
+                &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
+            );
         }
         let results: Vec<Result<usize>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
@@ -335,19 +450,21 @@ fn concurrent_migrators_apply_each_version_once() -> Result<()> {
                     let config = c.config().pool_size(1).max_overflow(1).build();
                     s.spawn(move || {
                         let db = DatabaseManager::from_config(config?)?;
-                        let migrator = db.migrator().options(MigrateOptions::default().lock_timeout(Duration::from_secs(60)));
+                        let migrator = db.migrator().options(
+                            MigrateOptions::default().lock_timeout(Duration::from_secs(60)),
+                        );
                         migrator.run().map(|r| r.applied.len())
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("no panic")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect()
         });
         let mut total = 0;
         for r in results {
-            total += r.map_err(|e| {
-                eprintln!("{b:?}: {}", error_text(&e));
-                e
-            })?;
+            total += r.inspect_err(|e| eprintln!("{b:?}: {}", error_text(e)))?;
         }
         assert_eq!(total, 6, "{b:?}: each version applied once in all");
         let db = c.db();
@@ -376,7 +493,10 @@ fn concurrent_processes_apply_each_version_once() -> Result<()> {
         let c = Case::new(b);
         c.log_table();
         for v in 2..=4 {
-            c.write(&format!("V{v}__step.sql"), &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"));
+            c.write(
+                &format!("V{v}__step.sql"),
+                &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
+            );
         }
         let children: Vec<_> = (0..4)
             .map(|_| {
@@ -403,16 +523,31 @@ fn concurrent_processes_apply_each_version_once() -> Result<()> {
     Ok(())
 }
 
+/// A child process killed and reaped on every path.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn killed_migrator_frees_the_lock() -> Result<()> {
     let c = Case::new(Backend::Postgres);
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
-    c.write("V2__slow.sql", "CREATE TABLE {t}_slow (id INTEGER);\nSELECT pg_sleep(30);\n");
-    let mut child = cli(&c, &["migrate"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the CLI");
+    c.write(
+        "V2__slow.sql",
+        "CREATE TABLE {t}_slow (id INTEGER);\nSELECT pg_sleep(30);\n",
+    );
+    let mut child = Reaped(
+        cli(&c, &["migrate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the CLI"),
+    );
     let db = c.db();
     // Wait until it sleeps inside V2 (holding the lock).
     let start = Instant::now();
@@ -426,21 +561,34 @@ fn killed_migrator_frees_the_lock() -> Result<()> {
         if sleeping > 0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "the child never reached V2");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the child never reached V2"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // SIGKILL: no destructor runs in the child.
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
-    c.write("V2__slow.sql", "CREATE TABLE {t}_slow (id INTEGER);\nSELECT pg_sleep(0.1);\n");
+    child.0.kill().expect("kill -9");
+    child.0.wait().expect("reap");
+    c.write(
+        "V2__slow.sql",
+        "CREATE TABLE {t}_slow (id INTEGER);\nSELECT pg_sleep(0.1);\n",
+    );
     let started = Instant::now();
     let r = db
         .migrator()
         .options(MigrateOptions::default().lock_timeout(Duration::from_secs(20)))
         .run()?;
-    assert_eq!(r.applied.len(), 1, "V1 was applied by the child; V2 left nothing");
+    assert_eq!(
+        r.applied.len(),
+        1,
+        "V1 was applied by the child; V2 left nothing"
+    );
     assert_eq!(r.applied[0].script, "V2__slow.sql");
-    assert!(started.elapsed() < Duration::from_secs(15), "the lock was freed promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the lock was freed promptly"
+    );
     Ok(())
 }
 
@@ -460,7 +608,10 @@ fn busy_lock_times_out_naming_the_holder() -> Result<()> {
             .expect_err("busy");
         assert_eq!(e.kind(), ErrorKind::LockTimeout);
         let text = e.to_string();
-        assert!(text.contains("pid") && text.contains("dbmanager migrate"), "{text}");
+        assert!(
+            text.contains("pid") && text.contains("dbmanager migrate"),
+            "{text}"
+        );
         h.join().expect("no panic").map(drop)
     })
 }
@@ -476,13 +627,20 @@ fn bad_names_duplicates_empty_and_missing_folders() -> Result<()> {
     c.write("V1_create.sql", "SELECT 1;");
     let e = db.run_migrations().expect_err("bad name");
     assert_eq!(e.kind(), ErrorKind::Migration);
-    assert!(e.to_string().contains("V1_create.sql") && e.to_string().contains("V{version}__{description}.sql"), "{e}");
+    assert!(
+        e.to_string().contains("V1_create.sql")
+            && e.to_string().contains("V{version}__{description}.sql"),
+        "{e}"
+    );
     c.remove("V1_create.sql");
     // Duplicate versions.
     c.write("V1__a.sql", "SELECT 1;");
     c.write("V001__b.sql", "SELECT 1;");
     let e = db.run_migrations().expect_err("duplicate");
-    assert!(e.to_string().contains("V1__a.sql") && e.to_string().contains("V001__b.sql"), "{e}");
+    assert!(
+        e.to_string().contains("V1__a.sql") && e.to_string().contains("V001__b.sql"),
+        "{e}"
+    );
     // Other files are ignored.
     c.remove("V001__b.sql");
     std::fs::write(c.sql_dir().join("README.md"), "notes").expect("write");
@@ -491,7 +649,10 @@ fn bad_names_duplicates_empty_and_missing_folders() -> Result<()> {
     let missing = c.dir.path().join("nope");
     let db2 = DatabaseManager::from_config(c.config().migrations_dir(&missing).build()?)?;
     let e = db2.run_migrations().expect_err("missing");
-    assert!(e.to_string().contains("nope") && e.to_string().contains("MIGRATIONS_DIR"), "{e}");
+    assert!(
+        e.to_string().contains("nope") && e.to_string().contains("MIGRATIONS_DIR"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -500,7 +661,10 @@ fn read_only_refuses_before_touching_the_server() -> Result<()> {
     let c = Case::new(Backend::Sqlite);
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     // A server that does not exist: ReadOnly proves nothing was attempted.
-    let url = format!("postgresql://u:secretpw@127.0.0.1:{}/db", common::closed_port());
+    let url = format!(
+        "postgresql://u:secretpw@127.0.0.1:{}/db",
+        common::closed_port()
+    );
     let db = DatabaseManager::from_config(c.config().url(url).read_only(true).build()?)?;
     for e in [
         db.run_migrations().expect_err("read-only"),
@@ -529,7 +693,11 @@ fn history_table_name_is_validated() {
         _ => None,
     })
     .expect_err("not an identifier");
-    assert!(e.to_string().contains("DEVELOPMENT_GLOBAL_RPA_DB_MIGRATIONS_TABLE"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("DEVELOPMENT_GLOBAL_RPA_DB_MIGRATIONS_TABLE"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -544,7 +712,10 @@ fn auto_migrate_on_start() -> Result<()> {
         _ => None,
     })?;
     assert!(cfg.auto_migrate());
-    assert_eq!(cfg.migrations_dir(), std::path::Path::new("migrations/rpa_db"));
+    assert_eq!(
+        cfg.migrations_dir(),
+        std::path::Path::new("migrations/rpa_db")
+    );
     Ok(())
 }
 
@@ -554,11 +725,21 @@ fn embedded_scripts_need_no_folder() -> Result<()> {
         ("V1__a.sql", "CREATE TABLE emb_a (id INTEGER);"),
         ("V2__b.sql", "CREATE TABLE emb_b (id INTEGER);"),
     ];
-    let db = DatabaseManager::from_config(DatabaseConfig::builder("emb").url("sqlite::memory:").build()?)?;
-    let migrator = db.migrator().source(dbmanager::migrate::MigrationSource::embedded(&EMBEDDED));
+    let db = DatabaseManager::from_config(
+        DatabaseConfig::builder("emb")
+            .url("sqlite::memory:")
+            .build()?,
+    )?;
+    let migrator = db
+        .migrator()
+        .source(dbmanager::migrate::MigrationSource::embedded(&EMBEDDED));
     assert_eq!(migrator.run()?.applied.len(), 2);
     assert_eq!(migrator.status()?.current_version.as_deref(), Some("2"));
-    let fresh = DatabaseManager::from_config(DatabaseConfig::builder("emb2").url("sqlite::memory:").build()?)?;
+    let fresh = DatabaseManager::from_config(
+        DatabaseConfig::builder("emb2")
+            .url("sqlite::memory:")
+            .build()?,
+    )?;
     let quick = fresh.migrator().source(dbmanager::embed_migrations!(
         "migrations/quickstart",
         ["V1__Create_customers.sql", "V2__Add_orders.sql"]

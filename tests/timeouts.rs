@@ -436,9 +436,9 @@ fn the_server_enforces_a_second_limit() -> Result<()> {
     let mut conn = pg.connection()?;
     let shown: String = conn.query_one("SHOW statement_timeout", ())?.get(0)?;
     assert_eq!(shown, "3s", "2 s client limit + 1 s margin");
-    let shown: String = conn
-        .execute_query_with_timeout("SHOW statement_timeout", (), Duration::from_secs(10))?[0]
-        .get(0)?;
+    let shown: String =
+        conn.execute_query_with_timeout("SHOW statement_timeout", (), Duration::from_secs(10))?[0]
+            .get(0)?;
     assert_eq!(shown, "11s");
     conn.set_timeout(None);
     let shown: String = conn.query_one("SHOW statement_timeout", ())?.get(0)?;
@@ -454,14 +454,16 @@ fn the_server_enforces_a_second_limit() -> Result<()> {
     tx.execute_query_with_timeout("SELECT 1", (), Duration::from_secs(7))?;
     tx.rollback()?;
     // The rollback put the server back at 3 s; asking for 7 s again must set it.
-    let shown: String = conn
-        .execute_query_with_timeout("SHOW statement_timeout", (), Duration::from_secs(7))?[0]
-        .get(0)?;
+    let shown: String =
+        conn.execute_query_with_timeout("SHOW statement_timeout", (), Duration::from_secs(7))?[0]
+            .get(0)?;
     assert_eq!(shown, "8s");
     drop(conn);
 
     let my = manager(&my_url(), 1, Some(Duration::from_secs(2)))?;
-    let limit: f64 = my.query_one("SELECT @@max_statement_time AS t", ())?.get("t")?;
+    let limit: f64 = my
+        .query_one("SELECT @@max_statement_time AS t", ())?
+        .get("t")?;
     assert!((limit - 3.0).abs() < 1e-9, "{limit}");
     Ok(())
 }

@@ -20,7 +20,11 @@ use dbmanager::migrate::{MigrateOptions, MigrationKind, Target, Version};
 use dbmanager::{DatabaseConfig, DatabaseManager, MigrationReport};
 
 #[derive(Parser, Debug)]
-#[command(name = "dbmanager", version, about = "Migrations and checks for dbmanager databases")]
+#[command(
+    name = "dbmanager",
+    version,
+    about = "Migrations and checks for dbmanager databases"
+)]
 struct Cli {
     /// The logical database name (as in DatabaseManager::new).
     #[arg(long, short = 'd', global = true)]
@@ -113,9 +117,9 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn database(cli: &Cli) -> BoxResult<&str> {
-    cli.database
-        .as_deref()
-        .ok_or_else(|| "give the database with --database NAME (the name used in DatabaseManager::new)".into())
+    cli.database.as_deref().ok_or_else(|| {
+        "give the database with --database NAME (the name used in DatabaseManager::new)".into()
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> BoxResult<()> {
@@ -138,8 +142,13 @@ fn run(cli: &Cli) -> BoxResult<bool> {
     }
     let db = DatabaseManager::new(name)?;
     match &cli.command {
-        Command::Migrate { target, dry_run, lock_timeout } => {
-            let mut options = MigrateOptions::default().lock_timeout(Duration::from_secs(*lock_timeout));
+        Command::Migrate {
+            target,
+            dry_run,
+            lock_timeout,
+        } => {
+            let mut options =
+                MigrateOptions::default().lock_timeout(Duration::from_secs(*lock_timeout));
             if let Some(t) = target {
                 options = options.target(Target::Version(Version::parse(t)?));
             }
@@ -157,8 +166,15 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                             "-- {} {} ({}{})\n{}\n",
                             s.kind,
                             s.script,
-                            s.version.as_deref().map(|v| format!("version {v}, ")).unwrap_or_default(),
-                            if s.in_transaction { "in a transaction" } else { "no transaction" },
+                            s.version
+                                .as_deref()
+                                .map(|v| format!("version {v}, "))
+                                .unwrap_or_default(),
+                            if s.in_transaction {
+                                "in a transaction"
+                            } else {
+                                "no transaction"
+                            },
                             s.sql.trim_end()
                         );
                     }
@@ -204,7 +220,12 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                     rows.push([
                         p.version.clone().unwrap_or_default(),
                         p.description.clone(),
-                        if p.kind == MigrationKind::Repeatable { "SQL (R)" } else { "SQL" }.into(),
+                        if p.kind == MigrationKind::Repeatable {
+                            "SQL (R)"
+                        } else {
+                            "SQL"
+                        }
+                        .into(),
                         String::new(),
                         "Pending".into(),
                         p.checksum.to_string(),
@@ -313,7 +334,11 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+";
+    let line: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
     println!("{line}");
     for (k, r) in rows.iter().enumerate() {
         let cells: String = r
@@ -344,8 +369,12 @@ fn new_migration(dir: &Path, description: &str) -> BoxResult<String> {
     let mut highest: Option<(u64, usize)> = None;
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix('V') else { continue };
-        let Some((version, _)) = rest.split_once("__") else { continue };
+        let Some(rest) = name.strip_prefix('V') else {
+            continue;
+        };
+        let Some((version, _)) = rest.split_once("__") else {
+            continue;
+        };
         let major = version.split(['.', '_']).next().unwrap_or("");
         if let Ok(n) = major.parse::<u64>() {
             if highest.map_or(true, |(h, _)| n > h) {

@@ -141,8 +141,12 @@ pub(crate) trait HistoryDialect: Send + Sync {
 
     /// Tries to take the lock, waiting up to `wait` where the backend can
     /// wait by itself. `Ok(false)` when someone else holds it.
-    fn try_lock(&self, conn: &mut PooledConnection, lock: &LockName, wait: Duration)
-        -> Result<bool>;
+    fn try_lock(
+        &self,
+        conn: &mut PooledConnection,
+        lock: &LockName,
+        wait: Duration,
+    ) -> Result<bool>;
 
     /// Releases the lock.
     fn unlock(&self, conn: &mut PooledConnection, lock: &LockName) -> Result<()>;
@@ -205,11 +209,15 @@ impl HistoryDialect for Postgres {
         let released = conn
             .query_one("SELECT pg_advisory_unlock(?) AS ok", (lock.key,))?
             .get::<bool>("ok")?;
-        let _ = conn.execute_batch("RESET application_name; RESET client_connection_check_interval");
+        let _ =
+            conn.execute_batch("RESET application_name; RESET client_connection_check_interval");
         if released {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::Other, "the migration lock was not held at release"))
+            Err(Error::new(
+                ErrorKind::Other,
+                "the migration lock was not held at release",
+            ))
         }
     }
 
@@ -227,8 +235,14 @@ impl HistoryDialect for Postgres {
             format!(
                 "PostgreSQL backend pid {} (application_name `{}`, user `{}`, client {}, {})",
                 r.get::<i64>("pid").unwrap_or_default(),
-                r.get::<Option<String>>("app").ok().flatten().unwrap_or_default(),
-                r.get::<Option<String>>("who").ok().flatten().unwrap_or_default(),
+                r.get::<Option<String>>("app")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+                r.get::<Option<String>>("who")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
                 r.get::<Option<String>>("addr")
                     .ok()
                     .flatten()
@@ -269,7 +283,9 @@ impl HistoryDialect for MySql {
              WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
             vec![Value::from(schema.map(str::to_owned)), Value::from(name)],
         )?;
-        Ok(rows.first().is_some_and(|r| r.get::<i64>("n").unwrap_or(0) > 0))
+        Ok(rows
+            .first()
+            .is_some_and(|r| r.get::<i64>("n").unwrap_or(0) > 0))
     }
 
     fn current_user(&self, conn: &mut dyn Exec) -> Result<String> {
@@ -277,7 +293,12 @@ impl HistoryDialect for MySql {
         Ok(first_text(&rows, "u").unwrap_or_default())
     }
 
-    fn try_lock(&self, conn: &mut PooledConnection, lock: &LockName, wait: Duration) -> Result<bool> {
+    fn try_lock(
+        &self,
+        conn: &mut PooledConnection,
+        lock: &LockName,
+        wait: Duration,
+    ) -> Result<bool> {
         let secs = i64::from(wait >= Duration::from_secs(1));
         let row = conn.query_one("SELECT GET_LOCK(?, ?) AS ok", (lock.name.as_str(), secs))?;
         Ok(row.get::<Option<i64>>("ok")? == Some(1))
@@ -288,7 +309,10 @@ impl HistoryDialect for MySql {
         if row.get::<Option<i64>>("ok")? == Some(1) {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::Other, "the migration lock was not held at release"))
+            Err(Error::new(
+                ErrorKind::Other,
+                "the migration lock was not held at release",
+            ))
         }
     }
 
@@ -359,7 +383,9 @@ impl HistoryDialect for Sqlite {
             "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?",
             vec![Value::from(name)],
         )?;
-        Ok(rows.first().is_some_and(|r| r.get::<i64>("n").unwrap_or(0) > 0))
+        Ok(rows
+            .first()
+            .is_some_and(|r| r.get::<i64>("n").unwrap_or(0) > 0))
     }
 
     fn current_user(&self, _conn: &mut dyn Exec) -> Result<String> {
@@ -392,16 +418,27 @@ impl HistoryDialect for Sqlite {
             return Ok(true);
         }
         // Held: by a process of this host that has died? Then take it over.
-        let row = conn.query_opt(&format!("SELECT pid, host FROM {} WHERE id = 1", lock.table), ())?;
+        let row = conn.query_opt(
+            &format!("SELECT pid, host FROM {} WHERE id = 1", lock.table),
+            (),
+        )?;
         if let Some(row) = row {
             let (their_pid, their_host) = (row.get::<i64>("pid")?, row.get::<String>("host")?);
             if their_host == host && their_pid != pid && !process_alive(their_pid) {
-                tracing::warn!(pid = their_pid, "taking over a migration lock left by a process that died");
+                tracing::warn!(
+                    pid = their_pid,
+                    "taking over a migration lock left by a process that died"
+                );
                 conn.execute(
-                    &format!("DELETE FROM {} WHERE id = 1 AND pid = ? AND host = ?", lock.table),
+                    &format!(
+                        "DELETE FROM {} WHERE id = 1 AND pid = ? AND host = ?",
+                        lock.table
+                    ),
                     (their_pid, their_host.as_str()),
                 )?;
-                return Ok(conn.execute(&insert, (pid, host.as_str(), owner.as_str(), now.as_str()))? == 1);
+                return Ok(conn
+                    .execute(&insert, (pid, host.as_str(), owner.as_str(), now.as_str()))?
+                    == 1);
             }
         }
         Ok(false)
@@ -409,13 +446,19 @@ impl HistoryDialect for Sqlite {
 
     fn unlock(&self, conn: &mut PooledConnection, lock: &LockName) -> Result<()> {
         let n = conn.execute(
-            &format!("DELETE FROM {} WHERE id = 1 AND pid = ? AND host = ?", lock.table),
+            &format!(
+                "DELETE FROM {} WHERE id = 1 AND pid = ? AND host = ?",
+                lock.table
+            ),
             (i64::from(std::process::id()), host_name()),
         )?;
         if n == 1 {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::Other, "the migration lock row was gone at release"))
+            Err(Error::new(
+                ErrorKind::Other,
+                "the migration lock row was gone at release",
+            ))
         }
     }
 
@@ -455,16 +498,18 @@ impl HistoryDialect for MsSql {
 
     fn create_history(&self, table: &str) -> String {
         let t = self.quote(table);
-        let generic = Postgres.create_history(table).replace(
-            &Postgres.quote(table),
-            &t,
-        );
+        let generic = Postgres
+            .create_history(table)
+            .replace(&Postgres.quote(table), &t);
         let body = generic
             .replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE")
             .replace("CURRENT_TIMESTAMP", self.now())
             .replace(" TIMESTAMP ", &format!(" {} ", self.timestamp_type()))
             .replace("BOOLEAN", self.bool_type());
-        format!("IF OBJECT_ID(N'{}', N'U') IS NULL\n{body}", t.replace('\'', "''"))
+        format!(
+            "IF OBJECT_ID(N'{}', N'U') IS NULL\n{body}",
+            t.replace('\'', "''")
+        )
     }
 
     fn timestamp_type(&self) -> &'static str {
@@ -484,7 +529,9 @@ impl HistoryDialect for MsSql {
             "SELECT CASE WHEN OBJECT_ID(?, N'U') IS NULL THEN 0 ELSE 1 END AS present",
             vec![Value::from(self.quote(table))],
         )?;
-        Ok(rows.first().is_some_and(|r| r.get::<i64>("present").unwrap_or(0) == 1))
+        Ok(rows
+            .first()
+            .is_some_and(|r| r.get::<i64>("present").unwrap_or(0) == 1))
     }
 
     fn current_user(&self, conn: &mut dyn Exec) -> Result<String> {
@@ -492,14 +539,20 @@ impl HistoryDialect for MsSql {
         Ok(first_text(&rows, "u").unwrap_or_default())
     }
 
-    fn try_lock(&self, conn: &mut PooledConnection, lock: &LockName, wait: Duration) -> Result<bool> {
+    fn try_lock(
+        &self,
+        conn: &mut PooledConnection,
+        lock: &LockName,
+        wait: Duration,
+    ) -> Result<bool> {
         let ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         let row = conn.query_one(MsSql::LOCK_SQL, (lock.name.as_str(), ms))?;
         Ok(row.get::<i64>("ok")? >= 0)
     }
 
     fn unlock(&self, conn: &mut PooledConnection, lock: &LockName) -> Result<()> {
-        conn.query_one(MsSql::UNLOCK_SQL, (lock.name.as_str(),)).map(drop)
+        conn.query_one(MsSql::UNLOCK_SQL, (lock.name.as_str(),))
+            .map(drop)
     }
 
     fn holder(&self, _conn: &mut PooledConnection, _lock: &LockName) -> Result<Option<String>> {
@@ -528,7 +581,9 @@ pub(crate) struct LockGuard {
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockGuard").field("name", &self.name.name).finish()
+        f.debug_struct("LockGuard")
+            .field("name", &self.name.name)
+            .finish()
     }
 }
 
@@ -593,7 +648,11 @@ impl Drop for LockGuard {
 }
 
 /// Reads the history, oldest first.
-pub(crate) fn read(conn: &mut dyn Exec, dialect: &dyn HistoryDialect, table: &str) -> Result<Vec<AppliedMigration>> {
+pub(crate) fn read(
+    conn: &mut dyn Exec,
+    dialect: &dyn HistoryDialect,
+    table: &str,
+) -> Result<Vec<AppliedMigration>> {
     let rows = conn.rows(
         &format!(
             "SELECT installed_rank, version, description, type, script, checksum, installed_by, \
@@ -634,7 +693,12 @@ pub(crate) struct NewRow<'a> {
 
 /// Inserts a history row with bind parameters; the ranks are computed in
 /// the same statement's transaction, under the migration lock.
-pub(crate) fn insert(conn: &mut dyn Exec, dialect: &dyn HistoryDialect, table: &str, row: &NewRow<'_>) -> Result<()> {
+pub(crate) fn insert(
+    conn: &mut dyn Exec,
+    dialect: &dyn HistoryDialect,
+    table: &str,
+    row: &NewRow<'_>,
+) -> Result<()> {
     let t = dialect.quote(table);
     let next = conn.rows(
         &format!(
@@ -645,7 +709,12 @@ pub(crate) fn insert(conn: &mut dyn Exec, dialect: &dyn HistoryDialect, table: &
     )?;
     let (ir, vr) = next
         .first()
-        .map(|r| (r.get::<i64>("ir").unwrap_or(1), r.get::<i64>("vr").unwrap_or(1)))
+        .map(|r| {
+            (
+                r.get::<i64>("ir").unwrap_or(1),
+                r.get::<i64>("vr").unwrap_or(1),
+            )
+        })
         .unwrap_or((1, 1));
     conn.exec(
         &format!(
@@ -654,7 +723,11 @@ pub(crate) fn insert(conn: &mut dyn Exec, dialect: &dyn HistoryDialect, table: &
         ),
         vec![
             Value::from(ir),
-            if row.version.is_some() { Value::from(vr) } else { Value::Null },
+            if row.version.is_some() {
+                Value::from(vr)
+            } else {
+                Value::Null
+            },
             Value::from(row.version.clone()),
             Value::from(truncate(row.description, 200)),
             Value::from(row.kind),
@@ -679,17 +752,32 @@ mod tests {
     #[test]
     fn history_ddl_per_dialect() {
         let pg = Postgres.create_history("schema_version");
-        assert!(pg.starts_with("CREATE TABLE IF NOT EXISTS \"schema_version\" ("), "{pg}");
+        assert!(
+            pg.starts_with("CREATE TABLE IF NOT EXISTS \"schema_version\" ("),
+            "{pg}"
+        );
         assert!(pg.contains("installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP"));
         assert!(pg.contains("success BOOLEAN NOT NULL"));
         let my = MySql.create_history("app.schema_version");
-        assert!(my.starts_with("CREATE TABLE IF NOT EXISTS `app`.`schema_version` ("), "{my}");
+        assert!(
+            my.starts_with("CREATE TABLE IF NOT EXISTS `app`.`schema_version` ("),
+            "{my}"
+        );
         assert!(my.contains("TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)"));
         let lite = Sqlite.create_history("h");
         assert!(lite.contains("\"h\""));
         for col in [
-            "installed_rank", "version_rank", "version", "description", "type", "script",
-            "checksum", "installed_by", "installed_on", "execution_time", "success",
+            "installed_rank",
+            "version_rank",
+            "version",
+            "description",
+            "type",
+            "script",
+            "checksum",
+            "installed_by",
+            "installed_on",
+            "execution_time",
+            "success",
         ] {
             assert!(pg.contains(&format!("    {col} ")), "{col}");
         }
@@ -702,14 +790,21 @@ mod tests {
             ms.starts_with("IF OBJECT_ID(N'[dbo].[schema_version]', N'U') IS NULL\nCREATE TABLE [dbo].[schema_version] ("),
             "{ms}"
         );
-        assert!(ms.contains("installed_on DATETIME2 NOT NULL DEFAULT SYSUTCDATETIME()"), "{ms}");
+        assert!(
+            ms.contains("installed_on DATETIME2 NOT NULL DEFAULT SYSUTCDATETIME()"),
+            "{ms}"
+        );
         assert!(ms.contains("success BIT NOT NULL"), "{ms}");
         assert!(!ms.contains("IF NOT EXISTS"));
         assert!(MsSql::LOCK_SQL.contains("sp_getapplock @Resource = ?, @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = ?"));
         assert!(MsSql::UNLOCK_SQL.contains("sp_releaseapplock @Resource = ?"));
         // The placeholders become @P1, @P2 for SQL Server.
         let t = crate::sql::translate(MsSql::LOCK_SQL, Dialect::MsSql).expect("translates");
-        assert!(t.sql.contains("@Resource = @P1") && t.sql.contains("@LockTimeout = @P2"), "{}", t.sql);
+        assert!(
+            t.sql.contains("@Resource = @P1") && t.sql.contains("@LockTimeout = @P2"),
+            "{}",
+            t.sql
+        );
     }
 
     #[test]

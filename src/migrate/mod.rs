@@ -175,7 +175,8 @@ impl Migrator {
     /// Takes the lock and makes sure the history table exists.
     fn lock(&self) -> Result<LockGuard> {
         let dialect = self.dialect();
-        let mut guard = LockGuard::acquire(&self.db, dialect, self.table(), self.options.lock_timeout)?;
+        let mut guard =
+            LockGuard::acquire(&self.db, dialect, self.table(), self.options.lock_timeout)?;
         let conn = guard.conn();
         conn.set_timeout(self.options.statement_timeout);
         conn.execute_batch(&dialect.create_history(self.table()))?;
@@ -222,7 +223,12 @@ impl Migrator {
         Ok(report)
     }
 
-    fn apply(&self, conn: &mut PooledConnection, script: &Script, user: &str) -> Result<MigrationStep> {
+    fn apply(
+        &self,
+        conn: &mut PooledConnection,
+        script: &Script,
+        user: &str,
+    ) -> Result<MigrationStep> {
         let dialect = self.dialect();
         let table = self.table();
         let version = script.version_text();
@@ -237,7 +243,8 @@ impl Migrator {
             success,
         };
         let start = Instant::now();
-        let elapsed = |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let elapsed =
+            |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
         if dialect.transactional_ddl() && !script.no_transaction {
             conn.transaction(|tx| {
                 run_script(tx, &script.sql)?;
@@ -250,7 +257,9 @@ impl Migrator {
             if let Err(e) = run_script(conn, &script.sql) {
                 // Part of it may have been applied: record the failure, so
                 // that later runs stop until it is repaired.
-                if let Err(record) = history::insert(conn, dialect, table, &row(elapsed(start), false)) {
+                if let Err(record) =
+                    history::insert(conn, dialect, table, &row(elapsed(start), false))
+                {
                     tracing::warn!(error = %record, "could not record the failed migration");
                 }
                 return Err(e.with_hint(NOT_ROLLED_BACK));
@@ -290,10 +299,15 @@ impl Migrator {
             message.push_str("; nothing was applied before it in this run");
         } else {
             let names: Vec<&str> = report.applied.iter().map(|s| s.script.as_str()).collect();
-            message.push_str(&format!("; applied before it in this run: {}", names.join(", ")));
+            message.push_str(&format!(
+                "; applied before it in this run: {}",
+                names.join(", ")
+            ));
         }
         if self.dialect().transactional_ddl() && !script.no_transaction {
-            message.push_str("; it ran in a transaction, so nothing of it remains: fix the file and run again");
+            message.push_str(
+                "; it ran in a transaction, so nothing of it remains: fix the file and run again",
+            );
         }
         let mut e = Error::new(kind, message)
             .with_source(cause)
@@ -321,7 +335,11 @@ impl Migrator {
             let Some(version) = row.version.as_deref().and_then(|v| Version::parse(v).ok()) else {
                 continue; // repeatable: a change means "apply again"
             };
-            match scripts.versioned.iter().find(|s| s.version.as_ref() == Some(&version)) {
+            match scripts
+                .versioned
+                .iter()
+                .find(|s| s.version.as_ref() == Some(&version))
+            {
                 None => problems.push(MigrationProblem::MissingFile {
                     version: version.to_string(),
                     script: row.script.clone(),
@@ -459,7 +477,12 @@ impl Migrator {
         let conn = guard.conn();
         let applied = history::read(conn, dialect, self.table())?;
         if let Some(b) = applied.iter().find(|r| r.kind == "BASELINE") {
-            if b.version.as_deref().and_then(|v| Version::parse(v).ok()).as_ref() == Some(&version) {
+            if b.version
+                .as_deref()
+                .and_then(|v| Version::parse(v).ok())
+                .as_ref()
+                == Some(&version)
+            {
                 return Ok(self.empty_report(&applied));
             }
             return Err(Error::new(
@@ -471,7 +494,10 @@ impl Migrator {
             )
             .on_database(&self.name()));
         }
-        if let Some(r) = applied.iter().find(|r| r.kind == "SQL" && r.version.is_some()) {
+        if let Some(r) = applied
+            .iter()
+            .find(|r| r.kind == "SQL" && r.version.is_some())
+        {
             return Err(Error::new(
                 ErrorKind::Migration,
                 format!(
@@ -550,7 +576,11 @@ impl Migrator {
                 let Some(v) = row.version.as_deref().and_then(|v| Version::parse(v).ok()) else {
                     continue;
                 };
-                if let Some(s) = scripts.versioned.iter().find(|s| s.version.as_ref() == Some(&v)) {
+                if let Some(s) = scripts
+                    .versioned
+                    .iter()
+                    .find(|s| s.version.as_ref() == Some(&v))
+                {
                     if row.checksum != Some(s.checksum) {
                         tx.execute(
                             &format!("UPDATE {table} SET checksum = ? WHERE installed_rank = ?"),
@@ -645,7 +675,12 @@ fn run_script(conn: &mut dyn Exec, sql: &str) -> Result<()> {
     conn.script(sql)
 }
 
-fn delete_repeatable(conn: &mut dyn Exec, dialect: &dyn HistoryDialect, table: &str, description: &str) -> Result<()> {
+fn delete_repeatable(
+    conn: &mut dyn Exec,
+    dialect: &dyn HistoryDialect,
+    table: &str,
+    description: &str,
+) -> Result<()> {
     conn.exec(
         &format!(
             "DELETE FROM {} WHERE version IS NULL AND type = 'SQL' AND description = ? AND success = ?",
@@ -669,7 +704,11 @@ fn current_version(applied: &[AppliedMigration]) -> Option<String> {
 /// What a run would apply, in order: versioned scripts not yet applied
 /// (above any baseline, up to the target), then repeatable scripts that are
 /// new or changed.
-fn pending<'s>(scripts: &'s Scripts, applied: &[AppliedMigration], target: &Target) -> Vec<&'s Script> {
+fn pending<'s>(
+    scripts: &'s Scripts,
+    applied: &[AppliedMigration],
+    target: &Target,
+) -> Vec<&'s Script> {
     let done: Vec<Version> = applied
         .iter()
         .filter(|r| r.kind == "SQL")
@@ -695,10 +734,12 @@ fn pending<'s>(scripts: &'s Scripts, applied: &[AppliedMigration], target: &Targ
         .collect();
     if *target == Target::Latest {
         for s in &scripts.repeatable {
-            let last = applied
-                .iter()
-                .rev()
-                .find(|r| r.version.is_none() && r.kind == "SQL" && r.success && r.description == s.description);
+            let last = applied.iter().rev().find(|r| {
+                r.version.is_none()
+                    && r.kind == "SQL"
+                    && r.success
+                    && r.description == s.description
+            });
             if last.map_or(true, |r| r.checksum != Some(s.checksum)) {
                 out.push(s);
             }
@@ -812,7 +853,10 @@ mod tests {
     #[test]
     fn position_becomes_a_line() {
         let sql = "CREATE TABLE a (id INT);\nSELEC 1;\n";
-        assert_eq!(position_line("syntax error at or near \"SELEC\" (at character 26)", sql), Some(2));
+        assert_eq!(
+            position_line("syntax error at or near \"SELEC\" (at character 26)", sql),
+            Some(2)
+        );
         assert_eq!(position_line("no position", sql), None);
     }
 }

@@ -392,7 +392,10 @@ pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
         };
         match name.kind {
             MigrationKind::Versioned => {
-                let v = name.version.clone().unwrap_or_else(|| Version { parts: vec![] });
+                let v = name
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| Version { parts: vec![] });
                 if let Some(other) = versions.get(&v) {
                     return Err(duplicate(other, format!("migration version {v}")));
                 }
@@ -400,7 +403,10 @@ pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
                 scripts.versioned.push(script);
             }
             MigrationKind::Undo => {
-                let v = name.version.clone().unwrap_or_else(|| Version { parts: vec![] });
+                let v = name
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| Version { parts: vec![] });
                 if let Some(other) = scripts.undo.get(&v) {
                     return Err(duplicate(&other.script, format!("undo version {v}")));
                 }
@@ -468,7 +474,7 @@ mod tests {
         assert_eq!(v("2_1"), v("2.1"));
         assert_eq!(v("2_1").to_string(), "2.1");
         assert_eq!(v("001").to_string(), "1");
-        let mut all = vec![v("10"), v("1.1"), v("2"), v("1")];
+        let mut all = [v("10"), v("1.1"), v("2"), v("1")];
         all.sort();
         let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["1", "1.1", "2", "10"]);
@@ -476,7 +482,16 @@ mod tests {
 
     #[test]
     fn bad_versions_are_errors() {
-        for bad in ["", "1.", ".1", "1..2", "a", "1a", "1-2", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "1.",
+            ".1",
+            "1..2",
+            "a",
+            "1a",
+            "1-2",
+            "99999999999999999999999",
+        ] {
             assert!(Version::parse(bad).is_err(), "{bad}");
         }
     }
@@ -532,7 +547,10 @@ mod tests {
         ])
         .expect_err("duplicate");
         let text = e.to_string();
-        assert!(text.contains("V1__a.sql") && text.contains("V001__b.sql"), "{text}");
+        assert!(
+            text.contains("V1__a.sql") && text.contains("V001__b.sql"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -546,7 +564,10 @@ mod tests {
             ("R__a.sql".into(), "".into()),
         ])?;
         let order: Vec<&str> = s.versioned.iter().map(|m| m.script.as_str()).collect();
-        assert_eq!(order, ["V1__d.sql", "V1.1__b.sql", "V2__c.sql", "V10__a.sql"]);
+        assert_eq!(
+            order,
+            ["V1__d.sql", "V1.1__b.sql", "V2__c.sql", "V10__a.sql"]
+        );
         let order: Vec<&str> = s.repeatable.iter().map(|m| m.script.as_str()).collect();
         assert_eq!(order, ["R__a.sql", "R__z.sql"]);
         Ok(())
@@ -572,7 +593,10 @@ mod tests {
     #[test]
     fn no_transaction_directive() -> Result<()> {
         let s = collect(vec![
-            ("V1__a.sql".into(), "-- dbmanager:no-transaction\nVACUUM;".into()),
+            (
+                "V1__a.sql".into(),
+                "-- dbmanager:no-transaction\nVACUUM;".into(),
+            ),
             ("V2__b.sql".into(), "SELECT 1;".into()),
         ])?;
         assert!(s.versioned[0].no_transaction);
