@@ -277,7 +277,7 @@ impl MigrationSource {
 
     /// Scripts embedded in the program as `(file name, text)` pairs; see
     /// [`embed_migrations!`](crate::embed_migrations).
-    pub fn embedded(files: &'static [(&'static str, &'static str)]) -> MigrationSource {
+    pub const fn embedded(files: &'static [(&'static str, &'static str)]) -> MigrationSource {
         MigrationSource(SourceKind::Embedded(files))
     }
 
