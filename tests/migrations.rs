@@ -747,3 +747,95 @@ fn embedded_scripts_need_no_folder() -> Result<()> {
     assert_eq!(quick.dry_run()?.steps.len(), 2);
     Ok(())
 }
+
+#[test]
+fn no_transaction_scripts_run_outside_a_transaction() -> Result<()> {
+    // CREATE INDEX CONCURRENTLY fails inside a transaction block.
+    let c = Case::new(Backend::Postgres);
+    c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
+    c.write(
+        "V2__index.sql",
+        "-- dbmanager:no-transaction\nCREATE INDEX CONCURRENTLY {t}_a_id ON {t}_a (id);\n",
+    );
+    let db = c.db();
+    assert_eq!(db.run_migrations()?.applied.len(), 2);
+    let n: i64 = db
+        .query_one(
+            "SELECT COUNT(*) AS n FROM pg_indexes WHERE indexname = ?",
+            (format!("{}_a_id", c.t),),
+        )?
+        .get("n")?;
+    assert_eq!(n, 1);
+    Ok(())
+}
+
+#[test]
+fn busy_lock_on_mariadb_names_the_connection() -> Result<()> {
+    let c = Case::new(Backend::MySql);
+    c.write("V1__slow.sql", "SELECT SLEEP(3);");
+    let db = c.db();
+    let other = c.db();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| db.run_migrations());
+        std::thread::sleep(Duration::from_millis(800));
+        let e = other
+            .migrator()
+            .options(MigrateOptions::default().lock_timeout(Duration::from_millis(300)))
+            .run()
+            .expect_err("busy");
+        assert_eq!(e.kind(), ErrorKind::LockTimeout);
+        assert!(e.to_string().contains("MySQL connection id"), "{e}");
+        h.join().expect("no panic").map(drop)
+    })
+}
+
+#[test]
+fn sqlite_lock_left_by_a_killed_process_is_taken_over() -> Result<()> {
+    let c = Case::new(Backend::Sqlite);
+    c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
+    c.write(
+        "V2__slow.sql",
+        "CREATE TABLE {t}_big AS WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000000) SELECT x FROM n;",
+    );
+    let mut child = Reaped(
+        cli(&c, &["migrate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the CLI"),
+    );
+    let db = c.db();
+    let start = Instant::now();
+    // V1 committed and the lock row still there: the child is inside V2.
+    loop {
+        let v1 = c.table_exists(&db, &c.history) && c.count(&db, &c.history) == 1;
+        if v1
+            && c.table_exists(&db, &format!("{}_lock", c.history))
+            && c.count(&db, &format!("{}_lock", c.history)) == 1
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the child never reached V2"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.0.kill().expect("kill -9");
+    child.0.wait().expect("reap");
+    assert_eq!(
+        c.count(&db, &format!("{}_lock", c.history)),
+        1,
+        "the dead process's row is left"
+    );
+    c.write("V2__slow.sql", "CREATE TABLE {t}_big (x INTEGER);");
+    let r = db
+        .migrator()
+        .options(MigrateOptions::default().lock_timeout(Duration::from_secs(10)))
+        .run()?;
+    assert_eq!(r.applied.len(), 1);
+    assert_eq!(r.applied[0].script, "V2__slow.sql");
+    assert_eq!(c.count(&db, &format!("{}_lock", c.history)), 0, "released");
+    Ok(())
+}
