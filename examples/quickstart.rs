@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = match DatabaseManager::new("quickstart") {
         Ok(db) => db,
         Err(e) if e.kind() == ErrorKind::Config => {
-            let path = std::env::temp_dir().join("dbmanager-quickstart.db");
+            let path = std::env::temp_dir().join("dbmanager-quickstart-v2.db");
             println!(
                 "not configured ({e});\nusing the embedded default: SQLite at {}",
                 path.display()
@@ -23,6 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             DatabaseManager::from_config(
                 DatabaseConfig::builder("quickstart")
                     .url(format!("sqlite:{}", path.display()))
+                    // The folder next to Cargo.toml, wherever this runs from.
+                    .migrations_dir(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/migrations/quickstart"
+                    ))
                     .build()?,
             )?
         }
@@ -32,14 +37,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Portable SQL: `[name]` quoting and `?` / `:name` placeholders become
     // each backend's native form.
-    db.execute_batch(
-        "DROP TABLE IF EXISTS orders;
-         DROP TABLE IF EXISTS customers;
-         CREATE TABLE customers (id INTEGER PRIMARY KEY, [name] VARCHAR(100) NOT NULL,
-                                 status VARCHAR(20) NOT NULL, orders INTEGER NOT NULL DEFAULT 0);
-         CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL
-                              REFERENCES customers (id), amount INTEGER NOT NULL);",
-    )?;
+    // The schema comes from migrations/quickstart/V1__…, V2__… (seed 002's
+    // layout); a second run finds nothing to do.
+    let report = db.run_migrations()?;
+    println!(
+        "migrations: {} applied, now at version {}",
+        report.applied.len(),
+        report.current_version.as_deref().unwrap_or("none")
+    );
+    db.execute_batch("DELETE FROM orders; DELETE FROM customers;")?;
     for (id, name, status) in [
         (1, "Ada", "active"),
         (2, "Grace", "active"),

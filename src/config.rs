@@ -239,6 +239,9 @@ pub struct DatabaseConfig {
     pub(crate) degraded_after: Duration,
     pub(crate) metrics: bool,
     pub(crate) read_only: bool,
+    pub(crate) migrations_dir: PathBuf,
+    pub(crate) history_table: String,
+    pub(crate) auto_migrate: bool,
     /// `DEVELOPMENT_GLOBAL_RPA_DB_` when read from the environment, for messages.
     pub(crate) var_stem: Option<String>,
 }
@@ -263,6 +266,9 @@ impl fmt::Debug for DatabaseConfig {
             .field("degraded_after", &self.degraded_after)
             .field("metrics", &self.metrics)
             .field("read_only", &self.read_only)
+            .field("migrations_dir", &self.migrations_dir)
+            .field("history_table", &self.history_table)
+            .field("auto_migrate", &self.auto_migrate)
             .finish()
     }
 }
@@ -288,6 +294,9 @@ mod var {
     pub const HEALTH_TIMEOUT: &str = "HEALTH_TIMEOUT";
     pub const DEGRADED_THRESHOLD: &str = "DEGRADED_THRESHOLD";
     pub const METRICS: &str = "METRICS";
+    pub const MIGRATIONS_DIR: &str = "MIGRATIONS_DIR";
+    pub const MIGRATIONS_TABLE: &str = "MIGRATIONS_TABLE";
+    pub const AUTO_MIGRATE: &str = "AUTO_MIGRATE";
     pub const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
     pub const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
 }
@@ -427,6 +436,28 @@ impl DatabaseConfig {
     /// Whether writes and migrations are refused.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The folder versioned migrations are read from. Default
+    /// `migrations/{database name}`, relative to the working directory.
+    pub fn migrations_dir(&self) -> &Path {
+        &self.migrations_dir
+    }
+
+    /// The migration history table. Default `schema_version` (seed 002's).
+    pub fn history_table(&self) -> &str {
+        &self.history_table
+    }
+
+    /// Whether [`DatabaseManager::new`](crate::DatabaseManager::new) runs
+    /// migrations when it creates the manager. Default `false`.
+    pub fn auto_migrate(&self) -> bool {
+        self.auto_migrate
+    }
+
+    /// Where a migration setting is read from, for error messages.
+    pub(crate) fn variable(&self, suffix: &str) -> Option<String> {
+        self.var_stem.as_ref().map(|stem| format!("{stem}{suffix}"))
     }
 
     /// Where the query timeout is set, for error messages.
@@ -583,6 +614,16 @@ fn from_sources(
     if let Some(v) = get(&var(var::READ_ONLY)) {
         b = b.read_only(parse_bool(&var(var::READ_ONLY), &v)?);
     }
+    if let Some(v) = get(&var(var::MIGRATIONS_DIR)) {
+        b = b.migrations_dir(v.trim());
+    }
+    if let Some(v) = get(&var(var::MIGRATIONS_TABLE)) {
+        b = b.history_table(v.trim());
+        b.table_source = Some(var(var::MIGRATIONS_TABLE));
+    }
+    if let Some(v) = get(&var(var::AUTO_MIGRATE)) {
+        b = b.auto_migrate(parse_bool(&var(var::AUTO_MIGRATE), &v)?);
+    }
     b.build()
 }
 
@@ -661,6 +702,10 @@ pub struct DatabaseConfigBuilder {
     degraded_after: Duration,
     metrics: bool,
     read_only: bool,
+    migrations_dir: Option<PathBuf>,
+    history_table: String,
+    table_source: Option<String>,
+    auto_migrate: bool,
     var_stem: Option<String>,
 }
 
@@ -696,6 +741,10 @@ impl DatabaseConfigBuilder {
             degraded_after: Duration::from_secs(1),
             metrics: true,
             read_only: false,
+            migrations_dir: None,
+            history_table: "schema_version".to_owned(),
+            table_source: None,
+            auto_migrate: false,
             var_stem: None,
         }
     }
@@ -819,6 +868,30 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// The folder migrations are read from (`{PREFIX}{NAME}_MIGRATIONS_DIR`).
+    /// Default `migrations/{database name}`, relative to the working
+    /// directory, as in seed 002.
+    pub fn migrations_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.migrations_dir = Some(dir.into());
+        self
+    }
+
+    /// The migration history table (`{PREFIX}{NAME}_MIGRATIONS_TABLE`):
+    /// a plain identifier, optionally `schema.table`. Default
+    /// `schema_version`, the table of seed 002 (and Flyway's old default).
+    pub fn history_table(mut self, table: impl Into<String>) -> Self {
+        self.history_table = table.into();
+        self
+    }
+
+    /// Run migrations when [`DatabaseManager::new`](crate::DatabaseManager::new)
+    /// creates the manager (`{PREFIX}{NAME}_AUTO_MIGRATE`). Default `false`:
+    /// a schema change should be a decision, not a side effect of starting.
+    pub fn auto_migrate(mut self, on: bool) -> Self {
+        self.auto_migrate = on;
+        self
+    }
+
     /// Validates and builds the configuration.
     ///
     /// # Errors
@@ -876,6 +949,20 @@ impl DatabaseConfigBuilder {
                 "the health-check timeout of `{name}` must be above zero"
             )));
         }
+        if !crate::sql::is_plain_identifier(&self.history_table) {
+            let label = self
+                .table_source
+                .clone()
+                .unwrap_or_else(|| "the migration history table".to_owned());
+            return Err(Error::config(format!(
+                "{label} = `{}` is not a plain table name; use letters, digits and `_` \
+                 (starting with a letter or `_`), optionally `schema.table`, at most 63 characters",
+                self.history_table
+            )));
+        }
+        let migrations_dir = self
+            .migrations_dir
+            .unwrap_or_else(|| Path::new("migrations").join(name));
         Ok(DatabaseConfig {
             name: Arc::from(name),
             kind: inferred,
@@ -894,6 +981,9 @@ impl DatabaseConfigBuilder {
             degraded_after: self.degraded_after,
             metrics: self.metrics,
             read_only: self.read_only,
+            migrations_dir,
+            history_table: self.history_table,
+            auto_migrate: self.auto_migrate,
             var_stem: self.var_stem,
         })
     }

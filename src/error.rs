@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::status::ConnectionHolder;
+use crate::status::{ConnectionHolder, MigrationReport};
 
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,6 +60,13 @@ pub enum ErrorKind {
     Closed,
     /// Any other error reported by the database server.
     Database,
+    /// A migration problem: a badly named or duplicate script, an applied
+    /// script that was edited, a failed migration awaiting `repair`, a
+    /// missing undo script. The message names the file and what to do.
+    Migration,
+    /// The migration lock stayed busy past its timeout; the message names
+    /// the holder where the backend can tell.
+    LockTimeout,
     /// A failure inside the library or a driver that fits no other kind.
     Other,
 }
@@ -87,6 +94,8 @@ impl ErrorKind {
             ErrorKind::AsyncContext => "called from an async runtime",
             ErrorKind::Closed => "database manager closed",
             ErrorKind::Database => "database error",
+            ErrorKind::Migration => "migration error",
+            ErrorKind::LockTimeout => "migration lock busy",
             ErrorKind::Other => "error",
         }
     }
@@ -99,6 +108,7 @@ struct Inner {
     db_code: Option<String>,
     source: Option<Source>,
     holders: Vec<ConnectionHolder>,
+    report: Option<Box<MigrationReport>>,
 }
 
 /// An error from dbmanager.
@@ -121,6 +131,7 @@ impl Error {
             db_code: None,
             source: None,
             holders: Vec::new(),
+            report: None,
         }))
     }
 
@@ -217,7 +228,19 @@ impl Error {
             db_code: self.0.db_code.clone(),
             source: self.0.source.clone(),
             holders: self.0.holders.clone(),
+            report: self.0.report.clone(),
         }))
+    }
+
+    /// Attaches what a migration run completed before it failed.
+    pub(crate) fn with_report(mut self, report: MigrationReport) -> Error {
+        self.0.report = Some(Box::new(report));
+        self
+    }
+
+    /// The message without the kind and database, for wrapping.
+    pub(crate) fn message(&self) -> &str {
+        &self.0.message
     }
 
     /// Attaches the server's own error code.
@@ -256,6 +279,13 @@ impl Error {
     /// it was checked out, by which thread and its last SQL. Empty otherwise.
     pub fn pool_holders(&self) -> &[ConnectionHolder] {
         &self.0.holders
+    }
+
+    /// For an error of a migration run: what completed before it failed
+    /// (the failed script was not applied, or is recorded as failed on
+    /// backends without transactional DDL).
+    pub fn migration_report(&self) -> Option<&MigrationReport> {
+        self.0.report.as_deref()
     }
 
     /// True for every timeout: query, pool acquisition and connect.
@@ -319,6 +349,7 @@ impl fmt::Debug for Error {
             .field("db_code", &self.0.db_code)
             .field("source", &self.0.source)
             .field("holders", &self.0.holders)
+            .field("migration_report", &self.0.report)
             .finish()
     }
 }

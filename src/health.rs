@@ -14,7 +14,12 @@ use crate::value::{Params, Row, Value};
 /// Checks `shared` within its health timeout, whatever the server does: the
 /// probe runs on a thread of its own and the caller stops waiting at the
 /// timeout (the probe itself is bounded by the connect and query timeouts).
-pub(crate) fn check(shared: &Arc<Shared>, migrations: MigrationSummary) -> HealthStatus {
+/// `migrations` reads the migration state on the probe's thread once the
+/// database answered (`None`: nothing to report).
+pub(crate) fn check(
+    shared: &Arc<Shared>,
+    migrations: impl FnOnce() -> Option<MigrationSummary> + Send + 'static,
+) -> HealthStatus {
     let config = &shared.config;
     let started = Instant::now();
     let limit = config.health_timeout;
@@ -25,7 +30,9 @@ pub(crate) fn check(shared: &Arc<Shared>, migrations: MigrationSummary) -> Healt
         let spawned = std::thread::Builder::new()
             .name("dbmanager-health".into())
             .spawn(move || {
-                let _ = tx.send(probe(&shared, started + limit));
+                let answered = probe(&shared, started + limit);
+                let summary = if answered.is_ok() { migrations() } else { None };
+                let _ = tx.send(answered.map(|()| summary));
             });
         match spawned {
             Err(e) => Err((
@@ -44,9 +51,9 @@ pub(crate) fn check(shared: &Arc<Shared>, migrations: MigrationSummary) -> Healt
         }
     };
     let elapsed = started.elapsed();
-    let (connection, query_test, error) = match probe {
-        Ok(()) => (true, true, None),
-        Err((connected, why)) => (connected, false, Some(why)),
+    let (connection, query_test, error, migrations) = match probe {
+        Ok(summary) => (true, true, None, summary.unwrap_or_default()),
+        Err((connected, why)) => (connected, false, Some(why), MigrationSummary::default()),
     };
     let max = f64::from(before.max_size.max(1));
     let mut status = HealthStatus {

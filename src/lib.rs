@@ -40,6 +40,11 @@
 //! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
 //! | `mssql`    | SQL Server (`tiberius`, TDS 7.3, rustls)          | yes     |
 //! | `metrics-server` | a tiny HTTP endpoint for Prometheus to scrape (`metrics::serve`) | no |
+//! | `cli`      | the `dbmanager` command-line tool (adds `clap`)   | yes     |
+//!
+//! Migrations (Flyway-style `V…__….sql` scripts, a `schema_version` history,
+//! one migrator at a time): see [`migrate`] and
+//! [`DatabaseManager::run_migrations`].
 //!
 //! A database whose backend is compiled out fails with
 //! [`ErrorKind::FeatureDisabled`] naming the feature.
@@ -52,6 +57,7 @@ mod error;
 mod health;
 mod manager;
 pub mod metrics;
+pub mod migrate;
 mod observe;
 mod pipeline;
 mod pool;
@@ -67,6 +73,7 @@ pub use crate::config::{
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
 pub use crate::metrics::{metrics_text, push_metrics};
+pub use crate::migrate::{MigrateOptions, MigrationReport, MigrationStatus};
 pub use crate::status::{
     ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan, ScalingLevel,
     StatementStats,

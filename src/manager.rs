@@ -214,7 +214,8 @@ impl DatabaseManager {
     ///
     /// [`Config`](crate::ErrorKind::Config) naming the missing or malformed
     /// variable; [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when
-    /// the backend was compiled out.
+    /// the backend was compiled out; with `{PREFIX}{NAME}_AUTO_MIGRATE=true`,
+    /// any error of [`run_migrations`](Self::run_migrations).
     pub fn new(name: &str) -> Result<DatabaseManager> {
         let key = env_stem(name.trim());
         let mut map = registry().lock();
@@ -231,19 +232,31 @@ impl DatabaseManager {
     /// A new manager (with its own pool) for an explicit configuration. It is
     /// not shared through [`DatabaseManager::new`].
     ///
+    /// With [`auto_migrate`](DatabaseConfig::auto_migrate) on
+    /// (`{PREFIX}{NAME}_AUTO_MIGRATE=true`), pending migrations are applied
+    /// here, before the manager is returned.
+    ///
     /// # Errors
     ///
     /// [`FeatureDisabled`](crate::ErrorKind::FeatureDisabled) when the
     /// backend was compiled out; [`Config`](crate::ErrorKind::Config) when
-    /// the backend's driver rejects the connection string.
+    /// the backend's driver rejects the connection string; with auto-migrate
+    /// on, any error of [`run_migrations`](Self::run_migrations).
     pub fn from_config(config: DatabaseConfig) -> Result<DatabaseManager> {
+        let auto = config.auto_migrate;
         let shared = Arc::new(Shared::new(config)?);
         let weak: Weak<dyn PoolSource> = Arc::downgrade(&shared) as Weak<Shared>;
         DbMetrics::watch(weak);
-        let mut all = every_manager().lock();
-        all.retain(|w| w.strong_count() > 0);
-        all.push(Arc::downgrade(&shared));
-        Ok(DatabaseManager { shared })
+        {
+            let mut all = every_manager().lock();
+            all.retain(|w| w.strong_count() > 0);
+            all.push(Arc::downgrade(&shared));
+        }
+        let manager = DatabaseManager { shared };
+        if auto {
+            manager.run_migrations()?;
+        }
+        Ok(manager)
     }
 
     /// The logical database name.
@@ -388,7 +401,26 @@ impl DatabaseManager {
     /// whatever the server does; never hangs, never fails: problems are in
     /// the report. [`HealthStatus`] documents when it says `degraded`.
     pub fn health_check(&self) -> HealthStatus {
-        crate::health::check(&self.shared, MigrationSummary::default())
+        let db = self.clone();
+        crate::health::check(&self.shared, move || db.migration_summary())
+    }
+
+    /// The migration part of a health report: `None` when this database has
+    /// no migrations folder (it does not manage its schema here) or its
+    /// state cannot be read.
+    fn migration_summary(&self) -> Option<MigrationSummary> {
+        if !self.config().migrations_dir().is_dir() {
+            return None;
+        }
+        let status = self.migration_status().ok()?;
+        Some(MigrationSummary {
+            current_version: status.current_version,
+            pending_migrations: status
+                .pending
+                .into_iter()
+                .map(|p| p.version.unwrap_or(p.script))
+                .collect(),
+        })
     }
 
     /// [`health_check`](Self::health_check) of every live manager in the
@@ -485,6 +517,12 @@ impl PooledConnection {
     }
 
     statement_methods!(&mut self);
+
+    /// Marks the connection broken: it is closed instead of going back to
+    /// the pool (used when its session state is unknown).
+    pub(crate) fn discard(&mut self) {
+        self.conn.broken = true;
+    }
 
     /// Sets the limit for this guard's later statements (and its
     /// transactions' statements): `Some(d)`, or `None` for no limit, in place

@@ -107,7 +107,6 @@ pub(crate) fn translate(sql: &str, dialect: Dialect) -> Result<Translated, SqlEr
 ///
 /// A dot separates schema and table (as [`is_plain_identifier`] allows), so each part is
 /// quoted on its own: `public.users` becomes `"public"."users"`.
-#[allow(dead_code)] // used by the migrator (history table names)
 pub(crate) fn quote_identifier(name: &str, dialect: Dialect) -> String {
     let mut out = String::with_capacity(name.len() + 4);
     for (k, part) in name.split('.').enumerate() {
@@ -122,7 +121,6 @@ pub(crate) fn quote_identifier(name: &str, dialect: Dialect) -> String {
 /// Checks that `name` is a plain identifier (ASCII letter or `_` first, then letters, digits, `_`; optionally one `schema.table` dot; at most 63 bytes). Used for table names that come from configuration.
 ///
 /// The 63-byte limit applies to the whole name, dot included.
-#[allow(dead_code)] // used by the migrator (history table names)
 pub(crate) fn is_plain_identifier(name: &str) -> bool {
     fn part_ok(part: &str) -> bool {
         let b = part.as_bytes();

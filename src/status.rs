@@ -211,3 +211,193 @@ pub struct QueryPlan {
     /// The plan as the backend printed it.
     pub raw: String,
 }
+
+/// One row of the migration history table (seed 002's columns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AppliedMigration {
+    /// Order of installation, from 1.
+    pub installed_rank: i64,
+    /// The version (`1.1`), `None` for repeatable scripts.
+    pub version: Option<String>,
+    /// The description from the file name, underscores as spaces.
+    pub description: String,
+    /// `SQL` for a script, `BASELINE` for a baseline marker.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The file name.
+    pub script: String,
+    /// Flyway's CRC32 of the script, as applied.
+    pub checksum: Option<i32>,
+    /// The database user who applied it.
+    pub installed_by: String,
+    /// When, as the database reports it.
+    pub installed_on: String,
+    /// How long it ran, in milliseconds.
+    pub execution_time_ms: i64,
+    /// False when it failed (on a backend without transactional DDL); the
+    /// next run stops until `repair`.
+    pub success: bool,
+}
+
+/// A script not yet applied (or a repeatable one whose checksum changed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PendingMigration {
+    /// The version, `None` for repeatable scripts.
+    pub version: Option<String>,
+    /// The description from the file name.
+    pub description: String,
+    /// The file name.
+    pub script: String,
+    /// Flyway's CRC32 of the file.
+    pub checksum: i32,
+    /// `versioned` or `repeatable`.
+    pub kind: crate::migrate::MigrationKind,
+}
+
+/// Something that stops migrations from running until it is fixed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MigrationProblem {
+    /// An applied script was edited after it was applied.
+    ChecksumMismatch {
+        /// The version.
+        version: String,
+        /// The file name.
+        script: String,
+        /// The checksum recorded when it was applied.
+        applied: i32,
+        /// The file's checksum now.
+        file: i32,
+    },
+    /// An applied version has no file any more.
+    MissingFile {
+        /// The version.
+        version: String,
+        /// The file name recorded when it was applied.
+        script: String,
+    },
+    /// A migration failed part-way on a backend without transactional DDL.
+    Failed {
+        /// The version, `None` for a repeatable script.
+        version: Option<String>,
+        /// The file name.
+        script: String,
+    },
+}
+
+impl std::fmt::Display for MigrationProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrationProblem::ChecksumMismatch { version, script, applied, file } => write!(
+                f,
+                "`{script}` (version {version}) was changed after it was applied: checksum {applied} \
+                 when applied, {file} now; restore the file, or run `repair` to accept the change"
+            ),
+            MigrationProblem::MissingFile { version, script } => write!(
+                f,
+                "version {version} (`{script}`) was applied but its file is missing; restore it"
+            ),
+            MigrationProblem::Failed { version, script } => write!(
+                f,
+                "`{script}`{} failed part-way and may have left changes behind; clean up by hand, \
+                 then run `repair` (which removes the failed row) and migrate again",
+                version.as_deref().map(|v| format!(" (version {v})")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Where a database's migrations stand (seed 002's `get_migration_status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MigrationStatus {
+    /// The logical database name.
+    pub database_name: String,
+    /// The history table.
+    pub history_table: String,
+    /// The highest successfully applied (or baselined) version.
+    pub current_version: Option<String>,
+    /// The history, oldest first.
+    pub applied: Vec<AppliedMigration>,
+    /// What a run would apply, in order.
+    pub pending: Vec<PendingMigration>,
+    /// What must be fixed before migrations run.
+    pub problems: Vec<MigrationProblem>,
+    /// When the report was made, RFC 3339 in UTC.
+    pub timestamp: String,
+}
+
+/// One script run by a migration operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MigrationStep {
+    /// `versioned`, `repeatable`, `undo` or `baseline`.
+    pub kind: crate::migrate::MigrationKind,
+    /// The version, `None` for a repeatable script.
+    pub version: Option<String>,
+    /// The description from the file name.
+    pub description: String,
+    /// The file name.
+    pub script: String,
+    /// How long it ran, in milliseconds.
+    pub execution_time_ms: i64,
+}
+
+/// What a migration operation did (refinery's `Report`); also attached to
+/// the error of a failed run ([`Error::migration_report`](crate::Error::migration_report)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MigrationReport {
+    /// The logical database name.
+    pub database_name: String,
+    /// The scripts that completed, in order.
+    pub applied: Vec<MigrationStep>,
+    /// The version in force afterwards.
+    pub current_version: Option<String>,
+}
+
+/// One step of a dry run's plan, with the SQL it would run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PlannedStep {
+    /// `versioned`, `repeatable` or `undo`.
+    pub kind: crate::migrate::MigrationKind,
+    /// The version, `None` for a repeatable script.
+    pub version: Option<String>,
+    /// The description from the file name.
+    pub description: String,
+    /// The file name.
+    pub script: String,
+    /// Whether it would run in a transaction together with its history row.
+    pub in_transaction: bool,
+    /// The script's SQL.
+    pub sql: String,
+}
+
+/// What [`dry_run`](crate::DatabaseManager::dry_run) found: the plan, and
+/// what would stop it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MigrationPlan {
+    /// The logical database name.
+    pub database_name: String,
+    /// Whether the history table exists yet (a run would create it).
+    pub history_table_exists: bool,
+    /// The scripts a run would apply, in order.
+    pub steps: Vec<PlannedStep>,
+    /// Problems that would stop the run.
+    pub problems: Vec<MigrationProblem>,
+}
+
+/// What [`repair`](crate::DatabaseManager::repair) changed in the history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// Failed rows removed (file names).
+    pub removed_failed: Vec<String>,
+    /// Applied scripts whose recorded checksum was set to the file's (file names).
+    pub realigned: Vec<String>,
+}

@@ -434,3 +434,36 @@ fn query_plans_on_every_backend() -> Result<()> {
     plans(&mysql_url())?;
     plans(&dir.sqlite_url("p.db"))
 }
+
+#[test]
+fn health_reports_the_migration_state_and_pending_scripts_degrade_it() -> Result<()> {
+    let dir = TempDir::new("health_mig");
+    let scripts = dir.path().join("scripts");
+    std::fs::create_dir_all(&scripts).expect("a folder");
+    std::fs::write(
+        scripts.join("V1__first.sql"),
+        "CREATE TABLE a (id INTEGER);",
+    )
+    .expect("write");
+    let db = manager_with(&unique_name("health_mig"), &dir.sqlite_url("m.db"), |b| {
+        b.migrations_dir(&scripts)
+    })?;
+    db.run_migrations()?;
+    let h = db.health_check();
+    assert_eq!(h.status, Health::Healthy, "{h:?}");
+    assert_eq!(h.migration_status.current_version.as_deref(), Some("1"));
+    assert!(h.migration_status.pending_migrations.is_empty());
+    std::fs::write(
+        scripts.join("V2__second.sql"),
+        "CREATE TABLE b (id INTEGER);",
+    )
+    .expect("write");
+    let h = db.health_check();
+    assert_eq!(h.status, Health::Degraded, "{h:?}");
+    assert_eq!(h.migration_status.pending_migrations, vec!["2".to_owned()]);
+    assert!(
+        h.degraded_reasons.iter().any(|r| r.contains("pending")),
+        "{h:?}"
+    );
+    Ok(())
+}

@@ -219,7 +219,15 @@ impl Connection for MyConnection {
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        self.conn.query_drop(sql).map_err(classify)
+        // Every result set is read: `query_drop` would drop the error of a
+        // later statement of a multi-statement script.
+        let mut result = self.conn.query_iter(sql).map_err(classify)?;
+        while let Some(set) = result.iter() {
+            for row in set {
+                row.map_err(classify)?;
+            }
+        }
+        Ok(())
     }
 
     fn ping(&mut self) -> Result<()> {

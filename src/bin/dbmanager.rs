@@ -1,0 +1,391 @@
+//! `dbmanager`: migrations and checks from the command line, on the
+//! library's public API only.
+//!
+//! ```text
+//! dbmanager --database rpa_db migrate
+//! dbmanager --database rpa_db --env staging info --json
+//! ```
+//!
+//! Configuration is read exactly as `DatabaseManager::new` reads it
+//! (`{ENV}_GLOBAL_{NAME}_CONNECTION_STRING`, `envs/.env.{env}`, …);
+//! `--env` sets the environment name. Exit code 0 when all is well, 1 on any
+//! error or problem, 2 on a usage error.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dbmanager::migrate::{MigrateOptions, MigrationKind, Target, Version};
+use dbmanager::{DatabaseConfig, DatabaseManager, MigrationReport};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dbmanager",
+    version,
+    about = "Migrations and checks for dbmanager databases"
+)]
+struct Cli {
+    /// The logical database name (as in DatabaseManager::new).
+    #[arg(long, short = 'd', global = true)]
+    database: Option<String>,
+    /// The environment name (sets ENVIRONMENT; default `development`).
+    #[arg(long, short = 'e', global = true)]
+    env: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply pending migrations.
+    Migrate {
+        /// Stop after this version.
+        #[arg(long)]
+        target: Option<String>,
+        /// Print the plan and its SQL; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds to wait for another migrator.
+        #[arg(long, default_value_t = 60)]
+        lock_timeout: u64,
+    },
+    /// Show applied and pending migrations and problems.
+    Info,
+    /// Check applied migrations against the files.
+    Validate,
+    /// Mark an existing database as being at VERSION.
+    Baseline {
+        /// The baseline version.
+        version: String,
+    },
+    /// Remove failed history rows and realign checksums.
+    Repair,
+    /// Undo applied versions above TO_VERSION with their U scripts.
+    Undo {
+        /// The version to go back to.
+        to_version: String,
+    },
+    /// Create the next V file in the migrations folder.
+    New {
+        /// What the migration does (becomes the file name's description).
+        description: Vec<String>,
+    },
+    /// Check the database (connection, `SELECT 1`, migrations, pool,
+    /// timeouts); exits non-zero unless healthy.
+    Health,
+    /// Show the connection pool.
+    Pool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(env) = &cli.env {
+        // Before any thread exists: the library reads ENVIRONMENT.
+        std::env::set_var("ENVIRONMENT", env);
+    }
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            if cli.json {
+                let v = serde_json::json!({ "ok": false, "error": e.to_string(), "causes": causes(&*e) });
+                println!("{v}");
+            } else {
+                eprintln!("error: {e}");
+                for c in causes(&*e) {
+                    eprintln!("  caused by: {c}");
+                }
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push(c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn database(cli: &Cli) -> BoxResult<&str> {
+    cli.database.as_deref().ok_or_else(|| {
+        "give the database with --database NAME (the name used in DatabaseManager::new)".into()
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) -> BoxResult<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs the command; `Ok(false)` when it found problems.
+fn run(cli: &Cli) -> BoxResult<bool> {
+    let name = database(cli)?;
+    if let Command::New { description } = &cli.command {
+        let config = DatabaseConfig::from_env(name)?;
+        let path = new_migration(config.migrations_dir(), &description.join(" "))?;
+        if cli.json {
+            print_json(&serde_json::json!({ "created": path }))?;
+        } else {
+            println!("created {path}");
+        }
+        return Ok(true);
+    }
+    let db = DatabaseManager::new(name)?;
+    match &cli.command {
+        Command::Migrate {
+            target,
+            dry_run,
+            lock_timeout,
+        } => {
+            let mut options =
+                MigrateOptions::default().lock_timeout(Duration::from_secs(*lock_timeout));
+            if let Some(t) = target {
+                options = options.target(Target::Version(Version::parse(t)?));
+            }
+            let migrator = db.migrator().options(options);
+            if *dry_run {
+                let plan = migrator.dry_run()?;
+                if cli.json {
+                    print_json(&plan)?;
+                } else {
+                    if plan.steps.is_empty() {
+                        println!("{}: nothing to do", plan.database_name);
+                    }
+                    for s in &plan.steps {
+                        println!(
+                            "-- {} {} ({}{})\n{}\n",
+                            s.kind,
+                            s.script,
+                            s.version
+                                .as_deref()
+                                .map(|v| format!("version {v}, "))
+                                .unwrap_or_default(),
+                            if s.in_transaction {
+                                "in a transaction"
+                            } else {
+                                "no transaction"
+                            },
+                            s.sql.trim_end()
+                        );
+                    }
+                    for p in &plan.problems {
+                        println!("problem: {p}");
+                    }
+                }
+                return Ok(plan.problems.is_empty());
+            }
+            let report = migrator.run()?;
+            print_report(cli, &report, "applied")?;
+        }
+        Command::Info => {
+            let status = db.migration_status()?;
+            if cli.json {
+                print_json(&status)?;
+            } else {
+                println!(
+                    "{} — history table {}, current version {}",
+                    status.database_name,
+                    status.history_table,
+                    status.current_version.as_deref().unwrap_or("(none)")
+                );
+                let mut rows = vec![[
+                    "Version".to_owned(),
+                    "Description".into(),
+                    "Type".into(),
+                    "Installed on".into(),
+                    "State".into(),
+                    "Checksum".into(),
+                ]];
+                for a in &status.applied {
+                    rows.push([
+                        a.version.clone().unwrap_or_default(),
+                        a.description.clone(),
+                        a.kind.clone(),
+                        a.installed_on.clone(),
+                        if a.success { "Success" } else { "Failed" }.into(),
+                        a.checksum.map(|c| c.to_string()).unwrap_or_default(),
+                    ]);
+                }
+                for p in &status.pending {
+                    rows.push([
+                        p.version.clone().unwrap_or_default(),
+                        p.description.clone(),
+                        if p.kind == MigrationKind::Repeatable {
+                            "SQL (R)"
+                        } else {
+                            "SQL"
+                        }
+                        .into(),
+                        String::new(),
+                        "Pending".into(),
+                        p.checksum.to_string(),
+                    ]);
+                }
+                print_table(&rows);
+                for p in &status.problems {
+                    println!("problem: {p}");
+                }
+            }
+            return Ok(status.problems.is_empty());
+        }
+        Command::Validate => {
+            db.validate()?;
+            if cli.json {
+                print_json(&serde_json::json!({ "ok": true }))?;
+            } else {
+                println!("{}: applied migrations match their files", db.name());
+            }
+        }
+        Command::Baseline { version } => {
+            let report = db.baseline(version)?;
+            print_report(cli, &report, "baselined")?;
+        }
+        Command::Repair => {
+            let report = db.repair()?;
+            if cli.json {
+                print_json(&report)?;
+            } else if report.removed_failed.is_empty() && report.realigned.is_empty() {
+                println!("{}: nothing to repair", db.name());
+            } else {
+                for s in &report.removed_failed {
+                    println!("removed failed row of {s}");
+                }
+                for s in &report.realigned {
+                    println!("realigned the checksum of {s}");
+                }
+            }
+        }
+        Command::Undo { to_version } => {
+            let report = db.undo(to_version)?;
+            print_report(cli, &report, "undone")?;
+        }
+        Command::Health => {
+            let h = db.health_check();
+            if cli.json {
+                print_json(&h)?;
+            } else {
+                let v = serde_json::to_value(&h)?;
+                let mut rows = vec![["Check".to_owned(), "Value".to_owned()]];
+                if let Some(map) = v.as_object() {
+                    for (k, v) in map {
+                        rows.push([k.clone(), v.to_string().trim_matches('"').to_owned()]);
+                    }
+                }
+                print_table(&rows);
+            }
+            return Ok(h.status == dbmanager::Health::Healthy);
+        }
+        Command::Pool => {
+            let status = db.pool_status();
+            if cli.json {
+                print_json(&status)?;
+            } else {
+                let v = serde_json::to_value(&status)?;
+                let mut rows = vec![["Setting".to_owned(), "Value".to_owned()]];
+                if let Some(map) = v.as_object() {
+                    for (k, v) in map {
+                        rows.push([k.clone(), v.to_string().trim_matches('"').to_owned()]);
+                    }
+                }
+                print_table(&rows);
+            }
+        }
+        Command::New { .. } => unreachable!("handled above"),
+    }
+    Ok(true)
+}
+
+fn print_report(cli: &Cli, report: &MigrationReport, verb: &str) -> BoxResult<()> {
+    if cli.json {
+        return print_json(report);
+    }
+    if report.applied.is_empty() {
+        println!(
+            "{}: nothing to do (current version {})",
+            report.database_name,
+            report.current_version.as_deref().unwrap_or("none")
+        );
+        return Ok(());
+    }
+    for s in &report.applied {
+        println!("{verb} {} ({} ms)", s.script, s.execution_time_ms);
+    }
+    println!(
+        "{}: now at version {}",
+        report.database_name,
+        report.current_version.as_deref().unwrap_or("none")
+    );
+    Ok(())
+}
+
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
+    println!("{line}");
+    for (k, r) in rows.iter().enumerate() {
+        let cells: String = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("| {c:<w$} ", w = widths[i]))
+            .collect();
+        println!("{cells}|");
+        if k == 0 {
+            println!("{line}");
+        }
+    }
+    println!("{line}");
+}
+
+/// Creates `V{next}__{description}.sql`, keeping the zero padding of the
+/// existing files (V001 → V002).
+fn new_migration(dir: &Path, description: &str) -> BoxResult<String> {
+    let description: String = description
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if description.trim_matches('_').is_empty() {
+        return Err("give a description, e.g. `dbmanager -d rpa_db new add customer email`".into());
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut highest: Option<(u64, usize)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix('V') else {
+            continue;
+        };
+        let Some((version, _)) = rest.split_once("__") else {
+            continue;
+        };
+        let major = version.split(['.', '_']).next().unwrap_or("");
+        if let Ok(n) = major.parse::<u64>() {
+            if highest.map_or(true, |(h, _)| n > h) {
+                highest = Some((n, major.len()));
+            }
+        }
+    }
+    let (next, width) = highest.map_or((1, 3), |(n, w)| (n + 1, w));
+    let path = dir.join(format!("V{next:0width$}__{description}.sql"));
+    std::fs::write(&path, format!("-- {}\n", description.replace('_', " ")))?;
+    Ok(path.display().to_string())
+}

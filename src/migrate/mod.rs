@@ -1,0 +1,862 @@
+//! Versioned migrations, Flyway-style: `V{version}__{description}.sql`
+//! applied once in version order, `U{version}__…` undo scripts, `R__…`
+//! repeatable scripts re-applied when they change, and a history table
+//! (default `schema_version`, seed 002's columns).
+//!
+//! - Scripts come from `migrations/{database name}/` (configurable), or are
+//!   embedded in the binary with [`embed_migrations!`](crate::embed_migrations).
+//! - One migrator at a time: an advisory lock per backend (PostgreSQL
+//!   `pg_try_advisory_lock`, MySQL `GET_LOCK`, SQLite a lock row), held on a
+//!   dedicated pooled connection by a guard that releases it on every path.
+//! - Applied scripts are validated against their checksum (Flyway's CRC32
+//!   over lines, line endings ignored) before anything runs.
+//! - Each script and its history row commit together where DDL is
+//!   transactional (PostgreSQL, SQLite). On MySQL/MariaDB, where DDL commits
+//!   implicitly, a failure is recorded (`success = false`) and later runs
+//!   stop until [`repair`](crate::DatabaseManager::repair). A script whose
+//!   first line is `-- dbmanager:no-transaction` runs outside a transaction.
+//! - Every statement goes through the same pipeline as the rest of the
+//!   crate (pool, timeouts, portable SQL): write `??` for a literal `?`.
+//!
+//! ```
+//! use dbmanager::{DatabaseConfig, DatabaseManager};
+//! # fn main() -> dbmanager::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("dbm-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! std::fs::write(dir.join("V1__Create_customers.sql"), "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);").unwrap();
+//! let db = DatabaseManager::from_config(
+//!     DatabaseConfig::builder("demo").url("sqlite::memory:").migrations_dir(&dir).build()?,
+//! )?;
+//! let report = db.run_migrations()?;
+//! assert_eq!(report.applied.len(), 1);
+//! assert_eq!(db.migration_status()?.current_version.as_deref(), Some("1"));
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok(()) }
+//! ```
+
+mod history;
+mod source;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use self::source::{checksum, MigrationKind, MigrationSource, Version};
+pub use crate::status::{
+    AppliedMigration, MigrationPlan, MigrationProblem, MigrationReport, MigrationStatus,
+    MigrationStep, PendingMigration, PlannedStep, RepairReport,
+};
+
+use self::history::{Exec, HistoryDialect, LockGuard, NewRow};
+use self::source::{Script, Scripts};
+use crate::error::{Error, ErrorKind, Result};
+use crate::manager::{DatabaseManager, PooledConnection};
+
+/// How far a run goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// Every pending script (the default).
+    #[default]
+    Latest,
+    /// Versioned scripts up to and including this version (repeatable
+    /// scripts are then not run).
+    Version(Version),
+}
+
+/// Options of a migration run. Build with [`MigrateOptions::default`] and
+/// the consuming setters.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MigrateOptions {
+    /// How far to go. Default [`Target::Latest`].
+    pub target: Target,
+    /// How long to wait for another migrator to finish. Default 60 s: long
+    /// enough for a sibling process's ordinary migrations, short enough that
+    /// a stuck deployment is noticed.
+    pub lock_timeout: Duration,
+    /// The limit of each script, `None` for none. Default `None`: a schema
+    /// change is not cut off half-way by the query timeout meant for
+    /// ordinary statements.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            target: Target::Latest,
+            lock_timeout: Duration::from_secs(60),
+            statement_timeout: None,
+        }
+    }
+}
+
+impl MigrateOptions {
+    /// Sets [`target`](Self::target).
+    pub fn target(mut self, target: Target) -> Self {
+        self.target = target;
+        self
+    }
+
+    /// Sets [`lock_timeout`](Self::lock_timeout).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Sets [`statement_timeout`](Self::statement_timeout).
+    pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+}
+
+/// Runs migration operations on one database with a given source and
+/// options. [`DatabaseManager::migrator`] makes one with the configured
+/// folder; the manager's own methods (`run_migrations`, …) use that.
+#[derive(Clone, Debug)]
+pub struct Migrator {
+    db: DatabaseManager,
+    source: MigrationSource,
+    options: MigrateOptions,
+}
+
+const BASELINE_SCRIPT: &str = "<< Baseline >>";
+
+impl Migrator {
+    /// Uses `source` instead of the configured folder (for embedded scripts).
+    pub fn source(mut self, source: MigrationSource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Uses these options.
+    pub fn options(mut self, options: MigrateOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The source scripts are read from.
+    pub fn migration_source(&self) -> &MigrationSource {
+        &self.source
+    }
+
+    fn table(&self) -> &str {
+        self.db.config().history_table()
+    }
+
+    fn dialect(&self) -> &'static dyn HistoryDialect {
+        history::dialect_for(self.db.backend())
+    }
+
+    fn name(&self) -> Arc<str> {
+        Arc::from(self.db.name())
+    }
+
+    fn refuse_read_only(&self, what: &str) -> Result<()> {
+        if self.db.config().read_only() {
+            let var = self
+                .db
+                .config()
+                .variable("READ_ONLY")
+                .unwrap_or_else(|| "read_only(false) on the builder".to_owned());
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!("the database is configured read-only, so it refuses to {what}; set {var} to false to allow it"),
+            )
+            .on_database(&self.name()));
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Scripts> {
+        self.source.load().map_err(|e| e.on_database(&self.name()))
+    }
+
+    /// Takes the lock and makes sure the history table exists.
+    fn lock(&self) -> Result<LockGuard> {
+        let dialect = self.dialect();
+        let mut guard =
+            LockGuard::acquire(&self.db, dialect, self.table(), self.options.lock_timeout)?;
+        let conn = guard.conn();
+        conn.set_timeout(self.options.statement_timeout);
+        conn.execute_batch(&dialect.create_history(self.table()))?;
+        Ok(guard)
+    }
+
+    /// Applies every pending script (up to the target), after validating
+    /// the applied ones. Returns what was applied; an empty report when
+    /// there was nothing to do.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadOnly`](ErrorKind::ReadOnly) before touching the server on a
+    /// read-only database; [`Migration`](ErrorKind::Migration) for a bad
+    /// file name, a duplicate version, an edited applied script or a failed
+    /// migration awaiting repair; [`LockTimeout`](ErrorKind::LockTimeout)
+    /// when another migrator holds the lock; the server's error for a
+    /// failing script, naming the file and carrying what was applied before
+    /// it ([`Error::migration_report`]).
+    pub fn run(&self) -> Result<MigrationReport> {
+        self.refuse_read_only("run migrations")?;
+        let scripts = self.load()?;
+        let dialect = self.dialect();
+        let mut guard = self.lock()?;
+        let conn = guard.conn();
+        let applied = history::read(conn, dialect, self.table())?;
+        self.check(&scripts, &applied)?;
+        let plan = pending(&scripts, &applied, &self.options.target);
+        let user = dialect.current_user(conn)?;
+        let mut report = MigrationReport {
+            database_name: self.db.name().to_owned(),
+            applied: Vec::new(),
+            current_version: current_version(&applied),
+        };
+        for script in plan {
+            let step = self
+                .apply(conn, script, &user)
+                .map_err(|e| self.failure(e, script, &report))?;
+            if script.kind == MigrationKind::Versioned {
+                report.current_version = script.version_text();
+            }
+            report.applied.push(step);
+        }
+        Ok(report)
+    }
+
+    fn apply(
+        &self,
+        conn: &mut PooledConnection,
+        script: &Script,
+        user: &str,
+    ) -> Result<MigrationStep> {
+        let dialect = self.dialect();
+        let table = self.table();
+        let version = script.version_text();
+        let row = |ms: i64, success: bool| NewRow {
+            version: version.clone(),
+            description: &script.description,
+            kind: "SQL",
+            script: &script.script,
+            checksum: Some(script.checksum),
+            installed_by: user,
+            execution_time_ms: ms,
+            success,
+        };
+        let start = Instant::now();
+        let elapsed =
+            |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        if dialect.transactional_ddl() && !script.no_transaction {
+            conn.transaction(|tx| {
+                run_script(tx, &script.sql)?;
+                if script.kind == MigrationKind::Repeatable {
+                    delete_repeatable(tx, dialect, table, &script.description)?;
+                }
+                history::insert(tx, dialect, table, &row(elapsed(start), true))
+            })?;
+        } else {
+            if let Err(e) = run_script(conn, &script.sql) {
+                // Part of it may have been applied: record the failure, so
+                // that later runs stop until it is repaired.
+                if let Err(record) =
+                    history::insert(conn, dialect, table, &row(elapsed(start), false))
+                {
+                    tracing::warn!(error = %record, "could not record the failed migration");
+                }
+                return Err(e.with_hint(NOT_ROLLED_BACK));
+            }
+            if script.kind == MigrationKind::Repeatable {
+                delete_repeatable(conn, dialect, table, &script.description)?;
+            }
+            history::insert(conn, dialect, table, &row(elapsed(start), true))?;
+        }
+        Ok(MigrationStep {
+            kind: script.kind,
+            version,
+            description: script.description.clone(),
+            script: script.script.clone(),
+            execution_time_ms: elapsed(start),
+        })
+    }
+
+    /// Wraps a failing script's error: names the file and version, where in
+    /// it the server stopped, and what was applied before it.
+    fn failure(&self, cause: Error, script: &Script, report: &MigrationReport) -> Error {
+        let kind = cause.kind();
+        let code = cause.db_code().map(str::to_owned);
+        let mut message = format!(
+            "`{}`{} failed: {}",
+            script.script,
+            script
+                .version_text()
+                .map(|v| format!(" (version {v})"))
+                .unwrap_or_default(),
+            cause.message()
+        );
+        if let Some(line) = position_line(cause.message(), &script.sql) {
+            message.push_str(&format!(" [line {line} of {}]", script.script));
+        }
+        if report.applied.is_empty() {
+            message.push_str("; nothing was applied before it in this run");
+        } else {
+            let names: Vec<&str> = report.applied.iter().map(|s| s.script.as_str()).collect();
+            message.push_str(&format!(
+                "; applied before it in this run: {}",
+                names.join(", ")
+            ));
+        }
+        if self.dialect().transactional_ddl() && !script.no_transaction {
+            message.push_str(
+                "; it ran in a transaction, so nothing of it remains: fix the file and run again",
+            );
+        }
+        let mut e = Error::new(kind, message)
+            .with_source(cause)
+            .with_report(report.clone());
+        if let Some(code) = code {
+            e = e.with_code(code);
+        }
+        e.on_database(&self.name())
+    }
+
+    /// Finds what stops a run: failed rows, edited or missing applied scripts.
+    fn problems(&self, scripts: &Scripts, applied: &[AppliedMigration]) -> Vec<MigrationProblem> {
+        let mut problems = Vec::new();
+        for row in applied {
+            if !row.success {
+                problems.push(MigrationProblem::Failed {
+                    version: row.version.clone(),
+                    script: row.script.clone(),
+                });
+                continue;
+            }
+            if row.kind != "SQL" {
+                continue;
+            }
+            let Some(version) = row.version.as_deref().and_then(|v| Version::parse(v).ok()) else {
+                continue; // repeatable: a change means "apply again"
+            };
+            match scripts
+                .versioned
+                .iter()
+                .find(|s| s.version.as_ref() == Some(&version))
+            {
+                None => problems.push(MigrationProblem::MissingFile {
+                    version: version.to_string(),
+                    script: row.script.clone(),
+                }),
+                Some(s) if row.checksum.is_some_and(|c| c != s.checksum) => {
+                    problems.push(MigrationProblem::ChecksumMismatch {
+                        version: version.to_string(),
+                        script: s.script.clone(),
+                        applied: row.checksum.unwrap_or_default(),
+                        file: s.checksum,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        problems
+    }
+
+    fn check(&self, scripts: &Scripts, applied: &[AppliedMigration]) -> Result<()> {
+        let problems = self.problems(scripts, applied);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Err(Error::new(
+            ErrorKind::Migration,
+            format!(
+                "validation failed, nothing was run ({} problem{}): {}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                text.join("; ")
+            ),
+        )
+        .on_database(&self.name()))
+    }
+
+    /// Reads the history without taking the lock or creating the table.
+    fn read_history(&self) -> Result<(bool, Vec<AppliedMigration>)> {
+        let dialect = self.dialect();
+        let mut conn = self.db.connection()?;
+        if !dialect.table_exists(&mut conn, self.table())? {
+            return Ok((false, Vec::new()));
+        }
+        Ok((true, history::read(&mut conn, dialect, self.table())?))
+    }
+
+    /// Where the database stands: history, pending scripts, problems.
+    /// Changes nothing (works on read-only databases).
+    ///
+    /// # Errors
+    ///
+    /// [`Migration`](ErrorKind::Migration) for unreadable or badly named
+    /// scripts; connection and server errors.
+    pub fn status(&self) -> Result<MigrationStatus> {
+        let scripts = self.load()?;
+        let (_, applied) = self.read_history()?;
+        let problems = self.problems(&scripts, &applied);
+        let pending = pending(&scripts, &applied, &Target::Latest)
+            .into_iter()
+            .map(|s| PendingMigration {
+                version: s.version_text(),
+                description: s.description.clone(),
+                script: s.script.clone(),
+                checksum: s.checksum,
+                kind: s.kind,
+            })
+            .collect();
+        Ok(MigrationStatus {
+            database_name: self.db.name().to_owned(),
+            history_table: self.table().to_owned(),
+            current_version: current_version(&applied),
+            applied,
+            pending,
+            problems,
+            timestamp: crate::status::now_rfc3339(),
+        })
+    }
+
+    /// Checks applied scripts against the files (checksums, missing files,
+    /// failed migrations) without running anything.
+    ///
+    /// # Errors
+    ///
+    /// [`Migration`](ErrorKind::Migration) listing every problem, each
+    /// naming the file (and both checksums for an edited one).
+    pub fn validate(&self) -> Result<()> {
+        let scripts = self.load()?;
+        let (_, applied) = self.read_history()?;
+        self.check(&scripts, &applied)
+    }
+
+    /// The plan of a run, with each script's SQL, without changing anything
+    /// (no lock, no history table created).
+    ///
+    /// # Errors
+    ///
+    /// As [`status`](Self::status).
+    pub fn dry_run(&self) -> Result<MigrationPlan> {
+        let scripts = self.load()?;
+        let (exists, applied) = self.read_history()?;
+        let problems = self.problems(&scripts, &applied);
+        let transactional = self.dialect().transactional_ddl();
+        let steps = pending(&scripts, &applied, &self.options.target)
+            .into_iter()
+            .map(|s| PlannedStep {
+                kind: s.kind,
+                version: s.version_text(),
+                description: s.description.clone(),
+                script: s.script.clone(),
+                in_transaction: transactional && !s.no_transaction,
+                sql: s.sql.clone(),
+            })
+            .collect();
+        Ok(MigrationPlan {
+            database_name: self.db.name().to_owned(),
+            history_table_exists: exists,
+            steps,
+            problems,
+        })
+    }
+
+    /// Marks an existing database as being at `version`: scripts up to it
+    /// are taken as applied, later ones will run.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadOnly`](ErrorKind::ReadOnly); [`Migration`](ErrorKind::Migration)
+    /// when migrations were already applied or a different baseline exists,
+    /// or `version` is not a version.
+    pub fn baseline(&self, version: &str) -> Result<MigrationReport> {
+        self.refuse_read_only("baseline")?;
+        let version = Version::parse(version).map_err(|e| e.on_database(&self.name()))?;
+        let dialect = self.dialect();
+        let mut guard = self.lock()?;
+        let conn = guard.conn();
+        let applied = history::read(conn, dialect, self.table())?;
+        if let Some(b) = applied.iter().find(|r| r.kind == "BASELINE") {
+            if b.version
+                .as_deref()
+                .and_then(|v| Version::parse(v).ok())
+                .as_ref()
+                == Some(&version)
+            {
+                return Ok(self.empty_report(&applied));
+            }
+            return Err(Error::new(
+                ErrorKind::Migration,
+                format!(
+                    "the database already has a baseline at version {}; a database has one baseline",
+                    b.version.as_deref().unwrap_or("?")
+                ),
+            )
+            .on_database(&self.name()));
+        }
+        if let Some(r) = applied
+            .iter()
+            .find(|r| r.kind == "SQL" && r.version.is_some())
+        {
+            return Err(Error::new(
+                ErrorKind::Migration,
+                format!(
+                    "migrations were already applied here (`{}` first); baseline is for a database that has none yet",
+                    r.script
+                ),
+            )
+            .on_database(&self.name()));
+        }
+        let user = dialect.current_user(conn)?;
+        history::insert(
+            conn,
+            dialect,
+            self.table(),
+            &NewRow {
+                version: Some(version.to_string()),
+                description: BASELINE_SCRIPT,
+                kind: "BASELINE",
+                script: BASELINE_SCRIPT,
+                checksum: None,
+                installed_by: &user,
+                execution_time_ms: 0,
+                success: true,
+            },
+        )?;
+        Ok(MigrationReport {
+            database_name: self.db.name().to_owned(),
+            applied: vec![MigrationStep {
+                kind: MigrationKind::Baseline,
+                version: Some(version.to_string()),
+                description: BASELINE_SCRIPT.to_owned(),
+                script: BASELINE_SCRIPT.to_owned(),
+                execution_time_ms: 0,
+            }],
+            current_version: Some(version.to_string()),
+        })
+    }
+
+    fn empty_report(&self, applied: &[AppliedMigration]) -> MigrationReport {
+        MigrationReport {
+            database_name: self.db.name().to_owned(),
+            applied: Vec::new(),
+            current_version: current_version(applied),
+        }
+    }
+
+    /// Removes failed rows from the history and sets the recorded checksum
+    /// of each applied script that changed to the file's (Flyway's repair:
+    /// for an edit known to be harmless, such as whitespace or comments).
+    ///
+    /// # Errors
+    ///
+    /// [`ReadOnly`](ErrorKind::ReadOnly); lock, connection and server errors.
+    pub fn repair(&self) -> Result<RepairReport> {
+        self.refuse_read_only("repair the migration history")?;
+        let scripts = self.load()?;
+        let dialect = self.dialect();
+        let table = dialect.quote(self.table());
+        let mut guard = self.lock()?;
+        let conn = guard.conn();
+        let applied = history::read(conn, dialect, self.table())?;
+        let mut report = RepairReport::default();
+        conn.transaction(|tx| {
+            for row in &applied {
+                if !row.success {
+                    tx.execute(
+                        &format!("DELETE FROM {table} WHERE installed_rank = ?"),
+                        (row.installed_rank,),
+                    )?;
+                    report.removed_failed.push(row.script.clone());
+                    continue;
+                }
+                if row.kind != "SQL" {
+                    continue;
+                }
+                let Some(v) = row.version.as_deref().and_then(|v| Version::parse(v).ok()) else {
+                    continue;
+                };
+                if let Some(s) = scripts
+                    .versioned
+                    .iter()
+                    .find(|s| s.version.as_ref() == Some(&v))
+                {
+                    if row.checksum != Some(s.checksum) {
+                        tx.execute(
+                            &format!("UPDATE {table} SET checksum = ? WHERE installed_rank = ?"),
+                            (i64::from(s.checksum), row.installed_rank),
+                        )?;
+                        report.realigned.push(s.script.clone());
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        })?;
+        Ok(report)
+    }
+
+    /// Undoes applied versions above `to_version`, newest first, with their
+    /// `U{version}__…` scripts; each undone version is removed from the
+    /// history (and becomes pending again).
+    ///
+    /// # Errors
+    ///
+    /// [`ReadOnly`](ErrorKind::ReadOnly); [`Migration`](ErrorKind::Migration)
+    /// when an undo script is missing (checked before anything runs) or
+    /// validation fails; a failing undo script's error, as for
+    /// [`run`](Self::run).
+    pub fn undo(&self, to_version: &str) -> Result<MigrationReport> {
+        self.refuse_read_only("undo migrations")?;
+        let to = Version::parse(to_version).map_err(|e| e.on_database(&self.name()))?;
+        let scripts = self.load()?;
+        let dialect = self.dialect();
+        let table = dialect.quote(self.table());
+        let mut guard = self.lock()?;
+        let conn = guard.conn();
+        let applied = history::read(conn, dialect, self.table())?;
+        self.check(&scripts, &applied)?;
+        let mut targets: Vec<(Version, &AppliedMigration)> = applied
+            .iter()
+            .filter(|r| r.kind == "SQL" && r.success)
+            .filter_map(|r| Some((Version::parse(r.version.as_deref()?).ok()?, r)))
+            .filter(|(v, _)| *v > to)
+            .collect();
+        targets.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut undo_scripts = Vec::new();
+        for (v, row) in &targets {
+            let Some(u) = scripts.undo.get(v) else {
+                return Err(Error::new(
+                    ErrorKind::Migration,
+                    format!(
+                        "cannot undo version {v} (`{}`): there is no U{v}__….sql script; nothing was undone",
+                        row.script
+                    ),
+                )
+                .on_database(&self.name()));
+            };
+            undo_scripts.push((u, row.installed_rank));
+        }
+        let mut report = self.empty_report(&applied);
+        for (u, rank) in undo_scripts {
+            let start = Instant::now();
+            let delete = format!("DELETE FROM {table} WHERE installed_rank = ?");
+            let result = if dialect.transactional_ddl() && !u.no_transaction {
+                conn.transaction(|tx| {
+                    run_script(tx, &u.sql)?;
+                    tx.execute(&delete, (rank,)).map(drop)
+                })
+            } else {
+                run_script(conn, &u.sql)
+                    .map_err(|e| e.with_hint(NOT_ROLLED_BACK))
+                    .and_then(|()| conn.execute(&delete, (rank,)).map(drop))
+            };
+            result.map_err(|e| self.failure(e, u, &report))?;
+            report.applied.push(MigrationStep {
+                kind: MigrationKind::Undo,
+                version: u.version_text(),
+                description: u.description.clone(),
+                script: u.script.clone(),
+                execution_time_ms: i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX),
+            });
+        }
+        let after = history::read(conn, dialect, self.table())?;
+        report.current_version = current_version(&after);
+        Ok(report)
+    }
+}
+
+const NOT_ROLLED_BACK: &str = "this backend commits DDL as it goes, so the statements before the failing one \
+     remain; the failure is recorded and migrations stop until you fix the database and run `repair`";
+
+fn run_script(conn: &mut dyn Exec, sql: &str) -> Result<()> {
+    if sql.trim().is_empty() {
+        return Ok(());
+    }
+    conn.script(sql)
+}
+
+fn delete_repeatable(
+    conn: &mut dyn Exec,
+    dialect: &dyn HistoryDialect,
+    table: &str,
+    description: &str,
+) -> Result<()> {
+    conn.exec(
+        &format!(
+            "DELETE FROM {} WHERE version IS NULL AND type = 'SQL' AND description = ? AND success = ?",
+            dialect.quote(table)
+        ),
+        vec![description.into(), true.into()],
+    )
+    .map(drop)
+}
+
+/// The highest successfully applied or baselined version.
+fn current_version(applied: &[AppliedMigration]) -> Option<String> {
+    applied
+        .iter()
+        .filter(|r| r.success)
+        .filter_map(|r| Version::parse(r.version.as_deref()?).ok())
+        .max()
+        .map(|v| v.to_string())
+}
+
+/// What a run would apply, in order: versioned scripts not yet applied
+/// (above any baseline, up to the target), then repeatable scripts that are
+/// new or changed.
+fn pending<'s>(
+    scripts: &'s Scripts,
+    applied: &[AppliedMigration],
+    target: &Target,
+) -> Vec<&'s Script> {
+    let done: Vec<Version> = applied
+        .iter()
+        .filter(|r| r.kind == "SQL")
+        .filter_map(|r| Version::parse(r.version.as_deref()?).ok())
+        .collect();
+    let baseline = applied
+        .iter()
+        .filter(|r| r.kind == "BASELINE")
+        .filter_map(|r| Version::parse(r.version.as_deref()?).ok())
+        .max();
+    let mut out: Vec<&Script> = scripts
+        .versioned
+        .iter()
+        .filter(|s| {
+            let v = s.version.as_ref();
+            v.is_some_and(|v| !done.contains(v))
+                && baseline.as_ref().map_or(true, |b| v.is_some_and(|v| v > b))
+                && match target {
+                    Target::Latest => true,
+                    Target::Version(t) => v.is_some_and(|v| v <= t),
+                }
+        })
+        .collect();
+    if *target == Target::Latest {
+        for s in &scripts.repeatable {
+            let last = applied.iter().rev().find(|r| {
+                r.version.is_none()
+                    && r.kind == "SQL"
+                    && r.success
+                    && r.description == s.description
+            });
+            if last.map_or(true, |r| r.checksum != Some(s.checksum)) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The line of `sql` at the server's "(at character N)" (PostgreSQL).
+fn position_line(message: &str, sql: &str) -> Option<usize> {
+    let rest = &message[message.find("(at character ")? + "(at character ".len()..];
+    let n: usize = rest[..rest.find(')')?].parse().ok()?;
+    let upto: String = sql.chars().take(n.saturating_sub(1)).collect();
+    Some(upto.matches('\n').count() + 1)
+}
+
+impl DatabaseManager {
+    /// A [`Migrator`] for this database: the configured folder
+    /// (`migrations/{name}` unless set) and default [`MigrateOptions`].
+    pub fn migrator(&self) -> Migrator {
+        Migrator {
+            db: self.clone(),
+            source: MigrationSource::directory(self.config().migrations_dir()),
+            options: MigrateOptions::default(),
+        }
+    }
+
+    /// Applies pending migrations from the configured folder (seed 002's
+    /// `run_migrations`); see [`Migrator::run`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::run`].
+    pub fn run_migrations(&self) -> Result<MigrationReport> {
+        self.migrator().run()
+    }
+
+    /// Applies pending versioned migrations up to and including `version`.
+    ///
+    /// # Errors
+    ///
+    /// [`Migration`](ErrorKind::Migration) when `version` is not a version;
+    /// otherwise as [`Migrator::run`].
+    pub fn migrate_to(&self, version: &str) -> Result<MigrationReport> {
+        let v = Version::parse(version).map_err(|e| e.on_database(&Arc::from(self.name())))?;
+        self.migrator()
+            .options(MigrateOptions::default().target(Target::Version(v)))
+            .run()
+    }
+
+    /// Where the database's migrations stand (seed 002's
+    /// `get_migration_status`); see [`Migrator::status`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::status`].
+    pub fn migration_status(&self) -> Result<MigrationStatus> {
+        self.migrator().status()
+    }
+
+    /// Validates applied migrations against the files; see [`Migrator::validate`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::validate`].
+    pub fn validate(&self) -> Result<()> {
+        self.migrator().validate()
+    }
+
+    /// Marks an existing database as being at `version`; see [`Migrator::baseline`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::baseline`].
+    pub fn baseline(&self, version: &str) -> Result<MigrationReport> {
+        self.migrator().baseline(version)
+    }
+
+    /// Removes failed rows and realigns checksums; see [`Migrator::repair`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::repair`].
+    pub fn repair(&self) -> Result<RepairReport> {
+        self.migrator().repair()
+    }
+
+    /// Undoes versions above `to_version`; see [`Migrator::undo`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::undo`].
+    pub fn undo(&self, to_version: &str) -> Result<MigrationReport> {
+        self.migrator().undo(to_version)
+    }
+
+    /// The plan of a run, with SQL, changing nothing; see [`Migrator::dry_run`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::dry_run`].
+    pub fn dry_run(&self) -> Result<MigrationPlan> {
+        self.migrator().dry_run()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_becomes_a_line() {
+        let sql = "CREATE TABLE a (id INT);\nSELEC 1;\n";
+        assert_eq!(
+            position_line("syntax error at or near \"SELEC\" (at character 26)", sql),
+            Some(2)
+        );
+        assert_eq!(position_line("no position", sql), None);
+    }
+}

@@ -1,0 +1,206 @@
+//! The `dbmanager` command-line tool, end to end on SQLite (and a health
+//! check on PostgreSQL), configured through the environment exactly as the
+//! library reads it.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{postgres_url, TempDir};
+
+fn cli(dir: &TempDir, url: &str, args: &[&str]) -> Output {
+    std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
+    Command::new(env!("CARGO_BIN_EXE_dbmanager"))
+        .args(args)
+        .env("ENVIRONMENT", "development")
+        .env("DBMANAGER_ENV_DIR", dir.path())
+        .env("DEVELOPMENT_GLOBAL_SHOP_CONNECTION_STRING", url)
+        .env(
+            "DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_DIR",
+            dir.path().join("sql"),
+        )
+        .env(
+            "STAGING_GLOBAL_SHOP_CONNECTION_STRING",
+            dir.sqlite_url("staging.db"),
+        )
+        .env("STAGING_GLOBAL_SHOP_MIGRATIONS_DIR", dir.path().join("sql"))
+        .output()
+        .expect("run the CLI")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn migrate_info_validate_new_on_sqlite() {
+    let dir = TempDir::new("cli");
+    let url = dir.sqlite_url("shop.db");
+    let run = |args: &[&str]| cli(&dir, &url, args);
+
+    // `new` creates the next V file, keeping the padding.
+    let o = run(&["--database", "shop", "new", "create", "customers"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = dir.path().join("sql/V001__create_customers.sql");
+    assert!(first.exists(), "{}", text(&o));
+    std::fs::write(
+        &first,
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);\n",
+    )
+    .expect("write");
+    let o = run(&["--database", "shop", "new", "add orders"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = dir.path().join("sql/V002__add_orders.sql");
+    std::fs::write(&second, "CREATE TABLE orders (id INTEGER PRIMARY KEY);\n").expect("write");
+
+    // Dry run: the SQL, nothing applied.
+    let o = run(&["--database", "shop", "migrate", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("CREATE TABLE customers"),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&["--database", "shop", "migrate"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("V001__create_customers.sql") && out.contains("version 2"),
+        "{out}"
+    );
+    let o = run(&["--database", "shop", "migrate"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("nothing to do"),
+        "{}",
+        text(&o)
+    );
+
+    // info --json parses.
+    let o = run(&["--database", "shop", "info", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info --json is JSON");
+    assert_eq!(v["current_version"], "2");
+    assert_eq!(v["applied"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["history_table"], "schema_version");
+    // The human table.
+    let o = run(&["--database", "shop", "info"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("| Version") && out.contains("Success"),
+        "{out}"
+    );
+
+    // An edited applied file: validate and info exit non-zero, naming it.
+    std::fs::write(
+        &first,
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, name TEXT);\n",
+    )
+    .expect("write");
+    let o = run(&["--database", "shop", "validate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("V001__create_customers.sql"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["--database", "shop", "info"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = run(&["--database", "shop", "repair"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["--database", "shop", "validate", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // --env selects the configuration as the library does.
+    let o = run(&[
+        "--database",
+        "shop",
+        "--env",
+        "staging",
+        "migrate",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["applied"].as_array().map(Vec::len), Some(2));
+    assert!(dir.path().join("staging.db").exists());
+
+    // pool and health.
+    let o = run(&["--database", "shop", "pool", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("pool --json is JSON");
+    assert_eq!(v["database_name"], "shop");
+    let o = run(&["--database", "shop", "health"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("healthy"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn problems_exit_non_zero() {
+    let dir = TempDir::new("cli");
+    let url = dir.sqlite_url("shop.db");
+    // No database given.
+    let o = cli(&dir, &url, &["info"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--database"),
+        "{}",
+        text(&o)
+    );
+    // Not configured: names the variable.
+    let o = cli(&dir, &url, &["--database", "nowhere", "info"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("DEVELOPMENT_GLOBAL_NOWHERE_CONNECTION_STRING"),
+        "{}",
+        text(&o)
+    );
+    // A bad file name.
+    std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
+    std::fs::write(dir.path().join("sql/V1-first.sql"), "SELECT 1;").expect("write");
+    let o = cli(&dir, &url, &["--database", "shop", "migrate", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("errors are JSON with --json");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("V1-first.sql"),
+        "{v}"
+    );
+    // Usage errors: clap's code 2.
+    let o = cli(&dir, &url, &["--database", "shop", "frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn health_on_postgres() {
+    let dir = TempDir::new("cli");
+    let url = postgres_url();
+    let o = cli(&dir, &url, &["--database", "shop", "health", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["status"], "healthy");
+    assert_eq!(v["connection"], true);
+    assert_eq!(v["database_type"], "postgresql");
+    if let Some(pw) = common::password_of(&url) {
+        assert!(!text(&o).contains(&pw));
+    }
+}
+
+#[test]
+fn health_of_a_server_that_is_down_exits_non_zero() {
+    let dir = TempDir::new("cli");
+    let url = format!("postgresql://app:pw@127.0.0.1:{}/db", common::closed_port());
+    let o = cli(&dir, &url, &["--database", "shop", "health", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["status"], "unhealthy");
+    assert_eq!(v["connection"], false);
+}
