@@ -7,26 +7,12 @@
 //! the whole server, and `health_check_all` touches every manager in the
 //! process; neither may disturb other tests.
 
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{mysql_url, postgres_url, unique_name as unique, Stopped};
 use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
-
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the suite with scripts/test, which starts the servers and sets it")
-    })
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 fn manager(url: &str) -> Result<DatabaseManager> {
     DatabaseManager::from_config(
@@ -38,27 +24,6 @@ fn manager(url: &str) -> Result<DatabaseManager> {
             .acquire_timeout(Duration::from_secs(5))
             .build()?,
     )
-}
-
-/// Sends SIGSTOP now and SIGCONT when dropped (also when the test fails).
-struct Stopped(String);
-
-impl Stopped {
-    fn new(pid: impl ToString) -> Stopped {
-        let pid = pid.to_string();
-        let ok = Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "could not stop process {pid}");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-    }
 }
 
 /// While `stopped` hangs, a PostgreSQL (or other) statement on another
@@ -82,13 +47,14 @@ fn other_deadlines_fire(other: &DatabaseManager, sql: &str) -> Result<()> {
 #[test]
 fn hung_servers_do_not_hang_callers() -> Result<()> {
     // --- MariaDB: the whole server stopped.
-    let my = manager(&env("DBMANAGER_TEST_MYSQL_URL"))?;
-    let pg = manager(&env("DBMANAGER_TEST_POSTGRES_URL"))?;
+    let my = manager(&mysql_url())?;
+    let pg = manager(&postgres_url())?;
     let sqlite = manager("sqlite::memory:")?;
     my.execute_query("SELECT 1", ())?;
     pg.execute_query("SELECT 1", ())?;
     {
-        let _stopped = Stopped::new(env("DBMANAGER_TEST_MYSQL_PID"));
+        let _stopped =
+            Stopped::new(std::env::var("DBMANAGER_TEST_MYSQL_PID").expect("run with scripts/test"));
         std::thread::scope(|s| -> Result<()> {
             let hung = s.spawn(|| {
                 let started = Instant::now();
@@ -116,7 +82,7 @@ fn hung_servers_do_not_hang_callers() -> Result<()> {
         // A health check of a stopped server answers within its own limit.
         let my_quick = DatabaseManager::from_config(
             DatabaseConfig::builder(unique("hung_health"))
-                .url(env("DBMANAGER_TEST_MYSQL_URL"))
+                .url(mysql_url())
                 .health_timeout(Duration::from_secs(1))
                 .build()?,
         )?;

@@ -31,7 +31,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -449,26 +448,6 @@ fn refuses_calls_from_an_async_runtime() {
     assert_eq!(e.kind(), ErrorKind::AsyncContext, "{e}");
 }
 
-/// Sends SIGSTOP now and SIGCONT when dropped (also when the test fails).
-struct Stopped(String);
-
-impl Stopped {
-    fn new(pid: String) -> Stopped {
-        let ok = Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "could not stop process {pid}");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_stopped_server_gives_an_error_never_a_hang() -> Result<()> {
     let _alone = PEER.write().unwrap_or_else(|e| e.into_inner());
@@ -483,7 +462,7 @@ fn a_stopped_server_gives_an_error_never_a_hang() -> Result<()> {
     })?;
     db.execute_query("SELECT 1", ())?;
     {
-        let _stopped = Stopped::new(pid);
+        let _stopped = common::Stopped::new(pid);
         // An open connection: the watchdog cuts it at the deadline.
         let started = Instant::now();
         let e = db

@@ -7,53 +7,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dbmanager::{DatabaseConfig, DatabaseManager, Error, ErrorKind};
 
 const SECRET: &str = "S3cr3t-Pw-9137";
-
-// ------------------------------------------------------------ captured logs
-
-#[derive(Clone)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Everything logged through `tracing` by this test process so far, at
-/// every level, spans included. The subscriber is process-wide (not a
-/// thread-local default) so that it also sees what the pool logs from its
-/// own threads.
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured(Arc::new(Mutex::new(Vec::new())));
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("no other global subscriber in this test process");
-        captured
-    })
-}
-
-fn logged_text() -> String {
-    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
-}
 
 // ------------------------------------------------------- collected outputs
 
@@ -88,7 +46,7 @@ impl Seen {
 
     /// Asserts none of `secrets` is in anything collected or logged.
     fn assert_free_of(&self, secrets: &[&str]) {
-        let logged = logged_text();
+        let logged = common::logged();
         for secret in secrets {
             assert!(secret.len() >= 8, "a distinctive secret");
             assert!(
@@ -145,7 +103,7 @@ fn real_url(server: Server) -> String {
 /// Bad host, closed port, wrong password and malformed URLs, all carrying
 /// `SECRET`.
 fn known_password_never_appears(server: Server) {
-    logs();
+    common::logged();
     let real = real_url(server);
     let mut seen = Seen::default();
 
@@ -233,7 +191,7 @@ fn known_password_never_appears(server: Server) {
 /// status and logs never show the real password (nor parameter values in
 /// the logs).
 fn real_password_never_appears(server: Server) -> dbmanager::Result<()> {
-    logs();
+    common::logged();
     let real = real_url(server);
     let app_password = common::password_of(&real).expect("the test URL has a password");
     let mut seen = Seen::default();
@@ -296,11 +254,11 @@ fn real_password_never_appears(server: Server) -> dbmanager::Result<()> {
     seen.manager(&db);
 
     assert!(
-        logged_text().contains("dbmanager.statement"),
+        common::logged().contains("dbmanager.statement"),
         "statements are traced"
     );
     seen.assert_free_of(&[&app_password]);
-    let logged = logged_text();
+    let logged = common::logged();
     assert!(
         !logged.contains(param),
         "parameter values are not logged:\n{logged}"
@@ -330,7 +288,7 @@ fn mariadb_real_password_never_appears() -> dbmanager::Result<()> {
 
 #[test]
 fn configs_from_the_environment_form_never_show_the_password() {
-    logs();
+    common::logged();
     let mut seen = Seen::default();
     for url in [
         format!("postgresql://app:{SECRET}@db.example:5432/appdb?sslmode=require"),

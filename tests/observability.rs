@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{closed_port, manager_with, mysql_url, postgres_url, unique_name, TempDir};
@@ -49,38 +48,6 @@ fn bucket(scrape: &Scrape, metric: &str, database: &str, operation: &str, le: f6
     }
 }
 
-/// Everything `tracing` prints in this test binary (a global subscriber, so
-/// the pool's and watchdog's threads are seen too).
-fn log() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        #[derive(Clone)]
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = Sink(Arc::clone(&buf));
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || sink.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per binary");
-        buf
-    })
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&log().lock().unwrap()).into_owned()
-}
-
 fn sleep_sql(kind: BackendKind, secs: f64) -> String {
     match kind {
         BackendKind::Postgres => format!("SELECT pg_sleep({secs}), 'sleep-literal-7731'"),
@@ -104,7 +71,7 @@ fn endless(kind: BackendKind) -> &'static str {
 
 /// A known sequence of statements, then the exposition text read back.
 fn metrics_follow_a_known_sequence(url: &str) -> Result<()> {
-    log();
+    common::logged();
     let name = unique_name("obs");
     let db = manager_with(&name, url, |b| {
         b.pool_size(3)
@@ -202,7 +169,7 @@ fn metrics_follow_a_known_sequence(url: &str) -> Result<()> {
     assert_eq!(stats[0].sql, slow.sql, "sorted by total time: {stats:?}");
 
     // The slow-query log names the statement, never its literals.
-    let log = logged();
+    let log = common::logged();
     assert!(
         log.contains("slow statement") && log.contains(&name),
         "{log}"

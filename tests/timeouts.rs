@@ -6,36 +6,23 @@
 //! `DBMANAGER_TEST_POSTGRES_URL` / `DBMANAGER_TEST_MYSQL_URL`); SQLite always runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::unique_name as unique;
 use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
 
 /// Far above any cancel's latency, far below the statements' own length:
 /// proves "cancelled", not "finished".
 const PROMPT: Duration = Duration::from_secs(5);
 
-fn url(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the suite with scripts/test, which starts the servers and sets it")
-    })
-}
-
 fn pg_url() -> String {
-    url("DBMANAGER_TEST_POSTGRES_URL")
+    common::postgres_url()
 }
 
 fn my_url() -> String {
-    url("DBMANAGER_TEST_MYSQL_URL")
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    common::mysql_url()
 }
 
 fn manager(url: &str, pool_size: u32, timeout: Option<Duration>) -> Result<DatabaseManager> {
@@ -303,31 +290,12 @@ fn sqlite_200_threads_see_no_spurious_cancels() -> Result<()> {
     no_spurious_cancels(&sqlite_file(), 200, 20)
 }
 
-/// Collects what `tracing` prints while `f` runs.
+/// Runs `f`, then returns what `tracing` printed (the subscriber is
+/// global: the watchdog thread logs leaks).
 fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let sink = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    // The watchdog thread logs leaks, so the subscriber must be global.
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    common::logged();
     let out = f();
-    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
-    (out, text)
+    (out, common::logged())
 }
 
 #[test]

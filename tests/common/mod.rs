@@ -148,3 +148,63 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// Sends SIGSTOP to a process now and SIGCONT when dropped (also when the
+/// test fails), to make a server that stops answering.
+pub struct Stopped(String);
+
+impl Stopped {
+    pub fn new(pid: impl ToString) -> Stopped {
+        let pid = pid.to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not stop process {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
+    }
+}
+
+/// Everything logged through `tracing` by this test process so far, at
+/// every level, spans included. The subscriber is process-wide (not a
+/// thread-local default) so that it also sees what the pool and the
+/// watchdog log from their own threads; the first call installs it.
+pub fn logged() -> String {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOGS: OnceLock<Sink> = OnceLock::new();
+    let sink = LOGS.get_or_init(|| {
+        let sink = Sink(Arc::new(Mutex::new(Vec::new())));
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test process");
+        sink
+    });
+    let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
+    text
+}
