@@ -369,9 +369,7 @@ impl DatabaseManager {
         F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        let mut tx = self.begin()?;
-        tx.deadline = Some((Instant::now() + timeout, timeout));
-        tx.run_closure(f)
+        self.begin()?.with_deadline(timeout).run_closure(f)
     }
 
     /// Starts a transaction on a connection of its own. It must be finished
@@ -561,9 +559,7 @@ impl PooledConnection {
         F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        let mut tx = self.begin()?;
-        tx.deadline = Some((Instant::now() + timeout, timeout));
-        tx.run_closure(f)
+        self.begin()?.with_deadline(timeout).run_closure(f)
     }
 
     /// Starts a transaction on this connection; dropping it unfinished rolls
@@ -676,6 +672,12 @@ impl<'a> Transaction<'a> {
             }
             other => other,
         }
+    }
+
+    /// Limits the whole transaction to `timeout` from now.
+    fn with_deadline(mut self, timeout: Duration) -> Self {
+        self.deadline = Some((Instant::now() + timeout, timeout));
+        self
     }
 
     /// Rolls back after a timeout; later statements and commit fail.

@@ -112,6 +112,17 @@ pub(crate) struct Counters {
     last_connect_error: Mutex<Option<(Instant, Arc<Error>)>>,
 }
 
+impl Counters {
+    /// The holder record of every open connection.
+    fn live_holders(&self) -> Vec<Arc<Mutex<Holder>>> {
+        self.holders
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+}
+
 /// r2d2's view of our backends.
 pub(crate) struct Manager {
     connector: Arc<dyn Connector>,
@@ -227,14 +238,7 @@ struct LeakWatch {
 
 impl Sweep for LeakWatch {
     fn sweep(&self, now: Instant) {
-        let holders: Vec<_> = self
-            .counters
-            .holders
-            .lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for h in holders {
+        for h in self.counters.live_holders() {
             let mut h = h.lock();
             let overdue = h
                 .checkout
@@ -460,13 +464,7 @@ impl Pool {
     /// Every checked-out connection's holder, longest held first.
     pub(crate) fn holders(&self) -> Vec<ConnectionHolder> {
         let now = Instant::now();
-        let all: Vec<_> = self
-            .counters
-            .holders
-            .lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let all = self.counters.live_holders();
         let mut out: Vec<ConnectionHolder> =
             all.iter().filter_map(|h| h.lock().report(now)).collect();
         out.sort_by_key(|h| std::cmp::Reverse(h.held_for_ms));
