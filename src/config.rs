@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::resilience::{BreakerSettings, RetryPolicy};
 
 /// Which database server a configuration talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -239,6 +240,9 @@ pub struct DatabaseConfig {
     pub(crate) degraded_after: Duration,
     pub(crate) metrics: bool,
     pub(crate) read_only: bool,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: BreakerSettings,
+    pub(crate) pgbouncer: bool,
     /// `DEVELOPMENT_GLOBAL_RPA_DB_` when read from the environment, for messages.
     pub(crate) var_stem: Option<String>,
 }
@@ -263,6 +267,9 @@ impl fmt::Debug for DatabaseConfig {
             .field("degraded_after", &self.degraded_after)
             .field("metrics", &self.metrics)
             .field("read_only", &self.read_only)
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .field("pgbouncer", &self.pgbouncer)
             .finish()
     }
 }
@@ -288,6 +295,15 @@ mod var {
     pub const HEALTH_TIMEOUT: &str = "HEALTH_TIMEOUT";
     pub const DEGRADED_THRESHOLD: &str = "DEGRADED_THRESHOLD";
     pub const METRICS: &str = "METRICS";
+    pub const RETRY_ATTEMPTS: &str = "RETRY_ATTEMPTS";
+    pub const RETRY_BASE_DELAY: &str = "RETRY_BASE_DELAY";
+    pub const RETRY_MAX_DELAY: &str = "RETRY_MAX_DELAY";
+    pub const RETRY_BUDGET: &str = "RETRY_BUDGET";
+    pub const RETRY_WRITES: &str = "RETRY_WRITES";
+    pub const CIRCUIT_FAILURES: &str = "CIRCUIT_FAILURES";
+    pub const CIRCUIT_WINDOW: &str = "CIRCUIT_WINDOW";
+    pub const CIRCUIT_RECOVERY: &str = "CIRCUIT_RECOVERY";
+    pub const PGBOUNCER: &str = "PGBOUNCER";
     pub const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
     pub const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
 }
@@ -430,6 +446,31 @@ impl DatabaseConfig {
     }
 
     /// Where the query timeout is set, for error messages.
+    /// How transient failures are retried by default.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Connection failures that open the circuit breaker (0: off).
+    pub fn circuit_failures(&self) -> u32 {
+        self.breaker.failures
+    }
+
+    /// The window in which circuit-breaker failures are counted.
+    pub fn circuit_window(&self) -> Duration {
+        self.breaker.window
+    }
+
+    /// How long an open circuit breaker waits before probing.
+    pub fn circuit_recovery(&self) -> Duration {
+        self.breaker.recovery
+    }
+
+    /// Whether PostgreSQL is reached through pgbouncer (transaction pooling).
+    pub fn pgbouncer(&self) -> bool {
+        self.pgbouncer
+    }
+
     pub(crate) fn timeout_variable(&self) -> String {
         match &self.var_stem {
             Some(stem) => format!("{stem}{}", var::TIMEOUT),
@@ -583,7 +624,56 @@ fn from_sources(
     if let Some(v) = get(&var(var::READ_ONLY)) {
         b = b.read_only(parse_bool(&var(var::READ_ONLY), &v)?);
     }
+    let mut retry = b.retry;
+    if let Some(v) = get(&var(var::RETRY_ATTEMPTS)) {
+        let n = parse_u32(&var(var::RETRY_ATTEMPTS), &v)?;
+        if n == 0 {
+            return Err(Error::config(format!(
+                "{} = 0; it counts the first attempt too, so use 1 for no retry",
+                var(var::RETRY_ATTEMPTS)
+            )));
+        }
+        retry = retry.attempts(n);
+    }
+    if let Some(v) = get(&var(var::RETRY_BASE_DELAY)) {
+        retry = retry.base_delay(parse_secs(&var(var::RETRY_BASE_DELAY), &v)?);
+    }
+    if let Some(v) = get(&var(var::RETRY_MAX_DELAY)) {
+        retry = retry.max_delay(parse_secs(&var(var::RETRY_MAX_DELAY), &v)?);
+    }
+    if let Some(v) = get(&var(var::RETRY_BUDGET)) {
+        retry = retry.budget(parse_secs(&var(var::RETRY_BUDGET), &v)?);
+    }
+    if let Some(v) = get(&var(var::RETRY_WRITES)) {
+        retry = retry.retry_writes(parse_bool(&var(var::RETRY_WRITES), &v)?);
+    }
+    b = b.retry(retry);
+    if let Some(v) = get(&var(var::CIRCUIT_FAILURES)) {
+        b = b.circuit_failures(parse_u32(&var(var::CIRCUIT_FAILURES), &v)?);
+    }
+    if let Some(v) = get(&var(var::CIRCUIT_WINDOW)) {
+        b = b.circuit_window(parse_positive_secs(&var(var::CIRCUIT_WINDOW), &v)?);
+    }
+    if let Some(v) = get(&var(var::CIRCUIT_RECOVERY)) {
+        b = b.circuit_recovery(parse_positive_secs(&var(var::CIRCUIT_RECOVERY), &v)?);
+    }
+    if let Some(v) = get(&var(var::PGBOUNCER)) {
+        b = b.pgbouncer(parse_bool(&var(var::PGBOUNCER), &v)?);
+    }
     b.build()
+}
+
+/// `pgbouncer=true` (or `1`, `yes`, `on`) in a URL's query.
+fn url_asks_pgbouncer(url: &str) -> bool {
+    url::Url::parse(url.trim()).is_ok_and(|u| {
+        u.query_pairs().any(|(k, v)| {
+            k.eq_ignore_ascii_case("pgbouncer")
+                && matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+        })
+    })
 }
 
 const EMPTY_NAME: &str =
@@ -661,6 +751,9 @@ pub struct DatabaseConfigBuilder {
     degraded_after: Duration,
     metrics: bool,
     read_only: bool,
+    retry: RetryPolicy,
+    breaker: BreakerSettings,
+    pgbouncer: bool,
     var_stem: Option<String>,
 }
 
@@ -696,6 +789,13 @@ impl DatabaseConfigBuilder {
             degraded_after: Duration::from_secs(1),
             metrics: true,
             read_only: false,
+            retry: RetryPolicy::default(),
+            breaker: BreakerSettings {
+                failures: 5,
+                window: Duration::from_secs(60),
+                recovery: Duration::from_secs(30),
+            },
+            pgbouncer: false,
             var_stem: None,
         }
     }
@@ -819,6 +919,61 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// How transient failures are retried (see [`RetryPolicy`]; per call,
+    /// [`DatabaseManager::with_retry`](crate::DatabaseManager::with_retry)).
+    /// Default [`RetryPolicy::default`]: 3 attempts, 100 ms base delay, 10 s
+    /// cap, 30 s budget, reads and whole transactions only (seed 003's
+    /// `retry_with_backoff`). Variables `RETRY_ATTEMPTS`, `RETRY_BASE_DELAY`,
+    /// `RETRY_MAX_DELAY`, `RETRY_BUDGET` (seconds), `RETRY_WRITES`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Connection-level failures (connect, connect and pool timeouts,
+    /// statements whose connection had to be cut) within
+    /// [`circuit_window`](Self::circuit_window) that open the circuit
+    /// breaker, after which calls fail at once with
+    /// [`CircuitOpen`](crate::ErrorKind::CircuitOpen) instead of each waiting
+    /// for its own timeout; 0 turns the breaker off. SQL errors never count.
+    /// Default 5 (seed 003's `failure_threshold`).
+    pub fn circuit_failures(mut self, n: u32) -> Self {
+        self.breaker.failures = n;
+        self
+    }
+
+    /// The window in which [`circuit_failures`](Self::circuit_failures) are
+    /// counted (a call that reaches the server resets the count). Default
+    /// 60 s (seed 003's `window_size`).
+    pub fn circuit_window(mut self, t: Duration) -> Self {
+        self.breaker.window = t;
+        self
+    }
+
+    /// How long an open breaker fails calls before it lets one call probe
+    /// the database with the health-check query (`SELECT 1`): an answer
+    /// closes it, a failure opens it for this long again. Default 30 s (seed
+    /// 003's `recovery_timeout`): long enough for a restart, short enough
+    /// that a batch job resumes soon after.
+    pub fn circuit_recovery(mut self, t: Duration) -> Self {
+        self.breaker.recovery = t;
+        self
+    }
+
+    /// The PostgreSQL server is reached through pgbouncer in transaction
+    /// pooling mode: statements are sent unnamed (no named prepared
+    /// statements, which another client's server connection would not know),
+    /// statement limits are set with `SET LOCAL` inside transactions only
+    /// (a session `SET` would leak to other clients), and a timed-out
+    /// statement is cancelled with `pg_cancel_backend` over a second
+    /// connection (pgbouncer 1.18 loses a plain cancel request). Also set by
+    /// `pgbouncer=true` in the connection string's query. Default `false`:
+    /// only the user knows a pooler sits in between.
+    pub fn pgbouncer(mut self, on: bool) -> Self {
+        self.pgbouncer = on;
+        self
+    }
+
     /// Validates and builds the configuration.
     ///
     /// # Errors
@@ -871,11 +1026,20 @@ impl DatabaseConfigBuilder {
                 "the acquisition and connect timeouts of `{name}` must be above zero"
             )));
         }
+        if self.breaker.failures > 0
+            && (self.breaker.window.is_zero() || self.breaker.recovery.is_zero())
+        {
+            return Err(Error::config(format!(
+                "the circuit-breaker window and recovery time of `{name}` must be above zero \
+                 (or set the failure count to 0 to turn the breaker off)"
+            )));
+        }
         if self.health_timeout.is_zero() {
             return Err(Error::config(format!(
                 "the health-check timeout of `{name}` must be above zero"
             )));
         }
+        let pgbouncer = self.pgbouncer || url_asks_pgbouncer(&url);
         Ok(DatabaseConfig {
             name: Arc::from(name),
             kind: inferred,
@@ -894,6 +1058,9 @@ impl DatabaseConfigBuilder {
             degraded_after: self.degraded_after,
             metrics: self.metrics,
             read_only: self.read_only,
+            retry: self.retry,
+            breaker: self.breaker,
+            pgbouncer,
             var_stem: self.var_stem,
         })
     }

@@ -55,6 +55,7 @@ pub mod metrics;
 mod observe;
 mod pipeline;
 mod pool;
+mod resilience;
 mod sql;
 mod status;
 mod value;
@@ -67,6 +68,7 @@ pub use crate::config::{
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
 pub use crate::metrics::{metrics_text, push_metrics};
+pub use crate::resilience::{CircuitState, RetryPolicy};
 pub use crate::status::{
     ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan, ScalingLevel,
     StatementStats,

@@ -28,6 +28,7 @@ use crate::backend::{Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::DbMetrics;
+use crate::resilience::CircuitState;
 use crate::status::{ConnectionHolder, PoolStatus};
 use crate::watchdog::{Canceller, Fired, Sweep, Watchdog};
 
@@ -494,7 +495,7 @@ impl Pool {
         conn.last_used = at;
     }
 
-    pub(crate) fn status(&self, read_only: bool) -> PoolStatus {
+    pub(crate) fn status(&self, read_only: bool, circuit: CircuitState) -> PoolStatus {
         let state = self.inner.state();
         let checked_out = state.connections - state.idle_connections;
         PoolStatus {
@@ -512,6 +513,7 @@ impl Pool {
             connections_created: self.counters.created.load(Ordering::Relaxed),
             suspected_leaks: self.counters.leaks.load(Ordering::Relaxed),
             read_only,
+            circuit,
             timestamp: crate::status::now_rfc3339(),
         }
     }
