@@ -578,6 +578,11 @@ impl Shared {
                     if fired == Fired::No && e.kind() == ErrorKind::Connect {
                         let change = self.breaker.failed(end);
                         self.circuit_changed(change);
+                        // The others were most likely lost with it (a
+                        // restart, killed sessions): check them before use.
+                        if let Ok(pool) = self.pool() {
+                            pool.suspect_idle(end);
+                        }
                     }
                 } else if e.db_code().is_some() {
                     // The server answered (with an SQL error): it is up.
