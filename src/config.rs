@@ -930,8 +930,9 @@ impl DatabaseConfigBuilder {
         self
     }
 
-    /// Connection-level failures (connect, connect and pool timeouts,
-    /// statements whose connection had to be cut) within
+    /// Connection-level failures (failing to open a connection, connect and
+    /// pool timeouts, statements whose connection had to be cut because the
+    /// server stopped answering) within
     /// [`circuit_window`](Self::circuit_window) that open the circuit
     /// breaker, after which calls fail at once with
     /// [`CircuitOpen`](crate::ErrorKind::CircuitOpen) instead of each waiting

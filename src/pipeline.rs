@@ -576,10 +576,12 @@ impl Shared {
                 if e.kind().breaks_connection() || conn.backend.is_closed() {
                     conn.broken = true;
                     if fired == Fired::No && e.kind() == ErrorKind::Connect {
-                        let change = self.breaker.failed(end);
-                        self.circuit_changed(change);
-                        // The others were most likely lost with it (a
-                        // restart, killed sessions): check them before use.
+                        // Not a breaker failure by itself: sessions killed
+                        // on a server that is up look the same. If the
+                        // server is down, opening the next connection fails,
+                        // and that counts. The others were most likely lost
+                        // with it (a restart, killed sessions): check them
+                        // before use.
                         if let Ok(pool) = self.pool() {
                             pool.suspect_idle(end);
                         }

@@ -319,7 +319,7 @@ impl Breaker {
         }
     }
 
-    /// A connection-level failure (connect, connect or pool timeout, a
+    /// A connection-level failure (opening a connection failed, a connect or pool timeout, a
     /// statement whose connection had to be cut).
     pub(crate) fn failed(&self, now: Instant) -> Transition {
         if !self.enabled() {
