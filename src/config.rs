@@ -668,10 +668,7 @@ fn url_asks_pgbouncer(url: &str) -> bool {
     url::Url::parse(url.trim()).is_ok_and(|u| {
         u.query_pairs().any(|(k, v)| {
             k.eq_ignore_ascii_case("pgbouncer")
-                && matches!(
-                    v.to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
+                && matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
         })
     })
 }

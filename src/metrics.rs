@@ -549,7 +549,10 @@ impl DbMetrics {
         if self.on {
             let g = state.as_gauge();
             self.circuit_state.set(g);
-            if let Some(c) = usize::try_from(g).ok().and_then(|i| self.circuit_transitions.get(i)) {
+            if let Some(c) = usize::try_from(g)
+                .ok()
+                .and_then(|i| self.circuit_transitions.get(i))
+            {
                 c.inc();
             }
         }

@@ -397,8 +397,7 @@ impl Pool {
                 .suspect_before
                 .lock()
                 .is_some_and(|t| conn.last_used < t);
-            if !suspect
-                && now.saturating_duration_since(conn.last_used) < self.validate_after_idle
+            if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle
             {
                 return Ok((conn, now));
             }

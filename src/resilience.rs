@@ -410,7 +410,10 @@ mod tests {
         );
         assert_eq!(b.state(t0 + 3 * MS), CircuitState::Open);
         match b.admit(t0 + Duration::from_secs(1)).0 {
-            Admit::Reject(left) => assert!(left <= Duration::from_secs(5) && left >= Duration::from_secs(4), "{left:?}"),
+            Admit::Reject(left) => assert!(
+                left <= Duration::from_secs(5) && left >= Duration::from_secs(4),
+                "{left:?}"
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -88,7 +88,11 @@ fn scenario(
             began.elapsed().as_secs_f64()
         ),
     );
-    assert_eq!(tally.error_count(), 0, "{label}: reads with retry see no error");
+    assert_eq!(
+        tally.error_count(),
+        0,
+        "{label}: reads with retry see no error"
+    );
     assert!(
         after.iter().all(|id| !ids.contains(id)),
         "{label}: every killed connection was replaced: before {ids:?}, after {after:?}"
@@ -123,13 +127,18 @@ fn killed_connections_are_replaced_and_reads_retry() -> Result<()> {
 /// A connection past its maximum lifetime is replaced, not handed out.
 #[test]
 fn max_lifetime_recycles_connections() -> Result<()> {
-    let db = common::manager_with(&common::unique_name("lifetime"), &common::postgres_url(), |b| {
-        b.pool_size(1)
-            .max_overflow(0)
-            .max_lifetime(Some(Duration::from_millis(700)))
-    })?;
+    let db = common::manager_with(
+        &common::unique_name("lifetime"),
+        &common::postgres_url(),
+        |b| {
+            b.pool_size(1)
+                .max_overflow(0)
+                .max_lifetime(Some(Duration::from_millis(700)))
+        },
+    )?;
     let pid = |db: &DatabaseManager| -> Result<i64> {
-        db.query_one("SELECT pg_backend_pid()::int8 AS id", ())?.get("id")
+        db.query_one("SELECT pg_backend_pid()::int8 AS id", ())?
+            .get("id")
     };
     let first = pid(&db)?;
     assert_eq!(pid(&db)?, first, "young: reused");

@@ -144,14 +144,16 @@ fn load(label: &'static str, db: &DatabaseManager) -> Result<()> {
             "threads={THREADS} statements_per_thread={per_thread} pool={POOL} rows={expected} \
              took={:.1}s rate={:.0}/s checked_out_at_end={} connections_created={}",
             took.as_secs_f64(),
-            tally.requests.load(std::sync::atomic::Ordering::Relaxed) as f64
-                / took.as_secs_f64(),
+            tally.requests.load(std::sync::atomic::Ordering::Relaxed) as f64 / took.as_secs_f64(),
             pool.checked_out,
             pool.connections_created
         ),
     );
     assert_eq!(tally.error_count(), 0, "{label}: no errors under load");
-    assert_eq!(pool.checked_out, 0, "{label}: every connection back in the pool");
+    assert_eq!(
+        pool.checked_out, 0,
+        "{label}: every connection back in the pool"
+    );
     assert_eq!(pool.waiting, 0);
     db.execute_batch(&format!("DROP TABLE {table}"))?;
     Ok(())

@@ -34,8 +34,8 @@ fn through_pgbouncer(name: &str) -> Result<DatabaseManager> {
     })
 }
 
-const THREADS: usize = 16;
-const CYCLES: i64 = 60;
+const THREADS: usize = 64;
+const CYCLES: i64 = 100;
 
 #[test]
 fn load_through_pgbouncer_has_no_prepared_statement_errors() -> Result<()> {
@@ -88,7 +88,9 @@ fn load_through_pgbouncer_has_no_prepared_statement_errors() -> Result<()> {
                         }),
                         db.transaction(|tx| {
                             tx.execute(
-                                &format!("UPDATE {table} SET payload = payload || '!' WHERE id = ?"),
+                                &format!(
+                                    "UPDATE {table} SET payload = payload || '!' WHERE id = ?"
+                                ),
                                 (id,),
                             )?;
                             let n: i64 = tx
@@ -214,7 +216,10 @@ fn the_url_option_turns_pgbouncer_mode_on() -> Result<()> {
     let url = format!("{}?pgbouncer=true", pgbouncer_url());
     let db = common::manager(&common::unique_name("pgb_url"), &url)?;
     assert!(db.config().pgbouncer());
-    assert!(!db.config().redacted_url().contains(&common::password_of(&url).unwrap()));
+    assert!(!db
+        .config()
+        .redacted_url()
+        .contains(&common::password_of(&url).unwrap()));
     let n: i64 = db.query_one("SELECT ?::int8 + 1 AS n", (41,))?.get("n")?;
     assert_eq!(n, 42);
     Ok(())

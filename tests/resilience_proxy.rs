@@ -34,14 +34,15 @@ fn via_proxy(url: &str) -> (SocketAddr, Box<dyn Fn(u16) -> String>) {
 fn scenario(label: &str, url: &str, id_sql: &str) -> Result<()> {
     let (server, rewrite) = via_proxy(url);
     let proxy = Proxy::start(server);
-    let db: DatabaseManager = common::manager_with(&common::unique_name("proxy"), &rewrite(proxy.port()), |b| {
-        b.pool_size(2)
-            .max_overflow(0)
-            .query_timeout(Some(Duration::from_millis(1500)))
-            .connect_timeout(Duration::from_secs(2))
-            .acquire_timeout(Duration::from_secs(5))
-            .circuit_failures(0)
-    })?;
+    let db: DatabaseManager =
+        common::manager_with(&common::unique_name("proxy"), &rewrite(proxy.port()), |b| {
+            b.pool_size(2)
+                .max_overflow(0)
+                .query_timeout(Some(Duration::from_millis(1500)))
+                .connect_timeout(Duration::from_secs(2))
+                .acquire_timeout(Duration::from_secs(5))
+                .circuit_failures(0)
+        })?;
     let tally = Tally::default();
     let mut conn = db.connection()?;
     let first_id: i64 = conn.query_one(id_sql, ())?.get("id")?;
@@ -65,14 +66,20 @@ fn scenario(label: &str, url: &str, id_sql: &str) -> Result<()> {
     let stalled_took = started.elapsed();
     tally.err(&err);
     assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
-    assert!(stalled_took < Duration::from_secs(15), "hung for {stalled_took:?}");
+    assert!(
+        stalled_took < Duration::from_secs(15),
+        "hung for {stalled_took:?}"
+    );
     drop(conn);
     proxy.set(Link::Pass);
 
     // The cut connection was discarded: the next statement runs on a new
     // session, never on the one left in an unknown state.
     let status = db.pool_status();
-    assert!(status.invalid >= 1, "the connection was discarded: {status:?}");
+    assert!(
+        status.invalid >= 1,
+        "the connection was discarded: {status:?}"
+    );
     let mut conn = db.connection()?;
     let next_id: i64 = conn.query_one(id_sql, ())?.get("id")?;
     tally.ok();
@@ -83,7 +90,9 @@ fn scenario(label: &str, url: &str, id_sql: &str) -> Result<()> {
     // one (network fine again) works.
     proxy.set(Link::Delay(Duration::from_millis(2000)));
     let started = Instant::now();
-    let err = db.execute_query("SELECT 1", ()).expect_err("slower than its limit");
+    let err = db
+        .execute_query("SELECT 1", ())
+        .expect_err("slower than its limit");
     let slow_took = started.elapsed();
     tally.err(&err);
     assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");

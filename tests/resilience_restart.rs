@@ -121,13 +121,28 @@ fn scenario(kind: &str) -> Result<()> {
         // Run on until every thread has had a success since, or 30 s.
         let up = Instant::now();
         while up.elapsed() < Duration::from_secs(30)
-            && first_ok_after_up.lock().unwrap().iter().any(Option::is_none)
+            && first_ok_after_up
+                .lock()
+                .unwrap()
+                .iter()
+                .any(Option::is_none)
         {
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
     });
+
+    // The pool refills: four callers at once get four live connections.
+    let refill = Instant::now();
+    let mut guards = Vec::new();
+    for _ in 0..4 {
+        let mut c = db.connection()?;
+        c.execute_query("SELECT 1", ())?;
+        guards.push(c);
+    }
+    let refilled = (db.pool_status().connections, refill.elapsed());
+    drop(guards);
 
     let (down, up) = *window.lock().unwrap();
     let (down, up) = (down.expect("went down"), up.expect("came back"));
@@ -137,11 +152,12 @@ fn scenario(kind: &str) -> Result<()> {
     tally.report(
         &format!("restart/{kind}"),
         &format!(
-            "down_for={:.1}s retries={} slowest_thread_recovery_after_up={:.2}s pool_after={:?}",
+            "down_for={:.1}s retries={} slowest_thread_recovery_after_up={:.2}s pool_refilled_to={} in {:.2}s",
             DOWN_FOR.as_secs_f64(),
             metric("db_retries_total", &name, None),
             slowest.unwrap_or_default().as_secs_f64(),
-            (db.pool_status().connections, db.pool_status().checked_out)
+            refilled.0,
+            refilled.1.as_secs_f64()
         ),
     );
     for (began, kind, retryable) in &failures {
@@ -173,6 +189,7 @@ fn scenario(kind: &str) -> Result<()> {
         written.iter().all(|id| ids.contains(id)),
         "every committed row survived the restart"
     );
+    assert_eq!(refilled.0, 4, "the pool refilled after the restart");
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
 }

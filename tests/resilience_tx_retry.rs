@@ -14,8 +14,7 @@ use dbmanager::{DatabaseManager, ErrorKind, Result, RetryPolicy};
 
 fn manager(url: &str, name: &str) -> Result<DatabaseManager> {
     common::manager_with(name, url, |b| {
-        b.pool_size(4)
-            .retry(RetryPolicy::default().attempts(5))
+        b.pool_size(4).retry(RetryPolicy::default().attempts(5))
     })
 }
 
@@ -61,7 +60,9 @@ fn postgres() -> Result<()> {
             })
             .collect();
         for r in runs {
-            r.join().expect("no panic").expect("both transactions complete");
+            r.join()
+                .expect("no panic")
+                .expect("both transactions complete");
         }
     });
     let rows = db.execute_query(&format!("SELECT grp, seen FROM {table} ORDER BY grp"), ())?;
@@ -120,7 +121,9 @@ fn mariadb() -> Result<()> {
             })
             .collect();
         for r in runs {
-            r.join().expect("no panic").expect("both transactions complete");
+            r.join()
+                .expect("no panic")
+                .expect("both transactions complete");
         }
     });
     let rows = db.execute_query(&format!("SELECT id, n FROM {table} ORDER BY id"), ())?;
@@ -132,7 +135,10 @@ fn mariadb() -> Result<()> {
         errors_seen.load(Ordering::SeqCst)
     );
     assert_eq!(n, vec![2, 2], "both increments of both rows, once each");
-    assert!(errors_seen.load(Ordering::SeqCst) >= 1, "a deadlock happened");
+    assert!(
+        errors_seen.load(Ordering::SeqCst) >= 1,
+        "a deadlock happened"
+    );
     assert!(tries.iter().sum::<u32>() >= 3, "{tries:?}");
     assert!(retries >= 1.0);
     Ok(())
@@ -171,7 +177,9 @@ fn without_retry_the_conflict_is_reported_retryable() -> Result<()> {
                 })
             })
             .collect();
-        runs.into_iter().map(|r| r.join().expect("no panic")).collect()
+        runs.into_iter()
+            .map(|r| r.join().expect("no panic"))
+            .collect()
     });
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert_eq!(failed.len(), 1, "{results:?}");

@@ -982,10 +982,14 @@ mod tests {
     #[test]
     fn sqlstates_are_transient_or_permanent() {
         let retryable = |c| Error::new(kind_of_sqlstate(c), "").is_retryable();
-        for c in ["40001", "40P01", "57P01", "57P02", "57P03", "08006", "08001", "53300"] {
+        for c in [
+            "40001", "40P01", "57P01", "57P02", "57P03", "08006", "08001", "53300",
+        ] {
             assert!(retryable(c), "{c}");
         }
-        for c in ["42601", "42P01", "23505", "23503", "42501", "28P01", "57014", "22P02"] {
+        for c in [
+            "42601", "42P01", "23505", "23503", "42501", "28P01", "57014", "22P02",
+        ] {
             assert!(!retryable(c), "{c}");
         }
     }

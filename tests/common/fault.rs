@@ -77,7 +77,9 @@ impl Drop for PrivateServer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/servers.sh");
         let _ = Command::new("bash")
             .arg("-c")
-            .arg(format!("source '{script}' && dbm_private_ctl \"$1\" remove"))
+            .arg(format!(
+                "source '{script}' && dbm_private_ctl \"$1\" remove"
+            ))
             .arg("servers.sh")
             .arg(&self.dir)
             .output();
@@ -85,9 +87,7 @@ impl Drop for PrivateServer {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status();
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
 fn children(pid: u32) -> Vec<u32> {
