@@ -425,7 +425,7 @@ impl DatabaseManager {
             let conn = self.shared.checkout_within(None, site).map_err(lift)?;
             let mut tx = Transaction::start(
                 Arc::clone(&self.shared),
-                TxConn::Owned(conn),
+                TxConn::Owned(Box::new(conn)),
                 Limit::Default,
             )
             .map_err(lift)?;
@@ -470,7 +470,7 @@ impl DatabaseManager {
         let conn = self.shared.checkout()?;
         Transaction::start(
             Arc::clone(&self.shared),
-            TxConn::Owned(conn),
+            TxConn::Owned(Box::new(conn)),
             Limit::Default,
         )
     }
@@ -646,7 +646,7 @@ impl PooledConnection {
 }
 
 enum TxConn<'a> {
-    Owned(Pooled),
+    Owned(Box<Pooled>),
     Borrowed(&'a mut Pooled),
 }
 

@@ -33,7 +33,7 @@
 //! | `db_timeout_rate` | gauge | database | share of statements and checkouts that timed out over the last minute |
 //! | `db_scaling_level` | gauge | database | 0 normal, 1 mild contention, 2 high load, 3 critical (see [`ScalingLevel`](crate::ScalingLevel)) |
 //! | `db_retries_total` | counter | database | operations retried after a transient failure (one per retry) |
-//! | `db_circuit_state` | gauge | database | 0 closed, 1 half-open, 2 open (see [`CircuitState`](crate::CircuitState)) |
+//! | `db_circuit_state` | gauge | database | 0 closed, 1 half-open, 2 open (see [`CircuitState`]) |
 //! | `db_circuit_transitions_total` | counter | database, state | changes of the circuit breaker's state, by the state entered |
 
 use std::sync::{Arc, OnceLock, Weak};
