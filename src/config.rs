@@ -1121,6 +1121,91 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_resilience_variables() -> Result<()> {
+        let cfg = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "postgresql://u:pw@h:5432/d",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_ATTEMPTS", "5"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_BASE_DELAY", "0.05"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_MAX_DELAY", "2"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_BUDGET", "12"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_WRITES", "true"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_FAILURES", "0"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_WINDOW", "10"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_RECOVERY", "3"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_PGBOUNCER", "yes"),
+            ]),
+        )?;
+        let r = cfg.retry_policy();
+        assert_eq!(r.max_attempts(), 5);
+        assert_eq!(r.base(), Duration::from_millis(50));
+        assert_eq!(r.cap(), Duration::from_secs(2));
+        assert_eq!(r.total_budget(), Duration::from_secs(12));
+        assert!(r.retries_writes());
+        assert_eq!(cfg.circuit_failures(), 0);
+        assert_eq!(cfg.circuit_window(), Duration::from_secs(10));
+        assert_eq!(cfg.circuit_recovery(), Duration::from_secs(3));
+        assert!(cfg.pgbouncer());
+
+        // Defaults: the seeds' numbers.
+        let d = DatabaseConfig::builder("d")
+            .url("sqlite::memory:")
+            .build()?;
+        assert_eq!(d.retry_policy(), RetryPolicy::default());
+        assert_eq!(
+            (
+                d.circuit_failures(),
+                d.circuit_window(),
+                d.circuit_recovery()
+            ),
+            (5, Duration::from_secs(60), Duration::from_secs(30))
+        );
+        assert!(!d.pgbouncer());
+        let u = DatabaseConfig::builder("u")
+            .url("postgresql://u:pw@h/d?pgbouncer=true")
+            .build()?;
+        assert!(u.pgbouncer());
+
+        let e = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_ATTEMPTS", "0"),
+            ]),
+        )
+        .expect_err("zero attempts");
+        assert!(
+            e.to_string()
+                .contains("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_ATTEMPTS"),
+            "{e}"
+        );
+        let e = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_RECOVERY", "soon"),
+            ]),
+        )
+        .expect_err("not a number");
+        assert!(
+            e.to_string()
+                .contains("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_RECOVERY"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn globals_apply_when_the_database_sets_nothing() -> Result<()> {
         let cfg = DatabaseConfig::from_lookup(
             "rpa_db",
