@@ -272,6 +272,7 @@ fn health_reports_seed_002s_shape() -> Result<()> {
         "read_only",
         "scaling",
         "degraded_reasons",
+        "circuit",
     ]
     .into();
     assert_eq!(
@@ -280,6 +281,7 @@ fn health_reports_seed_002s_shape() -> Result<()> {
         "only documented keys"
     );
     assert_eq!(obj["status"], "healthy");
+    assert_eq!(obj["circuit"], "closed");
     assert_eq!(obj["database_type"], "sqlite");
     assert!(obj["connection"].is_boolean() && obj["query_test"].is_boolean());
     assert!(obj["response_time_ms"].is_f64());
