@@ -8,6 +8,14 @@
 #   dbm_start_mssql      a SQL Server wire-protocol peer: the PyPI package
 #                        pysqlbridge in a venv under a cache folder, serving
 #                        the CSV tables in tests/data/mssql (read-only)
+#   dbm_start_pgbouncer  pgbouncer (installs it with apt if missing) in transaction
+#                        pooling mode in front of the PostgreSQL started above,
+#                        with a server pool smaller than the tests' client threads
+#   dbm_private_server postgres|mariadb
+#                        another server of its own (temp dir, free port) for a
+#                        test that stops, restarts or freezes it; prints
+#                        KEY=VALUE lines: URL, ADMIN_URL, PID, DIR. Control it with
+#                        dbm_private_ctl DIR stop|start|pid|remove
 #   dbm_print_env        prints the exported URLs with the passwords masked
 #   dbm_stop_all         stops whatever was started and removes the temp dirs
 #                        (safe to call twice, or when nothing was started)
@@ -26,6 +34,9 @@
 # Exported after dbm_start_mssql:
 #   DBMANAGER_TEST_MSSQL_URL           mssql://app:<pw>@127.0.0.1:<port>/bridge?encrypt=true&trust_server_certificate=true
 #   DBMANAGER_TEST_MSSQL_PID           the pysqlbridge process's pid
+# Exported after dbm_start_pgbouncer:
+#   DBMANAGER_TEST_PGBOUNCER_URL       postgresql://app:<pw>@127.0.0.1:<port>/appdb (through pgbouncer)
+#   DBMANAGER_TEST_PGBOUNCER_PID       pgbouncer's pid
 #
 # Every step has a bounded timeout. On failure a function prints one line
 # "dbm: ERROR: ..." (plus the tail of the server log) to stderr, cleans up what
@@ -180,7 +191,9 @@ _dbm_clean_stale() {
         fi
         pid=
         sig=TERM
-        if [[ -f $d/data/postmaster.pid ]]; then
+        if [[ -f $d/pgbouncer.pid ]]; then
+            pid=$(cat "$d/pgbouncer.pid" 2>/dev/null) || pid=
+        elif [[ -f $d/data/postmaster.pid ]]; then
             pid=$(head -n 1 "$d/data/postmaster.pid" 2>/dev/null) || pid=
             sig=INT # the postmaster's fast shutdown
         elif [[ -f $d/pid ]]; then
@@ -197,7 +210,7 @@ _dbm_clean_stale() {
             fi
         fi
         rm -rf -- "$d"
-    done < <(find "$base" -maxdepth 1 -type d \( -name 'dbmanager-pg.??????' -o -name 'dbmanager-my.??????' \) 2>/dev/null)
+    done < <(find "$base" -maxdepth 1 -type d \( -name 'dbmanager-pg.??????' -o -name 'dbmanager-my.??????' -o -name 'dbmanager-pgb.??????' \) 2>/dev/null)
     return 0
 }
 
@@ -860,6 +873,242 @@ dbm_start_mssql() {
     _dbm_log "pysqlbridge $("$venv/bin/pip" show pysqlbridge 2>/dev/null | awk '/^Version:/ { print $2 }') ready on 127.0.0.1:$port (pid $lpid, $(_dbm_elapsed "$t0") s)"
 }
 
+# ---------------------------------------------------------------- pgbouncer
+
+_dbm_stop_pgbouncer() {
+    local dir=${_DBM_PGB_DIR:-} pid=${_DBM_PGB_PID:-}
+    if [[ -z $pid && -n $dir && -s $dir/pgbouncer.pid ]]; then
+        pid=$(cat "$dir/pgbouncer.pid" 2>/dev/null) || pid=
+    fi
+    if [[ -n $pid ]]; then
+        kill -CONT "$pid" 2>/dev/null || true
+        _dbm_kill_hard "$pid" || _dbm_log "pgbouncer $pid would not die"
+        _dbm_wait_gone "$pid"
+    fi
+    if [[ -n $dir && -d $dir && ${DBM_KEEP_DIRS:-0} != 1 ]]; then
+        rm -rf -- "$dir"
+    elif [[ -n $dir && -d $dir ]]; then
+        _dbm_log "kept $dir"
+    fi
+    unset _DBM_PGB_DIR _DBM_PGB_PID
+    unset DBMANAGER_TEST_PGBOUNCER_URL DBMANAGER_TEST_PGBOUNCER_PID
+}
+
+# dbm_start_pgbouncer: pgbouncer in transaction pooling mode in front of the
+# PostgreSQL of dbm_start_postgres (call that first), with a server pool of
+# DBM_PGB_POOL_SIZE (default 4) connections, fewer than the tests' client
+# threads, so that server connections are really shared. Exports
+# DBMANAGER_TEST_PGBOUNCER_URL and DBMANAGER_TEST_PGBOUNCER_PID.
+dbm_start_pgbouncer() {
+    local t0 pgb dir port pgport user pw tries pid deadline started out
+    t0=$(_dbm_now)
+    if [[ -n ${_DBM_PGB_DIR:-} ]] && _dbm_alive "${_DBM_PGB_PID:-}"; then
+        _dbm_log "pgbouncer already running (reusing it)"
+        return 0
+    fi
+    _dbm_stop_pgbouncer
+    if [[ -z ${DBMANAGER_TEST_POSTGRES_URL:-} || -z ${_DBM_PG_PORT:-} ]]; then
+        _dbm_fail "dbm_start_pgbouncer needs the PostgreSQL of dbm_start_postgres; start it first"
+        return 1
+    fi
+    pgb=$(command -v pgbouncer 2>/dev/null) || pgb=/usr/sbin/pgbouncer
+    if [[ ! -x $pgb ]]; then
+        _dbm_log "pgbouncer not found; installing it"
+        _dbm_apt_install pgbouncer || return 1
+        pgb=$(command -v pgbouncer 2>/dev/null) || pgb=/usr/sbin/pgbouncer
+        [[ -x $pgb ]] || {
+            _dbm_fail "pgbouncer installed but not found"
+            return 1
+        }
+    fi
+    # postgresql://user:password@127.0.0.1:port/appdb
+    if ! [[ $DBMANAGER_TEST_POSTGRES_URL =~ ^postgresql://([^:]+):([^@]+)@ ]]; then
+        _dbm_fail "cannot read the user and password of DBMANAGER_TEST_POSTGRES_URL"
+        return 1
+    fi
+    user=${BASH_REMATCH[1]}
+    pw=${BASH_REMATCH[2]}
+    pgport=$_DBM_PG_PORT
+
+    dir=$(mktemp -d "${DBM_TMPDIR:-/tmp}/dbmanager-pgb.XXXXXX") || {
+        _dbm_fail "mktemp -d failed"
+        return 1
+    }
+    _DBM_PGB_DIR=$dir
+    printf '%s\n' "$$" >"$dir/owner" || true
+    chmod 0700 "$dir" || true
+    (umask 077 && printf '"%s" "%s"\n' "$user" "$pw" >"$dir/userlist.txt") || {
+        _dbm_fail "could not write $dir/userlist.txt"
+        _dbm_stop_pgbouncer
+        return 1
+    }
+
+    started=0
+    for tries in 1 2 3; do
+        port=$(_dbm_free_port) || {
+            _dbm_fail "could not find a free port on 127.0.0.1"
+            _dbm_stop_pgbouncer
+            return 1
+        }
+        printf '%s\n' \
+            '[databases]' \
+            "appdb = host=127.0.0.1 port=$pgport dbname=appdb" \
+            '' \
+            '[pgbouncer]' \
+            'listen_addr = 127.0.0.1' \
+            "listen_port = $port" \
+            "unix_socket_dir = $dir" \
+            'auth_type = scram-sha-256' \
+            "auth_file = $dir/userlist.txt" \
+            'pool_mode = transaction' \
+            "default_pool_size = ${DBM_PGB_POOL_SIZE:-4}" \
+            'max_client_conn = 1000' \
+            'ignore_startup_parameters = extra_float_digits,options' \
+            "logfile = $dir/pgbouncer.log" \
+            "pidfile = $dir/pgbouncer.pid" >"$dir/pgbouncer.ini"
+        : >"$dir/pgbouncer.log"
+        rm -f -- "$dir/pgbouncer.pid"
+        if _dbm_is_root; then
+            chown -R postgres:postgres "$dir" || true
+            (cd "$dir" && timeout 30 runuser -u postgres -- "$pgb" -d "$dir/pgbouncer.ini") >"$dir/start.log" 2>&1
+        else
+            (cd "$dir" && timeout 30 "$pgb" -d "$dir/pgbouncer.ini") >"$dir/start.log" 2>&1
+        fi
+        deadline=$((SECONDS + ${DBM_START_TIMEOUT:-60}))
+        while ((SECONDS < deadline)); do
+            if out=$(_dbm_psql "postgresql://$user:$pw@127.0.0.1:$port/appdb" "SELECT 1" 2>&1); then
+                started=1
+                break
+            fi
+            if [[ -s $dir/pgbouncer.pid ]] && ! _dbm_alive "$(cat "$dir/pgbouncer.pid")"; then break; fi
+            if [[ ! -s $dir/pgbouncer.pid ]] && grep -q 'FATAL' "$dir/pgbouncer.log" 2>/dev/null; then break; fi
+            sleep 0.1
+        done
+        ((started)) && break
+        if ((tries < 3)) && grep -qE 'Address already in use|could not bind' "$dir/pgbouncer.log" 2>/dev/null; then
+            _dbm_log "pgbouncer: port $port was taken, trying another one"
+            if [[ -s $dir/pgbouncer.pid ]]; then _dbm_kill_hard "$(cat "$dir/pgbouncer.pid")"; fi
+            continue
+        fi
+        printf '%s\n' "$out" >>"$dir/start.log"
+        _dbm_fail "pgbouncer did not answer on 127.0.0.1:$port within ${DBM_START_TIMEOUT:-60}s" "$dir/start.log" "$dir/pgbouncer.log"
+        _dbm_stop_pgbouncer
+        return 1
+    done
+    pid=$(cat "$dir/pgbouncer.pid" 2>/dev/null) || pid=
+    _DBM_PGB_PID=$pid
+    export DBMANAGER_TEST_PGBOUNCER_URL="postgresql://$user:$pw@127.0.0.1:$port/appdb"
+    export DBMANAGER_TEST_PGBOUNCER_PID=$pid
+    _dbm_log "pgbouncer $("$pgb" --version 2>/dev/null | awk 'NR == 1 { print $2 }') ready on 127.0.0.1:$port in transaction mode, ${DBM_PGB_POOL_SIZE:-4} server connections (pid $pid, $(_dbm_elapsed "$t0") s)"
+}
+
+# ---------------------------------------------------------------- private servers
+
+# dbm_private_server postgres|mariadb: another server of its own, for a test
+# that stops, restarts or freezes it (so that no other test loses its server).
+# Prints KEY=VALUE lines on stdout: URL, ADMIN_URL, PID, DIR (logs go to
+# stderr). The caller removes it with `dbm_private_ctl DIR remove`; one left
+# behind is removed by a later start two hours after its owner is gone.
+dbm_private_server() {
+    local kind=${1:-}
+    (
+        # A subshell: the caller's own servers (if any) are not touched.
+        unset _DBM_PG_DIR _DBM_PG_PID _DBM_PG_PORT _DBM_MY_DIR _DBM_MY_PID _DBM_MY_PORT _DBM_MY_LAUNCH_PID
+        case $kind in
+        postgres)
+            dbm_start_postgres >&2 || exit 1
+            # A plain `pg_ctl start` comes back on the same port and socket.
+            printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" \
+                "$_DBM_PG_PORT" "$_DBM_PG_DIR" >>"$_DBM_PG_DIR/data/postgresql.auto.conf"
+            printf 'postgres\n' >"$_DBM_PG_DIR/kind"
+            printf 'URL=%s\nADMIN_URL=%s\nPID=%s\nDIR=%s\n' "$DBMANAGER_TEST_POSTGRES_URL" \
+                "$DBMANAGER_TEST_POSTGRES_ADMIN_URL" "$DBMANAGER_TEST_POSTGRES_PID" "$_DBM_PG_DIR"
+            ;;
+        mariadb)
+            dbm_start_mariadb >&2 || exit 1
+            # The exact command line, for `dbm_private_ctl DIR start`.
+            tr '\0' '\n' <"/proc/$_DBM_MY_PID/cmdline" >"$_DBM_MY_DIR/cmdline"
+            printf 'mariadb\n' >"$_DBM_MY_DIR/kind"
+            printf 'URL=%s\nADMIN_URL=%s\nPID=%s\nDIR=%s\n' "$DBMANAGER_TEST_MYSQL_URL" \
+                "$DBMANAGER_TEST_MYSQL_ADMIN_URL" "$DBMANAGER_TEST_MYSQL_PID" "$_DBM_MY_DIR"
+            ;;
+        *)
+            _dbm_fail "dbm_private_server: say postgres or mariadb"
+            exit 1
+            ;;
+        esac
+    )
+}
+
+# dbm_private_ctl DIR stop|start|pid|remove, for a server of
+# dbm_private_server. Bounded; `pid` prints the server's pid (empty when down).
+dbm_private_ctl() {
+    local dir=${1:-} action=${2:-} kind pid bin admin deadline args=()
+    if [[ -z $dir || ! -f $dir/kind ]]; then
+        _dbm_fail "dbm_private_ctl: '$dir' is not a private server's folder"
+        return 1
+    fi
+    kind=$(cat "$dir/kind")
+    pid=
+    if [[ $kind == postgres && -f $dir/data/postmaster.pid ]]; then
+        pid=$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null) || pid=
+    elif [[ $kind == mariadb && -s $dir/pid ]]; then
+        pid=$(cat "$dir/pid" 2>/dev/null) || pid=
+    fi
+    _dbm_alive "$pid" || pid=
+    case $kind/$action in
+    */pid) printf '%s\n' "$pid" ;;
+    postgres/stop)
+        [[ -n $pid ]] || return 0
+        _dbm_cont_tree "$pid"
+        bin=$(_dbm_pg_bin) || return 1
+        if ! _DBM_PG_DIR=$dir _dbm_as_pg timeout 40 "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1; then
+            kill -QUIT "$pid" 2>/dev/null || true
+            _dbm_wait_dead "$pid" 10 || _dbm_kill_hard "$pid"
+        fi
+        _dbm_wait_gone "$pid"
+        ;;
+    postgres/start)
+        [[ -z $pid ]] || return 0
+        bin=$(_dbm_pg_bin) || return 1
+        if ! _DBM_PG_DIR=$dir _dbm_as_pg timeout 70 "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 start >/dev/null 2>&1; then
+            _dbm_fail "the private PostgreSQL in $dir did not start again" "$dir/log"
+            return 1
+        fi
+        ;;
+    mariadb/stop)
+        [[ -n $pid ]] || return 0
+        kill -CONT "$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
+        _dbm_wait_dead "$pid" 30 || _dbm_kill_hard "$pid"
+        _dbm_wait_gone "$pid"
+        ;;
+    mariadb/start)
+        [[ -z $pid ]] || return 0
+        mapfile -t args <"$dir/cmdline"
+        "${args[@]}" </dev/null >>"$dir/stdout.log" 2>&1 &
+        disown "$!" 2>/dev/null || true
+        admin=$(_dbm_mariadb_tool mariadb-admin mysqladmin) || return 1
+        deadline=$((SECONDS + ${DBM_START_TIMEOUT:-60}))
+        until timeout 10 "$admin" --defaults-file="$dir/client.cnf" --connect-timeout=2 ping >/dev/null 2>&1; do
+            if ((SECONDS >= deadline)); then
+                _dbm_fail "the private MariaDB in $dir did not start again" "$dir/mariadbd.err"
+                return 1
+            fi
+            sleep 0.1
+        done
+        ;;
+    */remove)
+        dbm_private_ctl "$dir" stop || true
+        if [[ ${DBM_KEEP_DIRS:-0} != 1 ]]; then rm -rf -- "$dir"; fi
+        ;;
+    *)
+        _dbm_fail "dbm_private_ctl: unknown action '$action' (stop, start, pid or remove)"
+        return 1
+        ;;
+    esac
+}
+
 # ---------------------------------------------------------------- all
 
 # Print the exported DBMANAGER_TEST_* variables, passwords masked.
@@ -868,7 +1117,8 @@ dbm_print_env() {
     for v in DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
         DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID \
         DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID \
-        DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID; do
+        DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID \
+        DBMANAGER_TEST_PGBOUNCER_URL DBMANAGER_TEST_PGBOUNCER_PID; do
         val=${!v:-}
         [[ -n $val ]] || continue
         # scheme://user:password@host -> scheme://user:***@host
@@ -881,6 +1131,11 @@ dbm_print_env() {
 
 dbm_stop_all() {
     local had=0
+    # pgbouncer first: it sits in front of PostgreSQL.
+    if [[ -n ${_DBM_PGB_DIR:-} || -n ${_DBM_PGB_PID:-} ]]; then
+        had=1
+        _dbm_stop_pgbouncer
+    fi
     if [[ -n ${_DBM_PG_DIR:-} || -n ${_DBM_PG_PID:-} ]]; then
         had=1
         _dbm_stop_postgres

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::resilience::{BreakerSettings, RetryPolicy};
 
 /// Which database server a configuration talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -242,6 +243,9 @@ pub struct DatabaseConfig {
     pub(crate) migrations_dir: PathBuf,
     pub(crate) history_table: String,
     pub(crate) auto_migrate: bool,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: BreakerSettings,
+    pub(crate) pgbouncer: bool,
     /// `DEVELOPMENT_GLOBAL_RPA_DB_` when read from the environment, for messages.
     pub(crate) var_stem: Option<String>,
 }
@@ -269,6 +273,9 @@ impl fmt::Debug for DatabaseConfig {
             .field("migrations_dir", &self.migrations_dir)
             .field("history_table", &self.history_table)
             .field("auto_migrate", &self.auto_migrate)
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .field("pgbouncer", &self.pgbouncer)
             .finish()
     }
 }
@@ -297,6 +304,15 @@ mod var {
     pub const MIGRATIONS_DIR: &str = "MIGRATIONS_DIR";
     pub const MIGRATIONS_TABLE: &str = "MIGRATIONS_TABLE";
     pub const AUTO_MIGRATE: &str = "AUTO_MIGRATE";
+    pub const RETRY_ATTEMPTS: &str = "RETRY_ATTEMPTS";
+    pub const RETRY_BASE_DELAY: &str = "RETRY_BASE_DELAY";
+    pub const RETRY_MAX_DELAY: &str = "RETRY_MAX_DELAY";
+    pub const RETRY_BUDGET: &str = "RETRY_BUDGET";
+    pub const RETRY_WRITES: &str = "RETRY_WRITES";
+    pub const CIRCUIT_FAILURES: &str = "CIRCUIT_FAILURES";
+    pub const CIRCUIT_WINDOW: &str = "CIRCUIT_WINDOW";
+    pub const CIRCUIT_RECOVERY: &str = "CIRCUIT_RECOVERY";
+    pub const PGBOUNCER: &str = "PGBOUNCER";
     pub const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
     pub const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
 }
@@ -461,6 +477,31 @@ impl DatabaseConfig {
     }
 
     /// Where the query timeout is set, for error messages.
+    /// How transient failures are retried by default.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Connection failures that open the circuit breaker (0: off).
+    pub fn circuit_failures(&self) -> u32 {
+        self.breaker.failures
+    }
+
+    /// The window in which circuit-breaker failures are counted.
+    pub fn circuit_window(&self) -> Duration {
+        self.breaker.window
+    }
+
+    /// How long an open circuit breaker waits before probing.
+    pub fn circuit_recovery(&self) -> Duration {
+        self.breaker.recovery
+    }
+
+    /// Whether PostgreSQL is reached through pgbouncer (transaction pooling).
+    pub fn pgbouncer(&self) -> bool {
+        self.pgbouncer
+    }
+
     pub(crate) fn timeout_variable(&self) -> String {
         match &self.var_stem {
             Some(stem) => format!("{stem}{}", var::TIMEOUT),
@@ -624,7 +665,53 @@ fn from_sources(
     if let Some(v) = get(&var(var::AUTO_MIGRATE)) {
         b = b.auto_migrate(parse_bool(&var(var::AUTO_MIGRATE), &v)?);
     }
+    let mut retry = b.retry;
+    if let Some(v) = get(&var(var::RETRY_ATTEMPTS)) {
+        let n = parse_u32(&var(var::RETRY_ATTEMPTS), &v)?;
+        if n == 0 {
+            return Err(Error::config(format!(
+                "{} = 0; it counts the first attempt too, so use 1 for no retry",
+                var(var::RETRY_ATTEMPTS)
+            )));
+        }
+        retry = retry.attempts(n);
+    }
+    if let Some(v) = get(&var(var::RETRY_BASE_DELAY)) {
+        retry = retry.base_delay(parse_secs(&var(var::RETRY_BASE_DELAY), &v)?);
+    }
+    if let Some(v) = get(&var(var::RETRY_MAX_DELAY)) {
+        retry = retry.max_delay(parse_secs(&var(var::RETRY_MAX_DELAY), &v)?);
+    }
+    if let Some(v) = get(&var(var::RETRY_BUDGET)) {
+        retry = retry.budget(parse_secs(&var(var::RETRY_BUDGET), &v)?);
+    }
+    if let Some(v) = get(&var(var::RETRY_WRITES)) {
+        retry = retry.retry_writes(parse_bool(&var(var::RETRY_WRITES), &v)?);
+    }
+    b = b.retry(retry);
+    if let Some(v) = get(&var(var::CIRCUIT_FAILURES)) {
+        b = b.circuit_failures(parse_u32(&var(var::CIRCUIT_FAILURES), &v)?);
+    }
+    if let Some(v) = get(&var(var::CIRCUIT_WINDOW)) {
+        b = b.circuit_window(parse_positive_secs(&var(var::CIRCUIT_WINDOW), &v)?);
+    }
+    if let Some(v) = get(&var(var::CIRCUIT_RECOVERY)) {
+        b = b.circuit_recovery(parse_positive_secs(&var(var::CIRCUIT_RECOVERY), &v)?);
+    }
+    if let Some(v) = get(&var(var::PGBOUNCER)) {
+        b = b.pgbouncer(parse_bool(&var(var::PGBOUNCER), &v)?);
+    }
     b.build()
+}
+
+/// `pgbouncer=true` (or `1`, `yes`, `on`) in a URL's query.
+fn url_asks_pgbouncer(url: &str) -> bool {
+    url::Url::parse(url.trim()).is_ok_and(|u| {
+        u.query_pairs().any(|(k, v)| {
+            k.eq_ignore_ascii_case("pgbouncer")
+                && matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        })
+    })
 }
 
 const EMPTY_NAME: &str =
@@ -706,6 +793,9 @@ pub struct DatabaseConfigBuilder {
     history_table: String,
     table_source: Option<String>,
     auto_migrate: bool,
+    retry: RetryPolicy,
+    breaker: BreakerSettings,
+    pgbouncer: bool,
     var_stem: Option<String>,
 }
 
@@ -745,6 +835,13 @@ impl DatabaseConfigBuilder {
             history_table: "schema_version".to_owned(),
             table_source: None,
             auto_migrate: false,
+            retry: RetryPolicy::default(),
+            breaker: BreakerSettings {
+                failures: 5,
+                window: Duration::from_secs(60),
+                recovery: Duration::from_secs(30),
+            },
+            pgbouncer: false,
             var_stem: None,
         }
     }
@@ -892,6 +989,62 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// How transient failures are retried (see [`RetryPolicy`]; per call,
+    /// [`DatabaseManager::with_retry`](crate::DatabaseManager::with_retry)).
+    /// Default [`RetryPolicy::default`]: 3 attempts, 100 ms base delay, 10 s
+    /// cap, 30 s budget, reads and whole transactions only (seed 003's
+    /// `retry_with_backoff`). Variables `RETRY_ATTEMPTS`, `RETRY_BASE_DELAY`,
+    /// `RETRY_MAX_DELAY`, `RETRY_BUDGET` (seconds), `RETRY_WRITES`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Connection-level failures (failing to open a connection, connect and
+    /// pool timeouts, statements whose connection had to be cut because the
+    /// server stopped answering) within
+    /// [`circuit_window`](Self::circuit_window) that open the circuit
+    /// breaker, after which calls fail at once with
+    /// [`CircuitOpen`](crate::ErrorKind::CircuitOpen) instead of each waiting
+    /// for its own timeout; 0 turns the breaker off. SQL errors never count.
+    /// Default 5 (seed 003's `failure_threshold`).
+    pub fn circuit_failures(mut self, n: u32) -> Self {
+        self.breaker.failures = n;
+        self
+    }
+
+    /// The window in which [`circuit_failures`](Self::circuit_failures) are
+    /// counted (a call that reaches the server resets the count). Default
+    /// 60 s (seed 003's `window_size`).
+    pub fn circuit_window(mut self, t: Duration) -> Self {
+        self.breaker.window = t;
+        self
+    }
+
+    /// How long an open breaker fails calls before it lets one call probe
+    /// the database with the health-check query (`SELECT 1`): an answer
+    /// closes it, a failure opens it for this long again. Default 30 s (seed
+    /// 003's `recovery_timeout`): long enough for a restart, short enough
+    /// that a batch job resumes soon after.
+    pub fn circuit_recovery(mut self, t: Duration) -> Self {
+        self.breaker.recovery = t;
+        self
+    }
+
+    /// The PostgreSQL server is reached through pgbouncer in transaction
+    /// pooling mode: statements are sent unnamed (no named prepared
+    /// statements, which another client's server connection would not know),
+    /// statement limits are set with `SET LOCAL` inside transactions only
+    /// (a session `SET` would leak to other clients), and a timed-out
+    /// statement is cancelled with `pg_cancel_backend` over a second
+    /// connection (pgbouncer 1.18 loses a plain cancel request). Also set by
+    /// `pgbouncer=true` in the connection string's query. Default `false`:
+    /// only the user knows a pooler sits in between.
+    pub fn pgbouncer(mut self, on: bool) -> Self {
+        self.pgbouncer = on;
+        self
+    }
+
     /// Validates and builds the configuration.
     ///
     /// # Errors
@@ -944,6 +1097,14 @@ impl DatabaseConfigBuilder {
                 "the acquisition and connect timeouts of `{name}` must be above zero"
             )));
         }
+        if self.breaker.failures > 0
+            && (self.breaker.window.is_zero() || self.breaker.recovery.is_zero())
+        {
+            return Err(Error::config(format!(
+                "the circuit-breaker window and recovery time of `{name}` must be above zero \
+                 (or set the failure count to 0 to turn the breaker off)"
+            )));
+        }
         if self.health_timeout.is_zero() {
             return Err(Error::config(format!(
                 "the health-check timeout of `{name}` must be above zero"
@@ -963,6 +1124,7 @@ impl DatabaseConfigBuilder {
         let migrations_dir = self
             .migrations_dir
             .unwrap_or_else(|| Path::new("migrations").join(name));
+        let pgbouncer = self.pgbouncer || url_asks_pgbouncer(&url);
         Ok(DatabaseConfig {
             name: Arc::from(name),
             kind: inferred,
@@ -984,6 +1146,9 @@ impl DatabaseConfigBuilder {
             migrations_dir,
             history_table: self.history_table,
             auto_migrate: self.auto_migrate,
+            retry: self.retry,
+            breaker: self.breaker,
+            pgbouncer,
             var_stem: self.var_stem,
         })
     }
@@ -1042,6 +1207,91 @@ mod tests {
         assert_eq!(cfg.idle_timeout(), Duration::from_secs(60));
         assert_eq!(cfg.max_lifetime(), None);
         assert!(cfg.read_only());
+        Ok(())
+    }
+
+    #[test]
+    fn reads_the_resilience_variables() -> Result<()> {
+        let cfg = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "postgresql://u:pw@h:5432/d",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_ATTEMPTS", "5"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_BASE_DELAY", "0.05"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_MAX_DELAY", "2"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_BUDGET", "12"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_WRITES", "true"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_FAILURES", "0"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_WINDOW", "10"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_RECOVERY", "3"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_PGBOUNCER", "yes"),
+            ]),
+        )?;
+        let r = cfg.retry_policy();
+        assert_eq!(r.max_attempts(), 5);
+        assert_eq!(r.base(), Duration::from_millis(50));
+        assert_eq!(r.cap(), Duration::from_secs(2));
+        assert_eq!(r.total_budget(), Duration::from_secs(12));
+        assert!(r.retries_writes());
+        assert_eq!(cfg.circuit_failures(), 0);
+        assert_eq!(cfg.circuit_window(), Duration::from_secs(10));
+        assert_eq!(cfg.circuit_recovery(), Duration::from_secs(3));
+        assert!(cfg.pgbouncer());
+
+        // Defaults: the seeds' numbers.
+        let d = DatabaseConfig::builder("d")
+            .url("sqlite::memory:")
+            .build()?;
+        assert_eq!(d.retry_policy(), RetryPolicy::default());
+        assert_eq!(
+            (
+                d.circuit_failures(),
+                d.circuit_window(),
+                d.circuit_recovery()
+            ),
+            (5, Duration::from_secs(60), Duration::from_secs(30))
+        );
+        assert!(!d.pgbouncer());
+        let u = DatabaseConfig::builder("u")
+            .url("postgresql://u:pw@h/d?pgbouncer=true")
+            .build()?;
+        assert!(u.pgbouncer());
+
+        let e = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_ATTEMPTS", "0"),
+            ]),
+        )
+        .expect_err("zero attempts");
+        assert!(
+            e.to_string()
+                .contains("DEVELOPMENT_GLOBAL_RPA_DB_RETRY_ATTEMPTS"),
+            "{e}"
+        );
+        let e = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_RECOVERY", "soon"),
+            ]),
+        )
+        .expect_err("not a number");
+        assert!(
+            e.to_string()
+                .contains("DEVELOPMENT_GLOBAL_RPA_DB_CIRCUIT_RECOVERY"),
+            "{e}"
+        );
         Ok(())
     }
 

@@ -56,6 +56,10 @@ pub enum ErrorKind {
     /// The call was made on a thread that drives an async runtime, where this
     /// backend's blocking client cannot run.
     AsyncContext,
+    /// The database's circuit breaker is open: recent calls could not reach
+    /// it, so this call failed at once, without waiting or any I/O. The
+    /// message says when the next probe is due.
+    CircuitOpen,
     /// The manager was closed with [`DatabaseManager::close`](crate::DatabaseManager::close).
     Closed,
     /// Any other error reported by the database server.
@@ -92,6 +96,7 @@ impl ErrorKind {
             ErrorKind::TooManyRows => "query returned more than one row",
             ErrorKind::ReadOnly => "database is read-only",
             ErrorKind::AsyncContext => "called from an async runtime",
+            ErrorKind::CircuitOpen => "circuit breaker open",
             ErrorKind::Closed => "database manager closed",
             ErrorKind::Database => "database error",
             ErrorKind::Migration => "migration error",
@@ -191,6 +196,22 @@ impl Error {
             format!(
                 "the statement ran longer than its timeout of {} and was cancelled; {hint}",
                 fmt_duration(limit)
+            ),
+        )
+    }
+
+    #[cold]
+    pub(crate) fn circuit_open(probe_in: Duration, recovery_hint: &str) -> Error {
+        let when = if probe_in.is_zero() {
+            "a probe is checking it now".to_owned()
+        } else {
+            format!("it will be probed again in {}", fmt_duration(probe_in))
+        };
+        Error::new(
+            ErrorKind::CircuitOpen,
+            format!(
+                "the database was unreachable on recent calls, so this call failed at once; \
+                 {when}; check that the server is up and reachable ({recovery_hint})"
             ),
         )
     }
@@ -307,12 +328,21 @@ impl Error {
     }
 
     /// True when trying the same operation again (a read, or a whole
-    /// transaction from its start) may succeed: lost connections, pool and
-    /// connect timeouts, deadlocks and serialization failures.
+    /// transaction from its start) may succeed: the error is transient.
     ///
-    /// Syntax, constraint, permission and authentication errors are never
-    /// retryable, nor is a query timeout (the statement would most likely time
-    /// out again).
+    /// Transient, by each server's own codes: the connection was refused,
+    /// reset or closed, the server is shutting down or starting
+    /// ([`Connect`](ErrorKind::Connect): PostgreSQL class 08, 57P01–57P03,
+    /// 53300; MySQL 1040, 1053, 2006, 2013; SQL Server 40613, 40197, …),
+    /// connect and pool timeouts, and conflicts
+    /// ([`Conflict`](ErrorKind::Conflict): PostgreSQL 40001 serialization
+    /// failure and 40P01 deadlock, MySQL 1213 deadlock and 1205 lock wait
+    /// timeout, SQL Server 1205 deadlock victim, SQLite busy).
+    ///
+    /// Permanent: syntax, constraint, permission and authentication errors;
+    /// also a query timeout (the statement would most likely time out
+    /// again) and [`CircuitOpen`](ErrorKind::CircuitOpen) (the breaker
+    /// decides when to try again, not the caller).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.0.kind,
@@ -405,6 +435,35 @@ mod tests {
         assert!(!Error::new(ErrorKind::Syntax, "").is_retryable());
         assert!(Error::new(ErrorKind::UniqueViolation, "").is_unique_violation());
         assert!(!Error::new(ErrorKind::QueryTimeout, "").is_retryable());
+    }
+
+    #[test]
+    fn transient_and_permanent_kinds() {
+        for k in [
+            ErrorKind::Connect,
+            ErrorKind::ConnectTimeout,
+            ErrorKind::PoolTimeout,
+            ErrorKind::Conflict,
+        ] {
+            assert!(Error::new(k, "").is_retryable(), "{k:?}");
+        }
+        for k in [
+            ErrorKind::Syntax,
+            ErrorKind::UniqueViolation,
+            ErrorKind::Constraint,
+            ErrorKind::Permission,
+            ErrorKind::Auth,
+            ErrorKind::QueryTimeout,
+            ErrorKind::CircuitOpen,
+            ErrorKind::Parameter,
+            ErrorKind::ReadOnly,
+            ErrorKind::Config,
+        ] {
+            assert!(!Error::new(k, "").is_retryable(), "{k:?}");
+        }
+        let e = Error::circuit_open(Duration::from_secs(12), "x");
+        assert_eq!(e.kind(), ErrorKind::CircuitOpen);
+        assert!(e.to_string().contains("probed again in 12 s"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
+use crate::resilience::CircuitState;
 use crate::sql::Dialect;
 use crate::status::{now_rfc3339, Health, HealthStatus, MigrationSummary, QueryPlan, ScalingLevel};
 use crate::value::{Params, Row, Value};
@@ -70,6 +71,7 @@ pub(crate) fn check(
         read_only: config.read_only,
         scaling: shared.scaling_level(Instant::now()),
         degraded_reasons: Vec::new(),
+        circuit: shared.circuit_state(),
     };
     verdict(
         &mut status,
@@ -105,11 +107,14 @@ fn probe(shared: &Shared, deadline: Instant) -> std::result::Result<(), (bool, S
 /// Seed 002's statuses, with the degraded rules written down in
 /// [`HealthStatus`]'s docs.
 fn verdict(s: &mut HealthStatus, degraded_after: Duration, waiting: u32, saturated: bool) {
-    if !(s.connection && s.query_test) {
+    if !(s.connection && s.query_test) || s.circuit == CircuitState::Open {
         s.status = Health::Unhealthy;
         return;
     }
     let mut why = Vec::new();
+    if s.circuit == CircuitState::HalfOpen {
+        why.push("circuit breaker half-open: probing whether the database is back".to_owned());
+    }
     if s.response_time_ms > degraded_after.as_secs_f64() * 1e3 {
         why.push(format!(
             "slow: answered in {:.0} ms, over the degraded threshold of {}",
@@ -225,6 +230,7 @@ mod tests {
             read_only: false,
             scaling: ScalingLevel::Normal,
             degraded_reasons: Vec::new(),
+            circuit: CircuitState::Closed,
         }
     }
 
@@ -267,6 +273,15 @@ mod tests {
                 false,
                 "scale",
             ),
+            (
+                HealthStatus {
+                    circuit: CircuitState::HalfOpen,
+                    ..healthy()
+                },
+                0,
+                false,
+                "half-open",
+            ),
         ] {
             verdict(&mut s, limit, waiting, saturated);
             assert_eq!(s.status, Health::Degraded, "{word}");
@@ -279,6 +294,12 @@ mod tests {
         let mut s = HealthStatus {
             query_test: false,
             response_time_ms: 9000.0,
+            ..healthy()
+        };
+        verdict(&mut s, limit, 0, false);
+        assert_eq!(s.status, Health::Unhealthy);
+        let mut s = HealthStatus {
+            circuit: CircuitState::Open,
             ..healthy()
         };
         verdict(&mut s, limit, 0, false);

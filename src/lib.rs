@@ -61,6 +61,7 @@ pub mod migrate;
 mod observe;
 mod pipeline;
 mod pool;
+mod resilience;
 mod sql;
 mod status;
 mod value;
@@ -74,6 +75,7 @@ pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
 pub use crate::metrics::{metrics_text, push_metrics};
 pub use crate::migrate::{MigrateOptions, MigrationReport, MigrationStatus};
+pub use crate::resilience::{CircuitState, RetryPolicy};
 pub use crate::status::{
     ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan, ScalingLevel,
     StatementStats,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::Location;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{DbMetrics, PoolSource};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
+use crate::resilience::RetryPolicy;
+use crate::sql::{classify_statement, StatementKind};
 use crate::status::{HealthStatus, MigrationSummary, PoolStatus, QueryPlan, StatementStats};
 use crate::value::{IntoParams, Params, Row};
 
@@ -27,6 +30,8 @@ use crate::value::{IntoParams, Params, Row};
 #[derive(Clone)]
 pub struct DatabaseManager {
     shared: Arc<Shared>,
+    /// This handle's retry policy, in place of the configured one.
+    retry: Option<RetryPolicy>,
 }
 
 impl fmt::Debug for DatabaseManager {
@@ -34,6 +39,7 @@ impl fmt::Debug for DatabaseManager {
         f.debug_struct("DatabaseManager")
             .field("config", &self.shared.config)
             .field("closed", &self.shared.is_closed())
+            .field("retry", &self.retry_policy())
             .finish()
     }
 }
@@ -62,6 +68,12 @@ fn outcome_affected(o: Outcome) -> u64 {
         Outcome::Rows(r) => r.len() as u64,
         Outcome::Done => 0,
     }
+}
+
+/// An error for the retry loop: with its kind when it is transient.
+fn transient(e: Error) -> (Error, Option<ErrorKind>) {
+    let kind = e.is_retryable().then(|| e.kind());
+    (e, kind)
 }
 
 fn exactly_one(rows: Vec<Row>) -> Result<Row> {
@@ -252,7 +264,10 @@ impl DatabaseManager {
             all.retain(|w| w.strong_count() > 0);
             all.push(Arc::downgrade(&shared));
         }
-        let manager = DatabaseManager { shared };
+        let manager = DatabaseManager {
+            shared,
+            retry: None,
+        };
         if auto {
             manager.run_migrations()?;
         }
@@ -274,9 +289,51 @@ impl DatabaseManager {
         &self.shared.config
     }
 
+    /// A handle on the same pool (and breaker, metrics, everything) whose
+    /// calls retry with `policy` instead of the configured one
+    /// ([`DatabaseConfigBuilder::retry`](crate::DatabaseConfigBuilder::retry)).
+    ///
+    /// ```no_run
+    /// # fn main() -> dbmanager::Result<()> {
+    /// use dbmanager::{DatabaseManager, RetryPolicy};
+    ///
+    /// let db = DatabaseManager::new("rpa_db")?;
+    /// // This import is safe to repeat: let its upserts be retried too.
+    /// let patient = db.with_retry(RetryPolicy::default().attempts(5).retry_writes(true));
+    /// patient.execute("INSERT INTO seen (id) VALUES (?) ON CONFLICT DO NOTHING", (7,))?;
+    /// // And never retry this one.
+    /// db.with_retry(RetryPolicy::none()).execute_query("SELECT 1", ())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_retry(&self, policy: RetryPolicy) -> DatabaseManager {
+        DatabaseManager {
+            shared: Arc::clone(&self.shared),
+            retry: Some(policy),
+        }
+    }
+
+    /// The retry policy of this handle's calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry.unwrap_or(self.shared.config.retry)
+    }
+
+    /// Runs a statement on a connection of its own; retried as a whole when
+    /// that is safe (see [`RetryPolicy`]).
     #[track_caller]
     fn run(&self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
-        self.shared.run(None, op, sql, params, limit)
+        let site = Location::caller();
+        let policy = self.retry_policy();
+        let repeatable = policy.max_attempts() > 1
+            && (policy.retries_writes()
+                || (op == Op::Query && classify_statement(sql) == StatementKind::Read));
+        if !repeatable {
+            return self.shared.run_at(None, op, sql, params, limit, site);
+        }
+        self.shared.retrying(&policy, op.name(), || {
+            self.shared
+                .run_at(None, op, sql, params.clone(), limit, site)
+                .map_err(transient)
+        })
     }
 
     statement_methods!(&self);
@@ -297,9 +354,13 @@ impl DatabaseManager {
         S: AsRef<str>,
         P: IntoParams,
     {
+        let statements: Vec<(S, Params)> = statements
+            .into_iter()
+            .map(|(sql, params)| (sql, params.into_params()))
+            .collect();
         self.transaction(|tx| {
             statements
-                .into_iter()
+                .iter()
                 .map(|(sql, params)| tx.execute(sql.as_ref(), params))
                 .collect()
         })
@@ -336,17 +397,56 @@ impl DatabaseManager {
     /// # Ok(()) }
     /// ```
     ///
+    /// When the transaction fails with a transient error (a deadlock, a
+    /// serialization failure, a lost connection: [`Error::is_retryable`]) it
+    /// is rolled back and `f` runs again from the start, on a fresh
+    /// connection, as the retry policy allows ([`RetryPolicy`]; 3 attempts by
+    /// default). So `f` may run more than once: keep side effects other than
+    /// its statements out of it, or make them repeatable. A commit whose
+    /// connection was lost is never retried (whether it committed is unknown).
+    ///
     /// # Errors
     ///
-    /// `f`'s error (after rollback), or the error of `BEGIN` or `COMMIT`.
+    /// `f`'s error (after rollback), or the error of `BEGIN` or `COMMIT`;
+    /// for a transient error, the last attempt's.
     #[track_caller]
     pub fn transaction<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
-        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        F: FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        let tx = self.begin()?;
-        tx.run_closure(f)
+        self.retried_transaction(None, Location::caller(), f)
+    }
+
+    /// The retry loop around whole transactions.
+    fn retried_transaction<T, E, F>(
+        &self,
+        timeout: Option<Duration>,
+        site: &'static Location<'static>,
+        mut f: F,
+    ) -> std::result::Result<T, E>
+    where
+        F: FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        let policy = self.retry_policy();
+        let lift = |e: Error| {
+            let (e, kind) = transient(e);
+            (E::from(e), kind)
+        };
+        self.shared.retrying(&policy, "transaction", || {
+            let conn = self.shared.checkout_within(None, site).map_err(lift)?;
+            let mut tx = Transaction::start(
+                Arc::clone(&self.shared),
+                TxConn::Owned(Box::new(conn)),
+                Limit::Default,
+            )
+            .map_err(lift)?;
+            if let Some(t) = timeout {
+                tx.deadline = Some((Instant::now() + t, t));
+            }
+            tx.run_repeatable(&mut f)
+        })
     }
 
     /// As [`transaction`](Self::transaction), with a deadline for the whole
@@ -366,10 +466,10 @@ impl DatabaseManager {
         f: F,
     ) -> std::result::Result<T, E>
     where
-        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        F: FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        self.begin()?.with_deadline(timeout).run_closure(f)
+        self.retried_transaction(Some(timeout), Location::caller(), f)
     }
 
     /// Starts a transaction on a connection of its own. It must be finished
@@ -383,7 +483,7 @@ impl DatabaseManager {
         let conn = self.shared.checkout()?;
         Transaction::start(
             Arc::clone(&self.shared),
-            TxConn::Owned(conn),
+            TxConn::Owned(Box::new(conn)),
             Limit::Default,
         )
     }
@@ -430,7 +530,10 @@ impl DatabaseManager {
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|s| !s.is_closed())
-            .map(|shared| DatabaseManager { shared })
+            .map(|shared| DatabaseManager {
+                shared,
+                retry: None,
+            })
             .collect();
         std::thread::scope(|s| {
             let checks: Vec<_> = all.iter().map(|db| s.spawn(|| db.health_check())).collect();
@@ -579,7 +682,7 @@ impl PooledConnection {
 }
 
 enum TxConn<'a> {
-    Owned(Pooled),
+    Owned(Box<Pooled>),
     Borrowed(&'a mut Pooled),
 }
 
@@ -604,6 +707,9 @@ pub struct Transaction<'a> {
     deadline: Option<(Instant, Duration)>,
     /// Set when a timeout rolled the transaction back.
     timed_out: bool,
+    /// The first transient error a statement of the transaction met: the
+    /// whole transaction may be retried when the closure then fails.
+    transient: Option<ErrorKind>,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -625,6 +731,7 @@ impl<'a> Transaction<'a> {
             limit,
             deadline: None,
             timed_out: false,
+            transient: None,
         })
     }
 
@@ -670,7 +777,13 @@ impl<'a> Transaction<'a> {
             Err(e) if e.kind() == ErrorKind::QueryTimeout && op != Op::Rollback => {
                 Err(self.abandon(e))
             }
-            other => other,
+            Err(e) => {
+                if e.is_retryable() && self.transient.is_none() {
+                    self.transient = Some(e.kind());
+                }
+                Err(e)
+            }
+            ok => ok,
         }
     }
 
@@ -741,6 +854,45 @@ impl<'a> Transaction<'a> {
             self.conn.get().broken = true;
         }
         result
+    }
+
+    /// Runs `f` and commits, for the retry loop: the error comes with the
+    /// transient kind that makes the whole transaction worth running again.
+    /// Only errors the server reported before anything was committed count:
+    /// a statement's transient error, or a conflict at `COMMIT` (the server
+    /// rolled back); never a commit whose connection was lost.
+    fn run_repeatable<T, E, F>(
+        mut self,
+        f: &mut F,
+    ) -> std::result::Result<T, (E, Option<ErrorKind>)>
+    where
+        F: FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        match f(&mut self) {
+            Ok(value) => {
+                let result = self
+                    .run(Op::Commit, "", Params::None, Limit::Default)
+                    .map(drop);
+                self.finished = true;
+                match result {
+                    Ok(()) => Ok(value),
+                    Err(e) => {
+                        let kind = (e.kind() == ErrorKind::Conflict).then_some(e.kind());
+                        Err((E::from(e), kind))
+                    }
+                }
+            }
+            Err(e) => {
+                if !self.finished {
+                    self.finished = true;
+                    if let Err(rb) = self.rollback_now() {
+                        tracing::warn!(database = %self.shared.name(), error = %rb, "rollback failed; the connection is discarded");
+                    }
+                }
+                Err((e, self.transient))
+            }
+        }
     }
 
     fn run_closure<T, E, F>(mut self, f: F) -> std::result::Result<T, E>

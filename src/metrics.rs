@@ -32,6 +32,9 @@
 //! | `db_transaction_duration_seconds` | histogram | database | `BEGIN` to `COMMIT`/`ROLLBACK` |
 //! | `db_timeout_rate` | gauge | database | share of statements and checkouts that timed out over the last minute |
 //! | `db_scaling_level` | gauge | database | 0 normal, 1 mild contention, 2 high load, 3 critical (see [`ScalingLevel`](crate::ScalingLevel)) |
+//! | `db_retries_total` | counter | database | operations retried after a transient failure (one per retry) |
+//! | `db_circuit_state` | gauge | database | 0 closed, 1 half-open, 2 open (see [`CircuitState`]) |
+//! | `db_circuit_transitions_total` | counter | database, state | changes of the circuit breaker's state, by the state entered |
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -45,6 +48,7 @@ use prometheus::{
 };
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::resilience::CircuitState;
 
 /// The operations statements are counted by (the `operation` label).
 pub(crate) const OPERATIONS: [&str; 6] =
@@ -67,6 +71,7 @@ pub(crate) struct PoolSnapshot {
     pub(crate) statement_cache: usize,
     pub(crate) timeout_rate: f64,
     pub(crate) scaling_level: u8,
+    pub(crate) circuit_state: i64,
 }
 
 /// A live database whose pool is read when metrics are collected.
@@ -106,6 +111,9 @@ struct Families {
     tx_commits: IntCounterVec,
     tx_rollbacks: IntCounterVec,
     tx_duration: HistogramVec,
+    retries: IntCounterVec,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
     /// Live databases, read at collection time.
     sources: Mutex<Vec<Weak<dyn PoolSource>>>,
 }
@@ -172,6 +180,13 @@ fn families() -> &'static Families {
             tx_commits: counter("db_transaction_commits_total", "Transactions committed.", db),
             tx_rollbacks: counter("db_transaction_rollbacks_total", "Transactions rolled back.", db),
             tx_duration: histogram("db_transaction_duration_seconds", "Transactions from BEGIN to COMMIT or ROLLBACK.", db),
+            retries: counter("db_retries_total", "Operations retried after a transient failure.", db),
+            circuit_state: gauge("db_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open."),
+            circuit_transitions: counter(
+                "db_circuit_transitions_total",
+                "Changes of the circuit breaker's state, by the state entered.",
+                &["database", "state"],
+            ),
             sources: Mutex::new(Vec::new()),
         }
     })
@@ -213,6 +228,9 @@ impl Families {
             &self.tx_commits,
             &self.tx_rollbacks,
             &self.tx_duration,
+            &self.retries,
+            &self.circuit_state,
+            &self.circuit_transitions,
         ]
     }
 
@@ -241,6 +259,9 @@ impl Families {
             self.scaling_level
                 .with_label_values(&l)
                 .set(p.scaling_level.into());
+            self.circuit_state
+                .with_label_values(&l)
+                .set(p.circuit_state);
         }
     }
 }
@@ -441,6 +462,9 @@ pub(crate) struct DbMetrics {
     tx_commits: IntCounter,
     tx_rollbacks: IntCounter,
     tx_duration: Histogram,
+    retries: IntCounter,
+    circuit_state: IntGauge,
+    circuit_transitions: [IntCounter; 3],
 }
 
 impl DbMetrics {
@@ -470,6 +494,10 @@ impl DbMetrics {
             tx_commits: f.tx_commits.with_label_values(&l),
             tx_rollbacks: f.tx_rollbacks.with_label_values(&l),
             tx_duration: f.tx_duration.with_label_values(&l),
+            retries: f.retries.with_label_values(&l),
+            circuit_state: f.circuit_state.with_label_values(&l),
+            circuit_transitions: ["closed", "half_open", "open"]
+                .map(|state| f.circuit_transitions.with_label_values(&[database, state])),
         }
     }
 
@@ -506,6 +534,27 @@ impl DbMetrics {
             }
             ErrorKind::QueryTimeout => self.query_timeouts.inc(),
             _ => {}
+        }
+    }
+
+    /// An operation is about to be retried.
+    pub(crate) fn retried(&self) {
+        if self.on {
+            self.retries.inc();
+        }
+    }
+
+    /// The circuit breaker entered `state`.
+    pub(crate) fn circuit(&self, state: CircuitState) {
+        if self.on {
+            let g = state.as_gauge();
+            self.circuit_state.set(g);
+            if let Some(c) = usize::try_from(g)
+                .ok()
+                .and_then(|i| self.circuit_transitions.get(i))
+            {
+                c.inc();
+            }
         }
     }
 

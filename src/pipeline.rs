@@ -2,8 +2,11 @@
 //! [`Shared::run`], so each cross-cutting concern lives here once.
 //!
 //! Order, per DESIGN.md:
-//! 1. (circuit breaker: later); on a read-only database, statements the
-//!    classifier sees writing are refused here, before any connection
+//! 1. the circuit breaker (in [`Shared::checkout_within`]): while open,
+//!    calls fail at once with `CircuitOpen`; once its recovery time has
+//!    passed, one call probes with the health-check query. On a read-only
+//!    database, statements the classifier sees writing are refused first,
+//!    before any connection
 //! 2. checkout from the pool, bounded by the acquisition timeout
 //! 3. portable SQL → native SQL, cached per statement text
 //! 4. the statement's limit: the server's own limit set a little above it
@@ -17,6 +20,10 @@
 //! 8. the connection goes back to the pool; one that failed at the
 //!    transport level, or whose cancel could not be proven harmless, is
 //!    marked broken and never reused
+//!
+//! Around it, [`Shared::retrying`] is THE retry loop: callers that may
+//! safely repeat a whole operation (a read, a whole transaction closure)
+//! wrap it there; it never sits inside a transaction.
 
 use std::collections::HashMap;
 use std::panic::Location;
@@ -31,6 +38,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{DbMetrics, PoolSnapshot, PoolSource, OPERATIONS};
 use crate::observe::{StatTable, TimeoutWindow, SQL_IN_LOGS};
 use crate::pool::{Pool, Pooled};
+use crate::resilience::{
+    backoff, jitter_unit, Admit, Breaker, CircuitState, RetryPolicy, Transition,
+};
 use crate::sql::{self, Binds, Dialect, Translated};
 use crate::status::{PoolStatus, ScalingLevel};
 use crate::value::{Params, Row, Value};
@@ -70,7 +80,7 @@ pub(crate) enum Op {
 
 impl Op {
     /// The `operation` label: [`OPERATIONS`] follows this enum's order.
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         OPERATIONS[self as usize]
     }
 }
@@ -92,6 +102,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<DbMetrics>,
     pub(crate) window: TimeoutWindow,
     pub(crate) stats: StatTable,
+    pub(crate) breaker: Breaker,
 }
 
 impl Shared {
@@ -103,7 +114,6 @@ impl Shared {
         let metrics = Arc::new(DbMetrics::new(&config.name, config.metrics));
         let pool = Pool::new(&config, connector, Arc::clone(&metrics));
         Ok(Shared {
-            config,
             pool: RwLock::new(Some(Arc::new(pool))),
             dialect,
             refuses_async,
@@ -111,6 +121,8 @@ impl Shared {
             metrics,
             window: TimeoutWindow::new(),
             stats: StatTable::new(),
+            breaker: Breaker::new(config.breaker),
+            config,
         })
     }
 
@@ -147,13 +159,54 @@ impl Shared {
     }
 
     /// Checks a connection out within `timeout` (the acquisition timeout
-    /// when `None`), recording the wait in metrics.
+    /// when `None`), recording the wait in metrics. Step 1 of the choke
+    /// point, the circuit breaker, lives here: every statement that needs a
+    /// connection passes by it once.
     pub(crate) fn checkout_within(
         &self,
         timeout: Option<Duration>,
         site: &'static Location<'static>,
     ) -> Result<Pooled> {
         self.check_context()?;
+        let (admit, change) = self.breaker.admit(Instant::now());
+        self.circuit_changed(change);
+        match admit {
+            Admit::Pass => self.checkout_counted(timeout, site),
+            Admit::Reject(left) => {
+                Err(Error::circuit_open(left, &self.recovery_hint()).on_database(self.name()))
+            }
+            Admit::Probe => {
+                // Reported whatever happens, a panic included: a probe that
+                // never reports would keep the breaker half-open for good.
+                struct Verdict<'a>(&'a Shared, bool);
+                impl Drop for Verdict<'_> {
+                    fn drop(&mut self) {
+                        let change = self.0.breaker.probed(self.1, Instant::now());
+                        self.0.circuit_changed(change);
+                    }
+                }
+                let mut verdict = Verdict(self, false);
+                let mut conn = self.checkout_counted(timeout, site)?;
+                let probe_limit = self.config.health_timeout.min(self.config.connect_timeout);
+                self.run_at(
+                    Some(&mut conn),
+                    Op::Query,
+                    "SELECT 1",
+                    Params::None,
+                    Limit::Custom(Some(probe_limit)),
+                    site,
+                )?;
+                verdict.1 = true;
+                Ok(conn)
+            }
+        }
+    }
+
+    fn checkout_counted(
+        &self,
+        timeout: Option<Duration>,
+        site: &'static Location<'static>,
+    ) -> Result<Pooled> {
         let start = Instant::now();
         match self.pool()?.get(start, timeout, site) {
             Ok((c, now)) => {
@@ -161,15 +214,105 @@ impl Shared {
                 Ok(c)
             }
             Err(e) => {
-                self.metrics.acquired(start.elapsed());
+                let now = Instant::now();
+                self.metrics.acquired(now.saturating_duration_since(start));
                 if e.kind() == ErrorKind::PoolTimeout {
                     self.metrics.pool_timeout();
-                    self.scaling(Instant::now(), true);
+                    self.scaling(now, true);
                 } else {
                     self.metrics.failure(e.kind());
                 }
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Connect | ErrorKind::ConnectTimeout | ErrorKind::PoolTimeout
+                ) {
+                    let change = self.breaker.failed(now);
+                    self.circuit_changed(change);
+                }
                 Err(e.on_database(self.name()))
             }
+        }
+    }
+
+    /// What to change to make the breaker probe sooner, for its error.
+    fn recovery_hint(&self) -> String {
+        let setting = match &self.config.var_stem {
+            Some(stem) => format!("{stem}CIRCUIT_RECOVERY"),
+            None => "DatabaseConfigBuilder::circuit_recovery".to_owned(),
+        };
+        format!(
+            "{setting} sets the wait between probes, now {}",
+            crate::error::fmt_duration(self.breaker.recovery())
+        )
+    }
+
+    /// The circuit breaker's state now.
+    pub(crate) fn circuit_state(&self) -> CircuitState {
+        self.breaker.state(Instant::now())
+    }
+
+    /// Logs and counts a change of the breaker's state.
+    fn circuit_changed(&self, change: Transition) {
+        if let Some((from, to)) = change {
+            self.metrics.circuit(to);
+            match to {
+                CircuitState::Open => tracing::warn!(
+                    database = %self.config.name,
+                    from = ?from,
+                    recovery_ms = self.breaker.recovery().as_millis() as u64,
+                    "circuit breaker opened: calls fail at once until a probe answers"
+                ),
+                _ => tracing::info!(
+                    database = %self.config.name,
+                    from = ?from,
+                    to = ?to,
+                    "circuit breaker changed state"
+                ),
+            }
+        }
+    }
+
+    /// THE retry loop: runs `attempt` until it succeeds, fails with an
+    /// error it does not mark transient, or the policy's attempts or time
+    /// budget run out; waits with exponential backoff and full jitter in
+    /// between, logging and counting each retry.
+    ///
+    /// `attempt` returns the error with `Some(kind)` when it is transient and
+    /// the attempt may be repeated as a whole. Callers decide what is safe to
+    /// repeat (a read, a whole transaction); this loop decides only when.
+    pub(crate) fn retrying<T, E>(
+        &self,
+        policy: &RetryPolicy,
+        operation: &'static str,
+        mut attempt: impl FnMut() -> std::result::Result<T, (E, Option<ErrorKind>)>,
+    ) -> std::result::Result<T, E> {
+        let started = Instant::now();
+        let mut retry: u32 = 0;
+        loop {
+            let (e, kind) = match attempt() {
+                Ok(v) => return Ok(v),
+                Err(failed) => failed,
+            };
+            let Some(kind) = kind else { return Err(e) };
+            if retry + 1 >= policy.max_attempts() {
+                return Err(e);
+            }
+            let delay = backoff(retry, policy.base(), policy.cap(), jitter_unit());
+            if started.elapsed() + delay > policy.total_budget() {
+                return Err(e);
+            }
+            retry += 1;
+            self.metrics.retried();
+            tracing::warn!(
+                database = %self.config.name,
+                operation,
+                retry,
+                of = policy.max_attempts() - 1,
+                kind = ?kind,
+                delay_ms = delay.as_millis() as u64,
+                "transient failure; retrying"
+            );
+            std::thread::sleep(delay);
         }
     }
 
@@ -265,6 +408,20 @@ impl Shared {
         params: Params,
         limit: Limit,
     ) -> Result<Outcome> {
+        self.run_at(conn, op, sql, params, limit, Location::caller())
+    }
+
+    /// [`run`](Self::run), with the caller's location given (a connection
+    /// checked out here records it as its holder).
+    pub(crate) fn run_at(
+        &self,
+        conn: Option<&mut Pooled>,
+        op: Op,
+        sql: &str,
+        params: Params,
+        limit: Limit,
+        site: &'static Location<'static>,
+    ) -> Result<Outcome> {
         if self.config.read_only && matches!(op, Op::Query | Op::Execute | Op::Batch) {
             self.refuse_writes(sql)?;
         }
@@ -275,7 +432,7 @@ impl Shared {
                 c
             }
             None => {
-                owned = self.checkout()?;
+                owned = self.checkout_within(None, site)?;
                 &mut owned
             }
         };
@@ -337,7 +494,7 @@ impl Shared {
         } else {
             conn.server_timeout = None;
             let r = conn.backend.set_server_timeout(wanted);
-            if r.is_ok() {
+            if r.is_ok() && !conn.backend.server_timeout_is_local() {
                 conn.server_timeout = Some(wanted);
             }
             r
@@ -362,6 +519,12 @@ impl Shared {
                 && !conn.backend.is_closed();
             if !proven {
                 conn.broken = true;
+            }
+            if fired == Fired::Unfinished || conn.backend.is_closed() {
+                // The cancel could not reach the server and the connection
+                // was cut: a connection-level failure for the breaker.
+                let change = self.breaker.failed(end);
+                self.circuit_changed(change);
             }
             if let Err(cause) = result {
                 let limit_value = timeout.unwrap_or_default();
@@ -399,6 +562,7 @@ impl Shared {
         );
         match &result {
             Ok(outcome) => {
+                self.breaker.succeeded();
                 let rows = match outcome {
                     Outcome::Rows(r) => r.len() as u64,
                     Outcome::Affected(n) => *n,
@@ -413,6 +577,20 @@ impl Shared {
             Err(e) => {
                 if e.kind().breaks_connection() || conn.backend.is_closed() {
                     conn.broken = true;
+                    if fired == Fired::No && e.kind() == ErrorKind::Connect {
+                        // Not a breaker failure by itself: sessions killed
+                        // on a server that is up look the same. If the
+                        // server is down, opening the next connection fails,
+                        // and that counts. The others were most likely lost
+                        // with it (a restart, killed sessions): check them
+                        // before use.
+                        if let Ok(pool) = self.pool() {
+                            pool.suspect_idle(end);
+                        }
+                    }
+                } else if e.db_code().is_some() {
+                    // The server answered (with an SQL error): it is up.
+                    self.breaker.succeeded();
                 }
                 tracing::debug!(
                     elapsed_us = elapsed.as_micros() as u64,
@@ -474,7 +652,7 @@ impl Shared {
 
     pub(crate) fn pool_status(&self) -> PoolStatus {
         match &*self.pool.read() {
-            Some(pool) => pool.status(self.config.read_only),
+            Some(pool) => pool.status(self.config.read_only, self.circuit_state()),
             None => PoolStatus {
                 database_name: self.config.name.to_string(),
                 pool_size: self.config.pool_size,
@@ -490,6 +668,7 @@ impl Shared {
                 connections_created: 0,
                 suspected_leaks: 0,
                 read_only: self.config.read_only,
+                circuit: self.circuit_state(),
                 timestamp: crate::status::now_rfc3339(),
             },
         }
@@ -583,6 +762,7 @@ impl PoolSource for Shared {
             statement_cache: self.translation_cache_len(),
             timeout_rate: self.window.rate(now),
             scaling_level: level as u8,
+            circuit_state: self.circuit_state().as_gauge(),
         })
     }
 }

@@ -28,6 +28,7 @@ use crate::backend::{Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::DbMetrics;
+use crate::resilience::CircuitState;
 use crate::status::{ConnectionHolder, PoolStatus};
 use crate::watchdog::{Canceller, Fired, Sweep, Watchdog};
 
@@ -39,6 +40,9 @@ pub(crate) struct Conn {
     pub(crate) backend: Box<dyn Connection>,
     /// Set when the connection must not be reused.
     pub(crate) broken: bool,
+    /// Set when the connection is past its lifetime: closed on return.
+    retired: bool,
+    born: Instant,
     last_used: Instant,
     counters: Arc<Counters>,
     /// Stops this connection's running statement (the watchdog's handle).
@@ -110,6 +114,11 @@ pub(crate) struct Counters {
     holders: Mutex<Vec<Weak<Mutex<Holder>>>>,
     /// The latest connection failure, for waiters to return at once.
     last_connect_error: Mutex<Option<(Instant, Arc<Error>)>>,
+    /// Idle connections last used before this moment are checked before
+    /// use: set when one connection failed at the transport level (the
+    /// server restarted, or killed its sessions), so that the others, dead
+    /// too most likely, do not each fail a caller in turn.
+    suspect_before: Mutex<Option<Instant>>,
 }
 
 impl Counters {
@@ -149,6 +158,8 @@ impl r2d2::ManageConnection for Manager {
             canceller: backend.canceller(),
             backend,
             broken: false,
+            retired: false,
+            born: Instant::now(),
             last_used: Instant::now(),
             counters: Arc::clone(&self.counters),
             // A new session has no statement limit.
@@ -172,6 +183,9 @@ impl r2d2::ManageConnection for Manager {
         }
         if conn.broken || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if conn.retired {
             return true;
         }
         self.counters.open.load(Ordering::Relaxed) > self.pool_size
@@ -223,6 +237,7 @@ pub(crate) struct Pool {
     acquire_timeout: Duration,
     connect_timeout: Duration,
     validate_after_idle: Duration,
+    max_lifetime: Option<Duration>,
     pool_size: u32,
     max_overflow: u32,
     /// Registered (weakly) with the watchdog's sweep while the pool lives.
@@ -282,6 +297,7 @@ impl Pool {
             leaks: AtomicU64::new(0),
             holders: Mutex::new(Vec::new()),
             last_connect_error: Mutex::new(None),
+            suspect_before: Mutex::new(None),
         });
         let manager = Manager {
             connector: Arc::clone(&connector),
@@ -328,6 +344,7 @@ impl Pool {
             acquire_timeout: config.acquire_timeout,
             connect_timeout: config.connect_timeout,
             validate_after_idle: config.validate_after_idle,
+            max_lifetime: config.max_lifetime,
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
         }
@@ -369,7 +386,23 @@ impl Pool {
                 None => self.wait(deadline, timeout)?,
             };
             let now = Instant::now();
-            if now.saturating_duration_since(conn.last_used) < self.validate_after_idle {
+            // r2d2 reaps old connections only every 30 s: one past its
+            // lifetime is closed here rather than handed out.
+            if self
+                .max_lifetime
+                .is_some_and(|l| now.saturating_duration_since(conn.born) >= l)
+            {
+                conn.retired = true;
+                drop(conn);
+                continue;
+            }
+            let suspect = self
+                .counters
+                .suspect_before
+                .lock()
+                .is_some_and(|t| conn.last_used < t);
+            if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle
+            {
                 return Ok((conn, now));
             }
             match self.ping(&mut conn) {
@@ -471,6 +504,15 @@ impl Pool {
         out
     }
 
+    /// A pooled connection failed at the transport level at `at`: every
+    /// connection idle since before then is checked before its next use.
+    pub(crate) fn suspect_idle(&self, at: Instant) {
+        let mut s = self.counters.suspect_before.lock();
+        if s.map_or(true, |t| t < at) {
+            *s = Some(at);
+        }
+    }
+
     /// Records the statement a connection is about to run.
     pub(crate) fn note(conn: &mut Conn, sql: &str, transaction: Option<bool>) {
         let mut h = conn.holder.lock();
@@ -492,7 +534,7 @@ impl Pool {
         conn.last_used = at;
     }
 
-    pub(crate) fn status(&self, read_only: bool) -> PoolStatus {
+    pub(crate) fn status(&self, read_only: bool, circuit: CircuitState) -> PoolStatus {
         let state = self.inner.state();
         let checked_out = state.connections - state.idle_connections;
         PoolStatus {
@@ -510,6 +552,7 @@ impl Pool {
             connections_created: self.counters.created.load(Ordering::Relaxed),
             suspected_leaks: self.counters.leaks.load(Ordering::Relaxed),
             read_only,
+            circuit,
             timestamp: crate::status::now_rfc3339(),
         }
     }

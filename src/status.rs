@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::resilience::CircuitState;
+
 /// A snapshot of one database's connection pool (seed field names, and more).
 ///
 /// ```json
@@ -40,6 +42,8 @@ pub struct PoolStatus {
     pub suspected_leaks: u64,
     /// Whether the database is configured read-only.
     pub read_only: bool,
+    /// The circuit breaker's state (`closed`, `half_open`, `open`).
+    pub circuit: CircuitState,
     /// When the snapshot was taken, RFC 3339 in UTC.
     pub timestamp: String,
 }
@@ -77,7 +81,8 @@ pub struct ConnectionHolder {
 /// ```
 ///
 /// `status` is `unhealthy` when no connection could be had or `SELECT 1`
-/// failed (within the health check's own timeout); `degraded` when it
+/// failed (within the health check's own timeout), or the circuit breaker
+/// is open; `degraded` when the breaker is half-open (probing), or when it
 /// answered but one of these holds: the answer took longer than the
 /// degraded threshold, the pool is saturated (every connection in use, or
 /// callers waiting), migrations are pending, or the timeout rate of the last
@@ -112,6 +117,8 @@ pub struct HealthStatus {
     pub scaling: ScalingLevel,
     /// Why the status is `degraded` (empty otherwise).
     pub degraded_reasons: Vec<String>,
+    /// The circuit breaker's state after the check.
+    pub circuit: CircuitState,
 }
 
 /// The verdict of a health check.

@@ -103,10 +103,12 @@ fn metrics_follow_a_known_sequence(url: &str) -> Result<()> {
         .execute_query_with_timeout(endless(kind), (), Duration::from_millis(100))
         .expect_err("must time out");
     assert_eq!(err.kind(), ErrorKind::QueryTimeout);
-    // One rolled-back transaction with one insert.
+    // One rolled-back transaction with one insert (a closure may run more
+    // than once, so it hands its error out of an Option).
+    let mut err = Some(err);
     let _ = db.transaction(|tx| {
         tx.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (1,))?;
-        Err::<(), dbmanager::Error>(err)
+        Err::<(), dbmanager::Error>(err.take().expect("one attempt"))
     });
 
     let text = dbmanager::metrics_text();
@@ -237,6 +239,7 @@ fn health_reports_seed_002s_shape() -> Result<()> {
         "read_only",
         "scaling",
         "degraded_reasons",
+        "circuit",
     ]
     .into();
     assert_eq!(
@@ -245,6 +248,7 @@ fn health_reports_seed_002s_shape() -> Result<()> {
         "only documented keys"
     );
     assert_eq!(obj["status"], "healthy");
+    assert_eq!(obj["circuit"], "closed");
     assert_eq!(obj["database_type"], "sqlite");
     assert!(obj["connection"].is_boolean() && obj["query_test"].is_boolean());
     assert!(obj["response_time_ms"].is_f64());

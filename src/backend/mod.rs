@@ -81,6 +81,14 @@ pub(crate) trait Connection: Send {
     /// set when a transaction is rolled back.
     fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()>;
 
+    /// True when [`set_server_timeout`](Self::set_server_timeout) lasts only
+    /// until the end of the current transaction (or does nothing outside
+    /// one), so the caller must not remember it (PostgreSQL behind
+    /// pgbouncer, where it is a `SET LOCAL`).
+    fn server_timeout_is_local(&self) -> bool {
+        false
+    }
+
     /// True when the driver knows the connection is unusable.
     fn is_closed(&self) -> bool;
 }

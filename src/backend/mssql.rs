@@ -845,6 +845,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_numbers_are_transient_or_permanent() {
+        let retryable = |c| Error::new(kind_of_code(c), "").is_retryable();
+        for c in [1205, 40613, 40197, 40501, 10928] {
+            assert!(retryable(c), "{c}");
+        }
+        for c in [102, 208, 2627, 547, 229, 18456, 1222] {
+            assert!(!retryable(c), "{c}");
+        }
+    }
+
+    #[test]
     fn urls_of_every_form_parse() -> Result<()> {
         let s = parse("mssql://app:p%40ss@db.example:1444/hub?encrypt=off&TrustServerCertificate=yes&ApplicationIntent=ReadOnly")?;
         assert_eq!((s.host.as_str(), s.port), ("db.example", 1444));

@@ -416,3 +416,35 @@ fn classify(e: mysql::Error) -> Error {
         other => Error::new(ErrorKind::Database, "MySQL client error").with_source(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> Error {
+        classify(mysql::Error::MySqlError(mysql::MySqlError {
+            state: "HY000".into(),
+            message: "m".into(),
+            code,
+        }))
+    }
+
+    #[test]
+    fn server_codes_are_transient_or_permanent() {
+        // 1213 deadlock, 1205 lock wait timeout, 1053 server shutdown,
+        // 1040 too many connections, 2006/2013 server gone / lost.
+        for code in [1213, 1205, 1053, 1040, 2006, 2013] {
+            assert!(server(code).is_retryable(), "{code}");
+        }
+        // Syntax, duplicate key, foreign key, access denied, no privilege, killed.
+        for code in [1064, 1062, 1452, 1045, 1142, 1317] {
+            assert!(!server(code).is_retryable(), "{code}");
+        }
+        let io = classify(mysql::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        assert_eq!(io.kind(), ErrorKind::Connect);
+        assert!(io.is_retryable());
+    }
+}

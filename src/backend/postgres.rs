@@ -50,11 +50,14 @@ pub(crate) struct PgConnector {
     connect_timeout: Duration,
     /// `SET default_transaction_read_only = on` at connect.
     read_only: bool,
+    /// Behind pgbouncer in transaction pooling mode.
+    pgbouncer: bool,
 }
 
 impl PgConnector {
     pub(crate) fn new(config: &DatabaseConfig) -> Result<Self> {
         let (url, wants_tls) = normalise_url(&config.url)?;
+        let pgbouncer = config.pgbouncer;
         let mut pg = tokio_postgres::Config::from_str(&url).map_err(|_| {
             Error::config(
                 "the PostgreSQL connection string cannot be parsed; expected postgresql://user:password@host:port/database[?sslmode=require]",
@@ -75,6 +78,7 @@ impl PgConnector {
             target,
             connect_timeout: config.connect_timeout,
             read_only: config.read_only,
+            pgbouncer,
         })
     }
 }
@@ -88,6 +92,8 @@ fn normalise_url(raw: &str) -> Result<(String, bool)> {
     let mut wants_tls = false;
     let pairs: Vec<(String, String)> = url
         .query_pairs()
+        // Ours (see `DatabaseConfigBuilder::pgbouncer`), not the driver's.
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("pgbouncer"))
         .map(|(k, v)| {
             if k == "sslmode" {
                 let mode = match &*v {
@@ -101,7 +107,9 @@ fn normalise_url(raw: &str) -> Result<(String, bool)> {
             }
         })
         .collect();
-    if !pairs.is_empty() {
+    if pairs.is_empty() {
+        url.set_query(None);
+    } else {
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     let rest = &url.as_str()[url.scheme().len()..];
@@ -338,6 +346,7 @@ impl Connector for PgConnector {
                 statements: HashMap::new(),
                 canceller,
                 tx_failed: None,
+                pgbouncer: self.pgbouncer,
             }));
         }
         Err(last.unwrap_or_else(|| {
@@ -383,6 +392,9 @@ struct PgConnection {
     /// Inside a transaction begun here: whether a statement in it failed on
     /// the server, which aborts the whole transaction on PostgreSQL.
     tx_failed: Option<bool>,
+    /// Behind pgbouncer (transaction pooling): unnamed statements only, and
+    /// statement limits with `SET LOCAL` inside transactions.
+    pgbouncer: bool,
 }
 
 /// Stops a running statement with PostgreSQL's cancel request, sent over a
@@ -412,11 +424,65 @@ impl PgCancel {
             }};
         }
         match socket {
-            Socket::Tcp(s) => go!(tokio::net::TcpStream::from_std(s)?),
+            Socket::Tcp(s) => go!(UntilEof(tokio::net::TcpStream::from_std(s)?)),
             #[cfg(unix)]
-            Socket::Unix(s) => go!(tokio::net::UnixStream::from_std(s)?),
+            Socket::Unix(s) => go!(UntilEof(tokio::net::UnixStream::from_std(s)?)),
         }
         Ok(())
+    }
+}
+
+/// A stream whose shutdown first waits until the peer closes it, as libpq
+/// does after a cancel request. The driver closes its side as soon as the
+/// request is written; a pooler (pgbouncer 1.18) that sees the client gone
+/// before it forwarded the request drops it, so the statement would run on.
+struct UntilEof<S>(S);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for UntilEof<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for UntilEof<S>
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        // The caller bounds the whole cancel with a timeout.
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut self.0).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => break,
+            }
+        }
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -487,7 +553,45 @@ impl PgConnection {
         result
     }
 
+    /// Behind pgbouncer: one unnamed statement (parse, bind, execute in one
+    /// round trip), every parameter sent as text of type `unknown` so that
+    /// the server infers its type as it does for a named statement. Returns
+    /// the rows and the affected-row count.
+    fn run_unnamed(&mut self, sql: &str, params: &[Value]) -> Result<(Vec<Row>, u64)> {
+        use futures_util::TryStreamExt;
+        let typed: Vec<(&Value, Type)> = params.iter().map(|v| (v, Type::UNKNOWN)).collect();
+        let (rows, affected) = self.call(|c| async move {
+            let stream = c.query_typed_raw(sql, typed).await?;
+            futures_util::pin_mut!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.try_next().await? {
+                rows.push(row);
+            }
+            Ok((rows, stream.rows_affected().unwrap_or(0)))
+        })?;
+        let columns: Columns = match rows.first() {
+            Some(r) => r
+                .columns()
+                .iter()
+                .map(|c| Arc::<str>::from(c.name()))
+                .collect::<Vec<_>>()
+                .into(),
+            None => Vec::new().into(),
+        };
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let values = (0..r.len()).map(|i| read(r, i)).collect::<Result<_>>()?;
+                Ok(Row::new(Arc::clone(&columns), values))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((rows, affected))
+    }
+
     fn run_query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        if self.pgbouncer {
+            return self.run_unnamed(sql, params).map(|(rows, _)| rows);
+        }
         let (stmt, columns) = self.prepared(sql)?;
         let args = as_sql(params);
         let rows = self.call(|c| c.query(&stmt, &args))?;
@@ -500,6 +604,9 @@ impl PgConnection {
     }
 
     fn run_execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        if self.pgbouncer {
+            return self.run_unnamed(sql, params).map(|(_, n)| n);
+        }
         let (stmt, _) = self.prepared(sql)?;
         let args = as_sql(params);
         self.call(|c| c.execute(&stmt, &args))
@@ -563,7 +670,20 @@ impl Connection for PgConnection {
 
     fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()> {
         let ms = limit.map_or(0, |d| d.as_millis().clamp(1, i32::MAX as u128));
+        if self.pgbouncer {
+            // A session SET would follow the server connection to other
+            // clients: only SET LOCAL, inside a transaction; outside one the
+            // watchdog alone limits the statement.
+            if self.tx_failed.is_none() {
+                return Ok(());
+            }
+            return self.batch(&format!("SET LOCAL statement_timeout = {ms}"));
+        }
         self.batch(&format!("SET statement_timeout = {ms}"))
+    }
+
+    fn server_timeout_is_local(&self) -> bool {
+        self.pgbouncer
     }
 }
 
@@ -713,6 +833,15 @@ impl ToSql for Value {
                 _ => s.as_str().to_sql(ty, out),
             },
             Value::Bytes(b) => match *ty {
+                // Text form of bytea: `\x` and hex digits.
+                Type::UNKNOWN => {
+                    let mut hex = String::with_capacity(2 + 2 * b.len());
+                    hex.push_str("\\x");
+                    for byte in b {
+                        hex.push_str(&format!("{byte:02x}"));
+                    }
+                    hex.as_str().to_sql(&Type::TEXT, out)
+                }
                 _ if is_text(ty) => b.as_slice().to_sql(ty, out),
                 _ => b.as_slice().to_sql_checked(ty, out),
             },
@@ -751,7 +880,39 @@ impl ToSql for Value {
         true
     }
 
+    /// Parameters of type `unknown` (sent so, behind pgbouncer, for the
+    /// server to infer the type) travel in text form, which the server
+    /// parses for whatever type it inferred.
+    fn encode_format(&self, ty: &Type) -> tokio_postgres::types::Format {
+        if *ty == Type::UNKNOWN {
+            tokio_postgres::types::Format::Text
+        } else {
+            tokio_postgres::types::Format::Binary
+        }
+    }
+
     tokio_postgres::types::to_sql_checked!();
+}
+
+/// The kind of a SQLSTATE: transient ones (class 08 connection exceptions,
+/// 57P01–57P03 shutting down or starting, 53300 too many connections, 40001
+/// serialization failure, 40P01 deadlock, 55P03 lock not available) are the
+/// kinds [`Error::is_retryable`] accepts.
+fn kind_of_sqlstate(code: &str) -> ErrorKind {
+    match code {
+        "23505" => ErrorKind::UniqueViolation,
+        c if c.starts_with("23") => ErrorKind::Constraint,
+        "28000" | "28P01" => ErrorKind::Auth,
+        "42501" => ErrorKind::Permission,
+        c if c.starts_with("42") => ErrorKind::Syntax,
+        "40001" | "40P01" | "55P03" => ErrorKind::Conflict,
+        "57014" => ErrorKind::QueryTimeout,
+        "25006" => ErrorKind::ReadOnly,
+        "53300" | "57P01" | "57P02" | "57P03" => ErrorKind::Connect,
+        c if c.starts_with("08") => ErrorKind::Connect,
+        c if c.starts_with("22") => ErrorKind::Conversion,
+        _ => ErrorKind::Database,
+    }
 }
 
 /// Maps a `postgres` error to ours by SQLSTATE class; the server's message
@@ -760,20 +921,7 @@ impl ToSql for Value {
 fn classify(e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
-        let kind = match code {
-            "23505" => ErrorKind::UniqueViolation,
-            c if c.starts_with("23") => ErrorKind::Constraint,
-            "28000" | "28P01" => ErrorKind::Auth,
-            "42501" => ErrorKind::Permission,
-            c if c.starts_with("42") => ErrorKind::Syntax,
-            "40001" | "40P01" | "55P03" => ErrorKind::Conflict,
-            "57014" => ErrorKind::QueryTimeout,
-            "25006" => ErrorKind::ReadOnly,
-            "53300" | "57P01" | "57P02" | "57P03" => ErrorKind::Connect,
-            c if c.starts_with("08") => ErrorKind::Connect,
-            c if c.starts_with("22") => ErrorKind::Conversion,
-            _ => ErrorKind::Database,
-        };
+        let kind = kind_of_sqlstate(code);
         let mut message = db.message().to_owned();
         if let Some(detail) = db.detail() {
             message.push_str(". ");
@@ -800,6 +948,21 @@ fn classify(e: tokio_postgres::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlstates_are_transient_or_permanent() {
+        let retryable = |c| Error::new(kind_of_sqlstate(c), "").is_retryable();
+        for c in [
+            "40001", "40P01", "57P01", "57P02", "57P03", "08006", "08001", "53300",
+        ] {
+            assert!(retryable(c), "{c}");
+        }
+        for c in [
+            "42601", "42P01", "23505", "23503", "42501", "28P01", "57014", "22P02",
+        ] {
+            assert!(!retryable(c), "{c}");
+        }
+    }
 
     #[test]
     fn urls_are_normalised_for_the_driver() -> Result<()> {

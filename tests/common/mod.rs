@@ -13,6 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dbmanager::{DatabaseConfig, DatabaseConfigBuilder, DatabaseManager, Result};
 
+pub mod fault;
+
 /// Reads a URL the test script exports, or panics saying how to get it.
 fn required_env(var: &str) -> String {
     match std::env::var(var) {

@@ -1,0 +1,492 @@
+//! Retry policy, backoff and the circuit breaker: plain logic, no I/O.
+//!
+//! The pipeline owns the one retry loop and the one breaker per database;
+//! this module only decides (how long to wait, whether a call may go
+//! through), so that every rule is unit-tested without a server or a real
+//! clock.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// How an operation is retried when it fails with a transient error
+/// ([`Error::is_retryable`](crate::Error::is_retryable)): exponential backoff
+/// with full jitter, bounded by a number of attempts and a total time budget.
+///
+/// Retries are applied only where running the operation again is safe: a
+/// read through [`DatabaseManager`](crate::DatabaseManager) (`execute_query`,
+/// `query_one`, `query_opt`, `query_as`: statements that only read), and a
+/// whole transaction closure ([`DatabaseManager::transaction`](crate::DatabaseManager::transaction)),
+/// re-run from its start on a fresh connection. Statements on a connection
+/// you hold ([`PooledConnection`](crate::PooledConnection),
+/// [`Transaction`](crate::Transaction)) are never retried, and writes outside
+/// a transaction only with [`retry_writes`](Self::retry_writes).
+///
+/// ```
+/// use std::time::Duration;
+/// use dbmanager::RetryPolicy;
+///
+/// let patient = RetryPolicy::default()
+///     .attempts(5)
+///     .max_delay(Duration::from_secs(2))
+///     .budget(Duration::from_secs(20));
+/// assert_eq!(patient.max_attempts(), 5);
+/// assert_eq!(RetryPolicy::none().max_attempts(), 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    attempts: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+    budget: Duration,
+    writes: bool,
+}
+
+impl Default for RetryPolicy {
+    /// Seed 003's `retry_with_backoff` defaults: 3 attempts, 100 ms base
+    /// delay, at most 10 s between attempts, 30 s in all.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            budget: Duration::from_secs(30),
+            writes: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One attempt: no retry.
+    pub fn none() -> Self {
+        RetryPolicy::default().attempts(1)
+    }
+
+    /// Attempts in all, the first included (at least 1; 1 means no retry).
+    /// Default 3.
+    pub fn attempts(mut self, n: u32) -> Self {
+        self.attempts = n.max(1);
+        self
+    }
+
+    /// The delay before the first retry is drawn from 0 to this; it doubles
+    /// with each retry up to [`max_delay`](Self::max_delay). Default 100 ms.
+    pub fn base_delay(mut self, d: Duration) -> Self {
+        self.base_delay = d;
+        self
+    }
+
+    /// The most any one wait between attempts may be. Default 10 s.
+    pub fn max_delay(mut self, d: Duration) -> Self {
+        self.max_delay = d;
+        self
+    }
+
+    /// No retry starts once this much time has passed since the first
+    /// attempt began (waits included). Default 30 s.
+    pub fn budget(mut self, d: Duration) -> Self {
+        self.budget = d;
+        self
+    }
+
+    /// Also retry statements that may write when they run outside a
+    /// transaction (`execute`, `execute_batch`, and queries the library
+    /// cannot tell are reads). Only for statements that are safe to run
+    /// twice (idempotent): a write whose connection was lost after the
+    /// server ran it would otherwise be applied twice. Default `false`.
+    pub fn retry_writes(mut self, on: bool) -> Self {
+        self.writes = on;
+        self
+    }
+
+    /// Attempts in all, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// See [`base_delay`](Self::base_delay).
+    pub fn base(&self) -> Duration {
+        self.base_delay
+    }
+
+    /// See [`max_delay`](Self::max_delay).
+    pub fn cap(&self) -> Duration {
+        self.max_delay
+    }
+
+    /// See [`budget`](Self::budget).
+    pub fn total_budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// See [`retry_writes`](Self::retry_writes).
+    pub fn retries_writes(&self) -> bool {
+        self.writes
+    }
+}
+
+/// The wait before retry number `retry` (0 for the first retry): "full
+/// jitter" (`uniform(0, min(cap, base · 2^retry))`), with `unit` a number in
+/// `[0, 1)` (the random draw, passed in so that the function is pure).
+pub(crate) fn backoff(retry: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
+    let ceiling = base
+        .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
+        .unwrap_or(cap)
+        .min(cap);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A number in `[0, 1)` from a per-thread xorshift generator (jitter needs
+/// spread, not cryptographic strength).
+pub(crate) fn jitter_unit() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let here = &t as *const u64 as u64;
+            (t ^ here.rotate_left(32)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// The state of a database's circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Calls go through; connection failures are counted.
+    Closed,
+    /// The recovery time has passed: the next call probes the database with
+    /// the health-check query; until it answers, other calls still fail fast.
+    HalfOpen,
+    /// The database is considered down: calls fail at once with
+    /// [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen), without I/O.
+    Open,
+}
+
+impl CircuitState {
+    /// The value of the `db_circuit_state` gauge: 0 closed, 1 half-open, 2 open.
+    pub fn as_gauge(self) -> i64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        }
+    }
+}
+
+/// The breaker's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BreakerSettings {
+    /// Connection failures within `window` that open the breaker; 0 turns it off.
+    pub(crate) failures: u32,
+    pub(crate) window: Duration,
+    /// How long it stays open before a probe.
+    pub(crate) recovery: Duration,
+}
+
+/// What the breaker says to a caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Go ahead.
+    Pass,
+    /// Go ahead, and prove the database answers (health-check query) first:
+    /// report with [`Breaker::probed`].
+    Probe,
+    /// Fail fast; the next probe is due in this long (zero: a probe is
+    /// running now).
+    Reject(Duration),
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed { failures: VecDeque<Instant> },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// One database's circuit breaker: closed → open after `failures`
+/// connection-level failures within `window` → half-open after `recovery`
+/// → closed when a probe answers (or open again when it does not).
+///
+/// Every method takes the time, so the states are tested with a made-up
+/// clock.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    settings: BreakerSettings,
+    inner: Mutex<Inner>,
+}
+
+/// A change of state, for the caller to log.
+pub(crate) type Transition = Option<(CircuitState, CircuitState)>;
+
+impl Breaker {
+    pub(crate) fn new(settings: BreakerSettings) -> Breaker {
+        Breaker {
+            settings,
+            inner: Mutex::new(Inner::Closed {
+                failures: VecDeque::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.settings.failures > 0
+    }
+
+    pub(crate) fn recovery(&self) -> Duration {
+        self.settings.recovery
+    }
+
+    /// The state now (an open breaker past its recovery time reads half-open).
+    pub(crate) fn state(&self, now: Instant) -> CircuitState {
+        match &*self.inner.lock() {
+            Inner::Closed { .. } => CircuitState::Closed,
+            Inner::Open { until } if now >= *until => CircuitState::HalfOpen,
+            Inner::Open { .. } => CircuitState::Open,
+            Inner::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+
+    /// May a call go through now?
+    pub(crate) fn admit(&self, now: Instant) -> (Admit, Transition) {
+        if !self.enabled() {
+            return (Admit::Pass, None);
+        }
+        let mut inner = self.inner.lock();
+        match &mut *inner {
+            Inner::Closed { .. } => (Admit::Pass, None),
+            Inner::Open { until } => {
+                if now < *until {
+                    return (Admit::Reject(*until - now), None);
+                }
+                *inner = Inner::HalfOpen { probing: true };
+                (
+                    Admit::Probe,
+                    Some((CircuitState::Open, CircuitState::HalfOpen)),
+                )
+            }
+            Inner::HalfOpen { probing } => {
+                if *probing {
+                    (Admit::Reject(Duration::ZERO), None)
+                } else {
+                    *probing = true;
+                    (Admit::Probe, None)
+                }
+            }
+        }
+    }
+
+    /// The probe's verdict.
+    pub(crate) fn probed(&self, ok: bool, now: Instant) -> Transition {
+        let mut inner = self.inner.lock();
+        if !matches!(&*inner, Inner::HalfOpen { .. }) {
+            return None;
+        }
+        if ok {
+            *inner = Inner::Closed {
+                failures: VecDeque::new(),
+            };
+            Some((CircuitState::HalfOpen, CircuitState::Closed))
+        } else {
+            *inner = Inner::Open {
+                until: now + self.settings.recovery,
+            };
+            Some((CircuitState::HalfOpen, CircuitState::Open))
+        }
+    }
+
+    /// A call reached the database and it answered: the failure count
+    /// starts again.
+    pub(crate) fn succeeded(&self) {
+        if !self.enabled() {
+            return;
+        }
+        if let Inner::Closed { failures } = &mut *self.inner.lock() {
+            failures.clear();
+        }
+    }
+
+    /// A connection-level failure (opening a connection failed, a connect or pool timeout, a
+    /// statement whose connection had to be cut).
+    pub(crate) fn failed(&self, now: Instant) -> Transition {
+        if !self.enabled() {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        match &mut *inner {
+            Inner::Closed { failures } => {
+                failures.push_back(now);
+                while failures
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) > self.settings.window)
+                {
+                    failures.pop_front();
+                }
+                if failures.len() >= self.settings.failures as usize {
+                    *inner = Inner::Open {
+                        until: now + self.settings.recovery,
+                    };
+                    return Some((CircuitState::Closed, CircuitState::Open));
+                }
+                None
+            }
+            // Failures of calls admitted before it opened change nothing.
+            Inner::Open { .. } | Inner::HalfOpen { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitters_below_it() {
+        let base = 100 * MS;
+        let cap = 1000 * MS;
+        // The ceiling (unit just under 1) doubles: 100, 200, 400, 800, then the cap.
+        let top = |n| backoff(n, base, cap, 0.999_999);
+        assert!(top(0) <= 100 * MS && top(0) >= 99 * MS);
+        assert!(top(1) <= 200 * MS && top(1) >= 199 * MS);
+        assert!(top(3) <= 800 * MS && top(3) >= 799 * MS);
+        assert!(top(4) <= cap && top(4) >= 999 * MS);
+        assert!(top(200) <= cap, "no overflow for huge retry numbers");
+        // Full jitter: anything from zero up.
+        assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
+        assert_eq!(backoff(1, base, cap, 0.5), 100 * MS);
+        // Out-of-range draws are clamped.
+        assert!(backoff(0, base, cap, 7.0) <= base);
+        assert_eq!(backoff(0, base, cap, -1.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_stays_in_the_unit_interval_and_spreads() {
+        let draws: Vec<f64> = (0..1000).map(|_| jitter_unit()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        assert!(draws.iter().any(|u| *u < 0.25) && draws.iter().any(|u| *u > 0.75));
+    }
+
+    #[test]
+    fn policy_builder_keeps_at_least_one_attempt() {
+        assert_eq!(RetryPolicy::default().max_attempts(), 3);
+        assert_eq!(RetryPolicy::default().attempts(0).max_attempts(), 1);
+        assert!(!RetryPolicy::default().retries_writes());
+        assert!(RetryPolicy::none().retry_writes(true).retries_writes());
+    }
+
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerSettings {
+            failures: 3,
+            window: Duration::from_secs(10),
+            recovery: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn opens_after_n_failures_within_the_window() {
+        let b = breaker();
+        let t0 = Instant::now();
+        assert_eq!(b.failed(t0), None);
+        assert_eq!(b.failed(t0 + MS), None);
+        assert_eq!(b.state(t0), CircuitState::Closed);
+        assert_eq!(
+            b.failed(t0 + 2 * MS),
+            Some((CircuitState::Closed, CircuitState::Open))
+        );
+        assert_eq!(b.state(t0 + 3 * MS), CircuitState::Open);
+        match b.admit(t0 + Duration::from_secs(1)).0 {
+            Admit::Reject(left) => assert!(
+                left <= Duration::from_secs(5) && left >= Duration::from_secs(4),
+                "{left:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn old_failures_and_successes_reset_the_count() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.failed(t0);
+        b.failed(t0 + MS);
+        // The first two fall out of the 10 s window.
+        assert_eq!(b.failed(t0 + Duration::from_secs(11)), None);
+        assert_eq!(b.state(t0 + Duration::from_secs(11)), CircuitState::Closed);
+        b.failed(t0 + Duration::from_secs(12));
+        b.succeeded();
+        assert_eq!(b.failed(t0 + Duration::from_secs(13)), None);
+        assert_eq!(b.state(t0 + Duration::from_secs(13)), CircuitState::Closed);
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_then_closes_or_reopens() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for i in 0..3 {
+            b.failed(t0 + i * MS);
+        }
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(b.state(later), CircuitState::HalfOpen);
+        assert_eq!(
+            b.admit(later),
+            (
+                Admit::Probe,
+                Some((CircuitState::Open, CircuitState::HalfOpen))
+            )
+        );
+        // While the probe runs, others fail fast.
+        assert_eq!(b.admit(later).0, Admit::Reject(Duration::ZERO));
+        // The probe fails: open for another recovery time.
+        assert_eq!(
+            b.probed(false, later),
+            Some((CircuitState::HalfOpen, CircuitState::Open))
+        );
+        assert!(matches!(b.admit(later + MS).0, Admit::Reject(_)));
+        let again = later + Duration::from_secs(5);
+        assert_eq!(b.admit(again).0, Admit::Probe);
+        assert_eq!(
+            b.probed(true, again),
+            Some((CircuitState::HalfOpen, CircuitState::Closed))
+        );
+        assert_eq!(b.state(again), CircuitState::Closed);
+        assert_eq!(b.admit(again).0, Admit::Pass);
+        // Closed again with a fresh count.
+        assert_eq!(b.failed(again), None);
+    }
+
+    #[test]
+    fn zero_failures_turns_it_off() {
+        let b = Breaker::new(BreakerSettings {
+            failures: 0,
+            window: Duration::from_secs(1),
+            recovery: Duration::from_secs(1),
+        });
+        let t0 = Instant::now();
+        for i in 0..100 {
+            assert_eq!(b.failed(t0 + i * MS), None);
+        }
+        assert_eq!(b.admit(t0).0, Admit::Pass);
+        assert_eq!(b.gauge_state(t0), 0);
+    }
+
+    impl Breaker {
+        fn gauge_state(&self, now: Instant) -> i64 {
+            self.state(now).as_gauge()
+        }
+    }
+}

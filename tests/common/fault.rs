@@ -1,0 +1,317 @@
+//! Fault injection for the resilience tests: private servers a test may
+//! stop, restart or freeze (started by `scripts/servers.sh`), SIGSTOP of a
+//! process tree, and a loopback TCP proxy that delays or stalls bytes.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Runs a function of `scripts/servers.sh` with arguments; its stdout.
+fn servers_sh(function: &str, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/servers.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source '{script}' && {function} \"$@\""))
+        .arg("servers.sh")
+        .args(args)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{function} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A server of this test's own (PostgreSQL or MariaDB), removed on drop.
+#[derive(Debug)]
+pub struct PrivateServer {
+    pub url: String,
+    pub admin_url: String,
+    dir: String,
+}
+
+impl PrivateServer {
+    /// `kind`: `postgres` or `mariadb`.
+    pub fn start(kind: &str) -> PrivateServer {
+        let out = servers_sh("dbm_private_server", &[kind]);
+        let get = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("dbm_private_server printed no {key}"))
+                .to_owned()
+        };
+        PrivateServer {
+            url: get("URL"),
+            admin_url: get("ADMIN_URL"),
+            dir: get("DIR"),
+        }
+    }
+
+    /// Stops the server (PostgreSQL: fast shutdown; MariaDB: SIGTERM).
+    pub fn stop(&self) {
+        servers_sh("dbm_private_ctl", &[&self.dir, "stop"]);
+    }
+
+    /// Starts it again on the same port.
+    pub fn start_again(&self) {
+        servers_sh("dbm_private_ctl", &[&self.dir, "start"]);
+    }
+
+    /// The server's main pid.
+    pub fn pid(&self) -> u32 {
+        servers_sh("dbm_private_ctl", &[&self.dir, "pid"])
+            .trim()
+            .parse()
+            .expect("the server runs")
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/servers.sh");
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source '{script}' && dbm_private_ctl \"$1\" remove"
+            ))
+            .arg("servers.sh")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A process and its children stopped with SIGSTOP; SIGCONT on
+/// [`resume`](Self::resume) or drop (also when the test fails).
+#[derive(Debug)]
+pub struct Frozen(Vec<u32>);
+
+impl Frozen {
+    pub fn tree(pid: u32) -> Frozen {
+        let mut all = vec![pid];
+        all.extend(children(pid));
+        for p in &all {
+            signal(*p, "-STOP");
+        }
+        Frozen(all)
+    }
+
+    pub fn resume(mut self) {
+        self.cont();
+    }
+
+    fn cont(&mut self) {
+        for p in self.0.drain(..) {
+            signal(p, "-CONT");
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.cont();
+    }
+}
+
+/// What the proxy does with the bytes it forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Forward at once.
+    Pass,
+    /// Hold every chunk this long before forwarding it.
+    Delay(Duration),
+    /// Forward nothing (connections stay open, bytes wait).
+    Stall,
+}
+
+/// A loopback TCP proxy on std threads: every accepted connection is piped
+/// to `target`, both ways, through the current [`Link`] setting.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    link: Arc<Mutex<Link>>,
+    stop: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let link = Arc::new(Mutex::new(Link::Pass));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        {
+            let (link, stop, accepted) = (link.clone(), stop.clone(), accepted.clone());
+            thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                    else {
+                        continue;
+                    };
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    for (from, to) in [
+                        (client.try_clone(), server.try_clone()),
+                        (server.try_clone(), client.try_clone()),
+                    ] {
+                        if let (Ok(from), Ok(to)) = (from, to) {
+                            let (link, stop) = (link.clone(), stop.clone());
+                            thread::spawn(move || pipe(from, to, &link, &stop));
+                        }
+                    }
+                }
+            });
+        }
+        Proxy {
+            addr,
+            link,
+            stop,
+            accepted,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn set(&self, link: Link) {
+        *self.link.lock().unwrap() = link;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.set(Link::Pass);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, link: &Mutex<Link>, stop: &AtomicBool) {
+    let mut buf = [0u8; 16 * 1024];
+    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        // Hold the chunk while the link says so.
+        loop {
+            let now = *link.lock().unwrap();
+            match now {
+                Link::Pass => break,
+                Link::Delay(d) => {
+                    thread::sleep(d);
+                    break;
+                }
+                Link::Stall => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// The value of a metric of `family` for `database` (and `extra` label,
+/// `name="value"`) in the exposition text, 0 when absent.
+pub fn metric(family: &str, database: &str, extra: Option<&str>) -> f64 {
+    let text = dbmanager::metrics_text();
+    let label = format!("database=\"{database}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| l.contains(&label))
+        .filter(|l| extra.map_or(true, |e| l.contains(e)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Errors counted by kind, for the scenario reports.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub requests: AtomicU64,
+    pub errors: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Tally {
+    pub fn ok(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn err(&self, e: &dbmanager::Error) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        *self
+            .errors
+            .lock()
+            .unwrap()
+            .entry(format!("{:?}", e.kind()))
+            .or_default() += 1;
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.lock().unwrap().values().sum()
+    }
+
+    pub fn report(&self, scenario: &str, extra: &str) {
+        eprintln!(
+            "SCENARIO {scenario}: requests={} errors={} by kind={:?} {extra}",
+            self.requests.load(Ordering::Relaxed),
+            self.error_count(),
+            self.errors.lock().unwrap()
+        );
+    }
+}
+
+/// Seconds since `t`, for reports.
+pub fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}

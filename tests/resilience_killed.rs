@@ -1,0 +1,153 @@
+//! Connections killed server-side (`pg_terminate_backend` on every pool
+//! connection, `KILL` on MariaDB): reads with retry see no error, and the
+//! pool replaces the dead connections.
+//!
+//! Only this test's own connections are killed (found by their server ids),
+//! so the shared servers stay usable; one test in the file all the same.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::fault::{metric, Tally};
+use dbmanager::{DatabaseManager, Result};
+
+const POOL: u32 = 8;
+const THREADS: usize = 8;
+const READS: usize = 50;
+
+/// The server id of every pool connection: all of them checked out at once.
+fn pool_ids(db: &DatabaseManager, id_sql: &str) -> Result<Vec<i64>> {
+    let mut guards = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..POOL {
+        let mut c = db.connection()?;
+        ids.push(c.query_one(id_sql, ())?.get::<i64>("id")?);
+        guards.push(c);
+    }
+    Ok(ids)
+}
+
+fn scenario(
+    label: &str,
+    url: &str,
+    admin_url: &str,
+    id_sql: &str,
+    kill: impl Fn(&DatabaseManager, i64) -> Result<()>,
+) -> Result<()> {
+    let name = common::unique_name("killed");
+    let db = common::manager_with(&name, url, |b| {
+        b.pool_size(POOL)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_secs(30))
+    })?;
+    let admin = common::manager(&common::unique_name("killer"), admin_url)?;
+    let ids = pool_ids(&db, id_sql)?;
+    let created_before = db.pool_status().connections_created;
+    assert_eq!(created_before, u64::from(POOL));
+    for id in &ids {
+        kill(&admin, *id)?;
+    }
+    // The kills take effect on the server at once, but make sure.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let tally = Arc::new(Tally::default());
+    let start = Arc::new(Barrier::new(THREADS));
+    let began = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            let (db, tally, start) = (&db, &tally, &start);
+            s.spawn(move || {
+                start.wait();
+                for i in 0..READS {
+                    match db.query_one("SELECT ? + 1 AS n", (i as i64,)) {
+                        Ok(r) => {
+                            assert_eq!(r.get::<i64>("n").unwrap(), i as i64 + 1);
+                            tally.ok();
+                        }
+                        Err(e) => {
+                            eprintln!("{label}: {e}");
+                            tally.err(&e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let after = pool_ids(&db, id_sql)?;
+    let status = db.pool_status();
+    tally.report(
+        &format!("killed/{label}"),
+        &format!(
+            "killed={} retries={} connections_created_after={} discarded={} took={:.2}s",
+            ids.len(),
+            metric("db_retries_total", &name, None),
+            status.connections_created - created_before,
+            status.invalid,
+            began.elapsed().as_secs_f64()
+        ),
+    );
+    assert_eq!(
+        tally.error_count(),
+        0,
+        "{label}: reads with retry see no error"
+    );
+    assert!(
+        after.iter().all(|id| !ids.contains(id)),
+        "{label}: every killed connection was replaced: before {ids:?}, after {after:?}"
+    );
+    assert!(status.connections_created - created_before >= u64::from(POOL));
+    assert_eq!(status.checked_out, 0);
+    Ok(())
+}
+
+#[test]
+fn killed_connections_are_replaced_and_reads_retry() -> Result<()> {
+    scenario(
+        "postgres",
+        &common::postgres_url(),
+        &std::env::var("DBMANAGER_TEST_POSTGRES_ADMIN_URL").expect("set by scripts/test"),
+        "SELECT pg_backend_pid()::int8 AS id",
+        |admin, pid| {
+            let r = admin.query_one("SELECT pg_terminate_backend(?::int4) AS ok", (pid,))?;
+            assert!(r.get::<bool>("ok")?, "terminated {pid}");
+            Ok(())
+        },
+    )?;
+    scenario(
+        "mariadb",
+        &common::mysql_url(),
+        &std::env::var("DBMANAGER_TEST_MYSQL_ADMIN_URL").expect("set by scripts/test"),
+        "SELECT CONNECTION_ID() AS id",
+        |admin, id| admin.execute(&format!("KILL {id}"), ()).map(drop),
+    )
+}
+
+/// A connection past its maximum lifetime is replaced, not handed out.
+#[test]
+fn max_lifetime_recycles_connections() -> Result<()> {
+    let db = common::manager_with(
+        &common::unique_name("lifetime"),
+        &common::postgres_url(),
+        |b| {
+            b.pool_size(1)
+                .max_overflow(0)
+                .max_lifetime(Some(Duration::from_millis(700)))
+        },
+    )?;
+    let pid = |db: &DatabaseManager| -> Result<i64> {
+        db.query_one("SELECT pg_backend_pid()::int8 AS id", ())?
+            .get("id")
+    };
+    let first = pid(&db)?;
+    assert_eq!(pid(&db)?, first, "young: reused");
+    std::thread::sleep(Duration::from_millis(900));
+    let second = pid(&db)?;
+    assert_ne!(second, first, "past its lifetime: replaced");
+    let status = db.pool_status();
+    assert_eq!(status.connections_created, 2);
+    assert_eq!(status.invalid, 0, "retired, not counted as broken");
+    assert_eq!(status.connections, 1);
+    Ok(())
+}
