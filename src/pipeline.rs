@@ -168,7 +168,7 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Pooled> {
         self.check_context()?;
-        let (admit, change) = self.breaker.admit(Instant::now());
+        let (admit, change) = self.breaker.admit_now();
         self.circuit_changed(change);
         match admit {
             Admit::Pass => self.checkout_counted(timeout, site),

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -227,6 +228,10 @@ enum Inner {
 pub(crate) struct Breaker {
     settings: BreakerSettings,
     inner: Mutex<Inner>,
+    /// Closed with no failure counted: the common case, read without the
+    /// lock (a call racing the breaker's opening may still pass, as it
+    /// would a moment earlier).
+    clean: AtomicBool,
 }
 
 /// A change of state, for the caller to log.
@@ -239,7 +244,18 @@ impl Breaker {
             inner: Mutex::new(Inner::Closed {
                 failures: VecDeque::new(),
             }),
+            clean: AtomicBool::new(true),
         }
+    }
+
+    /// [`admit`](Self::admit) now; no lock and no clock read while the
+    /// breaker is closed and clean.
+    #[inline]
+    pub(crate) fn admit_now(&self) -> (Admit, Transition) {
+        if !self.enabled() || self.clean.load(Ordering::Relaxed) {
+            return (Admit::Pass, None);
+        }
+        self.admit(Instant::now())
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -299,6 +315,7 @@ impl Breaker {
             *inner = Inner::Closed {
                 failures: VecDeque::new(),
             };
+            self.clean.store(true, Ordering::Relaxed);
             Some((CircuitState::HalfOpen, CircuitState::Closed))
         } else {
             *inner = Inner::Open {
@@ -311,11 +328,12 @@ impl Breaker {
     /// A call reached the database and it answered: the failure count
     /// starts again.
     pub(crate) fn succeeded(&self) {
-        if !self.enabled() {
+        if !self.enabled() || self.clean.load(Ordering::Relaxed) {
             return;
         }
         if let Inner::Closed { failures } = &mut *self.inner.lock() {
             failures.clear();
+            self.clean.store(true, Ordering::Relaxed);
         }
     }
 
@@ -326,6 +344,7 @@ impl Breaker {
             return None;
         }
         let mut inner = self.inner.lock();
+        self.clean.store(false, Ordering::Relaxed);
         match &mut *inner {
             Inner::Closed { failures } => {
                 failures.push_back(now);
