@@ -123,7 +123,11 @@ struct Inner {
 /// [`source()`](std::error::Error::source) and is not repeated in the message,
 /// so reporters that walk the chain (`anyhow`'s `{:#}`) print each layer once.
 ///
-/// No error ever contains a password or a parameter value.
+/// No error ever contains a password, and dbmanager never puts a parameter
+/// value into one. The server's own message is kept as it is, and servers
+/// sometimes quote the offending value in it (PostgreSQL's detail
+/// `Key (email)=(…) already exists`, MariaDB's `Duplicate entry '…'`): log
+/// errors accordingly where values are sensitive.
 pub struct Error(Box<Inner>);
 
 impl Error {
