@@ -526,6 +526,38 @@ fn concurrent_processes_apply_each_version_once() -> Result<()> {
 /// A child process killed and reaped on every path.
 struct Reaped(std::process::Child);
 
+impl Reaped {
+    /// SIGKILL: no destructor runs in the child.
+    fn kill9(mut self) {
+        self.0.kill().expect("kill -9");
+        self.0.wait().expect("reap");
+    }
+}
+
+/// `dbmanager migrate` for `c`, running in a child process.
+fn migrate_in_background(c: &Case) -> Reaped {
+    Reaped(
+        cli(c, &["migrate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the CLI"),
+    )
+}
+
+/// Polls `done` until it says yes, failing the test after 20 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while !done()? {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -541,35 +573,19 @@ fn killed_migrator_frees_the_lock() -> Result<()> {
         "V2__slow.sql",
         "CREATE TABLE {t}_slow (id INTEGER);\nSELECT pg_sleep(30);\n",
     );
-    let mut child = Reaped(
-        cli(&c, &["migrate"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the CLI"),
-    );
+    let child = migrate_in_background(&c);
     let db = c.db();
     // Wait until it sleeps inside V2 (holding the lock).
-    let start = Instant::now();
-    loop {
+    wait_until("the child reaches V2", || {
         let sleeping: i64 = db
             .query_one(
                 "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
                 (),
             )?
             .get("n")?;
-        if sleeping > 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the child never reached V2"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SIGKILL: no destructor runs in the child.
-    child.0.kill().expect("kill -9");
-    child.0.wait().expect("reap");
+        Ok(sleeping > 0)
+    })?;
+    child.kill9();
     c.write(
         "V2__slow.sql",
         "CREATE TABLE {t}_slow (id INTEGER);\nSELECT pg_sleep(0.1);\n",
@@ -797,33 +813,18 @@ fn sqlite_lock_left_by_a_killed_process_is_taken_over() -> Result<()> {
         "V2__slow.sql",
         "CREATE TABLE {t}_big AS WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000000) SELECT x FROM n;",
     );
-    let mut child = Reaped(
-        cli(&c, &["migrate"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the CLI"),
-    );
+    let child = migrate_in_background(&c);
     let db = c.db();
-    let start = Instant::now();
     // V1 committed and the lock row still there: the child is inside V2.
-    loop {
-        let v1 = c.table_exists(&db, &c.history) && c.count(&db, &c.history) == 1;
-        if v1
-            && c.table_exists(&db, &format!("{}_lock", c.history))
-            && c.count(&db, &format!("{}_lock", c.history)) == 1
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the child never reached V2"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the child reaches V2", || {
+        let lock = format!("{}_lock", c.history);
+        Ok(c.table_exists(&db, &c.history)
+            && c.count(&db, &c.history) == 1
+            && c.table_exists(&db, &lock)
+            && c.count(&db, &lock) == 1)
+    })?;
     std::thread::sleep(Duration::from_millis(200));
-    child.0.kill().expect("kill -9");
-    child.0.wait().expect("reap");
+    child.kill9();
     assert_eq!(
         c.count(&db, &format!("{}_lock", c.history)),
         1,
