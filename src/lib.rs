@@ -3,8 +3,10 @@
 //! One well-behaved, synchronous door to PostgreSQL, MySQL/MariaDB, SQLite
 //! and SQL Server for batch jobs, workflow steps and other blocking code:
 //! configuration from environment variables, pooled connections,
-//! portable SQL, transactions that cannot be left half done, and plain status
-//! reports.
+//! portable SQL, transactions that cannot be left half done, statement
+//! timeouts enforced on the server by one watchdog thread, retries and a
+//! circuit breaker, versioned migrations ([`migrate`]), Prometheus
+//! [`metrics`], health checks and plain status reports.
 //!
 //! ```
 //! use dbmanager::{params, DatabaseConfig, DatabaseManager};

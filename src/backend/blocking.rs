@@ -3,6 +3,9 @@
 //! safely, and cutting a connection's socket from the watchdog.
 
 #[cfg(any(feature = "postgres", feature = "mssql"))]
+use std::time::{Duration, Instant};
+
+#[cfg(any(feature = "postgres", feature = "mssql"))]
 use crate::error::{Error, ErrorKind, Result};
 
 /// A current-thread runtime for one connection of `backend`.
@@ -74,4 +77,50 @@ impl SocketHandle {
             false
         }
     }
+}
+
+/// What one connection attempt to one address came to.
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+pub(crate) enum Attempt<T> {
+    /// Connected.
+    Done(T),
+    /// This address failed in a way another might not: try the next one.
+    Next(Error),
+    /// The server answered with a refusal (a wrong password): stop here.
+    Stop(Error),
+}
+
+/// Tries `addrs` in order until one connects, all of it within `timeout`;
+/// `attempt` gets the address and the deadline. The error is the last
+/// address's, or a connect timeout when none could be tried in time.
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+pub(crate) fn first_to_connect<A, T>(
+    addrs: &[A],
+    target: &str,
+    timeout: Duration,
+    mut attempt: impl FnMut(&A, Instant) -> Attempt<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    for addr in addrs {
+        if Instant::now() >= deadline {
+            break;
+        }
+        match attempt(addr, deadline) {
+            Attempt::Done(t) => return Ok(t),
+            Attempt::Next(e) => last = Some(e),
+            Attempt::Stop(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        super::connect_error(
+            true,
+            target,
+            timeout,
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no address could be tried in time",
+            ),
+        )
+    }))
 }

@@ -44,7 +44,7 @@ use tiberius::{AuthMethod, Client, ColumnData, EncryptionLevel, FromSql, ToSql};
 use tokio::runtime::Runtime;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use super::blocking::{self, SocketHandle};
+use super::blocking::{self, Attempt, SocketHandle};
 use super::{connect_error, Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -395,95 +395,74 @@ impl Connector for MsConnector {
             .to_socket_addrs()
             .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?
             .collect();
-        let deadline = Instant::now() + self.connect_timeout;
-        let mut last: Option<Error> = None;
-        for addr in &addrs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let tcp = match std::net::TcpStream::connect_timeout(addr, left).and_then(|s| {
-                s.set_nodelay(true)?;
-                s.set_nonblocking(true)?;
-                Ok(s)
-            }) {
-                Ok(s) => s,
-                Err(e) => {
-                    last = Some(connect_error(
-                        e.kind() == std::io::ErrorKind::TimedOut,
-                        &self.target,
-                        self.connect_timeout,
-                        e,
-                    ));
-                    continue;
-                }
-            };
-            let socket = SocketHandle::of(&tcp);
-            let config = self.tiberius_config();
-            let left = deadline.saturating_duration_since(Instant::now());
-            let shook = rt.block_on(async {
-                let tcp =
-                    tokio::net::TcpStream::from_std(tcp).map_err(tiberius::error::Error::from)?;
-                match tokio::time::timeout(left, Client::connect(config, tcp.compat_write())).await
-                {
-                    Ok(r) => r.map(Some),
-                    Err(_) => Ok(None),
-                }
-            });
-            let client = match shook {
-                Ok(Some(c)) => c,
-                // The server answered: a wrong password is final, not worth another address.
-                Err(tiberius::error::Error::Server(e)) => return Err(classify_token(&e)),
-                Err(e @ tiberius::error::Error::Tls(_)) => {
-                    return Err(Error::new(
-                        ErrorKind::Connect,
-                        format!(
-                            "the TLS handshake with {} failed; if the server uses a self-signed certificate, add TrustServerCertificate=true (trust_server_certificate=true in a URL) to the connection string (SQL Server encrypts the login even with encrypt=off)",
-                            self.target
-                        ),
-                    )
-                    .with_source(e))
-                }
-                Err(e) => {
-                    last = Some(connect_error(false, &self.target, self.connect_timeout, e));
-                    continue;
-                }
-                Ok(None) => {
-                    last = Some(connect_error(
-                        true,
-                        &self.target,
-                        self.connect_timeout,
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the login did not finish in time",
-                        ),
-                    ));
-                    continue;
-                }
-            };
-            let broken = Arc::new(AtomicBool::new(false));
-            let canceller: Arc<dyn Canceller> = Arc::new(MsCancel {
-                broken: Arc::clone(&broken),
-                socket,
-            });
-            return Ok(Box::new(MsConnection {
-                rt: Some(rt),
-                client: Some(client),
-                broken,
-                in_flight: false,
-                canceller,
-            }));
-        }
-        Err(last.unwrap_or_else(|| {
-            connect_error(
-                true,
+        let failed = |timed_out: bool, e: Box<dyn std::error::Error + Send + Sync>| {
+            Attempt::Next(connect_error(
+                timed_out,
                 &self.target,
                 self.connect_timeout,
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no address could be tried in time",
-                ),
-            )
+                e,
+            ))
+        };
+        let (client, socket) = blocking::first_to_connect(
+            &addrs,
+            &self.target,
+            self.connect_timeout,
+            |addr, deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let tcp = match std::net::TcpStream::connect_timeout(addr, left).and_then(|s| {
+                    s.set_nodelay(true)?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                }) {
+                    Ok(s) => s,
+                    Err(e) => return failed(e.kind() == std::io::ErrorKind::TimedOut, e.into()),
+                };
+                let socket = SocketHandle::of(&tcp);
+                let config = self.tiberius_config();
+                let left = deadline.saturating_duration_since(Instant::now());
+                let shook = rt.block_on(async {
+                    let tcp = tokio::net::TcpStream::from_std(tcp)
+                        .map_err(tiberius::error::Error::from)?;
+                    match tokio::time::timeout(left, Client::connect(config, tcp.compat_write()))
+                        .await
+                    {
+                        Ok(r) => r.map(Some),
+                        Err(_) => Ok(None),
+                    }
+                });
+                match shook {
+                    Ok(Some(c)) => Attempt::Done((c, socket)),
+                    // The server answered: a wrong password is final, not worth another address.
+                    Err(tiberius::error::Error::Server(e)) => Attempt::Stop(classify_token(&e)),
+                    Err(e @ tiberius::error::Error::Tls(_)) => Attempt::Stop(
+                        Error::new(
+                            ErrorKind::Connect,
+                            format!(
+                                "the TLS handshake with {} failed; if the server uses a self-signed certificate, add TrustServerCertificate=true (trust_server_certificate=true in a URL) to the connection string (SQL Server encrypts the login even with encrypt=off)",
+                                self.target
+                            ),
+                        )
+                        .with_source(e),
+                    ),
+                    Err(e) => failed(false, e.into()),
+                    Ok(None) => failed(
+                        true,
+                        "the login did not finish in time".into(),
+                    ),
+                }
+            },
+        )?;
+        let broken = Arc::new(AtomicBool::new(false));
+        let canceller: Arc<dyn Canceller> = Arc::new(MsCancel {
+            broken: Arc::clone(&broken),
+            socket,
+        });
+        Ok(Box::new(MsConnection {
+            rt: Some(rt),
+            client: Some(client),
+            broken,
+            in_flight: false,
+            canceller,
         }))
     }
 

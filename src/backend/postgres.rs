@@ -30,7 +30,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::blocking::{self, SocketHandle};
+use super::blocking::{self, Attempt, SocketHandle};
 use super::{connect_error, Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -260,105 +260,77 @@ impl Connector for PgConnector {
         let rt = blocking::runtime("PostgreSQL")?;
         let endpoints = endpoints(&self.config)
             .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?;
-        let deadline = Instant::now() + self.connect_timeout;
-        let mut last: Option<Error> = None;
-        for endpoint in &endpoints {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let socket = match open(endpoint, left) {
-                Ok(s) => s,
-                Err(e) => {
-                    last = Some(connect_error(
-                        e.kind() == std::io::ErrorKind::TimedOut,
-                        &self.target,
-                        self.connect_timeout,
-                        e,
-                    ));
-                    continue;
-                }
-            };
-            let socket_handle = socket.handle();
-            let host = match endpoint {
-                Endpoint::Tcp(_, h) => h.clone(),
-                #[cfg(unix)]
-                Endpoint::Unix(_) => String::new(),
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            let read_only = self.read_only;
-            let shook = rt.block_on(async {
-                tokio::time::timeout(left, async {
-                    let client = handshake(&self.config, socket, &host, self.tls.as_ref()).await?;
-                    if read_only {
-                        // READ_ONLY: every transaction of the session is
-                        // read-only, so the server refuses the writes the
-                        // library's check misses (SQLSTATE 25006). A SET, not
-                        // a startup option, so that poolers accept it.
-                        client
-                            .batch_execute("SET default_transaction_read_only = on")
-                            .await?;
-                    }
-                    Ok::<_, BoxError>(client)
-                })
-                .await
-            });
-            let client = match shook {
-                Ok(Ok(c)) => c,
-                // The server answered: a wrong password is final, not worth another host.
-                Ok(Err(e)) => match e.downcast::<tokio_postgres::Error>() {
-                    Ok(pg) if pg.as_db_error().is_some() => return Err(classify(*pg)),
-                    Ok(pg) => {
-                        last = Some(connect_error(false, &self.target, self.connect_timeout, pg));
-                        continue;
-                    }
-                    Err(e) => {
-                        last = Some(connect_error(false, &self.target, self.connect_timeout, e));
-                        continue;
-                    }
-                },
-                #[allow(unreachable_patterns)]
-                Ok(Err(e)) => {
-                    last = Some(connect_error(false, &self.target, self.connect_timeout, e));
-                    continue;
-                }
-                Err(elapsed) => {
-                    last = Some(connect_error(
-                        true,
-                        &self.target,
-                        self.connect_timeout,
-                        elapsed,
-                    ));
-                    continue;
-                }
-            };
-            let canceller: Arc<dyn Canceller> = Arc::new(PgCancel {
-                token: client.cancel_token(),
-                endpoint: endpoint.clone(),
-                host,
-                tls: self.tls.clone(),
-                timeout: self.connect_timeout,
-                socket: socket_handle,
-            });
-            return Ok(Box::new(PgConnection {
-                rt: Some(rt),
-                client: Some(client),
-                statements: HashMap::new(),
-                canceller,
-                tx_failed: None,
-                pgbouncer: self.pgbouncer,
-            }));
-        }
-        Err(last.unwrap_or_else(|| {
-            connect_error(
-                true,
+        let failed = |timed_out: bool, e: BoxError| {
+            Attempt::Next(connect_error(
+                timed_out,
                 &self.target,
                 self.connect_timeout,
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no address could be tried in time",
-                ),
-            )
+                e,
+            ))
+        };
+        let (client, endpoint, host, socket) = blocking::first_to_connect(
+            &endpoints,
+            &self.target,
+            self.connect_timeout,
+            |endpoint, deadline| {
+                let socket =
+                    match open(endpoint, deadline.saturating_duration_since(Instant::now())) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            return failed(e.kind() == std::io::ErrorKind::TimedOut, e.into())
+                        }
+                    };
+                let handle = socket.handle();
+                let host = match endpoint {
+                    Endpoint::Tcp(_, h) => h.clone(),
+                    #[cfg(unix)]
+                    Endpoint::Unix(_) => String::new(),
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                let shook = rt.block_on(async {
+                    tokio::time::timeout(left, async {
+                        let client =
+                            handshake(&self.config, socket, &host, self.tls.as_ref()).await?;
+                        if self.read_only {
+                            // READ_ONLY: every transaction of the session is
+                            // read-only, so the server refuses the writes the
+                            // library's check misses (SQLSTATE 25006). A SET,
+                            // not a startup option, so that poolers accept it.
+                            client
+                                .batch_execute("SET default_transaction_read_only = on")
+                                .await?;
+                        }
+                        Ok::<_, BoxError>(client)
+                    })
+                    .await
+                });
+                match shook {
+                    Ok(Ok(c)) => Attempt::Done((c, endpoint.clone(), host, handle)),
+                    // The server answered: a wrong password is final, not worth another host.
+                    Ok(Err(e)) => match e.downcast::<tokio_postgres::Error>() {
+                        Ok(pg) if pg.as_db_error().is_some() => Attempt::Stop(classify(*pg)),
+                        Ok(pg) => failed(false, pg),
+                        Err(e) => failed(false, e),
+                    },
+                    Err(elapsed) => failed(true, elapsed.into()),
+                }
+            },
+        )?;
+        let canceller: Arc<dyn Canceller> = Arc::new(PgCancel {
+            token: client.cancel_token(),
+            endpoint,
+            host,
+            tls: self.tls.clone(),
+            timeout: self.connect_timeout,
+            socket,
+        });
+        Ok(Box::new(PgConnection {
+            rt: Some(rt),
+            client: Some(client),
+            statements: HashMap::new(),
+            canceller,
+            tx_failed: None,
+            pgbouncer: self.pgbouncer,
         }))
     }
 
