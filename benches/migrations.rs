@@ -49,7 +49,7 @@ fn dbmanager_run(dir: &Path, round: usize) -> (Duration, Duration) {
     let apply = start.elapsed();
     assert_eq!(report.applied.len(), MIGRATIONS);
     let start = Instant::now();
-    db.validate().expect("validate");
+    db.migrator().validate().expect("validate");
     let validate = start.elapsed();
     db.close();
     let _ = std::fs::remove_dir_all(&db_dir);

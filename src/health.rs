@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
-use crate::resilience::CircuitState;
 use crate::sql::Dialect;
+use crate::status::CircuitState;
 use crate::status::{now_rfc3339, Health, HealthStatus, MigrationSummary, QueryPlan, ScalingLevel};
 use crate::value::{Params, Row, Value};
 

@@ -64,6 +64,7 @@ mod observe;
 mod pipeline;
 mod pool;
 mod resilience;
+mod session;
 mod sql;
 mod status;
 mod value;
@@ -74,13 +75,14 @@ pub use crate::config::{
     DEFAULT_ENV_DIR,
 };
 pub use crate::error::{Error, ErrorKind, Result};
-pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
+pub use crate::manager::DatabaseManager;
 pub use crate::metrics::{metrics_text, push_metrics};
 pub use crate::migrate::{MigrateOptions, MigrationReport, MigrationStatus};
-pub use crate::resilience::{CircuitState, RetryPolicy};
+pub use crate::resilience::RetryPolicy;
+pub use crate::session::{PooledConnection, Transaction};
 pub use crate::status::{
-    ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan, ScalingLevel,
-    StatementStats,
+    CircuitState, ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan,
+    ScalingLevel, StatementStats,
 };
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 

@@ -1,25 +1,28 @@
-//! The public facade: [`DatabaseManager`], [`PooledConnection`] and
-//! [`Transaction`]. Every statement method here is one line into the
-//! pipeline's choke point.
+//! The public facade: [`DatabaseManager`], one per database name in the
+//! process, and the registry that shares it. Statements run through the
+//! pipeline's choke point; work on one connection is in [`crate::session`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::Location;
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
 
 use crate::config::{env_stem, BackendKind, DatabaseConfig};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::metrics::{DbMetrics, PoolSource};
+use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
-use crate::pool::Pooled;
 use crate::resilience::RetryPolicy;
+use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
 use crate::sql::{classify_statement, StatementKind};
-use crate::status::{HealthStatus, MigrationSummary, PoolStatus, QueryPlan, StatementStats};
-use crate::value::{IntoParams, Params, Row};
+use crate::status::{
+    HealthStatus, MigrationReport, MigrationStatus, MigrationSummary, PoolStatus, QueryPlan,
+    StatementStats,
+};
+use crate::value::{IntoParams, Params};
 
 /// The one door to one database: a pool of connections and everything that
 /// runs on them.
@@ -53,163 +56,6 @@ fn every_manager() -> &'static Mutex<Vec<Weak<Shared>>> {
 fn registry() -> &'static Mutex<HashMap<String, DatabaseManager>> {
     static REGISTRY: OnceLock<Mutex<HashMap<String, DatabaseManager>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)
-}
-
-fn outcome_rows(o: Outcome) -> Vec<Row> {
-    match o {
-        Outcome::Rows(r) => r,
-        Outcome::Affected(_) | Outcome::Done => Vec::new(),
-    }
-}
-
-fn outcome_affected(o: Outcome) -> u64 {
-    match o {
-        Outcome::Affected(n) => n,
-        Outcome::Rows(r) => r.len() as u64,
-        Outcome::Done => 0,
-    }
-}
-
-/// An error for the retry loop: with its kind when it is transient.
-fn transient(e: Error) -> (Error, Option<ErrorKind>) {
-    let kind = e.is_retryable().then(|| e.kind());
-    (e, kind)
-}
-
-fn exactly_one(rows: Vec<Row>) -> Result<Row> {
-    let mut it = rows.into_iter();
-    match (it.next(), it.next()) {
-        (Some(row), None) => Ok(row),
-        (None, _) => Err(Error::new(ErrorKind::NoRows, "expected exactly one row")),
-        (Some(_), Some(_)) => Err(Error::new(
-            ErrorKind::TooManyRows,
-            "expected exactly one row; use query_opt or execute_query",
-        )),
-    }
-}
-
-fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>> {
-    match rows.len() {
-        0 => Ok(None),
-        1 => Ok(rows.into_iter().next()),
-        _ => Err(Error::new(
-            ErrorKind::TooManyRows,
-            "expected at most one row; use execute_query",
-        )),
-    }
-}
-
-/// The statement methods shared by [`DatabaseManager`] (`&self`),
-/// [`PooledConnection`] and [`Transaction`] (`&mut self`). Each type has a
-/// private `run(op, sql, params)` into the pipeline.
-macro_rules! statement_methods {
-    (&mut $s:ident) => { statement_methods!(@with [&mut $s] $s); };
-    (&$s:ident) => { statement_methods!(@with [&$s] $s); };
-    (@with [$($recv:tt)+] $s:ident) => {
-        /// Runs a statement and returns its rows.
-        ///
-        /// `sql` may use `?` or `:name` placeholders and `[identifier]`
-        /// quoting (translated for the backend), or the backend's native
-        /// placeholders.
-        ///
-        /// The statement is limited by the query timeout in force (the
-        /// database's `TIMEOUT` setting unless changed): past it, it is
-        /// cancelled on the server and the call returns
-        /// [`QueryTimeout`](crate::ErrorKind::QueryTimeout).
-        ///
-        /// # Errors
-        ///
-        /// Any [`ErrorKind`](crate::ErrorKind): parameters that do not match
-        /// the placeholders, the server's error, pool or query timeouts.
-        #[track_caller]
-        pub fn execute_query($($recv)+, sql: &str, params: impl IntoParams) -> Result<Vec<Row>> {
-            $s.run(Op::Query, sql, params.into_params(), Limit::Default).map(outcome_rows)
-        }
-
-        /// Runs a statement and returns its rows, cancelling it on the server
-        /// if it runs longer than `timeout` (seed 002's
-        /// `execute_query_with_timeout`).
-        ///
-        /// # Errors
-        ///
-        /// [`QueryTimeout`](crate::ErrorKind::QueryTimeout) past `timeout`,
-        /// or as [`execute_query`](Self::execute_query).
-        #[track_caller]
-        pub fn execute_query_with_timeout($($recv)+, sql: &str, params: impl IntoParams, timeout: Duration) -> Result<Vec<Row>> {
-            $s.run(Op::Query, sql, params.into_params(), Limit::Custom(Some(timeout))).map(outcome_rows)
-        }
-
-        /// Runs a statement and returns the number of rows it affected.
-        ///
-        /// # Errors
-        ///
-        /// As [`execute_query`](Self::execute_query).
-        #[track_caller]
-        pub fn execute($($recv)+, sql: &str, params: impl IntoParams) -> Result<u64> {
-            $s.run(Op::Execute, sql, params.into_params(), Limit::Default).map(outcome_affected)
-        }
-
-        /// Runs a statement and returns the number of rows it affected,
-        /// cancelling it on the server if it runs longer than `timeout`.
-        ///
-        /// # Errors
-        ///
-        /// [`QueryTimeout`](crate::ErrorKind::QueryTimeout) past `timeout`,
-        /// or as [`execute_query`](Self::execute_query).
-        #[track_caller]
-        pub fn execute_with_timeout($($recv)+, sql: &str, params: impl IntoParams, timeout: Duration) -> Result<u64> {
-            $s.run(Op::Execute, sql, params.into_params(), Limit::Custom(Some(timeout))).map(outcome_affected)
-        }
-
-        /// Runs a script of statements separated by `;`, without parameters.
-        ///
-        /// # Errors
-        ///
-        /// As [`execute_query`](Self::execute_query); a script with `?` or
-        /// `:name` placeholders is a [`Parameter`](crate::ErrorKind::Parameter) error.
-        #[track_caller]
-        pub fn execute_batch($($recv)+, sql: &str) -> Result<()> {
-            $s.run(Op::Batch, sql, Params::None, Limit::Default).map(drop)
-        }
-
-        /// Runs a query that must return exactly one row.
-        ///
-        /// # Errors
-        ///
-        /// [`NoRows`](crate::ErrorKind::NoRows) or
-        /// [`TooManyRows`](crate::ErrorKind::TooManyRows), or as
-        /// [`execute_query`](Self::execute_query).
-        #[track_caller]
-        pub fn query_one($($recv)+, sql: &str, params: impl IntoParams) -> Result<Row> {
-            $s.execute_query(sql, params).and_then(exactly_one)
-        }
-
-        /// Runs a query that returns at most one row.
-        ///
-        /// # Errors
-        ///
-        /// [`TooManyRows`](crate::ErrorKind::TooManyRows), or as
-        /// [`execute_query`](Self::execute_query).
-        #[track_caller]
-        pub fn query_opt($($recv)+, sql: &str, params: impl IntoParams) -> Result<Option<Row>> {
-            $s.execute_query(sql, params).and_then(at_most_one)
-        }
-
-        /// Runs a query and deserialises each row into `T` with serde,
-        /// matching fields by column name.
-        ///
-        /// # Errors
-        ///
-        /// [`Conversion`](crate::ErrorKind::Conversion) when a row does not
-        /// fit `T`, or as [`execute_query`](Self::execute_query).
-        #[track_caller]
-        pub fn query_as<T: DeserializeOwned>($($recv)+, sql: &str, params: impl IntoParams) -> Result<Vec<T>> {
-            $s.execute_query(sql, params)?
-                .iter()
-                .map(Row::deserialize)
-                .collect()
-        }
-    };
 }
 
 impl DatabaseManager {
@@ -376,11 +222,10 @@ impl DatabaseManager {
     /// be opened; [`Closed`](crate::ErrorKind::Closed) after [`close`](Self::close).
     #[track_caller]
     pub fn connection(&self) -> Result<PooledConnection> {
-        Ok(PooledConnection {
-            shared: Arc::clone(&self.shared),
-            conn: self.shared.checkout()?,
-            limit: Limit::Default,
-        })
+        Ok(PooledConnection::new(
+            Arc::clone(&self.shared),
+            self.shared.checkout()?,
+        ))
     }
 
     /// Runs `f` in a transaction on one pooled connection: committed when `f`
@@ -443,7 +288,7 @@ impl DatabaseManager {
             )
             .map_err(lift)?;
             if let Some(t) = timeout {
-                tx.deadline = Some((Instant::now() + t, t));
+                tx = tx.with_deadline(t);
             }
             tx.run_repeatable(&mut f)
         })
@@ -521,6 +366,38 @@ impl DatabaseManager {
         })
     }
 
+    /// A [`Migrator`] for this database: the configured folder
+    /// (`migrations/{name}` unless set) and default
+    /// [`MigrateOptions`](crate::migrate::MigrateOptions). Every migration
+    /// operation (validate, baseline, repair, undo, dry run, migrate to a
+    /// version) is a method of the migrator.
+    pub fn migrator(&self) -> Migrator {
+        Migrator::new(
+            Arc::clone(&self.shared),
+            MigrationSource::directory(self.config().migrations_dir()),
+        )
+    }
+
+    /// Applies pending migrations from the configured folder; the same as
+    /// `self.migrator().run()` ([`Migrator::run`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::run`].
+    pub fn run_migrations(&self) -> Result<MigrationReport> {
+        self.migrator().run()
+    }
+
+    /// Where the database's migrations stand; the same as
+    /// `self.migrator().status()` ([`Migrator::status`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::status`].
+    pub fn migration_status(&self) -> Result<MigrationStatus> {
+        self.migrator().status()
+    }
+
     /// [`health_check`](Self::health_check) of every live manager in the
     /// process, run side by side (so the whole call takes about one health
     /// timeout at most), in the order the managers were made.
@@ -587,344 +464,5 @@ impl DatabaseManager {
     /// True when `self` and `other` share one pool.
     pub fn same_pool(&self, other: &DatabaseManager) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
-    }
-}
-
-/// A connection checked out of the pool; back to the pool on drop.
-pub struct PooledConnection {
-    shared: Arc<Shared>,
-    conn: Pooled,
-    limit: Limit,
-}
-
-impl fmt::Debug for PooledConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledConnection")
-            .field("database", &self.shared.name())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PooledConnection {
-    #[track_caller]
-    fn run(&mut self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
-        let limit = if limit == Limit::Default {
-            self.limit
-        } else {
-            limit
-        };
-        self.shared
-            .run(Some(&mut self.conn), op, sql, params, limit)
-    }
-
-    statement_methods!(&mut self);
-
-    /// Marks the connection broken: it is closed instead of going back to
-    /// the pool (used when its session state is unknown).
-    pub(crate) fn discard(&mut self) {
-        self.conn.broken = true;
-    }
-
-    /// Sets the limit for this guard's later statements (and its
-    /// transactions' statements): `Some(d)`, or `None` for no limit, in place
-    /// of the database's configured query timeout.
-    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.limit = Limit::Custom(timeout);
-    }
-
-    /// Runs `f` in a transaction on this connection; see
-    /// [`DatabaseManager::transaction`].
-    ///
-    /// # Errors
-    ///
-    /// `f`'s error (after rollback), or the error of `BEGIN` or `COMMIT`.
-    pub fn transaction<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
-    where
-        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
-        E: From<Error>,
-    {
-        let tx = self.begin()?;
-        tx.run_closure(f)
-    }
-
-    /// As [`DatabaseManager::transaction_with_timeout`], on this connection.
-    ///
-    /// # Errors
-    ///
-    /// As [`transaction`](Self::transaction); `QueryTimeout` after rollback
-    /// when the deadline passed.
-    pub fn transaction_with_timeout<T, E, F>(
-        &mut self,
-        timeout: Duration,
-        f: F,
-    ) -> std::result::Result<T, E>
-    where
-        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
-        E: From<Error>,
-    {
-        self.begin()?.with_deadline(timeout).run_closure(f)
-    }
-
-    /// Starts a transaction on this connection; dropping it unfinished rolls
-    /// it back.
-    ///
-    /// # Errors
-    ///
-    /// The error of `BEGIN`.
-    pub fn begin(&mut self) -> Result<Transaction<'_>> {
-        let limit = self.limit;
-        Transaction::start(
-            Arc::clone(&self.shared),
-            TxConn::Borrowed(&mut self.conn),
-            limit,
-        )
-    }
-}
-
-enum TxConn<'a> {
-    Owned(Box<Pooled>),
-    Borrowed(&'a mut Pooled),
-}
-
-impl TxConn<'_> {
-    fn get(&mut self) -> &mut Pooled {
-        match self {
-            TxConn::Owned(c) => c,
-            TxConn::Borrowed(c) => c,
-        }
-    }
-}
-
-/// An open transaction. [`commit`](Self::commit) it; dropping it otherwise
-/// (an early `?`, a panic) rolls it back.
-pub struct Transaction<'a> {
-    shared: Arc<Shared>,
-    conn: TxConn<'a>,
-    finished: bool,
-    /// The limit of each statement.
-    limit: Limit,
-    /// The whole transaction's deadline, and the timeout it came from.
-    deadline: Option<(Instant, Duration)>,
-    /// Set when a timeout rolled the transaction back.
-    timed_out: bool,
-    /// The first transient error a statement of the transaction met: the
-    /// whole transaction may be retried when the closure then fails.
-    transient: Option<ErrorKind>,
-}
-
-impl fmt::Debug for Transaction<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transaction")
-            .field("database", &self.shared.name())
-            .field("finished", &self.finished)
-            .finish()
-    }
-}
-
-impl<'a> Transaction<'a> {
-    fn start(shared: Arc<Shared>, mut conn: TxConn<'a>, limit: Limit) -> Result<Transaction<'a>> {
-        shared.run(Some(conn.get()), Op::Begin, "", Params::None, limit)?;
-        Ok(Transaction {
-            shared,
-            conn,
-            finished: false,
-            limit,
-            deadline: None,
-            timed_out: false,
-            transient: None,
-        })
-    }
-
-    /// Every statement of the transaction, and its commit, come here: the
-    /// transaction's deadline narrows each statement's limit, and a timeout
-    /// rolls the whole transaction back at once (on MySQL a cancelled
-    /// statement does not end the transaction, so committing the rest would
-    /// otherwise be possible).
-    #[track_caller]
-    fn run(&mut self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
-        if self.timed_out {
-            return Err(Error::new(
-                ErrorKind::QueryTimeout,
-                "the transaction was rolled back when a statement timed out; start a new transaction",
-            )
-            .on_database(self.shared.name()));
-        }
-        let limit = if limit == Limit::Default {
-            self.limit
-        } else {
-            limit
-        };
-        let limit = match self.deadline {
-            None => limit,
-            Some((deadline, whole)) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let e = Error::query_timeout(whole, "give the transaction a longer timeout")
-                        .on_database(self.shared.name());
-                    return Err(self.abandon(e));
-                }
-                let own = match limit {
-                    Limit::Default => self.shared.config.query_timeout,
-                    Limit::Custom(t) => t,
-                };
-                Limit::Custom(Some(own.map_or(left, |t| t.min(left))))
-            }
-        };
-        match self
-            .shared
-            .run(Some(self.conn.get()), op, sql, params, limit)
-        {
-            Err(e) if e.kind() == ErrorKind::QueryTimeout && op != Op::Rollback => {
-                Err(self.abandon(e))
-            }
-            Err(e) => {
-                if e.is_retryable() && self.transient.is_none() {
-                    self.transient = Some(e.kind());
-                }
-                Err(e)
-            }
-            ok => ok,
-        }
-    }
-
-    /// Limits the whole transaction to `timeout` from now.
-    fn with_deadline(mut self, timeout: Duration) -> Self {
-        self.deadline = Some((Instant::now() + timeout, timeout));
-        self
-    }
-
-    /// Rolls back after a timeout; later statements and commit fail.
-    #[cold]
-    fn abandon(&mut self, e: Error) -> Error {
-        self.timed_out = true;
-        self.finished = true;
-        match self.rollback_now() {
-            Ok(()) => e.with_hint("the transaction was rolled back"),
-            Err(_) => e.with_hint("the transaction was abandoned and its connection discarded"),
-        }
-    }
-
-    statement_methods!(&mut self);
-
-    /// Sets the limit for this transaction's later statements: `Some(d)`, or
-    /// `None` for no limit, in place of the database's configured query
-    /// timeout.
-    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.limit = Limit::Custom(timeout);
-    }
-
-    /// Commits the transaction.
-    ///
-    /// # Errors
-    ///
-    /// The server's error; the transaction is over either way.
-    pub fn commit(mut self) -> Result<()> {
-        let result = self
-            .run(Op::Commit, "", Params::None, Limit::Default)
-            .map(drop);
-        self.finished = true;
-        result
-    }
-
-    /// Rolls the transaction back.
-    ///
-    /// # Errors
-    ///
-    /// The server's error; the connection is then discarded, not reused.
-    pub fn rollback(mut self) -> Result<()> {
-        self.finished = true;
-        self.rollback_now()
-    }
-
-    fn rollback_now(&mut self) -> Result<()> {
-        let result = self
-            .shared
-            .run(
-                Some(self.conn.get()),
-                Op::Rollback,
-                "",
-                Params::None,
-                self.limit,
-            )
-            .map(drop);
-        // The rollback may have undone a server-side limit set in the transaction.
-        self.conn.get().server_timeout = None;
-        if result.is_err() {
-            // A connection whose transaction state is unknown is never reused.
-            self.conn.get().broken = true;
-        }
-        result
-    }
-
-    /// Runs `f` and commits, for the retry loop: the error comes with the
-    /// transient kind that makes the whole transaction worth running again.
-    /// Only errors the server reported before anything was committed count:
-    /// a statement's transient error, or a conflict at `COMMIT` (the server
-    /// rolled back); never a commit whose connection was lost.
-    fn run_repeatable<T, E, F>(
-        mut self,
-        f: &mut F,
-    ) -> std::result::Result<T, (E, Option<ErrorKind>)>
-    where
-        F: FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
-        E: From<Error>,
-    {
-        match f(&mut self) {
-            Ok(value) => {
-                let result = self
-                    .run(Op::Commit, "", Params::None, Limit::Default)
-                    .map(drop);
-                self.finished = true;
-                match result {
-                    Ok(()) => Ok(value),
-                    Err(e) => {
-                        let kind = (e.kind() == ErrorKind::Conflict).then_some(e.kind());
-                        Err((E::from(e), kind))
-                    }
-                }
-            }
-            Err(e) => {
-                if !self.finished {
-                    self.finished = true;
-                    if let Err(rb) = self.rollback_now() {
-                        tracing::warn!(database = %self.shared.name(), error = %rb, "rollback failed; the connection is discarded");
-                    }
-                }
-                Err((e, self.transient))
-            }
-        }
-    }
-
-    fn run_closure<T, E, F>(mut self, f: F) -> std::result::Result<T, E>
-    where
-        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<T, E>,
-        E: From<Error>,
-    {
-        match f(&mut self) {
-            Ok(value) => {
-                self.commit()?;
-                Ok(value)
-            }
-            Err(e) => {
-                if !self.finished {
-                    self.finished = true;
-                    if let Err(rb) = self.rollback_now() {
-                        tracing::warn!(database = %self.shared.name(), error = %rb, "rollback failed; the connection is discarded");
-                    }
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for Transaction<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            if std::thread::panicking() {
-                tracing::warn!(database = %self.shared.name(), "rolling back a transaction after a panic");
-            }
-            let _ = self.rollback_now();
-        }
     }
 }

@@ -48,7 +48,7 @@ use prometheus::{
 };
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::resilience::CircuitState;
+use crate::status::CircuitState;
 
 /// The operations statements are counted by (the `operation` label).
 pub(crate) const OPERATIONS: [&str; 6] =

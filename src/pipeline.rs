@@ -38,11 +38,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{DbMetrics, PoolSnapshot, PoolSource, OPERATIONS};
 use crate::observe::{StatTable, TimeoutWindow, SQL_IN_LOGS};
 use crate::pool::{Pool, Pooled};
-use crate::resilience::{
-    backoff, jitter_unit, Admit, Breaker, CircuitState, RetryPolicy, Transition,
-};
+use crate::resilience::{backoff, jitter_unit, Admit, Breaker, RetryPolicy, Transition};
 use crate::sql::{self, Binds, Dialect, Translated};
-use crate::status::{PoolStatus, ScalingLevel};
+use crate::status::{CircuitState, PoolStatus, ScalingLevel};
 use crate::value::{Params, Row, Value};
 use crate::watchdog::{Fired, Watchdog};
 

@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::backend::{Connection, Connector};
+use crate::backend::{Canceller, Connection, Connector};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::DbMetrics;
-use crate::resilience::CircuitState;
+use crate::status::CircuitState;
 use crate::status::{ConnectionHolder, PoolStatus};
-use crate::watchdog::{Canceller, Fired, Sweep, Watchdog};
+use crate::watchdog::{Fired, Sweep, Watchdog};
 
 /// Characters of a statement kept for leak reports and pool forensics.
 const LAST_SQL_CHARS: usize = 300;

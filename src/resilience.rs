@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
+
+use crate::status::CircuitState;
 
 /// How an operation is retried when it fails with a transient error
 /// ([`Error::is_retryable`](crate::Error::is_retryable)): exponential backoff
@@ -160,32 +161,6 @@ pub(crate) fn jitter_unit() -> f64 {
         s.set(x);
         (x >> 11) as f64 / (1u64 << 53) as f64
     })
-}
-
-/// The state of a database's circuit breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum CircuitState {
-    /// Calls go through; connection failures are counted.
-    Closed,
-    /// The recovery time has passed: the next call probes the database with
-    /// the health-check query; until it answers, other calls still fail fast.
-    HalfOpen,
-    /// The database is considered down: calls fail at once with
-    /// [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen), without I/O.
-    Open,
-}
-
-impl CircuitState {
-    /// The value of the `db_circuit_state` gauge: 0 closed, 1 half-open, 2 open.
-    pub fn as_gauge(self) -> i64 {
-        match self {
-            CircuitState::Closed => 0,
-            CircuitState::HalfOpen => 1,
-            CircuitState::Open => 2,
-        }
-    }
 }
 
 /// The breaker's settings.

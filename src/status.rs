@@ -1,8 +1,8 @@
 //! Plain status reports, serialisable with serde.
 
-use serde::Serialize;
+use std::fmt;
 
-use crate::resilience::CircuitState;
+use serde::Serialize;
 
 /// A snapshot of one database's connection pool (seed field names, and more).
 ///
@@ -260,7 +260,7 @@ pub struct PendingMigration {
     /// Flyway's CRC32 of the file.
     pub checksum: i32,
     /// `versioned` or `repeatable`.
-    pub kind: crate::migrate::MigrationKind,
+    pub kind: MigrationKind,
 }
 
 /// Something that stops migrations from running until it is fixed.
@@ -342,7 +342,7 @@ pub struct MigrationStatus {
 #[non_exhaustive]
 pub struct MigrationStep {
     /// `versioned`, `repeatable`, `undo` or `baseline`.
-    pub kind: crate::migrate::MigrationKind,
+    pub kind: MigrationKind,
     /// The version, `None` for a repeatable script.
     pub version: Option<String>,
     /// The description from the file name.
@@ -371,7 +371,7 @@ pub struct MigrationReport {
 #[non_exhaustive]
 pub struct PlannedStep {
     /// `versioned`, `repeatable` or `undo`.
-    pub kind: crate::migrate::MigrationKind,
+    pub kind: MigrationKind,
     /// The version, `None` for a repeatable script.
     pub version: Option<String>,
     /// The description from the file name.
@@ -384,7 +384,7 @@ pub struct PlannedStep {
     pub sql: String,
 }
 
-/// What [`dry_run`](crate::DatabaseManager::dry_run) found: the plan, and
+/// What [`dry_run`](crate::migrate::Migrator::dry_run) found: the plan, and
 /// what would stop it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -399,7 +399,7 @@ pub struct MigrationPlan {
     pub problems: Vec<MigrationProblem>,
 }
 
-/// What [`repair`](crate::DatabaseManager::repair) changed in the history.
+/// What [`repair`](crate::migrate::Migrator::repair) changed in the history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct RepairReport {
@@ -407,4 +407,56 @@ pub struct RepairReport {
     pub removed_failed: Vec<String>,
     /// Applied scripts whose recorded checksum was set to the file's (file names).
     pub realigned: Vec<String>,
+}
+
+/// The state of a database's circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Calls go through; connection failures are counted.
+    Closed,
+    /// The recovery time has passed: the next call probes the database with
+    /// the health-check query; until it answers, other calls still fail fast.
+    HalfOpen,
+    /// The database is considered down: calls fail at once with
+    /// [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen), without I/O.
+    Open,
+}
+
+impl CircuitState {
+    /// The value of the `db_circuit_state` gauge: 0 closed, 1 half-open, 2 open.
+    pub fn as_gauge(self) -> i64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        }
+    }
+}
+
+/// What a script does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MigrationKind {
+    /// `V{version}__…`: applied once, in version order.
+    Versioned,
+    /// `U{version}__…`: undoes the versioned migration of the same version.
+    Undo,
+    /// `R__…`: re-applied whenever its checksum changes, after the versioned ones.
+    Repeatable,
+    /// A baseline marker in the history (no script).
+    Baseline,
+}
+
+impl fmt::Display for MigrationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MigrationKind::Versioned => "versioned",
+            MigrationKind::Undo => "undo",
+            MigrationKind::Repeatable => "repeatable",
+            MigrationKind::Baseline => "baseline",
+        })
+    }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::backend::Canceller;
 use crate::error::{Error, ErrorKind, Result};
 
 /// How long after a fired deadline the transport is cut if the caller is
@@ -40,21 +41,6 @@ const MAX_CANCELS: usize = 64;
 
 /// How often sweepers run.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(500);
-
-/// What the watchdog can do to one connection's running statement.
-pub(crate) trait Canceller: Send + Sync + 'static {
-    /// Asks the server to stop the statement now running on the connection.
-    /// May block (it runs on a thread of its own), bounded by the backend's
-    /// connect timeout.
-    fn cancel(&self) -> Result<()>;
-
-    /// Cuts the connection's transport so that a caller blocked on a server
-    /// that does not answer gets an error at once. Must not block. Returns
-    /// false when the backend cannot do it.
-    fn abort(&self) -> bool {
-        false
-    }
-}
 
 /// Something the watchdog thread calls periodically (a pool's leak detector).
 pub(crate) trait Sweep: Send + Sync + 'static {

@@ -147,7 +147,7 @@ fn target_version_then_the_rest() -> Result<()> {
         c.write("V2__a.sql", "INSERT INTO {t}_log (v) VALUES ('2');");
         c.write("V3__b.sql", "INSERT INTO {t}_log (v) VALUES ('3');");
         let db = c.db();
-        let r = db.migrate_to("2")?;
+        let r = db.migrator().migrate_to("2")?;
         assert_eq!(r.applied.len(), 2, "{b:?}");
         assert_eq!(db.migration_status()?.pending.len(), 1);
         let r = db.run_migrations()?;
@@ -168,7 +168,7 @@ fn undo_goes_back_with_u_scripts() -> Result<()> {
         c.write("U3__c.sql", "DROP TABLE {t}_c;");
         let db = c.db();
         db.run_migrations()?;
-        let r = db.undo("1")?;
+        let r = db.migrator().undo("1")?;
         let undone: Vec<String> = r.applied.iter().filter_map(|s| s.version.clone()).collect();
         assert_eq!(undone, ["3", "2"], "{b:?}");
         assert_eq!(r.current_version.as_deref(), Some("1"));
@@ -176,7 +176,7 @@ fn undo_goes_back_with_u_scripts() -> Result<()> {
         assert!(c.table_exists(&db, "{t}_a"));
         // Undone versions are pending again; without a U1 script, undo to 0 refuses.
         assert_eq!(db.migration_status()?.pending.len(), 2);
-        let e = db.undo("0").expect_err("no U1");
+        let e = db.migrator().undo("0").expect_err("no U1");
         assert_eq!(e.kind(), ErrorKind::Migration);
         assert!(
             e.to_string().contains("V1__a.sql") && e.to_string().contains("U1__"),
@@ -236,7 +236,7 @@ fn baseline_skips_what_is_already_there() -> Result<()> {
             "CREATE TABLE {}_a (id INTEGER); CREATE TABLE {}_b (id INTEGER)",
             c.t, c.t
         ))?;
-        db.baseline("2")?;
+        db.migrator().baseline("2")?;
         let r = db.run_migrations()?;
         let applied: Vec<&str> = r.applied.iter().map(|s| s.script.as_str()).collect();
         assert_eq!(applied, ["V3__c.sql"], "{b:?}");
@@ -245,7 +245,10 @@ fn baseline_skips_what_is_already_there() -> Result<()> {
         assert_eq!(status.applied[0].kind, "BASELINE");
         // A second, different baseline is refused.
         assert_eq!(
-            db.baseline("1").expect_err("one baseline").kind(),
+            db.migrator()
+                .baseline("1")
+                .expect_err("one baseline")
+                .kind(),
             ErrorKind::Migration
         );
     }
@@ -262,7 +265,7 @@ fn dry_run_changes_nothing() -> Result<()> {
             "-- dbmanager:no-transaction\nCREATE TABLE {t}_b (id INTEGER);",
         );
         let db = c.db();
-        let plan = db.dry_run()?;
+        let plan = db.migrator().dry_run()?;
         assert!(!plan.history_table_exists);
         assert_eq!(plan.steps.len(), 2);
         assert!(plan.steps[0]
@@ -276,7 +279,7 @@ fn dry_run_changes_nothing() -> Result<()> {
             "no history table was created"
         );
         assert_eq!(db.run_migrations()?.applied.len(), 2);
-        assert!(db.dry_run()?.steps.is_empty());
+        assert!(db.migrator().dry_run()?.steps.is_empty());
     }
     Ok(())
 }
@@ -296,7 +299,7 @@ fn edited_applied_script_fails_validation_but_line_endings_do_not() -> Result<()
             "V1__a.sql",
             "CREATE TABLE {t}_a (id INTEGER);\r\nCREATE TABLE {t}_b (id INTEGER);\r\n",
         );
-        db.validate()?;
+        db.migrator().validate()?;
         assert!(db.run_migrations()?.applied.is_empty());
         // A real edit: validation names the file and both checksums.
         let applied = db.migration_status()?.applied[0]
@@ -310,7 +313,7 @@ fn edited_applied_script_fails_validation_but_line_endings_do_not() -> Result<()
         let now = dbmanager::migrate::checksum(
             &std::fs::read_to_string(c.sql_dir().join("V1__a.sql")).unwrap_or_default(),
         );
-        let e = db.validate().expect_err("edited");
+        let e = db.migrator().validate().expect_err("edited");
         let text = e.to_string();
         assert_eq!(e.kind(), ErrorKind::Migration);
         assert!(text.contains("V1__a.sql"), "{text}");
@@ -327,12 +330,12 @@ fn edited_applied_script_fails_validation_but_line_endings_do_not() -> Result<()
             MigrationProblem::ChecksumMismatch { .. }
         ));
         // repair accepts the edit.
-        let r = db.repair()?;
+        let r = db.migrator().repair()?;
         assert_eq!(r.realigned, ["V1__a.sql"]);
         assert_eq!(db.run_migrations()?.applied.len(), 1);
         // A deleted applied file is a problem too.
         c.remove("V2__b.sql");
-        let e = db.validate().expect_err("missing file");
+        let e = db.migrator().validate().expect_err("missing file");
         assert!(
             e.to_string().contains("V2__b.sql") && e.to_string().contains("missing"),
             "{e}"
@@ -424,7 +427,7 @@ fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
         "V2__half.sql",
         "CREATE TABLE IF NOT EXISTS {t}_half (id INTEGER);\nCREATE TABLE {t}_half2 (id INTEGER);\n",
     );
-    let r = db.repair()?;
+    let r = db.migrator().repair()?;
     assert_eq!(r.removed_failed, ["V2__half.sql"]);
     assert_eq!(db.run_migrations()?.applied.len(), 1);
     let status = db.migration_status()?;
@@ -696,10 +699,16 @@ fn read_only_refuses_before_touching_the_server() -> Result<()> {
     let db = DatabaseManager::from_config(c.config().url(url).read_only(true).build()?)?;
     for e in [
         db.run_migrations().expect_err("read-only"),
-        db.migrate_to("1").map(drop).expect_err("read-only"),
-        db.baseline("1").map(drop).expect_err("read-only"),
-        db.repair().map(drop).expect_err("read-only"),
-        db.undo("0").map(drop).expect_err("read-only"),
+        db.migrator()
+            .migrate_to("1")
+            .map(drop)
+            .expect_err("read-only"),
+        db.migrator()
+            .baseline("1")
+            .map(drop)
+            .expect_err("read-only"),
+        db.migrator().repair().map(drop).expect_err("read-only"),
+        db.migrator().undo("0").map(drop).expect_err("read-only"),
     ] {
         assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
         assert!(!error_text(&e).contains("secretpw"));
@@ -772,7 +781,7 @@ fn embedded_scripts_need_no_folder() -> Result<()> {
         "migrations/quickstart",
         ["V1__Create_customers.sql", "V2__Add_orders.sql"]
     ));
-    assert_eq!(quick.dry_run()?.steps.len(), 2);
+    assert_eq!(quick.migrator().dry_run()?.steps.len(), 2);
     Ok(())
 }
 

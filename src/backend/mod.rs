@@ -11,7 +11,6 @@ use crate::config::{BackendKind, DatabaseConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Row, Value};
-use crate::watchdog::Canceller;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 mod blocking;
@@ -23,6 +22,21 @@ mod mysql;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+
+/// What the watchdog can do to one connection's running statement.
+pub(crate) trait Canceller: Send + Sync + 'static {
+    /// Asks the server to stop the statement now running on the connection.
+    /// May block (the watchdog runs it on a thread of its own), bounded by the backend's
+    /// connect timeout.
+    fn cancel(&self) -> Result<()>;
+
+    /// Cuts the connection's transport so that a caller blocked on a server
+    /// that does not answer gets an error at once. Must not block. Returns
+    /// false when the backend cannot do it.
+    fn abort(&self) -> bool {
+        false
+    }
+}
 
 /// Opens connections for one database. Shared by the pool's threads.
 pub(crate) trait Connector: Send + Sync + 'static {

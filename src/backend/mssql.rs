@@ -46,11 +46,11 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::blocking::{self, Attempt, SocketHandle};
 use super::{connect_error, Connection, Connector};
+use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
-use crate::watchdog::Canceller;
 
 type Tds = Client<Compat<tokio::net::TcpStream>>;
 

@@ -16,11 +16,11 @@ use r2d2_mysql::MySqlConnectionManager;
 
 use super::blocking::SocketHandle;
 use super::{connect_error, Connection, Connector};
+use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
-use crate::watchdog::Canceller;
 
 /// MySQL's character set number for binary strings.
 const BINARY_CHARSET: u16 = 63;

@@ -32,11 +32,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::blocking::{self, Attempt, SocketHandle};
 use super::{connect_error, Connection, Connector};
+use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{self, Columns, Row, Value};
-use crate::watchdog::Canceller;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

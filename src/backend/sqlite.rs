@@ -17,11 +17,11 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{ffi, OpenFlags, ToSql};
 
 use super::{Connection, Connector};
+use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{self, Columns, Row, Value};
-use crate::watchdog::Canceller;
 
 /// Default wait on a locked database when no query timeout is configured.
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);

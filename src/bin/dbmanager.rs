@@ -240,7 +240,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             return Ok(status.problems.is_empty());
         }
         Command::Validate => {
-            db.validate()?;
+            db.migrator().validate()?;
             if cli.json {
                 print_json(&serde_json::json!({ "ok": true }))?;
             } else {
@@ -248,11 +248,11 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             }
         }
         Command::Baseline { version } => {
-            let report = db.baseline(version)?;
+            let report = db.migrator().baseline(version)?;
             print_report(cli, &report, "baselined")?;
         }
         Command::Repair => {
-            let report = db.repair()?;
+            let report = db.migrator().repair()?;
             if cli.json {
                 print_json(&report)?;
             } else if report.removed_failed.is_empty() && report.realigned.is_empty() {
@@ -267,7 +267,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             }
         }
         Command::Undo { to_version } => {
-            let report = db.undo(to_version)?;
+            let report = db.migrator().undo(to_version)?;
             print_report(cli, &report, "undone")?;
         }
         Command::Health => {

@@ -2,11 +2,13 @@
 //! behind one trait ([`HistoryDialect`]): refinery's drivers/ idea, where a
 //! backend overrides only what it does differently.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::BackendKind;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{DatabaseManager, PooledConnection, Transaction};
+use crate::pipeline::Shared;
+use crate::session::{PooledConnection, Transaction};
 use crate::sql::{quote_identifier, Dialect};
 use crate::status::AppliedMigration;
 use crate::value::{Row, Value};
@@ -590,13 +592,13 @@ impl std::fmt::Debug for LockGuard {
 impl LockGuard {
     /// Takes the lock, waiting up to `timeout`.
     pub(crate) fn acquire(
-        db: &DatabaseManager,
+        shared: &Arc<Shared>,
         dialect: &'static dyn HistoryDialect,
         table: &str,
         timeout: Duration,
     ) -> Result<LockGuard> {
         let name = LockName::new(table, dialect);
-        let mut conn = db.connection()?;
+        let mut conn = PooledConnection::new(Arc::clone(shared), shared.checkout()?);
         conn.set_timeout(Some(Duration::from_secs(10)));
         dialect.prepare_lock(&mut conn, &name)?;
         let deadline = Instant::now() + timeout;
@@ -621,7 +623,7 @@ impl LockGuard {
                         holder.map(|h| format!(" (held by {h})")).unwrap_or_default()
                     ),
                 )
-                .on_database(&std::sync::Arc::from(db.name())));
+                .on_database(shared.name()));
             }
             std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(Duration::from_millis(200));

@@ -13,7 +13,7 @@
 //! - Each script and its history row commit together where DDL is
 //!   transactional (PostgreSQL, SQLite). On MySQL/MariaDB, where DDL commits
 //!   implicitly, a failure is recorded (`success = false`) and later runs
-//!   stop until [`repair`](crate::DatabaseManager::repair). A script whose
+//!   stop until [`repair`](crate::migrate::Migrator::repair). A script whose
 //!   first line is `-- dbmanager:no-transaction` runs outside a transaction.
 //! - Every statement goes through the same pipeline as the rest of the
 //!   crate (pool, timeouts, portable SQL): write `??` for a literal `?`.
@@ -37,10 +37,12 @@
 mod history;
 mod source;
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use self::source::{checksum, MigrationKind, MigrationSource, Version};
+pub use self::source::{checksum, MigrationSource, Version};
+pub use crate::status::MigrationKind;
 pub use crate::status::{
     AppliedMigration, MigrationPlan, MigrationProblem, MigrationReport, MigrationStatus,
     MigrationStep, PendingMigration, PlannedStep, RepairReport,
@@ -49,7 +51,8 @@ pub use crate::status::{
 use self::history::{Exec, HistoryDialect, LockGuard, NewRow};
 use self::source::{Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::{DatabaseManager, PooledConnection};
+use crate::pipeline::Shared;
+use crate::session::PooledConnection;
 
 /// How far a run goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,18 +114,60 @@ impl MigrateOptions {
 }
 
 /// Runs migration operations on one database with a given source and
-/// options. [`DatabaseManager::migrator`] makes one with the configured
-/// folder; the manager's own methods (`run_migrations`, …) use that.
-#[derive(Clone, Debug)]
+/// options. [`DatabaseManager::migrator`](crate::DatabaseManager::migrator)
+/// makes one with the configured folder:
+///
+/// ```no_run
+/// # fn main() -> dbmanager::Result<()> {
+/// let db = dbmanager::DatabaseManager::new("rpa_db")?;
+/// db.migrator().validate()?;
+/// let report = db.migrator().migrate_to("2.1")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[must_use = "a Migrator does nothing until one of its operations is called"]
 pub struct Migrator {
-    db: DatabaseManager,
+    shared: Arc<Shared>,
     source: MigrationSource,
     options: MigrateOptions,
+}
+
+impl fmt::Debug for Migrator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migrator")
+            .field("database", self.shared.name())
+            .field("source", &self.source)
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 const BASELINE_SCRIPT: &str = "<< Baseline >>";
 
 impl Migrator {
+    /// A migrator for the database behind `shared`.
+    pub(crate) fn new(shared: Arc<Shared>, source: MigrationSource) -> Migrator {
+        Migrator {
+            shared,
+            source,
+            options: MigrateOptions::default(),
+        }
+    }
+
+    /// Applies pending versioned migrations up to and including `version`
+    /// (and no repeatable scripts past it); the same as [`run`](Self::run)
+    /// with [`Target::Version`].
+    ///
+    /// # Errors
+    ///
+    /// [`Migration`](ErrorKind::Migration) when `version` is not a version;
+    /// otherwise as [`run`](Self::run).
+    pub fn migrate_to(&self, version: &str) -> Result<MigrationReport> {
+        let v = Version::parse(version).map_err(|e| e.on_database(self.shared.name()))?;
+        let options = self.options.clone().target(Target::Version(v));
+        self.clone().options(options).run()
+    }
+
     /// Uses `source` instead of the configured folder (for embedded scripts).
     pub fn source(mut self, source: MigrationSource) -> Self {
         self.source = source;
@@ -141,22 +186,31 @@ impl Migrator {
     }
 
     fn table(&self) -> &str {
-        self.db.config().history_table()
+        self.shared.config.history_table()
     }
 
     fn dialect(&self) -> &'static dyn HistoryDialect {
-        history::dialect_for(self.db.backend())
+        history::dialect_for(self.shared.config.kind)
     }
 
     fn name(&self) -> Arc<str> {
-        Arc::from(self.db.name())
+        Arc::clone(self.shared.name())
+    }
+
+    /// A connection of its own, for reading the history.
+    #[track_caller]
+    fn connection(&self) -> Result<PooledConnection> {
+        Ok(PooledConnection::new(
+            Arc::clone(&self.shared),
+            self.shared.checkout()?,
+        ))
     }
 
     fn refuse_read_only(&self, what: &str) -> Result<()> {
-        if self.db.config().read_only() {
+        if self.shared.config.read_only() {
             let var = self
-                .db
-                .config()
+                .shared
+                .config
                 .variable("READ_ONLY")
                 .unwrap_or_else(|| "read_only(false) on the builder".to_owned());
             return Err(Error::new(
@@ -175,8 +229,12 @@ impl Migrator {
     /// Takes the lock and makes sure the history table exists.
     fn lock(&self) -> Result<LockGuard> {
         let dialect = self.dialect();
-        let mut guard =
-            LockGuard::acquire(&self.db, dialect, self.table(), self.options.lock_timeout)?;
+        let mut guard = LockGuard::acquire(
+            &self.shared,
+            dialect,
+            self.table(),
+            self.options.lock_timeout,
+        )?;
         let conn = guard.conn();
         conn.set_timeout(self.options.statement_timeout);
         conn.execute_batch(&dialect.create_history(self.table()))?;
@@ -207,7 +265,7 @@ impl Migrator {
         let plan = pending(&scripts, &applied, &self.options.target);
         let user = dialect.current_user(conn)?;
         let mut report = MigrationReport {
-            database_name: self.db.name().to_owned(),
+            database_name: self.shared.name().to_string(),
             applied: Vec::new(),
             current_version: current_version(&applied),
         };
@@ -379,7 +437,7 @@ impl Migrator {
     /// Reads the history without taking the lock or creating the table.
     fn read_history(&self) -> Result<(bool, Vec<AppliedMigration>)> {
         let dialect = self.dialect();
-        let mut conn = self.db.connection()?;
+        let mut conn = self.connection()?;
         if !dialect.table_exists(&mut conn, self.table())? {
             return Ok((false, Vec::new()));
         }
@@ -408,7 +466,7 @@ impl Migrator {
             })
             .collect();
         Ok(MigrationStatus {
-            database_name: self.db.name().to_owned(),
+            database_name: self.shared.name().to_string(),
             history_table: self.table().to_owned(),
             current_version: current_version(&applied),
             applied,
@@ -454,7 +512,7 @@ impl Migrator {
             })
             .collect();
         Ok(MigrationPlan {
-            database_name: self.db.name().to_owned(),
+            database_name: self.shared.name().to_string(),
             history_table_exists: exists,
             steps,
             problems,
@@ -524,7 +582,7 @@ impl Migrator {
             },
         )?;
         Ok(MigrationReport {
-            database_name: self.db.name().to_owned(),
+            database_name: self.shared.name().to_string(),
             applied: vec![MigrationStep {
                 kind: MigrationKind::Baseline,
                 version: Some(version.to_string()),
@@ -538,7 +596,7 @@ impl Migrator {
 
     fn empty_report(&self, applied: &[AppliedMigration]) -> MigrationReport {
         MigrationReport {
-            database_name: self.db.name().to_owned(),
+            database_name: self.shared.name().to_string(),
             applied: Vec::new(),
             current_version: current_version(applied),
         }
@@ -754,96 +812,6 @@ fn position_line(message: &str, sql: &str) -> Option<usize> {
     let n: usize = rest[..rest.find(')')?].parse().ok()?;
     let upto: String = sql.chars().take(n.saturating_sub(1)).collect();
     Some(upto.matches('\n').count() + 1)
-}
-
-impl DatabaseManager {
-    /// A [`Migrator`] for this database: the configured folder
-    /// (`migrations/{name}` unless set) and default [`MigrateOptions`].
-    pub fn migrator(&self) -> Migrator {
-        Migrator {
-            db: self.clone(),
-            source: MigrationSource::directory(self.config().migrations_dir()),
-            options: MigrateOptions::default(),
-        }
-    }
-
-    /// Applies pending migrations from the configured folder (seed 002's
-    /// `run_migrations`); see [`Migrator::run`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Migrator::run`].
-    pub fn run_migrations(&self) -> Result<MigrationReport> {
-        self.migrator().run()
-    }
-
-    /// Applies pending versioned migrations up to and including `version`.
-    ///
-    /// # Errors
-    ///
-    /// [`Migration`](ErrorKind::Migration) when `version` is not a version;
-    /// otherwise as [`Migrator::run`].
-    pub fn migrate_to(&self, version: &str) -> Result<MigrationReport> {
-        let v = Version::parse(version).map_err(|e| e.on_database(&Arc::from(self.name())))?;
-        self.migrator()
-            .options(MigrateOptions::default().target(Target::Version(v)))
-            .run()
-    }
-
-    /// Where the database's migrations stand (seed 002's
-    /// `get_migration_status`); see [`Migrator::status`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Migrator::status`].
-    pub fn migration_status(&self) -> Result<MigrationStatus> {
-        self.migrator().status()
-    }
-
-    /// Validates applied migrations against the files; see [`Migrator::validate`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Migrator::validate`].
-    pub fn validate(&self) -> Result<()> {
-        self.migrator().validate()
-    }
-
-    /// Marks an existing database as being at `version`; see [`Migrator::baseline`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Migrator::baseline`].
-    pub fn baseline(&self, version: &str) -> Result<MigrationReport> {
-        self.migrator().baseline(version)
-    }
-
-    /// Removes failed rows and realigns checksums; see [`Migrator::repair`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Migrator::repair`].
-    pub fn repair(&self) -> Result<RepairReport> {
-        self.migrator().repair()
-    }
-
-    /// Undoes versions above `to_version`; see [`Migrator::undo`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Migrator::undo`].
-    pub fn undo(&self, to_version: &str) -> Result<MigrationReport> {
-        self.migrator().undo(to_version)
-    }
-
-    /// The plan of a run, with SQL, changing nothing; see [`Migrator::dry_run`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Migrator::dry_run`].
-    pub fn dry_run(&self) -> Result<MigrationPlan> {
-        self.migrator().dry_run()
-    }
 }
 
 #[cfg(test)]

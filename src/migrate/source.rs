@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::status::MigrationKind;
 
 /// The first line that makes a script run outside a transaction.
 pub(crate) const NO_TRANSACTION: &str = "-- dbmanager:no-transaction";
@@ -107,32 +108,6 @@ impl std::str::FromStr for Version {
     type Err = Error;
     fn from_str(s: &str) -> Result<Version> {
         Version::parse(s)
-    }
-}
-
-/// What a script does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum MigrationKind {
-    /// `V{version}__…`: applied once, in version order.
-    Versioned,
-    /// `U{version}__…`: undoes the versioned migration of the same version.
-    Undo,
-    /// `R__…`: re-applied whenever its checksum changes, after the versioned ones.
-    Repeatable,
-    /// A baseline marker in the history (no script).
-    Baseline,
-}
-
-impl fmt::Display for MigrationKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MigrationKind::Versioned => "versioned",
-            MigrationKind::Undo => "undo",
-            MigrationKind::Repeatable => "repeatable",
-            MigrationKind::Baseline => "baseline",
-        })
     }
 }
 
