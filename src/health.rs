@@ -98,7 +98,7 @@ fn probe(shared: &Shared, deadline: Instant) -> std::result::Result<(), (bool, S
             Op::Query,
             "SELECT 1",
             Params::None,
-            Limit::Custom(Some(left(Instant::now()))),
+            Limit::custom(Some(left(Instant::now()))),
         )
         .map(drop)
         .map_err(|e| (true, e.to_string()))
@@ -163,7 +163,7 @@ pub(crate) fn explain(shared: &Shared, sql: &str, params: Params) -> Result<Quer
         Op::Query,
         &format!("{prefix}{sql}"),
         params,
-        Limit::Default,
+        Limit::DEFAULT,
     )? {
         Outcome::Rows(r) => r,
         _ => Vec::new(),

@@ -284,7 +284,7 @@ impl DatabaseManager {
             let mut tx = Transaction::start(
                 Arc::clone(&self.shared),
                 TxConn::Owned(Box::new(conn)),
-                Limit::Default,
+                Limit::DEFAULT,
             )
             .map_err(lift)?;
             if let Some(t) = timeout {
@@ -329,7 +329,7 @@ impl DatabaseManager {
         Transaction::start(
             Arc::clone(&self.shared),
             TxConn::Owned(Box::new(conn)),
-            Limit::Default,
+            Limit::DEFAULT,
         )
     }
 

@@ -42,21 +42,93 @@ use crate::resilience::{backoff, jitter_unit, Admit, Breaker, RetryPolicy, Trans
 use crate::sql::{self, Binds, Dialect, Translated};
 use crate::status::{CircuitState, PoolStatus, ScalingLevel};
 use crate::value::{Params, Row, Value};
-use crate::watchdog::{Fired, Watchdog};
+use crate::watchdog::{Armed, Fired, Watchdog};
 
 /// How much longer than the client's limit the server's own limit is, so
 /// that the watchdog (which says precisely what happened) fires first and
 /// the server still stops a statement whose client died.
 const SERVER_MARGIN: Duration = Duration::from_secs(1);
 
-/// The time limit of one statement.
+/// The time limit of one statement, as its caller asked for it.
+/// [`Shared::budget`] turns it into the timeout in force.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Limit {
-    /// The database's configured query timeout.
-    Default,
-    /// This limit; `None` for none.
-    Custom(Option<Duration>),
+pub(crate) struct Limit {
+    /// The statement's own limit: `None` for the database's query timeout,
+    /// `Some(None)` for no limit.
+    own: Option<Option<Duration>>,
+    /// A whole transaction's deadline, and the timeout it came from.
+    deadline: Option<(Instant, Duration)>,
 }
+
+impl Limit {
+    /// The database's configured query timeout.
+    pub(crate) const DEFAULT: Limit = Limit {
+        own: None,
+        deadline: None,
+    };
+
+    /// `timeout` in place of the database's query timeout; `None` for none.
+    pub(crate) fn custom(timeout: Option<Duration>) -> Limit {
+        Limit {
+            own: Some(timeout),
+            deadline: None,
+        }
+    }
+
+    /// This limit where it says something, `fallback` where it does not.
+    pub(crate) fn or(self, fallback: Limit) -> Limit {
+        Limit {
+            own: self.own.or(fallback.own),
+            deadline: self.deadline.or(fallback.deadline),
+        }
+    }
+
+    /// This limit, within a whole transaction's `deadline` (set `whole` ago
+    /// by a timeout of `whole`).
+    pub(crate) fn within(self, deadline: Option<(Instant, Duration)>) -> Limit {
+        Limit {
+            deadline: deadline.or(self.deadline),
+            ..self
+        }
+    }
+}
+
+/// The timeout in force for one statement.
+struct Budget {
+    timeout: Option<Duration>,
+    /// Set when a transaction's deadline, not the statement's own limit,
+    /// decided it: the whole transaction's timeout.
+    whole: Option<Duration>,
+}
+
+/// A statement ready to run: its native text (when it differs from the
+/// caller's) and its values in placeholder order.
+struct Prepared {
+    translated: Option<Arc<Translated>>,
+    values: Vec<Value>,
+}
+
+impl Prepared {
+    fn native<'a>(&'a self, sql: &'a str) -> &'a str {
+        self.translated.as_deref().map_or(sql, |t| t.sql.as_str())
+    }
+}
+
+/// What the circuit breaker is told: the one vocabulary of
+/// [`Shared::report`].
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    /// The server answered.
+    Up,
+    /// A connection-level failure: opening a connection failed or timed
+    /// out, or a statement's connection had to be cut.
+    Down,
+    /// The verdict of a half-open breaker's probe.
+    Probed(bool),
+}
+
+/// The hint of a `QueryTimeout` that a transaction's deadline decided.
+const TRANSACTION_HINT: &str = "give the transaction a longer timeout";
 
 /// Statement texts whose translation is kept per manager.
 const TRANSLATION_CACHE: usize = 1024;
@@ -80,6 +152,15 @@ impl Op {
     /// The `operation` label: [`OPERATIONS`] follows this enum's order.
     pub(crate) fn name(self) -> &'static str {
         OPERATIONS[self as usize]
+    }
+
+    /// Whether it opens (`Some(true)`) or ends (`Some(false)`) a transaction.
+    fn transaction_effect(self) -> Option<bool> {
+        match self {
+            Op::Begin => Some(true),
+            Op::Commit | Op::Rollback => Some(false),
+            _ => None,
+        }
     }
 }
 
@@ -157,49 +238,47 @@ impl Shared {
     }
 
     /// Checks a connection out within `timeout` (the acquisition timeout
-    /// when `None`), recording the wait in metrics. Step 1 of the choke
-    /// point, the circuit breaker, lives here: every statement that needs a
-    /// connection passes by it once.
+    /// when `None`), recording the wait in metrics. Stage 1 of the choke
+    /// point, the circuit breaker, is passed here: every statement that
+    /// needs a connection passes by it once.
     pub(crate) fn checkout_within(
         &self,
         timeout: Option<Duration>,
         site: &'static Location<'static>,
     ) -> Result<Pooled> {
         self.check_context()?;
-        let (admit, change) = self.breaker.admit_now();
-        self.circuit_changed(change);
-        match admit {
-            Admit::Pass => self.checkout_counted(timeout, site),
-            Admit::Reject(left) => {
-                Err(Error::circuit_open(left, &self.recovery_hint()).on_database(self.name()))
-            }
-            Admit::Probe => {
-                // Reported whatever happens, a panic included: a probe that
-                // never reports would keep the breaker half-open for good.
-                struct Verdict<'a>(&'a Shared, bool);
-                impl Drop for Verdict<'_> {
-                    fn drop(&mut self) {
-                        let change = self.0.breaker.probed(self.1, Instant::now());
-                        self.0.circuit_changed(change);
-                    }
-                }
-                let mut verdict = Verdict(self, false);
-                let mut conn = self.checkout_counted(timeout, site)?;
-                let probe_limit = self.config.health_timeout.min(self.config.connect_timeout);
-                self.run_at(
-                    Some(&mut conn),
-                    Op::Query,
-                    "SELECT 1",
-                    Params::None,
-                    Limit::Custom(Some(probe_limit)),
-                    site,
-                )?;
-                verdict.1 = true;
-                Ok(conn)
-            }
+        match self.admit()? {
+            Admit::Probe => self.probe(timeout, site),
+            Admit::Pass | Admit::Reject(_) => self.checkout_counted(timeout, site),
         }
     }
 
+    /// The half-open breaker's one probe: a checkout and the health-check
+    /// query. Its verdict is reported whatever happens, a panic included: a
+    /// probe that never reports would keep the breaker half-open for good.
+    fn probe(&self, timeout: Option<Duration>, site: &'static Location<'static>) -> Result<Pooled> {
+        struct Verdict<'a>(&'a Shared, bool);
+        impl Drop for Verdict<'_> {
+            fn drop(&mut self) {
+                self.0.report(Signal::Probed(self.1), Instant::now());
+            }
+        }
+        let mut verdict = Verdict(self, false);
+        let mut conn = self.checkout_counted(timeout, site)?;
+        let probe_limit = self.config.health_timeout.min(self.config.connect_timeout);
+        self.run_at(
+            Some(&mut conn),
+            Op::Query,
+            "SELECT 1",
+            Params::None,
+            Limit::custom(Some(probe_limit)),
+            site,
+        )?;
+        verdict.1 = true;
+        Ok(conn)
+    }
+
+    /// Stage 2: the checkout itself, bounded by the acquisition timeout.
     fn checkout_counted(
         &self,
         timeout: Option<Duration>,
@@ -224,12 +303,40 @@ impl Shared {
                     e.kind(),
                     ErrorKind::Connect | ErrorKind::ConnectTimeout | ErrorKind::PoolTimeout
                 ) {
-                    let change = self.breaker.failed(now);
-                    self.circuit_changed(change);
+                    self.report(Signal::Down, now);
                 }
                 Err(e.on_database(self.name()))
             }
         }
+    }
+
+    // The circuit breaker, in one place: `admit` asks it, `report` tells it,
+    // and nothing else in the crate touches it.
+
+    /// May a call go through? `Err(CircuitOpen)` while the breaker is open.
+    fn admit(&self) -> Result<Admit> {
+        let (admit, change) = self.breaker.admit_now();
+        self.circuit_changed(change);
+        match admit {
+            Admit::Reject(left) => {
+                Err(Error::circuit_open(left, &self.recovery_hint()).on_database(self.name()))
+            }
+            admit => Ok(admit),
+        }
+    }
+
+    /// Tells the breaker what a checkout, a statement or a probe showed of
+    /// the server.
+    fn report(&self, signal: Signal, at: Instant) {
+        let change = match signal {
+            Signal::Up => {
+                self.breaker.succeeded();
+                None
+            }
+            Signal::Down => self.breaker.failed(at),
+            Signal::Probed(ok) => self.breaker.probed(ok, at),
+        };
+        self.circuit_changed(change);
     }
 
     /// What to change to make the breaker probe sooner, for its error.
@@ -381,15 +488,47 @@ impl Shared {
         }
     }
 
-    /// The variable that sets this database's query timeout, for messages.
-    fn timeout_hint(&self, limit: Limit) -> String {
-        match limit {
-            Limit::Default => format!(
+    /// THE place a statement's timeout is worked out: its own limit (or the
+    /// database's query timeout), cut to what is left of its transaction's
+    /// deadline. A deadline already passed is a `QueryTimeout` at once.
+    fn budget(&self, limit: Limit, now: Instant) -> Result<Budget> {
+        let own = limit.own.unwrap_or(self.config.query_timeout);
+        let Some((deadline, whole)) = limit.deadline else {
+            return Ok(Budget {
+                timeout: own,
+                whole: None,
+            });
+        };
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(Error::query_timeout(whole, TRANSACTION_HINT).on_database(self.name()));
+        }
+        Ok(match own {
+            Some(t) if t <= left => Budget {
+                timeout: Some(t),
+                whole: None,
+            },
+            _ => Budget {
+                timeout: Some(left),
+                whole: Some(whole),
+            },
+        })
+    }
+
+    /// The error of a statement cancelled at its deadline: it says which
+    /// setting to change.
+    fn timed_out(&self, limit: Limit, budget: &Budget) -> Error {
+        if let Some(whole) = budget.whole {
+            return Error::query_timeout(whole, TRANSACTION_HINT);
+        }
+        let hint = match limit.own {
+            None => format!(
                 "raise {} (or pass a longer timeout to execute_query_with_timeout)",
                 self.config.timeout_variable()
             ),
-            Limit::Custom(_) => "pass a longer timeout, or make the statement faster".to_owned(),
-        }
+            Some(_) => "pass a longer timeout, or make the statement faster".to_owned(),
+        };
+        Error::query_timeout(budget.timeout.unwrap_or_default(), &hint)
     }
 
     /// Runs one statement: THE choke point.
@@ -410,7 +549,8 @@ impl Shared {
     }
 
     /// [`run`](Self::run), with the caller's location given (a connection
-    /// checked out here records it as its holder).
+    /// checked out here records it as its holder). Each stage is a function
+    /// of its own, in the order of the module docs.
     pub(crate) fn run_at(
         &self,
         conn: Option<&mut Pooled>,
@@ -420,9 +560,7 @@ impl Shared {
         limit: Limit,
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
-        if self.config.read_only && matches!(op, Op::Query | Op::Execute | Op::Batch) {
-            self.refuse_writes(sql)?;
-        }
+        self.refuse_writes(op, sql)?;
         let mut owned;
         let conn = match conn {
             Some(c) => {
@@ -434,40 +572,10 @@ impl Shared {
                 &mut owned
             }
         };
-
-        let translated;
-        let (native, values): (&str, Vec<Value>) = match op {
-            Op::Begin | Op::Commit | Op::Rollback => ("", Vec::new()),
-            _ => {
-                translated = self.translate(sql)?;
-                let native = translated.as_deref().map_or(sql, |t| t.sql.as_str());
-                let binds = translated.as_deref().map_or(&Binds::Native, |t| &t.binds);
-                if op == Op::Batch && !matches!(binds, Binds::Native) {
-                    return Err(Error::parameter(
-                        "execute_batch takes no parameters, but the script has `?` or `:name` placeholders (write `??` for a literal `?`)",
-                    )
-                    .on_database(self.name()));
-                }
-                (
-                    native,
-                    bind(binds, params).map_err(|e| e.on_database(self.name()))?,
-                )
-            }
-        };
-
-        let timeout = match limit {
-            Limit::Default => self.config.query_timeout,
-            Limit::Custom(t) => t,
-        };
-        Pool::note(
-            conn,
-            native,
-            match op {
-                Op::Begin => Some(true),
-                Op::Commit | Op::Rollback => Some(false),
-                _ => None,
-            },
-        );
+        let prepared = self.prepare(op, sql, params)?;
+        let native = prepared.native(sql);
+        let budget = self.budget(limit, Instant::now())?;
+        Pool::note(conn, native, op.transaction_effect());
 
         let span = tracing::debug_span!(
             "dbmanager.statement",
@@ -476,68 +584,148 @@ impl Shared {
         );
         let _entered = span.enter();
         let start = Instant::now();
-        let armed = match timeout {
-            Some(t) => {
-                let dog = Watchdog::global().map_err(|e| e.on_database(self.name()))?;
-                Some((dog, dog.arm(start + t, &conn.canceller)))
-            }
+        let (result, fired) =
+            self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;
+        let result = self.settle(conn, result, fired, limit, &budget);
+        self.account(conn, op, native, start, &result, fired);
+        result.map_err(|e| e.on_database(self.name()))
+    }
+
+    /// Stage 3: the native form of the statement and its values in order.
+    fn prepare(&self, op: Op, sql: &str, params: Params) -> Result<Prepared> {
+        if matches!(op, Op::Begin | Op::Commit | Op::Rollback) {
+            return Ok(Prepared {
+                translated: None,
+                values: Vec::new(),
+            });
+        }
+        let translated = self.translate(sql)?;
+        let binds = translated.as_deref().map_or(&Binds::Native, |t| &t.binds);
+        if op == Op::Batch && !matches!(binds, Binds::Native) {
+            return Err(Error::parameter(
+                "execute_batch takes no parameters, but the script has `?` or `:name` placeholders (write `??` for a literal `?`)",
+            )
+            .on_database(self.name()));
+        }
+        let values = bind(binds, params).map_err(|e| e.on_database(self.name()))?;
+        Ok(Prepared { translated, values })
+    }
+
+    /// Stages 4 and 5: registers the deadline with the watchdog, sets the
+    /// server's own limit a little above it (second line of defence, only
+    /// when it changed), runs the statement and deregisters. The
+    /// registration is a guard, so a panic deregisters it too; the
+    /// connection stays marked as running until [`settle`](Self::settle),
+    /// so the pool discards it if a panic gets past.
+    fn execute(
+        &self,
+        conn: &mut Pooled,
+        op: Op,
+        native: &str,
+        values: &[Value],
+        timeout: Option<Duration>,
+        start: Instant,
+    ) -> Result<(Result<Outcome>, Fired)> {
+        let dog = match timeout {
+            Some(_) => Some(Watchdog::global().map_err(|e| e.on_database(self.name()))?),
             None => None,
         };
+        conn.running = true;
+        let armed = dog
+            .zip(timeout)
+            .map(|(dog, t)| dog.arm(start + t, &conn.canceller));
         // The deadline covers setting the server's own limit too: on a server
         // that stopped answering, that round trip would hang as well.
-        let control = matches!(op, Op::Begin | Op::Commit | Op::Rollback);
-        let wanted = timeout.map(|t| t + SERVER_MARGIN);
-        let set_limit = if control || conn.server_timeout == Some(wanted) {
-            Ok(())
-        } else {
-            conn.server_timeout = None;
-            let r = conn.backend.set_server_timeout(wanted);
-            if r.is_ok() && !conn.backend.server_timeout_is_local() {
-                conn.server_timeout = Some(wanted);
-            }
-            r
-        };
-        let mut result = set_limit.and_then(|()| match op {
-            Op::Query => conn.backend.query(native, &values).map(Outcome::Rows),
-            Op::Execute => conn.backend.execute(native, &values).map(Outcome::Affected),
+        let result = server_limit(conn, op, timeout).and_then(|()| match op {
+            Op::Query => conn.backend.query(native, values).map(Outcome::Rows),
+            Op::Execute => conn.backend.execute(native, values).map(Outcome::Affected),
             Op::Batch => conn.backend.batch(native).map(|()| Outcome::Done),
             Op::Begin => conn.backend.begin().map(|()| Outcome::Done),
             Op::Commit => conn.backend.commit().map(|()| Outcome::Done),
             Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
         });
-        let fired = armed.map_or(Fired::No, |(dog, a)| dog.disarm(a));
-        let end = Instant::now();
-        let elapsed = end.saturating_duration_since(start);
-        Pool::touch(conn, end);
-        if fired != Fired::No {
-            // Reused only when the statement failed with the server's own
-            // "cancelled" error: then the cancel hit it and nothing else.
-            let proven = fired == Fired::Cancelled
-                && matches!(&result, Err(e) if e.kind() == ErrorKind::QueryTimeout)
-                && !conn.backend.is_closed();
-            if !proven {
-                conn.broken = true;
-            }
-            if fired == Fired::Unfinished || conn.backend.is_closed() {
-                // The cancel could not reach the server and the connection
-                // was cut: a connection-level failure for the breaker.
-                let change = self.breaker.failed(end);
-                self.circuit_changed(change);
-            }
-            if let Err(cause) = result {
-                let limit_value = timeout.unwrap_or_default();
-                result =
-                    Err(Error::query_timeout(limit_value, &self.timeout_hint(limit))
-                        .with_source(cause));
-            }
-            tracing::debug!(
-                elapsed_us = elapsed.as_micros() as u64,
-                reused = proven,
-                "statement cancelled at its deadline"
-            );
-        }
+        let fired = armed.map_or(Fired::No, Armed::disarm);
+        Ok((result, fired))
+    }
 
-        match (op, &result) {
+    /// Stages 6 to 8: a fired deadline becomes a `QueryTimeout`, the
+    /// connection's fate is decided (reused only when proven clean), and the
+    /// circuit breaker hears what the statement showed of the server.
+    fn settle(
+        &self,
+        conn: &mut Pooled,
+        result: Result<Outcome>,
+        fired: Fired,
+        limit: Limit,
+        budget: &Budget,
+    ) -> Result<Outcome> {
+        let end = Instant::now();
+        Pool::touch(conn, end);
+        let closed = conn.backend.is_closed();
+        let reusable = match (&result, fired) {
+            // Cancelled at its deadline: reused only when the statement
+            // failed with the server's own "cancelled" error, so the cancel
+            // hit it and nothing else.
+            (Err(e), Fired::Cancelled) => !closed && e.kind() == ErrorKind::QueryTimeout,
+            (Ok(_), Fired::Cancelled) | (_, Fired::Unfinished) => false,
+            (Err(e), Fired::No) => !(closed || e.kind().breaks_connection()),
+            (Ok(_), Fired::No) => !closed,
+        };
+        let result = match result {
+            Err(cause) if fired != Fired::No => {
+                Err(self.timed_out(limit, budget).with_source(cause))
+            }
+            other => other,
+        };
+        if !reusable {
+            conn.broken = true;
+        }
+        if let (Err(e), Fired::No) = (&result, fired) {
+            if e.kind() == ErrorKind::Connect {
+                // Not a breaker failure by itself: sessions killed on a
+                // server that is up look the same. If the server is down,
+                // opening the next connection fails, and that counts. The
+                // others were most likely lost with it (a restart, killed
+                // sessions): check them before use.
+                if let Ok(pool) = self.pool() {
+                    pool.suspect_idle(end);
+                }
+            }
+        }
+        let signal = match (&result, fired) {
+            // The cancel could not reach the server and the connection was
+            // cut: a connection-level failure.
+            (_, Fired::Unfinished) => Some(Signal::Down),
+            (_, Fired::Cancelled) if closed => Some(Signal::Down),
+            (Ok(_), _) => Some(Signal::Up),
+            // The server answered with an SQL error: it is up.
+            (Err(e), _) if reusable && e.db_code().is_some() => Some(Signal::Up),
+            (Err(_), _) => None,
+        };
+        if let Some(signal) = signal {
+            self.report(signal, end);
+        }
+        conn.running = false;
+        if fired != Fired::No {
+            tracing::debug!(reused = reusable, "statement cancelled at its deadline");
+        }
+        result
+    }
+
+    /// Everything learnt from one finished statement: transaction and
+    /// statement metrics, the timeout-rate window, statement statistics, the
+    /// slow-statement log and tracing.
+    fn account(
+        &self,
+        conn: &mut Pooled,
+        op: Op,
+        native: &str,
+        start: Instant,
+        result: &Result<Outcome>,
+        fired: Fired,
+    ) {
+        let elapsed = start.elapsed();
+        match (op, result) {
             (Op::Begin, Ok(_)) => {
                 conn.tx_started = Some(start);
                 self.metrics.transaction_started();
@@ -550,17 +738,10 @@ impl Shared {
             }
             _ => {}
         }
-        self.observe(
-            op,
-            native,
-            start,
-            elapsed,
-            result.as_ref().err().map(Error::kind),
-            fired != Fired::No,
-        );
-        match &result {
+        let failure = result.as_ref().err().map(Error::kind);
+        self.observe(op, native, start, elapsed, failure, fired != Fired::No);
+        match result {
             Ok(outcome) => {
-                self.breaker.succeeded();
                 let rows = match outcome {
                     Outcome::Rows(r) => r.len() as u64,
                     Outcome::Affected(n) => *n,
@@ -572,39 +753,22 @@ impl Shared {
                     "statement done"
                 );
             }
-            Err(e) => {
-                if e.kind().breaks_connection() || conn.backend.is_closed() {
-                    conn.broken = true;
-                    if fired == Fired::No && e.kind() == ErrorKind::Connect {
-                        // Not a breaker failure by itself: sessions killed
-                        // on a server that is up look the same. If the
-                        // server is down, opening the next connection fails,
-                        // and that counts. The others were most likely lost
-                        // with it (a restart, killed sessions): check them
-                        // before use.
-                        if let Ok(pool) = self.pool() {
-                            pool.suspect_idle(end);
-                        }
-                    }
-                } else if e.db_code().is_some() {
-                    // The server answered (with an SQL error): it is up.
-                    self.breaker.succeeded();
-                }
-                tracing::debug!(
-                    elapsed_us = elapsed.as_micros() as u64,
-                    kind = ?e.kind(),
-                    code = e.db_code(),
-                    "statement failed"
-                );
-            }
+            Err(e) => tracing::debug!(
+                elapsed_us = elapsed.as_micros() as u64,
+                kind = ?e.kind(),
+                code = e.db_code(),
+                "statement failed"
+            ),
         }
-        result.map_err(|e| e.on_database(self.name()))
     }
 
     /// On a read-only database, refuses a statement the classifier sees
     /// writing, before it reaches the server. What it cannot tell is left to
     /// the session's own read-only setting, made at connect by each backend.
-    fn refuse_writes(&self, sql: &str) -> Result<()> {
+    fn refuse_writes(&self, op: Op, sql: &str) -> Result<()> {
+        if !self.config.read_only || !matches!(op, Op::Query | Op::Execute | Op::Batch) {
+            return Ok(());
+        }
         if let sql::StatementKind::Write(keyword) = sql::classify_statement(sql) {
             let setting = match &self.config.var_stem {
                 Some(stem) => format!("{stem}READ_ONLY=true"),
@@ -651,24 +815,7 @@ impl Shared {
     pub(crate) fn pool_status(&self) -> PoolStatus {
         match &*self.pool.read() {
             Some(pool) => pool.status(self.config.read_only, self.circuit_state()),
-            None => PoolStatus {
-                database_name: self.config.name.to_string(),
-                pool_size: self.config.pool_size,
-                max_overflow: self.config.max_overflow,
-                max_size: self.config.max_size(),
-                connections: 0,
-                checked_in: 0,
-                checked_out: 0,
-                overflow: 0,
-                invalid: 0,
-                waiting: 0,
-                timeouts: 0,
-                connections_created: 0,
-                suspected_leaks: 0,
-                read_only: self.config.read_only,
-                circuit: self.circuit_state(),
-                timestamp: crate::status::now_rfc3339(),
-            },
+            None => Pool::closed_status(&self.config, self.circuit_state()),
         }
     }
 
@@ -681,6 +828,22 @@ impl Shared {
     pub(crate) fn is_closed(&self) -> bool {
         self.pool.read().is_none()
     }
+}
+
+/// Sets the server's own statement limit a little above the client's
+/// (second line of defence), when it differs from what the session has.
+/// Transaction control statements leave it as it is.
+fn server_limit(conn: &mut Pooled, op: Op, timeout: Option<Duration>) -> Result<()> {
+    let wanted = timeout.map(|t| t + SERVER_MARGIN);
+    if matches!(op, Op::Begin | Op::Commit | Op::Rollback) || conn.server_timeout == Some(wanted) {
+        return Ok(());
+    }
+    conn.server_timeout = None;
+    conn.backend.set_server_timeout(wanted)?;
+    if !conn.backend.server_timeout_is_local() {
+        conn.server_timeout = Some(wanted);
+    }
+    Ok(())
 }
 
 /// Orders the caller's values for the native placeholders.

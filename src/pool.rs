@@ -40,6 +40,11 @@ pub(crate) struct Conn {
     pub(crate) backend: Box<dyn Connection>,
     /// Set when the connection must not be reused.
     pub(crate) broken: bool,
+    /// Set while a statement runs, from before its deadline is registered
+    /// until the pipeline has settled it. A connection returned with it set
+    /// (a panic unwound past the pipeline) is in an unknown state: it is
+    /// discarded.
+    pub(crate) running: bool,
     /// Set when the connection is past its lifetime: closed on return.
     retired: bool,
     born: Instant,
@@ -158,6 +163,7 @@ impl r2d2::ManageConnection for Manager {
             canceller: backend.canceller(),
             backend,
             broken: false,
+            running: false,
             retired: false,
             born: Instant::now(),
             last_used: Instant::now(),
@@ -181,7 +187,7 @@ impl r2d2::ManageConnection for Manager {
             h.checkout = None;
             h.in_transaction = false;
         }
-        if conn.broken || conn.backend.is_closed() {
+        if conn.broken || conn.running || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
             return true;
         }
@@ -430,7 +436,7 @@ impl Pool {
         let dog = Watchdog::global()?;
         let armed = dog.arm(Instant::now() + self.connect_timeout, &conn.canceller);
         let result = conn.backend.ping();
-        match (dog.disarm(armed), result) {
+        match (armed.disarm(), result) {
             (Fired::No, r) => r,
             (_, Ok(())) => {
                 // Answered just as the cancel went out: not worth the doubt.
@@ -534,6 +540,30 @@ impl Pool {
         conn.last_used = at;
     }
 
+    /// The status of a pool that was closed: no connections, the
+    /// configured sizes.
+    pub(crate) fn closed_status(config: &DatabaseConfig, circuit: CircuitState) -> PoolStatus {
+        PoolStatus {
+            database_name: config.name.to_string(),
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            max_size: config.max_size(),
+            connections: 0,
+            checked_in: 0,
+            checked_out: 0,
+            overflow: 0,
+            invalid: 0,
+            waiting: 0,
+            timeouts: 0,
+            connections_created: 0,
+            suspected_leaks: 0,
+            read_only: config.read_only,
+            circuit,
+            timestamp: crate::status::now_rfc3339(),
+        }
+    }
+
+    /// A snapshot of the pool now.
     pub(crate) fn status(&self, read_only: bool, circuit: CircuitState) -> PoolStatus {
         let state = self.inner.state();
         let checked_out = state.connections - state.idle_connections;

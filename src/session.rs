@@ -80,7 +80,7 @@ macro_rules! statement_methods {
         /// the placeholders, the server's error, pool or query timeouts.
         #[track_caller]
         pub fn execute_query($($recv)+, sql: &str, params: impl $crate::value::IntoParams) -> $crate::error::Result<Vec<$crate::value::Row>> {
-            $s.run($crate::pipeline::Op::Query, sql, params.into_params(), $crate::pipeline::Limit::Default).map($crate::session::outcome_rows)
+            $s.run($crate::pipeline::Op::Query, sql, params.into_params(), $crate::pipeline::Limit::DEFAULT).map($crate::session::outcome_rows)
         }
 
         /// Runs a statement and returns its rows, cancelling it on the server
@@ -93,7 +93,7 @@ macro_rules! statement_methods {
         /// or as [`execute_query`](Self::execute_query).
         #[track_caller]
         pub fn execute_query_with_timeout($($recv)+, sql: &str, params: impl $crate::value::IntoParams, timeout: std::time::Duration) -> $crate::error::Result<Vec<$crate::value::Row>> {
-            $s.run($crate::pipeline::Op::Query, sql, params.into_params(), $crate::pipeline::Limit::Custom(Some(timeout))).map($crate::session::outcome_rows)
+            $s.run($crate::pipeline::Op::Query, sql, params.into_params(), $crate::pipeline::Limit::custom(Some(timeout))).map($crate::session::outcome_rows)
         }
 
         /// Runs a statement and returns the number of rows it affected.
@@ -103,7 +103,7 @@ macro_rules! statement_methods {
         /// As [`execute_query`](Self::execute_query).
         #[track_caller]
         pub fn execute($($recv)+, sql: &str, params: impl $crate::value::IntoParams) -> $crate::error::Result<u64> {
-            $s.run($crate::pipeline::Op::Execute, sql, params.into_params(), $crate::pipeline::Limit::Default).map($crate::session::outcome_affected)
+            $s.run($crate::pipeline::Op::Execute, sql, params.into_params(), $crate::pipeline::Limit::DEFAULT).map($crate::session::outcome_affected)
         }
 
         /// Runs a statement and returns the number of rows it affected,
@@ -115,7 +115,7 @@ macro_rules! statement_methods {
         /// or as [`execute_query`](Self::execute_query).
         #[track_caller]
         pub fn execute_with_timeout($($recv)+, sql: &str, params: impl $crate::value::IntoParams, timeout: std::time::Duration) -> $crate::error::Result<u64> {
-            $s.run($crate::pipeline::Op::Execute, sql, params.into_params(), $crate::pipeline::Limit::Custom(Some(timeout))).map($crate::session::outcome_affected)
+            $s.run($crate::pipeline::Op::Execute, sql, params.into_params(), $crate::pipeline::Limit::custom(Some(timeout))).map($crate::session::outcome_affected)
         }
 
         /// Runs a script of statements separated by `;`, without parameters.
@@ -126,7 +126,7 @@ macro_rules! statement_methods {
         /// `:name` placeholders is a [`Parameter`](crate::ErrorKind::Parameter) error.
         #[track_caller]
         pub fn execute_batch($($recv)+, sql: &str) -> $crate::error::Result<()> {
-            $s.run($crate::pipeline::Op::Batch, sql, $crate::value::Params::None, $crate::pipeline::Limit::Default).map(drop)
+            $s.run($crate::pipeline::Op::Batch, sql, $crate::value::Params::None, $crate::pipeline::Limit::DEFAULT).map(drop)
         }
 
         /// Runs a query that must return exactly one row.
@@ -191,19 +191,14 @@ impl PooledConnection {
         PooledConnection {
             shared,
             conn,
-            limit: Limit::Default,
+            limit: Limit::DEFAULT,
         }
     }
 
     #[track_caller]
     fn run(&mut self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
-        let limit = if limit == Limit::Default {
-            self.limit
-        } else {
-            limit
-        };
         self.shared
-            .run(Some(&mut self.conn), op, sql, params, limit)
+            .run(Some(&mut self.conn), op, sql, params, limit.or(self.limit))
     }
 
     statement_methods!(&mut self);
@@ -218,7 +213,7 @@ impl PooledConnection {
     /// transactions' statements): `Some(d)`, or `None` for no limit, in place
     /// of the database's configured query timeout.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.limit = Limit::Custom(timeout);
+        self.limit = Limit::custom(timeout);
     }
 
     /// Runs `f` in a transaction on this connection; see
@@ -343,27 +338,7 @@ impl<'a> Transaction<'a> {
             )
             .on_database(self.shared.name()));
         }
-        let limit = if limit == Limit::Default {
-            self.limit
-        } else {
-            limit
-        };
-        let limit = match self.deadline {
-            None => limit,
-            Some((deadline, whole)) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let e = Error::query_timeout(whole, "give the transaction a longer timeout")
-                        .on_database(self.shared.name());
-                    return Err(self.abandon(e));
-                }
-                let own = match limit {
-                    Limit::Default => self.shared.config.query_timeout,
-                    Limit::Custom(t) => t,
-                };
-                Limit::Custom(Some(own.map_or(left, |t| t.min(left))))
-            }
-        };
+        let limit = limit.or(self.limit).within(self.deadline);
         match self
             .shared
             .run(Some(self.conn.get()), op, sql, params, limit)
@@ -404,7 +379,7 @@ impl<'a> Transaction<'a> {
     /// `None` for no limit, in place of the database's configured query
     /// timeout.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.limit = Limit::Custom(timeout);
+        self.limit = Limit::custom(timeout);
     }
 
     /// Commits the transaction.
@@ -414,7 +389,7 @@ impl<'a> Transaction<'a> {
     /// The server's error; the transaction is over either way.
     pub fn commit(mut self) -> Result<()> {
         let result = self
-            .run(Op::Commit, "", Params::None, Limit::Default)
+            .run(Op::Commit, "", Params::None, Limit::DEFAULT)
             .map(drop);
         self.finished = true;
         result
@@ -466,7 +441,7 @@ impl<'a> Transaction<'a> {
         match f(&mut self) {
             Ok(value) => {
                 let result = self
-                    .run(Op::Commit, "", Params::None, Limit::Default)
+                    .run(Op::Commit, "", Params::None, Limit::DEFAULT)
                     .map(drop);
                 self.finished = true;
                 match result {

@@ -60,12 +60,40 @@ pub(crate) enum Fired {
     Unfinished,
 }
 
-/// A registration, returned by [`Watchdog::arm`]; give it back to
-/// [`Watchdog::disarm`].
-#[derive(Debug)]
-#[must_use]
-pub(crate) struct Armed {
-    key: (Instant, u64),
+/// A registration, returned by [`Watchdog::arm`]. [`disarm`](Armed::disarm)
+/// it when the statement ends; dropped without that (a panic, an early
+/// return) it deregisters all the same, so no deadline outlives its
+/// statement and fires at whatever the connection runs next.
+#[must_use = "dropping the registration deregisters the deadline at once"]
+pub(crate) struct Armed<'w> {
+    dog: &'w Watchdog,
+    key: Option<(Instant, u64)>,
+}
+
+impl Armed<'_> {
+    /// Deregisters the statement, which ended (well or not), and says whether
+    /// its deadline fired. Waits for a started cancel to finish, at most
+    /// [`CANCEL_WAIT`].
+    pub(crate) fn disarm(mut self) -> Fired {
+        match self.key.take() {
+            Some(key) => self.dog.deregister(key),
+            None => Fired::No,
+        }
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.dog.deregister(key);
+        }
+    }
+}
+
+impl std::fmt::Debug for Armed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Armed").field("key", &self.key).finish()
+    }
 }
 
 enum Timer {
@@ -139,7 +167,7 @@ impl Watchdog {
     }
 
     /// Registers a statement that must end by `deadline`.
-    pub(crate) fn arm(&self, deadline: Instant, canceller: &Arc<dyn Canceller>) -> Armed {
+    pub(crate) fn arm(&self, deadline: Instant, canceller: &Arc<dyn Canceller>) -> Armed<'_> {
         let mut st = self.state.lock();
         st.next_id = st.next_id.wrapping_add(1);
         let key = (deadline, st.next_id);
@@ -156,18 +184,19 @@ impl Watchdog {
         if wake {
             self.wake.notify_one();
         }
-        Armed { key }
+        Armed {
+            dog: self,
+            key: Some(key),
+        }
     }
 
-    /// Deregisters a statement that ended (well or not) and says whether its
-    /// deadline fired. Waits for a started cancel to finish, at most
-    /// [`CANCEL_WAIT`].
-    pub(crate) fn disarm(&self, armed: Armed) -> Fired {
+    /// See [`Armed::disarm`].
+    fn deregister(&self, key: (Instant, u64)) -> Fired {
         let mut st = self.state.lock();
-        if st.timers.remove(&armed.key).is_some() {
+        if st.timers.remove(&key).is_some() {
             return Fired::No;
         }
-        let id = armed.key.1;
+        let id = key.1;
         let give_up = Instant::now() + CANCEL_WAIT;
         loop {
             let Some(f) = st.firing.get(&id) else {
@@ -393,7 +422,7 @@ mod tests {
         let (p, c) = probe();
         for _ in 0..1000 {
             let armed = dog.arm(Instant::now() + Duration::from_secs(10), &c);
-            assert_eq!(dog.disarm(armed), Fired::No);
+            assert_eq!(armed.disarm(), Fired::No);
         }
         assert_eq!(p.cancels.load(Ordering::SeqCst), 0);
         assert_eq!(dog.pending(), 0);
@@ -420,14 +449,14 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(dog.disarm(armed), Fired::Cancelled);
+        assert_eq!(armed.disarm(), Fired::Cancelled);
         let at = early.cancelled_at.lock().expect("cancelled");
         assert!(
             at >= start + Duration::from_millis(50),
             "fired before its deadline"
         );
         for ((p, _), a) in late.iter().zip(late_armed) {
-            assert_eq!(dog.disarm(a), Fired::No);
+            assert_eq!(a.disarm(), Fired::No);
             assert_eq!(p.cancels.load(Ordering::SeqCst), 0);
         }
         assert_eq!(dog.pending(), 0, "disarming removes the abort timer too");
@@ -448,7 +477,7 @@ mod tests {
             .collect();
         for ((p, _), a) in probes.iter().rev().zip(armed) {
             until_cancelled(p);
-            assert_eq!(dog.disarm(a), Fired::Cancelled);
+            assert_eq!(a.disarm(), Fired::Cancelled);
         }
         let times: Vec<Instant> = probes
             .iter()
@@ -475,7 +504,7 @@ mod tests {
         let (quick, c) = probe();
         let quick_armed = dog.arm(start + Duration::from_millis(100), &c);
         until_cancelled(&quick);
-        assert_eq!(dog.disarm(quick_armed), Fired::Cancelled);
+        assert_eq!(quick_armed.disarm(), Fired::Cancelled);
         let at = quick.cancelled_at.lock().expect("fired");
         assert!(
             at < start + Duration::from_millis(1500),
@@ -484,7 +513,7 @@ mod tests {
         // The slow one's statement "stayed blocked" past the grace: its
         // transport was cut, so its cancel (still under way) is not waited for.
         std::thread::sleep(ABORT_GRACE);
-        assert_eq!(dog.disarm(slow_armed), Fired::Unfinished);
+        assert_eq!(slow_armed.disarm(), Fired::Unfinished);
         assert_eq!(slow.aborts.load(Ordering::SeqCst), 1);
         Ok(())
     }
@@ -502,7 +531,7 @@ mod tests {
             assert!(waited.elapsed() < Duration::from_secs(10), "never aborted");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(dog.disarm(armed), Fired::Cancelled);
+        assert_eq!(armed.disarm(), Fired::Cancelled);
         assert_eq!(p.cancels.load(Ordering::SeqCst), 1);
         assert_eq!(p.aborts.load(Ordering::SeqCst), 1);
         // A caller that returned after the soft cancel is never aborted.
@@ -511,7 +540,7 @@ mod tests {
         while q.cancels.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(dog.disarm(armed), Fired::Cancelled);
+        assert_eq!(armed.disarm(), Fired::Cancelled);
         std::thread::sleep(ABORT_GRACE + Duration::from_millis(200));
         assert_eq!(q.aborts.load(Ordering::SeqCst), 0);
         Ok(())
@@ -526,7 +555,7 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..2000 {
                         let a = dog.arm(Instant::now() + Duration::from_secs(60), &c);
-                        assert_eq!(dog.disarm(a), Fired::No);
+                        assert_eq!(a.disarm(), Fired::No);
                     }
                 });
             }

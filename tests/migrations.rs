@@ -781,7 +781,7 @@ fn embedded_scripts_need_no_folder() -> Result<()> {
         "migrations/quickstart",
         ["V1__Create_customers.sql", "V2__Add_orders.sql"]
     ));
-    assert_eq!(quick.migrator().dry_run()?.steps.len(), 2);
+    assert_eq!(quick.dry_run()?.steps.len(), 2);
     Ok(())
 }
 
