@@ -104,7 +104,7 @@ fn probe(shared: &Shared, deadline: Instant) -> std::result::Result<(), (bool, S
         .map_err(|e| (true, e.to_string()))
 }
 
-/// Seed 002's statuses, with the degraded rules written down in
+/// The health statuses, with the degraded rules written down in
 /// [`HealthStatus`]'s docs.
 fn verdict(s: &mut HealthStatus, degraded_after: Duration, waiting: u32, saturated: bool) {
     if !(s.connection && s.query_test) || s.circuit == CircuitState::Open {

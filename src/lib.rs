@@ -37,7 +37,7 @@
 //!
 //! | feature    | adds                                             | default |
 //! |------------|--------------------------------------------------|---------|
-//! | `postgres` | PostgreSQL (`postgres` crate, TLS through rustls) | yes     |
+//! | `postgres` | PostgreSQL (`tokio-postgres` on a private runtime, TLS through rustls) | yes |
 //! | `mysql`    | MySQL and MariaDB (`mysql` crate, rustls)         | yes     |
 //! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
 //! | `mssql`    | SQL Server (`tiberius`, TDS 7.3, rustls)          | yes     |
@@ -52,6 +52,7 @@
 //! [`ErrorKind::FeatureDisabled`] naming the feature.
 
 #![warn(missing_docs, rust_2018_idioms, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod config;

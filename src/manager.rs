@@ -151,6 +151,7 @@ impl DatabaseManager {
     /// db.with_retry(RetryPolicy::none()).execute_query("SELECT 1", ())?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn with_retry(&self, policy: RetryPolicy) -> DatabaseManager {
         DatabaseManager {
             shared: Arc::clone(&self.shared),
@@ -159,6 +160,7 @@ impl DatabaseManager {
     }
 
     /// The retry policy of this handle's calls.
+    #[must_use]
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.unwrap_or(self.shared.config.retry)
     }
@@ -169,8 +171,8 @@ impl DatabaseManager {
     fn run(&self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
         let site = Location::caller();
         let policy = self.retry_policy();
-        let repeatable = policy.max_attempts() > 1
-            && (policy.retries_writes()
+        let repeatable = policy.attempts > 1
+            && (policy.retry_writes
                 || (op == Op::Query && classify_statement(sql) == StatementKind::Read));
         if !repeatable {
             return self.shared.run_at(None, op, sql, params, limit, site);
@@ -184,8 +186,8 @@ impl DatabaseManager {
 
     statement_methods!(&self);
 
-    /// Runs `statements` in one transaction: all of them or none (seed 002's
-    /// `execute_transaction`). Returns each statement's affected-row count.
+    /// Runs `statements` in one transaction: all of them or none. Returns
+    /// each statement's affected-row count.
     ///
     /// # Errors
     ///
@@ -226,6 +228,34 @@ impl DatabaseManager {
             Arc::clone(&self.shared),
             self.shared.checkout()?,
         ))
+    }
+
+    /// A connection if one is idle in the pool now, `None` otherwise: never
+    /// waits and never opens a connection (r2d2's `try_get`).
+    ///
+    /// # Errors
+    ///
+    /// [`CircuitOpen`](crate::ErrorKind::CircuitOpen) while the breaker is
+    /// open; [`Closed`](crate::ErrorKind::Closed) after [`close`](Self::close).
+    #[track_caller]
+    pub fn try_connection(&self) -> Result<Option<PooledConnection>> {
+        let conn = self.shared.try_checkout(Location::caller())?;
+        Ok(conn.map(|c| PooledConnection::new(Arc::clone(&self.shared), c)))
+    }
+
+    /// As [`connection`](Self::connection), waiting at most `timeout` for a
+    /// connection instead of the configured acquisition timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolTimeout`](crate::ErrorKind::PoolTimeout) when none became free
+    /// within `timeout`; otherwise as [`connection`](Self::connection).
+    #[track_caller]
+    pub fn connection_timeout(&self, timeout: Duration) -> Result<PooledConnection> {
+        let conn = self
+            .shared
+            .checkout_within(Some(timeout), Location::caller())?;
+        Ok(PooledConnection::new(Arc::clone(&self.shared), conn))
     }
 
     /// Runs `f` in a transaction on one pooled connection: committed when `f`
@@ -333,16 +363,18 @@ impl DatabaseManager {
         )
     }
 
-    /// A snapshot of the pool (seed 002's `get_pool_status`).
+    /// A snapshot of the pool (`get_pool_status` in the Python system).
+    #[must_use]
     pub fn pool_status(&self) -> PoolStatus {
         self.shared.pool_status()
     }
 
-    /// Checks the database (seed 002's `health_check`): a connection and
+    /// Checks the database: a connection and
     /// `SELECT 1` within the health-check timeout (5 s by default, see
     /// [`DatabaseConfigBuilder::health_timeout`](crate::DatabaseConfigBuilder::health_timeout)),
     /// whatever the server does; never hangs, never fails: problems are in
     /// the report. [`HealthStatus`] documents when it says `degraded`.
+    #[must_use]
     pub fn health_check(&self) -> HealthStatus {
         let db = self.clone();
         crate::health::check(&self.shared, move || db.migration_summary())
@@ -401,6 +433,7 @@ impl DatabaseManager {
     /// [`health_check`](Self::health_check) of every live manager in the
     /// process, run side by side (so the whole call takes about one health
     /// timeout at most), in the order the managers were made.
+    #[must_use]
     pub fn health_check_all() -> Vec<HealthStatus> {
         let all: Vec<DatabaseManager> = every_manager()
             .lock()
@@ -421,6 +454,7 @@ impl DatabaseManager {
     /// Time statistics of the `top` statements by total time since the
     /// manager started (SQL normalised: literals replaced by `?`), for
     /// finding what to optimise. Empty when metrics are off.
+    #[must_use]
     pub fn statement_stats(&self, top: usize) -> Vec<StatementStats> {
         self.shared.stats.top(self.shared.dialect, top)
     }
@@ -457,11 +491,13 @@ impl DatabaseManager {
     }
 
     /// True after [`close`](Self::close).
+    #[must_use]
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
 
     /// True when `self` and `other` share one pool.
+    #[must_use]
     pub fn same_pool(&self, other: &DatabaseManager) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }

@@ -1,4 +1,4 @@
-//! Prometheus metrics, with the seeds' names, every family labelled by
+//! Prometheus metrics, with the names of the Python system's metrics, every family labelled by
 //! `database` (never by SQL text, parameter values or credentials).
 //!
 //! The families live once per process and are registered in this crate's
@@ -366,6 +366,8 @@ pub fn push_metrics(gateway_url: &str, job: &str) -> Result<()> {
 
 /// A running scrape endpoint; stops when dropped.
 #[cfg(feature = "metrics-server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics-server")))]
+#[must_use = "the endpoint stops when the MetricsServer is dropped"]
 pub struct MetricsServer {
     addr: std::net::SocketAddr,
     server: Arc<tiny_http::Server>,
@@ -407,6 +409,7 @@ impl Drop for MetricsServer {
 ///
 /// [`ErrorKind::Config`] when `addr` cannot be listened on.
 #[cfg(feature = "metrics-server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics-server")))]
 pub fn serve(addr: impl std::net::ToSocketAddrs) -> Result<MetricsServer> {
     let server = tiny_http::Server::http(addr).map_err(|e| {
         Error::config("cannot listen for metrics scrapes on that address").with_source(e)

@@ -176,7 +176,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_window_reads_seed_003s_levels() {
+    fn the_window_reads_the_documented_levels() {
         let w = TimeoutWindow::new();
         let now = Instant::now();
         for _ in 0..999 {

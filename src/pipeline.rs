@@ -248,15 +248,34 @@ impl Shared {
     ) -> Result<Pooled> {
         self.check_context()?;
         match self.admit()? {
-            Admit::Probe => self.probe(timeout, site),
+            Admit::Probe => self.probe(|| self.checkout_counted(timeout, site), site),
             Admit::Pass | Admit::Reject(_) => self.checkout_counted(timeout, site),
+        }
+    }
+
+    /// A connection if one is free now: never waits and never opens one
+    /// (`None` then). The breaker is passed as by any checkout.
+    pub(crate) fn try_checkout(&self, site: &'static Location<'static>) -> Result<Option<Pooled>> {
+        self.check_context()?;
+        let admit = self.admit()?;
+        let Some((conn, _)) = self.pool()?.try_get(site) else {
+            return Ok(None);
+        };
+        self.metrics.acquired(Duration::ZERO);
+        match admit {
+            Admit::Probe => self.probe(|| Ok(conn), site).map(Some),
+            _ => Ok(Some(conn)),
         }
     }
 
     /// The half-open breaker's one probe: a checkout and the health-check
     /// query. Its verdict is reported whatever happens, a panic included: a
     /// probe that never reports would keep the breaker half-open for good.
-    fn probe(&self, timeout: Option<Duration>, site: &'static Location<'static>) -> Result<Pooled> {
+    fn probe(
+        &self,
+        checkout: impl FnOnce() -> Result<Pooled>,
+        site: &'static Location<'static>,
+    ) -> Result<Pooled> {
         struct Verdict<'a>(&'a Shared, bool);
         impl Drop for Verdict<'_> {
             fn drop(&mut self) {
@@ -264,7 +283,7 @@ impl Shared {
             }
         }
         let mut verdict = Verdict(self, false);
-        let mut conn = self.checkout_counted(timeout, site)?;
+        let mut conn = checkout()?;
         let probe_limit = self.config.health_timeout.min(self.config.connect_timeout);
         self.run_at(
             Some(&mut conn),
@@ -399,11 +418,11 @@ impl Shared {
                 Err(failed) => failed,
             };
             let Some(kind) = kind else { return Err(e) };
-            if retry + 1 >= policy.max_attempts() {
+            if retry + 1 >= policy.attempts {
                 return Err(e);
             }
-            let delay = backoff(retry, policy.base(), policy.cap(), jitter_unit());
-            if started.elapsed() + delay > policy.total_budget() {
+            let delay = backoff(retry, policy.base_delay, policy.max_delay, jitter_unit());
+            if started.elapsed() + delay > policy.budget {
                 return Err(e);
             }
             retry += 1;
@@ -412,7 +431,7 @@ impl Shared {
                 database = %self.config.name,
                 operation,
                 retry,
-                of = policy.max_attempts() - 1,
+                of = policy.attempts - 1,
                 kind = ?kind,
                 delay_ms = delay.as_millis() as u64,
                 "transient failure; retrying"

@@ -369,62 +369,78 @@ impl Pool {
         site: &'static Location<'static>,
     ) -> Result<(Pooled, Instant)> {
         let (conn, now) = self.get_conn(start, timeout)?;
-        {
-            let mut h = conn.holder.lock();
-            h.checkout = Some(Checkout {
-                at: now,
-                site,
-                thread: std::thread::current(),
-            });
-            h.last_sql.clear();
-            h.in_transaction = false;
-            h.leak_reported = false;
-        }
+        Self::hold(&conn, now, site);
         Ok((conn, now))
+    }
+
+    /// Records who holds a connection just handed out.
+    fn hold(conn: &Pooled, now: Instant, site: &'static Location<'static>) {
+        let mut h = conn.holder.lock();
+        h.checkout = Some(Checkout {
+            at: now,
+            site,
+            thread: std::thread::current(),
+        });
+        h.last_sql.clear();
+        h.in_transaction = false;
+        h.leak_reported = false;
     }
 
     fn get_conn(&self, start: Instant, timeout: Option<Duration>) -> Result<(Pooled, Instant)> {
         let timeout = timeout.unwrap_or(self.acquire_timeout);
         let deadline = start + timeout;
         loop {
-            let mut conn = match self.inner.try_get() {
+            let conn = match self.inner.try_get() {
                 Some(c) => c,
                 None => self.wait(deadline, timeout)?,
             };
-            let now = Instant::now();
-            // r2d2 reaps old connections only every 30 s: one past its
-            // lifetime is closed here rather than handed out.
-            if self
-                .max_lifetime
-                .is_some_and(|l| now.saturating_duration_since(conn.born) >= l)
-            {
-                conn.retired = true;
-                drop(conn);
-                continue;
+            match self.vet(conn) {
+                Some(ready) => return Ok(ready),
+                None if Instant::now() >= deadline => return Err(self.timed_out(timeout)),
+                None => {}
             }
-            let suspect = self
-                .counters
-                .suspect_before
-                .lock()
-                .is_some_and(|t| conn.last_used < t);
-            if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle
-            {
-                return Ok((conn, now));
+        }
+    }
+
+    /// An idle connection if one is free now, without waiting and without
+    /// opening one; `None` otherwise.
+    pub(crate) fn try_get(&self, site: &'static Location<'static>) -> Option<(Pooled, Instant)> {
+        let (conn, now) = self.vet(self.inner.try_get()?)?;
+        Self::hold(&conn, now, site);
+        Some((conn, now))
+    }
+
+    /// Checks a connection taken from the pool before it is handed out: one
+    /// past its lifetime is closed (r2d2 reaps old connections only every
+    /// 30 s), one that sat idle long enough or may have been lost is pinged.
+    /// `None` when it was not fit.
+    fn vet(&self, mut conn: Pooled) -> Option<(Pooled, Instant)> {
+        let now = Instant::now();
+        if self
+            .max_lifetime
+            .is_some_and(|l| now.saturating_duration_since(conn.born) >= l)
+        {
+            conn.retired = true;
+            return None;
+        }
+        let suspect = self
+            .counters
+            .suspect_before
+            .lock()
+            .is_some_and(|t| conn.last_used < t);
+        if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle {
+            return Some((conn, now));
+        }
+        match self.ping(&mut conn) {
+            Ok(()) => {
+                let now = Instant::now();
+                conn.last_used = now;
+                Some((conn, now))
             }
-            match self.ping(&mut conn) {
-                Ok(()) => {
-                    let now = Instant::now();
-                    conn.last_used = now;
-                    return Ok((conn, now));
-                }
-                Err(e) => {
-                    tracing::debug!(database = %self.database, error = %e, "discarding a stale connection");
-                    conn.broken = true;
-                    drop(conn);
-                    if Instant::now() >= deadline {
-                        return Err(self.timed_out(timeout));
-                    }
-                }
+            Err(e) => {
+                tracing::debug!(database = %self.database, error = %e, "discarding a stale connection");
+                conn.broken = true;
+                None
             }
         }
     }

@@ -35,28 +35,40 @@ use crate::status::CircuitState;
 ///     .attempts(5)
 ///     .max_delay(Duration::from_secs(2))
 ///     .budget(Duration::from_secs(20));
-/// assert_eq!(patient.max_attempts(), 5);
-/// assert_eq!(RetryPolicy::none().max_attempts(), 1);
+/// assert_eq!(patient.attempts, 5);
+/// assert_eq!(RetryPolicy::none().attempts, 1);
 /// ```
+///
+/// Each setting is a public field to read and a setter of the same name to
+/// build with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use]
 pub struct RetryPolicy {
-    attempts: u32,
-    base_delay: Duration,
-    max_delay: Duration,
-    budget: Duration,
-    writes: bool,
+    /// Attempts in all, the first included; 1 means no retry. See
+    /// [`attempts`](Self::attempts()).
+    pub attempts: u32,
+    /// The first retry's largest delay. See [`base_delay`](Self::base_delay()).
+    pub base_delay: Duration,
+    /// The largest wait between attempts. See [`max_delay`](Self::max_delay()).
+    pub max_delay: Duration,
+    /// The time after which no retry starts. See [`budget`](Self::budget()).
+    pub budget: Duration,
+    /// Whether statements that may write are retried outside a
+    /// transaction. See [`retry_writes`](Self::retry_writes()).
+    pub retry_writes: bool,
 }
 
 impl Default for RetryPolicy {
-    /// Seed 003's `retry_with_backoff` defaults: 3 attempts, 100 ms base
-    /// delay, at most 10 s between attempts, 30 s in all.
+    /// 3 attempts, 100 ms base delay, at most 10 s between attempts, 30 s
+    /// in all (the defaults of the Python system's `retry_with_backoff`).
     fn default() -> Self {
         RetryPolicy {
             attempts: 3,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
             budget: Duration::from_secs(30),
-            writes: false,
+            retry_writes: false,
         }
     }
 }
@@ -100,33 +112,8 @@ impl RetryPolicy {
     /// twice (idempotent): a write whose connection was lost after the
     /// server ran it would otherwise be applied twice. Default `false`.
     pub fn retry_writes(mut self, on: bool) -> Self {
-        self.writes = on;
+        self.retry_writes = on;
         self
-    }
-
-    /// Attempts in all, the first included.
-    pub fn max_attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// See [`base_delay`](Self::base_delay).
-    pub fn base(&self) -> Duration {
-        self.base_delay
-    }
-
-    /// See [`max_delay`](Self::max_delay).
-    pub fn cap(&self) -> Duration {
-        self.max_delay
-    }
-
-    /// See [`budget`](Self::budget).
-    pub fn total_budget(&self) -> Duration {
-        self.budget
-    }
-
-    /// See [`retry_writes`](Self::retry_writes).
-    pub fn retries_writes(&self) -> bool {
-        self.writes
     }
 }
 

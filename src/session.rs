@@ -84,8 +84,7 @@ macro_rules! statement_methods {
         }
 
         /// Runs a statement and returns its rows, cancelling it on the server
-        /// if it runs longer than `timeout` (seed 002's
-        /// `execute_query_with_timeout`).
+        /// if it runs longer than `timeout`.
         ///
         /// # Errors
         ///
@@ -171,6 +170,7 @@ macro_rules! statement_methods {
 pub(crate) use statement_methods;
 
 /// A connection checked out of the pool; back to the pool on drop.
+#[must_use = "the connection goes back to the pool as soon as it is dropped"]
 pub struct PooledConnection {
     shared: Arc<Shared>,
     conn: Pooled,
@@ -282,6 +282,7 @@ impl TxConn<'_> {
 
 /// An open transaction. [`commit`](Self::commit) it; dropping it otherwise
 /// (an early `?`, a panic) rolls it back.
+#[must_use = "a Transaction dropped without commit() is rolled back"]
 pub struct Transaction<'a> {
     shared: Arc<Shared>,
     conn: TxConn<'a>,

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// A snapshot of one database's connection pool (seed field names, and more).
+/// A snapshot of one database's connection pool (the Python system's field names, and more).
 ///
 /// ```json
 /// {"database_name":"rpa_db","pool_size":5,"checked_in":4,"checked_out":1,"overflow":0,"invalid":0, "...": "...",
@@ -71,7 +71,7 @@ pub struct ConnectionHolder {
     pub in_transaction: bool,
 }
 
-/// How a database is doing, as seed 002's `health_check` reports it, plus
+/// How a database is doing, with the keys of the Python system's `health_check`, plus
 /// the pool's saturation and the scaling signal.
 ///
 /// ```json
@@ -134,7 +134,7 @@ pub enum Health {
     Unhealthy,
 }
 
-/// The migration part of a health report (seed 002's shape).
+/// The migration part of a health report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MigrationSummary {
@@ -144,7 +144,7 @@ pub struct MigrationSummary {
     pub pending_migrations: Vec<String>,
 }
 
-/// Seed 003's reading of the timeout rate (statement timeouts and pool
+/// A reading of the timeout rate (statement timeouts and pool
 /// timeouts over all statements and checkouts in the last minute).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -219,7 +219,7 @@ pub struct QueryPlan {
     pub raw: String,
 }
 
-/// One row of the migration history table (seed 002's columns).
+/// One row of the migration history table (Flyway's columns).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct AppliedMigration {
@@ -317,7 +317,7 @@ impl std::fmt::Display for MigrationProblem {
     }
 }
 
-/// Where a database's migrations stand (seed 002's `get_migration_status`).
+/// Where a database's migrations stand.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MigrationStatus {

@@ -92,7 +92,7 @@ pub(crate) trait HistoryDialect: Send + Sync {
         true
     }
 
-    /// `CREATE TABLE` of the history table (seed 002's columns), idempotent.
+    /// `CREATE TABLE` of the history table (Flyway's columns), idempotent.
     fn create_history(&self, table: &str) -> String {
         let t = self.quote(table);
         format!(

@@ -1,7 +1,7 @@
 //! Versioned migrations, Flyway-style: `V{version}__{description}.sql`
 //! applied once in version order, `U{version}__…` undo scripts, `R__…`
 //! repeatable scripts re-applied when they change, and a history table
-//! (default `schema_version`, seed 002's columns).
+//! (default `schema_version`, with Flyway's columns).
 //!
 //! - Scripts come from `migrations/{database name}/` (configurable), or are
 //!   embedded in the binary with [`embed_migrations!`](crate::embed_migrations).
@@ -70,6 +70,7 @@ pub enum Target {
 /// the consuming setters.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
+#[must_use]
 pub struct MigrateOptions {
     /// How far to go. Default [`Target::Latest`].
     pub target: Target,
