@@ -332,21 +332,24 @@ impl Error {
     }
 
     /// True when trying the same operation again (a read, or a whole
-    /// transaction from its start) may succeed: the error is transient.
+    /// transaction from its start) may succeed: the error is transient. A
+    /// job runner deciding whether to run a failed step again should ask
+    /// this.
     ///
     /// Transient, by each server's own codes: the connection was refused,
     /// reset or closed, the server is shutting down or starting
     /// ([`Connect`](ErrorKind::Connect): PostgreSQL class 08, 57P01–57P03,
     /// 53300; MySQL 1040, 1053, 2006, 2013; SQL Server 40613, 40197, …),
-    /// connect and pool timeouts, and conflicts
+    /// connect and pool timeouts, conflicts
     /// ([`Conflict`](ErrorKind::Conflict): PostgreSQL 40001 serialization
     /// failure and 40P01 deadlock, MySQL 1213 deadlock and 1205 lock wait
-    /// timeout, SQL Server 1205 deadlock victim, SQLite busy).
+    /// timeout, SQL Server 1205 deadlock victim, SQLite busy), and
+    /// [`CircuitOpen`](ErrorKind::CircuitOpen): the database was found
+    /// unreachable, and the breaker closes as soon as a probe gets an answer.
     ///
     /// Permanent: syntax, constraint, permission and authentication errors;
     /// also a query timeout (the statement would most likely time out
-    /// again) and [`CircuitOpen`](ErrorKind::CircuitOpen) (the breaker
-    /// decides when to try again, not the caller).
+    /// again).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.0.kind,
@@ -354,6 +357,7 @@ impl Error {
                 | ErrorKind::PoolTimeout
                 | ErrorKind::ConnectTimeout
                 | ErrorKind::Conflict
+                | ErrorKind::CircuitOpen
         )
     }
 }
@@ -448,6 +452,7 @@ mod tests {
             ErrorKind::ConnectTimeout,
             ErrorKind::PoolTimeout,
             ErrorKind::Conflict,
+            ErrorKind::CircuitOpen,
         ] {
             assert!(Error::new(k, "").is_retryable(), "{k:?}");
         }
@@ -458,7 +463,6 @@ mod tests {
             ErrorKind::Permission,
             ErrorKind::Auth,
             ErrorKind::QueryTimeout,
-            ErrorKind::CircuitOpen,
             ErrorKind::Parameter,
             ErrorKind::ReadOnly,
             ErrorKind::Config,

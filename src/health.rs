@@ -84,24 +84,12 @@ pub(crate) fn check(
 
 /// A connection and `SELECT 1` before `deadline`; `Err((connected, why))`.
 fn probe(shared: &Shared, deadline: Instant) -> std::result::Result<(), (bool, String)> {
-    let left = |now: Instant| {
-        deadline
-            .saturating_duration_since(now)
-            .max(Duration::from_millis(1))
-    };
-    let mut conn = shared
-        .checkout_within(Some(left(Instant::now())), Location::caller())
-        .map_err(|e| (false, e.to_string()))?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     shared
-        .run(
-            Some(&mut conn),
-            Op::Query,
-            "SELECT 1",
-            Params::None,
-            Limit::custom(Some(left(Instant::now()))),
-        )
-        .map(drop)
-        .map_err(|e| (true, e.to_string()))
+        .probe_server(left, Location::caller())
+        .map_err(|(connected, e)| (connected, e.to_string()))
 }
 
 /// The health statuses, with the degraded rules written down in

@@ -102,7 +102,7 @@ impl DatabaseManager {
     /// on, any error of [`run_migrations`](Self::run_migrations).
     pub fn from_config(config: DatabaseConfig) -> Result<DatabaseManager> {
         let auto = config.auto_migrate;
-        let shared = Arc::new(Shared::new(config)?);
+        let shared = Shared::new(config)?;
         let weak: Weak<dyn PoolSource> = Arc::downgrade(&shared) as Weak<Shared>;
         DbMetrics::watch(weak);
         {

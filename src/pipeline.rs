@@ -25,9 +25,10 @@
 //! safely repeat a whole operation (a read, a whole transaction closure)
 //! wrap it there; it never sits inside a transaction.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::Location;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -123,9 +124,12 @@ enum Signal {
     /// A connection-level failure: opening a connection failed or timed
     /// out, or a statement's connection had to be cut.
     Down,
-    /// The verdict of a half-open breaker's probe.
+    /// The verdict of an open breaker's probe.
     Probed(bool),
 }
+
+/// The name of the thread that probes a database while its breaker is open.
+const PROBER: &str = "dbmanager-probe";
 
 /// The hint of a `QueryTimeout` that a transaction's deadline decided.
 const TRANSACTION_HINT: &str = "give the transaction a longer timeout";
@@ -173,6 +177,8 @@ pub(crate) enum Outcome {
 
 /// Everything one database's manager shares across threads.
 pub(crate) struct Shared {
+    /// Itself, for the threads it starts (the breaker's prober).
+    me: Weak<Shared>,
     pub(crate) config: DatabaseConfig,
     pool: RwLock<Option<Arc<Pool>>>,
     pub(crate) dialect: Dialect,
@@ -185,14 +191,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: DatabaseConfig) -> Result<Shared> {
+    pub(crate) fn new(config: DatabaseConfig) -> Result<Arc<Shared>> {
         let connector: Box<dyn Connector> =
             backend::connector(&config).map_err(|e| e.on_database(&config.name))?;
         let dialect = connector.dialect();
         let refuses_async = connector.refuses_async_context();
         let metrics = Arc::new(DbMetrics::new(&config.name, config.metrics));
         let pool = Pool::new(&config, connector, Arc::clone(&metrics));
-        Ok(Shared {
+        Ok(Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
             pool: RwLock::new(Some(Arc::new(pool))),
             dialect,
             refuses_async,
@@ -202,7 +209,7 @@ impl Shared {
             stats: StatTable::new(),
             breaker: Breaker::new(config.breaker),
             config,
-        })
+        }))
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {
@@ -247,54 +254,51 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Pooled> {
         self.check_context()?;
-        match self.admit()? {
-            Admit::Probe => self.probe(|| self.checkout_counted(timeout, site), site),
-            Admit::Pass | Admit::Reject(_) => self.checkout_counted(timeout, site),
-        }
+        self.admit()?;
+        self.checkout_counted(timeout, site)
     }
 
     /// A connection if one is free now: never waits and never opens one
     /// (`None` then). The breaker is passed as by any checkout.
     pub(crate) fn try_checkout(&self, site: &'static Location<'static>) -> Result<Option<Pooled>> {
         self.check_context()?;
-        let admit = self.admit()?;
-        let Some((conn, _)) = self.pool()?.try_get(site) else {
-            return Ok(None);
-        };
-        self.metrics.acquired(Duration::ZERO);
-        match admit {
-            Admit::Probe => self.probe(|| Ok(conn), site).map(Some),
-            _ => Ok(Some(conn)),
+        self.admit()?;
+        let conn = self.pool()?.try_get(site).map(|(conn, _)| conn);
+        if conn.is_some() {
+            self.metrics.acquired(Duration::ZERO);
         }
+        Ok(conn)
     }
 
-    /// The half-open breaker's one probe: a checkout and the health-check
-    /// query. Its verdict is reported whatever happens, a panic included: a
-    /// probe that never reports would keep the breaker half-open for good.
-    fn probe(
+    /// Checks that the server answers: a connection (past the breaker) and
+    /// `SELECT 1`, within `timeout`. The health check and the breaker's
+    /// prober both use it, and what it finds is reported to the breaker like
+    /// any statement, so a health check that gets an answer closes an open
+    /// breaker. `Err((connected, error))`.
+    pub(crate) fn probe_server(
         &self,
-        checkout: impl FnOnce() -> Result<Pooled>,
+        timeout: Duration,
         site: &'static Location<'static>,
-    ) -> Result<Pooled> {
-        struct Verdict<'a>(&'a Shared, bool);
-        impl Drop for Verdict<'_> {
-            fn drop(&mut self) {
-                self.0.report(Signal::Probed(self.1), Instant::now());
-            }
-        }
-        let mut verdict = Verdict(self, false);
-        let mut conn = checkout()?;
-        let probe_limit = self.config.health_timeout.min(self.config.connect_timeout);
+    ) -> std::result::Result<(), (bool, Error)> {
+        let deadline = Instant::now() + timeout;
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
+        let mut conn = self
+            .checkout_counted(Some(left()), site)
+            .map_err(|e| (false, e))?;
         self.run_at(
             Some(&mut conn),
             Op::Query,
             "SELECT 1",
             Params::None,
-            Limit::custom(Some(probe_limit)),
+            Limit::custom(Some(left())),
             site,
-        )?;
-        verdict.1 = true;
-        Ok(conn)
+        )
+        .map(drop)
+        .map_err(|e| (true, e))
     }
 
     /// Stage 2: the checkout itself, bounded by the acquisition timeout.
@@ -333,29 +337,83 @@ impl Shared {
     // and nothing else in the crate touches it.
 
     /// May a call go through? `Err(CircuitOpen)` while the breaker is open.
-    fn admit(&self) -> Result<Admit> {
-        let (admit, change) = self.breaker.admit_now();
-        self.circuit_changed(change);
-        match admit {
-            Admit::Reject(left) => {
-                Err(Error::circuit_open(left, &self.recovery_hint()).on_database(self.name()))
-            }
-            admit => Ok(admit),
+    fn admit(&self) -> Result<()> {
+        match self.breaker.admit_now() {
+            Admit::Pass => Ok(()),
+            Admit::Reject(next_probe) => Err(Error::circuit_open(
+                next_probe,
+                &self.recovery_hint(),
+            )
+            .on_database(self.name())),
         }
     }
 
     /// Tells the breaker what a checkout, a statement or a probe showed of
-    /// the server.
+    /// the server. When that opens the breaker, the prober starts.
     fn report(&self, signal: Signal, at: Instant) {
+        if matches!(signal, Signal::Down) && HeldFailures::hold() {
+            return;
+        }
         let change = match signal {
-            Signal::Up => {
-                self.breaker.succeeded();
-                None
-            }
+            Signal::Up => self.breaker.succeeded(),
             Signal::Down => self.breaker.failed(at),
             Signal::Probed(ok) => self.breaker.probed(ok, at),
         };
         self.circuit_changed(change);
+        if matches!(change, Some((CircuitState::Closed, CircuitState::Open))) {
+            self.start_prober();
+        }
+    }
+
+    /// Starts the thread that probes the server while the breaker is open,
+    /// soon and then less and less often, and stops once it is closed (or
+    /// the manager is gone). If the thread cannot start, the breaker closes
+    /// again: calls then find out for themselves, more slowly, rather than
+    /// failing until a probe that never comes.
+    #[cold]
+    fn start_prober(&self) {
+        let me = self.me.clone();
+        let started = std::thread::Builder::new()
+            .name(PROBER.into())
+            .spawn(move || loop {
+                let wait = match me.upgrade() {
+                    Some(shared) if !shared.is_closed() => {
+                        match shared.breaker.until_probe(Instant::now()) {
+                            Some(wait) => wait,
+                            None => return,
+                        }
+                    }
+                    _ => return,
+                };
+                std::thread::sleep(wait);
+                let Some(shared) = me.upgrade() else { return };
+                let probed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.probe_once();
+                }));
+                if probed.is_err() {
+                    shared.report(Signal::Probed(false), Instant::now());
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(
+                database = %self.config.name,
+                error = %e,
+                "the circuit breaker's prober could not start; closing the breaker"
+            );
+            self.report(Signal::Up, Instant::now());
+        }
+    }
+
+    /// One probe of an open breaker, if one is due.
+    fn probe_once(&self) {
+        let (due, change) = self.breaker.start_probe(Instant::now());
+        self.circuit_changed(change);
+        if !due {
+            return;
+        }
+        let timeout = self.config.health_timeout.min(self.config.connect_timeout);
+        let ok = self.probe_server(timeout, Location::caller()).is_ok();
+        self.report(Signal::Probed(ok), Instant::now());
     }
 
     /// What to change to make the breaker probe sooner, for its error.
@@ -372,7 +430,7 @@ impl Shared {
 
     /// The circuit breaker's state now.
     pub(crate) fn circuit_state(&self) -> CircuitState {
-        self.breaker.state(Instant::now())
+        self.breaker.state()
     }
 
     /// Logs and counts a change of the breaker's state.
@@ -412,11 +470,15 @@ impl Shared {
     ) -> std::result::Result<T, E> {
         let started = Instant::now();
         let mut retry: u32 = 0;
+        // Connection failures a retry absorbs are not the breaker's business:
+        // they are held back and reported only if the operation fails.
+        let mut held = HeldFailures::start(self);
         loop {
             let (e, kind) = match attempt() {
                 Ok(v) => return Ok(v),
                 Err(failed) => failed,
             };
+            held.failed = true;
             let Some(kind) = kind else { return Err(e) };
             if retry + 1 >= policy.attempts {
                 return Err(e);
@@ -425,6 +487,7 @@ impl Shared {
             if started.elapsed() + delay > policy.budget {
                 return Err(e);
             }
+            held.failed = false;
             retry += 1;
             self.metrics.retried();
             tracing::warn!(
@@ -846,6 +909,55 @@ impl Shared {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.pool.read().is_none()
+    }
+}
+
+thread_local! {
+    /// Connection failures held back by the retry loop running on this
+    /// thread; `None` outside one.
+    static HELD: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// Holds back the breaker's connection failures during a retry loop: when
+/// the loop ends in success they were absorbed and are forgotten; when it
+/// ends in failure (or a panic), they are reported then.
+struct HeldFailures<'a> {
+    shared: &'a Shared,
+    outer: Option<u32>,
+    /// Whether the operation has failed for good (set until a retry starts).
+    failed: bool,
+}
+
+impl<'a> HeldFailures<'a> {
+    fn start(shared: &'a Shared) -> HeldFailures<'a> {
+        HeldFailures {
+            shared,
+            outer: HELD.with(|h| h.replace(Some(0))),
+            failed: false,
+        }
+    }
+
+    /// Counts a failure if a retry loop runs on this thread.
+    fn hold() -> bool {
+        HELD.with(|h| match h.get() {
+            Some(n) => {
+                h.set(Some(n.saturating_add(1)));
+                true
+            }
+            None => false,
+        })
+    }
+}
+
+impl Drop for HeldFailures<'_> {
+    fn drop(&mut self) {
+        let held = HELD.with(|h| h.replace(self.outer)).unwrap_or(0);
+        if self.failed || std::thread::panicking() {
+            let now = Instant::now();
+            for _ in 0..held {
+                self.shared.report(Signal::Down, now);
+            }
+        }
     }
 }
 

@@ -156,18 +156,19 @@ pub(crate) struct BreakerSettings {
     /// Connection failures within `window` that open the breaker; 0 turns it off.
     pub(crate) failures: u32,
     pub(crate) window: Duration,
-    /// How long it stays open before a probe.
+    /// The longest wait between two probes of an open breaker. Probes start
+    /// [`FIRST_PROBE`] after it opens and the wait doubles up to this.
     pub(crate) recovery: Duration,
 }
+
+/// The wait before an open breaker's first probe.
+pub(crate) const FIRST_PROBE: Duration = Duration::from_millis(50);
 
 /// What the breaker says to a caller.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admit {
     /// Go ahead.
     Pass,
-    /// Go ahead, and prove the database answers (health-check query) first:
-    /// report with [`Breaker::probed`].
-    Probe,
     /// Fail fast; the next probe is due in this long (zero: a probe is
     /// running now).
     Reject(Duration),
@@ -175,14 +176,27 @@ pub(crate) enum Admit {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: VecDeque<Instant> },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        failures: VecDeque<Instant>,
+    },
+    /// Down: calls fail fast while a prober checks the server, at
+    /// `next_probe`, then waits `interval` (doubling) before the next check.
+    Open {
+        next_probe: Instant,
+        interval: Duration,
+        probing: bool,
+    },
 }
 
 /// One database's circuit breaker: closed → open after `failures`
-/// connection-level failures within `window` → half-open after `recovery`
-/// → closed when a probe answers (or open again when it does not).
+/// connection-level failures within `window` → closed again as soon as the
+/// server answers, to a probe or to any statement.
+///
+/// While it is open, calls fail at once and one prober (a thread the
+/// pipeline runs) checks the server: [`FIRST_PROBE`] after the breaker
+/// opened, then after waits that double up to the configured `recovery`.
+/// So a restart costs about as long as the server is down, and a server that
+/// stays down costs one connection attempt per `recovery`.
 ///
 /// Every method takes the time, so the states are tested with a made-up
 /// clock.
@@ -213,9 +227,9 @@ impl Breaker {
     /// [`admit`](Self::admit) now; no lock and no clock read while the
     /// breaker is closed and clean.
     #[inline]
-    pub(crate) fn admit_now(&self) -> (Admit, Transition) {
+    pub(crate) fn admit_now(&self) -> Admit {
         if !self.enabled() || self.clean.load(Ordering::Relaxed) {
-            return (Admit::Pass, None);
+            return Admit::Pass;
         }
         self.admit(Instant::now())
     }
@@ -224,109 +238,128 @@ impl Breaker {
         self.settings.failures > 0
     }
 
+    /// The longest wait between probes.
     pub(crate) fn recovery(&self) -> Duration {
         self.settings.recovery
     }
 
-    /// The state now (an open breaker past its recovery time reads half-open).
-    pub(crate) fn state(&self, now: Instant) -> CircuitState {
+    /// The state now: half-open while a probe is checking the server.
+    pub(crate) fn state(&self) -> CircuitState {
         match &*self.inner.lock() {
             Inner::Closed { .. } => CircuitState::Closed,
-            Inner::Open { until } if now >= *until => CircuitState::HalfOpen,
+            Inner::Open { probing: true, .. } => CircuitState::HalfOpen,
             Inner::Open { .. } => CircuitState::Open,
-            Inner::HalfOpen { .. } => CircuitState::HalfOpen,
         }
     }
 
     /// May a call go through now?
-    pub(crate) fn admit(&self, now: Instant) -> (Admit, Transition) {
+    pub(crate) fn admit(&self, now: Instant) -> Admit {
         if !self.enabled() {
-            return (Admit::Pass, None);
+            return Admit::Pass;
         }
-        let mut inner = self.inner.lock();
-        match &mut *inner {
-            Inner::Closed { .. } => (Admit::Pass, None),
-            Inner::Open { until } => {
-                if now < *until {
-                    return (Admit::Reject(*until - now), None);
-                }
-                *inner = Inner::HalfOpen { probing: true };
-                (
-                    Admit::Probe,
-                    Some((CircuitState::Open, CircuitState::HalfOpen)),
-                )
+        match &*self.inner.lock() {
+            Inner::Closed { .. } => Admit::Pass,
+            Inner::Open {
+                probing: true, ..
+            } => Admit::Reject(Duration::ZERO),
+            Inner::Open { next_probe, .. } => {
+                Admit::Reject(next_probe.saturating_duration_since(now))
             }
-            Inner::HalfOpen { probing } => {
-                if *probing {
-                    (Admit::Reject(Duration::ZERO), None)
-                } else {
-                    *probing = true;
-                    (Admit::Probe, None)
-                }
-            }
-        }
-    }
-
-    /// The probe's verdict.
-    pub(crate) fn probed(&self, ok: bool, now: Instant) -> Transition {
-        let mut inner = self.inner.lock();
-        if !matches!(&*inner, Inner::HalfOpen { .. }) {
-            return None;
-        }
-        if ok {
-            *inner = Inner::Closed {
-                failures: VecDeque::new(),
-            };
-            self.clean.store(true, Ordering::Relaxed);
-            Some((CircuitState::HalfOpen, CircuitState::Closed))
-        } else {
-            *inner = Inner::Open {
-                until: now + self.settings.recovery,
-            };
-            Some((CircuitState::HalfOpen, CircuitState::Open))
         }
     }
 
     /// A call reached the database and it answered: the failure count
-    /// starts again.
-    pub(crate) fn succeeded(&self) {
+    /// starts again, and an open breaker closes.
+    pub(crate) fn succeeded(&self) -> Transition {
         if !self.enabled() || self.clean.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
-        if let Inner::Closed { failures } = &mut *self.inner.lock() {
-            failures.clear();
-            self.clean.store(true, Ordering::Relaxed);
-        }
+        let mut inner = self.inner.lock();
+        let was = match &*inner {
+            Inner::Closed { .. } => CircuitState::Closed,
+            Inner::Open { probing: true, .. } => CircuitState::HalfOpen,
+            Inner::Open { .. } => CircuitState::Open,
+        };
+        *inner = Inner::Closed {
+            failures: VecDeque::new(),
+        };
+        self.clean.store(true, Ordering::Relaxed);
+        (was != CircuitState::Closed).then_some((was, CircuitState::Closed))
     }
 
-    /// A connection-level failure (opening a connection failed, a connect or pool timeout, a
-    /// statement whose connection had to be cut).
+    /// A connection-level failure (opening a connection failed, a connect or
+    /// pool timeout, a statement whose connection had to be cut). Ignored
+    /// while open: the prober decides when it closes.
     pub(crate) fn failed(&self, now: Instant) -> Transition {
         if !self.enabled() {
             return None;
         }
         let mut inner = self.inner.lock();
+        let Inner::Closed { failures } = &mut *inner else {
+            return None;
+        };
         self.clean.store(false, Ordering::Relaxed);
-        match &mut *inner {
-            Inner::Closed { failures } => {
-                failures.push_back(now);
-                while failures
-                    .front()
-                    .is_some_and(|t| now.saturating_duration_since(*t) > self.settings.window)
-                {
-                    failures.pop_front();
-                }
-                if failures.len() >= self.settings.failures as usize {
-                    *inner = Inner::Open {
-                        until: now + self.settings.recovery,
-                    };
-                    return Some((CircuitState::Closed, CircuitState::Open));
-                }
-                None
-            }
-            // Failures of calls admitted before it opened change nothing.
-            Inner::Open { .. } | Inner::HalfOpen { .. } => None,
+        failures.push_back(now);
+        while failures
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > self.settings.window)
+        {
+            failures.pop_front();
         }
+        if failures.len() < self.settings.failures as usize {
+            return None;
+        }
+        *inner = Inner::Open {
+            next_probe: now + FIRST_PROBE,
+            interval: FIRST_PROBE,
+            probing: false,
+        };
+        Some((CircuitState::Closed, CircuitState::Open))
+    }
+
+    /// For the prober: how long until the next probe is due; `None` once the
+    /// breaker is closed (the prober's work is done).
+    pub(crate) fn until_probe(&self, now: Instant) -> Option<Duration> {
+        match &*self.inner.lock() {
+            Inner::Closed { .. } => None,
+            Inner::Open { next_probe, .. } => Some(next_probe.saturating_duration_since(now)),
+        }
+    }
+
+    /// For the prober: starts a probe if one is due; false when none is.
+    pub(crate) fn start_probe(&self, now: Instant) -> (bool, Transition) {
+        match &mut *self.inner.lock() {
+            Inner::Open {
+                next_probe,
+                probing,
+                ..
+            } if !*probing && now >= *next_probe => {
+                *probing = true;
+                (true, Some((CircuitState::Open, CircuitState::HalfOpen)))
+            }
+            _ => (false, None),
+        }
+    }
+
+    /// The probe's verdict: closed when the server answered; otherwise the
+    /// wait before the next probe doubles, up to `recovery`.
+    pub(crate) fn probed(&self, ok: bool, now: Instant) -> Transition {
+        if ok {
+            return self.succeeded();
+        }
+        let mut inner = self.inner.lock();
+        let Inner::Open {
+            next_probe,
+            interval,
+            probing,
+        } = &mut *inner
+        else {
+            return None;
+        };
+        *interval = (*interval * 2).min(self.settings.recovery.max(FIRST_PROBE));
+        *next_probe = now + *interval;
+        let was_probing = std::mem::replace(probing, false);
+        was_probing.then_some((CircuitState::HalfOpen, CircuitState::Open))
     }
 }
 
@@ -364,17 +397,17 @@ mod tests {
 
     #[test]
     fn policy_builder_keeps_at_least_one_attempt() {
-        assert_eq!(RetryPolicy::default().max_attempts(), 3);
-        assert_eq!(RetryPolicy::default().attempts(0).max_attempts(), 1);
-        assert!(!RetryPolicy::default().retries_writes());
-        assert!(RetryPolicy::none().retry_writes(true).retries_writes());
+        assert_eq!(RetryPolicy::default().attempts, 3);
+        assert_eq!(RetryPolicy::default().attempts(0).attempts, 1);
+        assert!(!RetryPolicy::default().retry_writes);
+        assert!(RetryPolicy::none().retry_writes(true).retry_writes);
     }
 
     fn breaker() -> Breaker {
         Breaker::new(BreakerSettings {
             failures: 3,
             window: Duration::from_secs(10),
-            recovery: Duration::from_secs(5),
+            recovery: Duration::from_millis(400),
         })
     }
 
@@ -384,19 +417,15 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(b.failed(t0), None);
         assert_eq!(b.failed(t0 + MS), None);
-        assert_eq!(b.state(t0), CircuitState::Closed);
+        assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(
             b.failed(t0 + 2 * MS),
             Some((CircuitState::Closed, CircuitState::Open))
         );
-        assert_eq!(b.state(t0 + 3 * MS), CircuitState::Open);
-        match b.admit(t0 + Duration::from_secs(1)).0 {
-            Admit::Reject(left) => assert!(
-                left <= Duration::from_secs(5) && left >= Duration::from_secs(4),
-                "{left:?}"
-            ),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.admit(t0 + 2 * MS), Admit::Reject(FIRST_PROBE));
+        // More failures while open change nothing.
+        assert_eq!(b.failed(t0 + 3 * MS), None);
     }
 
     #[test]
@@ -407,47 +436,64 @@ mod tests {
         b.failed(t0 + MS);
         // The first two fall out of the 10 s window.
         assert_eq!(b.failed(t0 + Duration::from_secs(11)), None);
-        assert_eq!(b.state(t0 + Duration::from_secs(11)), CircuitState::Closed);
+        assert_eq!(b.state(), CircuitState::Closed);
         b.failed(t0 + Duration::from_secs(12));
-        b.succeeded();
+        assert_eq!(b.succeeded(), None);
         assert_eq!(b.failed(t0 + Duration::from_secs(13)), None);
-        assert_eq!(b.state(t0 + Duration::from_secs(13)), CircuitState::Closed);
+        assert_eq!(b.state(), CircuitState::Closed);
     }
 
     #[test]
-    fn half_open_lets_one_probe_through_then_closes_or_reopens() {
+    fn probes_come_soon_then_back_off_up_to_the_recovery_time() {
         let b = breaker();
         let t0 = Instant::now();
-        for i in 0..3 {
-            b.failed(t0 + i * MS);
+        for _ in 0..3 {
+            b.failed(t0);
         }
-        let later = t0 + Duration::from_secs(6);
-        assert_eq!(b.state(later), CircuitState::HalfOpen);
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let wait = b.until_probe(now).expect("open");
+            waits.push(wait.as_millis());
+            now += wait;
+            assert_eq!(
+                b.start_probe(now),
+                (true, Some((CircuitState::Open, CircuitState::HalfOpen)))
+            );
+            assert_eq!(b.state(), CircuitState::HalfOpen);
+            // While the probe runs, calls fail fast and no second probe starts.
+            assert_eq!(b.admit(now), Admit::Reject(Duration::ZERO));
+            assert_eq!(b.start_probe(now).0, false);
+            assert_eq!(
+                b.probed(false, now),
+                Some((CircuitState::HalfOpen, CircuitState::Open))
+            );
+        }
+        assert_eq!(waits, [50, 100, 200, 400, 400, 400]);
+        now += b.until_probe(now).expect("open");
+        assert!(b.start_probe(now).0);
         assert_eq!(
-            b.admit(later),
-            (
-                Admit::Probe,
-                Some((CircuitState::Open, CircuitState::HalfOpen))
-            )
-        );
-        // While the probe runs, others fail fast.
-        assert_eq!(b.admit(later).0, Admit::Reject(Duration::ZERO));
-        // The probe fails: open for another recovery time.
-        assert_eq!(
-            b.probed(false, later),
-            Some((CircuitState::HalfOpen, CircuitState::Open))
-        );
-        assert!(matches!(b.admit(later + MS).0, Admit::Reject(_)));
-        let again = later + Duration::from_secs(5);
-        assert_eq!(b.admit(again).0, Admit::Probe);
-        assert_eq!(
-            b.probed(true, again),
+            b.probed(true, now),
             Some((CircuitState::HalfOpen, CircuitState::Closed))
         );
-        assert_eq!(b.state(again), CircuitState::Closed);
-        assert_eq!(b.admit(again).0, Admit::Pass);
+        assert_eq!(b.until_probe(now), None, "the prober stops");
+        assert_eq!(b.admit(now), Admit::Pass);
         // Closed again with a fresh count.
-        assert_eq!(b.failed(again), None);
+        assert_eq!(b.failed(now), None);
+    }
+
+    #[test]
+    fn any_answer_closes_an_open_breaker() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.failed(t0);
+        }
+        assert_eq!(
+            b.succeeded(),
+            Some((CircuitState::Open, CircuitState::Closed))
+        );
+        assert_eq!(b.admit(t0), Admit::Pass);
     }
 
     #[test]
@@ -461,13 +507,13 @@ mod tests {
         for i in 0..100 {
             assert_eq!(b.failed(t0 + i * MS), None);
         }
-        assert_eq!(b.admit(t0).0, Admit::Pass);
-        assert_eq!(b.gauge_state(t0), 0);
+        assert_eq!(b.admit(t0), Admit::Pass);
+        assert_eq!(b.gauge_state(), 0);
     }
 
     impl Breaker {
-        fn gauge_state(&self, now: Instant) -> i64 {
-            self.state(now).as_gauge()
+        fn gauge_state(&self) -> i64 {
+            self.state().as_gauge()
         }
     }
 }
