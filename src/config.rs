@@ -1231,11 +1231,11 @@ mod tests {
             ]),
         )?;
         let r = cfg.retry_policy();
-        assert_eq!(r.max_attempts(), 5);
-        assert_eq!(r.base(), Duration::from_millis(50));
-        assert_eq!(r.cap(), Duration::from_secs(2));
-        assert_eq!(r.total_budget(), Duration::from_secs(12));
-        assert!(r.retries_writes());
+        assert_eq!(r.attempts, 5);
+        assert_eq!(r.base_delay, Duration::from_millis(50));
+        assert_eq!(r.max_delay, Duration::from_secs(2));
+        assert_eq!(r.budget, Duration::from_secs(12));
+        assert!(r.retry_writes);
         assert_eq!(cfg.circuit_failures(), 0);
         assert_eq!(cfg.circuit_window(), Duration::from_secs(10));
         assert_eq!(cfg.circuit_recovery(), Duration::from_secs(3));

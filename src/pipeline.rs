@@ -340,11 +340,9 @@ impl Shared {
     fn admit(&self) -> Result<()> {
         match self.breaker.admit_now() {
             Admit::Pass => Ok(()),
-            Admit::Reject(next_probe) => Err(Error::circuit_open(
-                next_probe,
-                &self.recovery_hint(),
-            )
-            .on_database(self.name())),
+            Admit::Reject(next_probe) => {
+                Err(Error::circuit_open(next_probe, &self.recovery_hint()).on_database(self.name()))
+            }
         }
     }
 

@@ -259,9 +259,7 @@ impl Breaker {
         }
         match &*self.inner.lock() {
             Inner::Closed { .. } => Admit::Pass,
-            Inner::Open {
-                probing: true, ..
-            } => Admit::Reject(Duration::ZERO),
+            Inner::Open { probing: true, .. } => Admit::Reject(Duration::ZERO),
             Inner::Open { next_probe, .. } => {
                 Admit::Reject(next_probe.saturating_duration_since(now))
             }

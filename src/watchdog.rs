@@ -21,6 +21,7 @@
 //! detectors) every [`SWEEP_EVERY`] while any are registered.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -249,10 +250,28 @@ impl Watchdog {
 fn run(weak: Weak<Watchdog>) {
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     loop {
-        let Some(dog) = weak.upgrade() else { return };
+        // A panic in a turn (a backend's cut, a sweeper) must not end the
+        // thread: every later deadline would silently never fire.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| turn(&weak, &mut next_sweep))) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                tracing::error!("a watchdog turn panicked; the watchdog thread goes on");
+            }
+        }
+    }
+}
+
+/// One turn of the timer thread: fires what is due, sweeps when it is
+/// time, parks until the next deadline. False when the thread should end.
+fn turn(weak: &Weak<Watchdog>, next_sweep: &mut Instant) -> bool {
+    {
+        let Some(dog) = weak.upgrade() else {
+            return false;
+        };
         if Arc::strong_count(&dog) == 1 {
             // Nobody else holds this watchdog (only tests drop theirs).
-            return;
+            return false;
         }
         let mut st = dog.state.lock();
         let now = Instant::now();
@@ -279,7 +298,7 @@ fn run(weak: Weak<Watchdog>) {
                 }
             }
         }
-        if now >= next_sweep {
+        if now >= *next_sweep {
             st.sweepers.retain(|s| s.strong_count() > 0);
             let sweepers: Vec<Arc<dyn Sweep>> =
                 st.sweepers.iter().filter_map(Weak::upgrade).collect();
@@ -287,14 +306,14 @@ fn run(weak: Weak<Watchdog>) {
             for s in &sweepers {
                 s.sweep(now);
             }
-            next_sweep = now + SWEEP_EVERY;
+            *next_sweep = now + SWEEP_EVERY;
             st = dog.state.lock();
         }
         let next_timer = st.timers.first_key_value().map(|(k, _)| k.0);
         let until = match (next_timer, st.sweepers.is_empty()) {
             (Some(t), true) => Some(t),
-            (Some(t), false) => Some(t.min(next_sweep)),
-            (None, false) => Some(next_sweep),
+            (Some(t), false) => Some(t.min(*next_sweep)),
+            (None, false) => Some(*next_sweep),
             (None, true) => None,
         };
         // Idle parks are capped so that a dropped (test) watchdog's thread ends.
@@ -303,6 +322,7 @@ fn run(weak: Weak<Watchdog>) {
         dog.wake.wait_until(&mut st, until);
         st.parked_until = None;
     }
+    true
 }
 
 /// A deadline passed: start the soft cancel off this thread, arm the abort.
@@ -543,6 +563,49 @@ mod tests {
         assert_eq!(armed.disarm(), Fired::Cancelled);
         std::thread::sleep(ABORT_GRACE + Duration::from_millis(200));
         assert_eq!(q.aborts.load(Ordering::SeqCst), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_registration_dropped_unfinished_never_fires() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let (p, c) = probe();
+        let unwound = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _armed = dog.arm(Instant::now() + Duration::from_millis(20), &c);
+            panic!("a statement panicked between arm and disarm");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(dog.pending(), 0, "the unwinding removed the registration");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(p.cancels.load(Ordering::SeqCst), 0, "no late cancel");
+        Ok(())
+    }
+
+    /// A backend whose cut panics.
+    struct Panicky(Arc<Probe>);
+
+    impl Canceller for Panicky {
+        fn cancel(&self) -> Result<()> {
+            Ok(())
+        }
+
+        fn abort(&self) -> bool {
+            panic!("the cut panicked");
+        }
+    }
+
+    #[test]
+    fn a_panic_on_the_timer_thread_does_not_stop_later_deadlines() -> std::io::Result<()> {
+        let dog = Watchdog::start()?;
+        let bad: Arc<dyn Canceller> = Arc::new(Panicky(Arc::new(Probe::default())));
+        let armed = dog.arm(Instant::now() + Duration::from_millis(10), &bad);
+        // The cut (after the grace) panics on the watchdog's thread.
+        std::thread::sleep(ABORT_GRACE + Duration::from_millis(300));
+        drop(armed);
+        let (p, c) = probe();
+        let armed = dog.arm(Instant::now() + Duration::from_millis(10), &c);
+        until_cancelled(&p);
+        assert_eq!(armed.disarm(), Fired::Cancelled);
         Ok(())
     }
 

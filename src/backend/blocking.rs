@@ -2,6 +2,8 @@
 //! share: a private current-thread runtime per connection, dropping it
 //! safely, and cutting a connection's socket from the watchdog.
 
+#[cfg(unix)]
+use std::sync::Arc;
 #[cfg(any(feature = "postgres", feature = "mssql"))]
 use std::time::{Duration, Instant};
 
@@ -37,23 +39,31 @@ pub(crate) fn drop_off_runtime<T: Send + 'static>(value: T) {
     }
 }
 
-/// A connection's socket, as the watchdog's last resort sees it.
-#[derive(Clone, Copy, Debug)]
+/// A connection's socket, as the watchdog's last resort sees it: a
+/// duplicate of its descriptor, owned here, so a cut always reaches this
+/// connection's socket, never another that reused a closed descriptor's
+/// number.
+#[derive(Clone, Debug)]
 pub(crate) struct SocketHandle {
     #[cfg(unix)]
-    fd: std::os::fd::RawFd,
+    fd: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl SocketHandle {
-    /// The handle of `socket`, taken before the runtime owns it.
+    /// The handle of `socket`, taken while the caller owns it.
     #[cfg(unix)]
     pub(crate) fn of(socket: &impl std::os::fd::AsRawFd) -> SocketHandle {
-        SocketHandle {
-            fd: socket.as_raw_fd(),
+        // SAFETY: `socket` is open for the duration of this call, and the
+        // borrow does not outlive it: the duplicate is a descriptor of our own.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+        let fd = borrowed.try_clone_to_owned().map(Arc::new);
+        if let Err(e) = &fd {
+            tracing::debug!(error = %e, "no descriptor for the watchdog's cut");
         }
+        SocketHandle { fd: fd.ok() }
     }
 
-    /// No handle (platforms without `shutdown(2)` on a raw descriptor).
+    /// No handle (platforms without `shutdown(2)`).
     #[cfg(not(unix))]
     pub(crate) fn of<T>(_socket: &T) -> SocketHandle {
         SocketHandle {}
@@ -61,16 +71,16 @@ impl SocketHandle {
 
     /// Shuts the socket down so that a call blocked on it sees the end of
     /// the stream at once. Returns false where that is not possible.
-    ///
-    /// Only the watchdog calls this, and only while the statement is still
-    /// registered: the connection (and so its descriptor) is then open and
-    /// its owner blocked in a call on it, so the descriptor cannot have been
-    /// closed and reused.
-    pub(crate) fn cut(self) -> bool {
+    pub(crate) fn cut(&self) -> bool {
         #[cfg(unix)]
         {
-            // SAFETY: see above; shutdown(2) does not close the descriptor.
-            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) == 0 }
+            use std::os::fd::AsRawFd;
+            match &self.fd {
+                // SAFETY: the descriptor is ours and open while `self` lives;
+                // shutdown(2) does not close it.
+                Some(fd) => unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) == 0 },
+                None => false,
+            }
         }
         #[cfg(not(unix))]
         {
