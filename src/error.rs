@@ -114,6 +114,9 @@ struct Inner {
     source: Option<Source>,
     holders: Vec<ConnectionHolder>,
     report: Option<Box<MigrationReport>>,
+    /// The failure happened before the statement was sent: running it again
+    /// cannot run it twice.
+    unsent: bool,
 }
 
 /// An error from dbmanager.
@@ -141,7 +144,21 @@ impl Error {
             source: None,
             holders: Vec::new(),
             report: None,
+            unsent: false,
         }))
+    }
+
+    /// Marks a failure that happened before the statement reached the
+    /// server (a checkout, a connect, a session setting before it).
+    #[cold]
+    pub(crate) fn unsent(mut self) -> Error {
+        self.0.unsent = true;
+        self
+    }
+
+    /// Whether the failure provably happened before the statement was sent.
+    pub(crate) fn was_unsent(&self) -> bool {
+        self.0.unsent
     }
 
     #[cold]
@@ -254,6 +271,7 @@ impl Error {
             source: self.0.source.clone(),
             holders: self.0.holders.clone(),
             report: self.0.report.clone(),
+            unsent: self.0.unsent,
         }))
     }
 

@@ -17,7 +17,6 @@ use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
 use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
-use crate::sql::{classify_statement, StatementKind};
 use crate::status::{
     HealthStatus, MigrationReport, MigrationStatus, MigrationSummary, PoolStatus, QueryPlan,
     StatementStats,
@@ -165,22 +164,28 @@ impl DatabaseManager {
         self.retry.unwrap_or(self.shared.config.retry)
     }
 
-    /// Runs a statement on a connection of its own; retried as a whole when
-    /// that is safe (see [`RetryPolicy`]).
+    /// Runs a statement on a connection of its own, again after a transient
+    /// failure when that cannot run it twice: the failure came before the
+    /// statement was sent (a checkout, a connect, an open breaker), or the
+    /// caller said a second run is harmless (a read-only database, or
+    /// [`RetryPolicy::retry_writes`]). A statement's text is no proof:
+    /// `SELECT nextval('s')` writes.
     #[track_caller]
     fn run(&self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
         let site = Location::caller();
         let policy = self.retry_policy();
-        let repeatable = policy.attempts > 1
-            && (policy.retry_writes
-                || (op == Op::Query && classify_statement(sql) == StatementKind::Read));
-        if !repeatable {
+        if policy.attempts <= 1 {
             return self.shared.run_at(None, op, sql, params, limit, site);
         }
+        let harmless = policy.retry_writes || self.shared.config.read_only;
         self.shared.retrying(&policy, op.name(), || {
             self.shared
                 .run_at(None, op, sql, params.clone(), limit, site)
-                .map_err(transient)
+                .map_err(|e| {
+                    let again = e.is_retryable() && (harmless || e.was_unsent());
+                    let kind = again.then(|| e.kind());
+                    (e, kind)
+                })
         })
     }
 

@@ -648,7 +648,7 @@ impl Shared {
                 c
             }
             None => {
-                owned = self.checkout_within(None, site)?;
+                owned = self.checkout_within(None, site).map_err(Error::unsent)?;
                 &mut owned
             }
         };
@@ -716,14 +716,17 @@ impl Shared {
             .map(|(dog, t)| dog.arm(start + t, &conn.canceller));
         // The deadline covers setting the server's own limit too: on a server
         // that stopped answering, that round trip would hang as well.
-        let result = server_limit(conn, op, timeout).and_then(|()| match op {
-            Op::Query => conn.backend.query(native, values).map(Outcome::Rows),
-            Op::Execute => conn.backend.execute(native, values).map(Outcome::Affected),
-            Op::Batch => conn.backend.batch(native).map(|()| Outcome::Done),
-            Op::Begin => conn.backend.begin().map(|()| Outcome::Done),
-            Op::Commit => conn.backend.commit().map(|()| Outcome::Done),
-            Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
-        });
+        let result = match server_limit(conn, op, timeout) {
+            Err(e) => Err(e.unsent()),
+            Ok(()) => match op {
+                Op::Query => conn.backend.query(native, values).map(Outcome::Rows),
+                Op::Execute => conn.backend.execute(native, values).map(Outcome::Affected),
+                Op::Batch => conn.backend.batch(native).map(|()| Outcome::Done),
+                Op::Begin => conn.backend.begin().map(|()| Outcome::Done),
+                Op::Commit => conn.backend.commit().map(|()| Outcome::Done),
+                Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
+            },
+        };
         let fired = armed.map_or(Fired::No, Armed::disarm);
         Ok((result, fired))
     }

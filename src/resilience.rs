@@ -18,14 +18,22 @@ use crate::status::CircuitState;
 /// ([`Error::is_retryable`](crate::Error::is_retryable)): exponential backoff
 /// with full jitter, bounded by a number of attempts and a total time budget.
 ///
-/// Retries are applied only where running the operation again is safe: a
-/// read through [`DatabaseManager`](crate::DatabaseManager) (`execute_query`,
-/// `query_one`, `query_opt`, `query_as`: statements that only read), and a
-/// whole transaction closure ([`DatabaseManager::transaction`](crate::DatabaseManager::transaction)),
-/// re-run from its start on a fresh connection. Statements on a connection
-/// you hold ([`PooledConnection`](crate::PooledConnection),
-/// [`Transaction`](crate::Transaction)) are never retried, and writes outside
-/// a transaction only with [`retry_writes`](Self::retry_writes).
+/// Retries are applied only where running the operation again cannot run
+/// a statement twice:
+///
+/// - a statement through [`DatabaseManager`](crate::DatabaseManager) whose
+///   failure came before it was sent (no connection could be checked out or
+///   opened, the circuit breaker was open);
+/// - any statement through it once it may have reached the server (the
+///   connection was lost while it ran), but only on a read-only database or
+///   with [`retry_writes`](Self::retry_writes): the library cannot tell from
+///   the text that a statement only reads (`SELECT nextval('s')` writes);
+/// - a whole transaction closure ([`DatabaseManager::transaction`](crate::DatabaseManager::transaction)),
+///   re-run from its start on a fresh connection: nothing of it was
+///   committed.
+///
+/// Statements on a connection you hold ([`PooledConnection`](crate::PooledConnection),
+/// [`Transaction`](crate::Transaction)) are never retried.
 ///
 /// ```
 /// use std::time::Duration;
@@ -106,11 +114,12 @@ impl RetryPolicy {
         self
     }
 
-    /// Also retry statements that may write when they run outside a
-    /// transaction (`execute`, `execute_batch`, and queries the library
-    /// cannot tell are reads). Only for statements that are safe to run
-    /// twice (idempotent): a write whose connection was lost after the
-    /// server ran it would otherwise be applied twice. Default `false`.
+    /// Also run a statement again when its connection was lost after it may
+    /// have reached the server (outside a transaction). Only for statements
+    /// that are safe to run twice (idempotent, or reads): one that the
+    /// server ran before the connection was lost would otherwise be applied
+    /// twice. Default `false`; a read-only database behaves as if it were
+    /// `true`.
     pub fn retry_writes(mut self, on: bool) -> Self {
         self.retry_writes = on;
         self

@@ -217,7 +217,7 @@ impl PooledConnection {
     }
 
     /// Runs `f` in a transaction on this connection; see
-    /// [`DatabaseManager::transaction`].
+    /// [`DatabaseManager::transaction`](crate::DatabaseManager::transaction).
     ///
     /// # Errors
     ///
@@ -231,7 +231,8 @@ impl PooledConnection {
         tx.run_closure(f)
     }
 
-    /// As [`DatabaseManager::transaction_with_timeout`], on this connection.
+    /// As [`DatabaseManager::transaction_with_timeout`](crate::DatabaseManager::transaction_with_timeout),
+    /// on this connection.
     ///
     /// # Errors
     ///
