@@ -779,7 +779,9 @@ impl Shared {
             // The cancel could not reach the server and the connection was
             // cut: a connection-level failure.
             (_, Fired::Unfinished) => Some(Signal::Down),
-            (_, Fired::Cancelled) if closed => Some(Signal::Down),
+            // A backend whose cancel is a cut (SQL Server) closed it by
+            // design: that says nothing of the server.
+            (_, Fired::Cancelled) if closed => None,
             (Ok(_), _) => Some(Signal::Up),
             // The server answered with an SQL error: it is up.
             (Err(e), _) if reusable && e.db_code().is_some() => Some(Signal::Up),

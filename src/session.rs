@@ -297,6 +297,11 @@ pub struct Transaction<'a> {
     /// The first transient error a statement of the transaction met: the
     /// whole transaction may be retried when the closure then fails.
     transient: Option<ErrorKind>,
+    /// The first error that ended the transaction on the server (a deadlock
+    /// victim is rolled back whole on MySQL and SQL Server; a lost connection
+    /// takes its transaction with it). Such a transaction is never
+    /// committed: later statements would have run outside it.
+    ended: Option<Error>,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -323,6 +328,7 @@ impl<'a> Transaction<'a> {
             deadline: None,
             timed_out: false,
             transient: None,
+            ended: None,
         })
     }
 
@@ -352,10 +358,39 @@ impl<'a> Transaction<'a> {
                 if e.is_retryable() && self.transient.is_none() {
                     self.transient = Some(e.kind());
                 }
+                let ends = matches!(
+                    e.kind(),
+                    ErrorKind::Conflict | ErrorKind::Connect | ErrorKind::ConnectTimeout
+                );
+                if ends && self.ended.is_none() && !matches!(op, Op::Commit | Op::Rollback) {
+                    self.ended = Some(e.duplicate());
+                }
                 Err(e)
             }
             ok => ok,
         }
+    }
+
+    /// Commits, unless a statement's error ended the transaction on the
+    /// server: then it is rolled back and that error returned. A commit that
+    /// fails is followed by a rollback, so the connection never goes back to
+    /// the pool inside a transaction (if that fails too, it is discarded).
+    fn commit_now(&mut self) -> Result<()> {
+        self.finished = true;
+        if let Some(e) = self.ended.take() {
+            let _ = self.rollback_now();
+            return Err(e.with_hint(
+                "the transaction was rolled back, not committed: this error ended it on the server, \
+                 so statements after it would not have been part of it",
+            ));
+        }
+        let result = self
+            .run(Op::Commit, "", Params::None, Limit::DEFAULT)
+            .map(drop);
+        if result.is_err() {
+            let _ = self.rollback_now();
+        }
+        result
     }
 
     /// Limits the whole transaction to `timeout` from now.
@@ -388,13 +423,13 @@ impl<'a> Transaction<'a> {
     ///
     /// # Errors
     ///
-    /// The server's error; the transaction is over either way.
+    /// The server's error; the transaction is over either way. If a
+    /// statement of the transaction failed with an error that ends a
+    /// transaction on the server (a deadlock, a lost connection), nothing is
+    /// committed: the transaction is rolled back and that error returned,
+    /// even when the caller went on after it.
     pub fn commit(mut self) -> Result<()> {
-        let result = self
-            .run(Op::Commit, "", Params::None, Limit::DEFAULT)
-            .map(drop);
-        self.finished = true;
-        result
+        self.commit_now()
     }
 
     /// Rolls the transaction back.
@@ -442,10 +477,7 @@ impl<'a> Transaction<'a> {
     {
         match f(&mut self) {
             Ok(value) => {
-                let result = self
-                    .run(Op::Commit, "", Params::None, Limit::DEFAULT)
-                    .map(drop);
-                self.finished = true;
+                let result = self.commit_now();
                 match result {
                     Ok(()) => Ok(value),
                     Err(e) => {

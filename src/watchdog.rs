@@ -57,7 +57,8 @@ pub(crate) enum Fired {
     /// The deadline passed and the cancel finished.
     Cancelled,
     /// The deadline passed and the cancel had not finished within
-    /// [`CANCEL_WAIT`]; the connection must be discarded.
+    /// [`CANCEL_WAIT`], or the caller stayed blocked until its connection
+    /// was cut: the server did not answer; the connection must be discarded.
     Unfinished,
 }
 
@@ -205,13 +206,15 @@ impl Watchdog {
                 return Fired::Cancelled;
             };
             if f.done || f.aborted {
-                let (abort_key, done) = (f.abort_key, f.done);
+                let (abort_key, aborted) = (f.abort_key, f.aborted);
                 st.firing.remove(&id);
                 st.timers.remove(&abort_key);
-                return if done {
-                    Fired::Cancelled
-                } else {
+                // Cut after the grace: the server did not answer the cancel
+                // in time, whether or not the cancel request itself returned.
+                return if aborted {
                     Fired::Unfinished
+                } else {
+                    Fired::Cancelled
                 };
             }
             if self.cancel_done.wait_until(&mut st, give_up).timed_out() {
@@ -551,7 +554,11 @@ mod tests {
             assert!(waited.elapsed() < Duration::from_secs(10), "never aborted");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(armed.disarm(), Fired::Cancelled);
+        assert_eq!(
+            armed.disarm(),
+            Fired::Unfinished,
+            "cut loose: the server never answered"
+        );
         assert_eq!(p.cancels.load(Ordering::SeqCst), 1);
         assert_eq!(p.aborts.load(Ordering::SeqCst), 1);
         // A caller that returned after the soft cancel is never aborted.
