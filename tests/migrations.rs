@@ -88,6 +88,15 @@ impl Case {
         .is_ok()
     }
 
+    /// V1 creates a table; V2 creates another, then fails on a typo.
+    fn failing_v2(&self) {
+        self.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
+        self.write(
+            "V2__half.sql",
+            "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
+        );
+    }
+
     fn log_table(&self) {
         self.write(
             "V1__log.sql",
@@ -333,11 +342,7 @@ each_backend!(
 
 fn failing_migration_leaves_nothing_where_ddl_is_transactional(b: Backend) -> Result<()> {
     let c = Case::new(b);
-    c.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
-    c.write(
-        "V2__half.sql",
-        "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
-    );
+    c.failing_v2();
     let db = c.db();
     let e = db.run_migrations().expect_err("V2 fails");
     let text = e.to_string();
@@ -378,11 +383,7 @@ each_backend!(
 #[test]
 fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
     let c = Case::new(Backend::MySql);
-    c.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
-    c.write(
-        "V2__half.sql",
-        "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
-    );
+    c.failing_v2();
     let db = c.db();
     let e = db.run_migrations().expect_err("V2 fails");
     let text = e.to_string();

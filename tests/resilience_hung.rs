@@ -19,7 +19,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fault::{metric, PrivateServer, Stopped, Tally};
-use common::{unique_name, Backend};
+use common::{times_out_within, unique_name, Backend};
 use dbmanager::{CircuitState, DatabaseManager, ErrorKind, Health, Result};
 
 const QUERY_TIMEOUT: Duration = Duration::from_millis(800);
@@ -168,15 +168,10 @@ fn manager(url: &str) -> Result<DatabaseManager> {
 /// server still times out on schedule: the watchdog is not stalled.
 fn other_deadlines_fire(other: &DatabaseManager, sql: &str) -> Result<()> {
     for _ in 0..3 {
-        let started = Instant::now();
-        let err = other
-            .execute_query_with_timeout(sql, (), Duration::from_millis(300))
-            .expect_err("a long statement elsewhere must still time out");
-        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "took {:?}",
-            started.elapsed()
+        times_out_within(
+            Duration::from_secs(3),
+            "a long statement elsewhere must still time out",
+            || other.execute_query_with_timeout(sql, (), Duration::from_millis(300)),
         );
     }
     Ok(())
@@ -267,15 +262,10 @@ fn hung_servers_do_not_hang_callers() -> Result<()> {
         .get("pid")?;
     {
         let _stopped = Stopped::process(pid);
-        let started = Instant::now();
-        let err = conn
-            .execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300))
-            .expect_err("a stopped backend cannot answer");
-        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the caller hung for {:?}",
-            started.elapsed()
+        times_out_within(
+            Duration::from_secs(10),
+            "a stopped backend cannot answer",
+            || conn.execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300)),
         );
         // Other connections of the same server still work and time out on schedule.
         other_deadlines_fire(&pg, Backend::Postgres.endless_statement())?;

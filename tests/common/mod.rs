@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dbmanager::{DatabaseConfig, DatabaseConfigBuilder, DatabaseManager, Result};
+use dbmanager::{DatabaseConfig, DatabaseConfigBuilder, DatabaseManager, ErrorKind, Result};
 
 pub mod backend;
 pub mod fault;
@@ -143,6 +143,22 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Runs `call`, a statement that cannot finish within its limit, and
+/// asserts that it fails with `QueryTimeout` within `within` (the limit
+/// plus whatever grace the case allows): the caller is not left hanging.
+pub fn times_out_within<T: std::fmt::Debug>(
+    within: Duration,
+    what: &str,
+    call: impl FnOnce() -> Result<T>,
+) -> dbmanager::Error {
+    let started = Instant::now();
+    let err = call().expect_err(what);
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{what}: {err}");
+    assert!(took < within, "{what}: took {took:?}");
+    err
 }
 
 /// A loopback port with nothing listening on it (bound, then released).
