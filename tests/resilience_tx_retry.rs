@@ -145,7 +145,8 @@ fn mariadb() -> Result<()> {
     Ok(())
 }
 
-/// The conflict each server provokes.
+/// Each server's own conflict: write skew on PostgreSQL, a deadlock on
+/// MariaDB.
 fn conflicting_transactions_are_retried_whole_and_both_complete(b: Backend) -> Result<()> {
     match b {
         Backend::Postgres => postgres(),
