@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{postgres_url, TempDir};
+use common::{Backend, TempDir};
 
 fn cli(dir: &TempDir, url: &str, args: &[&str]) -> Output {
     std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
@@ -182,7 +182,7 @@ fn problems_exit_non_zero() {
 #[test]
 fn health_on_postgres() {
     let dir = TempDir::new("cli");
-    let url = postgres_url();
+    let url = Backend::Postgres.url();
     let o = cli(&dir, &url, &["--database", "shop", "health", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");

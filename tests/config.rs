@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::Backend;
 use dbmanager::{BackendKind, DatabaseConfig, DatabaseManager, Error, ErrorKind, Result};
 
 fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -245,8 +246,13 @@ fn first_statement_error(url: &str) -> (Error, Duration) {
     (e, took)
 }
 
-fn wrong_password_is_auth(url: &str, code: &str) {
-    let (e, took) = first_statement_error(&common::with_password(url, "not-the-password"));
+fn wrong_password_is_auth_at_once(b: Backend) {
+    let code = match b {
+        Backend::Postgres => "28P01",
+        Backend::MySql => "1045",
+        other => unreachable!("{other:?} does not run this test"),
+    };
+    let (e, took) = first_statement_error(&common::with_password(&b.url(), "not-the-password"));
     assert_eq!(e.kind(), ErrorKind::Auth, "{e} / {e:?}");
     assert!(!e.is_retryable());
     assert!(
@@ -258,18 +264,10 @@ fn wrong_password_is_auth(url: &str, code: &str) {
     assert!(text.contains("password"), "says what to check: {text}");
 }
 
-#[test]
-fn postgres_wrong_password_is_auth_at_once() {
-    wrong_password_is_auth(&common::postgres_url(), "28P01");
-}
+each_backend!(wrong_password_is_auth_at_once, [Postgres, MySql]);
 
-#[test]
-fn mariadb_wrong_password_is_auth_at_once() {
-    wrong_password_is_auth(&common::mysql_url(), "1045");
-}
-
-fn closed_port_is_connect(url: &str) {
-    let mut parsed = url::Url::parse(url).unwrap();
+fn closed_port_is_connect(b: Backend) {
+    let mut parsed = url::Url::parse(&b.url()).unwrap();
     parsed.set_port(Some(common::closed_port())).unwrap();
     let (e, took) = first_statement_error(parsed.as_str());
     assert_eq!(e.kind(), ErrorKind::Connect, "{e} / {e:?}");
@@ -282,15 +280,7 @@ fn closed_port_is_connect(url: &str) {
     );
 }
 
-#[test]
-fn postgres_closed_port_is_connect() {
-    closed_port_is_connect(&common::postgres_url());
-}
-
-#[test]
-fn mariadb_closed_port_is_connect() {
-    closed_port_is_connect(&common::mysql_url());
-}
+each_backend!(closed_port_is_connect, [Postgres, MySql]);
 
 #[test]
 fn sqlite_unopenable_file_is_connect() {
@@ -307,7 +297,7 @@ fn sqlite_unopenable_file_is_connect() {
 
 #[test]
 fn postgres_unknown_database_says_so() {
-    let mut parsed = url::Url::parse(&common::postgres_url()).unwrap();
+    let mut parsed = url::Url::parse(&Backend::Postgres.url()).unwrap();
     parsed.set_path("/dbmanager_no_such_database");
     let (e, took) = first_statement_error(parsed.as_str());
     assert!(took < AT_ONCE, "{took:?}");

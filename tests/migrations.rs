@@ -1,24 +1,17 @@
 //! Migrations on real servers: PostgreSQL, MariaDB (from `scripts/test`)
 //! and SQLite. Each test has its own migrations folder, history table and
-//! object names, so the tests run in parallel on one database per server.
+//! object names, so the tests run in parallel on one database per server;
+//! a body that holds on several backends runs once per backend
+//! (`each_backend!`).
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{error_text, manager_with, mysql_url, postgres_url, unique_name, TempDir};
+use common::{error_text, manager_with, unique_name, Backend, Place, TempDir};
 use dbmanager::migrate::{MigrateOptions, MigrationProblem};
 use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Backend {
-    Postgres,
-    MySql,
-    Sqlite,
-}
-
-const ALL: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::MySql];
 
 /// One test's world: a folder of scripts, a history table, a prefix for
 /// the objects its scripts create.
@@ -28,24 +21,19 @@ struct Case {
     /// Object-name prefix; `{t}` in scripts becomes this.
     t: String,
     history: String,
-    url: String,
+    place: Place,
 }
 
 impl Case {
     fn new(backend: Backend) -> Case {
         let dir = TempDir::new("mig");
-        let url = match backend {
-            Backend::Postgres => postgres_url(),
-            Backend::MySql => mysql_url(),
-            Backend::Sqlite => dir.sqlite_url("app.db"),
-        };
         std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
         Case {
             backend,
             t: unique_name("m"),
             history: unique_name("hist"),
             dir,
-            url,
+            place: backend.place(),
         }
     }
 
@@ -62,15 +50,19 @@ impl Case {
         std::fs::remove_file(self.sql_dir().join(file)).expect("remove a script");
     }
 
+    fn url(&self) -> &str {
+        self.place.url()
+    }
+
     fn config(&self) -> dbmanager::DatabaseConfigBuilder {
-        DatabaseConfig::builder(format!("{:?}", self.backend).to_lowercase())
-            .url(&self.url)
+        DatabaseConfig::builder(self.backend.name())
+            .url(self.url())
             .migrations_dir(self.sql_dir())
             .history_table(&self.history)
     }
 
     fn db(&self) -> DatabaseManager {
-        manager_with("x", &self.url, |_| self.config()).expect("a manager")
+        manager_with("x", self.url(), |_| self.config()).expect("a manager")
     }
 
     fn count(&self, db: &DatabaseManager, table: &str) -> i64 {
@@ -96,6 +88,15 @@ impl Case {
         .is_ok()
     }
 
+    /// V1 creates a table; V2 creates another, then fails on a typo.
+    fn failing_v2(&self) {
+        self.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
+        self.write(
+            "V2__half.sql",
+            "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
+        );
+    }
+
     fn log_table(&self) {
         self.write(
             "V1__log.sql",
@@ -104,297 +105,285 @@ impl Case {
     }
 }
 
-#[test]
-fn versions_apply_in_numeric_order() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.log_table();
-        for v in ["10", "1.1", "2", "1.0.5"] {
-            c.write(
-                &format!("V{v}__step.sql"),
-                &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
-            );
-        }
-        let db = c.db();
-        let report = db.run_migrations()?;
-        let order: Vec<String> = report
-            .applied
-            .iter()
-            .filter_map(|s| s.version.clone())
-            .collect();
-        assert_eq!(order, ["1", "1.0.5", "1.1", "2", "10"], "{b:?}");
-        assert_eq!(report.current_version.as_deref(), Some("10"));
-        let status = db.migration_status()?;
-        assert_eq!(status.current_version.as_deref(), Some("10"));
-        assert_eq!(status.applied.len(), 5);
-        assert!(status.pending.is_empty() && status.problems.is_empty());
-        assert!(status
-            .applied
-            .iter()
-            .all(|a| a.success && a.checksum.is_some()));
-        // A second run has nothing to do.
-        assert!(db.run_migrations()?.applied.is_empty());
-        assert_eq!(c.count(&db, "{t}_log"), 4);
+fn versions_apply_in_numeric_order(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.log_table();
+    for v in ["10", "1.1", "2", "1.0.5"] {
+        c.write(
+            &format!("V{v}__step.sql"),
+            &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
+        );
     }
+    let db = c.db();
+    let report = db.run_migrations()?;
+    let order: Vec<String> = report
+        .applied
+        .iter()
+        .filter_map(|s| s.version.clone())
+        .collect();
+    assert_eq!(order, ["1", "1.0.5", "1.1", "2", "10"], "{b:?}");
+    assert_eq!(report.current_version.as_deref(), Some("10"));
+    let status = db.migration_status()?;
+    assert_eq!(status.current_version.as_deref(), Some("10"));
+    assert_eq!(status.applied.len(), 5);
+    assert!(status.pending.is_empty() && status.problems.is_empty());
+    assert!(status
+        .applied
+        .iter()
+        .all(|a| a.success && a.checksum.is_some()));
+    // A second run has nothing to do.
+    assert!(db.run_migrations()?.applied.is_empty());
+    assert_eq!(c.count(&db, "{t}_log"), 4);
     Ok(())
 }
+each_backend!(
+    versions_apply_in_numeric_order,
+    [Postgres, MySql, SqliteFile]
+);
 
-#[test]
-fn target_version_then_the_rest() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.log_table();
-        c.write("V2__a.sql", "INSERT INTO {t}_log (v) VALUES ('2');");
-        c.write("V3__b.sql", "INSERT INTO {t}_log (v) VALUES ('3');");
-        let db = c.db();
-        let r = db.migrator().migrate_to("2")?;
-        assert_eq!(r.applied.len(), 2, "{b:?}");
-        assert_eq!(db.migration_status()?.pending.len(), 1);
-        let r = db.run_migrations()?;
-        assert_eq!(r.applied.len(), 1);
-        assert_eq!(r.current_version.as_deref(), Some("3"));
-    }
+fn target_version_then_the_rest(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.log_table();
+    c.write("V2__a.sql", "INSERT INTO {t}_log (v) VALUES ('2');");
+    c.write("V3__b.sql", "INSERT INTO {t}_log (v) VALUES ('3');");
+    let db = c.db();
+    let r = db.migrator().migrate_to("2")?;
+    assert_eq!(r.applied.len(), 2, "{b:?}");
+    assert_eq!(db.migration_status()?.pending.len(), 1);
+    let r = db.run_migrations()?;
+    assert_eq!(r.applied.len(), 1);
+    assert_eq!(r.current_version.as_deref(), Some("3"));
     Ok(())
 }
+each_backend!(target_version_then_the_rest, [Postgres, MySql, SqliteFile]);
 
-#[test]
-fn undo_goes_back_with_u_scripts() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
-        c.write("V2__b.sql", "CREATE TABLE {t}_b (id INTEGER);");
-        c.write("V3__c.sql", "CREATE TABLE {t}_c (id INTEGER);");
-        c.write("U2__b.sql", "DROP TABLE {t}_b;");
-        c.write("U3__c.sql", "DROP TABLE {t}_c;");
-        let db = c.db();
-        db.run_migrations()?;
-        let r = db.migrator().undo("1")?;
-        let undone: Vec<String> = r.applied.iter().filter_map(|s| s.version.clone()).collect();
-        assert_eq!(undone, ["3", "2"], "{b:?}");
-        assert_eq!(r.current_version.as_deref(), Some("1"));
-        assert!(!c.table_exists(&db, "{t}_b") && !c.table_exists(&db, "{t}_c"));
-        assert!(c.table_exists(&db, "{t}_a"));
-        // Undone versions are pending again; without a U1 script, undo to 0 refuses.
-        assert_eq!(db.migration_status()?.pending.len(), 2);
-        let e = db.migrator().undo("0").expect_err("no U1");
-        assert_eq!(e.kind(), ErrorKind::Migration);
-        assert!(
-            e.to_string().contains("V1__a.sql") && e.to_string().contains("U1__"),
-            "{e}"
-        );
-        assert_eq!(db.run_migrations()?.applied.len(), 2);
-    }
+fn undo_goes_back_with_u_scripts(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
+    c.write("V2__b.sql", "CREATE TABLE {t}_b (id INTEGER);");
+    c.write("V3__c.sql", "CREATE TABLE {t}_c (id INTEGER);");
+    c.write("U2__b.sql", "DROP TABLE {t}_b;");
+    c.write("U3__c.sql", "DROP TABLE {t}_c;");
+    let db = c.db();
+    db.run_migrations()?;
+    let r = db.migrator().undo("1")?;
+    let undone: Vec<String> = r.applied.iter().filter_map(|s| s.version.clone()).collect();
+    assert_eq!(undone, ["3", "2"], "{b:?}");
+    assert_eq!(r.current_version.as_deref(), Some("1"));
+    assert!(!c.table_exists(&db, "{t}_b") && !c.table_exists(&db, "{t}_c"));
+    assert!(c.table_exists(&db, "{t}_a"));
+    // Undone versions are pending again; without a U1 script, undo to 0 refuses.
+    assert_eq!(db.migration_status()?.pending.len(), 2);
+    let e = db.migrator().undo("0").expect_err("no U1");
+    assert_eq!(e.kind(), ErrorKind::Migration);
+    assert!(
+        e.to_string().contains("V1__a.sql") && e.to_string().contains("U1__"),
+        "{e}"
+    );
+    assert_eq!(db.run_migrations()?.applied.len(), 2);
     Ok(())
 }
+each_backend!(undo_goes_back_with_u_scripts, [Postgres, MySql, SqliteFile]);
 
-#[test]
-fn repeatable_scripts_rerun_when_changed() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.log_table();
-        c.write(
-            "R__view.sql",
-            "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 1 AS n;\n",
-        );
-        let db = c.db();
-        let r = db.run_migrations()?;
-        assert_eq!(r.applied.len(), 2, "{b:?}");
-        assert!(
-            db.run_migrations()?.applied.is_empty(),
-            "unchanged: not re-run"
-        );
-        c.write(
-            "R__view.sql",
-            "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 2 AS n;\n",
-        );
-        let r = db.run_migrations()?;
-        assert_eq!(r.applied.len(), 1);
-        assert_eq!(r.applied[0].script, "R__view.sql");
-        let n: i64 = db
-            .query_one(&format!("SELECT n FROM {}_v", c.t), ())?
-            .get("n")?;
-        assert_eq!(n, 2);
-        // A line-ending change alone is no change.
-        c.write(
-            "R__view.sql",
-            "DROP VIEW IF EXISTS {t}_v;\r\nCREATE VIEW {t}_v AS SELECT 2 AS n;\r\n",
-        );
-        assert!(db.run_migrations()?.applied.is_empty());
-    }
+fn repeatable_scripts_rerun_when_changed(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.log_table();
+    c.write(
+        "R__view.sql",
+        "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 1 AS n;\n",
+    );
+    let db = c.db();
+    let r = db.run_migrations()?;
+    assert_eq!(r.applied.len(), 2, "{b:?}");
+    assert!(
+        db.run_migrations()?.applied.is_empty(),
+        "unchanged: not re-run"
+    );
+    c.write(
+        "R__view.sql",
+        "DROP VIEW IF EXISTS {t}_v;\nCREATE VIEW {t}_v AS SELECT 2 AS n;\n",
+    );
+    let r = db.run_migrations()?;
+    assert_eq!(r.applied.len(), 1);
+    assert_eq!(r.applied[0].script, "R__view.sql");
+    let n: i64 = db
+        .query_one(&format!("SELECT n FROM {}_v", c.t), ())?
+        .get("n")?;
+    assert_eq!(n, 2);
+    // A line-ending change alone is no change.
+    c.write(
+        "R__view.sql",
+        "DROP VIEW IF EXISTS {t}_v;\r\nCREATE VIEW {t}_v AS SELECT 2 AS n;\r\n",
+    );
+    assert!(db.run_migrations()?.applied.is_empty());
     Ok(())
 }
+each_backend!(
+    repeatable_scripts_rerun_when_changed,
+    [Postgres, MySql, SqliteFile]
+);
 
-#[test]
-fn baseline_skips_what_is_already_there() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
-        c.write("V2__b.sql", "CREATE TABLE {t}_b (id INTEGER);");
-        c.write("V3__c.sql", "CREATE TABLE {t}_c (id INTEGER);");
-        let db = c.db();
-        db.execute_batch(&format!(
-            "CREATE TABLE {}_a (id INTEGER); CREATE TABLE {}_b (id INTEGER)",
-            c.t, c.t
-        ))?;
-        db.migrator().baseline("2")?;
-        let r = db.run_migrations()?;
-        let applied: Vec<&str> = r.applied.iter().map(|s| s.script.as_str()).collect();
-        assert_eq!(applied, ["V3__c.sql"], "{b:?}");
-        let status = db.migration_status()?;
-        assert_eq!(status.current_version.as_deref(), Some("3"));
-        assert_eq!(status.applied[0].kind, "BASELINE");
-        // A second, different baseline is refused.
-        assert_eq!(
-            db.migrator()
-                .baseline("1")
-                .expect_err("one baseline")
-                .kind(),
-            ErrorKind::Migration
-        );
-    }
+fn baseline_skips_what_is_already_there(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
+    c.write("V2__b.sql", "CREATE TABLE {t}_b (id INTEGER);");
+    c.write("V3__c.sql", "CREATE TABLE {t}_c (id INTEGER);");
+    let db = c.db();
+    db.execute_batch(&format!(
+        "CREATE TABLE {}_a (id INTEGER); CREATE TABLE {}_b (id INTEGER)",
+        c.t, c.t
+    ))?;
+    db.migrator().baseline("2")?;
+    let r = db.run_migrations()?;
+    let applied: Vec<&str> = r.applied.iter().map(|s| s.script.as_str()).collect();
+    assert_eq!(applied, ["V3__c.sql"], "{b:?}");
+    let status = db.migration_status()?;
+    assert_eq!(status.current_version.as_deref(), Some("3"));
+    assert_eq!(status.applied[0].kind, "BASELINE");
+    // A second, different baseline is refused.
+    assert_eq!(
+        db.migrator().baseline("1").expect_err("one baseline").kind(),
+        ErrorKind::Migration
+    );
     Ok(())
 }
+each_backend!(
+    baseline_skips_what_is_already_there,
+    [Postgres, MySql, SqliteFile]
+);
 
-#[test]
-fn dry_run_changes_nothing() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
-        c.write(
-            "V2__b.sql",
-            "-- dbmanager:no-transaction\nCREATE TABLE {t}_b (id INTEGER);",
-        );
-        let db = c.db();
-        let plan = db.migrator().dry_run()?;
-        assert!(!plan.history_table_exists);
-        assert_eq!(plan.steps.len(), 2);
-        assert!(plan.steps[0]
-            .sql
-            .contains(&format!("CREATE TABLE {}_a", c.t)));
-        assert!(!plan.steps[1].in_transaction);
-        assert_eq!(plan.steps[0].in_transaction, b != Backend::MySql, "{b:?}");
-        assert!(!c.table_exists(&db, "{t}_a"));
-        assert!(
-            !c.table_exists(&db, &c.history),
-            "no history table was created"
-        );
-        assert_eq!(db.run_migrations()?.applied.len(), 2);
-        assert!(db.migrator().dry_run()?.steps.is_empty());
-    }
+fn dry_run_changes_nothing(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
+    c.write(
+        "V2__b.sql",
+        "-- dbmanager:no-transaction\nCREATE TABLE {t}_b (id INTEGER);",
+    );
+    let db = c.db();
+    let plan = db.migrator().dry_run()?;
+    assert!(!plan.history_table_exists);
+    assert_eq!(plan.steps.len(), 2);
+    assert!(plan.steps[0]
+        .sql
+        .contains(&format!("CREATE TABLE {}_a", c.t)));
+    assert!(!plan.steps[1].in_transaction);
+    assert_eq!(plan.steps[0].in_transaction, b.transactional_ddl(), "{b:?}");
+    assert!(!c.table_exists(&db, "{t}_a"));
+    assert!(
+        !c.table_exists(&db, &c.history),
+        "no history table was created"
+    );
+    assert_eq!(db.run_migrations()?.applied.len(), 2);
+    assert!(db.migrator().dry_run()?.steps.is_empty());
     Ok(())
 }
+each_backend!(dry_run_changes_nothing, [Postgres, MySql, SqliteFile]);
 
-#[test]
-fn edited_applied_script_fails_validation_but_line_endings_do_not() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.write(
-            "V1__a.sql",
-            "CREATE TABLE {t}_a (id INTEGER);\nCREATE TABLE {t}_b (id INTEGER);\n",
-        );
-        let db = c.db();
-        db.run_migrations()?;
-        // CRLF instead of LF: the same checksum.
-        c.write(
-            "V1__a.sql",
-            "CREATE TABLE {t}_a (id INTEGER);\r\nCREATE TABLE {t}_b (id INTEGER);\r\n",
-        );
-        db.migrator().validate()?;
-        assert!(db.run_migrations()?.applied.is_empty());
-        // A real edit: validation names the file and both checksums.
-        let applied = db.migration_status()?.applied[0]
-            .checksum
-            .expect("a checksum");
-        c.write(
-            "V1__a.sql",
-            "CREATE TABLE {t}_a (id BIGINT);\nCREATE TABLE {t}_b (id INTEGER);\n",
-        );
-        c.write("V2__b.sql", "CREATE TABLE {t}_c (id INTEGER);");
-        let now = dbmanager::migrate::checksum(
-            &std::fs::read_to_string(c.sql_dir().join("V1__a.sql")).unwrap_or_default(),
-        );
-        let e = db.migrator().validate().expect_err("edited");
-        let text = e.to_string();
-        assert_eq!(e.kind(), ErrorKind::Migration);
-        assert!(text.contains("V1__a.sql"), "{text}");
-        assert!(
-            text.contains(&applied.to_string()) && text.contains(&now.to_string()),
-            "{text}"
-        );
-        let e = db.run_migrations().expect_err("run refuses");
-        assert_eq!(e.kind(), ErrorKind::Migration);
-        assert!(!c.table_exists(&db, "{t}_c"), "nothing ran");
-        let status = db.migration_status()?;
-        assert!(matches!(
-            status.problems[0],
-            MigrationProblem::ChecksumMismatch { .. }
-        ));
-        // repair accepts the edit.
-        let r = db.migrator().repair()?;
-        assert_eq!(r.realigned, ["V1__a.sql"]);
-        assert_eq!(db.run_migrations()?.applied.len(), 1);
-        // A deleted applied file is a problem too.
-        c.remove("V2__b.sql");
-        let e = db.migrator().validate().expect_err("missing file");
-        assert!(
-            e.to_string().contains("V2__b.sql") && e.to_string().contains("missing"),
-            "{e}"
-        );
-    }
+fn edited_applied_script_fails_validation_but_line_endings_do_not(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.write(
+        "V1__a.sql",
+        "CREATE TABLE {t}_a (id INTEGER);\nCREATE TABLE {t}_b (id INTEGER);\n",
+    );
+    let db = c.db();
+    db.run_migrations()?;
+    // CRLF instead of LF: the same checksum.
+    c.write(
+        "V1__a.sql",
+        "CREATE TABLE {t}_a (id INTEGER);\r\nCREATE TABLE {t}_b (id INTEGER);\r\n",
+    );
+    db.migrator().validate()?;
+    assert!(db.run_migrations()?.applied.is_empty());
+    // A real edit: validation names the file and both checksums.
+    let applied = db.migration_status()?.applied[0]
+        .checksum
+        .expect("a checksum");
+    c.write(
+        "V1__a.sql",
+        "CREATE TABLE {t}_a (id BIGINT);\nCREATE TABLE {t}_b (id INTEGER);\n",
+    );
+    c.write("V2__b.sql", "CREATE TABLE {t}_c (id INTEGER);");
+    let now = dbmanager::migrate::checksum(
+        &std::fs::read_to_string(c.sql_dir().join("V1__a.sql")).unwrap_or_default(),
+    );
+    let e = db.migrator().validate().expect_err("edited");
+    let text = e.to_string();
+    assert_eq!(e.kind(), ErrorKind::Migration);
+    assert!(text.contains("V1__a.sql"), "{text}");
+    assert!(
+        text.contains(&applied.to_string()) && text.contains(&now.to_string()),
+        "{text}"
+    );
+    let e = db.run_migrations().expect_err("run refuses");
+    assert_eq!(e.kind(), ErrorKind::Migration);
+    assert!(!c.table_exists(&db, "{t}_c"), "nothing ran");
+    let status = db.migration_status()?;
+    assert!(matches!(
+        status.problems[0],
+        MigrationProblem::ChecksumMismatch { .. }
+    ));
+    // repair accepts the edit.
+    let r = db.migrator().repair()?;
+    assert_eq!(r.realigned, ["V1__a.sql"]);
+    assert_eq!(db.run_migrations()?.applied.len(), 1);
+    // A deleted applied file is a problem too.
+    c.remove("V2__b.sql");
+    let e = db.migrator().validate().expect_err("missing file");
+    assert!(
+        e.to_string().contains("V2__b.sql") && e.to_string().contains("missing"),
+        "{e}"
+    );
     Ok(())
 }
+each_backend!(
+    edited_applied_script_fails_validation_but_line_endings_do_not,
+    [Postgres, MySql, SqliteFile]
+);
 
-#[test]
-fn failing_migration_leaves_nothing_where_ddl_is_transactional() -> Result<()> {
-    for b in [Backend::Postgres, Backend::Sqlite] {
-        let c = Case::new(b);
-        c.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
-        c.write(
-            "V2__half.sql",
-            "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
-        );
-        let db = c.db();
-        let e = db.run_migrations().expect_err("V2 fails");
-        let text = e.to_string();
-        assert!(
-            text.contains("V2__half.sql") && text.contains("version 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("V1__ok.sql"),
-            "names what applied before: {text}"
-        );
-        let report = e.migration_report().expect("a report");
-        assert_eq!(report.applied.len(), 1);
-        assert_eq!(report.applied[0].script, "V1__ok.sql");
-        if b == Backend::Postgres {
-            assert!(text.contains("line 2"), "{text}");
-        }
-        assert!(
-            !c.table_exists(&db, "{t}_half"),
-            "{b:?}: nothing of V2 remains"
-        );
-        let status = db.migration_status()?;
-        assert_eq!(status.applied.len(), 1, "no history row for V2");
-        assert_eq!(status.pending.len(), 1);
-        c.write(
-            "V2__half.sql",
-            "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLE {t}_half2 (id INTEGER);\n",
-        );
-        assert_eq!(db.run_migrations()?.applied.len(), 1);
-        assert_eq!(db.migration_status()?.current_version.as_deref(), Some("2"));
+fn failing_migration_leaves_nothing_where_ddl_is_transactional(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.failing_v2();
+    let db = c.db();
+    let e = db.run_migrations().expect_err("V2 fails");
+    let text = e.to_string();
+    assert!(
+        text.contains("V2__half.sql") && text.contains("version 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("V1__ok.sql"),
+        "names what applied before: {text}"
+    );
+    let report = e.migration_report().expect("a report");
+    assert_eq!(report.applied.len(), 1);
+    assert_eq!(report.applied[0].script, "V1__ok.sql");
+    if b == Backend::Postgres {
+        assert!(text.contains("line 2"), "{text}");
     }
+    assert!(
+        !c.table_exists(&db, "{t}_half"),
+        "{b:?}: nothing of V2 remains"
+    );
+    let status = db.migration_status()?;
+    assert_eq!(status.applied.len(), 1, "no history row for V2");
+    assert_eq!(status.pending.len(), 1);
+    c.write(
+        "V2__half.sql",
+        "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLE {t}_half2 (id INTEGER);\n",
+    );
+    assert_eq!(db.run_migrations()?.applied.len(), 1);
+    assert_eq!(db.migration_status()?.current_version.as_deref(), Some("2"));
     Ok(())
 }
+each_backend!(
+    failing_migration_leaves_nothing_where_ddl_is_transactional,
+    [Postgres, SqliteFile]
+);
 
 #[test]
 fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
     let c = Case::new(Backend::MySql);
-    c.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
-    c.write(
-        "V2__half.sql",
-        "CREATE TABLE {t}_half (id INTEGER);\nCREATE TABLX oops (id INTEGER);\n",
-    );
+    c.failing_v2();
     let db = c.db();
     let e = db.run_migrations().expect_err("V2 fails");
     let text = e.to_string();
@@ -436,46 +425,47 @@ fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn concurrent_migrators_apply_each_version_once() -> Result<()> {
-    for b in ALL {
-        let c = Case::new(b);
-        c.log_table();
-        for v in 2..=6 {
-            c.write(
-                &format!("V{v}__step.sql"),
-                &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
-            );
-        }
-        let results: Vec<Result<usize>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    let config = c.config().pool_size(1).max_overflow(1).build();
-                    s.spawn(move || {
-                        let db = DatabaseManager::from_config(config?)?;
-                        let migrator = db.migrator().options(
-                            MigrateOptions::default().lock_timeout(Duration::from_secs(60)),
-                        );
-                        migrator.run().map(|r| r.applied.len())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("no panic"))
-                .collect()
-        });
-        let mut total = 0;
-        for r in results {
-            total += r.inspect_err(|e| eprintln!("{b:?}: {}", error_text(e)))?;
-        }
-        assert_eq!(total, 6, "{b:?}: each version applied once in all");
-        let db = c.db();
-        assert_eq!(c.count(&db, "{t}_log"), 5);
-        assert_eq!(db.migration_status()?.applied.len(), 6);
+fn concurrent_migrators_apply_each_version_once(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.log_table();
+    for v in 2..=6 {
+        c.write(
+            &format!("V{v}__step.sql"),
+            &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
+        );
     }
+    let results: Vec<Result<usize>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let config = c.config().pool_size(1).max_overflow(1).build();
+                s.spawn(move || {
+                    let db = DatabaseManager::from_config(config?)?;
+                    let migrator = db
+                        .migrator()
+                        .options(MigrateOptions::default().lock_timeout(Duration::from_secs(60)));
+                    migrator.run().map(|r| r.applied.len())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    let mut total = 0;
+    for r in results {
+        total += r.inspect_err(|e| eprintln!("{b:?}: {}", error_text(e)))?;
+    }
+    assert_eq!(total, 6, "{b:?}: each version applied once in all");
+    let db = c.db();
+    assert_eq!(c.count(&db, "{t}_log"), 5);
+    assert_eq!(db.migration_status()?.applied.len(), 6);
     Ok(())
 }
+each_backend!(
+    concurrent_migrators_apply_each_version_once,
+    [Postgres, MySql, SqliteFile]
+);
 
 fn cli(c: &Case, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbmanager"));
@@ -483,48 +473,49 @@ fn cli(c: &Case, args: &[&str]) -> Command {
         .args(args)
         .env("ENVIRONMENT", "development")
         .env("DBMANAGER_ENV_DIR", c.dir.path())
-        .env("DEVELOPMENT_GLOBAL_MIG_CONNECTION_STRING", &c.url)
+        .env("DEVELOPMENT_GLOBAL_MIG_CONNECTION_STRING", c.url())
         .env("DEVELOPMENT_GLOBAL_MIG_MIGRATIONS_DIR", c.sql_dir())
         .env("DEVELOPMENT_GLOBAL_MIG_MIGRATIONS_TABLE", &c.history)
         .env_remove("DEVELOPMENT_GLOBAL_MIG_AUTO_MIGRATE");
     cmd
 }
 
-#[test]
-fn concurrent_processes_apply_each_version_once() -> Result<()> {
-    for b in [Backend::Postgres, Backend::Sqlite, Backend::MySql] {
-        let c = Case::new(b);
-        c.log_table();
-        for v in 2..=4 {
-            c.write(
-                &format!("V{v}__step.sql"),
-                &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
-            );
-        }
-        let children: Vec<_> = (0..4)
-            .map(|_| {
-                cli(&c, &["migrate"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn the CLI")
-            })
-            .collect();
-        for child in children {
-            let out = child.wait_with_output().expect("wait");
-            assert!(
-                out.status.success(),
-                "{b:?}: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let db = c.db();
-        assert_eq!(c.count(&db, "{t}_log"), 3, "{b:?}");
-        assert_eq!(db.migration_status()?.applied.len(), 4);
+fn concurrent_processes_apply_each_version_once(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.log_table();
+    for v in 2..=4 {
+        c.write(
+            &format!("V{v}__step.sql"),
+            &format!("INSERT INTO {{t}}_log (v) VALUES ('{v}');"),
+        );
     }
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            cli(&c, &["migrate"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the CLI")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{b:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let db = c.db();
+    assert_eq!(c.count(&db, "{t}_log"), 3, "{b:?}");
+    assert_eq!(db.migration_status()?.applied.len(), 4);
     Ok(())
 }
+each_backend!(
+    concurrent_processes_apply_each_version_once,
+    [Postgres, MySql, SqliteFile]
+);
 
 /// A child process killed and reaped on every path.
 struct Reaped(std::process::Child);
@@ -613,8 +604,13 @@ fn killed_migrator_frees_the_lock() -> Result<()> {
 
 /// A second migrator waiting on a busy lock gives up at its timeout with an
 /// error naming the holder as the backend can tell it.
-fn busy_lock_names_the_holder(backend: Backend, slow: &str, names: &[&str]) -> Result<()> {
-    let c = Case::new(backend);
+fn busy_lock_times_out_naming_the_holder(b: Backend) -> Result<()> {
+    let (slow, names): (&str, &[&str]) = match b {
+        Backend::Postgres => ("SELECT pg_sleep(3);", &["pid", "dbmanager migrate"]),
+        Backend::MySql => ("SELECT SLEEP(3);", &["MySQL connection id"]),
+        other => unreachable!("{other:?} does not run this test"),
+    };
+    let c = Case::new(b);
     c.write("V1__slow.sql", slow);
     let db = c.db();
     let other = c.db();
@@ -632,24 +628,11 @@ fn busy_lock_names_the_holder(backend: Backend, slow: &str, names: &[&str]) -> R
         h.join().expect("no panic").map(drop)
     })
 }
-
-#[test]
-fn busy_lock_times_out_naming_the_holder() -> Result<()> {
-    busy_lock_names_the_holder(
-        Backend::Postgres,
-        "SELECT pg_sleep(3);",
-        &["pid", "dbmanager migrate"],
-    )
-}
-
-#[test]
-fn busy_lock_on_mariadb_names_the_connection() -> Result<()> {
-    busy_lock_names_the_holder(Backend::MySql, "SELECT SLEEP(3);", &["MySQL connection id"])
-}
+each_backend!(busy_lock_times_out_naming_the_holder, [Postgres, MySql]);
 
 #[test]
 fn bad_names_duplicates_empty_and_missing_folders() -> Result<()> {
-    let c = Case::new(Backend::Sqlite);
+    let c = Case::new(Backend::SqliteFile);
     let db = c.db();
     // Empty folder: nothing to do.
     let r = db.run_migrations()?;
@@ -689,7 +672,7 @@ fn bad_names_duplicates_empty_and_missing_folders() -> Result<()> {
 
 #[test]
 fn read_only_refuses_before_touching_the_server() -> Result<()> {
-    let c = Case::new(Backend::Sqlite);
+    let c = Case::new(Backend::SqliteFile);
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     // A server that does not exist: ReadOnly proves nothing was attempted.
     let url = format!(
@@ -699,14 +682,8 @@ fn read_only_refuses_before_touching_the_server() -> Result<()> {
     let db = DatabaseManager::from_config(c.config().url(url).read_only(true).build()?)?;
     for e in [
         db.run_migrations().expect_err("read-only"),
-        db.migrator()
-            .migrate_to("1")
-            .map(drop)
-            .expect_err("read-only"),
-        db.migrator()
-            .baseline("1")
-            .map(drop)
-            .expect_err("read-only"),
+        db.migrator().migrate_to("1").map(drop).expect_err("read-only"),
+        db.migrator().baseline("1").map(drop).expect_err("read-only"),
         db.migrator().repair().map(drop).expect_err("read-only"),
         db.migrator().undo("0").map(drop).expect_err("read-only"),
     ] {
@@ -739,7 +716,7 @@ fn history_table_name_is_validated() {
 
 #[test]
 fn auto_migrate_on_start() -> Result<()> {
-    let c = Case::new(Backend::Sqlite);
+    let c = Case::new(Backend::SqliteFile);
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     let db = DatabaseManager::from_config(c.config().auto_migrate(true).build()?)?;
     assert!(c.table_exists(&db, "{t}_a"));
@@ -808,7 +785,7 @@ fn no_transaction_scripts_run_outside_a_transaction() -> Result<()> {
 
 #[test]
 fn sqlite_lock_left_by_a_killed_process_is_taken_over() -> Result<()> {
-    let c = Case::new(Backend::Sqlite);
+    let c = Case::new(Backend::SqliteFile);
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     c.write(
         "V2__slow.sql",

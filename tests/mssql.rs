@@ -13,7 +13,7 @@
 //! parameters, which the peer cannot parse.
 //!
 //! Not run against this peer, with the reason:
-//! - the shared suite of `tests/backends.rs` (its tests create, fill and
+//! - the shared suite of `tests/queries.rs` (its tests create, fill and
 //!   drop real tables; the peer refuses every write to a table it serves);
 //! - unique and foreign-key violations (2627, 2601, 547): the peer does not
 //!   enforce constraints on temporary tables either;
@@ -26,33 +26,20 @@
 //! until it ends; the statement-timeout test uses one.
 //!
 //! Stopping the peer (SIGSTOP) would disturb every other test of this file
-//! running beside it, so tests share a lock that the stopping test takes
-//! alone.
+//! running beside it, so every test takes `common::shared()` and the
+//! stopping test `common::alone()`.
 
 mod common;
 
-use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use common::fault::Stopped;
+use common::{shared, Backend};
 use dbmanager::{params, DatabaseManager, ErrorKind, Result, Value};
 
-/// Held shared by every test, exclusively by the one that stops the peer.
-static PEER: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    PEER.read().unwrap_or_else(|e| e.into_inner())
-}
-
 fn url() -> String {
-    match std::env::var("DBMANAGER_TEST_MSSQL_URL") {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => panic!(
-            "DBMANAGER_TEST_MSSQL_URL is not set: run the integration tests with `scripts/test` \
-             (it installs and starts pysqlbridge, a SQL Server wire-protocol peer), \
-             e.g. `scripts/test --test mssql`"
-        ),
-    }
+    Backend::MsSql.url()
 }
 
 fn open() -> Result<DatabaseManager> {
@@ -360,17 +347,13 @@ fn a_slow_statement_times_out_and_its_connection_is_discarded() -> Result<()> {
     // About 3.5 s on the peer (some 175 µs per iteration, measured); kept
     // short because the peer finishes it after the cut, on a CPU the rest
     // of the suite shares.
-    let started = Instant::now();
-    let e = db
-        .execute_query_with_timeout(
+    common::times_out_within(Duration::from_millis(2500), "a slow statement", || {
+        db.execute_query_with_timeout(
             "DECLARE @i int = 0; WHILE @i < 20000 SET @i += 1; SELECT @i AS i",
             (),
             Duration::from_millis(300),
         )
-        .unwrap_err();
-    let took = started.elapsed();
-    assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
-    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    });
     assert_eq!(
         db.pool_status().invalid,
         1,
@@ -450,10 +433,8 @@ fn refuses_calls_from_an_async_runtime() {
 
 #[test]
 fn a_stopped_server_gives_an_error_never_a_hang() -> Result<()> {
-    let _alone = PEER.write().unwrap_or_else(|e| e.into_inner());
-    let pid = std::env::var("DBMANAGER_TEST_MSSQL_PID").unwrap_or_else(|_| {
-        panic!("DBMANAGER_TEST_MSSQL_PID is not set: run the suite with scripts/test")
-    });
+    let _alone = common::alone();
+    let pid = Backend::MsSql.server_pid();
     let db = common::manager_with(&common::unique_name("hung"), &url(), |b| {
         b.pool_size(1)
             .max_overflow(1)
@@ -462,17 +443,12 @@ fn a_stopped_server_gives_an_error_never_a_hang() -> Result<()> {
     })?;
     db.execute_query("SELECT 1", ())?;
     {
-        let _stopped = common::Stopped::new(pid);
+        let _stopped = Stopped::process(pid);
         // An open connection: the watchdog cuts it at the deadline.
-        let started = Instant::now();
-        let e = db
-            .execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300))
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            started.elapsed()
+        common::times_out_within(
+            Duration::from_secs(10),
+            "an open connection to a stopped server",
+            || db.execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300)),
         );
         // A new connection: the login is bounded by the connect timeout.
         let started = Instant::now();

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::Backend;
 use dbmanager::{DatabaseConfig, DatabaseManager, Error, ErrorKind};
 
 const SECRET: &str = "S3cr3t-Pw-9137";
@@ -87,24 +88,11 @@ fn failing(seen: &mut Seen, what: &str, url: &str) -> Error {
     e
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Server {
-    Postgres,
-    MariaDb,
-}
-
-fn real_url(server: Server) -> String {
-    match server {
-        Server::Postgres => common::postgres_url(),
-        Server::MariaDb => common::mysql_url(),
-    }
-}
-
 /// Bad host, closed port, wrong password and malformed URLs, all carrying
 /// `SECRET`.
-fn known_password_never_appears(server: Server) {
+fn known_password_never_appears(b: Backend) {
     common::logged();
-    let real = real_url(server);
+    let real = b.url();
     let mut seen = Seen::default();
 
     let mut bad_host = url::Url::parse(&common::with_password(&real, SECRET)).unwrap();
@@ -132,7 +120,7 @@ fn known_password_never_appears(server: Server) {
 
     // Malformed URLs with the password in them: refused by the builder,
     // by from_lookup, or by the backend when the manager is made.
-    let scheme = if server == Server::Postgres {
+    let scheme = if b == Backend::Postgres {
         "postgresql"
     } else {
         "mysql"
@@ -159,9 +147,12 @@ fn known_password_never_appears(server: Server) {
         seen.error("malformed URL (from_lookup)", &e);
     }
     // Accepted as URLs, refused by the backend's own parser.
-    let refused = match server {
-        Server::Postgres => format!("postgresql://app:{SECRET}@127.0.0.1:5432/appdb?sslmode=bogus"),
-        Server::MariaDb => format!("mysql://app:{SECRET}@127.0.0.1:3306/appdb?bogus_option=1"),
+    let refused = match b {
+        Backend::Postgres => {
+            format!("postgresql://app:{SECRET}@127.0.0.1:5432/appdb?sslmode=bogus")
+        }
+        Backend::MySql => format!("mysql://app:{SECRET}@127.0.0.1:3306/appdb?bogus_option=1"),
+        other => unreachable!("{other:?} does not run this test"),
     };
     let cfg = config(&refused);
     seen.text(format!("{cfg:?}"));
@@ -170,7 +161,7 @@ fn known_password_never_appears(server: Server) {
     seen.error("refused by the backend", &e);
 
     // The password as a query parameter of the URL.
-    if server == Server::Postgres {
+    if b == Backend::Postgres {
         let port = common::closed_port();
         failing(
             &mut seen,
@@ -186,13 +177,14 @@ fn known_password_never_appears(server: Server) {
     );
     seen.assert_free_of(&[SECRET]);
 }
+each_backend!(known_password_never_appears, [Postgres, MySql]);
 
 /// Working configuration: errors, pool timeouts, Debug of every handle,
 /// status and logs never show the real password (nor parameter values in
 /// the logs).
-fn real_password_never_appears(server: Server) -> dbmanager::Result<()> {
+fn real_password_never_appears(b: Backend) -> dbmanager::Result<()> {
     common::logged();
-    let real = real_url(server);
+    let real = b.url();
     let app_password = common::password_of(&real).expect("the test URL has a password");
     let mut seen = Seen::default();
 
@@ -265,26 +257,7 @@ fn real_password_never_appears(server: Server) -> dbmanager::Result<()> {
     );
     Ok(())
 }
-
-#[test]
-fn postgres_known_password_never_appears() {
-    known_password_never_appears(Server::Postgres);
-}
-
-#[test]
-fn mariadb_known_password_never_appears() {
-    known_password_never_appears(Server::MariaDb);
-}
-
-#[test]
-fn postgres_real_password_never_appears() -> dbmanager::Result<()> {
-    real_password_never_appears(Server::Postgres)
-}
-
-#[test]
-fn mariadb_real_password_never_appears() -> dbmanager::Result<()> {
-    real_password_never_appears(Server::MariaDb)
-}
+each_backend!(real_password_never_appears, [Postgres, MySql]);
 
 #[test]
 fn configs_from_the_environment_form_never_show_the_password() {

@@ -1,13 +1,14 @@
 //! Metrics, health checks, the slow-query log, statement statistics, query
 //! plans and the scaling signal, against real servers, read back through
-//! real parsers (Prometheus' text format) and a real Pushgateway.
+//! real parsers (Prometheus' text format) and a real Pushgateway. A body
+//! that holds on several backends runs once per backend (`each_backend!`).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{closed_port, manager_with, mysql_url, postgres_url, unique_name, TempDir};
+use common::{closed_port, manager_with, unique_name, Backend, TempDir};
 use dbmanager::{BackendKind, ErrorKind, Health, Result, ScalingLevel};
 use prometheus_parse::{Scrape, Value};
 
@@ -59,22 +60,14 @@ fn sleep_sql(kind: BackendKind, secs: f64) -> String {
     }
 }
 
-fn endless(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::Postgres => "SELECT pg_sleep(10)",
-        BackendKind::MySql => "SELECT SLEEP(10)",
-        _ => {
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
-        }
-    }
-}
-
 /// A known sequence of statements, then the exposition text read back.
-fn metrics_follow_a_known_sequence(url: &str) -> Result<()> {
+fn metrics_follow_a_known_sequence(b: Backend) -> Result<()> {
     common::logged();
+    let place = b.place();
+    let url = place.url();
     let name = unique_name("obs");
-    let db = manager_with(&name, url, |b| {
-        b.pool_size(3)
+    let db = manager_with(&name, url, |c| {
+        c.pool_size(3)
             .max_overflow(1)
             .slow_query_threshold(Some(Duration::from_millis(250)))
     })?;
@@ -100,7 +93,7 @@ fn metrics_follow_a_known_sequence(url: &str) -> Result<()> {
     }
     // One timeout, well under the slow threshold.
     let err = db
-        .execute_query_with_timeout(endless(kind), (), Duration::from_millis(100))
+        .execute_query_with_timeout(b.endless_statement(), (), Duration::from_millis(100))
         .expect_err("must time out");
     assert_eq!(err.kind(), ErrorKind::QueryTimeout);
     // One rolled-back transaction with one insert (a closure may run more
@@ -191,21 +184,10 @@ fn metrics_follow_a_known_sequence(url: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn postgres_metrics_follow_a_known_sequence() -> Result<()> {
-    metrics_follow_a_known_sequence(&postgres_url())
-}
-
-#[test]
-fn mariadb_metrics_follow_a_known_sequence() -> Result<()> {
-    metrics_follow_a_known_sequence(&mysql_url())
-}
-
-#[test]
-fn sqlite_metrics_follow_a_known_sequence() -> Result<()> {
-    let dir = TempDir::new("obs");
-    metrics_follow_a_known_sequence(&dir.sqlite_url("obs.db"))
-}
+each_backend!(
+    metrics_follow_a_known_sequence,
+    [Postgres, MySql, SqliteFile]
+);
 
 #[test]
 fn health_reports_seed_002s_shape() -> Result<()> {
@@ -315,15 +297,14 @@ fn health_is_degraded_under_the_documented_conditions() -> Result<()> {
         "{h:?}"
     );
     assert!((h.pool_saturation - 1.0).abs() < 1e-9);
-    // `health_check_all` is tested in hung_server.rs: it runs a statement on
+    // `health_check_all` is tested in resilience_hung.rs: it runs a statement on
     // every manager in the process, which would disturb the exact counts here.
     Ok(())
 }
 
 #[test]
 fn metrics_reach_a_real_pushgateway() -> Result<()> {
-    let gateway = std::env::var("DBMANAGER_TEST_PUSHGATEWAY_URL")
-        .expect("DBMANAGER_TEST_PUSHGATEWAY_URL is not set: run the suite with scripts/test");
+    let gateway = common::required_env("DBMANAGER_TEST_PUSHGATEWAY_URL");
     let name = unique_name("pushed");
     let db = manager_with(&name, "sqlite::memory:", |b| b)?;
     for _ in 0..3 {
@@ -375,8 +356,8 @@ fn the_scrape_endpoint_serves_the_exposition_text() -> Result<()> {
     Ok(())
 }
 
-fn plans(url: &str) -> Result<()> {
-    let db = manager_with(&unique_name("plan"), url, |b| b)?;
+fn query_plans(b: Backend) -> Result<()> {
+    let db = b.open()?;
     let table = unique_name("plan_t");
     db.execute_batch(&format!(
         "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v INTEGER)"
@@ -398,13 +379,7 @@ fn plans(url: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn query_plans_on_every_backend() -> Result<()> {
-    let dir = TempDir::new("plans");
-    plans(&postgres_url())?;
-    plans(&mysql_url())?;
-    plans(&dir.sqlite_url("p.db"))
-}
+each_backend!(query_plans, [Postgres, MySql, SqliteFile]);
 
 #[test]
 fn health_reports_the_migration_state_and_pending_scripts_degrade_it() -> Result<()> {

@@ -7,43 +7,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use common::Backend;
 use dbmanager::{DatabaseManager, ErrorKind, Result};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    MySql,
-    SqliteFile,
-}
-
-/// A manager with its own pool; keeps the SQLite file's temp dir alive.
-fn open(
-    backend: Backend,
-    settings: impl FnOnce(dbmanager::DatabaseConfigBuilder) -> dbmanager::DatabaseConfigBuilder,
-) -> Result<(DatabaseManager, Option<common::TempDir>)> {
-    let name = common::unique_name("pool");
-    Ok(match backend {
-        Backend::Postgres => (
-            common::manager_with(&name, &common::postgres_url(), settings)?,
-            None,
-        ),
-        Backend::MySql => (
-            common::manager_with(&name, &common::mysql_url(), settings)?,
-            None,
-        ),
-        Backend::SqliteFile => {
-            let dir = common::TempDir::new("dbmanager-pool");
-            let db = common::manager_with(&name, &dir.sqlite_url("pool.db"), settings)?;
-            (db, Some(dir))
-        }
-    })
-}
 
 const THREADS: usize = 32;
 const ROUNDS: i64 = 20;
 
 fn many_threads_share_a_small_pool(b: Backend) -> Result<()> {
-    let (db, _dir) = open(b, |c| {
+    let db = b.open_with(|c| {
         c.pool_size(4)
             .max_overflow(0)
             .acquire_timeout(Duration::from_secs(60))
@@ -108,9 +79,13 @@ fn many_threads_share_a_small_pool(b: Backend) -> Result<()> {
     db.execute_batch(&format!("DROP TABLE {table}"))?;
     Ok(())
 }
+each_backend!(
+    many_threads_share_a_small_pool,
+    [Postgres, MySql, SqliteFile]
+);
 
 fn exhaustion_is_a_pool_timeout(b: Backend) -> Result<()> {
-    let (db, _dir) = open(b, |c| {
+    let db = b.open_with(|c| {
         c.pool_size(2)
             .max_overflow(0)
             .acquire_timeout(Duration::from_millis(300))
@@ -158,9 +133,10 @@ fn exhaustion_is_a_pool_timeout(b: Backend) -> Result<()> {
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
 }
+each_backend!(exhaustion_is_a_pool_timeout, [Postgres, MySql, SqliteFile]);
 
 fn close_is_idempotent(b: Backend) -> Result<()> {
-    let (db, _dir) = open(b, |c| c)?;
+    let db = b.open()?;
     let clone = db.clone();
     db.query_one("SELECT 1 AS one", ())?;
     assert!(!db.is_closed());
@@ -188,35 +164,7 @@ fn close_is_idempotent(b: Backend) -> Result<()> {
     assert_eq!((s.connections, s.checked_out), (0, 0), "{s:?}");
     Ok(())
 }
-
-macro_rules! per_backend {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[test]
-            fn $test() -> dbmanager::Result<()> {
-                super::$test(super::Backend::Postgres)
-            })*
-        }
-        mod mariadb {
-            $(#[test]
-            fn $test() -> dbmanager::Result<()> {
-                super::$test(super::Backend::MySql)
-            })*
-        }
-        mod sqlite_file {
-            $(#[test]
-            fn $test() -> dbmanager::Result<()> {
-                super::$test(super::Backend::SqliteFile)
-            })*
-        }
-    };
-}
-
-per_backend!(
-    many_threads_share_a_small_pool,
-    exhaustion_is_a_pool_timeout,
-    close_is_idempotent,
-);
+each_backend!(close_is_idempotent, [Postgres, MySql, SqliteFile]);
 
 /// `DatabaseManager::new` with the same name (however it is spelt) returns
 /// the same pool; another name gets another pool.
@@ -271,7 +219,7 @@ fn new_shares_one_pool_per_name() -> Result<()> {
 /// there does not panic either.
 #[test]
 fn postgres_inside_a_tokio_runtime_is_an_error_not_a_panic() -> Result<()> {
-    let db = common::manager(&common::unique_name("async"), &common::postgres_url())?;
+    let db = Backend::Postgres.open()?;
     db.query_one("SELECT 1 AS one", ())?; // one idle connection in the pool
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -287,7 +235,9 @@ fn postgres_inside_a_tokio_runtime_is_an_error_not_a_panic() -> Result<()> {
                 db.transaction(|_| Ok::<_, dbmanager::Error>(())),
             ]
             .map(|r| r.map_err(|e| (e.kind(), e.to_string())));
-            let fresh = common::manager(&common::unique_name("async"), &common::postgres_url())
+            let fresh = Backend::Postgres
+                .place()
+                .manager("async")
                 .and_then(|m| m.execute_query("SELECT 1", ()))
                 .map(drop)
                 .map_err(|e| (e.kind(), e.to_string()));
@@ -317,7 +267,7 @@ fn postgres_inside_a_tokio_runtime_is_an_error_not_a_panic() -> Result<()> {
 /// SQLite has no such restriction: it works inside a runtime.
 #[test]
 fn sqlite_works_inside_a_tokio_runtime() -> Result<()> {
-    let db = common::manager(&common::unique_name("async"), "sqlite::memory:")?;
+    let db = Backend::SqliteMemory.open()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime");

@@ -10,14 +10,8 @@
 
 mod common;
 
+use common::{Backend, Place};
 use dbmanager::{DatabaseConfig, DatabaseManager, Error, ErrorKind, Result};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    MySql,
-    Sqlite,
-}
 
 /// A writable manager and a read-only one on the same database, and a
 /// fresh table made (with one row) through the writable one.
@@ -25,21 +19,14 @@ struct Pair {
     rw: DatabaseManager,
     ro: DatabaseManager,
     table: String,
-    _dir: Option<common::TempDir>,
+    _place: Place,
 }
 
 impl Pair {
     fn open(b: Backend) -> Result<Pair> {
-        let (url, dir) = match b {
-            Backend::Postgres => (common::postgres_url(), None),
-            Backend::MySql => (common::mysql_url(), None),
-            Backend::Sqlite => {
-                let dir = common::TempDir::new("dbmanager-ro");
-                (dir.sqlite_url("ro.db"), Some(dir))
-            }
-        };
-        let rw = common::manager(&common::unique_name("rw"), &url)?;
-        let ro = common::manager_with(&common::unique_name("ro"), &url, |c| c.read_only(true))?;
+        let place = b.place();
+        let rw = place.manager("rw")?;
+        let ro = place.manager_with("ro", |c| c.read_only(true))?;
         let table = common::unique_name("ro_items");
         rw.execute_batch(&format!(
             "CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(50))"
@@ -52,7 +39,7 @@ impl Pair {
             rw,
             ro,
             table,
-            _dir: dir,
+            _place: place,
         })
     }
 
@@ -175,7 +162,7 @@ fn read_only_refuses_writes(b: Backend) -> Result<()> {
             assert_eq!(e.db_code(), Some("1792"), "refused by the server: {e}");
             p.rw.execute_batch(&p.sql("DROP FUNCTION {t}_add"))?;
         }
-        Backend::Sqlite => {
+        Backend::SqliteFile => {
             let e = expect_read_only(
                 p.ro.execute("PRAGMA user_version = 7", ()),
                 "a PRAGMA that writes the file",
@@ -184,25 +171,13 @@ fn read_only_refuses_writes(b: Backend) -> Result<()> {
             let v: i64 = p.rw.query_one("PRAGMA user_version", ())?.get(0)?;
             assert_eq!(v, 0);
         }
+        other => unreachable!("{other:?} does not run this test"),
     }
     assert_eq!(p.rows()?, before, "the table is unchanged");
     Ok(())
 }
 
-#[test]
-fn postgres_read_only() -> Result<()> {
-    read_only_refuses_writes(Backend::Postgres)
-}
-
-#[test]
-fn mariadb_read_only() -> Result<()> {
-    read_only_refuses_writes(Backend::MySql)
-}
-
-#[test]
-fn sqlite_read_only() -> Result<()> {
-    read_only_refuses_writes(Backend::Sqlite)
-}
+each_backend!(read_only_refuses_writes, [Postgres, MySql, SqliteFile]);
 
 #[test]
 fn the_environment_variable_turns_it_on_and_is_named() -> Result<()> {

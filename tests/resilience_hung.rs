@@ -1,24 +1,35 @@
-//! A hung server (SIGSTOP of a private PostgreSQL's postmaster and every
-//! backend): each call returns within its own timeout, the circuit breaker
-//! opens, calls then fail at once with `CircuitOpen`; after SIGCONT the
-//! breaker closes through its probe and work resumes.
+//! A server that stops answering (SIGSTOP) never hangs its callers.
 //!
-//! A private server, and one test in the file: nothing else is frozen.
+//! - A private PostgreSQL frozen whole (postmaster and every backend): each
+//!   call returns within its own timeout, the circuit breaker opens, calls
+//!   then fail at once with `CircuitOpen`; after SIGCONT the breaker closes
+//!   through its probe and work resumes.
+//! - The shared MariaDB stopped, then one backend of the shared PostgreSQL:
+//!   the watchdog's cancel cannot reach them, so after a grace period the
+//!   connection's transport is cut and the caller gets `QueryTimeout`; other
+//!   deadlines keep firing on schedule meanwhile, and health checks answer
+//!   within their own limit.
+//!
+//! Each test takes `common::alone()`, so nothing runs beside it: stopping
+//! MariaDB stops the whole shared server, and `health_check_all` touches
+//! every manager in the process; neither may disturb another test.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fault::{metric, Frozen, PrivateServer, Tally};
-use dbmanager::{CircuitState, ErrorKind, Health, Result};
+use common::fault::{metric, PrivateServer, Stopped, Tally};
+use common::{times_out_within, unique_name, Backend};
+use dbmanager::{CircuitState, DatabaseManager, ErrorKind, Health, Result};
 
 const QUERY_TIMEOUT: Duration = Duration::from_millis(800);
 const RECOVERY: Duration = Duration::from_secs(2);
 
 #[test]
 fn a_frozen_server_opens_the_breaker_and_a_probe_closes_it() -> Result<()> {
-    let server = PrivateServer::start("postgres");
-    let name = common::unique_name("hung");
+    let _alone = common::alone();
+    let server = PrivateServer::start(Backend::Postgres);
+    let name = unique_name("hung");
     let db = common::manager_with(&name, &server.url, |b| {
         b.pool_size(4)
             .max_overflow(0)
@@ -39,7 +50,7 @@ fn a_frozen_server_opens_the_breaker_and_a_probe_closes_it() -> Result<()> {
     assert_eq!(db.pool_status().circuit, CircuitState::Closed);
 
     let tally = Tally::default();
-    let frozen = Frozen::tree(server.pid());
+    let frozen = Stopped::tree(server.pid());
     let frozen_at = Instant::now();
     // Each call returns within its own limit (plus the watchdog's grace to
     // cut a connection whose cancel cannot get through), never hangs.
@@ -140,5 +151,127 @@ fn a_frozen_server_opens_the_breaker_and_a_probe_closes_it() -> Result<()> {
         db.execute_query("SELECT 1", ())?;
     }
     assert_eq!(db.pool_status().checked_out, 0);
+    Ok(())
+}
+
+/// A small pool with short connect and acquire limits on `url`.
+fn manager(url: &str) -> Result<DatabaseManager> {
+    common::manager_with(&unique_name("hung"), url, |b| {
+        b.pool_size(2)
+            .max_overflow(0)
+            .connect_timeout(Duration::from_secs(2))
+            .acquire_timeout(Duration::from_secs(5))
+    })
+}
+
+/// While `stopped` hangs, a PostgreSQL (or other) statement on another
+/// server still times out on schedule: the watchdog is not stalled.
+fn other_deadlines_fire(other: &DatabaseManager, sql: &str) -> Result<()> {
+    for _ in 0..3 {
+        times_out_within(
+            Duration::from_secs(3),
+            "a long statement elsewhere must still time out",
+            || other.execute_query_with_timeout(sql, (), Duration::from_millis(300)),
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn hung_servers_do_not_hang_callers() -> Result<()> {
+    let _alone = common::alone();
+    // --- MariaDB: the whole server stopped.
+    let my = manager(&Backend::MySql.url())?;
+    let pg = manager(&Backend::Postgres.url())?;
+    let sqlite = manager("sqlite::memory:")?;
+    my.execute_query("SELECT 1", ())?;
+    pg.execute_query("SELECT 1", ())?;
+    {
+        let _stopped = Stopped::process(Backend::MySql.server_pid());
+        std::thread::scope(|s| -> Result<()> {
+            let hung = s.spawn(|| {
+                let started = Instant::now();
+                let r = my.execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300));
+                (r, started.elapsed())
+            });
+            eprintln!("mariadb stopped; checking other deadlines");
+            other_deadlines_fire(&pg, Backend::Postgres.endless_statement())?;
+            eprintln!("postgres deadlines fired");
+            other_deadlines_fire(&sqlite, Backend::SqliteMemory.endless_statement())?;
+            eprintln!("sqlite deadlines fired");
+            let (r, took) = hung.join().expect("no panic");
+            eprintln!("the hung caller returned after {took:?}");
+            let err = r.expect_err("a stopped server cannot answer");
+            assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+            assert!(
+                took < Duration::from_secs(10),
+                "the caller hung for {took:?}"
+            );
+            Ok(())
+        })?;
+        // A health check of a stopped server answers within its own limit.
+        let my_quick =
+            common::manager_with(&unique_name("hung_health"), &Backend::MySql.url(), |b| {
+                b.health_timeout(Duration::from_secs(1))
+            })?;
+        let started = Instant::now();
+        let h = my_quick.health_check();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(h.status, dbmanager::Health::Unhealthy, "{h:?}");
+        // Every live manager in the process, side by side: about one
+        // health timeout in all, not one per database.
+        let started = Instant::now();
+        let all = DatabaseManager::health_check_all();
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "took {:?}",
+            started.elapsed()
+        );
+        for db in [&my, &pg, &sqlite, &my_quick] {
+            assert!(
+                all.iter().any(|h| h.database_name == db.name()),
+                "{} missing",
+                db.name()
+            );
+        }
+        let status = |db: &DatabaseManager| {
+            all.iter()
+                .find(|h| h.database_name == db.name())
+                .map(|h| h.status)
+        };
+        // PostgreSQL answers (degraded, though: its statements just timed out).
+        assert_eq!(status(&pg), Some(dbmanager::Health::Degraded));
+        assert_eq!(status(&my_quick), Some(dbmanager::Health::Unhealthy));
+    }
+    // Resumed: the cut connection was discarded, a new one works.
+    let one: i64 = my.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
+    assert!(
+        my.pool_status().invalid >= 1,
+        "the cut connection must not be reused"
+    );
+
+    // --- PostgreSQL: one backend stopped; the server itself still answers.
+    let mut conn = pg.connection()?;
+    let pid: i64 = conn
+        .query_one("SELECT pg_backend_pid()::int8 AS pid", ())?
+        .get("pid")?;
+    {
+        let _stopped = Stopped::process(pid);
+        times_out_within(
+            Duration::from_secs(10),
+            "a stopped backend cannot answer",
+            || conn.execute_query_with_timeout("SELECT 1", (), Duration::from_millis(300)),
+        );
+        // Other connections of the same server still work and time out on schedule.
+        other_deadlines_fire(&pg, Backend::Postgres.endless_statement())?;
+    }
+    drop(conn);
+    let one: i64 = pg.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! pool replaces the dead connections.
 //!
 //! Only this test's own connections are killed (found by their server ids),
-//! so the shared servers stay usable; one test in the file all the same.
+//! so the shared servers stay usable; one backend at a time all the same.
 
 mod common;
 
@@ -11,6 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::fault::{metric, Tally};
+use common::Backend;
 use dbmanager::{DatabaseManager, Result};
 
 const POOL: u32 = 8;
@@ -29,25 +30,34 @@ fn pool_ids(db: &DatabaseManager, id_sql: &str) -> Result<Vec<i64>> {
     Ok(ids)
 }
 
-fn scenario(
-    label: &str,
-    url: &str,
-    admin_url: &str,
-    id_sql: &str,
-    kill: impl Fn(&DatabaseManager, i64) -> Result<()>,
-) -> Result<()> {
+/// Kills the session `id` of this backend's server, as its superuser.
+fn kill(b: Backend, admin: &DatabaseManager, id: i64) -> Result<()> {
+    match b {
+        Backend::Postgres => {
+            let r = admin.query_one("SELECT pg_terminate_backend(?::int4) AS ok", (id,))?;
+            assert!(r.get::<bool>("ok")?, "terminated {id}");
+            Ok(())
+        }
+        Backend::MySql => admin.execute(&format!("KILL {id}"), ()).map(drop),
+        other => unreachable!("{other:?} does not run this test"),
+    }
+}
+
+fn killed_connections_are_replaced_and_reads_retry(b: Backend) -> Result<()> {
+    let _alone = common::alone();
+    let (label, id_sql) = (b.name(), b.session_id_sql());
     let name = common::unique_name("killed");
-    let db = common::manager_with(&name, url, |b| {
-        b.pool_size(POOL)
+    let db = common::manager_with(&name, &b.url(), |c| {
+        c.pool_size(POOL)
             .max_overflow(0)
             .acquire_timeout(Duration::from_secs(30))
     })?;
-    let admin = common::manager(&common::unique_name("killer"), admin_url)?;
+    let admin = common::manager(&common::unique_name("killer"), &b.admin_url())?;
     let ids = pool_ids(&db, id_sql)?;
     let created_before = db.pool_status().connections_created;
     assert_eq!(created_before, u64::from(POOL));
     for id in &ids {
-        kill(&admin, *id)?;
+        kill(b, &admin, *id)?;
     }
     // The kills take effect on the server at once, but make sure.
     std::thread::sleep(Duration::from_millis(200));
@@ -101,35 +111,17 @@ fn scenario(
     assert_eq!(status.checked_out, 0);
     Ok(())
 }
-
-#[test]
-fn killed_connections_are_replaced_and_reads_retry() -> Result<()> {
-    scenario(
-        "postgres",
-        &common::postgres_url(),
-        &std::env::var("DBMANAGER_TEST_POSTGRES_ADMIN_URL").expect("set by scripts/test"),
-        "SELECT pg_backend_pid()::int8 AS id",
-        |admin, pid| {
-            let r = admin.query_one("SELECT pg_terminate_backend(?::int4) AS ok", (pid,))?;
-            assert!(r.get::<bool>("ok")?, "terminated {pid}");
-            Ok(())
-        },
-    )?;
-    scenario(
-        "mariadb",
-        &common::mysql_url(),
-        &std::env::var("DBMANAGER_TEST_MYSQL_ADMIN_URL").expect("set by scripts/test"),
-        "SELECT CONNECTION_ID() AS id",
-        |admin, id| admin.execute(&format!("KILL {id}"), ()).map(drop),
-    )
-}
+each_backend!(
+    killed_connections_are_replaced_and_reads_retry,
+    [Postgres, MySql]
+);
 
 /// A connection past its maximum lifetime is replaced, not handed out.
 #[test]
 fn max_lifetime_recycles_connections() -> Result<()> {
     let db = common::manager_with(
         &common::unique_name("lifetime"),
-        &common::postgres_url(),
+        &Backend::Postgres.url(),
         |b| {
             b.pool_size(1)
                 .max_overflow(0)

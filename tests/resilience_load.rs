@@ -2,8 +2,9 @@
 //! (PostgreSQL, MariaDB, an SQLite file): no error, no leaked connection,
 //! every row written read back.
 //!
-//! One test, backends one after another: three loads of 64 threads side by
-//! side would only measure the machine.
+//! One test per backend, taking the file's lock so that they run one after
+//! another: three loads of 64 threads side by side would only measure the
+//! machine.
 //!
 //! `DBMANAGER_LOAD_STATEMENTS` sets the statements per thread (default
 //! 2,000: about 40 s per backend in a debug build on two cores).
@@ -14,6 +15,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::fault::Tally;
+use common::Backend;
 use dbmanager::{DatabaseManager, Result};
 
 const THREADS: usize = 64;
@@ -159,20 +161,17 @@ fn load(label: &'static str, db: &DatabaseManager) -> Result<()> {
     Ok(())
 }
 
-fn manager(url: &str) -> Result<DatabaseManager> {
-    common::manager_with(&common::unique_name("load"), url, |b| {
-        b.pool_size(POOL)
+fn sixty_four_threads_of_mixed_statements_on_a_pool_of_eight(b: Backend) -> Result<()> {
+    let _alone = common::alone();
+    let db = b.open_with(|c| {
+        c.pool_size(POOL)
             .max_overflow(0)
             .acquire_timeout(Duration::from_secs(120))
             .slow_query_threshold(None)
-    })
+    })?;
+    load(b.name(), &db)
 }
-
-#[test]
-fn sixty_four_threads_of_mixed_statements_on_a_pool_of_eight() -> Result<()> {
-    load("postgres", &manager(&common::postgres_url())?)?;
-    load("mariadb", &manager(&common::mysql_url())?)?;
-    let dir = common::TempDir::new("dbmanager-load");
-    load("sqlite", &manager(&dir.sqlite_url("load.db"))?)?;
-    Ok(())
-}
+each_backend!(
+    sixty_four_threads_of_mixed_statements_on_a_pool_of_eight,
+    [Postgres, MySql, SqliteFile]
+);

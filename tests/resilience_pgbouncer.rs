@@ -10,23 +10,18 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::fault::Tally;
+use common::Backend;
 use dbmanager::{DatabaseManager, ErrorKind, Result};
-
-fn pgbouncer_url() -> String {
-    std::env::var("DBMANAGER_TEST_PGBOUNCER_URL").unwrap_or_else(|_| {
-        panic!("DBMANAGER_TEST_PGBOUNCER_URL is not set: run the suite with scripts/test, which starts pgbouncer")
-    })
-}
 
 fn admin() -> Result<DatabaseManager> {
     common::manager(
         &common::unique_name("pgb_admin"),
-        &std::env::var("DBMANAGER_TEST_POSTGRES_ADMIN_URL").expect("set by scripts/test"),
+        &Backend::Postgres.admin_url(),
     )
 }
 
 fn through_pgbouncer(name: &str) -> Result<DatabaseManager> {
-    common::manager_with(name, &pgbouncer_url(), |b| {
+    common::manager_with(name, &Backend::PgBouncer.url(), |b| {
         b.pgbouncer(true)
             .pool_size(8)
             .max_overflow(0)
@@ -187,9 +182,11 @@ fn a_timeout_through_pgbouncer_cancels_on_the_server_and_leaks_no_setting() -> R
     }
     // Through pgbouncer the library never set a session statement_timeout:
     // every server connection, whoever gets it, still has the default.
-    let other = common::manager_with(&common::unique_name("pgb_other"), &pgbouncer_url(), |b| {
-        b.pgbouncer(true).query_timeout(None)
-    })?;
+    let other = common::manager_with(
+        &common::unique_name("pgb_other"),
+        &Backend::PgBouncer.url(),
+        |b| b.pgbouncer(true).query_timeout(None),
+    )?;
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
@@ -213,7 +210,7 @@ fn a_timeout_through_pgbouncer_cancels_on_the_server_and_leaks_no_setting() -> R
 /// the server as a startup parameter).
 #[test]
 fn the_url_option_turns_pgbouncer_mode_on() -> Result<()> {
-    let url = format!("{}?pgbouncer=true", pgbouncer_url());
+    let url = format!("{}?pgbouncer=true", Backend::PgBouncer.url());
     let db = common::manager(&common::unique_name("pgb_url"), &url)?;
     assert!(db.config().pgbouncer());
     assert!(!db

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use common::fault::{Link, Proxy, Tally};
+use common::Backend;
 use dbmanager::{DatabaseManager, ErrorKind, Result};
 
 /// The server address of `url` and the URL with the proxy's port instead.
@@ -31,8 +32,9 @@ fn via_proxy(url: &str) -> (SocketAddr, Box<dyn Fn(u16) -> String>) {
     )
 }
 
-fn scenario(label: &str, url: &str, id_sql: &str) -> Result<()> {
-    let (server, rewrite) = via_proxy(url);
+fn through_a_slow_network(b: Backend) -> Result<()> {
+    let (label, id_sql) = (b.name(), b.session_id_sql());
+    let (server, rewrite) = via_proxy(&b.url());
     let proxy = Proxy::start(server);
     let db: DatabaseManager =
         common::manager_with(&common::unique_name("proxy"), &rewrite(proxy.port()), |b| {
@@ -117,21 +119,4 @@ fn scenario(label: &str, url: &str, id_sql: &str) -> Result<()> {
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
 }
-
-#[test]
-fn postgres_through_a_slow_network() -> Result<()> {
-    scenario(
-        "postgres",
-        &common::postgres_url(),
-        "SELECT pg_backend_pid()::int8 AS id",
-    )
-}
-
-#[test]
-fn mariadb_through_a_slow_network() -> Result<()> {
-    scenario(
-        "mariadb",
-        &common::mysql_url(),
-        "SELECT CONNECTION_ID() AS id",
-    )
-}
+each_backend!(through_a_slow_network, [Postgres, MySql]);

@@ -1,5 +1,5 @@
 //! A server restarted in the middle of a load (a private PostgreSQL and a
-//! private MariaDB): errors only for calls made while it was down, each
+//! private MariaDB, one at a time): errors only for calls made while it was down, each
 //! classified retryable; after it returns every thread recovers without
 //! intervention and the pool refills.
 //!
@@ -15,13 +15,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::fault::{metric, PrivateServer, Tally};
+use common::Backend;
 use dbmanager::{ErrorKind, Result, RetryPolicy};
 
 const THREADS: usize = 8;
 const DOWN_FOR: Duration = Duration::from_secs(3);
 
-fn scenario(kind: &str) -> Result<()> {
-    let server = PrivateServer::start(kind);
+fn a_restart_mid_load_is_ridden_out(b: Backend) -> Result<()> {
+    // One server at a time, as the timings below assume.
+    let _alone = common::alone();
+    let kind = b.name();
+    let server = PrivateServer::start(b);
     let name = common::unique_name("restart");
     let db = common::manager_with(&name, &server.url, |b| {
         b.pool_size(4)
@@ -193,9 +197,4 @@ fn scenario(kind: &str) -> Result<()> {
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
 }
-
-#[test]
-fn a_restart_mid_load_is_ridden_out() -> Result<()> {
-    scenario("postgres")?;
-    scenario("mariadb")
-}
+each_backend!(a_restart_mid_load_is_ridden_out, [Postgres, MySql]);

@@ -65,7 +65,7 @@ fn reads_and_transactions_retry_writes_only_when_asked() -> Result<()> {
 #[test]
 fn statements_on_a_held_connection_are_never_retried() -> Result<()> {
     let name = common::unique_name("rules_held");
-    let db = common::manager(&name, &common::postgres_url())?;
+    let db = common::manager(&name, &common::Backend::Postgres.url())?;
     let mut conn = db.connection()?;
     // Kill this session from another: the next statement on it fails once,
     // and is not retried (its session state is gone).
@@ -74,7 +74,7 @@ fn statements_on_a_held_connection_are_never_retried() -> Result<()> {
         .get("pid")?;
     let admin = common::manager(
         &common::unique_name("rules_admin"),
-        &std::env::var("DBMANAGER_TEST_POSTGRES_ADMIN_URL").expect("set by scripts/test"),
+        &common::Backend::Postgres.admin_url(),
     )?;
     admin.query_one("SELECT pg_terminate_backend(?::int4) AS ok", (pid,))?;
     std::thread::sleep(Duration::from_millis(100));

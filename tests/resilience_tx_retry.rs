@@ -10,6 +10,7 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use common::fault::metric;
+use common::Backend;
 use dbmanager::{DatabaseManager, ErrorKind, Result, RetryPolicy};
 
 fn manager(url: &str, name: &str) -> Result<DatabaseManager> {
@@ -23,7 +24,7 @@ fn manager(url: &str, name: &str) -> Result<DatabaseManager> {
 /// 40001 and, retried, sees the other's row.
 fn postgres() -> Result<()> {
     let name = common::unique_name("txretry_pg");
-    let db = manager(&common::postgres_url(), &name)?;
+    let db = manager(&Backend::Postgres.url(), &name)?;
     let table = common::unique_name("skew");
     db.execute_batch(&format!(
         "CREATE TABLE {table} (grp INT NOT NULL, seen BIGINT NOT NULL)"
@@ -85,7 +86,7 @@ fn postgres() -> Result<()> {
 /// it completes after the winner, and both rows end up incremented twice.
 fn mariadb() -> Result<()> {
     let name = common::unique_name("txretry_my");
-    let db = manager(&common::mysql_url(), &name)?;
+    let db = manager(&Backend::MySql.url(), &name)?;
     let table = common::unique_name("dl");
     db.execute_batch(&format!(
         "CREATE TABLE {table} (id INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB; \
@@ -144,16 +145,24 @@ fn mariadb() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn conflicting_transactions_are_retried_whole_and_both_complete() -> Result<()> {
-    postgres()?;
-    mariadb()
+/// Each server's own conflict: write skew on PostgreSQL, a deadlock on
+/// MariaDB.
+fn conflicting_transactions_are_retried_whole_and_both_complete(b: Backend) -> Result<()> {
+    match b {
+        Backend::Postgres => postgres(),
+        Backend::MySql => mariadb(),
+        other => unreachable!("{other:?} does not run this test"),
+    }
 }
+each_backend!(
+    conflicting_transactions_are_retried_whole_and_both_complete,
+    [Postgres, MySql]
+);
 
 /// Without retry the same conflict reaches the caller as a retryable error.
 #[test]
 fn without_retry_the_conflict_is_reported_retryable() -> Result<()> {
-    let db = manager(&common::mysql_url(), &common::unique_name("txnoretry"))?;
+    let db = manager(&Backend::MySql.url(), &common::unique_name("txnoretry"))?;
     let db = db.with_retry(RetryPolicy::none());
     let table = common::unique_name("dl1");
     db.execute_batch(&format!(

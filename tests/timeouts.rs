@@ -3,27 +3,21 @@
 //! connection is reused or replaced, and the pool tells who holds it.
 //!
 //! PostgreSQL and MariaDB come from `scripts/test` (their URLs in
-//! `DBMANAGER_TEST_POSTGRES_URL` / `DBMANAGER_TEST_MYSQL_URL`); SQLite always runs.
+//! `DBMANAGER_TEST_POSTGRES_URL` / `DBMANAGER_TEST_MYSQL_URL`); SQLite always
+//! runs. A body that holds on several backends runs once per backend
+//! (`each_backend!`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::unique_name as unique;
+use common::{unique_name as unique, Backend};
 use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
 
 /// Far above any cancel's latency, far below the statements' own length:
 /// proves "cancelled", not "finished".
 const PROMPT: Duration = Duration::from_secs(5);
-
-fn pg_url() -> String {
-    common::postgres_url()
-}
-
-fn my_url() -> String {
-    common::mysql_url()
-}
 
 fn manager(url: &str, pool_size: u32, timeout: Option<Duration>) -> Result<DatabaseManager> {
     DatabaseManager::from_config(
@@ -37,24 +31,6 @@ fn manager(url: &str, pool_size: u32, timeout: Option<Duration>) -> Result<Datab
     )
 }
 
-fn sqlite_file() -> String {
-    let dir = std::env::temp_dir().join(unique("dbmanager-timeouts"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    format!("sqlite:{}", dir.join("t.db").display())
-}
-
-/// A statement that would run for about ten seconds on each backend.
-fn long_statement(db: &DatabaseManager) -> &'static str {
-    match db.backend() {
-        dbmanager::BackendKind::Postgres => "SELECT pg_sleep(10)",
-        dbmanager::BackendKind::MySql => "SELECT SLEEP(10)",
-        // Counts forever; only an interrupt stops it.
-        _ => {
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
-        }
-    }
-}
-
 /// Statements of `marker` still running on the server, seen by an admin.
 fn running_on_server(db: &DatabaseManager, marker: &str) -> Result<i64> {
     let sql = match db.backend() {
@@ -66,9 +42,10 @@ fn running_on_server(db: &DatabaseManager, marker: &str) -> Result<i64> {
     db.query_one(sql, (format!("%{marker}%"),))?.get("n")
 }
 
-fn cancelled_on_the_server(url: &str, marker_sql: &str) -> Result<()> {
-    let db = manager(url, 2, Some(Duration::from_secs(30)))?;
-    let admin = manager(url, 1, Some(Duration::from_secs(30)))?;
+fn statement_is_cancelled_on_the_server(b: Backend) -> Result<()> {
+    let (url, marker_sql) = (b.url(), b.endless_statement());
+    let db = manager(&url, 2, Some(Duration::from_secs(30)))?;
+    let admin = manager(&url, 1, Some(Duration::from_secs(30)))?;
     db.execute_query("SELECT 1", ())?;
     let started = Instant::now();
     let err = db
@@ -104,85 +81,77 @@ fn cancelled_on_the_server(url: &str, marker_sql: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn postgres_statement_is_cancelled_on_the_server() -> Result<()> {
-    cancelled_on_the_server(&pg_url(), "SELECT pg_sleep(10)")
-}
+each_backend!(statement_is_cancelled_on_the_server, [Postgres, MySql]);
 
-#[test]
-fn mariadb_statement_is_cancelled_on_the_server() -> Result<()> {
-    cancelled_on_the_server(&my_url(), "SELECT SLEEP(10)")
-}
-
-#[test]
-fn sqlite_statement_is_interrupted() -> Result<()> {
-    for url in [sqlite_file(), "sqlite::memory:".to_owned()] {
-        let db = manager(&url, 2, None)?;
-        let started = Instant::now();
-        let err = db
-            .execute_query_with_timeout(long_statement(&db), (), Duration::from_millis(300))
-            .expect_err("an endless statement must be interrupted");
-        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
-        assert!(started.elapsed() < PROMPT);
-        let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
-        assert_eq!(one, 1);
-        assert_eq!(db.pool_status().invalid, 0);
-    }
+fn sqlite_statement_is_interrupted(b: Backend) -> Result<()> {
+    let place = b.place();
+    let db = manager(place.url(), 2, None)?;
+    common::times_out_within(PROMPT, "an endless statement must be interrupted", || {
+        db.execute_query_with_timeout(b.endless_statement(), (), Duration::from_millis(300))
+    });
+    let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
+    assert_eq!(db.pool_status().invalid, 0);
     Ok(())
 }
+each_backend!(sqlite_statement_is_interrupted, [SqliteFile, SqliteMemory]);
 
 /// The configured timeout applies to plain calls, and the error names the
 /// variable that sets it.
-#[test]
-fn the_configured_timeout_applies_and_is_named() -> Result<()> {
-    for url in [pg_url(), my_url(), sqlite_file()] {
-        let name = unique("cfg");
-        let stem = dbmanager::env_stem(&name);
-        let config = DatabaseConfig::from_lookup(&name, |k| match k {
-            k if k == format!("DEVELOPMENT_GLOBAL_{stem}_CONNECTION_STRING") => Some(url.clone()),
-            k if k == format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT") => Some("0.3".to_owned()),
-            _ => None,
-        })?;
-        assert_eq!(config.query_timeout(), Some(Duration::from_millis(300)));
-        let db = DatabaseManager::from_config(config)?;
-        let err = db
-            .execute_query(long_statement(&db), ())
-            .expect_err("must time out");
-        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
-        assert!(
-            err.to_string()
-                .contains(&format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT")),
-            "the message should name the variable: {err}"
-        );
-        // The guard and a transaction take their own limit.
-        let mut conn = db.connection()?;
-        conn.set_timeout(Some(Duration::from_secs(20)));
-        let short = match db.backend() {
-            dbmanager::BackendKind::Postgres => "SELECT pg_sleep(0.6)",
-            dbmanager::BackendKind::MySql => "SELECT SLEEP(0.6)",
-            _ => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 300000) SELECT count(*) FROM c",
-        };
-        if db.backend() != dbmanager::BackendKind::Sqlite {
-            // 0.6 s > the configured 0.3 s: only the guard's limit lets it finish.
-            conn.execute_query(short, ())?;
-        }
-        conn.set_timeout(Some(Duration::from_millis(200)));
-        let err = conn
-            .execute_query(long_statement(&db), ())
-            .expect_err("guard limit");
-        assert_eq!(err.kind(), ErrorKind::QueryTimeout);
+fn the_configured_timeout_applies_and_is_named(b: Backend) -> Result<()> {
+    let place = b.place();
+    let url = place.url().to_owned();
+    let name = unique("cfg");
+    let stem = dbmanager::env_stem(&name);
+    let config = DatabaseConfig::from_lookup(&name, |k| match k {
+        k if k == format!("DEVELOPMENT_GLOBAL_{stem}_CONNECTION_STRING") => Some(url.clone()),
+        k if k == format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT") => Some("0.3".to_owned()),
+        _ => None,
+    })?;
+    assert_eq!(config.query_timeout(), Some(Duration::from_millis(300)));
+    let db = DatabaseManager::from_config(config)?;
+    let err = db
+        .execute_query(b.endless_statement(), ())
+        .expect_err("must time out");
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT")),
+        "the message should name the variable: {err}"
+    );
+    // The guard and a transaction take their own limit.
+    let mut conn = db.connection()?;
+    conn.set_timeout(Some(Duration::from_secs(20)));
+    let short = match db.backend() {
+        dbmanager::BackendKind::Postgres => "SELECT pg_sleep(0.6)",
+        dbmanager::BackendKind::MySql => "SELECT SLEEP(0.6)",
+        _ => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 300000) SELECT count(*) FROM c",
+    };
+    if db.backend() != dbmanager::BackendKind::Sqlite {
+        // 0.6 s > the configured 0.3 s: only the guard's limit lets it finish.
+        conn.execute_query(short, ())?;
     }
+    conn.set_timeout(Some(Duration::from_millis(200)));
+    let err = conn
+        .execute_query(b.endless_statement(), ())
+        .expect_err("guard limit");
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout);
     Ok(())
 }
+each_backend!(
+    the_configured_timeout_applies_and_is_named,
+    [Postgres, MySql, SqliteFile]
+);
 
 /// A timeout inside a transaction rolls all of it back, and says so.
-fn timeout_rolls_back_the_transaction(url: &str) -> Result<()> {
-    let db = manager(url, 2, Some(Duration::from_secs(30)))?;
+fn timeout_rolls_back_the_transaction(b: Backend) -> Result<()> {
+    let place = b.place();
+    let db = manager(place.url(), 2, Some(Duration::from_secs(30)))?;
     let table = unique("tx_timeout");
     db.execute_batch(&format!(
         "CREATE TABLE {table} (id INTEGER PRIMARY KEY, note VARCHAR(20))"
     ))?;
-    let long = long_statement(&db);
+    let long = b.endless_statement();
     // Closure form: the statement's own limit.
     let err = db
         .transaction(|tx| {
@@ -231,24 +200,16 @@ fn timeout_rolls_back_the_transaction(url: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn postgres_timeout_rolls_back_the_transaction() -> Result<()> {
-    timeout_rolls_back_the_transaction(&pg_url())
-}
-
-#[test]
-fn mariadb_timeout_rolls_back_the_transaction() -> Result<()> {
-    timeout_rolls_back_the_transaction(&my_url())
-}
-
-#[test]
-fn sqlite_timeout_rolls_back_the_transaction() -> Result<()> {
-    timeout_rolls_back_the_transaction(&sqlite_file())
-}
+each_backend!(
+    timeout_rolls_back_the_transaction,
+    [Postgres, MySql, SqliteFile]
+);
 
 /// Many short statements with short limits: none is cancelled by mistake.
-fn no_spurious_cancels(url: &str, threads: usize, each: usize) -> Result<()> {
-    let db = manager(url, 8, None)?;
+fn no_spurious_cancels_among_200_threads(b: Backend) -> Result<()> {
+    let (threads, each) = (200, 20);
+    let place = b.place();
+    let db = manager(place.url(), 8, None)?;
     let failures = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -275,20 +236,10 @@ fn no_spurious_cancels(url: &str, threads: usize, each: usize) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn postgres_200_threads_see_no_spurious_cancels() -> Result<()> {
-    no_spurious_cancels(&pg_url(), 200, 20)
-}
-
-#[test]
-fn mariadb_200_threads_see_no_spurious_cancels() -> Result<()> {
-    no_spurious_cancels(&my_url(), 200, 20)
-}
-
-#[test]
-fn sqlite_200_threads_see_no_spurious_cancels() -> Result<()> {
-    no_spurious_cancels(&sqlite_file(), 200, 20)
-}
+each_backend!(
+    no_spurious_cancels_among_200_threads,
+    [Postgres, MySql, SqliteFile]
+);
 
 /// Runs `f`, then returns what `tracing` printed (the subscriber is
 /// global: the watchdog thread logs leaks).
@@ -300,10 +251,11 @@ fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
 
 #[test]
 fn a_connection_held_too_long_is_reported_with_its_checkout_site() -> Result<()> {
+    let place = Backend::SqliteFile.place();
     let ((), log) = logged(|| {
         let db = DatabaseManager::from_config(
             DatabaseConfig::builder(unique("leaky"))
-                .url(sqlite_file())
+                .url(place.url())
                 .leak_threshold(Some(Duration::from_millis(300)))
                 .build()
                 .unwrap(),
@@ -340,67 +292,70 @@ fn a_connection_held_too_long_is_reported_with_its_checkout_site() -> Result<()>
     Ok(())
 }
 
-#[test]
-fn pool_timeout_lists_who_holds_the_pool() -> Result<()> {
-    for url in [pg_url(), my_url(), sqlite_file()] {
-        let db = DatabaseManager::from_config(
-            DatabaseConfig::builder(unique("exhausted"))
-                .url(&url)
-                .pool_size(2)
-                .max_overflow(0)
-                .acquire_timeout(Duration::from_millis(300))
-                .build()?,
-        )?;
-        let mut a = db.connection()?;
-        a.execute_query("SELECT 1 AS holder_a", ())?;
-        let holder = std::thread::Builder::new()
-            .name("holder-thread".into())
-            .spawn({
-                let db = db.clone();
-                move || {
-                    let tx = db.begin().unwrap();
-                    std::thread::sleep(Duration::from_secs(2));
-                    drop(tx);
-                }
-            })
-            .unwrap();
-        let waited = Instant::now();
-        while db.pool_status().checked_out < 2 {
-            assert!(waited.elapsed() < PROMPT);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let started = Instant::now();
-        let err = db.connection().expect_err("the pool is exhausted");
-        assert!(err.is_pool_exhausted(), "{err}");
-        assert!(started.elapsed() < PROMPT);
-        let holders = err.pool_holders();
-        assert_eq!(holders.len(), 2, "{holders:?}");
-        assert!(
-            holders
-                .iter()
-                .all(|h| h.checked_out_at.contains("tests/timeouts.rs:")),
-            "{holders:?}"
-        );
-        assert!(holders
-            .iter()
-            .any(|h| h.thread.as_deref() == Some("holder-thread") && h.in_transaction));
-        assert!(holders
-            .iter()
-            .any(|h| h.last_sql.as_deref() == Some("SELECT 1 AS holder_a") && !h.in_transaction));
-        assert!(err.to_string().contains("tests/timeouts.rs:"), "{err}");
-        a.execute_query("SELECT 1", ())?;
-        drop(a);
-        holder.join().unwrap();
+fn pool_timeout_lists_who_holds_the_pool(b: Backend) -> Result<()> {
+    let place = b.place();
+    let url = place.url();
+    let db = DatabaseManager::from_config(
+        DatabaseConfig::builder(unique("exhausted"))
+            .url(url)
+            .pool_size(2)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_millis(300))
+            .build()?,
+    )?;
+    let mut a = db.connection()?;
+    a.execute_query("SELECT 1 AS holder_a", ())?;
+    let holder = std::thread::Builder::new()
+        .name("holder-thread".into())
+        .spawn({
+            let db = db.clone();
+            move || {
+                let tx = db.begin().unwrap();
+                std::thread::sleep(Duration::from_secs(2));
+                drop(tx);
+            }
+        })
+        .unwrap();
+    let waited = Instant::now();
+    while db.pool_status().checked_out < 2 {
+        assert!(waited.elapsed() < PROMPT);
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let started = Instant::now();
+    let err = db.connection().expect_err("the pool is exhausted");
+    assert!(err.is_pool_exhausted(), "{err}");
+    assert!(started.elapsed() < PROMPT);
+    let holders = err.pool_holders();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert!(
+        holders
+            .iter()
+            .all(|h| h.checked_out_at.contains("tests/timeouts.rs:")),
+        "{holders:?}"
+    );
+    assert!(holders
+        .iter()
+        .any(|h| h.thread.as_deref() == Some("holder-thread") && h.in_transaction));
+    assert!(holders
+        .iter()
+        .any(|h| h.last_sql.as_deref() == Some("SELECT 1 AS holder_a") && !h.in_transaction));
+    assert!(err.to_string().contains("tests/timeouts.rs:"), "{err}");
+    a.execute_query("SELECT 1", ())?;
+    drop(a);
+    holder.join().unwrap();
     Ok(())
 }
+each_backend!(
+    pool_timeout_lists_who_holds_the_pool,
+    [Postgres, MySql, SqliteFile]
+);
 
 /// The server enforces a limit too, a little above the client's, so a
 /// statement dies even if the client process does; a longer per-call limit
 /// raises it for that call.
 #[test]
 fn the_server_enforces_a_second_limit() -> Result<()> {
-    let pg = manager(&pg_url(), 1, Some(Duration::from_secs(2)))?;
+    let pg = manager(&Backend::Postgres.url(), 1, Some(Duration::from_secs(2)))?;
     let mut conn = pg.connection()?;
     let shown: String = conn.query_one("SHOW statement_timeout", ())?.get(0)?;
     assert_eq!(shown, "3s", "2 s client limit + 1 s margin");
@@ -428,7 +383,7 @@ fn the_server_enforces_a_second_limit() -> Result<()> {
     assert_eq!(shown, "8s");
     drop(conn);
 
-    let my = manager(&my_url(), 1, Some(Duration::from_secs(2)))?;
+    let my = manager(&Backend::MySql.url(), 1, Some(Duration::from_secs(2)))?;
     let limit: f64 = my
         .query_one("SELECT @@max_statement_time AS t", ())?
         .get("t")?;

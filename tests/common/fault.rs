@@ -1,6 +1,7 @@
 //! Fault injection for the resilience tests: private servers a test may
 //! stop, restart or freeze (started by `scripts/servers.sh`), SIGSTOP of a
-//! process tree, and a loopback TCP proxy that delays or stalls bytes.
+//! process or a process tree, and a loopback TCP proxy that delays or
+//! stalls bytes.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -9,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use super::Backend;
 
 /// Runs a function of `scripts/servers.sh` with arguments; its stdout.
 fn servers_sh(function: &str, args: &[&str]) -> String {
@@ -37,8 +40,13 @@ pub struct PrivateServer {
 }
 
 impl PrivateServer {
-    /// `kind`: `postgres` or `mariadb`.
-    pub fn start(kind: &str) -> PrivateServer {
+    /// A PostgreSQL or a MariaDB server.
+    pub fn start(backend: Backend) -> PrivateServer {
+        let kind = match backend {
+            Backend::Postgres => "postgres",
+            Backend::MySql => "mariadb",
+            other => panic!("no private {other:?} server"),
+        };
         let out = servers_sh("dbm_private_server", &[kind]);
         let get = |key: &str| {
             out.lines()
@@ -86,36 +94,55 @@ impl Drop for PrivateServer {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+/// `kill -SIG pid`; whether it was delivered.
+fn signal(pid: &str, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
-fn children(pid: u32) -> Vec<u32> {
+fn children(pid: &str) -> Vec<String> {
     Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
+        .args(["-P", pid])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .split_whitespace()
-                .filter_map(|p| p.parse().ok())
+                .map(str::to_owned)
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// A process and its children stopped with SIGSTOP; SIGCONT on
-/// [`resume`](Self::resume) or drop (also when the test fails).
+/// Processes stopped with SIGSTOP, to make a server that stops answering;
+/// SIGCONT on [`resume`](Self::resume) or drop (also when the test fails).
 #[derive(Debug)]
-pub struct Frozen(Vec<u32>);
+pub struct Stopped(Vec<String>);
 
-impl Frozen {
-    pub fn tree(pid: u32) -> Frozen {
-        let mut all = vec![pid];
-        all.extend(children(pid));
-        for p in &all {
-            signal(*p, "-STOP");
+impl Stopped {
+    /// One process (a whole MariaDB server, or one PostgreSQL backend).
+    pub fn process(pid: impl ToString) -> Stopped {
+        Stopped::all(vec![pid.to_string()])
+    }
+
+    /// A process and its children (a PostgreSQL postmaster and every backend).
+    pub fn tree(pid: impl ToString) -> Stopped {
+        let pid = pid.to_string();
+        let mut all = vec![pid.clone()];
+        all.extend(children(&pid));
+        Stopped::all(all)
+    }
+
+    /// `pids[0]` must stop; its children may have exited meanwhile.
+    fn all(pids: Vec<String>) -> Stopped {
+        let stopped = Stopped(pids);
+        let main = signal(&stopped.0[0], "-STOP");
+        for p in &stopped.0[1..] {
+            signal(p, "-STOP");
         }
-        Frozen(all)
+        assert!(main, "could not stop process {}", stopped.0[0]);
+        stopped
     }
 
     pub fn resume(mut self) {
@@ -124,12 +151,12 @@ impl Frozen {
 
     fn cont(&mut self) {
         for p in self.0.drain(..) {
-            signal(p, "-CONT");
+            signal(&p, "-CONT");
         }
     }
 }
 
-impl Drop for Frozen {
+impl Drop for Stopped {
     fn drop(&mut self) {
         self.cont();
     }

@@ -1,40 +1,53 @@
 //! Helpers shared by the integration tests.
 //!
+//! The backends and the way to run a body on several of them are in
+//! [`backend`]; fault injection for the resilience tests in [`fault`].
+//!
 //! The server URLs come from the `DBMANAGER_TEST_*` variables that
-//! `scripts/test` exports after starting throwaway PostgreSQL and MariaDB
-//! servers. Without them the tests panic with a message saying so: a test
-//! that needs a server is never silently skipped.
+//! `scripts/test` exports after starting throwaway servers. Without them the
+//! tests panic with a message saying so: a test that needs a server is
+//! never silently skipped.
 
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dbmanager::{DatabaseConfig, DatabaseConfigBuilder, DatabaseManager, Result};
+use dbmanager::{DatabaseConfig, DatabaseConfigBuilder, DatabaseManager, ErrorKind, Result};
 
+pub mod backend;
 pub mod fault;
 
-/// Reads a URL the test script exports, or panics saying how to get it.
-fn required_env(var: &str) -> String {
+#[allow(unused_imports)] // each test file uses a different subset
+pub use backend::{Backend, Db, Place};
+
+/// Reads a variable the test script exports, or panics saying how to get it.
+pub fn required_env(var: &str) -> String {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => v,
         _ => panic!(
             "{var} is not set: run the integration tests with `scripts/test` \
-             (it starts throwaway PostgreSQL and MariaDB servers and sets the \
-             DBMANAGER_TEST_* variables), e.g. `scripts/test --test backends`"
+             (it starts the throwaway servers the tests use and sets the \
+             DBMANAGER_TEST_* variables), e.g. `scripts/test --test queries`"
         ),
     }
 }
 
-/// The application user's PostgreSQL URL.
-pub fn postgres_url() -> String {
-    required_env("DBMANAGER_TEST_POSTGRES_URL")
+static BESIDE: RwLock<()> = RwLock::new(());
+
+/// Taken by a test that disturbs the others of its file (it stops a shared
+/// server, or loads the whole machine): no test of the file that takes
+/// [`alone`] or [`shared`] runs beside it.
+pub fn alone() -> RwLockWriteGuard<'static, ()> {
+    BESIDE.write().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The application user's MariaDB URL.
-pub fn mysql_url() -> String {
-    required_env("DBMANAGER_TEST_MYSQL_URL")
+/// Taken by the tests that may run beside each other, but not beside one
+/// that holds [`alone`].
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    BESIDE.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The password inside a URL (percent-decoded), if it has one.
@@ -132,6 +145,22 @@ impl Drop for TempDir {
     }
 }
 
+/// Runs `call`, a statement that cannot finish within its limit, and
+/// asserts that it fails with `QueryTimeout` within `within` (the limit
+/// plus whatever grace the case allows): the caller is not left hanging.
+pub fn times_out_within<T: std::fmt::Debug>(
+    within: Duration,
+    what: &str,
+    call: impl FnOnce() -> Result<T>,
+) -> dbmanager::Error {
+    let started = Instant::now();
+    let err = call().expect_err(what);
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{what}: {err}");
+    assert!(took < within, "{what}: took {took:?}");
+    err
+}
+
 /// A loopback port with nothing listening on it (bound, then released).
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
@@ -149,30 +178,6 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
-}
-
-/// Sends SIGSTOP to a process now and SIGCONT when dropped (also when the
-/// test fails), to make a server that stops answering.
-pub struct Stopped(String);
-
-impl Stopped {
-    pub fn new(pid: impl ToString) -> Stopped {
-        let pid = pid.to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "could not stop process {pid}");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0])
-            .status();
-    }
 }
 
 /// Everything logged through `tracing` by this test process so far, at

@@ -1,59 +1,22 @@
-//! One shared suite, run with identical assertions against PostgreSQL,
-//! MariaDB, an SQLite file and `sqlite::memory:`.
+//! Running SQL, with identical assertions on PostgreSQL, MariaDB, an SQLite
+//! file and `sqlite::memory:`: parameters, quoting and rows, batches, every
+//! value type, transactions, error classification, a held connection's
+//! session, the library's read-only refusal; then PostgreSQL's own syntax.
 //!
-//! Each function below takes the backend and is called from one `#[test]`
-//! per backend (see `suite!` at the bottom). Every test makes its own table,
-//! so the tests run in parallel against one database per server.
+//! Each test body takes the backend and runs once per backend
+//! (`each_backend!`). Every test makes its own table, so the tests run in
+//! parallel against one database per server.
 
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use common::Backend;
 use dbmanager::{params, DatabaseManager, Error, ErrorKind, Result, Value};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use uuid::Uuid;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    MySql,
-    SqliteFile,
-    SqliteMemory,
-}
-
-impl Backend {
-    fn is_sqlite(self) -> bool {
-        matches!(self, Backend::SqliteFile | Backend::SqliteMemory)
-    }
-}
-
-/// A manager with its own pool on `backend`, and the temp dir of an SQLite file.
-struct Db {
-    db: DatabaseManager,
-    url: String,
-    _dir: Option<common::TempDir>,
-}
-
-impl std::ops::Deref for Db {
-    type Target = DatabaseManager;
-    fn deref(&self) -> &DatabaseManager {
-        &self.db
-    }
-}
-
-fn open(backend: Backend) -> Result<Db> {
-    let dir = (backend == Backend::SqliteFile).then(|| common::TempDir::new("dbmanager-suite"));
-    let url = match backend {
-        Backend::Postgres => common::postgres_url(),
-        Backend::MySql => common::mysql_url(),
-        Backend::SqliteFile => dir.as_ref().unwrap().sqlite_url("suite.db"),
-        Backend::SqliteMemory => "sqlite::memory:".to_owned(),
-    };
-    let db = common::manager(&common::unique_name("suite"), &url)?;
-    Ok(Db { db, url, _dir: dir })
-}
 
 /// A table with a unique name, dropped when the test ends (pass or fail).
 struct Table<'a> {
@@ -133,7 +96,7 @@ struct Item {
 }
 
 fn params_quoting_and_rows(b: Backend) -> Result<()> {
-    let db = open(b)?;
+    let db = b.open()?;
     let t = items(&db)?;
 
     // `?` positional.
@@ -283,9 +246,10 @@ fn params_quoting_and_rows(b: Backend) -> Result<()> {
     assert_pool_idle(&db);
     Ok(())
 }
+each_backend!(params_quoting_and_rows);
 
 fn batch(b: Backend) -> Result<()> {
-    let db = open(b)?;
+    let db = b.open()?;
     let t = items(&db)?;
     db.execute_batch(&t.sql(
         "INSERT INTO [{t}] (id, name, qty, [order]) VALUES (1, 'one', 1, 1);
@@ -317,6 +281,7 @@ fn batch(b: Backend) -> Result<()> {
     assert_pool_idle(&db);
     Ok(())
 }
+each_backend!(batch);
 
 /// Column types per backend for the value round trip.
 fn value_columns(b: Backend) -> &'static str {
@@ -336,6 +301,7 @@ fn value_columns(b: Backend) -> &'static str {
              v_dec DECIMAL(20,4), v_text TEXT, v_bytes BLOB, v_date DATE, v_time TIME, \
              v_ts TIMESTAMP, v_tstz TIMESTAMPTZ, v_uuid UUID, v_json JSON"
         }
+        other => unreachable!("{other:?} does not run this suite"),
     }
 }
 
@@ -345,7 +311,7 @@ const VALUE_COLUMNS: [&str; 12] = [
 ];
 
 fn every_value_round_trips(b: Backend) -> Result<()> {
-    let db = open(b)?;
+    let db = b.open()?;
     let t = Table::create(&db, value_columns(b))?;
 
     let dec: Decimal = "12345.6789".parse().unwrap();
@@ -475,6 +441,7 @@ fn every_value_round_trips(b: Backend) -> Result<()> {
     );
     Ok(())
 }
+each_backend!(every_value_round_trips);
 
 #[derive(Debug)]
 enum AppError {
@@ -489,7 +456,7 @@ impl From<Error> for AppError {
 }
 
 fn transactions(b: Backend) -> Result<()> {
-    let db = open(b)?;
+    let db = b.open()?;
     let t = items(&db)?;
 
     // Closure: Ok commits.
@@ -622,6 +589,7 @@ fn transactions(b: Backend) -> Result<()> {
     assert_pool_idle(&db);
     Ok(())
 }
+each_backend!(transactions);
 
 fn insert_item_tx(
     tx: &mut dbmanager::Transaction<'_>,
@@ -636,7 +604,7 @@ fn insert_item_tx(
 }
 
 fn errors_are_classified(b: Backend) -> Result<()> {
-    let db = open(b)?;
+    let db = b.open()?;
     let t = items(&db)?;
     insert_item(&t, 1, "one")?;
 
@@ -649,6 +617,7 @@ fn errors_are_classified(b: Backend) -> Result<()> {
         Backend::Postgres => "23505",
         Backend::MySql => "1062",
         Backend::SqliteFile | Backend::SqliteMemory => "SQLITE_CONSTRAINT_UNIQUE",
+        other => unreachable!("{other:?} does not run this suite"),
     };
     assert_eq!(e.db_code(), Some(want), "{e}");
     // Primary key.
@@ -657,6 +626,7 @@ fn errors_are_classified(b: Backend) -> Result<()> {
         Backend::Postgres => "23505",
         Backend::MySql => "1062",
         Backend::SqliteFile | Backend::SqliteMemory => "SQLITE_CONSTRAINT_PRIMARYKEY",
+        other => unreachable!("{other:?} does not run this suite"),
     };
     assert_eq!(e.db_code(), Some(want), "{e}");
     // Another constraint: NOT NULL.
@@ -710,9 +680,10 @@ fn errors_are_classified(b: Backend) -> Result<()> {
     assert_pool_idle(&db);
     Ok(())
 }
+each_backend!(errors_are_classified);
 
 fn same_connection_keeps_session(b: Backend) -> Result<()> {
-    let db = open(b)?;
+    let db = b.open()?;
     let t = items(&db)?;
     let mut conn = db.connection()?;
     for i in 0..20 {
@@ -736,11 +707,12 @@ fn same_connection_keeps_session(b: Backend) -> Result<()> {
     }
     Ok(())
 }
+each_backend!(same_connection_keeps_session);
 
 /// READ_ONLY: every write is refused; reads work.
 fn read_only_refuses_writes(b: Backend) -> Result<()> {
-    let db = open(b)?;
-    let ro = common::manager_with(&common::unique_name("ro"), &db.url, |c| c.read_only(true))?;
+    let db = b.open()?;
+    let ro = db.place().manager_with("ro", |c| c.read_only(true))?;
     assert!(ro.pool_status().read_only);
     if b == Backend::SqliteMemory {
         // Another manager means another in-memory database: nothing to read.
@@ -778,45 +750,7 @@ fn read_only_refuses_writes(b: Backend) -> Result<()> {
     assert_pool_idle(&ro);
     Ok(())
 }
-
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[test]
-            fn $test() -> dbmanager::Result<()> {
-                super::$test(super::Backend::Postgres)
-            })*
-        }
-        mod mariadb {
-            $(#[test]
-            fn $test() -> dbmanager::Result<()> {
-                super::$test(super::Backend::MySql)
-            })*
-        }
-        mod sqlite_file {
-            $(#[test]
-            fn $test() -> dbmanager::Result<()> {
-                super::$test(super::Backend::SqliteFile)
-            })*
-        }
-        mod sqlite_memory {
-            $(#[test]
-            fn $test() -> dbmanager::Result<()> {
-                super::$test(super::Backend::SqliteMemory)
-            })*
-        }
-    };
-}
-
-suite!(
-    params_quoting_and_rows,
-    batch,
-    every_value_round_trips,
-    transactions,
-    errors_are_classified,
-    same_connection_keeps_session,
-    read_only_refuses_writes,
-);
+each_backend!(read_only_refuses_writes);
 
 // ------------------------------------------------------- PostgreSQL only
 
@@ -824,7 +758,7 @@ suite!(
 /// bodies pass through the portable-SQL translation untouched.
 #[test]
 fn postgres_casts_and_jsonb_operators_pass_through() -> Result<()> {
-    let db = open(Backend::Postgres)?;
+    let db = Backend::Postgres.open()?;
     let row = db.query_one(
         "SELECT '{\"a\":1}'::jsonb ?? 'a' AS has_a, '{\"a\":1}'::jsonb ?? 'b' AS has_b, \
                 '{\"a\":1}'::jsonb ??| array['x','a'] AS any_of, ?::int + 1 AS n, '12'::text AS t",
@@ -864,7 +798,7 @@ fn postgres_casts_and_jsonb_operators_pass_through() -> Result<()> {
 /// connection survives.
 #[test]
 fn postgres_parameters_of_another_type_are_converted_or_refused() -> Result<()> {
-    let db = open(Backend::Postgres)?;
+    let db = Backend::Postgres.open()?;
     let t = Table::create(
         &db,
         "id INTEGER PRIMARY KEY, big BIGINT, small INTEGER, f DOUBLE PRECISION, \
