@@ -150,7 +150,6 @@ impl DatabaseManager {
     /// db.with_retry(RetryPolicy::none()).execute_query("SELECT 1", ())?;
     /// # Ok(()) }
     /// ```
-    #[must_use]
     pub fn with_retry(&self, policy: RetryPolicy) -> DatabaseManager {
         DatabaseManager {
             shared: Arc::clone(&self.shared),
@@ -159,7 +158,6 @@ impl DatabaseManager {
     }
 
     /// The retry policy of this handle's calls.
-    #[must_use]
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.unwrap_or(self.shared.config.retry)
     }

@@ -404,9 +404,7 @@ impl Shared {
 
     /// One probe of an open breaker, if one is due.
     fn probe_once(&self) {
-        let (due, change) = self.breaker.start_probe(Instant::now());
-        self.circuit_changed(change);
-        if !due {
+        if !self.breaker.start_probe(Instant::now()) {
             return;
         }
         let timeout = self.config.health_timeout.min(self.config.connect_timeout);

@@ -334,7 +334,9 @@ impl Breaker {
     }
 
     /// For the prober: starts a probe if one is due; false when none is.
-    pub(crate) fn start_probe(&self, now: Instant) -> (bool, Transition) {
+    /// The breaker reads half-open while the probe runs; that is not a
+    /// change worth logging, so none is returned.
+    pub(crate) fn start_probe(&self, now: Instant) -> bool {
         match &mut *self.inner.lock() {
             Inner::Open {
                 next_probe,
@@ -342,9 +344,9 @@ impl Breaker {
                 ..
             } if !*probing && now >= *next_probe => {
                 *probing = true;
-                (true, Some((CircuitState::Open, CircuitState::HalfOpen)))
+                true
             }
-            _ => (false, None),
+            _ => false,
         }
     }
 
@@ -365,8 +367,8 @@ impl Breaker {
         };
         *interval = (*interval * 2).min(self.settings.recovery.max(FIRST_PROBE));
         *next_probe = now + *interval;
-        let was_probing = std::mem::replace(probing, false);
-        was_probing.then_some((CircuitState::HalfOpen, CircuitState::Open))
+        *probing = false;
+        None
     }
 }
 
@@ -463,22 +465,18 @@ mod tests {
             let wait = b.until_probe(now).expect("open");
             waits.push(wait.as_millis());
             now += wait;
-            assert_eq!(
-                b.start_probe(now),
-                (true, Some((CircuitState::Open, CircuitState::HalfOpen)))
-            );
+            assert!(b.start_probe(now));
             assert_eq!(b.state(), CircuitState::HalfOpen);
             // While the probe runs, calls fail fast and no second probe starts.
             assert_eq!(b.admit(now), Admit::Reject(Duration::ZERO));
-            assert_eq!(b.start_probe(now).0, false);
-            assert_eq!(
-                b.probed(false, now),
-                Some((CircuitState::HalfOpen, CircuitState::Open))
-            );
+            assert!(!b.start_probe(now));
+            // A failed probe is not a change to log: it stays open.
+            assert_eq!(b.probed(false, now), None);
+            assert_eq!(b.state(), CircuitState::Open);
         }
         assert_eq!(waits, [50, 100, 200, 400, 400, 400]);
         now += b.until_probe(now).expect("open");
-        assert!(b.start_probe(now).0);
+        assert!(b.start_probe(now));
         assert_eq!(
             b.probed(true, now),
             Some((CircuitState::HalfOpen, CircuitState::Closed))

@@ -346,6 +346,12 @@ impl<'a> Transaction<'a> {
             )
             .on_database(self.shared.name()));
         }
+        if let (Some(ended), false) = (&self.ended, matches!(op, Op::Commit | Op::Rollback)) {
+            return Err(ended.duplicate().with_hint(
+                "the transaction already ended on the server with this error, so this statement was not run; \
+                 roll back and start a new transaction",
+            ));
+        }
         let limit = limit.or(self.limit).within(self.deadline);
         match self
             .shared

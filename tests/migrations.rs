@@ -242,7 +242,10 @@ fn baseline_skips_what_is_already_there(b: Backend) -> Result<()> {
     assert_eq!(status.applied[0].kind, "BASELINE");
     // A second, different baseline is refused.
     assert_eq!(
-        db.migrator().baseline("1").expect_err("one baseline").kind(),
+        db.migrator()
+            .baseline("1")
+            .expect_err("one baseline")
+            .kind(),
         ErrorKind::Migration
     );
     Ok(())
@@ -682,8 +685,14 @@ fn read_only_refuses_before_touching_the_server() -> Result<()> {
     let db = DatabaseManager::from_config(c.config().url(url).read_only(true).build()?)?;
     for e in [
         db.run_migrations().expect_err("read-only"),
-        db.migrator().migrate_to("1").map(drop).expect_err("read-only"),
-        db.migrator().baseline("1").map(drop).expect_err("read-only"),
+        db.migrator()
+            .migrate_to("1")
+            .map(drop)
+            .expect_err("read-only"),
+        db.migrator()
+            .baseline("1")
+            .map(drop)
+            .expect_err("read-only"),
         db.migrator().repair().map(drop).expect_err("read-only"),
         db.migrator().undo("0").map(drop).expect_err("read-only"),
     ] {

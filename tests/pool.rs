@@ -166,6 +166,51 @@ fn close_is_idempotent(b: Backend) -> Result<()> {
 }
 each_backend!(close_is_idempotent, [Postgres, MySql, SqliteFile]);
 
+/// r2d2's checkout variants: `try_connection` never waits and never opens a
+/// connection; `connection_timeout` waits as long as asked.
+fn checkouts_that_do_not_wait_or_wait_as_asked(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| {
+        c.pool_size(1)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_secs(30))
+    })?;
+    assert!(
+        db.try_connection()?.is_none(),
+        "nothing is open yet, and try_connection opens nothing"
+    );
+    assert_eq!(db.pool_status().connections, 0);
+    drop(db.connection()?);
+    let mut held = db.try_connection()?.expect("the idle connection");
+    held.execute_query("SELECT 1", ())?;
+    let started = Instant::now();
+    assert!(db.try_connection()?.is_none(), "the only one is held");
+    assert!(started.elapsed() < Duration::from_secs(1), "did not wait");
+
+    let started = Instant::now();
+    let e = db
+        .connection_timeout(Duration::from_millis(200))
+        .expect_err("held");
+    assert_eq!(e.kind(), ErrorKind::PoolTimeout, "{e}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(10),
+        "waited about as asked, not the 30 s acquisition timeout: {waited:?}"
+    );
+    std::thread::scope(|s| -> Result<()> {
+        s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+        });
+        db.connection_timeout(Duration::from_secs(10))?
+            .execute_query("SELECT 1", ())?;
+        Ok(())
+    })
+}
+each_backend!(
+    checkouts_that_do_not_wait_or_wait_as_asked,
+    [Postgres, MySql, SqliteFile]
+);
+
 /// `DatabaseManager::new` with the same name (however it is spelt) returns
 /// the same pool; another name gets another pool.
 #[test]
@@ -173,7 +218,7 @@ fn new_shares_one_pool_per_name() -> Result<()> {
     let dir = common::TempDir::new("dbmanager-share");
     let stem = common::unique_name("POOLSHARE").to_uppercase();
     let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".into());
-    let prefix = dbmanager::env_prefix(&environment);
+    let prefix = format!("{}_GLOBAL_", environment.to_uppercase());
     // Only this test sets variables, each with a name no other test uses.
     std::env::set_var(
         format!("{prefix}{stem}_CONNECTION_STRING"),

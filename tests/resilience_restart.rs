@@ -198,3 +198,89 @@ fn a_restart_mid_load_is_ridden_out(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(a_restart_mid_load_is_ridden_out, [Postgres, MySql]);
+
+/// As a new user runs it: only the connection string is set, every other
+/// setting keeps its default (retries, circuit breaker, timeouts). Eight
+/// threads run `SELECT 1` while PostgreSQL restarts (a fast shutdown, about
+/// a second down). Calls fail only while it is down: none that begins a
+/// second after it accepts connections again.
+#[test]
+fn a_restart_with_default_settings_costs_only_the_downtime() -> Result<()> {
+    let _alone = common::alone();
+    let server = PrivateServer::start(Backend::Postgres);
+    let name = common::unique_name("restart_defaults");
+    let key = format!(
+        "DEVELOPMENT_GLOBAL_{}_CONNECTION_STRING",
+        name.to_uppercase()
+    );
+    let url = server.url.clone();
+    let config =
+        dbmanager::DatabaseConfig::from_lookup(&name, |k| (k == key).then(|| url.clone()))?;
+    let db = dbmanager::DatabaseManager::from_config(config)?;
+    db.execute_query("SELECT 1", ())?;
+
+    let stop = AtomicBool::new(false);
+    let failures: Mutex<Vec<(Instant, Instant, ErrorKind)>> = Mutex::new(Vec::new());
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    let (down, up) = std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let began = Instant::now();
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = db.execute_query("SELECT 1", ()) {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push((began, Instant::now(), e.kind()));
+                        // A job that rides out an outage waits a little.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let down = Instant::now();
+        server.stop();
+        std::thread::sleep(Duration::from_millis(500));
+        server.start_again();
+        let up = Instant::now();
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, Ordering::Relaxed);
+        (down, up)
+    });
+
+    let failures = failures.into_inner().unwrap();
+    let mut per_second = vec![0u32; 1 + (Instant::now() - down).as_secs() as usize];
+    for (began, _, _) in &failures {
+        per_second[began.saturating_duration_since(down).as_secs() as usize] += 1;
+    }
+    let late: Vec<_> = failures
+        .iter()
+        .filter(|(began, _, _)| *began >= up + Duration::from_secs(1))
+        .map(|(began, _, kind)| (began.saturating_duration_since(up), *kind))
+        .collect();
+    eprintln!(
+        "restart_defaults: down for {:.2} s, {} calls, {} errors; errors per second from the stop: {per_second:?}; \
+         circuit now {:?}",
+        (up - down).as_secs_f64(),
+        calls.load(Ordering::Relaxed),
+        failures.len(),
+        db.pool_status().circuit,
+    );
+    assert!(
+        late.is_empty(),
+        "calls that began a second or more after the server was back failed: {late:?}"
+    );
+    for (_, _, kind) in &failures {
+        let transient = matches!(
+            kind,
+            ErrorKind::Connect
+                | ErrorKind::ConnectTimeout
+                | ErrorKind::PoolTimeout
+                | ErrorKind::CircuitOpen
+        );
+        assert!(transient, "{kind:?} while the server restarted");
+    }
+    Ok(())
+}

@@ -197,3 +197,61 @@ fn without_retry_the_conflict_is_reported_retryable() -> Result<()> {
     assert!(failed[0].is_retryable());
     Ok(())
 }
+
+/// A caller that goes on after a deadlock inside a transaction (it caught
+/// the error) must not get half a transaction: MariaDB rolled the whole
+/// transaction back, so later statements would commit on their own. They
+/// are refused, and the commit returns the deadlock.
+#[test]
+fn a_transaction_a_deadlock_ended_is_never_committed() -> Result<()> {
+    let db = manager(&Backend::MySql.url(), &common::unique_name("txended"))?;
+    let table = common::unique_name("dl2");
+    db.execute_batch(&format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB; \
+         INSERT INTO {table} VALUES (1, 0), (2, 0)"
+    ))?;
+    let barrier = Barrier::new(2);
+    let outcomes: Vec<(bool, Result<()>)> = std::thread::scope(|s| {
+        let runs: Vec<_> = [(1, 2, 10), (2, 1, 20)]
+            .into_iter()
+            .map(|(first, second, marker)| {
+                let (db, barrier, table) = (&db, &barrier, &table);
+                s.spawn(move || -> (bool, Result<()>) {
+                    let mut tx = match db.begin() {
+                        Ok(tx) => tx,
+                        Err(e) => return (false, Err(e)),
+                    };
+                    let up = format!("UPDATE {table} SET n = n + 1 WHERE id = ?");
+                    if let Err(e) = tx.execute(&up, (first,)) {
+                        return (false, Err(e));
+                    }
+                    barrier.wait();
+                    let victim = tx.execute(&up, (second,)).is_err();
+                    // Go on regardless, as a careless caller would.
+                    let later = tx.execute(
+                        &format!("INSERT INTO {table} (id, n) VALUES (?, 0)"),
+                        (marker,),
+                    );
+                    if victim {
+                        let e = later.expect_err("refused after the deadlock");
+                        assert_eq!(e.db_code(), Some("1213"), "{e}");
+                    }
+                    (victim, tx.commit())
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("no panic"))
+            .collect()
+    });
+    let victims: Vec<_> = outcomes.iter().filter(|(v, _)| *v).collect();
+    assert_eq!(victims.len(), 1, "one deadlock victim: {outcomes:?}");
+    let e = victims[0].1.as_ref().expect_err("not committed");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    let winner = outcomes.iter().find(|(v, _)| !*v).expect("a winner");
+    assert!(winner.1.is_ok(), "{:?}", winner.1);
+    let rows = db.execute_query(&format!("SELECT id FROM {table} ORDER BY id"), ())?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect::<Result<_>>()?;
+    assert_eq!(ids.len(), 3, "the winner's marker only: {ids:?}");
+    Ok(())
+}

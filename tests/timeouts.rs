@@ -102,7 +102,7 @@ fn the_configured_timeout_applies_and_is_named(b: Backend) -> Result<()> {
     let place = b.place();
     let url = place.url().to_owned();
     let name = unique("cfg");
-    let stem = dbmanager::env_stem(&name);
+    let stem = name.to_uppercase();
     let config = DatabaseConfig::from_lookup(&name, |k| match k {
         k if k == format!("DEVELOPMENT_GLOBAL_{stem}_CONNECTION_STRING") => Some(url.clone()),
         k if k == format!("DEVELOPMENT_GLOBAL_{stem}_TIMEOUT") => Some("0.3".to_owned()),

@@ -182,6 +182,8 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicU64>,
+    /// Connections still to be closed at once, as a server that refuses them.
+    refuse: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -191,14 +193,23 @@ impl Proxy {
         let link = Arc::new(Mutex::new(Link::Pass));
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
+        let refuse = Arc::new(AtomicU64::new(0));
         {
-            let (link, stop, accepted) = (link.clone(), stop.clone(), accepted.clone());
+            let (link, stop, accepted, refuse) =
+                (link.clone(), stop.clone(), accepted.clone(), refuse.clone());
             thread::spawn(move || {
                 for client in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let Ok(client) = client else { continue };
+                    let refused = refuse
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok();
+                    if refused {
+                        drop(client);
+                        continue;
+                    }
                     let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5))
                     else {
                         continue;
@@ -223,7 +234,13 @@ impl Proxy {
             link,
             stop,
             accepted,
+            refuse,
         }
+    }
+
+    /// Closes the next `n` connections as soon as they are accepted.
+    pub fn refuse_next(&self, n: u64) {
+        self.refuse.store(n, Ordering::Relaxed);
     }
 
     pub fn port(&self) -> u16 {
