@@ -9,60 +9,17 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::resilience::{BreakerSettings, RetryPolicy};
+use crate::status::BackendKind;
 
-/// Which database server a configuration talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL or MariaDB.
-    MySql,
-    /// SQLite (a file, or in memory).
-    Sqlite,
-    /// Microsoft SQL Server.
-    MsSql,
-}
-
-impl BackendKind {
-    /// The name used in reports and `_TYPE` variables: `postgresql`, `mysql`,
-    /// `sqlite`, `sqlserver`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Postgres => "postgresql",
-            BackendKind::MySql => "mysql",
-            BackendKind::Sqlite => "sqlite",
-            BackendKind::MsSql => "sqlserver",
-        }
-    }
-
-    /// The cargo feature that compiles this backend in.
-    pub fn feature(self) -> &'static str {
-        match self {
-            BackendKind::Postgres => "postgres",
-            BackendKind::MySql => "mysql",
-            BackendKind::Sqlite => "sqlite",
-            BackendKind::MsSql => "mssql",
-        }
-    }
-
-    /// Parses a `_TYPE` value (case-insensitive): `postgresql`/`postgres`/`pg`,
-    /// `mysql`/`mariadb`, `sqlite`/`sqlite3`, `sqlserver`/`mssql`.
-    fn from_type_name(s: &str) -> Option<BackendKind> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "postgresql" | "postgres" | "pg" => Some(BackendKind::Postgres),
-            "mysql" | "mariadb" => Some(BackendKind::MySql),
-            "sqlite" | "sqlite3" => Some(BackendKind::Sqlite),
-            "sqlserver" | "mssql" => Some(BackendKind::MsSql),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Parses a `_TYPE` value (case-insensitive): `postgresql`/`postgres`/`pg`,
+/// `mysql`/`mariadb`, `sqlite`/`sqlite3`, `sqlserver`/`mssql`.
+fn kind_from_type_name(s: &str) -> Option<BackendKind> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "postgresql" | "postgres" | "pg" => Some(BackendKind::Postgres),
+        "mysql" | "mariadb" => Some(BackendKind::MySql),
+        "sqlite" | "sqlite3" => Some(BackendKind::Sqlite),
+        "sqlserver" | "mssql" => Some(BackendKind::MsSql),
+        _ => None,
     }
 }
 
@@ -597,7 +554,7 @@ fn from_sources(
     b.url_source = Some(url_var);
     b.var_stem = Some(stem.clone());
     if let Some(t) = get(&var(var::TYPE)) {
-        let kind = BackendKind::from_type_name(&t).ok_or_else(|| {
+        let kind = kind_from_type_name(&t).ok_or_else(|| {
             Error::config(format!(
                 "{} = `{t}` is not a known type; use postgresql, mysql, sqlite or sqlserver",
                 var(var::TYPE)

@@ -70,8 +70,7 @@ mod value;
 mod watchdog;
 
 pub use crate::config::{
-    default_pool_size, env_prefix, env_stem, BackendKind, DatabaseConfig, DatabaseConfigBuilder,
-    DEFAULT_ENV_DIR,
+    default_pool_size, env_prefix, env_stem, DatabaseConfig, DatabaseConfigBuilder, DEFAULT_ENV_DIR,
 };
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::{DatabaseManager, PooledConnection, Transaction};
@@ -79,8 +78,8 @@ pub use crate::metrics::{metrics_text, push_metrics};
 pub use crate::migrate::{MigrateOptions, MigrationReport, MigrationStatus};
 pub use crate::resilience::{CircuitState, RetryPolicy};
 pub use crate::status::{
-    ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan, ScalingLevel,
-    StatementStats,
+    BackendKind, ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan,
+    ScalingLevel, StatementStats,
 };
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
-use crate::config::{env_stem, BackendKind, DatabaseConfig};
+use crate::config::{env_stem, DatabaseConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{DbMetrics, PoolSource};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
 use crate::resilience::RetryPolicy;
 use crate::sql::{classify_statement, StatementKind};
+use crate::status::BackendKind;
 use crate::status::{HealthStatus, MigrationSummary, PoolStatus, QueryPlan, StatementStats};
 use crate::value::{IntoParams, Params, Row};
 

@@ -4,6 +4,50 @@ use serde::Serialize;
 
 use crate::resilience::CircuitState;
 
+/// Which database server a configuration talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite (a file, or in memory).
+    Sqlite,
+    /// Microsoft SQL Server.
+    MsSql,
+}
+
+impl BackendKind {
+    /// The name used in reports and `_TYPE` variables: `postgresql`, `mysql`,
+    /// `sqlite`, `sqlserver`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgresql",
+            BackendKind::MySql => "mysql",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::MsSql => "sqlserver",
+        }
+    }
+
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgres",
+            BackendKind::MySql => "mysql",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::MsSql => "mssql",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot of one database's connection pool (seed field names, and more).
 ///
 /// ```json

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::BackendKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::{DatabaseManager, PooledConnection, Transaction};
 use crate::sql::{quote_identifier, Dialect};
 use crate::status::AppliedMigration;
+use crate::status::BackendKind;
 use crate::value::{Row, Value};
 
 /// Runs statements on a pooled connection or in a transaction: both go
