@@ -1,0 +1,404 @@
+//! [`DatabaseConfigBuilder`]: settings in code, validated by `build()`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::env::default_pool_size;
+use super::url::{kind_of_url, redact_url, url_asks_pgbouncer};
+use super::DatabaseConfig;
+use crate::error::{Error, Result};
+use crate::resilience::{BreakerSettings, RetryPolicy};
+use crate::status::BackendKind;
+
+pub(super) const EMPTY_NAME: &str =
+    "the database name is empty; give the logical name of the database (e.g. \"rpa_db\")";
+
+/// Builds a [`DatabaseConfig`] in code. Every setting has a default; only the
+/// connection string is required.
+#[derive(Clone)]
+pub struct DatabaseConfigBuilder {
+    name: String,
+    url: Option<String>,
+    pub(super) url_source: Option<String>,
+    kind: Option<BackendKind>,
+    pub(super) kind_source: Option<String>,
+    pool_size: Option<u32>,
+    max_overflow: u32,
+    query_timeout: Option<Duration>,
+    acquire_timeout: Duration,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    validate_after_idle: Duration,
+    leak_threshold: Option<Duration>,
+    slow_query_threshold: Option<Duration>,
+    health_timeout: Duration,
+    degraded_after: Duration,
+    metrics: bool,
+    read_only: bool,
+    migrations_dir: Option<PathBuf>,
+    history_table: String,
+    pub(super) table_source: Option<String>,
+    auto_migrate: bool,
+    pub(super) retry: RetryPolicy,
+    breaker: BreakerSettings,
+    pgbouncer: bool,
+    pub(super) var_stem: Option<String>,
+}
+
+impl fmt::Debug for DatabaseConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfigBuilder")
+            .field("name", &self.name)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatabaseConfigBuilder {
+    pub(super) fn new(name: String) -> Self {
+        DatabaseConfigBuilder {
+            name,
+            url: None,
+            url_source: None,
+            kind: None,
+            kind_source: None,
+            pool_size: None,
+            max_overflow: 10,
+            query_timeout: Some(Duration::from_secs(30)),
+            acquire_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            validate_after_idle: Duration::from_secs(30),
+            leak_threshold: Some(Duration::from_secs(300)),
+            slow_query_threshold: Some(Duration::from_secs(2)),
+            health_timeout: Duration::from_secs(5),
+            degraded_after: Duration::from_secs(1),
+            metrics: true,
+            read_only: false,
+            migrations_dir: None,
+            history_table: "schema_version".to_owned(),
+            table_source: None,
+            auto_migrate: false,
+            retry: RetryPolicy::default(),
+            breaker: BreakerSettings {
+                failures: 5,
+                window: Duration::from_secs(60),
+                recovery: Duration::from_secs(30),
+            },
+            pgbouncer: false,
+            var_stem: None,
+        }
+    }
+
+    /// The connection string (required). See the README for the accepted forms.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The backend, when it should not be inferred from the URL (it must agree
+    /// with the URL).
+    pub fn kind(mut self, kind: BackendKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// Connections kept open in the pool. Default: [`default_pool_size`].
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = Some(n);
+        self
+    }
+
+    /// Extra connections opened under load, each closed when returned with
+    /// nobody waiting. Default 10
+    /// (the seeds' SQLAlchemy default).
+    pub fn max_overflow(mut self, n: u32) -> Self {
+        self.max_overflow = n;
+        self
+    }
+
+    /// Default limit on each statement; `None` for no limit. Default 30 s, the
+    /// seeds' `DATABASE_TIMEOUT`.
+    pub fn query_timeout(mut self, t: Option<Duration>) -> Self {
+        self.query_timeout = t;
+        self
+    }
+
+    /// How long a caller waits for a pooled connection before
+    /// [`ErrorKind::PoolTimeout`](crate::ErrorKind::PoolTimeout). Default 30 s
+    /// (SQLAlchemy's `pool_timeout`).
+    pub fn acquire_timeout(mut self, t: Duration) -> Self {
+        self.acquire_timeout = t;
+        self
+    }
+
+    /// How long establishing one connection may take. Default 10 s.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// How long any connection may sit idle in the pool before it is closed
+    /// (connections beyond `pool_size` are closed as soon as they are
+    /// returned with nobody waiting). Default 10 min.
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
+    /// Age after which a connection is replaced; `None` for never. Default
+    /// 30 min (SQLAlchemy's `pool_recycle` in the seeds), well under typical
+    /// server and firewall idle limits.
+    pub fn max_lifetime(mut self, t: Option<Duration>) -> Self {
+        self.max_lifetime = t;
+        self
+    }
+
+    /// A connection idle for longer than this is checked with a cheap ping
+    /// before it is handed out; fresher ones are handed out without a round
+    /// trip (as HikariCP does). Default 30 s.
+    pub fn validate_after_idle(mut self, t: Duration) -> Self {
+        self.validate_after_idle = t;
+        self
+    }
+
+    /// A connection held out of the pool for longer than this is reported
+    /// once as a suspected leak (a `tracing` warning naming where it was
+    /// checked out, and a count in [`PoolStatus`](crate::PoolStatus)); `None`
+    /// turns the report off. Default 5 min: longer than any statement under
+    /// the default 30 s timeout, short enough to be noticed in a batch job.
+    pub fn leak_threshold(mut self, t: Option<Duration>) -> Self {
+        self.leak_threshold = t;
+        self
+    }
+
+    /// Statements slower than this are logged once at `warn` (normalised
+    /// SQL, never parameter values) and counted in `db_slow_query_count`;
+    /// `None` turns that off. Default 2 s: well above an OLTP statement,
+    /// well under the 30 s query timeout.
+    pub fn slow_query_threshold(mut self, t: Option<Duration>) -> Self {
+        self.slow_query_threshold = t;
+        self
+    }
+
+    /// The time limit of a whole health check (waiting for a connection and
+    /// `SELECT 1`); past it the database is reported `unhealthy`. Default 5 s:
+    /// a health check must answer well inside a typical probe's timeout.
+    pub fn health_timeout(mut self, t: Duration) -> Self {
+        self.health_timeout = t;
+        self
+    }
+
+    /// A health check that answers but takes longer than this reports
+    /// `degraded`. Default 1 s.
+    pub fn degraded_after(mut self, t: Duration) -> Self {
+        self.degraded_after = t;
+        self
+    }
+
+    /// Record Prometheus metrics for this database. Default `true` (the
+    /// cost is a few atomic operations per statement).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    /// Refuse writes and migrations. Default `false`.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
+    /// The folder migrations are read from (`{PREFIX}{NAME}_MIGRATIONS_DIR`).
+    /// Default `migrations/{database name}`, relative to the working
+    /// directory, as in seed 002.
+    pub fn migrations_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.migrations_dir = Some(dir.into());
+        self
+    }
+
+    /// The migration history table (`{PREFIX}{NAME}_MIGRATIONS_TABLE`):
+    /// a plain identifier, optionally `schema.table`. Default
+    /// `schema_version`, the table of seed 002 (and Flyway's old default).
+    pub fn history_table(mut self, table: impl Into<String>) -> Self {
+        self.history_table = table.into();
+        self
+    }
+
+    /// Run migrations when [`DatabaseManager::new`](crate::DatabaseManager::new)
+    /// creates the manager (`{PREFIX}{NAME}_AUTO_MIGRATE`). Default `false`:
+    /// a schema change should be a decision, not a side effect of starting.
+    pub fn auto_migrate(mut self, on: bool) -> Self {
+        self.auto_migrate = on;
+        self
+    }
+
+    /// How transient failures are retried (see [`RetryPolicy`]; per call,
+    /// [`DatabaseManager::with_retry`](crate::DatabaseManager::with_retry)).
+    /// Default [`RetryPolicy::default`]: 3 attempts, 100 ms base delay, 10 s
+    /// cap, 30 s budget, reads and whole transactions only (seed 003's
+    /// `retry_with_backoff`). Variables `RETRY_ATTEMPTS`, `RETRY_BASE_DELAY`,
+    /// `RETRY_MAX_DELAY`, `RETRY_BUDGET` (seconds), `RETRY_WRITES`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Connection-level failures (failing to open a connection, connect and
+    /// pool timeouts, statements whose connection had to be cut because the
+    /// server stopped answering) within
+    /// [`circuit_window`](Self::circuit_window) that open the circuit
+    /// breaker, after which calls fail at once with
+    /// [`CircuitOpen`](crate::ErrorKind::CircuitOpen) instead of each waiting
+    /// for its own timeout; 0 turns the breaker off. SQL errors never count.
+    /// Default 5 (seed 003's `failure_threshold`).
+    pub fn circuit_failures(mut self, n: u32) -> Self {
+        self.breaker.failures = n;
+        self
+    }
+
+    /// The window in which [`circuit_failures`](Self::circuit_failures) are
+    /// counted (a call that reaches the server resets the count). Default
+    /// 60 s (seed 003's `window_size`).
+    pub fn circuit_window(mut self, t: Duration) -> Self {
+        self.breaker.window = t;
+        self
+    }
+
+    /// How long an open breaker fails calls before it lets one call probe
+    /// the database with the health-check query (`SELECT 1`): an answer
+    /// closes it, a failure opens it for this long again. Default 30 s (seed
+    /// 003's `recovery_timeout`): long enough for a restart, short enough
+    /// that a batch job resumes soon after.
+    pub fn circuit_recovery(mut self, t: Duration) -> Self {
+        self.breaker.recovery = t;
+        self
+    }
+
+    /// The PostgreSQL server is reached through pgbouncer in transaction
+    /// pooling mode: statements are sent unnamed (no named prepared
+    /// statements, which another client's server connection would not know),
+    /// statement limits are set with `SET LOCAL` inside transactions only
+    /// (a session `SET` would leak to other clients), and a timed-out
+    /// statement is cancelled with `pg_cancel_backend` over a second
+    /// connection (pgbouncer 1.18 loses a plain cancel request). Also set by
+    /// `pgbouncer=true` in the connection string's query. Default `false`:
+    /// only the user knows a pooler sits in between.
+    pub fn pgbouncer(mut self, on: bool) -> Self {
+        self.pgbouncer = on;
+        self
+    }
+
+    /// Validates and builds the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the URL is missing
+    /// or malformed, disagrees with the kind, or a size or timeout is out of
+    /// range.
+    pub fn build(self) -> Result<DatabaseConfig> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err(Error::config(EMPTY_NAME));
+        }
+        let url_label = self
+            .url_source
+            .clone()
+            .unwrap_or_else(|| "the connection string".to_owned());
+        let url = self.url.ok_or_else(|| {
+            Error::config(format!(
+                "no connection string for database `{name}`: call .url(…) on the builder"
+            ))
+        })?;
+        let inferred = kind_of_url(&url).map_err(|why| {
+            Error::config(format!(
+                "{url_label} cannot be used: {why}; expected a URL such as \
+                     postgresql://user:password@host:5432/database, \
+                     mysql://user:password@host:3306/database or sqlite:path/to/file.db"
+            ))
+        })?;
+        if let Some(k) = self.kind {
+            if k != inferred {
+                let kind_label = self.kind_source.as_deref().unwrap_or("the configured type");
+                return Err(Error::config(format!(
+                    "{kind_label} says {k} but {url_label} is a {inferred} URL; make them agree"
+                )));
+            }
+        }
+        let pool_size = self.pool_size.unwrap_or_else(default_pool_size);
+        if pool_size == 0 {
+            return Err(Error::config(format!(
+                "pool size for `{name}` is 0; it must be at least 1"
+            )));
+        }
+        if pool_size.saturating_add(self.max_overflow) > 10_000 {
+            return Err(Error::config(format!(
+                "pool size + max overflow for `{name}` exceeds 10000"
+            )));
+        }
+        if self.acquire_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config(format!(
+                "the acquisition and connect timeouts of `{name}` must be above zero"
+            )));
+        }
+        if self.breaker.failures > 0
+            && (self.breaker.window.is_zero() || self.breaker.recovery.is_zero())
+        {
+            return Err(Error::config(format!(
+                "the circuit-breaker window and recovery time of `{name}` must be above zero \
+                 (or set the failure count to 0 to turn the breaker off)"
+            )));
+        }
+        if self.health_timeout.is_zero() {
+            return Err(Error::config(format!(
+                "the health-check timeout of `{name}` must be above zero"
+            )));
+        }
+        if !crate::sql::is_plain_identifier(&self.history_table) {
+            let label = self
+                .table_source
+                .clone()
+                .unwrap_or_else(|| "the migration history table".to_owned());
+            return Err(Error::config(format!(
+                "{label} = `{}` is not a plain table name; use letters, digits and `_` \
+                 (starting with a letter or `_`), optionally `schema.table`, at most 63 characters",
+                self.history_table
+            )));
+        }
+        let migrations_dir = self
+            .migrations_dir
+            .unwrap_or_else(|| Path::new("migrations").join(name));
+        let pgbouncer = self.pgbouncer || url_asks_pgbouncer(&url);
+        Ok(DatabaseConfig {
+            name: Arc::from(name),
+            kind: inferred,
+            url,
+            pool_size,
+            max_overflow: self.max_overflow,
+            query_timeout: self.query_timeout.filter(|t| !t.is_zero()),
+            acquire_timeout: self.acquire_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            max_lifetime: self.max_lifetime,
+            validate_after_idle: self.validate_after_idle,
+            leak_threshold: self.leak_threshold.filter(|t| !t.is_zero()),
+            slow_query_threshold: self.slow_query_threshold.filter(|t| !t.is_zero()),
+            health_timeout: self.health_timeout,
+            degraded_after: self.degraded_after,
+            metrics: self.metrics,
+            read_only: self.read_only,
+            migrations_dir,
+            history_table: self.history_table,
+            auto_migrate: self.auto_migrate,
+            retry: self.retry,
+            breaker: self.breaker,
+            pgbouncer,
+            var_stem: self.var_stem,
+        })
+    }
+}
