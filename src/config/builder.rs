@@ -15,15 +15,22 @@ use crate::status::BackendKind;
 pub(super) const EMPTY_NAME: &str =
     "the database name is empty; give the logical name of the database (e.g. \"rpa_db\")";
 
+/// The variable a setting was read from, for `build()`'s messages.
+#[derive(Clone)]
+pub(super) struct Origin {
+    /// The builder method the value went to (`DatabaseConfigBuilder::pool_size`).
+    setter: &'static str,
+    /// The variable (`DEVELOPMENT_GLOBAL_RPA_DB_POOL_SIZE`).
+    var: String,
+}
+
 /// Builds a [`DatabaseConfig`] in code. Every setting has a default; only the
 /// connection string is required.
 #[derive(Clone)]
 pub struct DatabaseConfigBuilder {
     name: String,
     url: Option<String>,
-    pub(super) url_source: Option<String>,
     kind: Option<BackendKind>,
-    pub(super) kind_source: Option<String>,
     pool_size: Option<u32>,
     max_overflow: u32,
     query_timeout: Option<Duration>,
@@ -40,12 +47,16 @@ pub struct DatabaseConfigBuilder {
     read_only: bool,
     migrations_dir: Option<PathBuf>,
     history_table: String,
-    pub(super) table_source: Option<String>,
     auto_migrate: bool,
-    pub(super) retry: RetryPolicy,
+    retry: RetryPolicy,
     breaker: BreakerSettings,
     pgbouncer: bool,
-    pub(super) var_stem: Option<String>,
+    /// Set when read from the environment: the variables' common stem
+    /// (`DEVELOPMENT_GLOBAL_RPA_DB_`), where they were looked up, and which
+    /// variable set which setting; `build()` names them in its messages.
+    var_stem: Option<String>,
+    looked_in: Option<String>,
+    origins: Vec<Origin>,
 }
 
 impl fmt::Debug for DatabaseConfigBuilder {
@@ -63,9 +74,7 @@ impl DatabaseConfigBuilder {
         DatabaseConfigBuilder {
             name,
             url: None,
-            url_source: None,
             kind: None,
-            kind_source: None,
             pool_size: None,
             max_overflow: 10,
             query_timeout: Some(Duration::from_secs(30)),
@@ -82,7 +91,6 @@ impl DatabaseConfigBuilder {
             read_only: false,
             migrations_dir: None,
             history_table: "schema_version".to_owned(),
-            table_source: None,
             auto_migrate: false,
             retry: RetryPolicy::default(),
             breaker: BreakerSettings {
@@ -92,7 +100,33 @@ impl DatabaseConfigBuilder {
             },
             pgbouncer: false,
             var_stem: None,
+            looked_in: None,
+            origins: Vec::new(),
         }
+    }
+
+    /// Marks the settings as read from the environment: variables named
+    /// `{stem}…`, looked up in `looked_in`.
+    pub(super) fn read_from(mut self, stem: String, looked_in: &str) -> Self {
+        self.var_stem = Some(stem);
+        self.looked_in = Some(looked_in.to_owned());
+        self
+    }
+
+    /// Records that `var` set what `setter` sets.
+    pub(super) fn note_origin(&mut self, setter: &'static str, var: String) {
+        self.origins.push(Origin { setter, var });
+    }
+
+    /// Changes the retry policy.
+    pub(super) fn map_retry(mut self, change: impl FnOnce(RetryPolicy) -> RetryPolicy) -> Self {
+        self.retry = change(self.retry);
+        self
+    }
+
+    /// The variable that set what `setter` sets, if one did.
+    fn origin(&self, setter: &str) -> Option<&Origin> {
+        self.origins.iter().rev().find(|o| o.setter == setter)
     }
 
     /// The connection string (required). See the README for the accepted forms.
@@ -301,16 +335,16 @@ impl DatabaseConfigBuilder {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the URL is missing
     /// or malformed, disagrees with the kind, or a size or timeout is out of
     /// range.
-    pub fn build(self) -> Result<DatabaseConfig> {
+    pub fn build(mut self) -> Result<DatabaseConfig> {
         let name = self.name.trim();
         if name.is_empty() {
             return Err(Error::config(EMPTY_NAME));
         }
         let url_label = self
-            .url_source
-            .clone()
-            .unwrap_or_else(|| "the connection string".to_owned());
-        let url = self.url.ok_or_else(|| {
+            .origin("DatabaseConfigBuilder::url")
+            .map_or("the connection string", |o| &o.var)
+            .to_owned();
+        let url = self.url.take().ok_or_else(|| {
             Error::config(format!(
                 "no connection string for database `{name}`: call .url(…) on the builder"
             ))
@@ -324,7 +358,9 @@ impl DatabaseConfigBuilder {
         })?;
         if let Some(k) = self.kind {
             if k != inferred {
-                let kind_label = self.kind_source.as_deref().unwrap_or("the configured type");
+                let kind_label = self
+                    .origin("DatabaseConfigBuilder::kind")
+                    .map_or("the configured type", |o| &o.var);
                 return Err(Error::config(format!(
                     "{kind_label} says {k} but {url_label} is a {inferred} URL; make them agree"
                 )));
@@ -361,9 +397,8 @@ impl DatabaseConfigBuilder {
         }
         if !crate::sql::is_plain_identifier(&self.history_table) {
             let label = self
-                .table_source
-                .clone()
-                .unwrap_or_else(|| "the migration history table".to_owned());
+                .origin("DatabaseConfigBuilder::history_table")
+                .map_or("the migration history table", |o| &o.var);
             return Err(Error::config(format!(
                 "{label} = `{}` is not a plain table name; use letters, digits and `_` \
                  (starting with a letter or `_`), optionally `schema.table`, at most 63 characters",

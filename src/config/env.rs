@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::builder::EMPTY_NAME;
-use super::DatabaseConfig;
+use super::{DatabaseConfig, DatabaseConfigBuilder};
 use crate::error::{Error, Result};
 use crate::status::BackendKind;
 
@@ -46,39 +46,6 @@ pub fn default_pool_size() -> u32 {
 /// Where [`DatabaseConfig::from_env`] looks for `.env` files when
 /// `DBMANAGER_ENV_DIR` is not set.
 pub const DEFAULT_ENV_DIR: &str = "envs";
-
-/// Suffixes of the per-database variables, after `{PREFIX}{NAME}_`.
-pub(super) mod var {
-    pub(crate) const URL: &str = "CONNECTION_STRING";
-    pub(crate) const TYPE: &str = "TYPE";
-    pub(crate) const POOL_SIZE: &str = "POOL_SIZE";
-    pub(crate) const MAX_OVERFLOW: &str = "MAX_OVERFLOW";
-    pub(crate) const TIMEOUT: &str = "TIMEOUT";
-    pub(crate) const POOL_TIMEOUT: &str = "POOL_TIMEOUT";
-    pub(crate) const CONNECT_TIMEOUT: &str = "CONNECT_TIMEOUT";
-    pub(crate) const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
-    pub(crate) const MAX_LIFETIME: &str = "MAX_LIFETIME";
-    pub(crate) const READ_ONLY: &str = "READ_ONLY";
-    pub(crate) const LEAK_THRESHOLD: &str = "LEAK_THRESHOLD";
-    pub(crate) const SLOW_QUERY_THRESHOLD: &str = "SLOW_QUERY_THRESHOLD";
-    pub(crate) const HEALTH_TIMEOUT: &str = "HEALTH_TIMEOUT";
-    pub(crate) const DEGRADED_THRESHOLD: &str = "DEGRADED_THRESHOLD";
-    pub(crate) const METRICS: &str = "METRICS";
-    pub(crate) const MIGRATIONS_DIR: &str = "MIGRATIONS_DIR";
-    pub(crate) const MIGRATIONS_TABLE: &str = "MIGRATIONS_TABLE";
-    pub(crate) const AUTO_MIGRATE: &str = "AUTO_MIGRATE";
-    pub(crate) const RETRY_ATTEMPTS: &str = "RETRY_ATTEMPTS";
-    pub(crate) const RETRY_BASE_DELAY: &str = "RETRY_BASE_DELAY";
-    pub(crate) const RETRY_MAX_DELAY: &str = "RETRY_MAX_DELAY";
-    pub(crate) const RETRY_BUDGET: &str = "RETRY_BUDGET";
-    pub(crate) const RETRY_WRITES: &str = "RETRY_WRITES";
-    pub(crate) const CIRCUIT_FAILURES: &str = "CIRCUIT_FAILURES";
-    pub(crate) const CIRCUIT_WINDOW: &str = "CIRCUIT_WINDOW";
-    pub(crate) const CIRCUIT_RECOVERY: &str = "CIRCUIT_RECOVERY";
-    pub(crate) const PGBOUNCER: &str = "PGBOUNCER";
-    pub(crate) const GLOBAL_TIMEOUT: &str = "DATABASE_TIMEOUT";
-    pub(crate) const GLOBAL_POOL_SIZE: &str = "CONNECTION_POOL_SIZE";
-}
 
 impl DatabaseConfig {
     /// Reads the configuration of `name` from the process environment and the
@@ -196,6 +163,149 @@ fn kind_from_type_name(s: &str) -> Option<BackendKind> {
     }
 }
 
+/// The suffix of the connection string's variable, `{PREFIX}{NAME}_CONNECTION_STRING`.
+const URL: &str = "CONNECTION_STRING";
+
+/// The suffix of the query timeout's variable, also named in timeout errors.
+pub(super) const TIMEOUT: &str = "TIMEOUT";
+
+type B = DatabaseConfigBuilder;
+
+/// One setting read from the environment: the variable, how its text is
+/// parsed, and the builder method that takes the value.
+struct Setting {
+    /// The variable is `{PREFIX}{NAME}_{suffix}`.
+    suffix: &'static str,
+    /// When the database's own variable is unset, `{PREFIX}{global}` is read
+    /// (a default for every database of the environment).
+    global: Option<&'static str>,
+    /// The builder method the value goes to. When
+    /// [`build`](DatabaseConfigBuilder::build) refuses the value, it looks
+    /// this up to name the variable rather than the method.
+    setter: &'static str,
+    /// How the text is parsed, and the setter that takes the value.
+    parse: Parse,
+}
+
+/// How a variable's text is parsed, each with the setter taking the value.
+/// Surrounding blanks are ignored; an empty variable counts as unset.
+#[derive(Clone, Copy)]
+enum Parse {
+    /// A backend name: `postgresql`, `mysql`, `sqlite` or `sqlserver` (see
+    /// [`kind_from_type_name`]).
+    Kind(fn(B, BackendKind) -> B),
+    /// A whole number: `5`.
+    Count(fn(B, u32) -> B),
+    /// A whole number of at least 1; the text says what is wrong with 0.
+    CountFromOne(&'static str, fn(B, u32) -> B),
+    /// Seconds, fractions allowed: `30`, `0.5`.
+    Secs(fn(B, Duration) -> B),
+    /// Seconds above zero.
+    PositiveSecs(fn(B, Duration) -> B),
+    /// Seconds, `0` turning the setting off (`None`).
+    SecsOrOff(fn(B, Option<Duration>) -> B),
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    Flag(fn(B, bool) -> B),
+    /// Text, such as a path or a table name.
+    Text(fn(B, &str) -> B),
+}
+
+const fn setting(suffix: &'static str, setter: &'static str, parse: Parse) -> Setting {
+    Setting {
+        suffix,
+        global: None,
+        setter,
+        parse,
+    }
+}
+
+impl Setting {
+    const fn or_global(mut self, global: &'static str) -> Setting {
+        self.global = Some(global);
+        self
+    }
+}
+
+use Parse::*;
+
+const ATTEMPTS_FROM_ONE: &str = "it counts the first attempt too, so use 1 for no retry";
+
+/// Every setting read by [`DatabaseConfig::from_env`] besides the connection
+/// string, in the order they are read (the first malformed one is reported).
+/// A new setting is one row here, its builder method, and its line in the
+/// README's table of variables.
+#[rustfmt::skip]
+const SETTINGS: &[Setting] = &[
+    //      {PREFIX}{NAME}_…        builder method, named in build()'s errors     parsed as, and set by
+    setting("TYPE",                 "DatabaseConfigBuilder::kind",                 Kind(B::kind)),
+    setting("POOL_SIZE",            "DatabaseConfigBuilder::pool_size",            CountFromOne("it must be at least 1", B::pool_size)).or_global("CONNECTION_POOL_SIZE"),
+    setting("MAX_OVERFLOW",         "DatabaseConfigBuilder::max_overflow",         Count(B::max_overflow)),
+    setting(TIMEOUT,                "DatabaseConfigBuilder::query_timeout",        SecsOrOff(B::query_timeout)).or_global("DATABASE_TIMEOUT"),
+    setting("POOL_TIMEOUT",         "DatabaseConfigBuilder::acquire_timeout",      PositiveSecs(B::acquire_timeout)),
+    setting("CONNECT_TIMEOUT",      "DatabaseConfigBuilder::connect_timeout",      PositiveSecs(B::connect_timeout)),
+    setting("IDLE_TIMEOUT",         "DatabaseConfigBuilder::idle_timeout",         Secs(B::idle_timeout)),
+    setting("MAX_LIFETIME",         "DatabaseConfigBuilder::max_lifetime",         SecsOrOff(B::max_lifetime)),
+    setting("LEAK_THRESHOLD",       "DatabaseConfigBuilder::leak_threshold",       SecsOrOff(B::leak_threshold)),
+    setting("SLOW_QUERY_THRESHOLD", "DatabaseConfigBuilder::slow_query_threshold", SecsOrOff(B::slow_query_threshold)),
+    setting("HEALTH_TIMEOUT",       "DatabaseConfigBuilder::health_timeout",       Secs(B::health_timeout)),
+    setting("DEGRADED_THRESHOLD",   "DatabaseConfigBuilder::degraded_after",       Secs(B::degraded_after)),
+    setting("METRICS",              "DatabaseConfigBuilder::metrics",              Flag(B::metrics)),
+    setting("READ_ONLY",            "DatabaseConfigBuilder::read_only",            Flag(B::read_only)),
+    setting("MIGRATIONS_DIR",       "DatabaseConfigBuilder::migrations_dir",       Text(|b, dir| b.migrations_dir(dir))),
+    setting("MIGRATIONS_TABLE",     "DatabaseConfigBuilder::history_table",        Text(|b, table| b.history_table(table))),
+    setting("AUTO_MIGRATE",         "DatabaseConfigBuilder::auto_migrate",         Flag(B::auto_migrate)),
+    setting("RETRY_ATTEMPTS",       "RetryPolicy::attempts",                       CountFromOne(ATTEMPTS_FROM_ONE, |b, n| b.map_retry(|r| r.attempts(n)))),
+    setting("RETRY_BASE_DELAY",     "RetryPolicy::base_delay",                     Secs(|b, t| b.map_retry(|r| r.base_delay(t)))),
+    setting("RETRY_MAX_DELAY",      "RetryPolicy::max_delay",                      Secs(|b, t| b.map_retry(|r| r.max_delay(t)))),
+    setting("RETRY_BUDGET",         "RetryPolicy::budget",                         Secs(|b, t| b.map_retry(|r| r.budget(t)))),
+    setting("RETRY_WRITES",         "RetryPolicy::retry_writes",                   Flag(|b, on| b.map_retry(|r| r.retry_writes(on)))),
+    setting("CIRCUIT_FAILURES",     "DatabaseConfigBuilder::circuit_failures",     Count(B::circuit_failures)),
+    setting("CIRCUIT_WINDOW",       "DatabaseConfigBuilder::circuit_window",       PositiveSecs(B::circuit_window)),
+    setting("CIRCUIT_RECOVERY",     "DatabaseConfigBuilder::circuit_recovery",     PositiveSecs(B::circuit_recovery)),
+    setting("PGBOUNCER",            "DatabaseConfigBuilder::pgbouncer",            Flag(B::pgbouncer)),
+];
+
+impl Parse {
+    /// Parses `text` (the value of `var`) and hands it to the setter.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the text, naming `var`.
+    fn apply(self, b: B, var: &str, text: &str) -> std::result::Result<B, String> {
+        let v = text.trim();
+        Ok(match self {
+            Kind(set) => set(
+                b,
+                kind_from_type_name(v).ok_or_else(|| {
+                    format!("{var} = `{v}` is not a known type; use postgresql, mysql, sqlite or sqlserver")
+                })?,
+            ),
+            Count(set) => set(b, parse_u32(var, v)?),
+            CountFromOne(why_not_zero, set) => match parse_u32(var, v)? {
+                0 => return Err(format!("{var} = 0; {why_not_zero}")),
+                n => set(b, n),
+            },
+            Secs(set) => set(b, parse_secs(var, v)?),
+            PositiveSecs(set) => match parse_secs(var, v)? {
+                t if t.is_zero() => {
+                    return Err(format!(
+                        "{var} = `{v}` must be above zero (seconds, e.g. 30 or 0.5)"
+                    ))
+                }
+                t => set(b, t),
+            },
+            SecsOrOff(set) => {
+                let t = parse_secs(var, v)?;
+                set(b, (!t.is_zero()).then_some(t))
+            }
+            Flag(set) => set(b, parse_bool(var, v)?),
+            Text(set) => set(b, v),
+        })
+    }
+}
+
+/// Reads the configuration of `name` through `lookup`; `looked_in` says
+/// where `lookup` looks, for messages.
 fn from_sources(
     name: &str,
     lookup: impl Fn(&str) -> Option<String>,
@@ -207,173 +317,55 @@ fn from_sources(
     let environment = lookup("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
     let prefix = env_prefix(&environment);
     let stem = format!("{prefix}{}_", env_stem(name));
-    let var = |suffix: &str| format!("{stem}{suffix}");
-    let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+    let get = |key: String| {
+        lookup(&key)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (key, v))
+    };
 
-    let url_var = var(var::URL);
-    let url = get(&url_var).ok_or_else(|| {
+    let (url_var, url) = get(format!("{stem}{URL}")).ok_or_else(|| {
         Error::config(format!(
-            "database `{name}` is not configured: set {url_var} (looked in {looked_in})"
+            "database `{name}` is not configured: set {stem}{URL} (looked in {looked_in})"
         ))
     })?;
-
-    let mut b = DatabaseConfig::builder(name).url(url);
-    b.url_source = Some(url_var);
-    b.var_stem = Some(stem.clone());
-    if let Some(t) = get(&var(var::TYPE)) {
-        let kind = kind_from_type_name(&t).ok_or_else(|| {
-            Error::config(format!(
-                "{} = `{t}` is not a known type; use postgresql, mysql, sqlite or sqlserver",
-                var(var::TYPE)
-            ))
-        })?;
-        b = b.kind(kind);
-        b.kind_source = Some(var(var::TYPE));
-    }
-    let global_size = format!("{prefix}{}", var::GLOBAL_POOL_SIZE);
-    if let Some((key, v)) = first(&get, &[var(var::POOL_SIZE), global_size]) {
-        let n = parse_u32(&key, &v)?;
-        if n == 0 {
-            return Err(Error::config(format!("{key} = 0; it must be at least 1")));
+    let mut b = DatabaseConfig::builder(name)
+        .url(url)
+        .read_from(stem.clone(), looked_in);
+    b.note_origin("DatabaseConfigBuilder::url", url_var);
+    for s in SETTINGS {
+        let found = get(format!("{stem}{}", s.suffix))
+            .or_else(|| s.global.and_then(|g| get(format!("{prefix}{g}"))));
+        if let Some((var, text)) = found {
+            b = s
+                .parse
+                .apply(b, &var, &text)
+                .map_err(|why| Error::config(format!("{why} (read from {looked_in})")))?;
+            b.note_origin(s.setter, var);
         }
-        b = b.pool_size(n);
-    }
-    if let Some(v) = get(&var(var::MAX_OVERFLOW)) {
-        b = b.max_overflow(parse_u32(&var(var::MAX_OVERFLOW), &v)?);
-    }
-    let global_timeout = format!("{prefix}{}", var::GLOBAL_TIMEOUT);
-    if let Some((key, v)) = first(&get, &[var(var::TIMEOUT), global_timeout]) {
-        let secs = parse_secs(&key, &v)?;
-        b = b.query_timeout((!secs.is_zero()).then_some(secs));
-    }
-    if let Some(v) = get(&var(var::POOL_TIMEOUT)) {
-        b = b.acquire_timeout(parse_positive_secs(&var(var::POOL_TIMEOUT), &v)?);
-    }
-    if let Some(v) = get(&var(var::CONNECT_TIMEOUT)) {
-        b = b.connect_timeout(parse_positive_secs(&var(var::CONNECT_TIMEOUT), &v)?);
-    }
-    if let Some(v) = get(&var(var::IDLE_TIMEOUT)) {
-        b = b.idle_timeout(parse_secs(&var(var::IDLE_TIMEOUT), &v)?);
-    }
-    if let Some(v) = get(&var(var::MAX_LIFETIME)) {
-        let secs = parse_secs(&var(var::MAX_LIFETIME), &v)?;
-        b = b.max_lifetime((!secs.is_zero()).then_some(secs));
-    }
-    if let Some(v) = get(&var(var::LEAK_THRESHOLD)) {
-        let secs = parse_secs(&var(var::LEAK_THRESHOLD), &v)?;
-        b = b.leak_threshold((!secs.is_zero()).then_some(secs));
-    }
-    if let Some(v) = get(&var(var::SLOW_QUERY_THRESHOLD)) {
-        let secs = parse_secs(&var(var::SLOW_QUERY_THRESHOLD), &v)?;
-        b = b.slow_query_threshold((!secs.is_zero()).then_some(secs));
-    }
-    if let Some(v) = get(&var(var::HEALTH_TIMEOUT)) {
-        b = b.health_timeout(parse_secs(&var(var::HEALTH_TIMEOUT), &v)?);
-    }
-    if let Some(v) = get(&var(var::DEGRADED_THRESHOLD)) {
-        b = b.degraded_after(parse_secs(&var(var::DEGRADED_THRESHOLD), &v)?);
-    }
-    if let Some(v) = get(&var(var::METRICS)) {
-        b = b.metrics(parse_bool(&var(var::METRICS), &v)?);
-    }
-    if let Some(v) = get(&var(var::READ_ONLY)) {
-        b = b.read_only(parse_bool(&var(var::READ_ONLY), &v)?);
-    }
-    if let Some(v) = get(&var(var::MIGRATIONS_DIR)) {
-        b = b.migrations_dir(v.trim());
-    }
-    if let Some(v) = get(&var(var::MIGRATIONS_TABLE)) {
-        b = b.history_table(v.trim());
-        b.table_source = Some(var(var::MIGRATIONS_TABLE));
-    }
-    if let Some(v) = get(&var(var::AUTO_MIGRATE)) {
-        b = b.auto_migrate(parse_bool(&var(var::AUTO_MIGRATE), &v)?);
-    }
-    let mut retry = b.retry;
-    if let Some(v) = get(&var(var::RETRY_ATTEMPTS)) {
-        let n = parse_u32(&var(var::RETRY_ATTEMPTS), &v)?;
-        if n == 0 {
-            return Err(Error::config(format!(
-                "{} = 0; it counts the first attempt too, so use 1 for no retry",
-                var(var::RETRY_ATTEMPTS)
-            )));
-        }
-        retry = retry.attempts(n);
-    }
-    if let Some(v) = get(&var(var::RETRY_BASE_DELAY)) {
-        retry = retry.base_delay(parse_secs(&var(var::RETRY_BASE_DELAY), &v)?);
-    }
-    if let Some(v) = get(&var(var::RETRY_MAX_DELAY)) {
-        retry = retry.max_delay(parse_secs(&var(var::RETRY_MAX_DELAY), &v)?);
-    }
-    if let Some(v) = get(&var(var::RETRY_BUDGET)) {
-        retry = retry.budget(parse_secs(&var(var::RETRY_BUDGET), &v)?);
-    }
-    if let Some(v) = get(&var(var::RETRY_WRITES)) {
-        retry = retry.retry_writes(parse_bool(&var(var::RETRY_WRITES), &v)?);
-    }
-    b = b.retry(retry);
-    if let Some(v) = get(&var(var::CIRCUIT_FAILURES)) {
-        b = b.circuit_failures(parse_u32(&var(var::CIRCUIT_FAILURES), &v)?);
-    }
-    if let Some(v) = get(&var(var::CIRCUIT_WINDOW)) {
-        b = b.circuit_window(parse_positive_secs(&var(var::CIRCUIT_WINDOW), &v)?);
-    }
-    if let Some(v) = get(&var(var::CIRCUIT_RECOVERY)) {
-        b = b.circuit_recovery(parse_positive_secs(&var(var::CIRCUIT_RECOVERY), &v)?);
-    }
-    if let Some(v) = get(&var(var::PGBOUNCER)) {
-        b = b.pgbouncer(parse_bool(&var(var::PGBOUNCER), &v)?);
     }
     b.build()
 }
 
-/// Like [`parse_secs`], for settings where zero makes no sense.
-fn parse_positive_secs(key: &str, v: &str) -> Result<Duration> {
-    let secs = parse_secs(key, v)?;
-    if secs.is_zero() {
-        return Err(Error::config(format!(
-            "{key} = `{}` must be above zero (seconds, e.g. 30 or 0.5)",
-            v.trim()
-        )));
-    }
-    Ok(secs)
+fn parse_u32(var: &str, v: &str) -> std::result::Result<u32, String> {
+    v.parse()
+        .map_err(|_| format!("{var} = `{v}` is not a whole number; use one such as 5"))
 }
 
-fn first(get: &impl Fn(&str) -> Option<String>, keys: &[String]) -> Option<(String, String)> {
-    keys.iter().find_map(|k| get(k).map(|v| (k.clone(), v)))
-}
-
-fn parse_u32(key: &str, v: &str) -> Result<u32> {
-    v.trim().parse().map_err(|_| {
-        Error::config(format!(
-            "{key} = `{}` is not a whole number; use one such as 5",
-            v.trim()
-        ))
-    })
-}
-
-fn parse_secs(key: &str, v: &str) -> Result<Duration> {
-    v.trim()
-        .parse::<f64>()
+fn parse_secs(var: &str, v: &str) -> std::result::Result<Duration, String> {
+    v.parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            Error::config(format!(
-                "{key} = `{}` is not a number of seconds (e.g. 30 or 0.5)",
-                v.trim()
-            ))
-        })
+        .ok_or_else(|| format!("{var} = `{v}` is not a number of seconds (e.g. 30 or 0.5)"))
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
+fn parse_bool(var: &str, v: &str) -> std::result::Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(Error::config(format!(
-            "{key} = `{other}` is not a boolean; use true or false"
-        ))),
+        other => Err(format!(
+            "{var} = `{other}` is not a boolean; use true or false"
+        )),
     }
 }
 
@@ -550,6 +542,67 @@ mod tests {
         assert_eq!(cfg.pool_size(), default_pool_size());
         Ok(())
     }
+    #[test]
+    fn reads_the_observability_and_migration_variables() -> Result<()> {
+        let cfg = DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_LEAK_THRESHOLD", "0"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_SLOW_QUERY_THRESHOLD", "0.25"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_HEALTH_TIMEOUT", "3"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_DEGRADED_THRESHOLD", "0.5"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_METRICS", "off"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_MIGRATIONS_DIR", " db/rpa "),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_MIGRATIONS_TABLE", "ops.history"),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_AUTO_MIGRATE", "1"),
+            ]),
+        )?;
+        assert_eq!(cfg.leak_threshold(), None);
+        assert_eq!(cfg.slow_query_threshold(), Some(Duration::from_millis(250)));
+        assert_eq!(cfg.health_timeout(), Duration::from_secs(3));
+        assert_eq!(cfg.degraded_after(), Duration::from_millis(500));
+        assert!(!cfg.metrics());
+        assert_eq!(cfg.migrations_dir(), Path::new("db/rpa"));
+        assert_eq!(cfg.history_table(), "ops.history");
+        assert!(cfg.auto_migrate());
+        Ok(())
+    }
+
+    #[test]
+    fn every_setting_names_its_variable_and_where_it_was_read() {
+        let mut suffixes = std::collections::HashSet::new();
+        for s in SETTINGS {
+            assert!(
+                suffixes.insert(s.suffix),
+                "{} is in the table twice",
+                s.suffix
+            );
+            let bad = match s.parse {
+                Kind(_) => "oracle",
+                Count(_) | CountFromOne(..) => "many",
+                Secs(_) | PositiveSecs(_) | SecsOrOff(_) => "soon",
+                Flag(_) => "maybe",
+                Text(_) => continue,
+            };
+            let var = format!("DEVELOPMENT_GLOBAL_X_{}", s.suffix);
+            let e = DatabaseConfig::from_lookup(
+                "x",
+                lookup(&[
+                    ("DEVELOPMENT_GLOBAL_X_CONNECTION_STRING", "sqlite::memory:"),
+                    (&var, bad),
+                ]),
+            )
+            .unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&format!("{var} = `{bad}` is not")), "{text}");
+            assert!(text.contains("(read from the given lookup)"), "{text}");
+        }
+    }
+
     #[test]
     fn missing_url_names_the_variable() {
         let e = DatabaseConfig::from_lookup("SurveyHub", lookup(&[])).unwrap_err();

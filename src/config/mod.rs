@@ -233,7 +233,7 @@ impl DatabaseConfig {
     /// Where the query timeout is set, for error messages.
     pub(crate) fn timeout_variable(&self) -> String {
         match &self.var_stem {
-            Some(stem) => format!("{stem}{}", env::var::TIMEOUT),
+            Some(stem) => format!("{stem}{}", env::TIMEOUT),
             None => "the query timeout (DatabaseConfigBuilder::query_timeout)".to_owned(),
         }
     }
