@@ -19,7 +19,7 @@ pub(crate) fn kind_of_url(url: &str) -> std::result::Result<BackendKind, String>
     if lower.starts_with("sqlite:") {
         return Ok(BackendKind::Sqlite);
     }
-    if !trimmed.contains("://") && trimmed.contains('=') {
+    if url_scheme(trimmed).is_none() && trimmed.contains('=') {
         let looks_ado = lower
             .split(';')
             .filter_map(|part| part.split_once('='))
@@ -56,68 +56,279 @@ pub(crate) fn kind_of_url(url: &str) -> std::result::Result<BackendKind, String>
 
 /// The connection string with any password replaced by `***`, for logs and
 /// `Debug`.
+///
+/// A URL's password (and `password=`-like query parameters) and an ADO.NET
+/// string's `Password=`/`PWD=` value are replaced. Strings that do not parse
+/// cleanly are redacted generously rather than shown in part:
+///
+/// - a URL with an `@` past its host, as when a password holding `/`, `?`
+///   or `#` is pasted without percent-encoding it, hides everything from the
+///   user name to the last `@`;
+/// - after an ADO.NET password, everything up to the next `;` that starts a
+///   known keyword (`Server=`, `Database=`, `Encrypt=`…) is hidden, since an
+///   unquoted password may itself hold `;`, and a quoted one may not close.
 pub(crate) fn redact_url(url: &str) -> String {
     let trimmed = url.trim();
     if trimmed.to_ascii_lowercase().starts_with("sqlite:") {
         return trimmed.to_owned();
     }
-    if !trimmed.contains("://") {
-        // ADO.NET: redact the value of every password-like key.
-        return trimmed
-            .split(';')
-            .map(|part| match part.split_once('=') {
-                Some((k, _))
-                    if matches!(k.trim().to_ascii_lowercase().as_str(), "password" | "pwd") =>
-                {
-                    format!("{}=***", k)
-                }
-                Some((k, _))
-                    if k.trim()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_') =>
-                {
-                    part.to_owned()
-                }
-                // Not `key=value`: a malformed string (`mysql:user:pw@host`,
-                // a URL without `//`) may hold a password anywhere in it.
-                _ if part.trim().is_empty() => part.to_owned(),
-                _ => "***".to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(";");
+    match url_scheme(trimmed) {
+        Some(scheme) => redact_url_form(trimmed, scheme),
+        None => redact_ado(trimmed),
     }
-    match url::Url::parse(trimmed) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            let pairs: Vec<(String, String)> = u
-                .query_pairs()
-                .map(|(k, v)| {
-                    let secret = matches!(
-                        k.to_ascii_lowercase().as_str(),
-                        "password" | "pwd" | "sslpassword"
-                    );
-                    // pyodbc's `odbc_connect=` carries a whole ODBC string.
-                    let lower = v.to_ascii_lowercase();
-                    let nested = lower.contains("pwd=") || lower.contains("password=");
-                    let value = if secret {
-                        "***".into()
-                    } else if nested {
-                        redact_url(&v)
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), value)
-                })
-                .collect();
-            if !pairs.is_empty() {
-                u.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            u.to_string()
+}
+
+/// The scheme of a `scheme://…` URL, or `None` when the string is not one
+/// (an ADO.NET string may hold `://` inside a value).
+fn url_scheme(s: &str) -> Option<&str> {
+    let (scheme, _) = s.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
+}
+
+fn redact_url_form(s: &str, scheme: &str) -> String {
+    let after = &s[scheme.len() + "://".len()..];
+    let authority_end = after.find(['/', '?', '#', '\\']).unwrap_or(after.len());
+    // An `@` past the authority: most likely a password pasted with a `/`,
+    // `?` or `#` in it, which a URL parser reads as the end of the host.
+    let pasted = after[authority_end..].contains('@');
+    if !pasted {
+        if let Ok(u) = url::Url::parse(s) {
+            return redact_parsed(u);
         }
-        Err(_) => "<unparseable connection string>".into(),
     }
+    match after.rfind('@') {
+        Some(at) => {
+            let userinfo = &after[..at];
+            let user = userinfo
+                .split_once(':')
+                .map(|(user, _)| user)
+                .filter(|user| !user.contains(['@', '/', '?', '#', '\\']));
+            let rest = redact_raw_query(&after[at + 1..]);
+            match user {
+                Some(user) => format!("{scheme}://{user}:***@{rest}"),
+                None => format!("{scheme}://***@{rest}"),
+            }
+        }
+        // Unparseable and no `@`: `mysql://root:secret` (the host left out)
+        // reads as host `root`, port `secret`; show nothing of it.
+        None => format!("{scheme}://***"),
+    }
+}
+
+/// Query parameters whose value is a secret.
+fn secret_query_key(key: &str) -> bool {
+    matches!(
+        key.to_ascii_lowercase().as_str(),
+        "password" | "pwd" | "sslpassword"
+    )
+}
+
+/// A query value that is itself a connection string with a password
+/// (pyodbc's `odbc_connect=` carries a whole ODBC string).
+fn nested_secret(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    lower.contains("pwd=") || lower.contains("password=")
+}
+
+fn redact_parsed(mut u: url::Url) -> String {
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let value = if secret_query_key(&k) {
+                "***".into()
+            } else if nested_secret(&v) {
+                redact_url(&v)
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), value)
+        })
+        .collect();
+    if !pairs.is_empty() {
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// `host:port/db?query#fragment` as written, with secret query values
+/// replaced by `***`.
+fn redact_raw_query(rest: &str) -> String {
+    let Some((path, query)) = rest.split_once('?') else {
+        return rest.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let query = query
+        .split('&')
+        .map(|pair| {
+            let decoded = url::form_urlencoded::parse(pair.as_bytes()).next();
+            match (pair.split_once('='), decoded) {
+                (Some((key, _)), Some((k, v))) if secret_query_key(&k) || nested_secret(&v) => {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    match fragment {
+        Some(f) => format!("{path}?{query}#{f}"),
+        None => format!("{path}?{query}"),
+    }
+}
+
+/// Keywords of ADO.NET (SqlClient) and ODBC connection strings, lower case.
+/// After a password, text up to the next `;` followed by one of these is
+/// taken as part of the password.
+const ADO_KEYWORDS: &[&str] = &[
+    "addr",
+    "address",
+    "app",
+    "application intent",
+    "application name",
+    "applicationintent",
+    "attachdbfilename",
+    "authentication",
+    "column encryption setting",
+    "command timeout",
+    "connect retry count",
+    "connect retry interval",
+    "connect timeout",
+    "connection timeout",
+    "current language",
+    "data source",
+    "database",
+    "driver",
+    "dsn",
+    "encrypt",
+    "failover partner",
+    "host name in certificate",
+    "hostnameincertificate",
+    "initial catalog",
+    "integrated security",
+    "language",
+    "load balance timeout",
+    "mars_connection",
+    "max pool size",
+    "min pool size",
+    "multi subnet failover",
+    "multipleactiveresultsets",
+    "multisubnetfailover",
+    "network address",
+    "packet size",
+    "password",
+    "persist security info",
+    "pooling",
+    "pwd",
+    "server",
+    "server certificate",
+    "timeout",
+    "trust server certificate",
+    "trusted_connection",
+    "trustservercertificate",
+    "uid",
+    "user",
+    "user id",
+    "username",
+    "workstation id",
+    "wsid",
+];
+
+/// Keys whose value is a secret.
+fn secret_ado_key(key: &str) -> bool {
+    matches!(key.to_ascii_lowercase().as_str(), "password" | "pwd")
+}
+
+/// An ADO.NET or ODBC string with its password values replaced by `***`.
+///
+/// Values may be quoted with `"…"` or `'…'` (the quote doubled inside) or
+/// braced `{…}` (`}}` inside), and so hold `;`. A part that is not
+/// `key=value` may be a piece of a malformed string (`mysql:user:pw@host`)
+/// and is hidden too.
+fn redact_ado(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if bytes[i] == b';' || bytes[i].is_ascii_whitespace() {
+            out.push(char::from(bytes[i]));
+            i += 1;
+            continue;
+        }
+        let part_end = s[i..].find(';').map_or(s.len(), |p| i + p);
+        let key = s[i..part_end].split_once('=').map(|(k, _)| k);
+        let Some(key) = key.filter(|k| {
+            k.trim()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_')
+        }) else {
+            out.push_str("***");
+            i = part_end;
+            continue;
+        };
+        let value_start = i + key.len() + 1;
+        let quoted_end = quoted_value_end(s, value_start);
+        if secret_ado_key(key.trim()) {
+            out.push_str(&s[i..value_start]);
+            out.push_str("***");
+            i = next_keyword(s, quoted_end.unwrap_or(value_start));
+        } else {
+            let end = quoted_end.unwrap_or(part_end);
+            out.push_str(&s[i..end]);
+            i = end;
+        }
+    }
+    out
+}
+
+/// Where a quoted or braced value starting at `start` (after blanks) ends,
+/// when it closes and only blanks follow before the next `;`.
+fn quoted_value_end(s: &str, start: usize) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let open = start + (s[start..].len() - s[start..].trim_start().len());
+    let close = match bytes.get(open)? {
+        b'"' => '"',
+        b'\'' => '\'',
+        b'{' => '}',
+        _ => return None,
+    };
+    let mut from = open + 1;
+    let end = loop {
+        let at = from + s[from..].find(close)?;
+        if s[at + 1..].starts_with(close) {
+            from = at + 2; // doubled: an escaped quote or brace
+        } else {
+            break at + 1;
+        }
+    };
+    let rest = s[end..].trim_start();
+    (rest.is_empty() || rest.starts_with(';')).then_some(end)
+}
+
+/// The first `;` at or after `from` that starts a known keyword's
+/// `key=value`, or the end of `s`.
+fn next_keyword(s: &str, from: usize) -> usize {
+    let mut at = from;
+    while let Some(p) = s[at..].find(';') {
+        let semi = at + p;
+        let next = &s[semi + 1..];
+        let key = next.split(';').next().and_then(|part| part.split_once('='));
+        if key.is_some_and(|(k, _)| ADO_KEYWORDS.contains(&k.trim().to_ascii_lowercase().as_str()))
+        {
+            return semi;
+        }
+        at = semi + 1;
+    }
+    s.len()
 }
 
 /// `pgbouncer=true` (or `1`, `yes`, `on`) in a URL's query.
@@ -173,6 +384,68 @@ mod tests {
             assert!(!e.contains("secretpw"), "{e}");
         }
     }
+    #[test]
+    fn passwords_that_do_not_parse_cleanly_are_hidden_whole() {
+        for (url, shown) in [
+            // Pasted into a URL without percent-encoding.
+            (
+                r"postgresql://u:Qx7@&''#:&\#@host:1/db",
+                "postgresql://u:***@host:1/db",
+            ),
+            (
+                "postgresql://u:12/ab@host:1/db?password=x&sslmode=require",
+                "postgresql://u:***@host:1/db?password=***&sslmode=require",
+            ),
+            ("mysql://u:pw?x@host/db#top", "mysql://u:***@host/db#top"),
+            ("mysql://pw/x@host/db", "mysql://***@host/db"),
+            ("mysql://root:secret", "mysql://***"),
+            // Clean URLs are shown as the parser reads them.
+            (
+                "postgresql://app:s3cret@h:5432/d?sslmode=require",
+                "postgresql://app:***@h:5432/d?sslmode=require",
+            ),
+            // ADO.NET: quoted and braced values hold `;`.
+            (
+                "Server=h;Password=\"Ab3;xY=9\";Encrypt=true",
+                "Server=h;Password=***;Encrypt=true",
+            ),
+            (
+                "Server=h;Password='Ab3;x''Y=9' ;Encrypt=true",
+                "Server=h;Password=***;Encrypt=true",
+            ),
+            (
+                "Server=h;PWD={Ab3;x}}Y=9};Encrypt=true",
+                "Server=h;PWD=***;Encrypt=true",
+            ),
+            // Unquoted, or a quote that never closes: hidden up to the next
+            // known keyword.
+            (
+                "Server=h;Password=Ab3;xY=9;Database=d",
+                "Server=h;Password=***;Database=d",
+            ),
+            (
+                "Server=h;Password=\"Ab3;x;Encrypt=true",
+                "Server=h;Password=***;Encrypt=true",
+            ),
+            ("Server=h;Password=Ab3;xY=9", "Server=h;Password=***"),
+            (
+                "Server=h;Password=a://b@c;Database=d",
+                "Server=h;Password=***;Database=d",
+            ),
+            // Other quoted values are shown whole.
+            (
+                "Server=h;Application Name=\"a;b\";Password=p",
+                "Server=h;Application Name=\"a;b\";Password=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(
+            kind_of_url("Server=h;Password=a://b@c;Database=d"),
+            Ok(BackendKind::MsSql)
+        );
+    }
+
     #[test]
     fn redaction_hides_passwords_in_every_form() {
         for url in [
