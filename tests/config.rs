@@ -531,3 +531,163 @@ fn passwords_holding_separators_never_show() {
         assert_hidden(password, &[], before, after, &shown);
     }
 }
+
+// -------------------------------------------- settings that would panic later
+
+#[test]
+fn durations_that_would_panic_later_are_config_errors() {
+    let huge = Duration::from_secs(u64::MAX);
+    let cases: Vec<(&str, dbmanager::DatabaseConfigBuilder)> = vec![
+        (
+            "max_lifetime",
+            DatabaseConfig::builder("x").max_lifetime(Some(Duration::ZERO)),
+        ),
+        (
+            "query_timeout",
+            DatabaseConfig::builder("x").query_timeout(Some(huge)),
+        ),
+        (
+            "query_timeout",
+            DatabaseConfig::builder("x").query_timeout(Some(Duration::from_secs(30 * 86_400))),
+        ),
+        (
+            "acquire_timeout",
+            DatabaseConfig::builder("x").acquire_timeout(Duration::MAX),
+        ),
+        (
+            "connect_timeout",
+            DatabaseConfig::builder("x").connect_timeout(huge),
+        ),
+        (
+            "idle_timeout",
+            DatabaseConfig::builder("x").idle_timeout(huge),
+        ),
+        (
+            "max_lifetime",
+            DatabaseConfig::builder("x").max_lifetime(Some(huge)),
+        ),
+        (
+            "validate_after_idle",
+            DatabaseConfig::builder("x").validate_after_idle(huge),
+        ),
+        (
+            "leak_threshold",
+            DatabaseConfig::builder("x").leak_threshold(Some(huge)),
+        ),
+        (
+            "slow_query_threshold",
+            DatabaseConfig::builder("x").slow_query_threshold(Some(huge)),
+        ),
+        (
+            "health_timeout",
+            DatabaseConfig::builder("x").health_timeout(huge),
+        ),
+        (
+            "degraded_after",
+            DatabaseConfig::builder("x").degraded_after(huge),
+        ),
+        (
+            "circuit_window",
+            DatabaseConfig::builder("x").circuit_window(huge),
+        ),
+        (
+            "circuit_recovery",
+            DatabaseConfig::builder("x").circuit_recovery(huge),
+        ),
+        (
+            "max_delay",
+            DatabaseConfig::builder("x").retry(dbmanager::RetryPolicy::default().max_delay(huge)),
+        ),
+        (
+            "base_delay",
+            DatabaseConfig::builder("x").retry(dbmanager::RetryPolicy::default().base_delay(huge)),
+        ),
+        (
+            "budget",
+            DatabaseConfig::builder("x").retry(dbmanager::RetryPolicy::default().budget(huge)),
+        ),
+    ];
+    for (setter, builder) in cases {
+        for url in ["sqlite::memory:", URL] {
+            config_error(builder.clone().url(url).build(), &[setter, "`x`"]);
+        }
+    }
+    // The bounds themselves are accepted.
+    DatabaseConfig::builder("x")
+        .url("sqlite::memory:")
+        .query_timeout(Some(Duration::from_secs(24 * 86_400)))
+        .acquire_timeout(Duration::from_secs(365 * 86_400))
+        .connect_timeout(Duration::from_secs(365 * 86_400))
+        .max_lifetime(Some(Duration::from_nanos(1)))
+        .build()
+        .expect("the largest values allowed");
+}
+
+#[test]
+fn huge_values_in_the_environment_name_the_variable() {
+    // Every setting read as seconds, far too large: SQLite's busy timeout
+    // (from TIMEOUT) panicked above 2^31 ms, the others overflowed `Instant`.
+    for suffix in [
+        "RPA_DB_TIMEOUT",
+        "DATABASE_TIMEOUT",
+        "RPA_DB_POOL_TIMEOUT",
+        "RPA_DB_CONNECT_TIMEOUT",
+        "RPA_DB_IDLE_TIMEOUT",
+        "RPA_DB_MAX_LIFETIME",
+        "RPA_DB_LEAK_THRESHOLD",
+        "RPA_DB_SLOW_QUERY_THRESHOLD",
+        "RPA_DB_HEALTH_TIMEOUT",
+        "RPA_DB_DEGRADED_THRESHOLD",
+        "RPA_DB_RETRY_BASE_DELAY",
+        "RPA_DB_RETRY_MAX_DELAY",
+        "RPA_DB_RETRY_BUDGET",
+        "RPA_DB_CIRCUIT_WINDOW",
+        "RPA_DB_CIRCUIT_RECOVERY",
+    ] {
+        let var = format!("DEVELOPMENT_GLOBAL_{suffix}");
+        for value in ["99999999", "1e300"] {
+            config_error(
+                DatabaseConfig::from_lookup(
+                    "rpa_db",
+                    lookup(&[
+                        (
+                            "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                            "sqlite::memory:",
+                        ),
+                        (&var, value),
+                    ]),
+                ),
+                &[&format!("{var} = `{value}`"), "at most"],
+            );
+        }
+    }
+    // 25 days: too long for a query timeout, fine for the others.
+    config_error(
+        DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_TIMEOUT", "2160000"),
+            ]),
+        ),
+        &[
+            "DEVELOPMENT_GLOBAL_RPA_DB_TIMEOUT = `2160000`",
+            "at most 24 days",
+        ],
+    );
+    let cfg = DatabaseConfig::from_lookup(
+        "rpa_db",
+        lookup(&[
+            (
+                "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                "sqlite::memory:",
+            ),
+            ("DEVELOPMENT_GLOBAL_RPA_DB_POOL_TIMEOUT", "2160000"),
+        ]),
+    )
+    .expect("25 days is a long but valid acquisition timeout");
+    assert_eq!(cfg.acquire_timeout(), Duration::from_secs(2_160_000));
+}

@@ -58,8 +58,10 @@ impl DatabaseConfig {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that
-    /// is missing or malformed and the file that was consulted.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the `.env` file
+    /// cannot be read or parsed (its text is never quoted), or naming the
+    /// variable that is missing, malformed or out of range (see
+    /// [`DatabaseConfigBuilder::build`]) and where it was looked up.
     pub fn from_env(name: &str) -> Result<DatabaseConfig> {
         let process = |k: &str| std::env::var(k).ok();
         let dir = process("DBMANAGER_ENV_DIR").unwrap_or_else(|| DEFAULT_ENV_DIR.to_owned());
@@ -80,7 +82,8 @@ impl DatabaseConfig {
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that
-    /// is missing or malformed.
+    /// is missing, malformed or out of range (see
+    /// [`DatabaseConfigBuilder::build`]).
     pub fn from_lookup(
         name: &str,
         lookup: impl Fn(&str) -> Option<String>,
@@ -331,7 +334,7 @@ fn from_sources(
     let mut b = DatabaseConfig::builder(name)
         .url(url)
         .read_from(stem.clone(), looked_in);
-    b.note_origin("DatabaseConfigBuilder::url", url_var);
+    b.note_origin("DatabaseConfigBuilder::url", url_var, None);
     for s in SETTINGS {
         let found = get(format!("{stem}{}", s.suffix))
             .or_else(|| s.global.and_then(|g| get(format!("{prefix}{g}"))));
@@ -339,8 +342,8 @@ fn from_sources(
             b = s
                 .parse
                 .apply(b, &var, &text)
-                .map_err(|why| Error::config(format!("{why} (read from {looked_in})")))?;
-            b.note_origin(s.setter, var);
+                .map_err(|why| Error::config(format!("{why}; read from {looked_in}")))?;
+            b.note_origin(s.setter, var, Some(text.trim().to_owned()));
         }
     }
     b.build()
@@ -352,11 +355,14 @@ fn parse_u32(var: &str, v: &str) -> std::result::Result<u32, String> {
 }
 
 fn parse_secs(var: &str, v: &str) -> std::result::Result<Duration, String> {
-    v.parse::<f64>()
+    let secs = v
+        .parse::<f64>()
         .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{var} = `{v}` is not a number of seconds (e.g. 30 or 0.5)"))
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| format!("{var} = `{v}` is not a number of seconds (e.g. 30 or 0.5)"))?;
+    // Past what a Duration holds is past every bound, which `build()`
+    // reports naming the variable.
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 fn parse_bool(var: &str, v: &str) -> std::result::Result<bool, String> {
@@ -599,7 +605,7 @@ mod tests {
             .unwrap_err();
             let text = e.to_string();
             assert!(text.contains(&format!("{var} = `{bad}` is not")), "{text}");
-            assert!(text.contains("(read from the given lookup)"), "{text}");
+            assert!(text.ends_with("; read from the given lookup"), "{text}");
         }
     }
 
