@@ -9,7 +9,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::sql::Dialect;
 use crate::status::CircuitState;
-use crate::status::{now_rfc3339, Health, HealthStatus, MigrationSummary, QueryPlan, ScalingLevel};
+use crate::status::{
+    now_rfc3339, BackendKind, Health, HealthStatus, MigrationSummary, QueryPlan, ScalingLevel,
+};
 use crate::value::{Params, Row, Value};
 
 /// Checks `shared` within its health timeout, whatever the server does: the
@@ -59,7 +61,7 @@ pub(crate) fn check(
     let max = f64::from(before.max_size.max(1));
     let mut status = HealthStatus {
         database_name: config.name.to_string(),
-        database_type: config.kind.as_str().to_owned(),
+        database_type: config.kind,
         status: Health::Healthy,
         connection,
         query_test,
@@ -156,11 +158,10 @@ pub(crate) fn explain(shared: &Shared, sql: &str, params: Params) -> Result<Quer
         Outcome::Rows(r) => r,
         _ => Vec::new(),
     };
-    plan(shared.dialect, shared.config.kind.as_str(), &rows)
-        .map_err(|e| e.on_database(shared.name()))
+    plan(shared.dialect, shared.config.kind, &rows).map_err(|e| e.on_database(shared.name()))
 }
 
-fn plan(dialect: Dialect, database_type: &str, rows: &[Row]) -> Result<QueryPlan> {
+fn plan(dialect: Dialect, database_type: BackendKind, rows: &[Row]) -> Result<QueryPlan> {
     let (plan, raw) = match dialect {
         Dialect::Sqlite => {
             let items: Vec<serde_json::Value> = rows.iter().map(Row::to_json).collect();
@@ -193,7 +194,7 @@ fn plan(dialect: Dialect, database_type: &str, rows: &[Row]) -> Result<QueryPlan
         }
     };
     Ok(QueryPlan {
-        database_type: database_type.to_owned(),
+        database_type,
         plan,
         raw,
     })
@@ -206,7 +207,7 @@ mod tests {
     fn healthy() -> HealthStatus {
         HealthStatus {
             database_name: "db".into(),
-            database_type: "sqlite".into(),
+            database_type: BackendKind::Sqlite,
             status: Health::Healthy,
             connection: true,
             query_test: true,

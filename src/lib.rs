@@ -72,8 +72,7 @@ mod value;
 mod watchdog;
 
 pub use crate::config::{
-    default_pool_size, env_prefix, env_stem, BackendKind, DatabaseConfig, DatabaseConfigBuilder,
-    DEFAULT_ENV_DIR,
+    default_pool_size, env_prefix, env_stem, DatabaseConfig, DatabaseConfigBuilder, DEFAULT_ENV_DIR,
 };
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
@@ -82,8 +81,8 @@ pub use crate::migrate::{MigrateOptions, MigrationReport, MigrationStatus};
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
 pub use crate::status::{
-    CircuitState, ConnectionHolder, Health, HealthStatus, MigrationSummary, PoolStatus, QueryPlan,
-    ScalingLevel, StatementStats,
+    BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationSummary,
+    PoolStatus, QueryPlan, ScalingLevel, StatementStats,
 };
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 

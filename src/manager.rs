@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::config::{env_stem, BackendKind, DatabaseConfig};
+use crate::config::{env_stem, DatabaseConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{DbMetrics, PoolSource};
 use crate::migrate::{MigrationSource, Migrator};
@@ -18,8 +18,8 @@ use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
 use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
 use crate::status::{
-    HealthStatus, MigrationReport, MigrationStatus, MigrationSummary, PoolStatus, QueryPlan,
-    StatementStats,
+    BackendKind, HealthStatus, MigrationReport, MigrationStatus, MigrationSummary, PoolStatus,
+    QueryPlan, StatementStats,
 };
 use crate::value::{IntoParams, Params};
 

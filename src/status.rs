@@ -4,6 +4,58 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// Which database server a configuration talks to.
+///
+/// Serialises as [`as_str`](Self::as_str) (`"postgresql"`, …), the
+/// `database_type` of the health report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite (a file, or in memory).
+    Sqlite,
+    /// Microsoft SQL Server.
+    MsSql,
+}
+
+impl BackendKind {
+    /// The name used in reports and `_TYPE` variables: `postgresql`, `mysql`,
+    /// `sqlite`, `sqlserver`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgresql",
+            BackendKind::MySql => "mysql",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::MsSql => "sqlserver",
+        }
+    }
+
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgres",
+            BackendKind::MySql => "mysql",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::MsSql => "mssql",
+        }
+    }
+}
+
+impl Serialize for BackendKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot of one database's connection pool (the Python system's field names, and more).
 ///
 /// ```json
@@ -94,7 +146,7 @@ pub struct HealthStatus {
     /// The logical database name.
     pub database_name: String,
     /// `postgresql`, `mysql`, `sqlite` or `sqlserver`.
-    pub database_type: String,
+    pub database_type: BackendKind,
     /// The verdict.
     pub status: Health,
     /// A connection could be had from the pool.
@@ -211,7 +263,7 @@ pub struct StatementStats {
 #[non_exhaustive]
 pub struct QueryPlan {
     /// The backend that made it.
-    pub database_type: String,
+    pub database_type: BackendKind,
     /// The plan as JSON where the backend gives JSON (PostgreSQL, MariaDB);
     /// for SQLite, an array of `{id, parent, detail}` rows.
     pub plan: serde_json::Value,
@@ -229,9 +281,10 @@ pub struct AppliedMigration {
     pub version: Option<String>,
     /// The description from the file name, underscores as spaces.
     pub description: String,
-    /// `SQL` for a script, `BASELINE` for a baseline marker.
+    /// A versioned or repeatable script, a baseline marker or an undo, as
+    /// read from the history's `type` column.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: MigrationKind,
     /// The file name.
     pub script: String,
     /// Flyway's CRC32 of the script, as applied.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::Backend;
 use dbmanager::{BackendKind, DatabaseConfig, DatabaseManager, Error, ErrorKind, Result};
+use proptest::strategy::Strategy;
 
 fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = pairs
@@ -303,4 +304,379 @@ fn postgres_unknown_database_says_so() {
     assert!(took < AT_ONCE, "{took:?}");
     assert_eq!(e.db_code(), Some("3D000"), "{e:?}");
     assert!(e.to_string().contains("dbmanager_no_such_database"), "{e}");
+}
+
+// ------------------------------------------------ passwords never leak
+
+/// The characters random passwords are drawn from: letters, digits and
+/// everything that means something in a URL or an ADO.NET string.
+fn password_chars() -> Vec<char> {
+    let mut chars: Vec<char> = ('a'..='z').chain('A'..='Z').chain('0'..='9').collect();
+    chars.extend([
+        ';', '"', '\'', '{', '}', '@', ':', '/', '%', '=', '#', '?', '&', '+', '\\', 'é',
+    ]);
+    chars
+}
+
+/// How the password is written into the connection string.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    /// `scheme://u:{password}@host…`, pasted as it is (not percent-encoded).
+    UrlPasted,
+    /// `scheme://u:{percent-encoded password}@host…`.
+    UrlEncoded,
+    /// `…;Password={password};…`.
+    AdoBare,
+    /// `…;Password="{password, `"` doubled}";…`.
+    AdoDoubleQuoted,
+    /// `…;Password='{password, `'` doubled}';…`.
+    AdoSingleQuoted,
+    /// `…;Password={{password, `}` doubled}};…`.
+    AdoBraced,
+}
+
+const FORMS: [Form; 6] = [
+    Form::UrlPasted,
+    Form::UrlEncoded,
+    Form::AdoBare,
+    Form::AdoDoubleQuoted,
+    Form::AdoSingleQuoted,
+    Form::AdoBraced,
+];
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A connection string holding `password` as `form` says, and the text
+/// around it (`before`, `after`): the password as written sits in between.
+fn connection_string(form: Form, password: &str, variant: usize) -> (String, String, String) {
+    let url = |written: String| {
+        let scheme = ["postgresql", "mysql", "mssql"][variant % 3];
+        let query = ["", "?sslmode=require", "?application_name=job"][variant / 3 % 3];
+        (
+            format!("{scheme}://u:"),
+            written,
+            format!("@db.example:5432/appdb{query}"),
+        )
+    };
+    let ado = |written: String| {
+        let key = ["Password", "PWD", "pwd"][variant % 3];
+        let tail = [
+            "",
+            ";Encrypt=true",
+            ";TrustServerCertificate=yes;Database=hub",
+        ][variant / 3 % 3];
+        (
+            format!("Server=tcp:db.example,1433;User Id=app;{key}="),
+            written,
+            tail.to_owned(),
+        )
+    };
+    let (before, written, after) = match form {
+        Form::UrlPasted => url(password.to_owned()),
+        Form::UrlEncoded => url(percent_encode(password)),
+        Form::AdoBare => ado(password.to_owned()),
+        Form::AdoDoubleQuoted => ado(format!("\"{}\"", password.replace('"', "\"\""))),
+        Form::AdoSingleQuoted => ado(format!("'{}'", password.replace('\'', "''"))),
+        Form::AdoBraced => ado(format!("{{{}}}", password.replace('}', "}}"))),
+    };
+    (format!("{before}{written}{after}"), before, after)
+}
+
+/// Everything the crate shows about a configuration made from `url`:
+/// `Debug` of the builder, then `Debug` and `redacted_url()` of the built
+/// configuration or `Display` and `Debug` of every error in the chain; the
+/// same through `from_lookup`.
+fn everything_shown(url: &str) -> String {
+    fn chain(out: &mut String, e: &Error) {
+        out.push_str(&format!("{e}\n{e:?}\n"));
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            out.push_str(&format!("{s}\n{s:?}\n"));
+            source = s.source();
+        }
+    }
+    let mut out = String::new();
+    let builder = DatabaseConfig::builder("leak").url(url);
+    out.push_str(&format!("{builder:?}\n"));
+    let from_env = DatabaseConfig::from_lookup("leak", |k| {
+        (k == "DEVELOPMENT_GLOBAL_LEAK_CONNECTION_STRING").then(|| url.to_owned())
+    });
+    for built in [builder.build(), from_env] {
+        match built {
+            Ok(cfg) => out.push_str(&format!("{cfg:?}\n{}\n", cfg.redacted_url())),
+            Err(e) => chain(&mut out, &e),
+        }
+    }
+    out
+}
+
+/// What the crate shows for the same forms with passwords made of a
+/// character no password here holds: any text in it is the crate's own (or
+/// the rest of the connection string's).
+struct CrateText {
+    /// Every distinct line shown.
+    text: String,
+    /// Every 4-character window of `text`, to rule most tails out quickly.
+    windows: std::collections::HashSet<String>,
+}
+
+impl CrateText {
+    fn get() -> &'static CrateText {
+        static TEXT: std::sync::OnceLock<CrateText> = std::sync::OnceLock::new();
+        TEXT.get_or_init(|| {
+            let mut lines = std::collections::BTreeSet::new();
+            for form in FORMS {
+                for variant in 0..9 {
+                    for password in ["☃☃☃☃☃☃", "☃/☃@☃#☃?☃:☃", "☃;☃=☃\"☃'☃{☃}☃", "☃%☃\\☃&☃+☃:☃☃"]
+                    {
+                        let (url, _, _) = connection_string(form, password, variant);
+                        lines.extend(everything_shown(&url).lines().map(str::to_owned));
+                    }
+                }
+            }
+            let text = lines.into_iter().collect::<Vec<_>>().join("\n");
+            let chars: Vec<char> = text.chars().collect();
+            let windows = chars.windows(4).map(|w| w.iter().collect()).collect();
+            CrateText { text, windows }
+        })
+    }
+
+    fn contains(&self, s: &str) -> bool {
+        let head: String = s.chars().take(4).collect();
+        self.windows.contains(&head) && self.text.contains(s)
+    }
+}
+
+/// Fails when `shown` holds the password, or a tail of it (4 characters or
+/// more) that neither the rest of the connection string nor the crate's own
+/// text explains.
+fn assert_hidden(password: &str, written: &[&str], before: &str, after: &str, shown: &str) {
+    let elsewhere = format!("{before}\u{0}{after}");
+    for secret in std::iter::once(password).chain(written.iter().copied()) {
+        assert!(!shown.contains(secret), "`{secret}` shown in:\n{shown}");
+        let chars: Vec<(usize, char)> = secret.char_indices().collect();
+        for (start, _) in chars.iter().rev().skip(3) {
+            let tail = &secret[*start..];
+            if !elsewhere.contains(tail) && !CrateText::get().contains(tail) {
+                assert!(
+                    !shown.contains(tail),
+                    "`{tail}` of `{secret}` shown in:\n{shown}"
+                );
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: 512,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })]
+
+    #[test]
+    fn random_passwords_never_show(
+        password in proptest::collection::vec(proptest::sample::select(password_chars()), 6..24)
+            .prop_map(|v| v.into_iter().collect::<String>()),
+        form in proptest::sample::select(FORMS.to_vec()),
+        variant in 0usize..9,
+    ) {
+        let (url, before, after) = connection_string(form, &password, variant);
+        let written = &url[before.len()..url.len() - after.len()];
+        let shown = everything_shown(&url);
+        assert_hidden(&password, &[written], &before, &after, &shown);
+    }
+}
+
+#[test]
+fn passwords_holding_separators_never_show() {
+    // The two cases found by the generated test above, kept as examples.
+    for (url, password) in [
+        (
+            "Server=h;User Id=u;Password=\"Ab3;xY=9\";Encrypt=true",
+            "Ab3;xY=9",
+        ),
+        (
+            "Server=h;User Id=u;Password={Ab3;x}}Y=9};Encrypt=true",
+            "Ab3;x}}Y=9",
+        ),
+        ("Server=h;User Id=u;Password=Ab3;xY=9", "Ab3;xY=9"),
+        ("postgresql://u:Qx7@&''#:&\\#@host:1/db", "Qx7@&''#:&\\#"),
+        ("postgresql://u:12/ab@host:1/db", "12/ab"),
+        ("mysql://u:pw?x@host/db", "pw?x"),
+    ] {
+        let shown = everything_shown(url);
+        let (before, after) = url.split_once(password).unwrap();
+        assert_hidden(password, &[], before, after, &shown);
+    }
+}
+
+// -------------------------------------------- settings that would panic later
+
+#[test]
+fn durations_that_would_panic_later_are_config_errors() {
+    let huge = Duration::from_secs(u64::MAX);
+    let cases: Vec<(&str, dbmanager::DatabaseConfigBuilder)> = vec![
+        (
+            "max_lifetime",
+            DatabaseConfig::builder("x").max_lifetime(Some(Duration::ZERO)),
+        ),
+        (
+            "query_timeout",
+            DatabaseConfig::builder("x").query_timeout(Some(huge)),
+        ),
+        (
+            "query_timeout",
+            DatabaseConfig::builder("x").query_timeout(Some(Duration::from_secs(30 * 86_400))),
+        ),
+        (
+            "acquire_timeout",
+            DatabaseConfig::builder("x").acquire_timeout(Duration::MAX),
+        ),
+        (
+            "connect_timeout",
+            DatabaseConfig::builder("x").connect_timeout(huge),
+        ),
+        (
+            "idle_timeout",
+            DatabaseConfig::builder("x").idle_timeout(huge),
+        ),
+        (
+            "max_lifetime",
+            DatabaseConfig::builder("x").max_lifetime(Some(huge)),
+        ),
+        (
+            "validate_after_idle",
+            DatabaseConfig::builder("x").validate_after_idle(huge),
+        ),
+        (
+            "leak_threshold",
+            DatabaseConfig::builder("x").leak_threshold(Some(huge)),
+        ),
+        (
+            "slow_query_threshold",
+            DatabaseConfig::builder("x").slow_query_threshold(Some(huge)),
+        ),
+        (
+            "health_timeout",
+            DatabaseConfig::builder("x").health_timeout(huge),
+        ),
+        (
+            "degraded_after",
+            DatabaseConfig::builder("x").degraded_after(huge),
+        ),
+        (
+            "circuit_window",
+            DatabaseConfig::builder("x").circuit_window(huge),
+        ),
+        (
+            "circuit_recovery",
+            DatabaseConfig::builder("x").circuit_recovery(huge),
+        ),
+        (
+            "max_delay",
+            DatabaseConfig::builder("x").retry(dbmanager::RetryPolicy::default().max_delay(huge)),
+        ),
+        (
+            "base_delay",
+            DatabaseConfig::builder("x").retry(dbmanager::RetryPolicy::default().base_delay(huge)),
+        ),
+        (
+            "budget",
+            DatabaseConfig::builder("x").retry(dbmanager::RetryPolicy::default().budget(huge)),
+        ),
+    ];
+    for (setter, builder) in cases {
+        for url in ["sqlite::memory:", URL] {
+            config_error(builder.clone().url(url).build(), &[setter, "`x`"]);
+        }
+    }
+    // The bounds themselves are accepted.
+    DatabaseConfig::builder("x")
+        .url("sqlite::memory:")
+        .query_timeout(Some(Duration::from_secs(24 * 86_400)))
+        .acquire_timeout(Duration::from_secs(365 * 86_400))
+        .connect_timeout(Duration::from_secs(365 * 86_400))
+        .max_lifetime(Some(Duration::from_nanos(1)))
+        .build()
+        .expect("the largest values allowed");
+}
+
+#[test]
+fn huge_values_in_the_environment_name_the_variable() {
+    // Every setting read as seconds, far too large: SQLite's busy timeout
+    // (from TIMEOUT) panicked above 2^31 ms, the others overflowed `Instant`.
+    for suffix in [
+        "RPA_DB_TIMEOUT",
+        "DATABASE_TIMEOUT",
+        "RPA_DB_POOL_TIMEOUT",
+        "RPA_DB_CONNECT_TIMEOUT",
+        "RPA_DB_IDLE_TIMEOUT",
+        "RPA_DB_MAX_LIFETIME",
+        "RPA_DB_LEAK_THRESHOLD",
+        "RPA_DB_SLOW_QUERY_THRESHOLD",
+        "RPA_DB_HEALTH_TIMEOUT",
+        "RPA_DB_DEGRADED_THRESHOLD",
+        "RPA_DB_RETRY_BASE_DELAY",
+        "RPA_DB_RETRY_MAX_DELAY",
+        "RPA_DB_RETRY_BUDGET",
+        "RPA_DB_CIRCUIT_WINDOW",
+        "RPA_DB_CIRCUIT_RECOVERY",
+    ] {
+        let var = format!("DEVELOPMENT_GLOBAL_{suffix}");
+        for value in ["99999999", "1e300"] {
+            config_error(
+                DatabaseConfig::from_lookup(
+                    "rpa_db",
+                    lookup(&[
+                        (
+                            "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                            "sqlite::memory:",
+                        ),
+                        (&var, value),
+                    ]),
+                ),
+                &[&format!("{var} = `{value}`"), "at most"],
+            );
+        }
+    }
+    // 25 days: too long for a query timeout, fine for the others.
+    config_error(
+        DatabaseConfig::from_lookup(
+            "rpa_db",
+            lookup(&[
+                (
+                    "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                    "sqlite::memory:",
+                ),
+                ("DEVELOPMENT_GLOBAL_RPA_DB_TIMEOUT", "2160000"),
+            ]),
+        ),
+        &[
+            "DEVELOPMENT_GLOBAL_RPA_DB_TIMEOUT = `2160000`",
+            "at most 24 days",
+        ],
+    );
+    let cfg = DatabaseConfig::from_lookup(
+        "rpa_db",
+        lookup(&[
+            (
+                "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+                "sqlite::memory:",
+            ),
+            ("DEVELOPMENT_GLOBAL_RPA_DB_POOL_TIMEOUT", "2160000"),
+        ]),
+    )
+    .expect("25 days is a long but valid acquisition timeout");
+    assert_eq!(cfg.acquire_timeout(), Duration::from_secs(2_160_000));
 }

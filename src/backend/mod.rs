@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{BackendKind, DatabaseConfig};
+use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
+use crate::status::BackendKind;
 use crate::value::{Row, Value};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]

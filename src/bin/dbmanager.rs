@@ -211,7 +211,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                     rows.push([
                         a.version.clone().unwrap_or_default(),
                         a.description.clone(),
-                        a.kind.clone(),
+                        a.kind.to_string(),
                         a.installed_on.clone(),
                         if a.success { "Success" } else { "Failed" }.into(),
                         a.checksum.map(|c| c.to_string()).unwrap_or_default(),

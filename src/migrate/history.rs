@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::BackendKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Shared;
 use crate::session::{PooledConnection, Transaction};
 use crate::sql::{quote_identifier, Dialect};
-use crate::status::AppliedMigration;
+use crate::status::{AppliedMigration, BackendKind, MigrationKind};
 use crate::value::{Row, Value};
 
 /// Runs statements on a pooled connection or in a transaction: both go
@@ -669,7 +668,10 @@ pub(crate) fn read(
                 installed_rank: r.get("installed_rank")?,
                 version: r.get("version")?,
                 description: r.get("description")?,
-                kind: r.get("type")?,
+                kind: kind_of(
+                    &r.get::<String>("type")?,
+                    r.get::<Option<String>>("version")?.is_some(),
+                ),
                 script: r.get("script")?,
                 checksum: r.get::<Option<i64>>("checksum")?.map(|c| c as i32),
                 installed_by: r.get("installed_by")?,
@@ -679,6 +681,24 @@ pub(crate) fn read(
             })
         })
         .collect()
+}
+
+/// What a history row's `type` says, as Flyway writes it: `SQL` (or another
+/// script type: `JDBC`, `SCRIPT`, …) with a version is a versioned
+/// migration and without one a repeatable script; `BASELINE` (and
+/// `SQL_BASELINE`, …) a baseline marker; `UNDO_SQL` (and `DELETE`, which
+/// removes a version) an undo.
+pub(crate) fn kind_of(history_type: &str, versioned: bool) -> MigrationKind {
+    let t = history_type.trim().to_ascii_uppercase();
+    if t.ends_with("BASELINE") {
+        MigrationKind::Baseline
+    } else if t.starts_with("UNDO") || t == "DELETE" {
+        MigrationKind::Undo
+    } else if versioned {
+        MigrationKind::Versioned
+    } else {
+        MigrationKind::Repeatable
+    }
 }
 
 /// One history row to insert.

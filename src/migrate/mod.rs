@@ -388,7 +388,10 @@ impl Migrator {
                 });
                 continue;
             }
-            if row.kind != "SQL" {
+            if !matches!(
+                row.kind,
+                MigrationKind::Versioned | MigrationKind::Repeatable
+            ) {
                 continue;
             }
             let Some(version) = row.version.as_deref().and_then(|v| Version::parse(v).ok()) else {
@@ -535,7 +538,7 @@ impl Migrator {
         let mut guard = self.lock()?;
         let conn = guard.conn();
         let applied = history::read(conn, dialect, self.table())?;
-        if let Some(b) = applied.iter().find(|r| r.kind == "BASELINE") {
+        if let Some(b) = applied.iter().find(|r| r.kind == MigrationKind::Baseline) {
             if b.version
                 .as_deref()
                 .and_then(|v| Version::parse(v).ok())
@@ -555,7 +558,7 @@ impl Migrator {
         }
         if let Some(r) = applied
             .iter()
-            .find(|r| r.kind == "SQL" && r.version.is_some())
+            .find(|r| r.kind == MigrationKind::Versioned && r.version.is_some())
         {
             return Err(Error::new(
                 ErrorKind::Migration,
@@ -629,7 +632,10 @@ impl Migrator {
                     report.removed_failed.push(row.script.clone());
                     continue;
                 }
-                if row.kind != "SQL" {
+                if !matches!(
+                    row.kind,
+                    MigrationKind::Versioned | MigrationKind::Repeatable
+                ) {
                     continue;
                 }
                 let Some(v) = row.version.as_deref().and_then(|v| Version::parse(v).ok()) else {
@@ -676,7 +682,7 @@ impl Migrator {
         self.check(&scripts, &applied)?;
         let mut targets: Vec<(Version, &AppliedMigration)> = applied
             .iter()
-            .filter(|r| r.kind == "SQL" && r.success)
+            .filter(|r| r.kind == MigrationKind::Versioned && r.success)
             .filter_map(|r| Some((Version::parse(r.version.as_deref()?).ok()?, r)))
             .filter(|(v, _)| *v > to)
             .collect();
@@ -770,12 +776,12 @@ fn pending<'s>(
 ) -> Vec<&'s Script> {
     let done: Vec<Version> = applied
         .iter()
-        .filter(|r| r.kind == "SQL")
+        .filter(|r| r.kind == MigrationKind::Versioned)
         .filter_map(|r| Version::parse(r.version.as_deref()?).ok())
         .collect();
     let baseline = applied
         .iter()
-        .filter(|r| r.kind == "BASELINE")
+        .filter(|r| r.kind == MigrationKind::Baseline)
         .filter_map(|r| Version::parse(r.version.as_deref()?).ok())
         .max();
     let mut out: Vec<&Script> = scripts
@@ -795,7 +801,7 @@ fn pending<'s>(
         for s in &scripts.repeatable {
             let last = applied.iter().rev().find(|r| {
                 r.version.is_none()
-                    && r.kind == "SQL"
+                    && r.kind == MigrationKind::Repeatable
                     && r.success
                     && r.description == s.description
             });
