@@ -16,6 +16,9 @@
 //! - `[x]` is a portable quoted identifier unless it subscripts something
 //!   (`arr[i]`, `(x)[1]`, `"a"[1]`), follows the word `ARRAY`, or sits inside
 //!   another subscript or array constructor;
+//! - on PostgreSQL, a `:` right after a subscript's `[`, or after an operand at a
+//!   subscript's own level, is an array slice (`tags[:n]`, `tags[lo :hi]`), never a
+//!   `:name` placeholder;
 //! - `E'…'` takes backslash escapes on PostgreSQL when the `E` is a word of its own;
 //! - in the dialect-agnostic syntax, `#` opens a comment only before a statement's
 //!   first word (elsewhere it is PostgreSQL's XOR operator).
@@ -230,6 +233,7 @@ impl Syntax {
                 nested_comments: true,
                 carriage_return_ends_comment: true,
                 native: NativeParams::Dollar,
+                array_slices: true,
                 ..Syntax::BASE
             },
             Dialect::MySql => Syntax {
@@ -1119,6 +1123,40 @@ mod tests {
         }
         assert_eq!(kinds("(x)[a] \"y\"[b] é[c]", pg)[3], Punct(b'['));
         assert!(!kinds("(x)[a] \"y\"[b] é[c]", pg).contains(&BracketIdent));
+    }
+
+    #[test]
+    fn postgres_slices_are_not_placeholders() {
+        let pg = Syntax::of(Postgres);
+        for slice in [
+            "tags[:n]",
+            "tags[ :n]",
+            "tags[lo:hi]",
+            "tags[lo :hi]",
+            "tags[f(x) :n]",
+            "tags[? :n]",
+            "tags[a[1] :n]",
+            "tags[1][:n]",
+            "ARRAY[1, 2][:n]",
+            "tags[/* c */:n]",
+        ] {
+            assert!(!kinds(slice, pg).contains(&Named), "{slice}");
+        }
+        for placeholder in [
+            "tags[(:n)]",
+            "tags[1 + :n]",
+            "tags[f(:n)]",
+            "ARRAY[:a]",
+            "ARRAY [[:a]]",
+            "tags[:n]",
+        ] {
+            let syntax = if placeholder == "tags[:n]" {
+                Syntax::of(MySql)
+            } else {
+                pg
+            };
+            assert!(kinds(placeholder, syntax).contains(&Named), "{placeholder}");
+        }
     }
 
     #[test]

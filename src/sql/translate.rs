@@ -17,8 +17,9 @@ use super::{push_quoted, Binds, Dialect, SqlError, Translated};
 /// `:name` does the same with one number per distinct name where numbers exist;
 /// `??` becomes a literal `?`; `[ident]` becomes the dialect's quoted identifier.
 /// String literals, quoted identifiers, comments and dollar-quoted bodies are copied
-/// byte-identical, as are native placeholders. Unterminated literals and comments are
-/// copied to the end unchanged so the server can report them.
+/// byte-identical, as are native placeholders and PostgreSQL array slices
+/// (`tags[:n]`). Unterminated literals and comments are copied to the end unchanged
+/// so the server can report them.
 ///
 /// Fails when a statement mixes `?` and `:name`, mixes portable with native numbered
 /// placeholders, writes `?` directly followed by a digit outside SQLite, or uses `??`
@@ -678,9 +679,49 @@ mod tests {
             tr("SELECT arr[?], ARRAY[?, ?]", Postgres)?,
             ("SELECT arr[$1], ARRAY[$2, $3]".into(), Binds::Positional(3))
         );
+        // On PostgreSQL `arr[:i]` is a slice; a named subscript goes in parentheses.
         assert_eq!(
-            tr("SELECT arr[:i]", Postgres)?,
-            ("SELECT arr[$1]".into(), named(&["i"]))
+            tr("SELECT arr[(:i)], arr[1 + :j], ARRAY[:k]", Postgres)?,
+            (
+                "SELECT arr[($1)], arr[1 + $2], ARRAY[$3]".into(),
+                named(&["i", "j", "k"])
+            )
+        );
+        // Without array slices, `[:i]` is a placeholder.
+        for d in [MySql, Sqlite] {
+            assert_eq!(
+                tr("SELECT arr[:i]", d)?,
+                ("SELECT arr[?]".into(), named(&["i"])),
+                "{d:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn postgres_array_slices_stay_as_written() -> Result<(), SqlError> {
+        for sql in [
+            "SELECT tags[:n] FROM t",
+            "SELECT tags[ :n], tags[lo:hi], tags[lo :hi], tags[lo:], tags[:hi]",
+            "SELECT tags[f(x):n], tags[(x) :n], tags[a[1] :n], tags[1][:n]",
+            "SELECT (ARRAY[1, 2, 3])[:n], ARRAY[1, 2][:n]",
+        ] {
+            assert_untouched(sql, Postgres)?;
+        }
+        // Placeholders around a slice are still translated, and brackets still quote.
+        assert_eq!(
+            tr("SELECT tags[:n], [col] FROM t WHERE id = ?", Postgres)?,
+            (
+                "SELECT tags[:n], \"col\" FROM t WHERE id = $1".into(),
+                Binds::Positional(1)
+            )
+        );
+        assert_eq!(
+            tr("SELECT tags[:hi] FROM t WHERE id = :id", Postgres)?,
+            (
+                "SELECT tags[:hi] FROM t WHERE id = $1".into(),
+                named(&["id"])
+            )
         );
         Ok(())
     }
