@@ -13,8 +13,11 @@
 //! - `translate`: portable placeholders and `[identifier]`s rewritten, everything
 //!   else copied byte-identical;
 //! - `normalise`: comments dropped, whitespace collapsed, literals replaced by `?`;
-//! - `classify`: a statement's first keywords say whether it reads or writes.
+//! - `classify`: a statement's first keywords say whether it reads or writes;
+//! - `bind`: the caller's values put in the order of a translated statement's
+//!   placeholders.
 
+mod bind;
 mod classify;
 mod lex;
 mod normalise;
@@ -22,6 +25,9 @@ mod translate;
 
 use std::fmt;
 
+// used by the pipeline
+#[allow(unused_imports)]
+pub(crate) use bind::bind;
 pub(crate) use classify::{classify_statement, StatementKind};
 pub(crate) use normalise::normalise;
 pub(crate) use translate::translate;
