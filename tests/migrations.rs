@@ -239,7 +239,10 @@ fn baseline_skips_what_is_already_there(b: Backend) -> Result<()> {
     assert_eq!(applied, ["V3__c.sql"], "{b:?}");
     let status = db.migration_status()?;
     assert_eq!(status.current_version.as_deref(), Some("3"));
-    assert_eq!(status.applied[0].kind, dbmanager::migrate::MigrationKind::Baseline);
+    assert_eq!(
+        status.applied[0].kind,
+        dbmanager::migrate::MigrationKind::Baseline
+    );
     // A second, different baseline is refused.
     assert_eq!(
         db.migrator()

@@ -5,8 +5,6 @@ use crate::error::{Error, Result};
 use crate::value::{Params, Value};
 
 /// Orders the caller's values for the native placeholders.
-// used by the pipeline
-#[allow(dead_code)]
 pub(crate) fn bind(binds: &Binds, params: Params) -> Result<Vec<Value>> {
     match (binds, params) {
         (Binds::Native, Params::None) => Ok(Vec::new()),

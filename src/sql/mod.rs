@@ -26,7 +26,6 @@ mod translate;
 use std::fmt;
 
 // used by the pipeline
-#[allow(unused_imports)]
 pub(crate) use bind::bind;
 pub(crate) use classify::{classify_statement, StatementKind};
 pub(crate) use normalise::normalise;
