@@ -71,13 +71,9 @@ mod status;
 mod value;
 mod watchdog;
 
-pub use crate::config::{
-    default_pool_size, env_prefix, env_stem, DatabaseConfig, DatabaseConfigBuilder, DEFAULT_ENV_DIR,
-};
+pub use crate::config::{DatabaseConfig, DatabaseConfigBuilder};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
-pub use crate::metrics::{metrics_text, push_metrics};
-pub use crate::migrate::{MigrateOptions, MigrationReport, MigrationStatus};
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
 pub use crate::status::{

@@ -37,7 +37,7 @@ impl Seen {
             .push_str(&serde_json::to_string(&db.health_check()).unwrap());
         self.0
             .push_str(&serde_json::to_string(&db.statement_stats(50)).unwrap());
-        self.0.push_str(&dbmanager::metrics_text());
+        self.0.push_str(&dbmanager::metrics::metrics_text());
         self.0.push('\n');
     }
 

@@ -104,7 +104,7 @@ fn metrics_follow_a_known_sequence(b: Backend) -> Result<()> {
         Err::<(), dbmanager::Error>(err.take().expect("one attempt"))
     });
 
-    let text = dbmanager::metrics_text();
+    let text = dbmanager::metrics::metrics_text();
     let m = parse(&text);
     assert_eq!(
         number(&m, "db_query_count", &name, Some("query")),
@@ -311,7 +311,7 @@ fn metrics_reach_a_real_pushgateway() -> Result<()> {
         db.execute_query("SELECT 1", ())?;
     }
     let job = unique_name("batch_job");
-    dbmanager::push_metrics(&gateway, &job)?;
+    dbmanager::metrics::push_metrics(&gateway, &job)?;
     let body = ureq::get(&format!("{gateway}/metrics"))
         .call()
         .expect("the gateway answers")
@@ -330,8 +330,9 @@ fn metrics_reach_a_real_pushgateway() -> Result<()> {
         .expect("the pushed metric is on the gateway");
     assert_eq!(pushed.value, Value::Counter(3.0));
     // A gateway that is not there: a clear error, no hang.
-    let err = dbmanager::push_metrics(&format!("http://127.0.0.1:{}", closed_port()), &job)
-        .expect_err("nothing listens");
+    let err =
+        dbmanager::metrics::push_metrics(&format!("http://127.0.0.1:{}", closed_port()), &job)
+            .expect_err("nothing listens");
     assert_eq!(err.kind(), ErrorKind::Connect);
     Ok(())
 }

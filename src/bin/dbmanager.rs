@@ -16,8 +16,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use dbmanager::migrate::MigrationReport;
 use dbmanager::migrate::{MigrateOptions, MigrationKind, Target, Version};
-use dbmanager::{DatabaseConfig, DatabaseManager, MigrationReport};
+use dbmanager::{DatabaseConfig, DatabaseManager};
 
 #[derive(Parser, Debug)]
 #[command(

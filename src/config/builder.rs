@@ -65,6 +65,7 @@ pub(super) struct Origin {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
+#[must_use = "a builder does nothing until build() is called"]
 pub struct DatabaseConfigBuilder {
     name: String,
     url: Option<String>,
@@ -134,7 +135,7 @@ impl DatabaseConfigBuilder {
             breaker: BreakerSettings {
                 failures: 5,
                 window: Duration::from_secs(60),
-                recovery: Duration::from_secs(30),
+                recovery: Duration::from_millis(500),
             },
             pgbouncer: false,
             var_stem: None,
@@ -184,7 +185,8 @@ impl DatabaseConfigBuilder {
     }
 
     /// Connections kept open in the pool (`{PREFIX}{NAME}_POOL_SIZE`, else
-    /// `{PREFIX}CONNECTION_POOL_SIZE`). Default: [`default_pool_size`]. At
+    /// `{PREFIX}CONNECTION_POOL_SIZE`). Default: twice the CPU count plus one, between
+    /// 2 and 32 (5 on 2 cores; the rule of thumb of PostgreSQL's wiki). At
     /// least 1; `pool_size + max_overflow` at most 10 000.
     pub fn pool_size(mut self, n: u32) -> Self {
         self.pool_size = Some(n);
@@ -192,8 +194,8 @@ impl DatabaseConfigBuilder {
     }
 
     /// Extra connections opened under load, each closed when returned with
-    /// nobody waiting (`{PREFIX}{NAME}_MAX_OVERFLOW`). Default 10 (the seeds'
-    /// SQLAlchemy default).
+    /// nobody waiting (`{PREFIX}{NAME}_MAX_OVERFLOW`). Default 10 (SQLAlchemy's
+    /// default, which the Python system used).
     pub fn max_overflow(mut self, n: u32) -> Self {
         self.max_overflow = n;
         self
@@ -201,7 +203,7 @@ impl DatabaseConfigBuilder {
 
     /// Default limit on each statement; `None` (or zero) for no limit
     /// (`{PREFIX}{NAME}_TIMEOUT`, else `{PREFIX}DATABASE_TIMEOUT`, in
-    /// seconds, `0` for none). Default 30 s, the seeds' `DATABASE_TIMEOUT`.
+    /// seconds, `0` for none). Default 30 s, the Python system's `DATABASE_TIMEOUT`.
     ///
     /// At most 24 days: PostgreSQL's `statement_timeout`, SQL Server's
     /// `LOCK_TIMEOUT` and SQLite's busy timeout count milliseconds in 32 bits.
@@ -238,7 +240,7 @@ impl DatabaseConfigBuilder {
 
     /// Age after which a connection is replaced; `None` for never
     /// (`{PREFIX}{NAME}_MAX_LIFETIME`, `0` for never). Default 30 min
-    /// (SQLAlchemy's `pool_recycle` in the seeds), well under typical server
+    /// (the Python system's SQLAlchemy `pool_recycle`), well under typical server
     /// and firewall idle limits. `Some` must be above zero, at most 365 days.
     pub fn max_lifetime(mut self, t: Option<Duration>) -> Self {
         self.max_lifetime = t;
@@ -310,7 +312,7 @@ impl DatabaseConfigBuilder {
 
     /// The folder migrations are read from (`{PREFIX}{NAME}_MIGRATIONS_DIR`).
     /// Default `migrations/{database name}`, relative to the working
-    /// directory, as in seed 002.
+    /// directory, as the Python system laid them out.
     pub fn migrations_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.migrations_dir = Some(dir.into());
         self
@@ -318,7 +320,7 @@ impl DatabaseConfigBuilder {
 
     /// The migration history table (`{PREFIX}{NAME}_MIGRATIONS_TABLE`):
     /// a plain identifier, optionally `schema.table`. Default
-    /// `schema_version`, the table of seed 002 (and Flyway's old default).
+    /// `schema_version`, the Python system's table (and Flyway's old default).
     pub fn history_table(mut self, table: impl Into<String>) -> Self {
         self.history_table = table.into();
         self
@@ -335,8 +337,9 @@ impl DatabaseConfigBuilder {
     /// How transient failures are retried (see [`RetryPolicy`]; per call,
     /// [`DatabaseManager::with_retry`](crate::DatabaseManager::with_retry)).
     /// Default [`RetryPolicy::default`]: 3 attempts, 100 ms base delay, 10 s
-    /// cap, 30 s budget, reads and whole transactions only (seed 003's
-    /// `retry_with_backoff`). Variables `{PREFIX}{NAME}_RETRY_ATTEMPTS`,
+    /// cap, 30 s budget; a statement that may have reached the server is not
+    /// run again unless `retry_writes` is set (the Python system's
+    /// `retry_with_backoff` timings). Variables `{PREFIX}{NAME}_RETRY_ATTEMPTS`,
     /// `…_RETRY_BASE_DELAY`, `…_RETRY_MAX_DELAY`, `…_RETRY_BUDGET` (seconds),
     /// `…_RETRY_WRITES`. Its delays and budget are at most 365 days each.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
@@ -351,8 +354,8 @@ impl DatabaseConfigBuilder {
     /// breaker, after which calls fail at once with
     /// [`CircuitOpen`](crate::ErrorKind::CircuitOpen) instead of each waiting
     /// for its own timeout; 0 turns the breaker off. SQL errors never count.
-    /// `{PREFIX}{NAME}_CIRCUIT_FAILURES`. Default 5 (seed 003's
-    /// `failure_threshold`).
+    /// `{PREFIX}{NAME}_CIRCUIT_FAILURES`. Default 5 (the Python system's
+    /// `failure_threshold`). Failures that a retry absorbed do not count.
     pub fn circuit_failures(mut self, n: u32) -> Self {
         self.breaker.failures = n;
         self
@@ -360,19 +363,22 @@ impl DatabaseConfigBuilder {
 
     /// The window in which [`circuit_failures`](Self::circuit_failures) are
     /// counted (a call that reaches the server resets the count;
-    /// `{PREFIX}{NAME}_CIRCUIT_WINDOW`). Default 60 s (seed 003's
+    /// `{PREFIX}{NAME}_CIRCUIT_WINDOW`). Default 60 s (the Python system's
     /// `window_size`). Above zero while the breaker is on, at most 365 days.
     pub fn circuit_window(mut self, t: Duration) -> Self {
         self.breaker.window = t;
         self
     }
 
-    /// How long an open breaker fails calls before it lets one call probe
-    /// the database with the health-check query (`SELECT 1`): an answer
-    /// closes it, a failure opens it for this long again. Default 30 s (seed
-    /// 003's `recovery_timeout`): long enough for a restart, short enough
-    /// that a batch job resumes soon after. `{PREFIX}{NAME}_CIRCUIT_RECOVERY`.
-    /// Above zero while the breaker is on, at most 365 days.
+    /// The longest wait between two probes of an open breaker
+    /// (`{PREFIX}{NAME}_CIRCUIT_RECOVERY`, seconds, fractions allowed).
+    /// While the breaker is open, calls fail at once and a background prober
+    /// checks the database with the health-check query (`SELECT 1`): 50 ms
+    /// after it opened, then after waits that double up to this. Any answer,
+    /// to the prober, a health check or a statement, closes the breaker.
+    /// Default 500 ms: a restart costs little more than the time the server
+    /// is down, and a server that stays down costs two connection attempts a
+    /// second. Above zero while the breaker is on, at most 365 days.
     pub fn circuit_recovery(mut self, t: Duration) -> Self {
         self.breaker.recovery = t;
         self

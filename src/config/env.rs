@@ -11,7 +11,7 @@ use crate::status::BackendKind;
 
 /// Upper-cases a database name into its variable stem: `rpa_db` → `RPA_DB`,
 /// `SurveyHub` → `SURVEYHUB`, `my-db.main` → `MY_DB_MAIN`.
-pub fn env_stem(name: &str) -> String {
+pub(crate) fn env_stem(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -24,7 +24,7 @@ pub fn env_stem(name: &str) -> String {
 }
 
 /// The variable prefix for an environment: `development` → `DEVELOPMENT_GLOBAL_`.
-pub fn env_prefix(environment: &str) -> String {
+pub(crate) fn env_prefix(environment: &str) -> String {
     format!("{}_GLOBAL_", env_stem(environment))
 }
 
@@ -33,9 +33,9 @@ pub fn env_prefix(environment: &str) -> String {
 /// This is the rule of thumb PostgreSQL's wiki and HikariCP give for a pool
 /// (`cores × 2 + effective spindles`): a database connection spends part of
 /// its time waiting on I/O, so about two per core keep the CPUs busy without
-/// queueing work on the server. On a 2-core machine it gives 5, the seeds'
+/// queueing work on the server. On a 2-core machine it gives 5, the Python system's
 /// default.
-pub fn default_pool_size() -> u32 {
+pub(crate) fn default_pool_size() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cpus as u32)
         .saturating_mul(2)
@@ -45,7 +45,7 @@ pub fn default_pool_size() -> u32 {
 
 /// Where [`DatabaseConfig::from_env`] looks for `.env` files when
 /// `DBMANAGER_ENV_DIR` is not set.
-pub const DEFAULT_ENV_DIR: &str = "envs";
+pub(crate) const DEFAULT_ENV_DIR: &str = "envs";
 
 impl DatabaseConfig {
     /// Reads the configuration of `name` from the process environment and the
@@ -461,7 +461,7 @@ mod tests {
         assert_eq!(cfg.circuit_recovery(), Duration::from_secs(3));
         assert!(cfg.pgbouncer());
 
-        // Defaults: the seeds' numbers.
+        // Defaults: the Python system's numbers, but the breaker's recovery.
         let d = DatabaseConfig::builder("d")
             .url("sqlite::memory:")
             .build()?;

@@ -21,7 +21,7 @@ mod url;
 
 use self::url::redact_url;
 pub use builder::DatabaseConfigBuilder;
-pub use env::{default_pool_size, env_prefix, env_stem, DEFAULT_ENV_DIR};
+pub(crate) use env::env_stem;
 
 /// Settings of one database. Plain data; build it with
 /// [`DatabaseConfig::builder`], or read it with [`DatabaseConfig::from_env`].
@@ -189,7 +189,7 @@ impl DatabaseConfig {
         &self.migrations_dir
     }
 
-    /// The migration history table. Default `schema_version` (seed 002's).
+    /// The migration history table. Default `schema_version`.
     pub fn history_table(&self) -> &str {
         &self.history_table
     }

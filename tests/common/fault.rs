@@ -309,7 +309,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, link: &Mutex<Link>, stop: &Atomi
 /// The value of a metric of `family` for `database` (and `extra` label,
 /// `name="value"`) in the exposition text, 0 when absent.
 pub fn metric(family: &str, database: &str, extra: Option<&str>) -> f64 {
-    let text = dbmanager::metrics_text();
+    let text = dbmanager::metrics::metrics_text();
     let label = format!("database=\"{database}\"");
     text.lines()
         .filter(|l| l.starts_with(&format!("{family}{{")))
