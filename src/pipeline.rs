@@ -666,6 +666,9 @@ impl Shared {
             self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;
         let result = self.settle(conn, result, fired, limit, &budget);
         self.account(conn, op, native, start, &result, fired);
+        // Settled and accounted for: only now is the connection's state
+        // known (a panic before this line leaves it marked, and discarded).
+        conn.running = false;
         result.map_err(|e| e.on_database(self.name()))
     }
 
@@ -693,8 +696,8 @@ impl Shared {
     /// server's own limit a little above it (second line of defence, only
     /// when it changed), runs the statement and deregisters. The
     /// registration is a guard, so a panic deregisters it too; the
-    /// connection stays marked as running until [`settle`](Self::settle),
-    /// so the pool discards it if a panic gets past.
+    /// connection stays marked as running until the statement is settled
+    /// and accounted for, so the pool discards it if a panic gets past.
     fn execute(
         &self,
         conn: &mut Pooled,
@@ -788,7 +791,6 @@ impl Shared {
         if let Some(signal) = signal {
             self.report(signal, end);
         }
-        conn.running = false;
         if fired != Fired::No {
             tracing::debug!(reused = reusable, "statement cancelled at its deadline");
         }

@@ -390,3 +390,58 @@ fn the_server_enforces_a_second_limit() -> Result<()> {
     assert!((limit - 3.0).abs() < 1e-9, "{limit}");
     Ok(())
 }
+
+/// A subscriber that panics on the pipeline's "statement cancelled" event,
+/// which is logged between the deadline's registration and the moment the
+/// statement is settled: a stand-in for any panic in that stretch.
+struct PanicOnCancel;
+
+impl tracing::Subscriber for PanicOnCancel {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        if m.0.contains("cancelled at its deadline") {
+            panic!("a panic between arm and settle");
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A panic after a statement's deadline was registered and before it was
+/// settled leaves nothing behind: the connection it ran on is discarded,
+/// not handed to the next caller in an unknown state.
+#[test]
+fn a_panic_between_arm_and_settle_discards_the_connection() -> Result<()> {
+    let b = Backend::SqliteFile;
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    db.execute_query("SELECT 1", ())?;
+    assert_eq!(db.pool_status().invalid, 0);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tracing::subscriber::with_default(PanicOnCancel, || {
+            db.execute_query_with_timeout(b.endless_statement(), (), Duration::from_millis(50))
+        })
+    }));
+    assert!(unwound.is_err(), "the subscriber panicked");
+    let s = db.pool_status();
+    assert_eq!((s.invalid, s.checked_out), (1, 0), "discarded: {s:?}");
+    // The next caller gets a fresh connection that works.
+    db.execute_query("SELECT 1", ())?;
+    Ok(())
+}
