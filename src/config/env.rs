@@ -472,7 +472,7 @@ mod tests {
                 d.circuit_window(),
                 d.circuit_recovery()
             ),
-            (5, Duration::from_secs(60), Duration::from_secs(30))
+            (5, Duration::from_secs(60), Duration::from_millis(500))
         );
         assert!(!d.pgbouncer());
         let u = DatabaseConfig::builder("u")
