@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use crate::backend::{self, Connector};
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, MAX_QUERY_TIMEOUT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{DbMetrics, PoolSnapshot, PoolSource, OPERATIONS};
 use crate::observe::{StatTable, TimeoutWindow, SQL_IN_LOGS};
@@ -69,9 +69,11 @@ impl Limit {
     };
 
     /// `timeout` in place of the database's query timeout; `None` for none.
+    /// Above 24 days it is 24 days, the longest the servers' own limits
+    /// count (milliseconds in 32 bits).
     pub(crate) fn custom(timeout: Option<Duration>) -> Limit {
         Limit {
-            own: Some(timeout),
+            own: Some(timeout.map(|t| t.min(MAX_QUERY_TIMEOUT))),
             deadline: None,
         }
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::backend::{Canceller, Connection, Connector};
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, MAX_DURATION};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::DbMetrics;
 use crate::status::CircuitState;
@@ -387,7 +387,7 @@ impl Pool {
     }
 
     fn get_conn(&self, start: Instant, timeout: Option<Duration>) -> Result<(Pooled, Instant)> {
-        let timeout = timeout.unwrap_or(self.acquire_timeout);
+        let timeout = timeout.unwrap_or(self.acquire_timeout).min(MAX_DURATION);
         let deadline = start + timeout;
         loop {
             let conn = match self.inner.try_get() {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::MAX_QUERY_TIMEOUT;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
@@ -401,6 +402,7 @@ impl<'a> Transaction<'a> {
 
     /// Limits the whole transaction to `timeout` from now.
     pub(crate) fn with_deadline(mut self, timeout: Duration) -> Self {
+        let timeout = timeout.min(MAX_QUERY_TIMEOUT);
         self.deadline = Some((Instant::now() + timeout, timeout));
         self
     }

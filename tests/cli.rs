@@ -204,3 +204,29 @@ fn health_of_a_server_that_is_down_exits_non_zero() {
     assert_eq!(v["status"], "unhealthy");
     assert_eq!(v["connection"], false);
 }
+
+/// A lock timeout past what a clock can add is clamped, not a panic.
+#[test]
+fn a_huge_lock_timeout_is_not_a_panic() {
+    let dir = TempDir::new("cli_lock");
+    let url = dir.sqlite_url("shop.db");
+    std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("sql/V1__t.sql"),
+        "CREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    let o = cli(
+        &dir,
+        &url,
+        &[
+            "--database",
+            "shop",
+            "migrate",
+            "--lock-timeout",
+            "18446744073709551615",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("V1__t.sql"), "it ran: {}", text(&o));
+}

@@ -868,3 +868,33 @@ fn postgres_parameters_of_another_type_are_converted_or_refused() -> Result<()> 
     );
     Ok(())
 }
+
+/// A COMMIT that fails and leaves the transaction open (SQLite keeps it open
+/// after a deferred foreign-key violation) is followed by a rollback: the
+/// connection never goes back to the pool inside a transaction.
+#[test]
+fn a_failed_commit_leaves_no_transaction_open() -> Result<()> {
+    let db = Backend::SqliteFile.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    db.execute_batch(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+         CREATE TABLE child (id INTEGER PRIMARY KEY, \
+           parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)",
+    )?;
+    let mut tx = db.begin()?;
+    tx.execute("INSERT INTO child (id, parent) VALUES (1, 42)", ())?;
+    let e = tx
+        .commit()
+        .expect_err("the deferred foreign key fails at commit");
+    assert_eq!(e.kind(), ErrorKind::Constraint, "{e}");
+    // The same (only) connection starts and commits a new transaction.
+    db.transaction(|tx| tx.execute("INSERT INTO parent (id) VALUES (1)", ()))?;
+    let n: i64 = db
+        .query_one("SELECT COUNT(*) AS n FROM child", ())?
+        .get("n")?;
+    assert_eq!(n, 0, "the failed transaction's row is gone");
+    let n: i64 = db
+        .query_one("SELECT COUNT(*) AS n FROM parent", ())?
+        .get("n")?;
+    assert_eq!(n, 1);
+    Ok(())
+}

@@ -445,3 +445,33 @@ fn a_panic_between_arm_and_settle_discards_the_connection() -> Result<()> {
     db.execute_query("SELECT 1", ())?;
     Ok(())
 }
+
+/// Timeouts past what a clock can add (`Duration::MAX`, as a caller may
+/// write for "no limit to speak of") are clamped, never a panic.
+#[test]
+fn huge_timeouts_are_clamped_not_a_panic() -> Result<()> {
+    let db = Backend::SqliteFile.open()?;
+    let forever = Duration::MAX;
+    db.execute_query_with_timeout("SELECT 1", (), forever)?;
+    db.execute_with_timeout("CREATE TABLE t (id INTEGER)", (), forever)?;
+    db.transaction_with_timeout(forever, |tx| tx.execute("INSERT INTO t VALUES (1)", ()))?;
+    let mut conn = db.connection_timeout(forever)?;
+    conn.set_timeout(Some(forever));
+    conn.execute_query("SELECT 1", ())?;
+    conn.transaction_with_timeout(forever, |tx| tx.execute("INSERT INTO t VALUES (2)", ()))?;
+    drop(conn);
+    let report = db
+        .migrator()
+        .source(dbmanager::migrate::MigrationSource::embedded(&[(
+            "V1__one.sql",
+            "CREATE TABLE one (id INTEGER)",
+        )]))
+        .options(
+            dbmanager::migrate::MigrateOptions::default()
+                .lock_timeout(forever)
+                .statement_timeout(Some(forever)),
+        )
+        .run()?;
+    assert_eq!(report.applied.len(), 1);
+    Ok(())
+}

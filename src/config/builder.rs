@@ -18,13 +18,13 @@ const MAX_CONNECTIONS: u32 = 10_000;
 /// The longest query timeout: 24 days. PostgreSQL's `statement_timeout`,
 /// SQL Server's `LOCK_TIMEOUT` and SQLite's busy timeout are milliseconds in
 /// a signed 32-bit integer (at most 24.8 days; SQLite's panicked past it).
-const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
+pub(crate) const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
 const QUERY_TIMEOUT_TOO_LONG: &str = "is too long: a query timeout can be at most 24 days \
      (PostgreSQL, SQL Server and SQLite count it in 32-bit milliseconds)";
 
 /// The longest of every other duration: 365 days, so that deadlines computed
 /// from them (`now + timeout`) never overflow the clock.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 const DURATION_TOO_LONG: &str = "is too long: it can be at most 365 days";
 
 pub(super) const EMPTY_NAME: &str =

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::MAX_DURATION;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Shared;
 use crate::session::{PooledConnection, Transaction};
@@ -600,6 +601,7 @@ impl LockGuard {
         let mut conn = PooledConnection::new(Arc::clone(shared), shared.checkout()?);
         conn.set_timeout(Some(Duration::from_secs(10)));
         dialect.prepare_lock(&mut conn, &name)?;
+        let timeout = timeout.min(MAX_DURATION);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(10);
         loop {
