@@ -429,6 +429,13 @@ impl Pool {
             .lock()
             .is_some_and(|t| conn.last_used < t);
         if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle {
+            if conn.backend.peer_closed() {
+                // Killed or reset while idle: found before anything was
+                // written to it, so no statement fails on it.
+                tracing::debug!(database = %self.database, "discarding a connection its server closed");
+                conn.broken = true;
+                return None;
+            }
             return Some((conn, now));
         }
         match self.ping(&mut conn) {

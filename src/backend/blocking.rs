@@ -69,6 +69,34 @@ impl SocketHandle {
         SocketHandle {}
     }
 
+    /// True when the peer closed the socket, or sent something nobody asked
+    /// for, while the connection sat idle (a terminated session's farewell,
+    /// a reset): a statement written to it now would fail after it was
+    /// sent. One `poll(2)` that does not wait; false where it cannot tell.
+    pub(crate) fn peer_closed(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let Some(fd) = &self.fd else { return false };
+            #[cfg(target_os = "linux")]
+            let events = libc::POLLIN | libc::POLLRDHUP;
+            #[cfg(not(target_os = "linux"))]
+            let events = libc::POLLIN;
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, a descriptor we own, no wait.
+            let ready = unsafe { libc::poll(&mut p, 1, 0) };
+            ready > 0 && p.revents != 0
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
     /// Shuts the socket down so that a call blocked on it sees the end of
     /// the stream at once. Returns false where that is not possible.
     pub(crate) fn cut(&self) -> bool {

@@ -106,6 +106,14 @@ pub(crate) trait Connection: Send {
 
     /// True when the driver knows the connection is unusable.
     fn is_closed(&self) -> bool;
+
+    /// True when the server closed the connection (or sent something
+    /// unasked) while it sat idle, found without a round trip. The pool asks
+    /// before handing a connection out, so a statement is never written to
+    /// a connection already known dead. Default: cannot tell.
+    fn peer_closed(&self) -> bool {
+        false
+    }
 }
 
 /// Makes the connector for a configuration, or says which feature is missing.

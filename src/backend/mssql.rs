@@ -455,7 +455,7 @@ impl Connector for MsConnector {
         let broken = Arc::new(AtomicBool::new(false));
         let canceller: Arc<dyn Canceller> = Arc::new(MsCancel {
             broken: Arc::clone(&broken),
-            socket,
+            socket: socket.clone(),
         });
         Ok(Box::new(MsConnection {
             rt: Some(rt),
@@ -463,6 +463,7 @@ impl Connector for MsConnector {
             broken,
             in_flight: false,
             canceller,
+            socket,
         }))
     }
 
@@ -514,6 +515,7 @@ struct MsConnection {
     /// out of step.
     in_flight: bool,
     canceller: Arc<dyn Canceller>,
+    socket: SocketHandle,
 }
 
 /// A [`Value`] bound as a SQL Server parameter.
@@ -664,6 +666,10 @@ impl Connection for MsConnection {
 
     fn is_closed(&self) -> bool {
         self.broken.load(Ordering::SeqCst) || self.in_flight || self.client.is_none()
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.socket.peer_closed()
     }
 }
 

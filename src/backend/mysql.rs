@@ -104,14 +104,16 @@ impl Connector for MyConnector {
                 connect_error(timed_out, &self.target, self.connect_timeout, other)
             }
         })?;
+        let socket = SocketHandle::of(&conn);
         let canceller: Arc<dyn Canceller> = Arc::new(Kill {
             opts: self.kill_opts.clone(),
             id: conn.connection_id(),
-            socket: SocketHandle::of(&conn),
+            socket: socket.clone(),
         });
         Ok(Box::new(MyConnection {
             conn,
             canceller,
+            socket,
             flavor: None,
         }))
     }
@@ -124,6 +126,7 @@ impl Connector for MyConnector {
 struct MyConnection {
     conn: mysql::Conn,
     canceller: Arc<dyn Canceller>,
+    socket: SocketHandle,
     /// Which server-side limit the server knows, found on first use.
     flavor: Option<Flavor>,
 }
@@ -236,6 +239,10 @@ impl Connection for MyConnection {
 
     fn is_closed(&self) -> bool {
         false
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.socket.peer_closed()
     }
 
     fn canceller(&self) -> Arc<dyn Canceller> {

@@ -322,13 +322,14 @@ impl Connector for PgConnector {
             host,
             tls: self.tls.clone(),
             timeout: self.connect_timeout,
-            socket,
+            socket: socket.clone(),
         });
         Ok(Box::new(PgConnection {
             rt: Some(rt),
             client: Some(client),
             statements: HashMap::new(),
             canceller,
+            socket,
             tx_failed: None,
             pgbouncer: self.pgbouncer,
         }))
@@ -361,6 +362,7 @@ struct PgConnection {
     client: Option<Client>,
     statements: HashMap<String, (Statement, Columns)>,
     canceller: Arc<dyn Canceller>,
+    socket: SocketHandle,
     /// Inside a transaction begun here: whether a statement in it failed on
     /// the server, which aborts the whole transaction on PostgreSQL.
     tx_failed: Option<bool>,
@@ -634,6 +636,10 @@ impl Connection for PgConnection {
 
     fn is_closed(&self) -> bool {
         self.client.as_ref().map_or(true, Client::is_closed)
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.socket.peer_closed()
     }
 
     fn canceller(&self) -> Arc<dyn Canceller> {
