@@ -929,7 +929,7 @@ impl DatabaseConfigBuilder {
     }
 
     /// Statements slower than this are logged once at `warn` (normalised
-    /// SQL, never parameter values) and counted in `db_slow_query_count`;
+    /// SQL, never parameter values) and counted in `db_slow_query_count_total`;
     /// `None` turns that off. Default 2 s: well above an OLTP statement,
     /// well under the 30 s query timeout.
     pub fn slow_query_threshold(mut self, t: Option<Duration>) -> Self {

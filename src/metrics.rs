@@ -1,6 +1,12 @@
 //! Prometheus metrics, with the names of the Python system's metrics, every family labelled by
 //! `database` (never by SQL text, parameter values or credentials).
 //!
+//! The names are the ones the Python system's `prometheus_client` exposed, so
+//! its dashboards and alerts keep working: a counter it created as
+//! `db_query_count` was scraped as `db_query_count_total`, and that is the
+//! name here. Every family passes `promtool check metrics` (counters end in
+//! `_total`; only histograms have `_count` series).
+//!
 //! The families live once per process and are registered in this crate's
 //! own [`registry()`]; [`register`] adds them to yours. Read them as text
 //! with [`metrics_text`], push them to a Pushgateway at the end of a batch job
@@ -18,10 +24,10 @@
 //! | `db_pool_timeouts_total` | counter | database | acquisitions that gave up |
 //! | `db_connections_created_total` / `_closed_total` / `_broken_total` | counter | database | connection lifecycle |
 //! | `db_query_time_seconds` | histogram | database, operation | statement time (`query`, `execute`, `batch`, `begin`, `commit`, `rollback`) |
-//! | `db_query_count` | counter | database, operation | statements run |
-//! | `db_slow_query_count` | counter | database | statements over the slow-query threshold |
-//! | `db_deadlock_count` | counter | database | deadlocks and serialization failures |
-//! | `db_connection_errors` | counter | database | statements or checkouts that failed to reach the server |
+//! | `db_query_count_total` | counter | database, operation | statements run |
+//! | `db_slow_query_count_total` | counter | database | statements over the slow-query threshold |
+//! | `db_deadlock_count_total` | counter | database | deadlocks and serialization failures |
+//! | `db_connection_errors_total` | counter | database | statements or checkouts that failed to reach the server |
 //! | `db_query_timeouts_total` | counter | database | statements that hit their time limit |
 //! | `db_query_cancellations_total` | counter | database | cancels the watchdog sent |
 //! | `prepared_stmt_cache_size` | gauge | database | statement texts in the translation cache |
@@ -161,10 +167,10 @@ fn families() -> &'static Families {
             connections_closed: counter("db_connections_closed_total", "Connections closed.", db),
             connections_broken: counter("db_connections_broken_total", "Connections discarded as broken.", db),
             query_time: histogram("db_query_time_seconds", "Time spent executing statements.", db_op),
-            query_count: counter("db_query_count", "Statements executed.", db_op),
-            slow_queries: counter("db_slow_query_count", "Statements slower than the slow-query threshold.", db),
-            deadlocks: counter("db_deadlock_count", "Deadlocks and serialization failures.", db),
-            connection_errors: counter("db_connection_errors", "Failures to reach the database.", db),
+            query_count: counter("db_query_count_total", "Statements executed.", db_op),
+            slow_queries: counter("db_slow_query_count_total", "Statements slower than the slow-query threshold.", db),
+            deadlocks: counter("db_deadlock_count_total", "Deadlocks and serialization failures.", db),
+            connection_errors: counter("db_connection_errors_total", "Failures to reach the database.", db),
             query_timeouts: counter("db_query_timeouts_total", "Statements that ran past their time limit.", db),
             cancellations: counter("db_query_cancellations_total", "Statements the watchdog cancelled.", db),
             stmt_exec_time: histogram(
@@ -477,7 +483,7 @@ impl DbMetrics {
         let l = [database];
         let op = |v: &HistogramVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
         let opc = |v: &IntCounterVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
-        DbMetrics {
+        let m = DbMetrics {
             on,
             query_time: std::array::from_fn(|i| op(&f.query_time, i)),
             query_count: std::array::from_fn(|i| opc(&f.query_count, i)),
@@ -501,7 +507,13 @@ impl DbMetrics {
             circuit_state: f.circuit_state.with_label_values(&l),
             circuit_transitions: ["closed", "half_open", "open"]
                 .map(|state| f.circuit_transitions.with_label_values(&[database, state])),
-        }
+        };
+        // Reserved for bulk operations: exposed (at zero) like every other
+        // family, so that dashboards find a series for each database.
+        f.bulk_time.with_label_values(&l);
+        f.bulk_rows.with_label_values(&l);
+        f.bulk_executions.with_label_values(&l);
+        m
     }
 
     /// Adds a live database whose pool gauges are read at collection time.
@@ -631,7 +643,7 @@ mod tests {
         m.statement(0, Duration::from_millis(3), true);
         let text = metrics_text();
         assert!(
-            text.contains("db_query_count{database=\"unit_db\",operation=\"query\"} 1"),
+            text.contains("db_query_count_total{database=\"unit_db\",operation=\"query\"} 1"),
             "{text}"
         );
         assert!(text.contains("# TYPE db_query_time_seconds histogram"));
@@ -641,7 +653,7 @@ mod tests {
             register(&mine).expect_err("twice").kind(),
             ErrorKind::Config
         );
-        assert!(mine.gather().iter().any(|f| f.name() == "db_query_count"));
+        assert!(mine.gather().iter().any(|f| f.name() == "db_query_count_total"));
         Ok(())
     }
 
