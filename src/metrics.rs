@@ -324,7 +324,9 @@ pub fn metrics_text() -> String {
 /// Pushes every dbmanager metric to a Prometheus Pushgateway, under `job`
 /// (replacing what that job pushed before), as a batch job does when it ends.
 /// `gateway_url` is the gateway's base URL, `http://host:9091`; HTTPS is not
-/// supported by this client.
+/// supported by this client. Credentials in it (`http://user:pw@host:9091`)
+/// are sent as HTTP basic authentication and never appear in an error (its
+/// message, `Debug` or any `source()`).
 ///
 /// # Errors
 ///
@@ -366,8 +368,95 @@ pub fn push_metrics(gateway_url: &str, job: &str) -> Result<()> {
             ErrorKind::Connect,
             format!("{where_} could not be reached; check the URL and that it runs"),
         )
-        .with_source(e)),
+        .with_source(Redacted::chain(&e, &[&base, &target]))),
     }
+}
+
+/// One layer of an error's chain as text, with the credentials of the URLs
+/// it may quote taken out (`http://user:***@host:9091/…`): the HTTP client's
+/// errors quote the whole request URL, in `Display` and `Debug`.
+#[derive(Debug)]
+struct Redacted {
+    text: String,
+    source: Option<Box<Redacted>>,
+}
+
+impl Redacted {
+    /// `error` and each of its sources, every layer's text redacted of the
+    /// credentials in `urls`.
+    fn chain(error: &(dyn std::error::Error + 'static), urls: &[&url::Url]) -> Redacted {
+        let mut layers = vec![error.to_string()];
+        let mut cur = error.source();
+        while let Some(e) = cur {
+            layers.push(e.to_string());
+            cur = e.source();
+        }
+        let mut swaps: Vec<(String, String)> = Vec::new();
+        for url in urls {
+            if url.password().is_none() && url.username().is_empty() {
+                continue;
+            }
+            let mut safe = (*url).clone();
+            let _ = safe.set_password(Some("***"));
+            swaps.push((url.as_str().to_owned(), safe.as_str().to_owned()));
+            if let Some(pw) = url.password().filter(|p| !p.is_empty()) {
+                swaps.push((pw.to_owned(), "***".to_owned()));
+                let decoded = percent_decoded(pw);
+                if !decoded.is_empty() && decoded != pw {
+                    swaps.push((decoded, "***".to_owned()));
+                }
+            }
+        }
+        layers.into_iter().rev().fold(None, |source, mut text| {
+            for (secret, safe) in &swaps {
+                text = text.replace(secret.as_str(), safe);
+            }
+            Some(Redacted {
+                text,
+                source: source.map(Box::new),
+            })
+        })
+        .expect("at least the error itself")
+    }
+}
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Redacted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// `%XX` sequences decoded (as in a URL's user info; invalid ones kept).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A running scrape endpoint; stops when dropped.
@@ -667,6 +756,12 @@ mod tests {
             !text.contains("unit_db_off\",operation=\"execute\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn percent_decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(percent_decoded("a%21b%2"), "a!b%2");
+        assert_eq!(percent_decoded("%+1x%zz"), "%+1x%zz");
     }
 
     #[test]

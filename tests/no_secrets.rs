@@ -291,3 +291,29 @@ fn configs_from_the_environment_form_never_show_the_password() {
     assert_eq!(seen.0.matches("***").count(), 18, "{}", seen.0);
     seen.assert_free_of(&[SECRET]);
 }
+
+/// A Pushgateway URL with credentials: a failed push names the gateway,
+/// never the password, in any layer of the error (each `source()` too).
+#[test]
+fn pushgateway_credentials_never_appear_in_a_failed_push() {
+    common::logged();
+    let mut seen = Seen::default();
+    let port = common::closed_port();
+    for url in [
+        format!("http://pusher:{SECRET}@127.0.0.1:{port}"),
+        format!("http://pusher:{SECRET}@127.0.0.1:{port}/"),
+        format!("http://pusher:{SECRET}@dbmanager-no-such-host.invalid:9091"),
+        // Percent-encoded in the URL: neither form may show.
+        format!("http://pusher:{SECRET}%21x@127.0.0.1:{port}"),
+    ] {
+        let e = dbmanager::push_metrics(&url, "secret_job").expect_err("nothing listens");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+        seen.error("failed push", &e);
+    }
+    assert!(
+        seen.0.contains("127.0.0.1"),
+        "the gateway is still named: {}",
+        seen.0
+    );
+    seen.assert_free_of(&[SECRET, "S3cr3t-Pw-9137!x"]);
+}
