@@ -407,16 +407,19 @@ impl Redacted {
                 }
             }
         }
-        layers.into_iter().rev().fold(None, |source, mut text| {
-            for (secret, safe) in &swaps {
-                text = text.replace(secret.as_str(), safe);
-            }
-            Some(Redacted {
-                text,
-                source: source.map(Box::new),
+        layers
+            .into_iter()
+            .rev()
+            .fold(None, |source, mut text| {
+                for (secret, safe) in &swaps {
+                    text = text.replace(secret.as_str(), safe);
+                }
+                Some(Redacted {
+                    text,
+                    source: source.map(Box::new),
+                })
             })
-        })
-        .expect("at least the error itself")
+            .expect("at least the error itself")
     }
 }
 
@@ -742,7 +745,10 @@ mod tests {
             register(&mine).expect_err("twice").kind(),
             ErrorKind::Config
         );
-        assert!(mine.gather().iter().any(|f| f.name() == "db_query_count_total"));
+        assert!(mine
+            .gather()
+            .iter()
+            .any(|f| f.name() == "db_query_count_total"));
         Ok(())
     }
 

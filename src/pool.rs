@@ -539,10 +539,10 @@ impl Pool {
     pub(crate) fn holders(&self) -> Vec<ConnectionHolder> {
         let now = Instant::now();
         let all = self.counters.live_holders();
-        let mut out: Vec<ConnectionHolder> =
-            all.iter()
-                .filter_map(|h| h.lock().report(now, self.counters.dialect))
-                .collect();
+        let mut out: Vec<ConnectionHolder> = all
+            .iter()
+            .filter_map(|h| h.lock().report(now, self.counters.dialect))
+            .collect();
         out.sort_by_key(|h| std::cmp::Reverse(h.held_for_ms));
         out
     }

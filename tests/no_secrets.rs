@@ -347,7 +347,10 @@ fn held_statement_literals_never_appear(b: Backend) -> dbmanager::Result<()> {
     seen.error("pool timeout", &e);
     let holders = e.pool_holders();
     assert_eq!(holders.len(), 1, "{holders:?}");
-    let last = holders[0].last_sql.as_deref().expect("the last SQL is kept");
+    let last = holders[0]
+        .last_sql
+        .as_deref()
+        .expect("the last SQL is kept");
     assert!(
         last.starts_with("SELECT ? AS role_name, ? AS password"),
         "the normalised text, literals as `?`: {last}"

@@ -112,9 +112,18 @@ fn metrics_follow_a_known_sequence(b: Backend) -> Result<()> {
         "{:?}",
         db.statement_stats(20)
     );
-    assert_eq!(number(&m, "db_query_count_total", &name, Some("execute")), 1.0);
-    assert_eq!(number(&m, "db_query_count_total", &name, Some("batch")), 1.0);
-    assert_eq!(number(&m, "db_query_count_total", &name, Some("rollback")), 1.0);
+    assert_eq!(
+        number(&m, "db_query_count_total", &name, Some("execute")),
+        1.0
+    );
+    assert_eq!(
+        number(&m, "db_query_count_total", &name, Some("batch")),
+        1.0
+    );
+    assert_eq!(
+        number(&m, "db_query_count_total", &name, Some("rollback")),
+        1.0
+    );
     assert_eq!(number(&m, "db_slow_query_count_total", &name, None), 2.0);
     assert_eq!(number(&m, "db_query_timeouts_total", &name, None), 1.0);
     assert_eq!(number(&m, "db_query_cancellations_total", &name, None), 1.0);
@@ -251,7 +260,9 @@ fn promtool_check(text: &str) -> (bool, String) {
         .spawn()
         .expect("promtool runs (run the tests with `scripts/test`, which installs it)");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(text.as_bytes()).expect("promtool reads the text");
+    stdin
+        .write_all(text.as_bytes())
+        .expect("promtool reads the text");
     drop(stdin);
     let out = child.wait_with_output().expect("promtool ends");
     let said = format!(
@@ -333,7 +344,10 @@ fn promtool_accepts_the_full_exposition() -> Result<()> {
         assert_eq!(number(&m, "db_transaction_commits_total", name, None), 1.0);
         assert!(number(&m, "db_transaction_rollbacks_total", name, None) >= 1.0);
     }
-    assert!(number(&m, "db_connection_errors_total", &down, None) >= 1.0, "{text}");
+    assert!(
+        number(&m, "db_connection_errors_total", &down, None) >= 1.0,
+        "{text}"
+    );
     // No family of the exposition is missing from the list above.
     let exposed: BTreeSet<&str> = text
         .lines()
