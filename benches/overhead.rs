@@ -586,7 +586,7 @@ fn pool_get_return(settings: &Settings, report: &mut Report, threads: &[usize]) 
                     Ok(())
                 }),
                 Side::threaded("dbmanager", t, || {
-                    black_box(db.connection()?);
+                    drop(black_box(db.connection()?));
                     Ok(())
                 }),
             ],

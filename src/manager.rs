@@ -159,7 +159,6 @@ impl DatabaseManager {
     }
 
     /// The retry policy of this handle's calls.
-    #[must_use]
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.unwrap_or(self.shared.config.retry)
     }

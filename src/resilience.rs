@@ -470,7 +470,7 @@ mod tests {
             assert_eq!(b.state(), CircuitState::HalfOpen);
             // While the probe runs, calls fail fast and no second probe starts.
             assert_eq!(b.admit(now), Admit::Reject(Duration::ZERO));
-            assert_eq!(b.start_probe(now).0, false);
+            assert!(!b.start_probe(now).0);
             assert_eq!(
                 b.probed(false, now),
                 Some((CircuitState::HalfOpen, CircuitState::Open))

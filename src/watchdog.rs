@@ -589,7 +589,7 @@ mod tests {
     }
 
     /// A backend whose cut panics.
-    struct Panicky(Arc<Probe>);
+    struct Panicky(#[allow(dead_code)] Arc<Probe>);
 
     impl Canceller for Panicky {
         fn cancel(&self) -> Result<()> {
