@@ -296,7 +296,17 @@ fn promtool_accepts_the_full_exposition() -> Result<()> {
         db.execute_batch(&format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY)"))?;
         db.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (1,))?;
         db.execute_query(&format!("SELECT id FROM {table} WHERE id = ?"), (1,))?;
-        db.execute_query(&sleep_sql(kind, 0.05), ())?;
+        // Over the 20 ms threshold (on SQLite a short count, not the half
+        // second of `sleep_sql`, to leave the CPU to the tests beside it).
+        let slow = match kind {
+            BackendKind::Sqlite => {
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                                    LIMIT 400000) SELECT count(*) FROM c"
+                    .to_owned()
+            }
+            _ => sleep_sql(kind, 0.05),
+        };
+        db.execute_query(&slow, ())?;
         let err = db
             .execute_query_with_timeout(b.endless_statement(), (), Duration::from_millis(100))
             .expect_err("must time out");
