@@ -11,6 +11,9 @@
 #   dbm_start_pgbouncer  pgbouncer (installs it with apt if missing) in transaction
 #                        pooling mode in front of the PostgreSQL started above,
 #                        with a server pool smaller than the tests' client threads
+#   dbm_start_pushgateway a Prometheus Pushgateway (installs it with apt if missing)
+#   dbm_need_promtool    Prometheus' promtool (installs the prometheus package
+#                        with apt if missing; no server is started)
 #   dbm_private_server postgres|mariadb
 #                        another server of its own (temp dir, free port) for a
 #                        test that stops, restarts or freezes it; prints
@@ -31,6 +34,8 @@
 #   DBMANAGER_TEST_MYSQL_PID           mariadbd's pid
 # Exported after dbm_start_pushgateway:
 #   DBMANAGER_TEST_PUSHGATEWAY_URL     http://127.0.0.1:<port>
+# Exported after dbm_need_promtool:
+#   DBMANAGER_TEST_PROMTOOL            the path of promtool (checks the metrics text)
 # Exported after dbm_start_mssql:
 #   DBMANAGER_TEST_MSSQL_URL           mssql://app:<pw>@127.0.0.1:<port>/bridge?encrypt=true&trust_server_certificate=true
 #   DBMANAGER_TEST_MSSQL_PID           the pysqlbridge process's pid
@@ -705,6 +710,26 @@ _dbm_stop_pushgateway() {
     _DBM_PGW_PID= _DBM_PGW_LOG=
 }
 
+# ---------------------------------------------------------------- promtool
+
+# dbm_need_promtool: Prometheus' `promtool` (Debian's package `prometheus`,
+# installed when missing; its service is not started), which the tests use to
+# check the exposition text. Exports DBMANAGER_TEST_PROMTOOL (its path).
+dbm_need_promtool() {
+    local bin
+    bin=$(command -v promtool 2>/dev/null) || bin=
+    if [[ -z $bin ]]; then
+        _dbm_apt_install prometheus || return 1
+        bin=$(command -v promtool 2>/dev/null) || bin=
+    fi
+    if [[ -z $bin || ! -x $bin ]]; then
+        _dbm_fail "promtool not found after installing the prometheus package"
+        return 1
+    fi
+    export DBMANAGER_TEST_PROMTOOL=$bin
+    _dbm_log "promtool: $bin"
+}
+
 # ---------------------------------------------------------------- SQL Server (pysqlbridge)
 
 _dbm_stop_mssql() {
@@ -1117,7 +1142,8 @@ dbm_print_env() {
     for v in DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
         DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID \
         DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID \
-        DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID \
+        DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_PROMTOOL \
+        DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID \
         DBMANAGER_TEST_PGBOUNCER_URL DBMANAGER_TEST_PGBOUNCER_PID; do
         val=${!v:-}
         [[ -n $val ]] || continue

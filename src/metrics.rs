@@ -1,6 +1,12 @@
 //! Prometheus metrics, with the names of the Python system's metrics, every family labelled by
 //! `database` (never by SQL text, parameter values or credentials).
 //!
+//! The names are the ones the Python system's `prometheus_client` exposed, so
+//! its dashboards and alerts keep working: a counter it created as
+//! `db_query_count` was scraped as `db_query_count_total`, and that is the
+//! name here. Every family passes `promtool check metrics` (counters end in
+//! `_total`; only histograms have `_count` series).
+//!
 //! The families live once per process and are registered in this crate's
 //! own [`registry()`]; [`register`] adds them to yours. Read them as text
 //! with [`metrics_text`], push them to a Pushgateway at the end of a batch job
@@ -18,10 +24,10 @@
 //! | `db_pool_timeouts_total` | counter | database | acquisitions that gave up |
 //! | `db_connections_created_total` / `_closed_total` / `_broken_total` | counter | database | connection lifecycle |
 //! | `db_query_time_seconds` | histogram | database, operation | statement time (`query`, `execute`, `batch`, `begin`, `commit`, `rollback`) |
-//! | `db_query_count` | counter | database, operation | statements run |
-//! | `db_slow_query_count` | counter | database | statements over the slow-query threshold |
-//! | `db_deadlock_count` | counter | database | deadlocks and serialization failures |
-//! | `db_connection_errors` | counter | database | statements or checkouts that failed to reach the server |
+//! | `db_query_count_total` | counter | database, operation | statements run |
+//! | `db_slow_query_count_total` | counter | database | statements over the slow-query threshold |
+//! | `db_deadlock_count_total` | counter | database | deadlocks and serialization failures |
+//! | `db_connection_errors_total` | counter | database | statements or checkouts that failed to reach the server |
 //! | `db_query_timeouts_total` | counter | database | statements that hit their time limit |
 //! | `db_query_cancellations_total` | counter | database | cancels the watchdog sent |
 //! | `prepared_stmt_cache_size` | gauge | database | statement texts in the translation cache |
@@ -161,10 +167,10 @@ fn families() -> &'static Families {
             connections_closed: counter("db_connections_closed_total", "Connections closed.", db),
             connections_broken: counter("db_connections_broken_total", "Connections discarded as broken.", db),
             query_time: histogram("db_query_time_seconds", "Time spent executing statements.", db_op),
-            query_count: counter("db_query_count", "Statements executed.", db_op),
-            slow_queries: counter("db_slow_query_count", "Statements slower than the slow-query threshold.", db),
-            deadlocks: counter("db_deadlock_count", "Deadlocks and serialization failures.", db),
-            connection_errors: counter("db_connection_errors", "Failures to reach the database.", db),
+            query_count: counter("db_query_count_total", "Statements executed.", db_op),
+            slow_queries: counter("db_slow_query_count_total", "Statements slower than the slow-query threshold.", db),
+            deadlocks: counter("db_deadlock_count_total", "Deadlocks and serialization failures.", db),
+            connection_errors: counter("db_connection_errors_total", "Failures to reach the database.", db),
             query_timeouts: counter("db_query_timeouts_total", "Statements that ran past their time limit.", db),
             cancellations: counter("db_query_cancellations_total", "Statements the watchdog cancelled.", db),
             stmt_exec_time: histogram(
@@ -318,7 +324,9 @@ pub fn metrics_text() -> String {
 /// Pushes every dbmanager metric to a Prometheus Pushgateway, under `job`
 /// (replacing what that job pushed before), as a batch job does when it ends.
 /// `gateway_url` is the gateway's base URL, `http://host:9091`; HTTPS is not
-/// supported by this client.
+/// supported by this client. Credentials in it (`http://user:pw@host:9091`)
+/// are sent as HTTP basic authentication and never appear in an error (its
+/// message, `Debug` or any `source()`).
 ///
 /// # Errors
 ///
@@ -360,8 +368,98 @@ pub fn push_metrics(gateway_url: &str, job: &str) -> Result<()> {
             ErrorKind::Connect,
             format!("{where_} could not be reached; check the URL and that it runs"),
         )
-        .with_source(e)),
+        .with_source(Redacted::chain(&e, &[&base, &target]))),
     }
+}
+
+/// One layer of an error's chain as text, with the credentials of the URLs
+/// it may quote taken out (`http://user:***@host:9091/…`): the HTTP client's
+/// errors quote the whole request URL, in `Display` and `Debug`.
+#[derive(Debug)]
+struct Redacted {
+    text: String,
+    source: Option<Box<Redacted>>,
+}
+
+impl Redacted {
+    /// `error` and each of its sources, every layer's text redacted of the
+    /// credentials in `urls`.
+    fn chain(error: &(dyn std::error::Error + 'static), urls: &[&url::Url]) -> Redacted {
+        let mut layers = vec![error.to_string()];
+        let mut cur = error.source();
+        while let Some(e) = cur {
+            layers.push(e.to_string());
+            cur = e.source();
+        }
+        let mut swaps: Vec<(String, String)> = Vec::new();
+        for url in urls {
+            if url.password().is_none() && url.username().is_empty() {
+                continue;
+            }
+            let mut safe = (*url).clone();
+            let _ = safe.set_password(Some("***"));
+            swaps.push((url.as_str().to_owned(), safe.as_str().to_owned()));
+            if let Some(pw) = url.password().filter(|p| !p.is_empty()) {
+                swaps.push((pw.to_owned(), "***".to_owned()));
+                let decoded = percent_decoded(pw);
+                if !decoded.is_empty() && decoded != pw {
+                    swaps.push((decoded, "***".to_owned()));
+                }
+            }
+        }
+        layers
+            .into_iter()
+            .rev()
+            .fold(None, |source, mut text| {
+                for (secret, safe) in &swaps {
+                    text = text.replace(secret.as_str(), safe);
+                }
+                Some(Redacted {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .expect("at least the error itself")
+    }
+}
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Redacted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// `%XX` sequences decoded (as in a URL's user info; invalid ones kept).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A running scrape endpoint; stops when dropped.
@@ -477,7 +575,7 @@ impl DbMetrics {
         let l = [database];
         let op = |v: &HistogramVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
         let opc = |v: &IntCounterVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
-        DbMetrics {
+        let m = DbMetrics {
             on,
             query_time: std::array::from_fn(|i| op(&f.query_time, i)),
             query_count: std::array::from_fn(|i| opc(&f.query_count, i)),
@@ -501,7 +599,13 @@ impl DbMetrics {
             circuit_state: f.circuit_state.with_label_values(&l),
             circuit_transitions: ["closed", "half_open", "open"]
                 .map(|state| f.circuit_transitions.with_label_values(&[database, state])),
-        }
+        };
+        // Reserved for bulk operations: exposed (at zero) like every other
+        // family, so that dashboards find a series for each database.
+        f.bulk_time.with_label_values(&l);
+        f.bulk_rows.with_label_values(&l);
+        f.bulk_executions.with_label_values(&l);
+        m
     }
 
     /// Adds a live database whose pool gauges are read at collection time.
@@ -631,7 +735,7 @@ mod tests {
         m.statement(0, Duration::from_millis(3), true);
         let text = metrics_text();
         assert!(
-            text.contains("db_query_count{database=\"unit_db\",operation=\"query\"} 1"),
+            text.contains("db_query_count_total{database=\"unit_db\",operation=\"query\"} 1"),
             "{text}"
         );
         assert!(text.contains("# TYPE db_query_time_seconds histogram"));
@@ -641,7 +745,10 @@ mod tests {
             register(&mine).expect_err("twice").kind(),
             ErrorKind::Config
         );
-        assert!(mine.gather().iter().any(|f| f.name() == "db_query_count"));
+        assert!(mine
+            .gather()
+            .iter()
+            .any(|f| f.name() == "db_query_count_total"));
         Ok(())
     }
 
@@ -655,6 +762,12 @@ mod tests {
             !text.contains("unit_db_off\",operation=\"execute\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn percent_decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(percent_decoded("a%21b%2"), "a!b%2");
+        assert_eq!(percent_decoded("%+1x%zz"), "%+1x%zz");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::backend::{Canceller, Connection, Connector};
 use crate::config::{DatabaseConfig, MAX_DURATION};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::DbMetrics;
+use crate::sql::Dialect;
 use crate::status::CircuitState;
 use crate::status::{ConnectionHolder, PoolStatus};
 use crate::watchdog::{Fired, Sweep, Watchdog};
@@ -64,7 +65,11 @@ pub(crate) struct Conn {
 #[derive(Default)]
 struct Holder {
     checkout: Option<Checkout>,
+    /// The start of the last statement as run (literals and all): only
+    /// ever shown normalised, by [`Holder::report`].
     last_sql: String,
+    /// `last_sql` is a prefix of a longer statement.
+    last_sql_cut: bool,
     in_transaction: bool,
     leak_reported: bool,
 }
@@ -76,13 +81,23 @@ struct Checkout {
 }
 
 impl Holder {
-    fn report(&self, now: Instant) -> Option<ConnectionHolder> {
+    /// Who holds the connection, its last statement normalised as in the
+    /// slow-query log (literals as `?`): a statement may carry a secret in
+    /// its text (`ALTER ROLE x PASSWORD '…'`).
+    fn report(&self, now: Instant, dialect: Dialect) -> Option<ConnectionHolder> {
         let c = self.checkout.as_ref()?;
+        let last_sql = (!self.last_sql.is_empty()).then(|| {
+            let mut sql = crate::sql::normalise(&self.last_sql, dialect, LAST_SQL_CHARS);
+            if self.last_sql_cut && !sql.ends_with('…') {
+                sql.push('…');
+            }
+            sql
+        });
         Some(ConnectionHolder {
             held_for_ms: now.saturating_duration_since(c.at).as_millis() as u64,
             checked_out_at: c.site.to_string(),
             thread: c.thread.name().map(str::to_owned),
-            last_sql: (!self.last_sql.is_empty()).then(|| self.last_sql.clone()),
+            last_sql,
             in_transaction: self.in_transaction,
         })
     }
@@ -117,6 +132,8 @@ pub(crate) struct Counters {
     pub(crate) leaks: AtomicU64,
     /// Every open connection's holder record.
     holders: Mutex<Vec<Weak<Mutex<Holder>>>>,
+    /// The backend's dialect, to normalise the holders' last SQL.
+    dialect: Dialect,
     /// The latest connection failure, for waiters to return at once.
     last_connect_error: Mutex<Option<(Instant, Arc<Error>)>>,
     /// Idle connections last used before this moment are checked before
@@ -268,7 +285,7 @@ impl Sweep for LeakWatch {
             if overdue && !h.leak_reported {
                 h.leak_reported = true;
                 self.counters.leaks.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = h.report(now) {
+                if let Some(r) = h.report(now, self.counters.dialect) {
                     tracing::warn!(
                         database = %self.database,
                         held_for_ms = r.held_for_ms,
@@ -302,6 +319,7 @@ impl Pool {
             created: AtomicU64::new(0),
             leaks: AtomicU64::new(0),
             holders: Mutex::new(Vec::new()),
+            dialect: connector.dialect(),
             last_connect_error: Mutex::new(None),
             suspect_before: Mutex::new(None),
         });
@@ -382,6 +400,7 @@ impl Pool {
             thread: std::thread::current(),
         });
         h.last_sql.clear();
+        h.last_sql_cut = false;
         h.in_transaction = false;
         h.leak_reported = false;
     }
@@ -527,8 +546,10 @@ impl Pool {
     pub(crate) fn holders(&self) -> Vec<ConnectionHolder> {
         let now = Instant::now();
         let all = self.counters.live_holders();
-        let mut out: Vec<ConnectionHolder> =
-            all.iter().filter_map(|h| h.lock().report(now)).collect();
+        let mut out: Vec<ConnectionHolder> = all
+            .iter()
+            .filter_map(|h| h.lock().report(now, self.counters.dialect))
+            .collect();
         out.sort_by_key(|h| std::cmp::Reverse(h.held_for_ms));
         out
     }
@@ -552,6 +573,7 @@ impl Pool {
                 .nth(LAST_SQL_CHARS)
                 .map_or(sql.len(), |(i, _)| i);
             h.last_sql.push_str(sql[..end].trim());
+            h.last_sql_cut = end < sql.len();
         }
         if let Some(t) = transaction {
             h.in_transaction = t;

@@ -116,8 +116,9 @@ pub struct ConnectionHolder {
     pub checked_out_at: String,
     /// The name of the thread that checked it out, if it has one.
     pub thread: Option<String>,
-    /// The start of the last statement run on it (SQL text only, never
-    /// parameter values).
+    /// The start of the last statement run on it, normalised as in the
+    /// slow-query log: literals written into the SQL shown as `?`, comments
+    /// dropped, whitespace collapsed; never parameter values.
     pub last_sql: Option<String>,
     /// Whether a transaction is open on it.
     pub in_transaction: bool,

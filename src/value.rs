@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
+use serde::de::{
+    DeserializeOwned, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor,
+};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use uuid::Uuid;
 
@@ -457,9 +459,312 @@ impl Row {
     ///
     /// [`ErrorKind::Conversion`](crate::ErrorKind::Conversion) naming the
     /// field that did not fit.
+    ///
+    /// Each value reads as its JSON form does (see [`to_json`](Self::to_json)),
+    /// except a decimal, which reads as its text into a `String` or
+    /// [`Decimal`] field and as a number into an `f64`/`f32` field (or an
+    /// integer field, when it has no fraction and fits).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.to_json())
+        T::deserialize(RowDeserializer(self))
             .map_err(|e| Error::conversion(format!("row does not fit the target type: {e}")))
+    }
+}
+
+/// Deserialises a [`Row`] as a map of column names to values, as its JSON
+/// object would (a repeated column name: the last one), without building
+/// that object.
+struct RowDeserializer<'a>(&'a Row);
+
+/// Forwards the listed `deserialize_*` methods to the JSON form of
+/// `self.0` (a row or a value).
+macro_rules! forward_to_json {
+    ($($method:ident),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, Self::Error> {
+            self.0.to_json().$method(visitor)
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for RowDeserializer<'_> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        visitor.visit_map(RowMap {
+            row: self.0,
+            next: 0,
+            value: None,
+        })
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_unit_struct(name, visitor)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_tuple(len, visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0
+            .to_json()
+            .deserialize_tuple_struct(name, len, visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_enum(name, variants, visitor)
+    }
+
+    forward_to_json! {
+        deserialize_bool, deserialize_i8, deserialize_i16, deserialize_i32, deserialize_i64,
+        deserialize_i128, deserialize_u8, deserialize_u16, deserialize_u32, deserialize_u64,
+        deserialize_u128, deserialize_f32, deserialize_f64, deserialize_char, deserialize_str,
+        deserialize_string, deserialize_bytes, deserialize_byte_buf, deserialize_unit,
+        deserialize_seq, deserialize_identifier, deserialize_ignored_any,
+    }
+}
+
+/// The columns of a row, in order, each name once (its last column).
+struct RowMap<'a> {
+    row: &'a Row,
+    next: usize,
+    value: Option<&'a Value>,
+}
+
+impl<'de> MapAccess<'de> for RowMap<'_> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> std::result::Result<Option<K::Value>, Self::Error> {
+        let columns = &self.row.columns;
+        while self.next < columns.len() {
+            let i = self.next;
+            self.next += 1;
+            if columns[i + 1..].iter().any(|c| *c == columns[i]) {
+                continue; // a later column of the same name wins, as in JSON
+            }
+            self.value = Some(&self.row.values[i]);
+            let key: serde::de::value::StrDeserializer<'_, serde_json::Error> =
+                columns[i].as_ref().into_deserializer();
+            return seed.deserialize(key).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> std::result::Result<S::Value, Self::Error> {
+        let value = self
+            .value
+            .take()
+            .ok_or_else(|| serde::de::Error::custom("a value was asked for before its key"))?;
+        seed.deserialize(CellDeserializer(value))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.row.values.len() - self.next)
+    }
+}
+
+/// One value of a row: its JSON form, except that a decimal also reads as
+/// a float (and an integer without fraction as an integer).
+struct CellDeserializer<'a>(&'a Value);
+
+impl CellDeserializer<'_> {
+    /// The decimal's value as the closest `f64`.
+    fn float(d: &Decimal) -> std::result::Result<f64, serde_json::Error> {
+        d.to_string()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("the decimal {d} is not a number")))
+    }
+
+    /// Reads an integer target: a decimal without fraction that fits in
+    /// 64 bits as that integer, anything else as its JSON form (whose
+    /// visitor says what was wrong).
+    fn integer<'de, V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, serde_json::Error> {
+        if let Value::Decimal(d) = self.0 {
+            if d.fract().is_zero() {
+                if let Ok(i) = i64::try_from(*d) {
+                    return visitor.visit_i64(i);
+                }
+                if let Ok(u) = u64::try_from(*d) {
+                    return visitor.visit_u64(u);
+                }
+            }
+        }
+        self.0.to_json().deserialize_any(visitor)
+    }
+}
+
+macro_rules! cell_integers {
+    ($($method:ident),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, Self::Error> {
+            self.integer(visitor)
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for CellDeserializer<'_> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_any(visitor)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Decimal(d) => visitor.visit_f64(Self::float(d)?),
+            v => v.to_json().deserialize_f64(visitor),
+        }
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.deserialize_f64(visitor)
+    }
+
+    cell_integers! {
+        deserialize_i8, deserialize_i16, deserialize_i32, deserialize_i64, deserialize_i128,
+        deserialize_u8, deserialize_u16, deserialize_u32, deserialize_u64, deserialize_u128,
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Null => visitor.visit_none(),
+            // Decimals only: other values read as their JSON form does.
+            Value::Decimal(_) => visitor.visit_some(self),
+            v => v.to_json().deserialize_option(visitor),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Decimal(_) => visitor.visit_newtype_struct(self),
+            v => v.to_json().deserialize_newtype_struct(name, visitor),
+        }
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_unit_struct(name, visitor)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_tuple(len, visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0
+            .to_json()
+            .deserialize_tuple_struct(name, len, visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_struct(name, fields, visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, Self::Error> {
+        self.0.to_json().deserialize_enum(name, variants, visitor)
+    }
+
+    forward_to_json! {
+        deserialize_bool, deserialize_char, deserialize_str, deserialize_string,
+        deserialize_bytes, deserialize_byte_buf, deserialize_unit, deserialize_seq,
+        deserialize_map, deserialize_identifier, deserialize_ignored_any,
     }
 }
 
@@ -730,6 +1035,49 @@ mod tests {
         }
         let p: P = row().deserialize()?;
         assert_eq!((p.id, p.name.as_str()), (7, "ada"));
+        Ok(())
+    }
+
+    #[test]
+    fn deserialize_reads_decimals_as_floats_and_keeps_the_json_shape() -> Result<()> {
+        let cols: Columns = vec![Arc::from("id"), Arc::from("amount"), Arc::from("id")].into();
+        let r = Row::new(
+            cols,
+            vec![
+                Value::I64(1),
+                Value::Decimal("2.50".parse().unwrap()),
+                Value::I64(2),
+            ],
+        );
+        #[derive(serde::Deserialize)]
+        struct F {
+            id: i64,
+            amount: f64,
+        }
+        let f: F = r.deserialize()?;
+        assert_eq!((f.id, f.amount), (2, 2.5), "the last `id` wins, as in JSON");
+        // Any target reads what the row's JSON form reads.
+        let json: serde_json::Value = r.deserialize()?;
+        assert_eq!(json, r.to_json());
+        let map: HashMap<String, serde_json::Value> = r.deserialize()?;
+        assert_eq!(map["amount"], "2.50");
+        let some: Option<F> = r.deserialize()?;
+        assert!(some.is_some());
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Whole {
+            amount: i64,
+        }
+        assert!(r.deserialize::<Whole>().is_err(), "2.50 is no integer");
+        let big = Row::new(
+            vec![Arc::from("amount")].into(),
+            vec![Value::Decimal(Decimal::from(u64::MAX))],
+        );
+        #[derive(serde::Deserialize)]
+        struct Big {
+            amount: u64,
+        }
+        assert_eq!(big.deserialize::<Big>()?.amount, u64::MAX);
         Ok(())
     }
 

@@ -292,3 +292,93 @@ fn configs_from_the_environment_form_never_show_the_password() {
     assert_eq!(seen.0.matches("***").count(), 16, "{}", seen.0);
     seen.assert_free_of(&[SECRET]);
 }
+
+/// A Pushgateway URL with credentials: a failed push names the gateway,
+/// never the password, in any layer of the error (each `source()` too).
+#[test]
+fn pushgateway_credentials_never_appear_in_a_failed_push() {
+    common::logged();
+    let mut seen = Seen::default();
+    let port = common::closed_port();
+    for url in [
+        format!("http://pusher:{SECRET}@127.0.0.1:{port}"),
+        format!("http://pusher:{SECRET}@127.0.0.1:{port}/"),
+        format!("http://pusher:{SECRET}@dbmanager-no-such-host.invalid:9091"),
+        // Percent-encoded in the URL: neither form may show.
+        format!("http://pusher:{SECRET}%21x@127.0.0.1:{port}"),
+    ] {
+        let e = dbmanager::metrics::push_metrics(&url, "secret_job").expect_err("nothing listens");
+        assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+        seen.error("failed push", &e);
+    }
+    assert!(
+        seen.0.contains("127.0.0.1"),
+        "the gateway is still named: {}",
+        seen.0
+    );
+    seen.assert_free_of(&[SECRET, "S3cr3t-Pw-9137!x"]);
+}
+
+/// A statement with a secret written into it (`ALTER ROLE x PASSWORD '…'`
+/// style): a pool timeout's holder list and the leak warning show its
+/// normalised text (literals as `?`), never the literal.
+fn held_statement_literals_never_appear(b: Backend) -> dbmanager::Result<()> {
+    common::logged();
+    let place = b.place();
+    let db = place.manager_with("held_secret", |c| {
+        c.pool_size(1)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_millis(300))
+            .leak_threshold(Some(Duration::from_millis(200)))
+    })?;
+    let mut seen = Seen::default();
+    let mut held = db.connection()?;
+    // What `ALTER ROLE x PASSWORD '…'` would leave behind, runnable by the
+    // application user on every backend.
+    let row = held.query_one(
+        &format!("SELECT 'x' AS role_name, '{SECRET}' AS password, 4711 AS n"),
+        (),
+    )?;
+    assert_eq!(row.get::<String>("password")?, SECRET);
+    seen.text(format!("{held:?}"));
+
+    // Another caller times out waiting: the error lists the holder.
+    let e = db.connection().expect_err("the pool of one is held");
+    assert!(e.is_pool_exhausted(), "{e}");
+    seen.error("pool timeout", &e);
+    let holders = e.pool_holders();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let last = holders[0]
+        .last_sql
+        .as_deref()
+        .expect("the last SQL is kept");
+    assert!(
+        last.starts_with("SELECT ? AS role_name, ? AS password"),
+        "the normalised text, literals as `?`: {last}"
+    );
+    seen.text(format!("{holders:?}"));
+    seen.text(serde_json::to_string(holders).unwrap());
+
+    // Held past the leak threshold: the watchdog's sweep warns once.
+    let waited = std::time::Instant::now();
+    while db.pool_status().suspected_leaks == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "no leak reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logged = common::logged();
+    assert!(
+        logged.contains("leak threshold") && logged.contains("? AS password"),
+        "the leak warning names the normalised statement:\n{logged}"
+    );
+    seen.manager(&db);
+    drop(held);
+    seen.assert_free_of(&[SECRET]);
+    Ok(())
+}
+each_backend!(
+    held_statement_literals_never_appear,
+    [Postgres, MySql, SqliteFile]
+);

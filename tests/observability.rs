@@ -107,15 +107,24 @@ fn metrics_follow_a_known_sequence(b: Backend) -> Result<()> {
     let text = dbmanager::metrics::metrics_text();
     let m = parse(&text);
     assert_eq!(
-        number(&m, "db_query_count", &name, Some("query")),
+        number(&m, "db_query_count_total", &name, Some("query")),
         8.0,
         "{:?}",
         db.statement_stats(20)
     );
-    assert_eq!(number(&m, "db_query_count", &name, Some("execute")), 1.0);
-    assert_eq!(number(&m, "db_query_count", &name, Some("batch")), 1.0);
-    assert_eq!(number(&m, "db_query_count", &name, Some("rollback")), 1.0);
-    assert_eq!(number(&m, "db_slow_query_count", &name, None), 2.0);
+    assert_eq!(
+        number(&m, "db_query_count_total", &name, Some("execute")),
+        1.0
+    );
+    assert_eq!(
+        number(&m, "db_query_count_total", &name, Some("batch")),
+        1.0
+    );
+    assert_eq!(
+        number(&m, "db_query_count_total", &name, Some("rollback")),
+        1.0
+    );
+    assert_eq!(number(&m, "db_slow_query_count_total", &name, None), 2.0);
     assert_eq!(number(&m, "db_query_timeouts_total", &name, None), 1.0);
     assert_eq!(number(&m, "db_query_cancellations_total", &name, None), 1.0);
     assert_eq!(
@@ -188,6 +197,188 @@ each_backend!(
     metrics_follow_a_known_sequence,
     [Postgres, MySql, SqliteFile]
 );
+
+/// Every family, by the name it is exposed under: the names the Python
+/// system's `prometheus_client` exposed (a counter created as
+/// `db_query_count` is scraped as `db_query_count_total`).
+const FAMILIES: &[&str] = &[
+    "db_pool_size",
+    "db_pool_max_size",
+    "db_pool_usage",
+    "db_pool_idle",
+    "db_pool_waiting",
+    "db_connection_time_seconds",
+    "db_pool_timeouts_total",
+    "db_connections_created_total",
+    "db_connections_closed_total",
+    "db_connections_broken_total",
+    "db_query_time_seconds",
+    "db_query_count_total",
+    "db_slow_query_count_total",
+    "db_deadlock_count_total",
+    "db_connection_errors_total",
+    "db_query_timeouts_total",
+    "db_query_cancellations_total",
+    "prepared_stmt_cache_size",
+    "prepared_stmt_execution_time_seconds",
+    "prepared_stmt_executions_total",
+    "bulk_operation_time_seconds",
+    "bulk_operation_rows_total",
+    "bulk_operation_executions_total",
+    "db_transactions_active",
+    "db_transaction_commits_total",
+    "db_transaction_rollbacks_total",
+    "db_transaction_duration_seconds",
+    "db_timeout_rate",
+    "db_scaling_level",
+    "db_retries_total",
+    "db_circuit_state",
+    "db_circuit_transitions_total",
+];
+
+/// The path of `promtool`, which `scripts/test` installs (Debian's package
+/// `prometheus`) and exports; without it the test fails, never skips.
+fn promtool() -> String {
+    let path = common::required_env("DBMANAGER_TEST_PROMTOOL");
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "DBMANAGER_TEST_PROMTOOL={path} is not a file: run the tests with `scripts/test` \
+         (it installs promtool, Debian's package `prometheus`, and exports its path)"
+    );
+    path
+}
+
+/// `promtool check metrics` on `text`: its verdict and what it printed.
+fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (run the tests with `scripts/test`, which installs it)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(text.as_bytes())
+        .expect("promtool reads the text");
+    drop(stdin);
+    let out = child.wait_with_output().expect("promtool ends");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && said.trim().is_empty(), said)
+}
+
+/// A known sequence on each backend (statements, a slow one, a timeout and
+/// its cancel, a committed and a rolled-back transaction, a pool timeout, a
+/// database that cannot be reached), then the whole exposition: every
+/// family has samples for each database, and `promtool check metrics`
+/// finds nothing to say about it.
+#[test]
+fn promtool_accepts_the_full_exposition() -> Result<()> {
+    let promtool = promtool();
+    let mut names = Vec::new();
+    for b in [Backend::Postgres, Backend::MySql, Backend::SqliteFile] {
+        let place = b.place();
+        let name = unique_name("lint");
+        let db = manager_with(&name, place.url(), |c| {
+            c.pool_size(1)
+                .max_overflow(0)
+                .acquire_timeout(Duration::from_millis(200))
+                .slow_query_threshold(Some(Duration::from_millis(20)))
+        })?;
+        let kind = db.backend();
+        let table = unique_name("lint_t");
+        db.execute_batch(&format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY)"))?;
+        db.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (1,))?;
+        db.execute_query(&format!("SELECT id FROM {table} WHERE id = ?"), (1,))?;
+        // Over the 20 ms threshold (on SQLite a short count, not the half
+        // second of `sleep_sql`, to leave the CPU to the tests beside it).
+        let slow = match kind {
+            BackendKind::Sqlite => {
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                                    LIMIT 400000) SELECT count(*) FROM c"
+                    .to_owned()
+            }
+            _ => sleep_sql(kind, 0.05),
+        };
+        db.execute_query(&slow, ())?;
+        let err = db
+            .execute_query_with_timeout(b.endless_statement(), (), Duration::from_millis(100))
+            .expect_err("must time out");
+        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+        db.transaction(|tx| {
+            tx.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (2,))
+                .map(drop)
+        })?;
+        let _ = db.transaction(|tx| {
+            tx.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (3,))?;
+            Err::<(), dbmanager::Error>(tx.execute_batch("SELEC 1").expect_err("not SQL"))
+        });
+        {
+            let _held = db.connection()?;
+            let err = db.connection().expect_err("the pool of one is held");
+            assert_eq!(err.kind(), ErrorKind::PoolTimeout, "{err}");
+        }
+        db.execute_batch(&format!("DROP TABLE {table}"))?;
+        names.push((name, db, place));
+    }
+    // A database nothing answers for.
+    let down = unique_name("lint_down");
+    let down_db = manager_with(
+        &down,
+        &format!("postgresql://app:pw@127.0.0.1:{}/db", closed_port()),
+        |c| c.connect_timeout(Duration::from_secs(2)),
+    )?;
+    assert!(down_db.execute_query("SELECT 1", ()).is_err());
+
+    let text = dbmanager::metrics::metrics_text();
+    let m = parse(&text);
+    for (name, _, _) in &names {
+        for family in FAMILIES {
+            assert!(
+                m.samples
+                    .iter()
+                    .any(|s| s.metric == *family && s.labels.get("database") == Some(name)),
+                "no sample of {family} for {name}:\n{text}"
+            );
+        }
+        assert!(number(&m, "db_query_count_total", name, Some("query")) >= 3.0);
+        assert!(number(&m, "db_slow_query_count_total", name, None) >= 1.0);
+        assert_eq!(number(&m, "db_query_timeouts_total", name, None), 1.0);
+        assert_eq!(number(&m, "db_pool_timeouts_total", name, None), 1.0);
+        assert_eq!(number(&m, "db_transaction_commits_total", name, None), 1.0);
+        assert!(number(&m, "db_transaction_rollbacks_total", name, None) >= 1.0);
+    }
+    assert!(
+        number(&m, "db_connection_errors_total", &down, None) >= 1.0,
+        "{text}"
+    );
+    // No family of the exposition is missing from the list above.
+    let exposed: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let listed: BTreeSet<&str> = FAMILIES.iter().copied().collect();
+    assert_eq!(exposed, listed, "the exposed families");
+
+    let (clean, said) = promtool_check(&text);
+    assert!(
+        clean,
+        "`{promtool} check metrics` rejects the exposition:\n{said}\n--- the text:\n{text}"
+    );
+    // And it does catch what it is here to catch.
+    let (clean, said) = promtool_check(
+        "# HELP db_query_count Statements.\n# TYPE db_query_count counter\ndb_query_count 1\n",
+    );
+    assert!(!clean && said.contains("_total"), "{said}");
+    Ok(())
+}
 
 #[test]
 fn health_reports_seed_002s_shape() -> Result<()> {
@@ -322,7 +513,7 @@ fn metrics_reach_a_real_pushgateway() -> Result<()> {
         .samples
         .iter()
         .find(|s| {
-            s.metric == "db_query_count"
+            s.metric == "db_query_count_total"
                 && s.labels.get("database") == Some(name.as_str())
                 && s.labels.get("operation") == Some("query")
                 && s.labels.get("job") == Some(job.as_str())
@@ -350,7 +541,7 @@ fn the_scrape_endpoint_serves_the_exposition_text() -> Result<()> {
         .into_string()
         .expect("text");
     assert_eq!(
-        number(&parse(&body), "db_query_count", &name, Some("query")),
+        number(&parse(&body), "db_query_count_total", &name, Some("query")),
         1.0
     );
     drop(server);

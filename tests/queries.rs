@@ -443,6 +443,128 @@ fn every_value_round_trips(b: Backend) -> Result<()> {
 }
 each_backend!(every_value_round_trips);
 
+/// `query_as` reads a DECIMAL column into an `f64` (or `f32`) field, and
+/// still into a `String` or a `rust_decimal::Decimal` field; NULL into an
+/// `Option` of each.
+fn decimals_deserialise_into_floats_text_and_decimals(b: Backend) -> Result<()> {
+    let db = b.open()?;
+    let t = Table::create(
+        &db,
+        "id INTEGER PRIMARY KEY, amount DECIMAL(20,4) NOT NULL, maybe DECIMAL(20,4)",
+    )?;
+    let dec: Decimal = "12345.6789".parse().unwrap();
+    let neg: Decimal = "-0.0625".parse().unwrap();
+    db.execute(
+        &t.sql("INSERT INTO [{t}] (id, amount, maybe) VALUES (?, ?, ?), (?, ?, ?)"),
+        (1, dec, neg, 2, neg, None::<Decimal>),
+    )?;
+    assert!(
+        matches!(
+            db.query_one(&t.sql("SELECT amount FROM [{t}] WHERE id = 1"), ())?
+                .value("amount"),
+            Some(Value::Decimal(_))
+        ),
+        "the column is read as a decimal on {b:?}"
+    );
+    let select = t.sql("SELECT id, amount, maybe FROM [{t}] ORDER BY id");
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct AsFloat {
+        id: i64,
+        amount: f64,
+        maybe: Option<f64>,
+    }
+    let got: Vec<AsFloat> = db.query_as(&select, ())?;
+    assert_eq!(
+        got,
+        [
+            AsFloat {
+                id: 1,
+                amount: 12345.6789,
+                maybe: Some(-0.0625)
+            },
+            AsFloat {
+                id: 2,
+                amount: -0.0625,
+                maybe: None
+            },
+        ]
+    );
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct AsF32 {
+        amount: f32,
+    }
+    let got: Vec<AsF32> = db.query_as(&select, ())?;
+    assert_eq!(got[1], AsF32 { amount: -0.0625 });
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct AsText {
+        amount: String,
+        maybe: Option<String>,
+    }
+    let got: Vec<AsText> = db.query_as(&select, ())?;
+    assert_eq!(got[0].amount, "12345.6789");
+    let maybe: Decimal = got[0].maybe.as_deref().expect("set").parse().unwrap();
+    assert_eq!(maybe, neg);
+    assert_eq!(got[1].maybe, None);
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct AsDecimal {
+        amount: Decimal,
+        maybe: Option<Decimal>,
+    }
+    let got: Vec<AsDecimal> = db.query_as(&select, ())?;
+    assert_eq!(
+        got,
+        [
+            AsDecimal {
+                amount: dec,
+                maybe: Some(neg)
+            },
+            AsDecimal {
+                amount: neg,
+                maybe: None
+            },
+        ]
+    );
+
+    // A decimal without fraction reads into an integer field too (as
+    // `Row::get` does): PostgreSQL's SUM of integers is a NUMERIC.
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Total {
+        total: i64,
+        half: f64,
+    }
+    let got: Vec<Total> = db.query_as(
+        &t.sql("SELECT SUM(id) AS total, SUM(amount) / 2 AS half FROM [{t}] WHERE id = 1"),
+        (),
+    )?;
+    assert_eq!(
+        got,
+        [Total {
+            total: 1,
+            half: 6172.83945
+        }]
+    );
+
+    // The row as JSON is unchanged: decimals as text, no precision lost.
+    let rows = db.execute_query(&select, ())?;
+    assert_eq!(
+        serde_json::to_value(&rows[0]).unwrap()["amount"],
+        "12345.6789"
+    );
+    // A decimal is still no integer or boolean.
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct AsBool {
+        amount: bool,
+    }
+    expect_kind(db.query_as::<AsBool>(&select, ()), ErrorKind::Conversion);
+    Ok(())
+}
+each_backend!(decimals_deserialise_into_floats_text_and_decimals);
+
 #[derive(Debug)]
 enum AppError {
     Db(Error),

@@ -709,12 +709,7 @@ fn read(column: &str, data: &ColumnData<'static>) -> Result<Value> {
             .map_or(Value::Null, |s| Value::Text(s.to_string())),
         ColumnData::Guid(v) => v.map_or(Value::Null, Value::Uuid),
         ColumnData::Binary(v) => v.as_ref().map_or(Value::Null, |b| Value::Bytes(b.to_vec())),
-        ColumnData::Numeric(v) => v.map_or(Value::Null, |n| {
-            Value::Decimal(rust_decimal::Decimal::from_i128_with_scale(
-                n.value(),
-                n.scale().into(),
-            ))
-        }),
+        ColumnData::Numeric(v) => v.map_or(Value::Null, |n| numeric(n.value(), n.scale())),
         ColumnData::Xml(v) => v
             .as_ref()
             .map_or(Value::Null, |x| Value::Text(x.to_string())),
@@ -725,6 +720,41 @@ fn read(column: &str, data: &ColumnData<'static>) -> Result<Value> {
         ColumnData::Time(_) => via!(NaiveTime, Value::Time),
         ColumnData::DateTimeOffset(_) => via!(DateTime<Utc>, Value::TimestampTz),
     })
+}
+
+/// A `decimal`/`numeric` value (`value` × 10^-`scale`; SQL Server allows 38
+/// digits and a scale up to 38) as a [`Value::Decimal`] when
+/// `rust_decimal` can hold it exactly (96 bits, scale up to 28), after
+/// dropping trailing zero decimals (`CAST(1 AS DECIMAL(38,30))` is 1);
+/// otherwise as its exact digits in [`Value::Text`] (`12345678.9012…`), which
+/// reads as `String` or `f64`. Never rounded, never a panic.
+fn numeric(mut value: i128, mut scale: u8) -> Value {
+    loop {
+        if let Ok(d) = rust_decimal::Decimal::try_from_i128_with_scale(value, scale.into()) {
+            return Value::Decimal(d);
+        }
+        if scale == 0 || value % 10 != 0 {
+            break;
+        }
+        value /= 10;
+        scale -= 1;
+    }
+    let digits = value.unsigned_abs().to_string();
+    let scale = usize::from(scale);
+    let mut text = String::with_capacity(digits.len() + scale + 3);
+    if value < 0 {
+        text.push('-');
+    }
+    if scale == 0 {
+        text.push_str(&digits);
+    } else {
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        text.push_str(int);
+        text.push('.');
+        text.push_str(frac);
+    }
+    Value::Text(text)
 }
 
 fn data_type_name(data: &ColumnData<'_>) -> &'static str {
@@ -918,6 +948,59 @@ mod tests {
         assert_eq!(kind_of_code(230), ErrorKind::Permission);
         assert_eq!(kind_of_code(1222), ErrorKind::QueryTimeout);
         assert_eq!(kind_of_code(50000), ErrorKind::Database);
+    }
+
+    fn numeric(value: i128, scale: u8) -> Result<Value> {
+        read(
+            "amount",
+            &ColumnData::Numeric(Some(tiberius::numeric::Numeric::new_with_scale(
+                value, scale,
+            ))),
+        )
+    }
+
+    #[test]
+    fn decimals_past_rust_decimal_range_are_read_without_loss_or_panic() -> Result<()> {
+        // CAST(1 AS DECIMAL(38,30)): scale 30, trailing zeros only.
+        assert_eq!(
+            numeric(10_i128.pow(30), 30)?,
+            Value::Decimal(rust_decimal::Decimal::ONE)
+        );
+        // 1.5 * 1.5 as DECIMAL(19,15) * DECIMAL(19,15): DECIMAL(38,30).
+        assert_eq!(
+            numeric(225 * 10_i128.pow(28), 30)?,
+            Value::Decimal("2.25".parse().unwrap())
+        );
+        // 38 significant digits, 30 of them decimals: more than 96 bits and
+        // a scale over 28, kept exactly as text.
+        let many = 12_345_678_901_234_567_890_123_456_789_012_345_678_i128;
+        assert_eq!(
+            numeric(many, 30)?,
+            Value::Text("12345678.901234567890123456789012345678".into())
+        );
+        assert_eq!(
+            numeric(-many, 30)?,
+            Value::Text("-12345678.901234567890123456789012345678".into())
+        );
+        assert_eq!(
+            numeric(-5, 37)?,
+            Value::Text("-0.0000000000000000000000000000000000005".into())
+        );
+        // Over 96 bits without decimals: DECIMAL(38,0).
+        assert_eq!(
+            numeric(many, 0)?,
+            Value::Text("12345678901234567890123456789012345678".into())
+        );
+        // Within range: unchanged, scale kept.
+        assert_eq!(
+            numeric(123_456_789, 4)?,
+            Value::Decimal("12345.6789".parse().unwrap())
+        );
+        assert_eq!(
+            numeric(1_000, 2)?,
+            Value::Decimal(rust_decimal::Decimal::new(1_000, 2))
+        );
+        Ok(())
     }
 
     #[test]

@@ -269,7 +269,7 @@ impl DatabaseConfigBuilder {
     }
 
     /// Statements slower than this are logged once at `warn` (normalised
-    /// SQL, never parameter values) and counted in `db_slow_query_count`;
+    /// SQL, never parameter values) and counted in `db_slow_query_count_total`;
     /// `None` (or zero) turns that off (`{PREFIX}{NAME}_SLOW_QUERY_THRESHOLD`,
     /// `0` for off). Default 2 s: well above an OLTP statement, well under
     /// the 30 s query timeout. At most 365 days.
