@@ -1,29 +1,34 @@
 //! THE choke point: every statement from every API passes through
-//! [`Shared::run`], so each cross-cutting concern lives here once.
+//! [`Shared::run_at`], so each cross-cutting concern lives here once. Its
+//! stages, each a function of its own, in order:
 //!
-//! Order, per DESIGN.md:
-//! 1. the circuit breaker (in [`Shared::checkout_within`]): while open,
-//!    calls fail at once with `CircuitOpen`; once its recovery time has
-//!    passed, one call probes with the health-check query. On a read-only
-//!    database, statements the classifier sees writing are refused first,
-//!    before any connection
-//! 2. checkout from the pool, bounded by the acquisition timeout
-//! 3. portable SQL → native SQL, cached per statement text
-//! 4. the statement's limit: the server's own limit set a little above it
-//!    (second line of defence), the deadline registered with the watchdog
-//! 5. run on the backend
-//! 6. deregister; record duration, rows and outcome in metrics, the
-//!    timeout-rate window, statement statistics and tracing; log slow
-//!    statements (normalised SQL, never values)
-//! 7. errors classified by the backend, a fired deadline made a
-//!    `QueryTimeout`, named with the database here
-//! 8. the connection goes back to the pool; one that failed at the
-//!    transport level, or whose cancel could not be proven harmless, is
-//!    marked broken and never reused
+//! 1. [`refuse_writes`](Shared::refuse_writes): on a read-only database,
+//!    a statement the classifier sees writing is refused before any I/O;
+//! 2. checkout ([`checkout_within`](Shared::checkout_within)), past the
+//!    circuit breaker ([`admit`](Shared::admit)), bounded by the acquisition
+//!    timeout; a statement on a held guard or transaction skips both;
+//! 3. [`prepare`](Shared::prepare): portable SQL → native SQL (cached per
+//!    statement text), values bound in placeholder order;
+//! 4. [`budget`](Shared::budget): THE place the timeout in force is worked
+//!    out (the statement's own limit or the database's, within a
+//!    transaction's deadline);
+//! 5. [`execute`](Shared::execute): the deadline registered with the
+//!    watchdog (a guard: a panic deregisters it), the server's own limit set
+//!    a little above it, the statement run on the backend;
+//! 6. [`settle`](Shared::settle): a fired deadline becomes `QueryTimeout`;
+//!    the connection's fate (reused only when proven clean); what the
+//!    statement showed of the server, told to the breaker
+//!    ([`report`](Shared::report), the only other place that touches it);
+//! 7. [`account`](Shared::account): metrics, the timeout-rate window,
+//!    statement statistics, the slow-statement log and tracing.
+//!
+//! A connection is marked running from stage 5 until stage 7 is done; one
+//! returned to the pool with the mark (a panic unwound through) is
+//! discarded.
 //!
 //! Around it, [`Shared::retrying`] is THE retry loop: callers that may
-//! safely repeat a whole operation (a read, a whole transaction closure)
-//! wrap it there; it never sits inside a transaction.
+//! safely repeat a whole operation wrap it there; it never sits inside a
+//! transaction.
 
 use std::cell::Cell;
 use std::collections::HashMap;
