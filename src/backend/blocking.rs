@@ -1,12 +1,15 @@
 //! What the backends built on an async client (PostgreSQL, SQL Server)
 //! share: a private current-thread runtime per connection, dropping it
-//! safely, and cutting a connection's socket from the watchdog.
+//! safely, cutting a connection's socket from the watchdog, and the connect
+//! loop over a host's addresses.
 
 #[cfg(unix)]
 use std::sync::Arc;
 #[cfg(any(feature = "postgres", feature = "mssql"))]
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+use super::ConnectLimit;
 #[cfg(any(feature = "postgres", feature = "mssql"))]
 use crate::error::{Error, ErrorKind, Result};
 
@@ -100,17 +103,18 @@ pub(crate) enum Attempt<T> {
     Stop(Error),
 }
 
-/// Tries `addrs` in order until one connects, all of it within `timeout`;
-/// `attempt` gets the address and the deadline. The error is the last
-/// address's, or a connect timeout when none could be tried in time.
+/// Tries `addrs` in order until one connects, all of it before `deadline`
+/// (the end of the connect's limit, of which name resolution may have used
+/// a part); `attempt` gets the address and the deadline. The error is the
+/// last address's, or a connect timeout when none could be tried in time.
 #[cfg(any(feature = "postgres", feature = "mssql"))]
 pub(crate) fn first_to_connect<A, T>(
     addrs: &[A],
     target: &str,
-    timeout: Duration,
+    limit: &ConnectLimit,
+    deadline: Instant,
     mut attempt: impl FnMut(&A, Instant) -> Attempt<T>,
 ) -> Result<T> {
-    let deadline = Instant::now() + timeout;
     let mut last = None;
     for addr in addrs {
         if Instant::now() >= deadline {
@@ -126,7 +130,7 @@ pub(crate) fn first_to_connect<A, T>(
         super::connect_error(
             true,
             target,
-            timeout,
+            limit,
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "no address could be tried in time",

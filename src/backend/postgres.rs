@@ -31,7 +31,7 @@ use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::blocking::{self, Attempt, SocketHandle};
-use super::{connect_error, Connection, Connector};
+use super::{connect_error, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -47,7 +47,7 @@ pub(crate) struct PgConnector {
     config: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     target: String,
-    connect_timeout: Duration,
+    limit: ConnectLimit,
     /// `SET default_transaction_read_only = on` at connect.
     read_only: bool,
     /// Behind pgbouncer in transaction pooling mode.
@@ -76,7 +76,7 @@ impl PgConnector {
             config: pg,
             tls,
             target,
-            connect_timeout: config.connect_timeout,
+            limit: ConnectLimit::of(config),
             read_only: config.read_only,
             pgbouncer,
         })
@@ -257,21 +257,18 @@ async fn handshake(
 
 impl Connector for PgConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
+        let deadline = Instant::now() + self.limit.timeout;
         let rt = blocking::runtime("PostgreSQL")?;
         let endpoints = endpoints(&self.config)
-            .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?;
+            .map_err(|e| connect_error(false, &self.target, &self.limit, e))?;
         let failed = |timed_out: bool, e: BoxError| {
-            Attempt::Next(connect_error(
-                timed_out,
-                &self.target,
-                self.connect_timeout,
-                e,
-            ))
+            Attempt::Next(connect_error(timed_out, &self.target, &self.limit, e))
         };
         let (client, endpoint, host, socket) = blocking::first_to_connect(
             &endpoints,
             &self.target,
-            self.connect_timeout,
+            &self.limit,
+            deadline,
             |endpoint, deadline| {
                 let socket =
                     match open(endpoint, deadline.saturating_duration_since(Instant::now())) {
@@ -321,7 +318,7 @@ impl Connector for PgConnector {
             endpoint,
             host,
             tls: self.tls.clone(),
-            timeout: self.connect_timeout,
+            timeout: self.limit.timeout,
             socket,
         });
         Ok(Box::new(PgConnection {
