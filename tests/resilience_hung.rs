@@ -12,7 +12,8 @@
 //! - A server that accepts the TCP connection and then says nothing (a
 //!   loopback listener, on each server backend): the first statement, a
 //!   health check and concurrent callers all fail within the connect
-//!   timeout, with an error that says so and names the setting to raise.
+//!   timeout, with an error that says so and names the setting to raise;
+//!   so does one reached by host name (the lookup counts against it).
 //!
 //! Each test that stops a server takes `common::alone()`, so nothing runs
 //! beside it: stopping MariaDB stops the whole shared server, and
@@ -427,4 +428,33 @@ fn the_connect_limit_does_not_limit_statements(b: Backend) -> Result<()> {
 each_backend!(
     the_connect_limit_does_not_limit_statements,
     [Postgres, MySql]
+);
+
+/// A host name goes through the bounded lookup: `localhost` reaches the
+/// real server, and a silent one still fails within the connect timeout.
+fn host_names_are_resolved_within_the_connect_limit(b: Backend) -> Result<()> {
+    let _shared = common::shared();
+    let by_name = b.url().replacen("@127.0.0.1:", "@localhost:", 1);
+    assert_ne!(by_name, b.url(), "the test URL names 127.0.0.1");
+    let db = common::manager_with(&unique_name("by_name"), &by_name, |c| {
+        c.connect_timeout(Duration::from_secs(5))
+    })?;
+    assert_eq!(db.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?, 1);
+
+    let silent = Silent::start();
+    let url = url_at(b, silent.port()).replacen("@127.0.0.1:", "@localhost:", 1);
+    let db = common::manager_with(&unique_name("silent_name"), &url, |c| {
+        c.connect_timeout(CONNECT).retry(RetryPolicy::none())
+    })?;
+    let (r, took) = returns_within(CONNECT + SLACK, "a silent server by name", move || {
+        db.execute_query("SELECT 1", ())
+    });
+    let e = r.expect_err("a silent server cannot answer");
+    eprintln!("{}: by name, failed after {took:?}: {e}", b.name());
+    assert_connect_timed_out(&e, "a silent server by name");
+    Ok(())
+}
+each_backend!(
+    host_names_are_resolved_within_the_connect_limit,
+    [Postgres, MySql, MsSql]
 );

@@ -155,6 +155,20 @@ impl ConnectLimit {
     pub(crate) fn hint(&self) -> String {
         format!("if the server is only slow, raise {}", self.setting)
     }
+
+    /// Resolving `host` (for a connect to `target`) did not finish in time.
+    #[cfg(any(feature = "postgres", feature = "mssql"))]
+    #[cold]
+    pub(crate) fn resolve_timed_out(&self, host: &str, target: &str) -> Error {
+        Error::new(
+            ErrorKind::ConnectTimeout,
+            format!(
+                "resolving the host name `{host}` of {target} took longer than the connect timeout of {}; check the DNS servers (or connect by IP address), and if they are only slow, raise {}",
+                crate::error::fmt_duration(self.timeout),
+                self.setting
+            ),
+        )
+    }
 }
 
 /// Classifies a transport-level failure while connecting.

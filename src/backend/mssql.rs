@@ -35,7 +35,6 @@
 //! (plus a margin), so a statement blocked on another session's lock gives
 //! up on the server by itself (error 1222, reported as a query timeout).
 
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -392,10 +391,13 @@ impl Connector for MsConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
         let deadline = Instant::now() + self.limit.timeout;
         let rt = blocking::runtime("SQL Server")?;
-        let addrs: Vec<std::net::SocketAddr> = (self.settings.host.as_str(), self.settings.port)
-            .to_socket_addrs()
-            .map_err(|e| connect_error(false, &self.target, &self.limit, e))?
-            .collect();
+        let addrs = blocking::resolve(
+            &self.settings.host,
+            self.settings.port,
+            deadline,
+            &self.target,
+            &self.limit,
+        )?;
         let failed = |timed_out: bool, e: Box<dyn std::error::Error + Send + Sync>| {
             Attempt::Next(connect_error(timed_out, &self.target, &self.limit, e))
         };

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::ToSocketAddrs;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,8 +164,14 @@ impl Socket {
     }
 }
 
-/// Every endpoint the configuration names, in order (libpq's host list).
-fn endpoints(config: &tokio_postgres::Config) -> std::io::Result<Vec<Endpoint>> {
+/// Every endpoint the configuration names, in order (libpq's host list),
+/// host names resolved before `deadline`.
+fn endpoints(
+    config: &tokio_postgres::Config,
+    deadline: Instant,
+    target: &str,
+    limit: &ConnectLimit,
+) -> Result<Vec<Endpoint>> {
     let hosts = config.get_hosts();
     let ports = config.get_ports();
     let mut out = Vec::new();
@@ -180,7 +185,7 @@ fn endpoints(config: &tokio_postgres::Config) -> std::io::Result<Vec<Endpoint>> 
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
         match host {
             Host::Tcp(name) => {
-                for addr in (name.as_str(), port).to_socket_addrs()? {
+                for addr in blocking::resolve(name, port, deadline, target, limit)? {
                     out.push(Endpoint::Tcp(addr, name.clone()));
                 }
             }
@@ -259,8 +264,7 @@ impl Connector for PgConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
         let deadline = Instant::now() + self.limit.timeout;
         let rt = blocking::runtime("PostgreSQL")?;
-        let endpoints = endpoints(&self.config)
-            .map_err(|e| connect_error(false, &self.target, &self.limit, e))?;
+        let endpoints = endpoints(&self.config, deadline, &self.target, &self.limit)?;
         let failed = |timed_out: bool, e: BoxError| {
             Attempt::Next(connect_error(timed_out, &self.target, &self.limit, e))
         };
