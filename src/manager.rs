@@ -52,8 +52,15 @@ fn every_manager() -> &'static Mutex<Vec<Weak<Shared>>> {
     ALL.get_or_init(Default::default)
 }
 
-fn registry() -> &'static Mutex<HashMap<String, DatabaseManager>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, DatabaseManager>>> = OnceLock::new();
+/// One name's place in the registry: its manager, once made. Its own lock
+/// is held while the manager is made (auto-migration included), so callers
+/// of that name wait for the one manager while other names go on.
+type Slot = Arc<Mutex<Option<DatabaseManager>>>;
+
+/// The slot of every name [`DatabaseManager::new`] was asked for. The map's
+/// lock is only held to find a slot, never while a manager is made.
+fn registry() -> &'static Mutex<HashMap<String, Slot>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)
 }
 
@@ -62,7 +69,9 @@ impl DatabaseManager {
     /// environment (see [`DatabaseConfig::from_env`]).
     ///
     /// The first call for a name creates the manager and its pool; later calls
-    /// anywhere in the process return the same one. Names are compared by
+    /// anywhere in the process return the same one (a call made while the
+    /// first is still creating it, auto-migration included, waits for it;
+    /// calls for other names do not). Names are compared by
     /// their variable stem (`rpa_db` and `RPA_DB` are one database). No
     /// connection is opened here: the first statement opens it, and reports
     /// a wrong password or an unreachable server.
@@ -75,14 +84,15 @@ impl DatabaseManager {
     /// any error of [`run_migrations`](Self::run_migrations).
     pub fn new(name: &str) -> Result<DatabaseManager> {
         let key = env_stem(name.trim());
-        let mut map = registry().lock();
-        if let Some(existing) = map.get(&key) {
+        let slot = Arc::clone(registry().lock().entry(key).or_default());
+        let mut held = slot.lock();
+        if let Some(existing) = &*held {
             if !existing.shared.is_closed() {
                 return Ok(existing.clone());
             }
         }
         let manager = DatabaseManager::from_config(DatabaseConfig::from_env(name)?)?;
-        map.insert(key, manager.clone());
+        *held = Some(manager.clone());
         Ok(manager)
     }
 
@@ -482,13 +492,17 @@ impl DatabaseManager {
     /// Idempotent: returns `true` the first time.
     pub fn close(&self) -> bool {
         let closed = self.shared.close();
-        let mut map = registry().lock();
-        let key = env_stem(self.name());
-        if map
-            .get(&key)
-            .is_some_and(|m| Arc::ptr_eq(&m.shared, &self.shared))
-        {
-            map.remove(&key);
+        let slot = registry().lock().get(&env_stem(self.name())).cloned();
+        // A slot busy making a manager is not waited for (that may be this
+        // thread, closing from inside a migration): `new` replaces a closed
+        // manager anyway; this only lets go of it sooner.
+        if let Some(mut held) = slot.as_ref().and_then(|s| s.try_lock()) {
+            if held
+                .as_ref()
+                .is_some_and(|m| Arc::ptr_eq(&m.shared, &self.shared))
+            {
+                *held = None;
+            }
         }
         closed
     }

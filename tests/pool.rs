@@ -219,7 +219,7 @@ fn new_shares_one_pool_per_name() -> Result<()> {
     let stem = common::unique_name("POOLSHARE").to_uppercase();
     let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".into());
     let prefix = format!("{}_GLOBAL_", environment.to_uppercase());
-    // Only this test sets variables, each with a name no other test uses.
+    // The tests that set variables give them names no other test uses.
     std::env::set_var(
         format!("{prefix}{stem}_CONNECTION_STRING"),
         dir.sqlite_url("shared.db"),
@@ -256,6 +256,116 @@ fn new_shares_one_pool_per_name() -> Result<()> {
     assert_eq!(c.query_one("SELECT x FROM shared", ())?.get::<i64>("x")?, 7);
     c.close();
     other.close();
+    Ok(())
+}
+
+/// `DatabaseManager::new` of one name runs its auto-migration without
+/// holding up `new` of another name; a second caller of the same name
+/// waits for it and gets the same manager, and the migration runs once.
+/// The migration is held on a PostgreSQL table lock the test owns.
+#[test]
+fn auto_migration_of_one_name_does_not_hold_up_another() -> Result<()> {
+    let t = common::unique_name("gate");
+    let pg = Backend::Postgres.url();
+    let admin = common::manager(&common::unique_name("gate_admin"), &pg)?;
+    admin.execute_batch(&format!(
+        "CREATE TABLE {t}_gate (id INTEGER); CREATE TABLE {t}_runs (n INTEGER)"
+    ))?;
+    let dir = common::TempDir::new("dbmanager-gate");
+    std::fs::write(
+        dir.path().join("V1__wait_for_the_gate.sql"),
+        format!("INSERT INTO {t}_runs (n) SELECT COUNT(*) FROM {t}_gate;\n"),
+    )
+    .expect("write the migration");
+
+    let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".into());
+    let prefix = format!("{}_GLOBAL_", environment.to_uppercase());
+    let slow = common::unique_name("MIGRATING").to_uppercase();
+    let quick = common::unique_name("QUICK").to_uppercase();
+    for (var, value) in [
+        (format!("{prefix}{slow}_CONNECTION_STRING"), pg.clone()),
+        (format!("{prefix}{slow}_AUTO_MIGRATE"), "true".to_owned()),
+        (
+            format!("{prefix}{slow}_MIGRATIONS_DIR"),
+            dir.path().display().to_string(),
+        ),
+        (
+            format!("{prefix}{slow}_MIGRATIONS_TABLE"),
+            format!("{t}_hist"),
+        ),
+        (
+            format!("{prefix}{quick}_CONNECTION_STRING"),
+            "sqlite::memory:".to_owned(),
+        ),
+    ] {
+        std::env::set_var(var, value);
+    }
+
+    // The gate: the migration's SELECT waits for this lock.
+    let mut gate = admin.begin()?;
+    gate.execute_batch(&format!("LOCK TABLE {t}_gate IN ACCESS EXCLUSIVE MODE"))?;
+    let slow_name = slow.to_lowercase();
+    let first = {
+        let name = slow_name.clone();
+        std::thread::spawn(move || DatabaseManager::new(&name))
+    };
+    // Wait until the migration is blocked on the gate.
+    let waiting_sql = format!(
+        "SELECT COUNT(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+         WHERE c.relname = '{t}_gate' AND NOT l.granted"
+    );
+    let started = Instant::now();
+    while admin.query_one(&waiting_sql, ())?.get::<i64>("n")? == 0 {
+        assert!(
+            !first.is_finished(),
+            "the migration ended before reaching the gate: {:?}",
+            first.join().map(|r| r.map(|_| ()))
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the migration never reached the gate"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = {
+        let name = slow_name.clone();
+        std::thread::spawn(move || DatabaseManager::new(&name))
+    };
+
+    // Another name answers at once, while the migration is held.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let quick_name = quick.to_lowercase();
+    std::thread::spawn(move || {
+        let _ = tx.send(DatabaseManager::new(&quick_name));
+    });
+    let other = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("DatabaseManager::new of another name waited for this name's migration")?;
+    assert_eq!(
+        other.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?,
+        1
+    );
+    assert!(!first.is_finished(), "the migration is still held");
+    assert!(
+        !second.is_finished(),
+        "the same name waits for the migration in progress"
+    );
+
+    // Open the gate: both callers of the name get one manager, migrated once.
+    gate.rollback()?;
+    let a = first.join().expect("no panic")?;
+    let b = second.join().expect("no panic")?;
+    assert!(a.same_pool(&b), "one manager for one name");
+    let runs: i64 = admin
+        .query_one(&format!("SELECT COUNT(*) AS n FROM {t}_runs"), ())?
+        .get("n")?;
+    assert_eq!(runs, 1, "the migration ran once");
+
+    a.close();
+    other.close();
+    admin.execute_batch(&format!(
+        "DROP TABLE {t}_gate; DROP TABLE {t}_runs; DROP TABLE IF EXISTS {t}_hist"
+    ))?;
     Ok(())
 }
 

@@ -9,18 +9,24 @@
 //!   connection's transport is cut and the caller gets `QueryTimeout`; other
 //!   deadlines keep firing on schedule meanwhile, and health checks answer
 //!   within their own limit.
+//! - A server that accepts the TCP connection and then says nothing (a
+//!   loopback listener, on each server backend): the first statement, a
+//!   health check and concurrent callers all fail within the connect
+//!   timeout, with an error that says so and names the setting to raise;
+//!   so does one reached by host name (the lookup counts against it).
 //!
-//! Each test takes `common::alone()`, so nothing runs beside it: stopping
-//! MariaDB stops the whole shared server, and `health_check_all` touches
-//! every manager in the process; neither may disturb another test.
+//! Each test that stops a server takes `common::alone()`, so nothing runs
+//! beside it: stopping MariaDB stops the whole shared server, and
+//! `health_check_all` touches every manager in the process; neither may
+//! disturb another test. The silent-listener tests take `common::shared()`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fault::{metric, PrivateServer, Stopped, Tally};
-use common::{times_out_within, unique_name, Backend};
-use dbmanager::{CircuitState, DatabaseManager, ErrorKind, Health, Result};
+use common::fault::{metric, PrivateServer, Silent, Stopped, Tally};
+use common::{error_text, times_out_within, unique_name, Backend};
+use dbmanager::{CircuitState, DatabaseManager, ErrorKind, Health, Result, RetryPolicy};
 
 const QUERY_TIMEOUT: Duration = Duration::from_millis(800);
 const RECOVERY: Duration = Duration::from_secs(2);
@@ -275,3 +281,180 @@ fn hung_servers_do_not_hang_callers() -> Result<()> {
     assert_eq!(one, 1);
     Ok(())
 }
+
+/// The connect timeout of the silent-server tests, and the slack allowed on
+/// top of it before a call counts as hung.
+const CONNECT: Duration = Duration::from_secs(1);
+const SLACK: Duration = Duration::from_secs(2);
+/// The password in the silent-server URLs: no error may show it.
+const SECRET: &str = "Silent-Secret-4q7z";
+
+/// A URL of `b`'s kind for a server at `127.0.0.1:port`.
+fn url_at(b: Backend, port: u16) -> String {
+    match b {
+        Backend::Postgres => format!("postgresql://app:{SECRET}@127.0.0.1:{port}/appdb"),
+        Backend::MySql => format!("mysql://app:{SECRET}@127.0.0.1:{port}/appdb"),
+        Backend::MsSql => format!(
+            "mssql://app:{SECRET}@127.0.0.1:{port}/bridge?encrypt=true&trust_server_certificate=true"
+        ),
+        other => panic!("{other:?} has no server to be silent"),
+    }
+}
+
+/// Runs `call` on a thread of its own and returns what it returned and how
+/// long it took; panics (leaving the thread behind) when it has not
+/// returned within `limit`, so a hang fails the test instead of hanging it.
+fn returns_within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> (T, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let out = call();
+        let _ = tx.send((out, started.elapsed()));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?}: the call hangs"))
+}
+
+/// A connect that could not finish: says what timed out, which setting
+/// to raise, and never the password.
+fn assert_connect_timed_out(e: &dbmanager::Error, what: &str) {
+    let text = e.to_string();
+    assert_eq!(e.kind(), ErrorKind::ConnectTimeout, "{what}: {text}");
+    assert!(
+        text.contains("connect timeout"),
+        "{what}, says what: {text}"
+    );
+    assert!(
+        text.contains("DatabaseConfigBuilder::connect_timeout"),
+        "{what}, names the setting: {text}"
+    );
+    assert!(!error_text(e).contains(SECRET), "{what}: password shown");
+}
+
+/// A server that accepts connections and never answers: every way in
+/// fails within the connect timeout (no retries, and a breaker that does
+/// not open, so that each call really connects).
+fn silent_server_fails_within_the_connect_timeout(b: Backend) -> Result<()> {
+    let _shared = common::shared();
+    let silent = Silent::start();
+    let db = common::manager_with(&unique_name("silent"), &url_at(b, silent.port()), |c| {
+        c.pool_size(2)
+            .max_overflow(0)
+            .connect_timeout(CONNECT)
+            .acquire_timeout(Duration::from_secs(30))
+            .health_timeout(Duration::from_secs(30))
+            .retry(RetryPolicy::none())
+            .circuit_failures(1000)
+    })?;
+    let within = CONNECT + SLACK;
+
+    // The first statement.
+    let first = db.clone();
+    let (r, took) = returns_within(within, "the first statement", move || {
+        first.execute_query("SELECT 1", ())
+    });
+    let e = r.expect_err("a silent server cannot answer");
+    eprintln!("{}: first statement failed after {took:?}: {e}", b.name());
+    assert_connect_timed_out(&e, "the first statement");
+    assert!(silent.accepted() >= 1, "the listener was reached");
+
+    // A health check, with a health timeout far longer than the connect timeout.
+    let checked = db.clone();
+    let (h, took) = returns_within(within, "health_check", move || checked.health_check());
+    eprintln!("{}: health check after {took:?}: {h:?}", b.name());
+    assert_eq!(h.status, Health::Unhealthy, "{h:?}");
+    let why = h.error.clone().unwrap_or_default();
+    assert!(why.contains("connect timeout"), "says why: {why}");
+    assert!(!why.contains(SECRET), "password shown: {why}");
+
+    // Concurrent callers on a cold pool: each returns in about one connect timeout.
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let started = Instant::now();
+            std::thread::spawn(move || {
+                let r = db.execute_query("SELECT 1", ());
+                let _ = tx.send((r, started.elapsed()));
+            });
+            rx
+        })
+        .collect();
+    let deadline = Instant::now() + within;
+    for (i, rx) in callers.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (r, took) = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("concurrent caller {i}: no answer within {within:?}"));
+        let e = r.expect_err("a silent server cannot answer");
+        eprintln!(
+            "{}: concurrent caller {i} failed after {took:?}: {e}",
+            b.name()
+        );
+        assert_connect_timed_out(&e, &format!("concurrent caller {i}"));
+    }
+    Ok(())
+}
+each_backend!(
+    silent_server_fails_within_the_connect_timeout,
+    [Postgres, MySql, MsSql]
+);
+
+/// The connect timeout bounds the handshake only: on a real server, a
+/// statement that runs longer than it still finishes, and one cut at its
+/// own deadline is cancelled as usual.
+fn the_connect_limit_does_not_limit_statements(b: Backend) -> Result<()> {
+    let _shared = common::shared();
+    let db = b.open_with(|c| c.connect_timeout(CONNECT).retry(RetryPolicy::none()))?;
+    let sleep = match b {
+        Backend::Postgres => "SELECT pg_sleep(2.5)",
+        Backend::MySql => "SELECT SLEEP(2.5)",
+        other => panic!("no sleep on {other:?}"),
+    };
+    db.execute_query(sleep, ())?;
+    times_out_within(
+        Duration::from_secs(5),
+        "a statement past its own deadline",
+        || db.execute_query_with_timeout(b.endless_statement(), (), Duration::from_millis(500)),
+    );
+    // The session was cancelled, not lost.
+    assert_eq!(db.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?, 1);
+    Ok(())
+}
+each_backend!(
+    the_connect_limit_does_not_limit_statements,
+    [Postgres, MySql]
+);
+
+/// A host name goes through the bounded lookup: `localhost` reaches the
+/// real server, and a silent one still fails within the connect timeout.
+fn host_names_are_resolved_within_the_connect_limit(b: Backend) -> Result<()> {
+    let _shared = common::shared();
+    let by_name = b.url().replacen("@127.0.0.1:", "@localhost:", 1);
+    assert_ne!(by_name, b.url(), "the test URL names 127.0.0.1");
+    let db = common::manager_with(&unique_name("by_name"), &by_name, |c| {
+        c.connect_timeout(Duration::from_secs(5))
+    })?;
+    assert_eq!(db.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?, 1);
+
+    let silent = Silent::start();
+    let url = url_at(b, silent.port()).replacen("@127.0.0.1:", "@localhost:", 1);
+    let db = common::manager_with(&unique_name("silent_name"), &url, |c| {
+        c.connect_timeout(CONNECT).retry(RetryPolicy::none())
+    })?;
+    let (r, took) = returns_within(CONNECT + SLACK, "a silent server by name", move || {
+        db.execute_query("SELECT 1", ())
+    });
+    let e = r.expect_err("a silent server cannot answer");
+    eprintln!("{}: by name, failed after {took:?}: {e}", b.name());
+    assert_connect_timed_out(&e, "a silent server by name");
+    Ok(())
+}
+each_backend!(
+    host_names_are_resolved_within_the_connect_limit,
+    [Postgres, MySql, MsSql]
+);

@@ -1,12 +1,16 @@
 //! What the backends built on an async client (PostgreSQL, SQL Server)
 //! share: a private current-thread runtime per connection, dropping it
-//! safely, and cutting a connection's socket from the watchdog.
+//! safely, cutting a connection's socket from the watchdog, host names
+//! resolved within the connect timeout, and the connect loop over a host's
+//! addresses.
 
-#[cfg(unix)]
+#[cfg(any(unix, feature = "postgres", feature = "mssql"))]
 use std::sync::Arc;
 #[cfg(any(feature = "postgres", feature = "mssql"))]
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+use super::ConnectLimit;
 #[cfg(any(feature = "postgres", feature = "mssql"))]
 use crate::error::{Error, ErrorKind, Result};
 
@@ -128,17 +132,18 @@ pub(crate) enum Attempt<T> {
     Stop(Error),
 }
 
-/// Tries `addrs` in order until one connects, all of it within `timeout`;
-/// `attempt` gets the address and the deadline. The error is the last
-/// address's, or a connect timeout when none could be tried in time.
+/// Tries `addrs` in order until one connects, all of it before `deadline`
+/// (the end of the connect's limit, of which name resolution may have used
+/// a part); `attempt` gets the address and the deadline. The error is the
+/// last address's, or a connect timeout when none could be tried in time.
 #[cfg(any(feature = "postgres", feature = "mssql"))]
 pub(crate) fn first_to_connect<A, T>(
     addrs: &[A],
     target: &str,
-    timeout: Duration,
+    limit: &ConnectLimit,
+    deadline: Instant,
     mut attempt: impl FnMut(&A, Instant) -> Attempt<T>,
 ) -> Result<T> {
-    let deadline = Instant::now() + timeout;
     let mut last = None;
     for addr in addrs {
         if Instant::now() >= deadline {
@@ -154,11 +159,248 @@ pub(crate) fn first_to_connect<A, T>(
         super::connect_error(
             true,
             target,
-            timeout,
+            limit,
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "no address could be tried in time",
             ),
         )
     }))
+}
+
+/// The addresses of `host:port` (for a connect to `target`), looked up
+/// before `deadline`. The system resolver has no timeout of its own, so it
+/// runs on a thread while the caller waits at most until the deadline;
+/// every caller that wants the same name meanwhile waits for the same
+/// lookup, so a resolver that hangs holds one thread per name, not one per
+/// attempt. An IP address needs no lookup.
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+pub(crate) fn resolve(
+    host: &str,
+    port: u16,
+    deadline: Instant,
+    target: &str,
+    limit: &ConnectLimit,
+) -> Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+    }
+    let name = host.to_owned();
+    let answer = lookup(lookups(), (host.to_owned(), port), deadline, move || {
+        (name.as_str(), port)
+            .to_socket_addrs()
+            .map(Iterator::collect)
+    });
+    match answer {
+        Some(Ok(addrs)) => Ok(addrs),
+        Some(Err(e)) => Err(super::connect_error(false, target, limit, e)),
+        None => Err(limit.resolve_timed_out(host, target)),
+    }
+}
+
+/// What a lookup came to; the error as its kind and text, for every waiter.
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+type Answer = std::result::Result<Vec<std::net::SocketAddr>, (std::io::ErrorKind, String)>;
+
+/// One lookup in progress, and the callers waiting for it.
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+#[derive(Default)]
+struct Lookup {
+    answer: parking_lot::Mutex<Option<Answer>>,
+    done: parking_lot::Condvar,
+}
+
+/// The lookups in progress, by host and port.
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+type Lookups = parking_lot::Mutex<std::collections::HashMap<(String, u16), Arc<Lookup>>>;
+
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+fn lookups() -> &'static Lookups {
+    static LOOKUPS: std::sync::OnceLock<Lookups> = std::sync::OnceLock::new();
+    LOOKUPS.get_or_init(Default::default)
+}
+
+/// Waits until `deadline` for the lookup of `key`: the one in progress in
+/// `pending`, or a new one running `resolver` on a thread of its own.
+/// `None` when it did not answer in time (it goes on, for later callers).
+#[cfg(any(feature = "postgres", feature = "mssql"))]
+fn lookup(
+    pending: &'static Lookups,
+    key: (String, u16),
+    deadline: Instant,
+    resolver: impl FnOnce() -> std::io::Result<Vec<std::net::SocketAddr>> + Send + 'static,
+) -> Option<std::io::Result<Vec<std::net::SocketAddr>>> {
+    let lookup = {
+        let mut map = pending.lock();
+        match map.get(&key) {
+            Some(l) => Arc::clone(l),
+            None => {
+                let l = Arc::new(Lookup::default());
+                let theirs = Arc::clone(&l);
+                let key2 = key.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("dbmanager-resolve".into())
+                    .spawn(move || {
+                        let answer = resolver().map_err(|e| (e.kind(), e.to_string()));
+                        *theirs.answer.lock() = Some(answer);
+                        theirs.done.notify_all();
+                        let mut map = pending.lock();
+                        if map.get(&key2).is_some_and(|l| Arc::ptr_eq(l, &theirs)) {
+                            map.remove(&key2);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    return Some(Err(e));
+                }
+                map.insert(key, Arc::clone(&l));
+                l
+            }
+        }
+    };
+    let mut answer = lookup.answer.lock();
+    while answer.is_none() {
+        if lookup.done.wait_until(&mut answer, deadline).timed_out() {
+            break;
+        }
+    }
+    answer
+        .clone()
+        .map(|a| a.map_err(|(kind, text)| std::io::Error::new(kind, text)))
+}
+
+#[cfg(all(test, any(feature = "postgres", feature = "mssql")))]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pending() -> &'static Lookups {
+        Box::leak(Box::default())
+    }
+
+    fn key() -> (String, u16) {
+        ("db.example".to_owned(), 5432)
+    }
+
+    /// A resolver that hangs: callers stop waiting at their deadline, share
+    /// the one lookup meanwhile, and get its answer once it comes.
+    #[test]
+    fn a_hung_resolver_is_waited_for_only_until_the_deadline() {
+        let pending = pending();
+        let calls = Arc::new(AtomicU32::new(0));
+        let (release, released) = mpsc::channel::<()>();
+        let addr: SocketAddr = "192.0.2.7:5432".parse().unwrap();
+        let resolver = {
+            let calls = Arc::clone(&calls);
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let _ = released.recv();
+                Ok(vec![addr])
+            }
+        };
+        let started = Instant::now();
+        let first = lookup(
+            pending,
+            key(),
+            Instant::now() + Duration::from_millis(200),
+            resolver,
+        );
+        assert!(first.is_none(), "no answer yet");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // A second caller joins the lookup in progress: no second thread.
+        let second = lookup(
+            pending,
+            key(),
+            Instant::now() + Duration::from_millis(100),
+            || panic!("a second lookup of the same name"),
+        );
+        assert!(second.is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The resolver answers: a caller still waiting gets the addresses.
+        let waiter = std::thread::spawn(move || {
+            lookup(
+                pending,
+                key(),
+                Instant::now() + Duration::from_secs(10),
+                || panic!("a second lookup of the same name"),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        release.send(()).unwrap();
+        let answer = waiter.join().unwrap().expect("answered in time");
+        assert_eq!(answer.unwrap(), vec![addr]);
+        // Once answered, the lookup is gone: the next caller asks again.
+        let again = Instant::now() + Duration::from_secs(10);
+        while pending.lock().contains_key(&key()) {
+            assert!(Instant::now() < again, "the finished lookup stays");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let fresh = lookup(pending, key(), again, move || Ok(vec![addr]));
+        assert_eq!(fresh.expect("answered").unwrap(), vec![addr]);
+    }
+
+    #[test]
+    fn a_failed_lookup_keeps_its_kind() {
+        let answer = lookup(
+            pending(),
+            key(),
+            Instant::now() + Duration::from_secs(10),
+            || {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such host",
+                ))
+            },
+        );
+        let e = answer.expect("answered").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("no such host"));
+    }
+
+    fn limit() -> ConnectLimit {
+        let config = crate::config::DatabaseConfig::builder("dns")
+            .url("postgresql://u:p@db.example/app")
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        ConnectLimit::of(&config)
+    }
+
+    /// An IP address is used as it is, whatever the deadline.
+    #[test]
+    fn an_address_needs_no_lookup() {
+        let past = Instant::now();
+        let limit = limit();
+        let v4 = resolve("127.0.0.1", 5432, past, "x", &limit).unwrap();
+        assert_eq!(v4, vec!["127.0.0.1:5432".parse().unwrap()]);
+        let v6 = resolve("[::1]", 1433, past, "x", &limit).unwrap();
+        assert_eq!(v6, vec!["[::1]:1433".parse().unwrap()]);
+    }
+
+    /// A lookup past its deadline is a connect timeout that says what
+    /// timed out and what to raise.
+    #[test]
+    fn a_late_lookup_is_a_connect_timeout() {
+        let e = limit().resolve_timed_out("db.example", "PostgreSQL at db.example:5432");
+        assert_eq!(e.kind(), ErrorKind::ConnectTimeout);
+        let text = e.to_string();
+        assert!(
+            text.contains("resolving the host name `db.example`"),
+            "{text}"
+        );
+        assert!(text.contains("connect timeout of 1"), "{text}");
+        assert!(
+            text.contains("DatabaseConfigBuilder::connect_timeout"),
+            "{text}"
+        );
+    }
 }

@@ -138,21 +138,64 @@ pub(crate) fn connector(config: &DatabaseConfig) -> Result<Box<dyn Connector>> {
     }
 }
 
+/// How long one connect may take, all of it (name resolution, TCP, TLS,
+/// login, session setup), and the setting that changes it, for the error
+/// when it was not enough.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectLimit {
+    pub(crate) timeout: Duration,
+    setting: Arc<str>,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
+impl ConnectLimit {
+    pub(crate) fn of(config: &DatabaseConfig) -> ConnectLimit {
+        let setting = config
+            .variable("CONNECT_TIMEOUT")
+            .unwrap_or_else(|| "DatabaseConfigBuilder::connect_timeout".to_owned());
+        ConnectLimit {
+            timeout: config.connect_timeout,
+            setting: setting.into(),
+        }
+    }
+
+    /// What to change when the limit is too short.
+    pub(crate) fn hint(&self) -> String {
+        format!("if the server is only slow, raise {}", self.setting)
+    }
+
+    /// Resolving `host` (for a connect to `target`) did not finish in time.
+    #[cfg(any(feature = "postgres", feature = "mssql"))]
+    #[cold]
+    pub(crate) fn resolve_timed_out(&self, host: &str, target: &str) -> Error {
+        Error::new(
+            ErrorKind::ConnectTimeout,
+            format!(
+                "resolving the host name `{host}` of {target} took longer than the connect timeout of {}; check the DNS servers (or connect by IP address), and if they are only slow, raise {}",
+                crate::error::fmt_duration(self.timeout),
+                self.setting
+            ),
+        )
+    }
+}
+
 /// Classifies a transport-level failure while connecting.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 #[cold]
 pub(crate) fn connect_error(
     io_timed_out: bool,
     target: &str,
-    timeout: Duration,
+    limit: &ConnectLimit,
     source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> Error {
     if io_timed_out {
         Error::new(
             ErrorKind::ConnectTimeout,
             format!(
-                "connecting to {target} took longer than the connect timeout of {}",
-                crate::error::fmt_duration(timeout)
+                "connecting to {target} took longer than the connect timeout of {}: the server (or a proxy in front of it) did not answer in time; {}",
+                crate::error::fmt_duration(limit.timeout),
+                limit.hint()
             ),
         )
         .with_source(source)

@@ -35,7 +35,6 @@
 //! (plus a margin), so a statement blocked on another session's lock gives
 //! up on the server by itself (error 1222, reported as a query timeout).
 
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +44,7 @@ use tokio::runtime::Runtime;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::blocking::{self, Attempt, SocketHandle};
-use super::{connect_error, Connection, Connector};
+use super::{connect_error, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -342,7 +341,7 @@ pub(crate) struct MsConnector {
     settings: Settings,
     read_only: bool,
     target: String,
-    connect_timeout: Duration,
+    limit: ConnectLimit,
 }
 
 impl MsConnector {
@@ -358,7 +357,7 @@ impl MsConnector {
             read_only: config.read_only || settings.read_only_intent,
             settings,
             target,
-            connect_timeout: config.connect_timeout,
+            limit: ConnectLimit::of(config),
         })
     }
 
@@ -390,23 +389,23 @@ impl MsConnector {
 
 impl Connector for MsConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
+        let deadline = Instant::now() + self.limit.timeout;
         let rt = blocking::runtime("SQL Server")?;
-        let addrs: Vec<std::net::SocketAddr> = (self.settings.host.as_str(), self.settings.port)
-            .to_socket_addrs()
-            .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?
-            .collect();
+        let addrs = blocking::resolve(
+            &self.settings.host,
+            self.settings.port,
+            deadline,
+            &self.target,
+            &self.limit,
+        )?;
         let failed = |timed_out: bool, e: Box<dyn std::error::Error + Send + Sync>| {
-            Attempt::Next(connect_error(
-                timed_out,
-                &self.target,
-                self.connect_timeout,
-                e,
-            ))
+            Attempt::Next(connect_error(timed_out, &self.target, &self.limit, e))
         };
         let (client, socket) = blocking::first_to_connect(
             &addrs,
             &self.target,
-            self.connect_timeout,
+            &self.limit,
+            deadline,
             |addr, deadline| {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let tcp = match std::net::TcpStream::connect_timeout(addr, left).and_then(|s| {

@@ -4,9 +4,15 @@
 //! Statements run through the binary protocol, so values arrive typed; the
 //! driver's per-connection statement cache makes a repeated statement one
 //! round trip.
+//!
+//! The driver bounds only the TCP connect; its name lookup, TLS handshake,
+//! login and `init` statements have no limit of their own. A connect
+//! therefore runs on a helper thread that the caller stops waiting for at
+//! the connect timeout (see [`Dialer`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mysql::consts::{CapabilityFlags, ColumnFlags, ColumnType};
 use mysql::prelude::Queryable;
@@ -15,7 +21,7 @@ use r2d2::ManageConnection;
 use r2d2_mysql::MySqlConnectionManager;
 
 use super::blocking::SocketHandle;
-use super::{connect_error, Connection, Connector};
+use super::{connect_error, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -29,8 +35,7 @@ pub(crate) struct MyConnector {
     manager: MySqlConnectionManager,
     /// For the short-lived connections that send `KILL QUERY`.
     kill_opts: Opts,
-    target: String,
-    connect_timeout: Duration,
+    dialer: Arc<Dialer>,
 }
 
 impl MyConnector {
@@ -61,6 +66,14 @@ impl MyConnector {
             .tcp_connect_timeout(Some(config.connect_timeout))
             .prefer_socket(false)
             .stmt_cache_size(256);
+        // Every read and write of the handshake is bounded too, so that the
+        // helper thread of a connect its caller gave up on ends soon after;
+        // the session itself has no socket timeouts (the watchdog bounds its
+        // statements), so `Dialer::dial` clears them once connected.
+        #[cfg(unix)]
+        let builder = builder
+            .read_timeout(Some(config.connect_timeout))
+            .write_timeout(Some(config.connect_timeout));
         // READ_ONLY: every transaction of the session is read-only, so the
         // server refuses the writes the library's check misses (error 1792).
         let builder = if config.read_only {
@@ -79,10 +92,144 @@ impl MyConnector {
         Ok(MyConnector {
             manager: MySqlConnectionManager::new(builder),
             kill_opts,
-            target,
-            connect_timeout: config.connect_timeout,
+            dialer: Arc::new(Dialer {
+                target,
+                limit: ConnectLimit::of(config),
+                running: AtomicUsize::new(0),
+                // The pool opens at most its size at once; a few more for
+                // the probe, health checks and cancels.
+                most_running: config.max_size() as usize + 8,
+            }),
         })
     }
+}
+
+/// Opens connections within the connect limit, all of it: name lookup, TCP,
+/// TLS, login and the `init` statements. Each connect runs on a helper
+/// thread and the caller stops waiting at the deadline. A helper the caller
+/// gave up on ends soon after (every read and write of the handshake is
+/// bounded by the connect timeout), and at most `most_running` run at once,
+/// so a server that hangs cannot pile up threads: past that, connects fail
+/// at once until the earlier ones end.
+struct Dialer {
+    target: String,
+    limit: ConnectLimit,
+    /// Helper threads not finished yet.
+    running: AtomicUsize,
+    most_running: usize,
+}
+
+/// Counts a helper thread as finished when dropped.
+struct Running(Arc<Dialer>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Dialer {
+    /// Runs `connect` on a helper thread and waits for it at most the
+    /// connect timeout. With `clear_timeouts`, the connection's socket
+    /// timeouts (the handshake's) are cleared before it is handed over.
+    fn dial(
+        self: &Arc<Self>,
+        clear_timeouts: bool,
+        connect: impl FnOnce() -> mysql::Result<mysql::Conn> + Send + 'static,
+    ) -> Result<mysql::Conn> {
+        let deadline = Instant::now() + self.limit.timeout;
+        let earlier = self.running.fetch_add(1, Ordering::AcqRel);
+        let running = Running(Arc::clone(self));
+        if earlier >= self.most_running {
+            return Err(Error::new(
+                ErrorKind::ConnectTimeout,
+                format!(
+                    "{earlier} earlier connects to {} took longer than the connect timeout of {} and have not given up yet, so no other is started; {}",
+                    self.target,
+                    crate::error::fmt_duration(self.limit.timeout),
+                    self.limit.hint()
+                ),
+            ));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("dbmanager-mysql-connect".into())
+            .spawn(move || {
+                let _running = running;
+                let conn = connect().and_then(|conn| {
+                    if clear_timeouts {
+                        clear_socket_timeouts(&conn)?;
+                    }
+                    Ok(conn)
+                });
+                // When the caller has gone, the connection closes here.
+                let _ = tx.send(conn);
+            });
+        if let Err(e) = spawned {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                "could not start a thread to connect to MySQL",
+            )
+            .with_source(e));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(self.failed(e)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(connect_error(
+                true,
+                &self.target,
+                &self.limit,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server did not finish the handshake in time",
+                ),
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::new(
+                ErrorKind::Connect,
+                format!(
+                    "connecting to {} failed: the connect thread panicked",
+                    self.target
+                ),
+            )),
+        }
+    }
+
+    /// The error of a connect the driver gave up on.
+    #[cold]
+    fn failed(&self, e: mysql::Error) -> Error {
+        match e {
+            mysql::Error::MySqlError(_) => classify(e),
+            other => {
+                let timed_out = matches!(&other, mysql::Error::IoError(io) if matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock))
+                    || matches!(
+                        &other,
+                        mysql::Error::DriverError(mysql::DriverError::ConnectTimeout)
+                    );
+                connect_error(timed_out, &self.target, &self.limit, other)
+            }
+        }
+    }
+}
+
+/// Clears a connection's socket timeouts (set for the handshake only).
+#[cfg(unix)]
+fn clear_socket_timeouts(conn: &mysql::Conn) -> mysql::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: the descriptor is the connection's and stays open while `conn`
+    // lives; the stream is never dropped, so it never closes it. Setting a
+    // socket option through it is the same call for any socket type.
+    let socket =
+        std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(conn.as_raw_fd()) });
+    socket.set_read_timeout(None)?;
+    socket.set_write_timeout(None)?;
+    Ok(())
+}
+
+/// Without a descriptor to reach, the handshake had no socket timeouts.
+#[cfg(not(unix))]
+fn clear_socket_timeouts(_conn: &mysql::Conn) -> mysql::Result<()> {
+    Ok(())
 }
 
 /// The driver's URL error without values (a value may be a secret).
@@ -96,17 +243,12 @@ fn url_error_reason(e: &mysql::UrlError) -> String {
 
 impl Connector for MyConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let conn = self.manager.connect().map_err(|e| match e {
-            mysql::Error::MySqlError(_) => classify(e),
-            other => {
-                let timed_out = matches!(&other, mysql::Error::IoError(io) if io.kind() == std::io::ErrorKind::TimedOut)
-                    || matches!(&other, mysql::Error::DriverError(mysql::DriverError::ConnectTimeout));
-                connect_error(timed_out, &self.target, self.connect_timeout, other)
-            }
-        })?;
+        let manager = self.manager.clone();
+        let conn = self.dialer.dial(true, move || manager.connect())?;
         let socket = SocketHandle::of(&conn);
         let canceller: Arc<dyn Canceller> = Arc::new(Kill {
             opts: self.kill_opts.clone(),
+            dialer: Arc::clone(&self.dialer),
             id: conn.connection_id(),
             socket: socket.clone(),
         });
@@ -143,13 +285,15 @@ enum Flavor {
 /// second connection; cuts the socket when the server does not answer.
 struct Kill {
     opts: Opts,
+    dialer: Arc<Dialer>,
     id: u32,
     socket: SocketHandle,
 }
 
 impl Canceller for Kill {
     fn cancel(&self) -> Result<()> {
-        let mut conn = mysql::Conn::new(self.opts.clone()).map_err(classify)?;
+        let opts = self.opts.clone();
+        let mut conn = self.dialer.dial(false, move || mysql::Conn::new(opts))?;
         conn.query_drop(format!("KILL QUERY {}", self.id))
             .map_err(classify)
     }
@@ -434,6 +578,69 @@ mod tests {
             message: "m".into(),
             code,
         }))
+    }
+
+    /// A connect the caller gave up on keeps its helper thread until the
+    /// driver gives up too; past `most_running` such threads, connects fail
+    /// at once instead of starting more.
+    #[test]
+    fn hung_connects_are_abandoned_at_the_deadline_and_capped() {
+        let config = crate::config::DatabaseConfig::builder("capped")
+            .url("mysql://u:p@127.0.0.1:1/app")
+            .connect_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let dialer = Arc::new(Dialer {
+            target: "MySQL at 127.0.0.1:1".to_owned(),
+            limit: ConnectLimit::of(&config),
+            running: AtomicUsize::new(0),
+            most_running: 1,
+        });
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let started = Instant::now();
+        let e = dialer
+            .dial(false, move || {
+                let _ = released.recv();
+                Err(mysql::Error::DriverError(
+                    mysql::DriverError::ConnectTimeout,
+                ))
+            })
+            .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.kind(), ErrorKind::ConnectTimeout, "{e}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(e.to_string().contains("connect timeout of 200 ms"), "{e}");
+
+        // The hung helper still runs: the next connect is refused at once.
+        let started = Instant::now();
+        let e = dialer
+            .dial(false, || panic!("not started past the cap"))
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(e.kind(), ErrorKind::ConnectTimeout, "{e}");
+        assert!(e.to_string().contains("1 earlier connects"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("DatabaseConfigBuilder::connect_timeout"),
+            "{e}"
+        );
+
+        // Once it ends, connects start again.
+        release.send(()).unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while dialer.running.load(Ordering::Acquire) > 0 {
+            assert!(Instant::now() < until, "the helper never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let e = dialer
+            .dial(false, || {
+                Err(mysql::Error::DriverError(
+                    mysql::DriverError::ConnectTimeout,
+                ))
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectTimeout, "{e}");
+        assert!(e.to_string().contains("took longer"), "{e}");
     }
 
     #[test]

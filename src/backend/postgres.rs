@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::ToSocketAddrs;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::blocking::{self, Attempt, SocketHandle};
-use super::{connect_error, Connection, Connector};
+use super::{connect_error, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -47,7 +46,7 @@ pub(crate) struct PgConnector {
     config: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     target: String,
-    connect_timeout: Duration,
+    limit: ConnectLimit,
     /// `SET default_transaction_read_only = on` at connect.
     read_only: bool,
     /// Behind pgbouncer in transaction pooling mode.
@@ -76,7 +75,7 @@ impl PgConnector {
             config: pg,
             tls,
             target,
-            connect_timeout: config.connect_timeout,
+            limit: ConnectLimit::of(config),
             read_only: config.read_only,
             pgbouncer,
         })
@@ -165,8 +164,14 @@ impl Socket {
     }
 }
 
-/// Every endpoint the configuration names, in order (libpq's host list).
-fn endpoints(config: &tokio_postgres::Config) -> std::io::Result<Vec<Endpoint>> {
+/// Every endpoint the configuration names, in order (libpq's host list),
+/// host names resolved before `deadline`.
+fn endpoints(
+    config: &tokio_postgres::Config,
+    deadline: Instant,
+    target: &str,
+    limit: &ConnectLimit,
+) -> Result<Vec<Endpoint>> {
     let hosts = config.get_hosts();
     let ports = config.get_ports();
     let mut out = Vec::new();
@@ -180,7 +185,7 @@ fn endpoints(config: &tokio_postgres::Config) -> std::io::Result<Vec<Endpoint>> 
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
         match host {
             Host::Tcp(name) => {
-                for addr in (name.as_str(), port).to_socket_addrs()? {
+                for addr in blocking::resolve(name, port, deadline, target, limit)? {
                     out.push(Endpoint::Tcp(addr, name.clone()));
                 }
             }
@@ -257,21 +262,17 @@ async fn handshake(
 
 impl Connector for PgConnector {
     fn connect(&self) -> Result<Box<dyn Connection>> {
+        let deadline = Instant::now() + self.limit.timeout;
         let rt = blocking::runtime("PostgreSQL")?;
-        let endpoints = endpoints(&self.config)
-            .map_err(|e| connect_error(false, &self.target, self.connect_timeout, e))?;
+        let endpoints = endpoints(&self.config, deadline, &self.target, &self.limit)?;
         let failed = |timed_out: bool, e: BoxError| {
-            Attempt::Next(connect_error(
-                timed_out,
-                &self.target,
-                self.connect_timeout,
-                e,
-            ))
+            Attempt::Next(connect_error(timed_out, &self.target, &self.limit, e))
         };
         let (client, endpoint, host, socket) = blocking::first_to_connect(
             &endpoints,
             &self.target,
-            self.connect_timeout,
+            &self.limit,
+            deadline,
             |endpoint, deadline| {
                 let socket =
                     match open(endpoint, deadline.saturating_duration_since(Instant::now())) {
@@ -321,7 +322,7 @@ impl Connector for PgConnector {
             endpoint,
             host,
             tls: self.tls.clone(),
-            timeout: self.connect_timeout,
+            timeout: self.limit.timeout,
             socket: socket.clone(),
         });
         Ok(Box::new(PgConnection {

@@ -1,7 +1,7 @@
 //! Fault injection for the resilience tests: private servers a test may
 //! stop, restart or freeze (started by `scripts/servers.sh`), SIGSTOP of a
-//! process or a process tree, and a loopback TCP proxy that delays or
-//! stalls bytes.
+//! process or a process tree, a loopback TCP proxy that delays or stalls
+//! bytes, and a loopback listener that accepts and never answers.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -304,6 +304,64 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, link: &Mutex<Link>, stop: &Atomi
     }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
+}
+
+/// A loopback TCP listener that accepts every connection and then never
+/// says or reads anything: a server (or a proxy in front of one) that is
+/// reachable but hung. Connections stay open until it is dropped.
+#[derive(Debug)]
+pub struct Silent {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the silent listener");
+        let addr = listener.local_addr().expect("silent listener address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        {
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            thread::spawn(move || {
+                let mut open = Vec::new();
+                for client in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Ok(client) = client {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        open.push(client);
+                    }
+                }
+                // Dropped here: every held connection closes.
+            });
+        }
+        Silent {
+            addr,
+            stop,
+            accepted,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
 }
 
 /// The value of a metric of `family` for `database` (and `extra` label,
