@@ -746,10 +746,10 @@ impl Shared {
         Pool::touch(conn, end);
         let closed = conn.backend.is_closed();
         let reusable = match (&result, fired) {
-            // Cancelled at its deadline: reused only when the statement
-            // failed with the server's own "cancelled" error, so the cancel
-            // hit it and nothing else.
-            (Err(e), Fired::Cancelled) => !closed && e.kind() == ErrorKind::QueryTimeout,
+            // Cancelled at its deadline: reused only when the backend sees
+            // in the error that the cancel hit this statement, so that
+            // nothing of it is left to hit the next one.
+            (Err(e), Fired::Cancelled) => !closed && conn.backend.cancel_confirmed(e),
             (Ok(_), Fired::Cancelled) | (_, Fired::Unfinished) => false,
             (Err(e), Fired::No) => !(closed || e.kind().breaks_connection()),
             (Ok(_), Fired::No) => !closed,

@@ -105,6 +105,15 @@ pub(crate) trait Connection: Send {
 
     /// True when the driver knows the connection is unusable.
     fn is_closed(&self) -> bool;
+
+    /// Whether `error`, the failure of a statement the watchdog cancelled at
+    /// its deadline, proves that the cancel hit that statement, so that no
+    /// part of it is left to hit the next one: only then is the connection
+    /// reused. By default the server's own "cancelled" error
+    /// ([`QueryTimeout`](ErrorKind::QueryTimeout)) proves it.
+    fn cancel_confirmed(&self, error: &Error) -> bool {
+        error.kind() == ErrorKind::QueryTimeout
+    }
 }
 
 /// Makes the connector for a configuration, or says which feature is missing.

@@ -238,6 +238,15 @@ impl Connection for MyConnection {
         false
     }
 
+    /// Only the server's own report that `KILL QUERY` stopped the statement
+    /// (1317, ER_QUERY_INTERRUPTED) proves the cancel hit it. The server's
+    /// statement limit (3024, 1969 on MariaDB) ends it a second after the
+    /// deadline, when our `KILL QUERY` may not have arrived yet: the kill
+    /// could then stop whatever the connection runs next.
+    fn cancel_confirmed(&self, error: &Error) -> bool {
+        error.db_code() == Some("1317")
+    }
+
     fn canceller(&self) -> Arc<dyn Canceller> {
         Arc::clone(&self.canceller)
     }
