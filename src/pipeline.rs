@@ -641,6 +641,9 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
         self.refuse_writes(op, sql)?;
+        // Anything but a plain read on a connection of its own may change
+        // the session: the pool resets it before its next borrower.
+        let dirties = conn.is_some() || changes_session(op, sql);
         let mut owned;
         let conn = match conn {
             Some(c) => {
@@ -656,6 +659,7 @@ impl Shared {
         let native = prepared.native(sql);
         let budget = self.budget(limit, Instant::now())?;
         Pool::note(conn, native, op.transaction_effect());
+        conn.dirty |= dirties;
 
         let span = tracing::debug_span!(
             "dbmanager.statement",
@@ -978,6 +982,14 @@ fn server_limit(conn: &mut Pooled, op: Op, timeout: Option<Duration>) -> Result<
         conn.server_timeout = Some(wanted);
     }
     Ok(())
+}
+
+/// Whether a statement run on a connection checked out for it alone may
+/// change its session: anything but a query the classifier sees only
+/// reading. A plain `SELECT` costs no reset.
+fn changes_session(op: Op, sql: &str) -> bool {
+    !(matches!(op, Op::Query | Op::Execute)
+        && sql::classify_statement(sql) == sql::StatementKind::Read)
 }
 
 /// Orders the caller's values for the native placeholders.

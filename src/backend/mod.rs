@@ -106,6 +106,19 @@ pub(crate) trait Connection: Send {
     /// True when the driver knows the connection is unusable.
     fn is_closed(&self) -> bool;
 
+    /// Puts back a session that a statement may have changed (a temporary
+    /// table, a role, a search path or current database, a transaction left
+    /// open, any `SET`) as a new connection has it, with the settings the
+    /// backend makes at connect made again. The pool calls it before a
+    /// connection that ran such statements is handed to anyone else, bounded
+    /// by the connect timeout; the server-side statement limit is unknown
+    /// afterwards. `Ok(false)` when the backend has no reset: the connection
+    /// is closed instead (a new one is opened when needed), which is always
+    /// correct. An error also closes it.
+    fn reset_session(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Whether `error`, the failure of a statement the watchdog cancelled at
     /// its deadline, proves that the cancel hit that statement, so that no
     /// part of it is left to hit the next one: only then is the connection

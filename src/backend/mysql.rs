@@ -31,6 +31,8 @@ pub(crate) struct MyConnector {
     kill_opts: Opts,
     target: String,
     connect_timeout: Duration,
+    /// The connection string's database, if it names one.
+    database: Option<String>,
 }
 
 impl MyConnector {
@@ -55,6 +57,7 @@ impl MyConnector {
         // Affected-row counts are rows matched, not rows changed, as on the
         // other backends (and SQLAlchemy's default): an UPDATE that sets a
         // value it already has still counts its row.
+        let database = opts.get_db_name().map(str::to_owned);
         let capabilities = opts.get_additional_capabilities() | CapabilityFlags::CLIENT_FOUND_ROWS;
         let builder = OptsBuilder::from_opts(opts)
             .additional_capabilities(capabilities)
@@ -81,6 +84,7 @@ impl MyConnector {
             kill_opts,
             target,
             connect_timeout: config.connect_timeout,
+            database,
         })
     }
 }
@@ -113,6 +117,8 @@ impl Connector for MyConnector {
             conn,
             canceller,
             flavor: None,
+            database: self.database.clone(),
+            resettable: None,
         }))
     }
 
@@ -126,6 +132,10 @@ struct MyConnection {
     canceller: Arc<dyn Canceller>,
     /// Which server-side limit the server knows, found on first use.
     flavor: Option<Flavor>,
+    /// The connection string's database, selected again after a reset.
+    database: Option<String>,
+    /// Whether the server can reset a session in place, found on first use.
+    resettable: Option<bool>,
 }
 
 #[derive(Clone, Copy)]
@@ -238,6 +248,29 @@ impl Connection for MyConnection {
         false
     }
 
+    /// `COM_RESET_CONNECTION` (`Conn::reset`): the server rolls back a
+    /// transaction left open, drops temporary tables, releases `GET_LOCK`
+    /// and table locks, and sets every session variable back to its global
+    /// value (the read-only setting and the statement limit too); the driver
+    /// empties its statement cache (the server dropped them) and runs the
+    /// connect-time `init` statements again (our READ_ONLY setting, and any
+    /// others made at connect). The current database is not part of that
+    /// reset (measured on MariaDB 10.11), so the connection string's is
+    /// selected again.
+    /// Servers too old for it get `COM_CHANGE_USER`, which runs no `init`:
+    /// those connections are closed instead.
+    fn reset_session(&mut self) -> Result<bool> {
+        if !self.has_reset_connection()? {
+            return Ok(false);
+        }
+        self.conn.reset().map_err(classify)?;
+        if let Some(db) = self.database.as_deref() {
+            // COM_INIT_DB: one round trip, as asking which one is current would be.
+            self.conn.select_db(db).map_err(classify)?;
+        }
+        Ok(true)
+    }
+
     /// Only the server's own report that `KILL QUERY` stopped the statement
     /// (1317, ER_QUERY_INTERRUPTED) proves the cancel hit it. The server's
     /// statement limit (3024, 1969 on MariaDB) ends it a second after the
@@ -279,6 +312,36 @@ impl Connection for MyConnection {
             ),
         };
         self.conn.query_drop(sql).map_err(classify)
+    }
+}
+
+impl MyConnection {
+    /// Whether the server knows `COM_RESET_CONNECTION` (MySQL 5.7.4+,
+    /// MariaDB 10.2.7+), found on first use. MariaDB 10 announces itself as
+    /// 5.5.5 in the handshake: its version is asked then.
+    fn has_reset_connection(&mut self) -> Result<bool> {
+        if let Some(known) = self.resettable {
+            return Ok(known);
+        }
+        let handshake = self.conn.server_version();
+        let known = if handshake == (5, 5, 5) {
+            let version: Option<String> = self
+                .conn
+                .query_first("SELECT VERSION()")
+                .map_err(classify)?;
+            let numbers: Vec<u16> = version
+                .as_deref()
+                .unwrap_or_default()
+                .split(|c: char| !c.is_ascii_digit())
+                .take(3)
+                .map(|n| n.parse().unwrap_or(0))
+                .collect();
+            numbers.as_slice() >= [10, 2, 7].as_slice()
+        } else {
+            handshake > (5, 7, 3)
+        };
+        self.resettable = Some(known);
+        Ok(known)
     }
 }
 

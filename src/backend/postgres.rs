@@ -331,6 +331,7 @@ impl Connector for PgConnector {
             canceller,
             tx_failed: None,
             pgbouncer: self.pgbouncer,
+            read_only: self.read_only,
         }))
     }
 
@@ -367,7 +368,21 @@ struct PgConnection {
     /// Behind pgbouncer (transaction pooling): unnamed statements only, and
     /// statement limits with `SET LOCAL` inside transactions.
     pgbouncer: bool,
+    /// READ_ONLY: set again after a session reset.
+    read_only: bool,
 }
+
+/// Puts a session back as a new connection has it: `DISCARD ALL` but for
+/// `DEALLOCATE ALL`, which would also drop the prepared statements of this
+/// connection's cache and of the driver's type lookups (they are ours and
+/// stay valid); statements the caller made with SQL `PREPARE` are dropped.
+/// One round trip; the leading `ROLLBACK` ends a transaction left open
+/// (DISCARD ALL itself refuses to run inside one).
+const RESET_SESSION: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+     UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; \
+     DO $reset$ DECLARE s record; BEGIN \
+     FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP \
+     EXECUTE format('DEALLOCATE %I', s.name); END LOOP; END $reset$";
 
 /// Stops a running statement with PostgreSQL's cancel request, sent over a
 /// connection of its own (TLS when the session uses it), bounded by the
@@ -560,6 +575,12 @@ impl PgConnection {
         Ok((rows, affected))
     }
 
+    /// A script run as is (for the library's own statements).
+    fn simple(&mut self, sql: &str) -> Result<()> {
+        let result = self.call(|c| c.batch_execute(sql));
+        self.noting(result)
+    }
+
     fn run_query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         if self.pgbouncer {
             return self.run_unnamed(sql, params).map(|(rows, _)| rows);
@@ -656,6 +677,26 @@ impl Connection for PgConnection {
 
     fn server_timeout_is_local(&self) -> bool {
         self.pgbouncer
+    }
+
+    /// Directly: one round trip of [`RESET_SESSION`], then the READ_ONLY
+    /// setting of connect again. Behind pgbouncer the server session is
+    /// pgbouncer's to reset (its `server_reset_query`), and `DISCARD` there
+    /// would reach whichever client holds that server connection next: only
+    /// a transaction left open is ended, so it does not follow this
+    /// connection to its next borrower (nor pin a server connection).
+    fn reset_session(&mut self) -> Result<bool> {
+        self.tx_failed = None;
+        if self.pgbouncer {
+            self.simple("ROLLBACK")?;
+        } else if self.read_only {
+            self.simple(&format!(
+                "{RESET_SESSION}; SET default_transaction_read_only = on"
+            ))?;
+        } else {
+            self.simple(RESET_SESSION)?;
+        }
+        Ok(true)
     }
 }
 
