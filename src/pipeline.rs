@@ -18,8 +18,10 @@
 //! 7. errors classified by the backend, a fired deadline made a
 //!    `QueryTimeout`, named with the database here
 //! 8. the connection goes back to the pool; one that failed at the
-//!    transport level, or whose cancel could not be proven harmless, is
-//!    marked broken and never reused
+//!    transport level, or whose cancel could not be proven harmless (the
+//!    backend's `cancel_confirmed`), is marked broken and never reused; one
+//!    whose session the statement may have changed is marked dirty, and the
+//!    pool resets its session before its next borrower
 //!
 //! Around it, [`Shared::retrying`] is THE retry loop: callers that may
 //! safely repeat a whole operation (a read, a whole transaction closure)

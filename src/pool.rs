@@ -12,6 +12,11 @@
 //! - A connection idle for longer than `validate_after_idle` is pinged before
 //!   it is handed out; fresher ones are not (no extra round trip per query).
 //! - A connection the pipeline marked broken is discarded on return.
+//! - A connection whose session a statement may have changed (the pipeline
+//!   marks it: anything but a plain read, every statement on a held
+//!   connection or in a transaction) is reset on return, before anyone else
+//!   can check it out; one whose backend has no reset, or whose reset fails,
+//!   is closed instead.
 //! - Every connection knows who holds it (where it was checked out, by which
 //!   thread, its last SQL): a connection held past the leak threshold is
 //!   reported once by the watchdog thread's sweep, and a checkout that times
