@@ -24,7 +24,8 @@
 //!
 //! A connection is marked running from stage 5 until stage 7 is done; one
 //! returned to the pool with the mark (a panic unwound through) is
-//! discarded.
+//! discarded. One whose session a statement may have changed is marked
+//! dirty, and the pool resets its session before its next borrower.
 //!
 //! Around it, [`Shared::retrying`] is THE retry loop: callers that may
 //! safely repeat a whole operation wrap it there; it never sits inside a
@@ -646,6 +647,9 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
         self.refuse_writes(op, sql)?;
+        // Anything but a plain read on a connection of its own may change
+        // the session: the pool resets it before its next borrower.
+        let dirties = changes_session(op, sql);
         let mut owned;
         let conn = match conn {
             Some(c) => {
@@ -661,6 +665,7 @@ impl Shared {
         let native = prepared.native(sql);
         let budget = self.budget(limit, Instant::now())?;
         Pool::note(conn, native, op.transaction_effect());
+        conn.dirty |= dirties;
 
         let span = tracing::debug_span!(
             "dbmanager.statement",
@@ -754,10 +759,10 @@ impl Shared {
         Pool::touch(conn, end);
         let closed = conn.backend.is_closed();
         let reusable = match (&result, fired) {
-            // Cancelled at its deadline: reused only when the statement
-            // failed with the server's own "cancelled" error, so the cancel
-            // hit it and nothing else.
-            (Err(e), Fired::Cancelled) => !closed && e.kind() == ErrorKind::QueryTimeout,
+            // Cancelled at its deadline: reused only when the backend sees
+            // in the error that the cancel hit this statement, so that
+            // nothing of it is left to hit the next one.
+            (Err(e), Fired::Cancelled) => !closed && conn.backend.cancel_confirmed(e),
             (Ok(_), Fired::Cancelled) | (_, Fired::Unfinished) => false,
             (Err(e), Fired::No) => !(closed || e.kind().breaks_connection()),
             (Ok(_), Fired::No) => !closed,
@@ -985,6 +990,29 @@ fn server_limit(conn: &mut Pooled, op: Op, timeout: Option<Duration>) -> Result<
         conn.server_timeout = Some(wanted);
     }
     Ok(())
+}
+
+/// Whether a statement may change its session, so that the pool resets the
+/// session before the connection's next borrower: scripts, and statements
+/// that are neither plain reads nor plain row changes (`SET`, `USE`, a
+/// manual `BEGIN`, `CREATE TEMP TABLE`, any DDL, anything the classifier
+/// cannot read). Reads and `INSERT`/`UPDATE`/`DELETE` cost no reset, and
+/// neither do the transactions this library begins and ends. Functions with
+/// session side effects called from a `SELECT` (`set_config`, session
+/// advisory locks) are not seen.
+fn changes_session(op: Op, sql: &str) -> bool {
+    match op {
+        Op::Begin | Op::Commit | Op::Rollback => false,
+        Op::Batch => true,
+        Op::Query | Op::Execute => match sql::classify_statement(sql) {
+            sql::StatementKind::Read => false,
+            sql::StatementKind::Write(keyword) => !matches!(
+                keyword.as_str(),
+                "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "REPLACE" | "UPSERT"
+            ),
+            _ => true,
+        },
+    }
 }
 
 impl PoolSource for Shared {

@@ -12,6 +12,11 @@
 //! - A connection idle for longer than `validate_after_idle` is pinged before
 //!   it is handed out; fresher ones are not (no extra round trip per query).
 //! - A connection the pipeline marked broken is discarded on return.
+//! - A connection whose session a statement may have changed (the pipeline
+//!   marks it: anything but a plain read, every statement on a held
+//!   connection or in a transaction) is reset on return, before anyone else
+//!   can check it out; one whose backend has no reset, or whose reset fails,
+//!   is closed instead.
 //! - Every connection knows who holds it (where it was checked out, by which
 //!   thread, its last SQL): a connection held past the leak threshold is
 //!   reported once by the watchdog thread's sweep, and a checkout that times
@@ -58,6 +63,10 @@ pub(crate) struct Conn {
     pub(crate) server_timeout: Option<Option<Duration>>,
     /// When the open transaction began, if one is open.
     pub(crate) tx_started: Option<Instant>,
+    /// Set when a statement may have changed the session (anything but a
+    /// plain read, every statement on a held connection or in a
+    /// transaction): the session is reset before anyone else gets it.
+    pub(crate) dirty: bool,
     holder: Arc<Mutex<Holder>>,
 }
 
@@ -159,6 +168,8 @@ pub(crate) struct Manager {
     connector: Arc<dyn Connector>,
     counters: Arc<Counters>,
     pool_size: u32,
+    /// Bounds a session reset on return.
+    connect_timeout: Duration,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -188,6 +199,7 @@ impl r2d2::ManageConnection for Manager {
             // A new session has no statement limit.
             server_timeout: Some(None),
             tx_started: None,
+            dirty: false,
             holder,
         })
     }
@@ -197,7 +209,11 @@ impl r2d2::ManageConnection for Manager {
     }
 
     /// Called by r2d2 on every return: broken connections are discarded, and
-    /// so is an overflow connection nobody is waiting for.
+    /// so is an overflow connection nobody is waiting for. A session that a
+    /// statement may have changed is reset here, before anyone else can
+    /// check it out (and so that a transaction left open does not hold its
+    /// locks while the connection sits idle); one whose reset failed or
+    /// that cannot be reset is closed.
     fn has_broken(&self, conn: &mut Conn) -> bool {
         {
             let mut h = conn.holder.lock();
@@ -211,8 +227,57 @@ impl r2d2::ManageConnection for Manager {
         if conn.retired {
             return true;
         }
-        self.counters.open.load(Ordering::Relaxed) > self.pool_size
+        if self.counters.open.load(Ordering::Relaxed) > self.pool_size
             && self.counters.waiting.load(Ordering::Relaxed) == 0
+        {
+            return true;
+        }
+        conn.dirty && !self.reset(conn)
+    }
+}
+
+impl Manager {
+    /// Resets a session that a statement may have changed; false when it
+    /// must be closed instead.
+    fn reset(&self, conn: &mut Conn) -> bool {
+        conn.dirty = false;
+        // The reset may have undone the server-side statement limit.
+        conn.server_timeout = None;
+        match bounded(conn, self.connect_timeout, |c| c.reset_session()) {
+            Ok(true) => true,
+            // The backend has no reset: closing the session is the reset.
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "resetting a session before its reuse failed; the connection is discarded");
+                self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// Runs `f` on a connection bounded by `limit` through the watchdog: a
+/// server that stopped answering must not hang the caller. A call that
+/// raced its deadline counts as failed.
+fn bounded<T>(
+    conn: &mut Conn,
+    limit: Duration,
+    f: impl FnOnce(&mut dyn Connection) -> Result<T>,
+) -> Result<T> {
+    let dog = Watchdog::global()?;
+    let armed = dog.arm(Instant::now() + limit, &conn.canceller);
+    let result = f(&mut *conn.backend);
+    match (armed.disarm(), result) {
+        (Fired::No, r) => r,
+        (_, Ok(_)) => {
+            // Answered just as the cancel went out: not worth the doubt.
+            conn.broken = true;
+            Err(Error::new(
+                ErrorKind::Connect,
+                "the connection check raced its deadline",
+            ))
+        }
+        (_, Err(e)) => Err(e),
     }
 }
 
@@ -327,6 +392,7 @@ impl Pool {
             connector: Arc::clone(&connector),
             counters: Arc::clone(&counters),
             pool_size: config.pool_size,
+            connect_timeout: config.connect_timeout,
         };
         let inner = r2d2::Pool::builder()
             .max_size(config.max_size())
@@ -475,21 +541,7 @@ impl Pool {
     /// through the watchdog: a server that stopped answering must not hang
     /// the checkout.
     fn ping(&self, conn: &mut Conn) -> Result<()> {
-        let dog = Watchdog::global()?;
-        let armed = dog.arm(Instant::now() + self.connect_timeout, &conn.canceller);
-        let result = conn.backend.ping();
-        match (armed.disarm(), result) {
-            (Fired::No, r) => r,
-            (_, Ok(())) => {
-                // Answered just as the cancel went out: not worth the doubt.
-                conn.broken = true;
-                Err(Error::new(
-                    ErrorKind::Connect,
-                    "the connection check raced its deadline",
-                ))
-            }
-            (_, Err(e)) => Err(e),
-        }
+        bounded(conn, self.connect_timeout, |c| c.ping())
     }
 
     fn wait(&self, deadline: Instant, timeout: Duration) -> Result<Pooled> {

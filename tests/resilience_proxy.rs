@@ -120,3 +120,56 @@ fn through_a_slow_network(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(through_a_slow_network, [Postgres, MySql]);
+
+/// MariaDB: a statement past its deadline that the server's own limit
+/// stopped (1969) before the watchdog's `KILL QUERY` reached the server
+/// (the network is slow, so the kill's connection takes a while) is not
+/// proof that the kill hit it: the kill could land on the connection's next
+/// statement. The connection is discarded, not reused; only the server's
+/// report that the kill stopped the statement (1317) lets it be reused.
+#[test]
+fn a_statement_the_server_stopped_before_the_kill_arrived_is_not_reused() -> Result<()> {
+    let b = Backend::MySql;
+    let (server, rewrite) = via_proxy(&b.url());
+    let proxy = Proxy::start(server);
+    let db: DatabaseManager = common::manager_with(
+        &common::unique_name("proxy_kill"),
+        &rewrite(proxy.port()),
+        |c| {
+            c.pool_size(1)
+                .max_overflow(0)
+                .connect_timeout(Duration::from_secs(5))
+                .acquire_timeout(Duration::from_secs(10))
+                .circuit_failures(0)
+        },
+    )?;
+    let limit = Duration::from_millis(50);
+    let mut conn = db.connection()?;
+    let before: i64 = conn.query_one(b.session_id_sql(), ())?.get("id")?;
+    // The server-side limit for `limit` is set now, while the link is fast.
+    conn.execute_query_with_timeout("SELECT 1", (), limit)?;
+    proxy.set(Link::Delay(Duration::from_millis(50)));
+    // The server stops it 100 ms after it arrives; the kill needs a new
+    // connection (several round trips of 100 ms) and arrives later.
+    let e = conn
+        .execute_query_with_timeout(
+            "SET STATEMENT max_statement_time = 0.1 FOR SELECT SLEEP(5)",
+            (),
+            limit,
+        )
+        .expect_err("times out");
+    proxy.set(Link::Pass);
+    assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
+    let text = common::error_text(&e);
+    assert!(
+        text.contains("make the statement faster") && text.contains("max_statement_time"),
+        "the watchdog fired and the server's own limit stopped the statement: {text}"
+    );
+    drop(conn);
+    let after: i64 = db.query_one(b.session_id_sql(), ())?.get("id")?;
+    assert_ne!(
+        after, before,
+        "the connection was reused after an unconfirmed kill"
+    );
+    Ok(())
+}

@@ -114,6 +114,28 @@ pub(crate) trait Connection: Send {
     fn peer_closed(&self) -> bool {
         false
     }
+
+    /// Puts back a session that a statement may have changed (a temporary
+    /// table, a role, a search path or current database, a transaction left
+    /// open, any `SET`) as a new connection has it, with the settings the
+    /// backend makes at connect made again. The pool calls it before a
+    /// connection that ran such statements is handed to anyone else, bounded
+    /// by the connect timeout; the server-side statement limit is unknown
+    /// afterwards. `Ok(false)` when the backend has no reset: the connection
+    /// is closed instead (a new one is opened when needed), which is always
+    /// correct. An error also closes it.
+    fn reset_session(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether `error`, the failure of a statement the watchdog cancelled at
+    /// its deadline, proves that the cancel hit that statement, so that no
+    /// part of it is left to hit the next one: only then is the connection
+    /// reused. By default the server's own "cancelled" error
+    /// ([`QueryTimeout`](ErrorKind::QueryTimeout)) proves it.
+    fn cancel_confirmed(&self, error: &Error) -> bool {
+        error.kind() == ErrorKind::QueryTimeout
+    }
 }
 
 /// Makes the connector for a configuration, or says which feature is missing.

@@ -36,6 +36,8 @@ pub(crate) struct MyConnector {
     /// For the short-lived connections that send `KILL QUERY`.
     kill_opts: Opts,
     dialer: Arc<Dialer>,
+    /// The connection string's database, if it names one.
+    database: Option<String>,
 }
 
 impl MyConnector {
@@ -60,6 +62,7 @@ impl MyConnector {
         // Affected-row counts are rows matched, not rows changed, as on the
         // other backends (and SQLAlchemy's default): an UPDATE that sets a
         // value it already has still counts its row.
+        let database = opts.get_db_name().map(str::to_owned);
         let capabilities = opts.get_additional_capabilities() | CapabilityFlags::CLIENT_FOUND_ROWS;
         let builder = OptsBuilder::from_opts(opts)
             .additional_capabilities(capabilities)
@@ -100,6 +103,7 @@ impl MyConnector {
                 // the probe, health checks and cancels.
                 most_running: config.max_size() as usize + 8,
             }),
+            database,
         })
     }
 }
@@ -257,6 +261,8 @@ impl Connector for MyConnector {
             canceller,
             socket,
             flavor: None,
+            database: self.database.clone(),
+            resettable: None,
         }))
     }
 
@@ -271,6 +277,10 @@ struct MyConnection {
     socket: SocketHandle,
     /// Which server-side limit the server knows, found on first use.
     flavor: Option<Flavor>,
+    /// The connection string's database, selected again after a reset.
+    database: Option<String>,
+    /// Whether the server can reset a session in place, found on first use.
+    resettable: Option<bool>,
 }
 
 #[derive(Clone, Copy)]
@@ -389,6 +399,38 @@ impl Connection for MyConnection {
         self.socket.peer_closed()
     }
 
+    /// `COM_RESET_CONNECTION` (`Conn::reset`): the server rolls back a
+    /// transaction left open, drops temporary tables, releases `GET_LOCK`
+    /// and table locks, and sets every session variable back to its global
+    /// value (the read-only setting and the statement limit too); the driver
+    /// empties its statement cache (the server dropped them) and runs the
+    /// connect-time `init` statements again (our READ_ONLY setting, and any
+    /// others made at connect). The current database is not part of that
+    /// reset (measured on MariaDB 10.11), so the connection string's is
+    /// selected again.
+    /// Servers too old for it get `COM_CHANGE_USER`, which runs no `init`:
+    /// those connections are closed instead.
+    fn reset_session(&mut self) -> Result<bool> {
+        if !self.has_reset_connection()? {
+            return Ok(false);
+        }
+        self.conn.reset().map_err(classify)?;
+        if let Some(db) = self.database.as_deref() {
+            // COM_INIT_DB: one round trip, as asking which one is current would be.
+            self.conn.select_db(db).map_err(classify)?;
+        }
+        Ok(true)
+    }
+
+    /// Only the server's own report that `KILL QUERY` stopped the statement
+    /// (1317, ER_QUERY_INTERRUPTED) proves the cancel hit it. The server's
+    /// statement limit (3024, 1969 on MariaDB) ends it a second after the
+    /// deadline, when our `KILL QUERY` may not have arrived yet: the kill
+    /// could then stop whatever the connection runs next.
+    fn cancel_confirmed(&self, error: &Error) -> bool {
+        error.db_code() == Some("1317")
+    }
+
     fn canceller(&self) -> Arc<dyn Canceller> {
         Arc::clone(&self.canceller)
     }
@@ -421,6 +463,36 @@ impl Connection for MyConnection {
             ),
         };
         self.conn.query_drop(sql).map_err(classify)
+    }
+}
+
+impl MyConnection {
+    /// Whether the server knows `COM_RESET_CONNECTION` (MySQL 5.7.4+,
+    /// MariaDB 10.2.7+), found on first use. MariaDB 10 announces itself as
+    /// 5.5.5 in the handshake: its version is asked then.
+    fn has_reset_connection(&mut self) -> Result<bool> {
+        if let Some(known) = self.resettable {
+            return Ok(known);
+        }
+        let handshake = self.conn.server_version();
+        let known = if handshake == (5, 5, 5) {
+            let version: Option<String> = self
+                .conn
+                .query_first("SELECT VERSION()")
+                .map_err(classify)?;
+            let numbers: Vec<u16> = version
+                .as_deref()
+                .unwrap_or_default()
+                .split(|c: char| !c.is_ascii_digit())
+                .take(3)
+                .map(|n| n.parse().unwrap_or(0))
+                .collect();
+            numbers.as_slice() >= [10, 2, 7].as_slice()
+        } else {
+            handshake > (5, 7, 3)
+        };
+        self.resettable = Some(known);
+        Ok(known)
     }
 }
 

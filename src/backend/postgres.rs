@@ -47,7 +47,8 @@ pub(crate) struct PgConnector {
     tls: Option<MakeRustlsConnect>,
     target: String,
     limit: ConnectLimit,
-    /// `SET default_transaction_read_only = on` at connect.
+    /// READ_ONLY: `SET default_transaction_read_only = on` at connect (behind
+    /// pgbouncer: a read-only transaction around each statement instead).
     read_only: bool,
     /// Behind pgbouncer in transaction pooling mode.
     pgbouncer: bool,
@@ -292,11 +293,14 @@ impl Connector for PgConnector {
                     tokio::time::timeout(left, async {
                         let client =
                             handshake(&self.config, socket, &host, self.tls.as_ref()).await?;
-                        if self.read_only {
+                        if self.read_only && !self.pgbouncer {
                             // READ_ONLY: every transaction of the session is
                             // read-only, so the server refuses the writes the
-                            // library's check misses (SQLSTATE 25006). A SET,
-                            // not a startup option, so that poolers accept it.
+                            // library's check misses (SQLSTATE 25006). Behind
+                            // pgbouncer this SET would land on whichever server
+                            // connection it picked, for every client of it:
+                            // there each statement gets a read-only transaction
+                            // of its own instead (see `PgConnection::read_only`).
                             client
                                 .batch_execute("SET default_transaction_read_only = on")
                                 .await?;
@@ -333,6 +337,7 @@ impl Connector for PgConnector {
             socket,
             tx_failed: None,
             pgbouncer: self.pgbouncer,
+            read_only: self.read_only,
         }))
     }
 
@@ -370,6 +375,93 @@ struct PgConnection {
     /// Behind pgbouncer (transaction pooling): unnamed statements only, and
     /// statement limits with `SET LOCAL` inside transactions.
     pgbouncer: bool,
+    /// READ_ONLY. Transactions begin `READ ONLY`. Behind pgbouncer, where no
+    /// session setting can be relied on (nor made without reaching other
+    /// clients), a statement outside a transaction runs in a read-only
+    /// transaction of its own, pipelined with it (no extra round trip); a
+    /// statement that would end such a transaction (`COMMIT`, …) and a
+    /// script that is not a plain read (it could hold one) are refused.
+    read_only: bool,
+}
+
+/// Puts a session back as a new connection has it: `DISCARD ALL` but for
+/// `DEALLOCATE ALL`, which would also drop the prepared statements of this
+/// connection's cache and of the driver's type lookups (they are ours and
+/// stay valid); statements the caller made with SQL `PREPARE` are dropped.
+/// One round trip; the leading `ROLLBACK` ends a transaction left open
+/// (DISCARD ALL itself refuses to run inside one).
+const RESET_SESSION: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+     UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; \
+     DO $reset$ DECLARE s record; BEGIN \
+     FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP \
+     EXECUTE format('DEALLOCATE %I', s.name); END LOOP; END $reset$";
+
+/// The first keyword of a statement (after whitespace, comments and
+/// parentheses), upper-cased, and the one after it.
+fn leading_keywords(sql: &str) -> (String, String) {
+    let b = sql.as_bytes();
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < b.len() && words.len() < 2 {
+        match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |p| i + p);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = b[i + 2..]
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(b.len(), |p| i + 2 + p + 2);
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                    .map_or(b.len(), |p| i + p);
+                words.push(sql[i..end].to_ascii_uppercase());
+                i = end;
+            }
+            c if c.is_ascii_whitespace() || c == b'(' => i += 1,
+            _ => break,
+        }
+    }
+    let mut words = words.into_iter();
+    (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    )
+}
+
+/// Whether a statement ends (or starts) a transaction.
+fn controls_transaction(sql: &str) -> bool {
+    match leading_keywords(sql) {
+        (first, _)
+            if matches!(
+                &*first,
+                "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT"
+            ) =>
+        {
+            true
+        }
+        (first, second) => first == "PREPARE" && second == "TRANSACTION",
+    }
+}
+
+/// The error of a statement refused on a read-only database behind pgbouncer.
+#[cold]
+fn refused_behind_pgbouncer(what: &str) -> Error {
+    Error::new(
+        ErrorKind::ReadOnly,
+        format!(
+            "this database is read-only and reached through pgbouncer, where each statement runs in a \
+             read-only transaction of its own (a session setting would reach other clients); {what} could \
+             leave that transaction, so it was refused before reaching the server; use \
+             DatabaseManager::transaction for several statements in one transaction"
+        ),
+    )
 }
 
 /// Stops a running statement with PostgreSQL's cancel request, sent over a
@@ -535,14 +627,18 @@ impl PgConnection {
     fn run_unnamed(&mut self, sql: &str, params: &[Value]) -> Result<(Vec<Row>, u64)> {
         use futures_util::TryStreamExt;
         let typed: Vec<(&Value, Type)> = params.iter().map(|v| (v, Type::UNKNOWN)).collect();
-        let (rows, affected) = self.call(|c| async move {
-            let stream = c.query_typed_raw(sql, typed).await?;
-            futures_util::pin_mut!(stream);
-            let mut rows = Vec::new();
-            while let Some(row) = stream.try_next().await? {
-                rows.push(row);
-            }
-            Ok((rows, stream.rows_affected().unwrap_or(0)))
+        let wrap = self.wraps_read_only(sql)?;
+        let (rows, affected) = self.call(|c| {
+            let run = async move {
+                let stream = c.query_typed_raw(sql, typed).await?;
+                futures_util::pin_mut!(stream);
+                let mut rows = Vec::new();
+                while let Some(row) = stream.try_next().await? {
+                    rows.push(row);
+                }
+                Ok((rows, stream.rows_affected().unwrap_or(0)))
+            };
+            read_only_around(c, wrap, run)
         })?;
         let columns: Columns = match rows.first() {
             Some(r) => r
@@ -561,6 +657,25 @@ impl PgConnection {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((rows, affected))
+    }
+
+    /// Behind pgbouncer on a read-only database: whether `sql` needs a
+    /// read-only transaction of its own (it runs outside one), or an error
+    /// when it controls transactions itself.
+    fn wraps_read_only(&self, sql: &str) -> Result<bool> {
+        if !(self.read_only && self.pgbouncer) {
+            return Ok(false);
+        }
+        if controls_transaction(sql) {
+            return Err(refused_behind_pgbouncer("a transaction control statement"));
+        }
+        Ok(self.tx_failed.is_none())
+    }
+
+    /// A script run as is (for the library's own statements).
+    fn simple(&mut self, sql: &str) -> Result<()> {
+        let result = self.call(|c| c.batch_execute(sql));
+        self.noting(result)
     }
 
     fn run_query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
@@ -600,12 +715,27 @@ impl Connection for PgConnection {
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        let result = self.call(|c| c.batch_execute(sql));
+        if !(self.read_only && self.pgbouncer) {
+            return self.simple(sql);
+        }
+        // A script could end the read-only transaction it runs in and go on
+        // outside it: only plain reads are taken.
+        if crate::sql::classify_statement(sql) != crate::sql::StatementKind::Read {
+            return Err(refused_behind_pgbouncer(
+                "a script that is not a plain read (it may hold a COMMIT)",
+            ));
+        }
+        let wrap = self.tx_failed.is_none();
+        let result = self.call(|c| read_only_around(c, wrap, c.batch_execute(sql)));
         self.noting(result)
     }
 
     fn begin(&mut self) -> Result<()> {
-        self.batch("BEGIN")?;
+        self.simple(if self.read_only {
+            "BEGIN READ ONLY"
+        } else {
+            "BEGIN"
+        })?;
         self.tx_failed = Some(false);
         Ok(())
     }
@@ -614,7 +744,7 @@ impl Connection for PgConnection {
     /// ROLLBACK; that is reported as an error here, never as success.
     fn commit(&mut self) -> Result<()> {
         if self.tx_failed.take() == Some(true) {
-            self.batch("ROLLBACK")?;
+            self.simple("ROLLBACK")?;
             return Err(Error::new(
                 ErrorKind::Database,
                 "the transaction was rolled back, not committed: a statement in it failed, \
@@ -623,12 +753,12 @@ impl Connection for PgConnection {
             )
             .with_code("25P02"));
         }
-        self.batch("COMMIT")
+        self.simple("COMMIT")
     }
 
     fn rollback(&mut self) -> Result<()> {
         self.tx_failed = None;
-        self.batch("ROLLBACK")
+        self.simple("ROLLBACK")
     }
 
     fn ping(&mut self) -> Result<()> {
@@ -656,13 +786,33 @@ impl Connection for PgConnection {
             if self.tx_failed.is_none() {
                 return Ok(());
             }
-            return self.batch(&format!("SET LOCAL statement_timeout = {ms}"));
+            return self.simple(&format!("SET LOCAL statement_timeout = {ms}"));
         }
-        self.batch(&format!("SET statement_timeout = {ms}"))
+        self.simple(&format!("SET statement_timeout = {ms}"))
     }
 
     fn server_timeout_is_local(&self) -> bool {
         self.pgbouncer
+    }
+
+    /// Directly: one round trip of [`RESET_SESSION`], then the READ_ONLY
+    /// setting of connect again. Behind pgbouncer the server session is
+    /// pgbouncer's to reset (its `server_reset_query`), and `DISCARD` there
+    /// would reach whichever client holds that server connection next: only
+    /// a transaction left open is ended, so it does not follow this
+    /// connection to its next borrower (nor pin a server connection).
+    fn reset_session(&mut self) -> Result<bool> {
+        self.tx_failed = None;
+        if self.pgbouncer {
+            self.simple("ROLLBACK")?;
+        } else if self.read_only {
+            self.simple(&format!(
+                "{RESET_SESSION}; SET default_transaction_read_only = on"
+            ))?;
+        } else {
+            self.simple(RESET_SESSION)?;
+        }
+        Ok(true)
     }
 }
 
@@ -670,6 +820,29 @@ impl Drop for PgConnection {
     fn drop(&mut self) {
         blocking::drop_off_runtime((self.client.take(), self.rt.take()));
     }
+}
+
+/// Runs `run` between `BEGIN READ ONLY` and `COMMIT` when `wrap`, the three
+/// pipelined (one round trip); a failed statement is rolled back by that
+/// `COMMIT`, and its error returned.
+async fn read_only_around<T>(
+    client: &Client,
+    wrap: bool,
+    run: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> std::result::Result<T, tokio_postgres::Error> {
+    if !wrap {
+        return run.await;
+    }
+    let (begin, result, commit) = futures_util::future::join3(
+        client.batch_execute("BEGIN READ ONLY"),
+        run,
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    begin?;
+    let value = result?;
+    commit?;
+    Ok(value)
 }
 
 /// Reads column `i` by its PostgreSQL type.

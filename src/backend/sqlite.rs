@@ -57,22 +57,10 @@ impl SqliteConnector {
             .with_init(move |c| {
                 c.busy_timeout(busy)?;
                 c.set_prepared_statement_cache_capacity(256);
-                let journal = if memory {
-                    ""
-                } else {
-                    "PRAGMA journal_mode = WAL;"
-                };
-                // READ_ONLY: SQLite refuses writes (SQLITE_READONLY), after
-                // the journal mode is set; the library's check is backed by
-                // SQLite's own.
-                let query_only = if read_only {
-                    "PRAGMA query_only = ON;"
-                } else {
-                    ""
-                };
-                c.execute_batch(&format!(
-                    "PRAGMA foreign_keys = ON; {journal} PRAGMA synchronous = NORMAL; {query_only}"
-                ))
+                if !memory {
+                    c.execute_batch("PRAGMA journal_mode = WAL;")?;
+                }
+                c.execute_batch(session_pragmas(read_only))
             });
         let keeper = if memory {
             let conn = manager.connect().map_err(|e| open_error(&path, e))?;
@@ -86,6 +74,18 @@ impl SqliteConnector {
             _keeper: keeper,
             read_only: config.read_only,
         })
+    }
+}
+
+/// The session settings every connection gets at connect, and again when
+/// its session is reset. READ_ONLY: SQLite refuses writes
+/// (SQLITE_READONLY), after the journal mode is set; the library's check is
+/// backed by SQLite's own.
+fn session_pragmas(read_only: bool) -> &'static str {
+    if read_only {
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA query_only = ON;"
+    } else {
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA query_only = OFF;"
     }
 }
 
@@ -247,6 +247,51 @@ impl Connection for SqliteConnection {
 
     fn is_closed(&self) -> bool {
         false
+    }
+
+    /// In process, no round trip: a transaction left open is rolled back,
+    /// temporary tables, views and triggers are dropped, attached databases
+    /// detached and the connect-time settings (`PRAGMA`s) made again.
+    fn reset_session(&mut self) -> Result<bool> {
+        let conn = &self.conn;
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK").map_err(classify)?;
+        }
+        let temps: Vec<(String, String)> = conn
+            .prepare_cached(
+                "SELECT type, name FROM temp.sqlite_master \
+                 WHERE type IN ('table', 'view', 'trigger') AND name NOT LIKE 'sqlite_%'",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(classify)?;
+        for (kind, name) in temps {
+            let drop = format!(
+                "DROP {} IF EXISTS temp.\"{}\"",
+                kind.to_ascii_uppercase(),
+                name.replace('"', "\"\"")
+            );
+            conn.execute_batch(&drop).map_err(classify)?;
+        }
+        let attached: Vec<String> = conn
+            .prepare_cached(
+                "SELECT name FROM pragma_database_list WHERE name NOT IN ('main', 'temp')",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(classify)?;
+        for name in attached {
+            conn.execute("DETACH DATABASE ?1", [&name])
+                .map_err(classify)?;
+        }
+        conn.execute_batch(session_pragmas(self.read_only))
+            .map_err(classify)?;
+        self.columns = None;
+        Ok(true)
     }
 
     fn canceller(&self) -> Arc<dyn Canceller> {

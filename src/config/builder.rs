@@ -385,15 +385,25 @@ impl DatabaseConfigBuilder {
     }
 
     /// The PostgreSQL server is reached through pgbouncer in transaction
-    /// pooling mode: statements are sent unnamed (no named prepared
-    /// statements, which another client's server connection would not know),
-    /// statement limits are set with `SET LOCAL` inside transactions only
-    /// (a session `SET` would leak to other clients), and a timed-out
-    /// statement is cancelled with `pg_cancel_backend` over a second
-    /// connection (pgbouncer 1.18 loses a plain cancel request). Also set by
-    /// `pgbouncer=true` in the connection string's query, and by
-    /// `{PREFIX}{NAME}_PGBOUNCER`. Default `false`: only the user knows a
-    /// pooler sits in between.
+    /// pooling mode, where each transaction (each statement outside one) may
+    /// run on another server connection, shared with other clients. So no
+    /// session state is relied on or set: statements are sent unnamed (no
+    /// named prepared statements, which another server connection would not
+    /// know); statement limits are set with `SET LOCAL` inside transactions
+    /// only (outside one the watchdog alone limits a statement); with
+    /// `read_only`, each statement outside a transaction runs in a
+    /// `BEGIN READ ONLY` transaction of its own and transactions begin
+    /// `READ ONLY` (statements that end a transaction, and scripts that are
+    /// not plain reads, are refused); the migration lock is a row of a lock
+    /// table, not a session advisory lock; and a pooled connection given
+    /// back inside a transaction is rolled back (server sessions are
+    /// pgbouncer's to reset). A timed-out statement is cancelled with
+    /// PostgreSQL's own cancel request, sent to pgbouncer, which forwards
+    /// it; the request's connection is kept open until pgbouncer closes it
+    /// (pgbouncer 1.18 drops a cancel request whose client left before it
+    /// was forwarded). Also set by `pgbouncer=true` in the connection
+    /// string's query, and by `{PREFIX}{NAME}_PGBOUNCER`. Default `false`:
+    /// only the user knows a pooler sits in between.
     pub fn pgbouncer(mut self, on: bool) -> Self {
         self.pgbouncer = on;
         self

@@ -480,6 +480,61 @@ impl HistoryDialect for Sqlite {
     }
 }
 
+/// PostgreSQL behind pgbouncer (transaction pooling). pgbouncer hands each
+/// transaction (each statement outside one) to whichever server connection
+/// is free, and shares those among its clients: a session advisory lock
+/// would stay with one server session, taken again by any client that
+/// lands there (it is re-entrant) and released only if the unlock lands
+/// there too; session settings would reach other clients. A transaction
+/// lock (`pg_advisory_xact_lock`) lasts one transaction, not a run of
+/// scripts each committed on its own (some outside any transaction). So
+/// the lock is a row of `{history}_lock`, as on SQLite: taken by an
+/// `INSERT` that only one migrator's can make, released by its `DELETE`,
+/// each committed at once, whatever server connection runs it. A row left
+/// by a process that died on this host is taken over; one left from
+/// another host is named in the `LockTimeout` error, with how to remove it.
+pub(crate) struct PgBouncer;
+
+impl HistoryDialect for PgBouncer {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn table_exists(&self, conn: &mut dyn Exec, table: &str) -> Result<bool> {
+        Postgres.table_exists(conn, table)
+    }
+
+    fn current_user(&self, conn: &mut dyn Exec) -> Result<String> {
+        Postgres.current_user(conn)
+    }
+
+    fn prepare_lock(&self, conn: &mut PooledConnection, lock: &LockName) -> Result<()> {
+        match Sqlite.prepare_lock(conn, lock) {
+            // Two migrators creating the table at once: one of them loses
+            // the race on the catalog's unique index; the table is there.
+            Err(e) if e.kind() == ErrorKind::UniqueViolation => Ok(()),
+            other => other,
+        }
+    }
+
+    fn try_lock(
+        &self,
+        conn: &mut PooledConnection,
+        lock: &LockName,
+        wait: Duration,
+    ) -> Result<bool> {
+        Sqlite.try_lock(conn, lock, wait)
+    }
+
+    fn unlock(&self, conn: &mut PooledConnection, lock: &LockName) -> Result<()> {
+        Sqlite.unlock(conn, lock)
+    }
+
+    fn holder(&self, conn: &mut PooledConnection, lock: &LockName) -> Result<Option<String>> {
+        Sqlite.holder(conn, lock)
+    }
+}
+
 /// SQL Server: `sp_getapplock`. The backend does not exist yet; the SQL text
 /// is here (and unit-tested) so that it lands with the backend.
 pub(crate) struct MsSql;
@@ -562,9 +617,11 @@ impl HistoryDialect for MsSql {
     }
 }
 
-/// The dialect of a backend: the one place that matches on the kind.
-pub(crate) fn dialect_for(kind: BackendKind) -> &'static dyn HistoryDialect {
+/// The dialect of a backend (PostgreSQL behind pgbouncer has its own lock):
+/// the one place that matches on the kind.
+pub(crate) fn dialect_for(kind: BackendKind, pgbouncer: bool) -> &'static dyn HistoryDialect {
     match kind {
+        BackendKind::Postgres if pgbouncer => &PgBouncer,
         BackendKind::Postgres => &Postgres,
         BackendKind::MySql => &MySql,
         BackendKind::Sqlite => &Sqlite,

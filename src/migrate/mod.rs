@@ -6,8 +6,9 @@
 //! - Scripts come from `migrations/{database name}/` (configurable), or are
 //!   embedded in the binary with [`embed_migrations!`](crate::embed_migrations).
 //! - One migrator at a time: an advisory lock per backend (PostgreSQL
-//!   `pg_try_advisory_lock`, MySQL `GET_LOCK`, SQLite a lock row), held on a
-//!   dedicated pooled connection by a guard that releases it on every path.
+//!   `pg_try_advisory_lock`, MySQL `GET_LOCK`, SQLite and PostgreSQL behind
+//!   pgbouncer a lock row), held on a dedicated pooled connection by a guard
+//!   that releases it on every path.
 //! - Applied scripts are validated against their checksum (Flyway's CRC32
 //!   over lines, line endings ignored) before anything runs.
 //! - Each script and its history row commit together where DDL is
@@ -191,7 +192,7 @@ impl Migrator {
     }
 
     fn dialect(&self) -> &'static dyn HistoryDialect {
-        history::dialect_for(self.shared.config.kind)
+        history::dialect_for(self.shared.config.kind, self.shared.config.pgbouncer)
     }
 
     fn name(&self) -> Arc<str> {
