@@ -77,8 +77,8 @@ pub use crate::manager::DatabaseManager;
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
 pub use crate::status::{
-    BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationSummary,
-    PoolStatus, QueryPlan, ScalingLevel, StatementStats,
+    BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationState,
+    MigrationSummary, PoolStatus, QueryPlan, ScalingLevel, StatementStats,
 };
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 

@@ -230,3 +230,30 @@ fn a_huge_lock_timeout_is_not_a_panic() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("V1__t.sql"), "it ran: {}", text(&o));
 }
+
+/// A migration that failed part-way blocks `migrate`: `health` says
+/// `unhealthy`, names it, and exits 1.
+#[test]
+fn health_over_a_failed_migration_exits_non_zero() {
+    let dir = TempDir::new("cli_failed");
+    let url = dir.sqlite_url("shop.db");
+    std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("sql/V1__half.sql"),
+        "-- dbmanager:no-transaction\nCREATE TABLE t (id INTEGER);\nCREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    let o = cli(&dir, &url, &["--database", "shop", "migrate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = cli(&dir, &url, &["--database", "shop", "health", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["status"], "unhealthy", "{v}");
+    assert_eq!(v["migration_status"]["state"], "failed", "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("V1__half.sql"),
+        "{v}"
+    );
+    let o = cli(&dir, &url, &["--database", "shop", "health"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}

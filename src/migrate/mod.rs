@@ -438,6 +438,13 @@ impl Migrator {
         .on_database(&self.name()))
     }
 
+    /// Whether the history table exists (read without the lock).
+    pub(crate) fn history_exists(&self) -> Result<bool> {
+        let dialect = self.dialect();
+        let mut conn = self.connection()?;
+        dialect.table_exists(&mut conn, self.table())
+    }
+
     /// Reads the history without taking the lock or creating the table.
     fn read_history(&self) -> Result<(bool, Vec<AppliedMigration>)> {
         let dialect = self.dialect();
