@@ -4,14 +4,22 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::{Backend, TempDir};
 
 fn cli(dir: &TempDir, url: &str, args: &[&str]) -> Output {
+    command(dir, url).args(args).output().expect("run the CLI")
+}
+
+/// The CLI configured for the database `shop` at `url`, its migrations in
+/// `sql/` of `dir`; no `DATABASE_URL` or `DBMANAGER_DATABASE` from the
+/// caller's environment.
+fn command(dir: &TempDir, url: &str) -> Command {
     std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
-    Command::new(env!("CARGO_BIN_EXE_dbmanager"))
-        .args(args)
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dbmanager"));
+    c.env_remove("DATABASE_URL")
+        .env_remove("DBMANAGER_DATABASE")
         .env("ENVIRONMENT", "development")
         .env("DBMANAGER_ENV_DIR", dir.path())
         .env("DEVELOPMENT_GLOBAL_SHOP_CONNECTION_STRING", url)
@@ -23,9 +31,8 @@ fn cli(dir: &TempDir, url: &str, args: &[&str]) -> Output {
             "STAGING_GLOBAL_SHOP_CONNECTION_STRING",
             dir.sqlite_url("staging.db"),
         )
-        .env("STAGING_GLOBAL_SHOP_MIGRATIONS_DIR", dir.path().join("sql"))
-        .output()
-        .expect("run the CLI")
+        .env("STAGING_GLOBAL_SHOP_MIGRATIONS_DIR", dir.path().join("sql"));
+    c
 }
 
 fn text(o: &Output) -> String {
@@ -256,4 +263,37 @@ fn health_over_a_failed_migration_exits_non_zero() {
     );
     let o = cli(&dir, &url, &["--database", "shop", "health"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+/// `dbmanager … | head -1`: the reader goes away early; the CLI ends
+/// quietly, without a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = TempDir::new("cli_pipe");
+    let url = dir.sqlite_url("shop.db");
+    for args in [
+        &["--database", "shop", "pool"][..],
+        &["--database", "shop", "info", "--json"],
+    ] {
+        let mut child = command(&dir, &url)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the CLI");
+        // Close the read end before the CLI writes anything.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{args:?}: {:?} {stderr}",
+            o.status
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+    }
 }

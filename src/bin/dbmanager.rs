@@ -82,6 +82,27 @@ enum Command {
     Pool,
 }
 
+/// `println!` that ends the program quietly when stdout is gone (`dbmanager
+/// … | head -1`): exit 0 as soon as the reader closed the pipe, as Unix
+/// tools do, rather than a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(env) = &cli.env {
@@ -94,7 +115,7 @@ fn main() -> ExitCode {
         Err(e) => {
             if cli.json {
                 let v = serde_json::json!({ "ok": false, "error": e.to_string(), "causes": causes(&*e) });
-                println!("{v}");
+                outln!("{v}");
             } else {
                 eprintln!("error: {e}");
                 for c in causes(&*e) {
@@ -125,7 +146,7 @@ fn database(cli: &Cli) -> BoxResult<&str> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> BoxResult<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -138,7 +159,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         if cli.json {
             print_json(&serde_json::json!({ "created": path }))?;
         } else {
-            println!("created {path}");
+            outln!("created {path}");
         }
         return Ok(true);
     }
@@ -161,10 +182,10 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                     print_json(&plan)?;
                 } else {
                     if plan.steps.is_empty() {
-                        println!("{}: nothing to do", plan.database_name);
+                        outln!("{}: nothing to do", plan.database_name);
                     }
                     for s in &plan.steps {
-                        println!(
+                        outln!(
                             "-- {} {} ({}{})\n{}\n",
                             s.kind,
                             s.script,
@@ -181,7 +202,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                         );
                     }
                     for p in &plan.problems {
-                        println!("problem: {p}");
+                        outln!("problem: {p}");
                     }
                 }
                 return Ok(plan.problems.is_empty());
@@ -194,7 +215,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             if cli.json {
                 print_json(&status)?;
             } else {
-                println!(
+                outln!(
                     "{} — history table {}, current version {}",
                     status.database_name,
                     status.history_table,
@@ -235,7 +256,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                 }
                 print_table(&rows);
                 for p in &status.problems {
-                    println!("problem: {p}");
+                    outln!("problem: {p}");
                 }
             }
             return Ok(status.problems.is_empty());
@@ -245,7 +266,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             if cli.json {
                 print_json(&serde_json::json!({ "ok": true }))?;
             } else {
-                println!("{}: applied migrations match their files", db.name());
+                outln!("{}: applied migrations match their files", db.name());
             }
         }
         Command::Baseline { version } => {
@@ -257,13 +278,13 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             if cli.json {
                 print_json(&report)?;
             } else if report.removed_failed.is_empty() && report.realigned.is_empty() {
-                println!("{}: nothing to repair", db.name());
+                outln!("{}: nothing to repair", db.name());
             } else {
                 for s in &report.removed_failed {
-                    println!("removed failed row of {s}");
+                    outln!("removed failed row of {s}");
                 }
                 for s in &report.realigned {
-                    println!("realigned the checksum of {s}");
+                    outln!("realigned the checksum of {s}");
                 }
             }
         }
@@ -312,7 +333,7 @@ fn print_report(cli: &Cli, report: &MigrationReport, verb: &str) -> BoxResult<()
         return print_json(report);
     }
     if report.applied.is_empty() {
-        println!(
+        outln!(
             "{}: nothing to do (current version {})",
             report.database_name,
             report.current_version.as_deref().unwrap_or("none")
@@ -320,9 +341,9 @@ fn print_report(cli: &Cli, report: &MigrationReport, verb: &str) -> BoxResult<()
         return Ok(());
     }
     for s in &report.applied {
-        println!("{verb} {} ({} ms)", s.script, s.execution_time_ms);
+        outln!("{verb} {} ({} ms)", s.script, s.execution_time_ms);
     }
-    println!(
+    outln!(
         "{}: now at version {}",
         report.database_name,
         report.current_version.as_deref().unwrap_or("none")
@@ -342,19 +363,19 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
         .map(|w| format!("+{}", "-".repeat(w + 2)))
         .collect::<String>()
         + "+";
-    println!("{line}");
+    outln!("{line}");
     for (k, r) in rows.iter().enumerate() {
         let cells: String = r
             .iter()
             .enumerate()
             .map(|(i, c)| format!("| {c:<w$} ", w = widths[i]))
             .collect();
-        println!("{cells}|");
+        outln!("{cells}|");
         if k == 0 {
-            println!("{line}");
+            outln!("{line}");
         }
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
 /// Creates `V{next}__{description}.sql`, keeping the zero padding of the
