@@ -154,11 +154,12 @@ fn migrate_info_validate_new_on_sqlite() {
 fn problems_exit_non_zero() {
     let dir = TempDir::new("cli");
     let url = dir.sqlite_url("shop.db");
-    // No database given.
+    // No database given: a usage error, naming the ways to give one.
     let o = cli(&dir, &url, &["info"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("--database"),
+        err.contains("--database") && err.contains("--url") && err.contains("DATABASE_URL"),
         "{}",
         text(&o)
     );
@@ -184,6 +185,14 @@ fn problems_exit_non_zero() {
     // Usage errors: clap's code 2.
     let o = cli(&dir, &url, &["--database", "shop", "frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
+    // A near miss is answered with the subcommand meant.
+    let o = cli(&dir, &url, &["--database", "shop", "migrat"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("'migrate'"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -296,4 +305,64 @@ fn a_closed_stdout_ends_quietly() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// `--url` and `--migrations-dir` connect without any configuration, as
+/// `DATABASE_URL` does when no database is named; `DBMANAGER_DATABASE`
+/// names the database when `-d` is left out.
+#[test]
+fn connects_by_url_or_default_name() {
+    let dir = TempDir::new("cli_url");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::fs::write(
+        elsewhere.join("V1__t.sql"),
+        "CREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    let url = dir.sqlite_url("by_url.db");
+    let migrations_dir = elsewhere.display().to_string();
+    let o = cli(
+        &dir,
+        "sqlite::memory:",
+        &[
+            "--url",
+            &url,
+            "--migrations-dir",
+            &migrations_dir,
+            "migrate",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("V1__t.sql"), "{}", text(&o));
+
+    // DATABASE_URL with migrations/ in the working directory, as sqlx reads it.
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("migrations")).expect("mkdir");
+    std::fs::write(
+        work.join("migrations/V1__u.sql"),
+        "CREATE TABLE u (id INTEGER);\n",
+    )
+    .expect("write");
+    let env_url = dir.sqlite_url("by_env.db");
+    let o = command(&dir, "sqlite::memory:")
+        .current_dir(&work)
+        .env("DATABASE_URL", &env_url)
+        .args(["migrate", "--json"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["current_version"], "1", "{v}");
+
+    // DBMANAGER_DATABASE names the configured database.
+    let shop = dir.sqlite_url("shop.db");
+    let o = command(&dir, &shop)
+        .env("DBMANAGER_DATABASE", "shop")
+        .args(["info", "--json"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["database_name"], "shop", "{v}");
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dbmanager::migrate::MigrationReport;
 use dbmanager::migrate::{MigrateOptions, MigrationKind, Target, Version};
 use dbmanager::{DatabaseConfig, DatabaseManager};
@@ -27,9 +27,20 @@ use dbmanager::{DatabaseConfig, DatabaseManager};
     about = "Migrations and checks for dbmanager databases"
 )]
 struct Cli {
-    /// The logical database name (as in DatabaseManager::new).
-    #[arg(long, short = 'd', global = true)]
+    /// The logical database name (as in DatabaseManager::new); default
+    /// $DBMANAGER_DATABASE. Its settings come from the environment
+    /// ({ENV}_GLOBAL_{NAME}_CONNECTION_STRING, …).
+    #[arg(long, short = 'd', global = true, value_name = "NAME")]
     database: Option<String>,
+    /// The connection string (postgresql://…, mysql://…, sqlite:…,
+    /// mssql://…); overrides the configured one. Without --database (and
+    /// $DBMANAGER_DATABASE), $DATABASE_URL is read.
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
+    /// The migrations folder; default {ENV}_GLOBAL_{NAME}_MIGRATIONS_DIR,
+    /// else migrations/NAME (or migrations/ when connecting by URL alone).
+    #[arg(long, global = true, value_name = "DIR")]
+    migrations_dir: Option<std::path::PathBuf>,
     /// The environment name (sets ENVIRONMENT; default `development`).
     #[arg(long, short = 'e', global = true)]
     env: Option<String>,
@@ -103,11 +114,19 @@ fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// The name the database is configured under when only a URL is given.
+const URL_ONLY_NAME: &str = "default";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if let Some(env) = &cli.env {
         // Before any thread exists: the library reads ENVIRONMENT.
         std::env::set_var("ENVIRONMENT", env);
+    }
+    if let Err(message) = connect_settings(&mut cli) {
+        Cli::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+            .exit();
     }
     match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
@@ -139,10 +158,64 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// Settles which database to use, before any thread exists: the name
+/// (`--database`, else `$DBMANAGER_DATABASE`, else `default` when a URL is
+/// given), and `--url` (or `$DATABASE_URL` when no name is given) and
+/// `--migrations-dir` as the process variables the library reads for that
+/// name, which win over the `.env` file. `Err`: a usage error.
+fn connect_settings(cli: &mut Cli) -> Result<(), String> {
+    let env_var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if cli.database.is_none() {
+        cli.database = env_var("DBMANAGER_DATABASE");
+    }
+    let mut url_only = false;
+    if cli.database.is_none() {
+        if cli.url.is_none() {
+            cli.url = env_var("DATABASE_URL");
+        }
+        if cli.url.is_none() {
+            return Err(
+                "no database given: pass --database NAME (configured through \
+                 {ENV}_GLOBAL_{NAME}_CONNECTION_STRING), or --url URL, or set \
+                 DBMANAGER_DATABASE or DATABASE_URL"
+                    .to_owned(),
+            );
+        }
+        cli.database = Some(URL_ONLY_NAME.to_owned());
+        url_only = true;
+    }
+    let name = cli.database.as_deref().unwrap_or(URL_ONLY_NAME);
+    let environment = env_var("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
+    let prefix = format!("{}_GLOBAL_{}_", stem(&environment), stem(name));
+    if let Some(url) = &cli.url {
+        std::env::set_var(format!("{prefix}CONNECTION_STRING"), url);
+    }
+    if let Some(dir) = &cli.migrations_dir {
+        std::env::set_var(format!("{prefix}MIGRATIONS_DIR"), dir);
+    } else if url_only && env_var(&format!("{prefix}MIGRATIONS_DIR")).is_none() {
+        // As sqlx does: ./migrations when the database has no name.
+        std::env::set_var(format!("{prefix}MIGRATIONS_DIR"), "migrations");
+    }
+    Ok(())
+}
+
+/// A name as the library upper-cases it into variable names.
+fn stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn database(cli: &Cli) -> BoxResult<&str> {
-    cli.database.as_deref().ok_or_else(|| {
-        "give the database with --database NAME (the name used in DatabaseManager::new)".into()
-    })
+    cli.database
+        .as_deref()
+        .ok_or_else(|| "give the database with --database NAME or --url URL".into())
 }
 
 fn print_json(value: &impl serde::Serialize) -> BoxResult<()> {
