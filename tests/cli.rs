@@ -366,3 +366,53 @@ fn connects_by_url_or_default_name() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["database_name"], "shop", "{v}");
 }
+
+/// `new` writes files without a connection; `-r` also writes the U file.
+#[test]
+fn new_needs_no_connection_and_writes_undo_files() {
+    let dir = TempDir::new("cli_new");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    // Nothing configured at all: ./migrations.
+    let o = command(&dir, "sqlite::memory:")
+        .current_dir(&work)
+        .args(["new", "-r", "add", "users"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        work.join("migrations/V001__add_users.sql").exists(),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        work.join("migrations/U001__add_users.sql").exists(),
+        "{}",
+        text(&o)
+    );
+    // A named database with a folder but no connection string.
+    let folder = dir.path().join("inventory_sql");
+    let o = command(&dir, "sqlite::memory:")
+        .env("DEVELOPMENT_GLOBAL_INVENTORY_MIGRATIONS_DIR", &folder)
+        .args([
+            "-d",
+            "inventory",
+            "new",
+            "--reversible",
+            "--json",
+            "add stock",
+        ])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(folder.join("V001__add_stock.sql").exists(), "{}", text(&o));
+    assert!(folder.join("U001__add_stock.sql").exists(), "{}", text(&o));
+    assert!(
+        v["undo"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("U001__add_stock.sql"),
+        "{v}"
+    );
+}

@@ -11,7 +11,7 @@
 //! `--env` sets the environment name. Exit code 0 when all is well, 1 on any
 //! error or problem, 2 on a usage error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,8 +81,12 @@ enum Command {
         /// The version to go back to.
         to_version: String,
     },
-    /// Create the next V file in the migrations folder.
+    /// Create the next V file in the migrations folder (needs no
+    /// connection).
     New {
+        /// Also write the matching U file that undoes it.
+        #[arg(long, short = 'r')]
+        reversible: bool,
         /// What the migration does (becomes the file name's description).
         description: Vec<String>,
     },
@@ -173,7 +177,8 @@ fn connect_settings(cli: &mut Cli) -> Result<(), String> {
         if cli.url.is_none() {
             cli.url = env_var("DATABASE_URL");
         }
-        if cli.url.is_none() {
+        // `new` only writes files: a folder is all it needs.
+        if cli.url.is_none() && !matches!(cli.command, Command::New { .. }) {
             return Err(
                 "no database given: pass --database NAME (configured through \
                  {ENV}_GLOBAL_{NAME}_CONNECTION_STRING), or --url URL, or set \
@@ -226,13 +231,23 @@ fn print_json(value: &impl serde::Serialize) -> BoxResult<()> {
 /// Runs the command; `Ok(false)` when it found problems.
 fn run(cli: &Cli) -> BoxResult<bool> {
     let name = database(cli)?;
-    if let Command::New { description } = &cli.command {
-        let config = DatabaseConfig::from_env(name)?;
-        let path = new_migration(config.migrations_dir(), &description.join(" "))?;
+    if let Command::New {
+        description,
+        reversible,
+    } = &cli.command
+    {
+        let dir = new_migrations_dir(cli, name);
+        let paths = new_migration(&dir, &description.join(" "), *reversible)?;
         if cli.json {
-            print_json(&serde_json::json!({ "created": path }))?;
+            let mut v = serde_json::json!({ "created": paths[0] });
+            if let Some(undo) = paths.get(1) {
+                v["undo"] = undo.as_str().into();
+            }
+            print_json(&v)?;
         } else {
-            outln!("created {path}");
+            for path in &paths {
+                outln!("created {path}");
+            }
         }
         return Ok(true);
     }
@@ -451,9 +466,36 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     outln!("{line}");
 }
 
-/// Creates `V{next}__{description}.sql`, keeping the zero padding of the
-/// existing files (V001 → V002).
-fn new_migration(dir: &Path, description: &str) -> BoxResult<String> {
+/// The folder `new` writes to, without connecting: `--migrations-dir`, else
+/// the database's configured folder, read as the library reads it even when
+/// no connection string is configured.
+fn new_migrations_dir(cli: &Cli, name: &str) -> PathBuf {
+    if let Some(dir) = &cli.migrations_dir {
+        return dir.clone();
+    }
+    if let Ok(config) = DatabaseConfig::from_env(name) {
+        return config.migrations_dir().to_owned();
+    }
+    // No usable connection string: any will do to read the folder setting,
+    // since `new` never connects.
+    let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".to_owned());
+    let var = format!(
+        "{}_GLOBAL_{}_CONNECTION_STRING",
+        stem(&environment),
+        stem(name)
+    );
+    std::env::set_var(&var, "sqlite::memory:");
+    let dir = DatabaseConfig::from_env(name)
+        .map(|c| c.migrations_dir().to_owned())
+        .unwrap_or_else(|_| Path::new("migrations").join(name));
+    std::env::remove_var(&var);
+    dir
+}
+
+/// Creates `V{next}__{description}.sql` (and with `reversible` the matching
+/// `U{next}__{description}.sql`), keeping the zero padding of the existing
+/// files (V001 → V002).
+fn new_migration(dir: &Path, description: &str, reversible: bool) -> BoxResult<Vec<String>> {
     let description: String = description
         .trim()
         .chars()
@@ -480,7 +522,19 @@ fn new_migration(dir: &Path, description: &str) -> BoxResult<String> {
         }
     }
     let (next, width) = highest.map_or((1, 3), |(n, w)| (n + 1, w));
+    let words = description.replace('_', " ");
     let path = dir.join(format!("V{next:0width$}__{description}.sql"));
-    std::fs::write(&path, format!("-- {}\n", description.replace('_', " ")))?;
-    Ok(path.display().to_string())
+    let mut created = vec![path.display().to_string()];
+    if reversible {
+        let undo = dir.join(format!("U{next:0width$}__{description}.sql"));
+        if undo.exists() {
+            return Err(format!("{} exists already", undo.display()).into());
+        }
+        std::fs::write(&path, format!("-- {words}\n"))?;
+        std::fs::write(&undo, format!("-- Undo: {words}\n"))?;
+        created.push(undo.display().to_string());
+    } else {
+        std::fs::write(&path, format!("-- {words}\n"))?;
+    }
+    Ok(created)
 }
