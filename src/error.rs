@@ -261,6 +261,12 @@ impl Error {
         self
     }
 
+    /// Replaces `from` with `to` in the message.
+    pub(crate) fn replace_in_message(mut self, from: &str, to: &str) -> Error {
+        self.0.message = self.0.message.replace(from, to);
+        self
+    }
+
     /// A copy sharing the same cause, for an error reported to several callers.
     pub(crate) fn duplicate(&self) -> Error {
         Error(Box::new(Inner {

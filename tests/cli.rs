@@ -111,8 +111,9 @@ fn migrate_info_validate_new_on_sqlite() {
     .expect("write");
     let o = run(&["--database", "shop", "validate"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("V001__create_customers.sql"),
+        err.contains("V001__create_customers.sql") && !err.contains("nothing was run"),
         "{}",
         text(&o)
     );
@@ -414,5 +415,66 @@ fn new_needs_no_connection_and_writes_undo_files() {
             .unwrap_or("")
             .ends_with("U001__add_stock.sql"),
         "{v}"
+    );
+}
+
+/// Messages name the CLI's flags and real variable names, not the
+/// library's Rust API or placeholders.
+#[test]
+fn messages_speak_in_flags() {
+    let dir = TempDir::new("cli_msgs");
+    let url = dir.sqlite_url("shop.db");
+    // A missing folder names the variable it was read from and the flag.
+    let o = cli(
+        &dir,
+        &url,
+        &[
+            "--database",
+            "shop",
+            "--migrations-dir",
+            "/nonexistent/sql",
+            "migrate",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_DIR") && err.contains("--migrations-dir"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("{PREFIX}") && !err.contains("{NAME}") && !err.contains("::"),
+        "{err}"
+    );
+
+    // A busy lock: held by a live process (this one) on another host.
+    std::fs::write(
+        dir.path().join("sql/V1__t.sql"),
+        "CREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    {
+        let db = common::manager(&common::unique_name("lock"), &url).expect("open");
+        db.execute_batch(
+            "CREATE TABLE schema_version_lock (id INTEGER PRIMARY KEY CHECK (id = 1), \
+             pid INTEGER NOT NULL, host TEXT NOT NULL, owner TEXT NOT NULL, acquired_on TEXT NOT NULL)",
+        )
+        .expect("lock table");
+        db.execute(
+            "INSERT INTO schema_version_lock VALUES (1, ?, 'elsewhere', 'a test', '2024-01-01T00:00:00Z')",
+            (i64::from(std::process::id()),),
+        )
+        .expect("lock row");
+    }
+    let o = cli(
+        &dir,
+        &url,
+        &["--database", "shop", "migrate", "--lock-timeout", "1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--lock-timeout") && !err.contains("MigrateOptions"),
+        "{err}"
     );
 }

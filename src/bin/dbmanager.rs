@@ -136,18 +136,35 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
+            let message = in_cli_terms(&e.to_string());
+            let causes: Vec<String> = causes(&*e).iter().map(|c| in_cli_terms(c)).collect();
             if cli.json {
-                let v = serde_json::json!({ "ok": false, "error": e.to_string(), "causes": causes(&*e) });
+                let v = serde_json::json!({ "ok": false, "error": message, "causes": causes });
                 outln!("{v}");
             } else {
-                eprintln!("error: {e}");
-                for c in causes(&*e) {
+                eprintln!("error: {message}");
+                for c in causes {
                     eprintln!("  caused by: {c}");
                 }
             }
             ExitCode::from(1)
         }
     }
+}
+
+/// The library's messages name its Rust API where a setting is changed;
+/// here the same setting is a flag.
+fn in_cli_terms(message: &str) -> String {
+    const TERMS: [(&str, &str); 2] = [
+        ("MigrateOptions::lock_timeout", "--lock-timeout SECONDS"),
+        (
+            "DatabaseConfigBuilder::migrations_dir",
+            "--migrations-dir DIR",
+        ),
+    ];
+    TERMS
+        .iter()
+        .fold(message.to_owned(), |m, (rust, flag)| m.replace(rust, flag))
 }
 
 fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
