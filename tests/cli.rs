@@ -407,6 +407,7 @@ fn new_needs_no_connection_and_writes_undo_files() {
         .expect("run");
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true);
     assert!(folder.join("V001__add_stock.sql").exists(), "{}", text(&o));
     assert!(folder.join("U001__add_stock.sql").exists(), "{}", text(&o));
     assert!(
@@ -477,4 +478,58 @@ fn messages_speak_in_flags() {
         err.contains("--lock-timeout") && !err.contains("MigrateOptions"),
         "{err}"
     );
+}
+
+/// `pool` shows settings, not a live-looking pool; `health` puts the
+/// verdict first, rounded; `--json` output says `"ok"`.
+#[test]
+fn pool_and_health_read_as_people_expect() {
+    let dir = TempDir::new("cli_show");
+    let url = dir.sqlite_url("shop.db");
+    let o = cli(&dir, &url, &["--database", "shop", "pool"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("settings") && out.contains("Pool size"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("checked_out") && !out.contains("connections_created"),
+        "{out}"
+    );
+    let o = cli(&dir, &url, &["--database", "shop", "pool", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["live"], false, "{v}");
+    assert!(v.get("connections").is_none(), "{v}");
+    assert!(v["pool_size"].is_u64(), "{v}");
+
+    let o = cli(&dir, &url, &["--database", "shop", "health"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let first_row = out.lines().nth(3).unwrap_or_default();
+    assert!(
+        first_row.contains("Status") && first_row.contains("healthy"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("null") && !out.contains("response_time_ms"),
+        "{out}"
+    );
+    let ms = out
+        .lines()
+        .find(|l| l.contains("Response time"))
+        .expect("a response time row");
+    let digits = ms
+        .split('.')
+        .nth(1)
+        .map_or(0, |d| d.chars().take_while(char::is_ascii_digit).count());
+    assert!(digits <= 1, "rounded: {ms}");
+    let o = cli(&dir, &url, &["--database", "shop", "health", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["status"], "healthy", "{v}");
+    let o = cli(&dir, &url, &["--database", "shop", "validate", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
 }

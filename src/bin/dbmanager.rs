@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use dbmanager::migrate::MigrationReport;
 use dbmanager::migrate::{MigrateOptions, MigrationKind, Target, Version};
-use dbmanager::{DatabaseConfig, DatabaseManager};
+use dbmanager::{DatabaseConfig, DatabaseManager, MigrationState};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -240,8 +240,20 @@ fn database(cli: &Cli) -> BoxResult<&str> {
         .ok_or_else(|| "give the database with --database NAME or --url URL".into())
 }
 
+/// Prints `value` as JSON with `"ok": true` beside its keys, as failures
+/// carry `"ok": false`.
 fn print_json(value: &impl serde::Serialize) -> BoxResult<()> {
-    outln!("{}", serde_json::to_string_pretty(value)?);
+    print_json_ok(value, true)
+}
+
+/// Prints `value` as JSON with `"ok"` (whether the command succeeded, as its
+/// exit code says) beside its keys.
+fn print_json_ok(value: &impl serde::Serialize, ok: bool) -> BoxResult<()> {
+    let mut v = serde_json::to_value(value)?;
+    if let Some(map) = v.as_object_mut() {
+        map.insert("ok".into(), ok.into());
+    }
+    outln!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 
@@ -284,7 +296,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             if *dry_run {
                 let plan = migrator.dry_run()?;
                 if cli.json {
-                    print_json(&plan)?;
+                    print_json_ok(&plan, plan.problems.is_empty())?;
                 } else {
                     if plan.steps.is_empty() {
                         outln!("{}: nothing to do", plan.database_name);
@@ -318,7 +330,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         Command::Info => {
             let status = db.migration_status()?;
             if cli.json {
-                print_json(&status)?;
+                print_json_ok(&status, status.problems.is_empty())?;
             } else {
                 outln!(
                     "{} — history table {}, current version {}",
@@ -369,7 +381,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         Command::Validate => {
             db.migrator().validate()?;
             if cli.json {
-                print_json(&serde_json::json!({ "ok": true }))?;
+                print_json(&serde_json::json!({}))?;
             } else {
                 outln!("{}: applied migrations match their files", db.name());
             }
@@ -399,38 +411,177 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         }
         Command::Health => {
             let h = db.health_check();
+            let healthy = h.status == dbmanager::Health::Healthy;
             if cli.json {
-                print_json(&h)?;
+                print_json_ok(&h, healthy)?;
             } else {
-                let v = serde_json::to_value(&h)?;
-                let mut rows = vec![["Check".to_owned(), "Value".to_owned()]];
-                if let Some(map) = v.as_object() {
-                    for (k, v) in map {
-                        rows.push([k.clone(), v.to_string().trim_matches('"').to_owned()]);
-                    }
-                }
-                print_table(&rows);
+                print_health(&h)?;
             }
-            return Ok(h.status == dbmanager::Health::Healthy);
+            return Ok(healthy);
         }
         Command::Pool => {
             let status = db.pool_status();
+            let config = db.config();
             if cli.json {
-                print_json(&status)?;
-            } else {
-                let v = serde_json::to_value(&status)?;
-                let mut rows = vec![["Setting".to_owned(), "Value".to_owned()]];
-                if let Some(map) = v.as_object() {
-                    for (k, v) in map {
-                        rows.push([k.clone(), v.to_string().trim_matches('"').to_owned()]);
+                let mut v = serde_json::to_value(&status)?;
+                if let Some(map) = v.as_object_mut() {
+                    // This process's own pool, made for this command: only
+                    // its settings mean anything.
+                    map.insert("live".into(), false.into());
+                    for key in [
+                        "connections",
+                        "checked_in",
+                        "checked_out",
+                        "overflow",
+                        "invalid",
+                        "waiting",
+                        "timeouts",
+                        "connections_created",
+                        "suspected_leaks",
+                        "circuit",
+                    ] {
+                        map.remove(key);
                     }
+                    map.insert(
+                        "acquire_timeout_ms".into(),
+                        millis(config.acquire_timeout()).into(),
+                    );
+                    map.insert(
+                        "connect_timeout_ms".into(),
+                        millis(config.connect_timeout()).into(),
+                    );
+                    map.insert(
+                        "query_timeout_ms".into(),
+                        config.query_timeout().map(millis).into(),
+                    );
                 }
+                print_json(&v)?;
+            } else {
+                outln!(
+                    "{}: pool settings ({}, {})\nThese are the settings an application's \
+                     pool gets. This command is not the application, so live figures \
+                     (connections in use, callers waiting) are not shown: read them \
+                     from the application's metrics.",
+                    status.database_name,
+                    config.kind(),
+                    config.redacted_url()
+                );
+                let rows = [
+                    ["Setting".to_owned(), "Value".to_owned()],
+                    ["Pool size".into(), status.pool_size.to_string()],
+                    ["Max overflow".into(), status.max_overflow.to_string()],
+                    ["Max connections".into(), status.max_size.to_string()],
+                    ["Acquire timeout".into(), human(config.acquire_timeout())],
+                    ["Connect timeout".into(), human(config.connect_timeout())],
+                    [
+                        "Query timeout".into(),
+                        config.query_timeout().map_or("none".into(), human),
+                    ],
+                    ["Idle timeout".into(), human(config.idle_timeout())],
+                    [
+                        "Max lifetime".into(),
+                        config.max_lifetime().map_or("none".into(), human),
+                    ],
+                    ["Read-only".into(), yes_no(status.read_only)],
+                ];
                 print_table(&rows);
             }
         }
         Command::New { .. } => unreachable!("handled above"),
     }
     Ok(true)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `250 ms`, `30 s`, `1.5 s`, `30 min`.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms % 60_000 == 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+/// A unit enum's serialised name as words: `half_open` → `half open`.
+fn word(v: &impl serde::Serialize) -> BoxResult<String> {
+    Ok(serde_json::to_value(v)?
+        .as_str()
+        .unwrap_or_default()
+        .replace('_', " "))
+}
+
+/// The health report as a person reads it: the verdict first, then why.
+fn print_health(h: &dbmanager::HealthStatus) -> BoxResult<()> {
+    let m = &h.migration_status;
+    let migrations = match m.state {
+        MigrationState::Pending => format!(
+            "{} pending ({}), at version {}",
+            m.pending_migrations.len(),
+            m.pending_migrations.join(", "),
+            m.current_version.as_deref().unwrap_or("none")
+        ),
+        MigrationState::Ok => format!(
+            "up to date, at version {}",
+            m.current_version.as_deref().unwrap_or("none")
+        ),
+        MigrationState::NotManaged => "not managed here (no migrations folder)".to_owned(),
+        _ => word(&m.state)?,
+    };
+    let mut rows = vec![
+        ["Check".to_owned(), "Result".to_owned()],
+        ["Status".into(), word(&h.status)?],
+        [
+            "Database".into(),
+            format!("{} ({})", h.database_name, h.database_type),
+        ],
+        [
+            "Connection".into(),
+            if h.connection { "ok" } else { "failed" }.into(),
+        ],
+        [
+            "SELECT 1".into(),
+            if h.query_test { "ok" } else { "failed" }.into(),
+        ],
+        [
+            "Response time".into(),
+            format!("{:.1} ms", h.response_time_ms),
+        ],
+        ["Migrations".into(), migrations],
+    ];
+    for p in &m.problems {
+        rows.push(["Migration problem".into(), p.clone()]);
+    }
+    if let Some(e) = &h.error {
+        rows.push(["Error".into(), e.clone()]);
+    }
+    for r in &h.degraded_reasons {
+        if h.error.as_deref().is_some_and(|e| e.contains(r.as_str())) {
+            continue;
+        }
+        rows.push(["Why".into(), r.clone()]);
+    }
+    rows.push([
+        "Pool in use".into(),
+        format!("{:.0} %", h.pool_saturation * 100.0),
+    ]);
+    rows.push(["Circuit breaker".into(), word(&h.circuit)?]);
+    rows.push(["Timeout rate".into(), word(&h.scaling)?]);
+    rows.push(["Read-only".into(), yes_no(h.read_only)]);
+    rows.push(["Checked at".into(), h.timestamp.clone()]);
+    print_table(&rows);
+    Ok(())
 }
 
 fn print_report(cli: &Cli, report: &MigrationReport, verb: &str) -> BoxResult<()> {
