@@ -160,7 +160,10 @@ fn problems_exit_non_zero() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("--database") && err.contains("--url") && err.contains("DATABASE_URL"),
+        err.contains("--database")
+            && err.contains("--url")
+            && err.contains("DATABASE_URL")
+            && err.contains("DEVELOPMENT_GLOBAL_NAME_CONNECTION_STRING"),
         "{}",
         text(&o)
     );

@@ -196,12 +196,13 @@ fn connect_settings(cli: &mut Cli) -> Result<(), String> {
         }
         // `new` only writes files: a folder is all it needs.
         if cli.url.is_none() && !matches!(cli.command, Command::New { .. }) {
-            return Err(
+            let environment = env_var("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
+            return Err(format!(
                 "no database given: pass --database NAME (configured through \
-                 {ENV}_GLOBAL_{NAME}_CONNECTION_STRING), or --url URL, or set \
-                 DBMANAGER_DATABASE or DATABASE_URL"
-                    .to_owned(),
-            );
+                 {}_GLOBAL_NAME_CONNECTION_STRING), or --url URL, or set \
+                 DBMANAGER_DATABASE or DATABASE_URL",
+                stem(&environment)
+            ));
         }
         cli.database = Some(URL_ONLY_NAME.to_owned());
         url_only = true;
