@@ -261,6 +261,12 @@ impl Error {
         self
     }
 
+    /// Replaces `from` with `to` in the message.
+    pub(crate) fn replace_in_message(mut self, from: &str, to: &str) -> Error {
+        self.0.message = self.0.message.replace(from, to);
+        self
+    }
+
     /// A copy sharing the same cause, for an error reported to several callers.
     pub(crate) fn duplicate(&self) -> Error {
         Error(Box::new(Inner {
@@ -396,8 +402,35 @@ impl fmt::Display for Error {
     }
 }
 
+/// `{:?}` reads like `Display` followed by the chain of causes, as
+/// `anyhow` prints it, so that `fn main() -> dbmanager::Result<()>` reports
+/// a failure readably:
+///
+/// ```text
+/// database `rpa_db`: connection failed: could not reach 127.0.0.1:5432
+///
+/// Caused by:
+///     0: Connection refused (os error 111)
+/// ```
+///
+/// `{:#?}` prints the structured form (kind, database, message, server
+/// code, cause, pool holders, migration report).
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            write!(f, "{self}")?;
+            let mut cause = self.source();
+            if cause.is_some() {
+                f.write_str("\n\nCaused by:")?;
+            }
+            let mut n = 0;
+            while let Some(c) = cause {
+                write!(f, "\n    {n}: {c}")?;
+                n += 1;
+                cause = c.source();
+            }
+            return Ok(());
+        }
         f.debug_struct("Error")
             .field("kind", &self.0.kind)
             .field("database", &self.0.database)
@@ -452,6 +485,30 @@ mod tests {
             Some("refused")
         );
         assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn debug_reads_like_display_with_its_causes() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = Error::new(ErrorKind::Other, "the driver gave up").with_source(inner);
+        let err = Error::new(ErrorKind::Connect, "could not reach 127.0.0.1:1")
+            .with_source(outer)
+            .on_database(&Arc::from("rpa_db"));
+        assert_eq!(
+            format!("{err:?}"),
+            "database `rpa_db`: connection failed: could not reach 127.0.0.1:1\n\n\
+             Caused by:\n    0: error: the driver gave up\n    1: refused"
+        );
+        let plain = Error::config("no connection string for `x`");
+        assert_eq!(format!("{plain:?}"), plain.to_string());
+        // The structured form stays under `{:#?}`.
+        let structured = format!("{err:#?}");
+        assert!(
+            structured.starts_with("Error {") && structured.contains("kind: Connect"),
+            "{structured}"
+        );
+        // `fn main() -> Result<()>` prints `Error: {:?}`.
+        assert!(!format!("{plain:?}").contains("kind:"));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::sql::Dialect;
 use crate::status::CircuitState;
 use crate::status::{
-    now_rfc3339, BackendKind, Health, HealthStatus, MigrationSummary, QueryPlan, ScalingLevel,
+    now_rfc3339, BackendKind, Health, HealthStatus, MigrationState, MigrationSummary, QueryPlan,
+    ScalingLevel,
 };
 use crate::value::{Params, Row, Value};
 
@@ -18,10 +19,10 @@ use crate::value::{Params, Row, Value};
 /// probe runs on a thread of its own and the caller stops waiting at the
 /// timeout (the probe itself is bounded by the connect and query timeouts).
 /// `migrations` reads the migration state on the probe's thread once the
-/// database answered (`None`: nothing to report).
+/// database answered (`unknown` when it did not).
 pub(crate) fn check(
     shared: &Arc<Shared>,
-    migrations: impl FnOnce() -> Option<MigrationSummary> + Send + 'static,
+    migrations: impl FnOnce() -> MigrationSummary + Send + 'static,
 ) -> HealthStatus {
     let config = &shared.config;
     let started = Instant::now();
@@ -34,8 +35,7 @@ pub(crate) fn check(
             .name("dbmanager-health".into())
             .spawn(move || {
                 let answered = probe(&shared, started + limit);
-                let summary = if answered.is_ok() { migrations() } else { None };
-                let _ = tx.send(answered.map(|()| summary));
+                let _ = tx.send(answered.map(|()| migrations()));
             });
         match spawned {
             Err(e) => Err((
@@ -55,8 +55,8 @@ pub(crate) fn check(
     };
     let elapsed = started.elapsed();
     let (connection, query_test, error, migrations) = match probe {
-        Ok(summary) => (true, true, None, summary.unwrap_or_default()),
-        Err((connected, why)) => (connected, false, Some(why), MigrationSummary::default()),
+        Ok(summary) => (true, true, None, summary),
+        Err((connected, why)) => (connected, false, Some(why), MigrationSummary::unknown(None)),
     };
     let max = f64::from(before.max_size.max(1));
     let mut status = HealthStatus {
@@ -101,6 +101,23 @@ fn verdict(s: &mut HealthStatus, degraded_after: Duration, waiting: u32, saturat
         s.status = Health::Unhealthy;
         return;
     }
+    if s.migration_status.state == MigrationState::Failed {
+        // Migrations refuse to run until someone fixes this: never healthy.
+        let why: Vec<String> = s
+            .migration_status
+            .problems
+            .iter()
+            .map(|p| format!("migrations blocked: {p}"))
+            .collect();
+        s.status = Health::Unhealthy;
+        s.error = Some(if why.is_empty() {
+            "migrations blocked: a migration failed or does not match its file".to_owned()
+        } else {
+            why.join("; ")
+        });
+        s.degraded_reasons = why;
+        return;
+    }
     let mut why = Vec::new();
     if s.circuit == CircuitState::HalfOpen {
         why.push("circuit breaker half-open: probing whether the database is back".to_owned());
@@ -126,6 +143,16 @@ fn verdict(s: &mut HealthStatus, degraded_after: Duration, waiting: u32, saturat
         why.push(format!(
             "{} migrations pending",
             s.migration_status.pending_migrations.len()
+        ));
+    }
+    if s.migration_status.state == MigrationState::Unknown {
+        why.push(format!(
+            "migration state unknown: {}",
+            if s.migration_status.problems.is_empty() {
+                "it could not be read".to_owned()
+            } else {
+                s.migration_status.problems.join("; ")
+            }
         ));
     }
     if s.scaling >= ScalingLevel::HighLoad {
@@ -211,7 +238,10 @@ mod tests {
             status: Health::Healthy,
             connection: true,
             query_test: true,
-            migration_status: MigrationSummary::default(),
+            migration_status: MigrationSummary {
+                state: MigrationState::Ok,
+                ..MigrationSummary::default()
+            },
             error: None,
             response_time_ms: 3.0,
             timestamp: now_rfc3339(),
@@ -244,8 +274,10 @@ mod tests {
             (
                 HealthStatus {
                     migration_status: MigrationSummary {
+                        state: MigrationState::Pending,
                         current_version: Some("1".into()),
                         pending_migrations: vec!["2".into()],
+                        problems: Vec::new(),
                     },
                     ..healthy()
                 },
@@ -261,6 +293,15 @@ mod tests {
                 0,
                 false,
                 "scale",
+            ),
+            (
+                HealthStatus {
+                    migration_status: MigrationSummary::unknown(Some("no folder".into())),
+                    ..healthy()
+                },
+                0,
+                false,
+                "unknown",
             ),
             (
                 HealthStatus {
@@ -287,6 +328,24 @@ mod tests {
         };
         verdict(&mut s, limit, 0, false);
         assert_eq!(s.status, Health::Unhealthy);
+        let mut s = HealthStatus {
+            migration_status: MigrationSummary {
+                state: MigrationState::Failed,
+                current_version: Some("1".into()),
+                pending_migrations: Vec::new(),
+                problems: vec!["`V2__b.sql` (version 2) failed part-way".into()],
+            },
+            ..healthy()
+        };
+        verdict(&mut s, limit, 0, false);
+        assert_eq!(s.status, Health::Unhealthy);
+        assert!(
+            s.error.as_deref().is_some_and(|e| e.contains("V2__b.sql"))
+                && s.degraded_reasons
+                    .iter()
+                    .any(|r| r.contains("failed part-way")),
+            "{s:?}"
+        );
         let mut s = HealthStatus {
             circuit: CircuitState::Open,
             ..healthy()

@@ -29,7 +29,7 @@
 //!     tx.execute("UPDATE customers SET status = ? WHERE id = ?", ("vip", 1))?;
 //!     Ok::<_, dbmanager::Error>(())
 //! })?;
-//! println!("{}", serde_json::to_string(&db.pool_status()).unwrap());
+//! println!("{}", dbmanager::serde_json::to_string(&db.pool_status()).unwrap());
 //! # Ok(()) }
 //! ```
 //!
@@ -71,14 +71,23 @@ mod status;
 mod value;
 mod watchdog;
 
+// The crates whose types cross the API (typed reads and parameters: dates
+// and times, UUIDs, decimals, JSON), re-exported so that a program uses the
+// very versions dbmanager was built with, without naming them in its own
+// Cargo.toml: `dbmanager::chrono::NaiveDate`, `dbmanager::uuid::Uuid`, …
+pub use chrono;
+pub use rust_decimal;
+pub use serde_json;
+pub use uuid;
+
 pub use crate::config::{DatabaseConfig, DatabaseConfigBuilder};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
 pub use crate::status::{
-    BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationSummary,
-    PoolStatus, QueryPlan, ScalingLevel, StatementStats,
+    BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationState,
+    MigrationSummary, PoolStatus, QueryPlan, ScalingLevel, StatementStats,
 };
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 

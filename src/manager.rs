@@ -18,8 +18,8 @@ use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
 use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
 use crate::status::{
-    BackendKind, HealthStatus, MigrationReport, MigrationStatus, MigrationSummary, PoolStatus,
-    QueryPlan, StatementStats,
+    BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
+    PoolStatus, QueryPlan, StatementStats,
 };
 use crate::value::{IntoParams, Params};
 
@@ -393,22 +393,46 @@ impl DatabaseManager {
         crate::health::check(&self.shared, move || db.migration_summary())
     }
 
-    /// The migration part of a health report: `None` when this database has
-    /// no migrations folder (it does not manage its schema here) or its
-    /// state cannot be read.
-    fn migration_summary(&self) -> Option<MigrationSummary> {
-        if !self.config().migrations_dir().is_dir() {
-            return None;
+    /// The migration part of a health report. Without a migrations folder
+    /// the database is `not_managed` when it has no history table either,
+    /// else `unknown`; failed or mismatched migrations make it `failed`.
+    fn migration_summary(&self) -> MigrationSummary {
+        let dir = self.config().migrations_dir();
+        if !dir.is_dir() {
+            return match self.migrator().history_exists() {
+                Ok(false) => MigrationSummary {
+                    state: MigrationState::NotManaged,
+                    ..MigrationSummary::default()
+                },
+                Ok(true) => MigrationSummary::unknown(Some(format!(
+                    "the database has a migration history, but the migrations folder {} \
+                     does not exist",
+                    dir.display()
+                ))),
+                Err(e) => MigrationSummary::unknown(Some(e.to_string())),
+            };
         }
-        let status = self.migration_status().ok()?;
-        Some(MigrationSummary {
+        let status = match self.migration_status() {
+            Ok(status) => status,
+            Err(e) => return MigrationSummary::unknown(Some(e.to_string())),
+        };
+        let state = if !status.problems.is_empty() {
+            MigrationState::Failed
+        } else if !status.pending.is_empty() {
+            MigrationState::Pending
+        } else {
+            MigrationState::Ok
+        };
+        MigrationSummary {
+            state,
             current_version: status.current_version,
             pending_migrations: status
                 .pending
                 .into_iter()
                 .map(|p| p.version.unwrap_or(p.script))
                 .collect(),
-        })
+            problems: status.problems.iter().map(ToString::to_string).collect(),
+        }
     }
 
     /// A [`Migrator`] for this database: the configured folder

@@ -129,18 +129,21 @@ pub struct ConnectionHolder {
 ///
 /// ```json
 /// {"database_name":"rpa_db","database_type":"postgresql","status":"healthy","connection":true,
-///  "query_test":true,"migration_status":{"current_version":null,"pending_migrations":[]},
+///  "query_test":true,"migration_status":{"state":"ok","current_version":"3","pending_migrations":[],"problems":[]},
 ///  "error":null,"response_time_ms":1.9,"timestamp":"2024-01-15T10:30:00.000Z", "...": "..."}
 /// ```
 ///
 /// `status` is `unhealthy` when no connection could be had or `SELECT 1`
-/// failed (within the health check's own timeout), or the circuit breaker
-/// is open; `degraded` when the breaker is half-open (probing), or when it
-/// answered but one of these holds: the answer took longer than the
-/// degraded threshold, the pool is saturated (every connection in use, or
-/// callers waiting), migrations are pending, or the timeout rate of the last
-/// minute is at [`ScalingLevel::HighLoad`] or worse; else `healthy`.
-/// `degraded_reasons` says which.
+/// failed (within the health check's own timeout), the circuit breaker
+/// is open, or migrations are blocked (a migration failed part-way, or an
+/// applied script was changed or removed: [`MigrationState::Failed`],
+/// named in `error` and `degraded_reasons`); `degraded` when the breaker is
+/// half-open (probing), or when it answered but one of these holds: the
+/// answer took longer than the degraded threshold, the pool is saturated
+/// (every connection in use, or callers waiting), migrations are pending,
+/// the migration state could not be read ([`MigrationState::Unknown`]), or
+/// the timeout rate of the last minute is at [`ScalingLevel::HighLoad`] or
+/// worse; else `healthy`. `degraded_reasons` says which.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct HealthStatus {
@@ -168,7 +171,8 @@ pub struct HealthStatus {
     pub read_only: bool,
     /// The timeout rate of the last minute, as a level.
     pub scaling: ScalingLevel,
-    /// Why the status is `degraded` (empty otherwise).
+    /// Why the status is `degraded`, or `unhealthy` over blocked
+    /// migrations (empty otherwise).
     pub degraded_reasons: Vec<String>,
     /// The circuit breaker's state after the check.
     pub circuit: CircuitState,
@@ -191,10 +195,51 @@ pub enum Health {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MigrationSummary {
+    /// Where the migrations stand, in a word.
+    pub state: MigrationState,
     /// The version applied last, if any.
     pub current_version: Option<String>,
     /// Versions found but not yet applied.
     pub pending_migrations: Vec<String>,
+    /// What stops migrations from running (state `failed`: each
+    /// [`MigrationProblem`]), or why the state could not be read (state
+    /// `unknown`); empty otherwise.
+    pub problems: Vec<String>,
+}
+
+impl MigrationSummary {
+    /// A summary whose state could not be read, saying why (`None`: the
+    /// database did not answer, which the health report says already).
+    pub(crate) fn unknown(why: Option<String>) -> MigrationSummary {
+        MigrationSummary {
+            state: MigrationState::Unknown,
+            problems: why.into_iter().collect(),
+            ..MigrationSummary::default()
+        }
+    }
+}
+
+/// Where a database's migrations stand, as a health report says it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MigrationState {
+    /// Every script is applied and nothing stands in the way.
+    Ok,
+    /// Scripts wait to be applied (the report is `degraded`).
+    Pending,
+    /// A migration failed part-way, or an applied script was changed or
+    /// removed: migrations refuse to run until it is fixed (the report is
+    /// `unhealthy`).
+    Failed,
+    /// The state could not be read: the database did not answer, its
+    /// history could not be read, or it has a history but the migrations
+    /// folder is missing.
+    #[default]
+    Unknown,
+    /// This database has no migrations folder and no history table: its
+    /// schema is not managed here.
+    NotManaged,
 }
 
 /// A reading of the timeout rate (statement timeouts and pool

@@ -4,14 +4,22 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::{Backend, TempDir};
 
 fn cli(dir: &TempDir, url: &str, args: &[&str]) -> Output {
+    command(dir, url).args(args).output().expect("run the CLI")
+}
+
+/// The CLI configured for the database `shop` at `url`, its migrations in
+/// `sql/` of `dir`; no `DATABASE_URL` or `DBMANAGER_DATABASE` from the
+/// caller's environment.
+fn command(dir: &TempDir, url: &str) -> Command {
     std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
-    Command::new(env!("CARGO_BIN_EXE_dbmanager"))
-        .args(args)
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dbmanager"));
+    c.env_remove("DATABASE_URL")
+        .env_remove("DBMANAGER_DATABASE")
         .env("ENVIRONMENT", "development")
         .env("DBMANAGER_ENV_DIR", dir.path())
         .env("DEVELOPMENT_GLOBAL_SHOP_CONNECTION_STRING", url)
@@ -23,9 +31,8 @@ fn cli(dir: &TempDir, url: &str, args: &[&str]) -> Output {
             "STAGING_GLOBAL_SHOP_CONNECTION_STRING",
             dir.sqlite_url("staging.db"),
         )
-        .env("STAGING_GLOBAL_SHOP_MIGRATIONS_DIR", dir.path().join("sql"))
-        .output()
-        .expect("run the CLI")
+        .env("STAGING_GLOBAL_SHOP_MIGRATIONS_DIR", dir.path().join("sql"));
+    c
 }
 
 fn text(o: &Output) -> String {
@@ -104,8 +111,9 @@ fn migrate_info_validate_new_on_sqlite() {
     .expect("write");
     let o = run(&["--database", "shop", "validate"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("V001__create_customers.sql"),
+        err.contains("V001__create_customers.sql") && !err.contains("nothing was run"),
         "{}",
         text(&o)
     );
@@ -147,11 +155,15 @@ fn migrate_info_validate_new_on_sqlite() {
 fn problems_exit_non_zero() {
     let dir = TempDir::new("cli");
     let url = dir.sqlite_url("shop.db");
-    // No database given.
+    // No database given: a usage error, naming the ways to give one.
     let o = cli(&dir, &url, &["info"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("--database"),
+        err.contains("--database")
+            && err.contains("--url")
+            && err.contains("DATABASE_URL")
+            && err.contains("DEVELOPMENT_GLOBAL_NAME_CONNECTION_STRING"),
         "{}",
         text(&o)
     );
@@ -177,6 +189,14 @@ fn problems_exit_non_zero() {
     // Usage errors: clap's code 2.
     let o = cli(&dir, &url, &["--database", "shop", "frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
+    // A near miss is answered with the subcommand meant.
+    let o = cli(&dir, &url, &["--database", "shop", "migrat"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("'migrate'"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -229,4 +249,290 @@ fn a_huge_lock_timeout_is_not_a_panic() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("V1__t.sql"), "it ran: {}", text(&o));
+}
+
+/// A migration that failed part-way blocks `migrate`: `health` says
+/// `unhealthy`, names it, and exits 1.
+#[test]
+fn health_over_a_failed_migration_exits_non_zero() {
+    let dir = TempDir::new("cli_failed");
+    let url = dir.sqlite_url("shop.db");
+    std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("sql/V1__half.sql"),
+        "-- dbmanager:no-transaction\nCREATE TABLE t (id INTEGER);\nCREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    let o = cli(&dir, &url, &["--database", "shop", "migrate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = cli(&dir, &url, &["--database", "shop", "health", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["status"], "unhealthy", "{v}");
+    assert_eq!(v["migration_status"]["state"], "failed", "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("V1__half.sql"),
+        "{v}"
+    );
+    let o = cli(&dir, &url, &["--database", "shop", "health"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+/// `dbmanager … | head -1`: the reader goes away early; the CLI ends
+/// quietly, without a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = TempDir::new("cli_pipe");
+    let url = dir.sqlite_url("shop.db");
+    for args in [
+        &["--database", "shop", "pool"][..],
+        &["--database", "shop", "info", "--json"],
+    ] {
+        let mut child = command(&dir, &url)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the CLI");
+        // Close the read end before the CLI writes anything.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{args:?}: {:?} {stderr}",
+            o.status
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// `--url` and `--migrations-dir` connect without any configuration, as
+/// `DATABASE_URL` does when no database is named; `DBMANAGER_DATABASE`
+/// names the database when `-d` is left out.
+#[test]
+fn connects_by_url_or_default_name() {
+    let dir = TempDir::new("cli_url");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::fs::write(
+        elsewhere.join("V1__t.sql"),
+        "CREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    let url = dir.sqlite_url("by_url.db");
+    let migrations_dir = elsewhere.display().to_string();
+    let o = cli(
+        &dir,
+        "sqlite::memory:",
+        &[
+            "--url",
+            &url,
+            "--migrations-dir",
+            &migrations_dir,
+            "migrate",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("V1__t.sql"), "{}", text(&o));
+
+    // DATABASE_URL with migrations/ in the working directory, as sqlx reads it.
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("migrations")).expect("mkdir");
+    std::fs::write(
+        work.join("migrations/V1__u.sql"),
+        "CREATE TABLE u (id INTEGER);\n",
+    )
+    .expect("write");
+    let env_url = dir.sqlite_url("by_env.db");
+    let o = command(&dir, "sqlite::memory:")
+        .current_dir(&work)
+        .env("DATABASE_URL", &env_url)
+        .args(["migrate", "--json"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["current_version"], "1", "{v}");
+
+    // DBMANAGER_DATABASE names the configured database.
+    let shop = dir.sqlite_url("shop.db");
+    let o = command(&dir, &shop)
+        .env("DBMANAGER_DATABASE", "shop")
+        .args(["info", "--json"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["database_name"], "shop", "{v}");
+}
+
+/// `new` writes files without a connection; `-r` also writes the U file.
+#[test]
+fn new_needs_no_connection_and_writes_undo_files() {
+    let dir = TempDir::new("cli_new");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    // Nothing configured at all: ./migrations.
+    let o = command(&dir, "sqlite::memory:")
+        .current_dir(&work)
+        .args(["new", "-r", "add", "users"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        work.join("migrations/V001__add_users.sql").exists(),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        work.join("migrations/U001__add_users.sql").exists(),
+        "{}",
+        text(&o)
+    );
+    // A named database with a folder but no connection string.
+    let folder = dir.path().join("inventory_sql");
+    let o = command(&dir, "sqlite::memory:")
+        .env("DEVELOPMENT_GLOBAL_INVENTORY_MIGRATIONS_DIR", &folder)
+        .args([
+            "-d",
+            "inventory",
+            "new",
+            "--reversible",
+            "--json",
+            "add stock",
+        ])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true);
+    assert!(folder.join("V001__add_stock.sql").exists(), "{}", text(&o));
+    assert!(folder.join("U001__add_stock.sql").exists(), "{}", text(&o));
+    assert!(
+        v["undo"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("U001__add_stock.sql"),
+        "{v}"
+    );
+}
+
+/// Messages name the CLI's flags and real variable names, not the
+/// library's Rust API or placeholders.
+#[test]
+fn messages_speak_in_flags() {
+    let dir = TempDir::new("cli_msgs");
+    let url = dir.sqlite_url("shop.db");
+    // A missing folder names the variable it was read from and the flag.
+    let o = cli(
+        &dir,
+        &url,
+        &[
+            "--database",
+            "shop",
+            "--migrations-dir",
+            "/nonexistent/sql",
+            "migrate",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_DIR") && err.contains("--migrations-dir"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("{PREFIX}") && !err.contains("{NAME}") && !err.contains("::"),
+        "{err}"
+    );
+
+    // A busy lock: held by a live process (this one) on another host.
+    std::fs::write(
+        dir.path().join("sql/V1__t.sql"),
+        "CREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    {
+        let db = common::manager(&common::unique_name("lock"), &url).expect("open");
+        db.execute_batch(
+            "CREATE TABLE schema_version_lock (id INTEGER PRIMARY KEY CHECK (id = 1), \
+             pid INTEGER NOT NULL, host TEXT NOT NULL, owner TEXT NOT NULL, acquired_on TEXT NOT NULL)",
+        )
+        .expect("lock table");
+        db.execute(
+            "INSERT INTO schema_version_lock VALUES (1, ?, 'elsewhere', 'a test', '2024-01-01T00:00:00Z')",
+            (i64::from(std::process::id()),),
+        )
+        .expect("lock row");
+    }
+    let o = cli(
+        &dir,
+        &url,
+        &["--database", "shop", "migrate", "--lock-timeout", "1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--lock-timeout") && !err.contains("MigrateOptions"),
+        "{err}"
+    );
+}
+
+/// `pool` shows settings, not a live-looking pool; `health` puts the
+/// verdict first, rounded; `--json` output says `"ok"`.
+#[test]
+fn pool_and_health_read_as_people_expect() {
+    let dir = TempDir::new("cli_show");
+    let url = dir.sqlite_url("shop.db");
+    let o = cli(&dir, &url, &["--database", "shop", "pool"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("settings") && out.contains("Pool size"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("checked_out") && !out.contains("connections_created"),
+        "{out}"
+    );
+    let o = cli(&dir, &url, &["--database", "shop", "pool", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["live"], false, "{v}");
+    assert!(v.get("connections").is_none(), "{v}");
+    assert!(v["pool_size"].is_u64(), "{v}");
+
+    let o = cli(&dir, &url, &["--database", "shop", "health"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let first_row = out.lines().nth(3).unwrap_or_default();
+    assert!(
+        first_row.contains("Status") && first_row.contains("healthy"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("null") && !out.contains("response_time_ms"),
+        "{out}"
+    );
+    let ms = out
+        .lines()
+        .find(|l| l.contains("Response time"))
+        .expect("a response time row");
+    let digits = ms
+        .split('.')
+        .nth(1)
+        .map_or(0, |d| d.chars().take_while(char::is_ascii_digit).count());
+    assert!(digits <= 1, "rounded: {ms}");
+    let o = cli(&dir, &url, &["--database", "shop", "health", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["status"], "healthy", "{v}");
+    let o = cli(&dir, &url, &["--database", "shop", "validate", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{closed_port, manager_with, unique_name, Backend, TempDir};
-use dbmanager::{BackendKind, ErrorKind, Health, Result, ScalingLevel};
+use dbmanager::{BackendKind, ErrorKind, Health, MigrationState, Result, ScalingLevel};
 use prometheus_parse::{Scrape, Value};
 
 fn parse(text: &str) -> Scrape {
@@ -603,5 +603,114 @@ fn health_reports_the_migration_state_and_pending_scripts_degrade_it() -> Result
         h.degraded_reasons.iter().any(|r| r.contains("pending")),
         "{h:?}"
     );
+    Ok(())
+}
+
+/// A no-transaction script that failed part-way is recorded as failed and
+/// blocks `migrate`: health is never `healthy` over it.
+fn health_is_unhealthy_over_a_failed_migration(b: Backend) -> Result<()> {
+    let dir = TempDir::new("health_failed");
+    let place = b.place();
+    let t = unique_name("hf");
+    std::fs::write(
+        dir.path().join("V1__first.sql"),
+        format!("CREATE TABLE {t}_a (id INTEGER);"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("V2__half.sql"),
+        format!(
+            "-- dbmanager:no-transaction\nCREATE TABLE {t}_b (id INTEGER);\nCREATE TABLE {t}_b (id INTEGER);\n"
+        ),
+    )
+    .expect("write");
+    // A history table of its own: servers are shared by the tests.
+    let db = place.manager_with("health_failed", |c| {
+        c.migrations_dir(dir.path())
+            .history_table(format!("{t}_history"))
+    })?;
+    db.run_migrations().expect_err("V2 fails part-way");
+    let h = db.health_check();
+    let cleanup = db.execute_batch(&format!(
+        "DROP TABLE {t}_a; DROP TABLE {t}_b; DROP TABLE {t}_history"
+    ));
+    assert_eq!(h.status, Health::Unhealthy, "{h:?}");
+    assert_eq!(h.migration_status.state, MigrationState::Failed, "{h:?}");
+    assert!(
+        h.error
+            .as_deref()
+            .is_some_and(|e| e.contains("V2__half.sql")),
+        "{h:?}"
+    );
+    assert!(
+        h.degraded_reasons
+            .iter()
+            .any(|r| r.contains("V2__half.sql")),
+        "{h:?}"
+    );
+    let json = serde_json::to_value(&h).expect("serialisable");
+    assert_eq!(json["status"], "unhealthy");
+    assert_eq!(json["migration_status"]["state"], "failed");
+    cleanup?;
+    Ok(())
+}
+each_backend!(
+    health_is_unhealthy_over_a_failed_migration,
+    [SqliteFile, MySql]
+);
+
+#[test]
+fn health_says_unknown_when_the_migration_state_cannot_be_read() -> Result<()> {
+    // The server is down: unknown, not an empty "nothing pending".
+    let url = format!("postgresql://app:pw@127.0.0.1:{}/db", closed_port());
+    let down = manager_with(&unique_name("mig_down"), &url, |b| {
+        b.health_timeout(Duration::from_secs(2))
+    })?;
+    let h = down.health_check();
+    assert_eq!(h.status, Health::Unhealthy);
+    assert_eq!(h.migration_status.state, MigrationState::Unknown, "{h:?}");
+    let json = serde_json::to_value(&h).expect("serialisable");
+    assert_eq!(json["migration_status"]["state"], "unknown");
+
+    // Migrations were applied, but the folder is missing now: unknown, and
+    // said so.
+    let dir = TempDir::new("mig_nofolder");
+    let scripts = dir.path().join("scripts");
+    std::fs::create_dir_all(&scripts).expect("a folder");
+    std::fs::write(scripts.join("V1__a.sql"), "CREATE TABLE a (id INTEGER);").expect("write");
+    manager_with(&unique_name("mig_applied"), &dir.sqlite_url("n.db"), |b| {
+        b.migrations_dir(&scripts)
+    })?
+    .run_migrations()?;
+    let missing = dir.path().join("not_there");
+    let db = manager_with(&unique_name("mig_nofolder"), &dir.sqlite_url("n.db"), |b| {
+        b.migrations_dir(&missing)
+    })?;
+    let h = db.health_check();
+    assert_eq!(h.migration_status.state, MigrationState::Unknown, "{h:?}");
+    assert_eq!(h.status, Health::Degraded, "{h:?}");
+    assert!(
+        h.degraded_reasons
+            .iter()
+            .any(|r| r.contains("unknown") && r.contains("not_there")),
+        "{h:?}"
+    );
+
+    // No folder and no history: not managed here, and healthy.
+    let plain = manager_with(&unique_name("mig_plain"), &dir.sqlite_url("p.db"), |b| {
+        b.migrations_dir(&missing)
+    })?;
+    let h = plain.health_check();
+    assert_eq!(h.status, Health::Healthy, "{h:?}");
+    assert_eq!(h.migration_status.state, MigrationState::NotManaged);
+
+    // Applied and up to date: ok.
+    let managed = manager_with(&unique_name("mig_ok"), &dir.sqlite_url("o.db"), |b| {
+        b.migrations_dir(&scripts)
+    })?;
+    managed.run_migrations()?;
+    let h = managed.health_check();
+    assert_eq!(h.status, Health::Healthy, "{h:?}");
+    assert_eq!(h.migration_status.state, MigrationState::Ok);
     Ok(())
 }

@@ -11,14 +11,14 @@
 //! `--env` sets the environment name. Exit code 0 when all is well, 1 on any
 //! error or problem, 2 on a usage error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dbmanager::migrate::MigrationReport;
 use dbmanager::migrate::{MigrateOptions, MigrationKind, Target, Version};
-use dbmanager::{DatabaseConfig, DatabaseManager};
+use dbmanager::{DatabaseConfig, DatabaseManager, MigrationState};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,9 +27,20 @@ use dbmanager::{DatabaseConfig, DatabaseManager};
     about = "Migrations and checks for dbmanager databases"
 )]
 struct Cli {
-    /// The logical database name (as in DatabaseManager::new).
-    #[arg(long, short = 'd', global = true)]
+    /// The logical database name (as in DatabaseManager::new); default
+    /// $DBMANAGER_DATABASE. Its settings come from the environment
+    /// ({ENV}_GLOBAL_{NAME}_CONNECTION_STRING, …).
+    #[arg(long, short = 'd', global = true, value_name = "NAME")]
     database: Option<String>,
+    /// The connection string (postgresql://…, mysql://…, sqlite:…,
+    /// mssql://…); overrides the configured one. Without --database (and
+    /// $DBMANAGER_DATABASE), $DATABASE_URL is read.
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
+    /// The migrations folder; default {ENV}_GLOBAL_{NAME}_MIGRATIONS_DIR,
+    /// else migrations/NAME (or migrations/ when connecting by URL alone).
+    #[arg(long, global = true, value_name = "DIR")]
+    migrations_dir: Option<std::path::PathBuf>,
     /// The environment name (sets ENVIRONMENT; default `development`).
     #[arg(long, short = 'e', global = true)]
     env: Option<String>,
@@ -70,8 +81,12 @@ enum Command {
         /// The version to go back to.
         to_version: String,
     },
-    /// Create the next V file in the migrations folder.
+    /// Create the next V file in the migrations folder (needs no
+    /// connection).
     New {
+        /// Also write the matching U file that undoes it.
+        #[arg(long, short = 'r')]
+        reversible: bool,
         /// What the migration does (becomes the file name's description).
         description: Vec<String>,
     },
@@ -82,28 +97,74 @@ enum Command {
     Pool,
 }
 
+/// `println!` that ends the program quietly when stdout is gone (`dbmanager
+/// … | head -1`): exit 0 as soon as the reader closed the pipe, as Unix
+/// tools do, rather than a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The name the database is configured under when only a URL is given.
+const URL_ONLY_NAME: &str = "default";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if let Some(env) = &cli.env {
         // Before any thread exists: the library reads ENVIRONMENT.
         std::env::set_var("ENVIRONMENT", env);
+    }
+    if let Err(message) = connect_settings(&mut cli) {
+        Cli::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+            .exit();
     }
     match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
+            let message = in_cli_terms(&e.to_string());
+            let causes: Vec<String> = causes(&*e).iter().map(|c| in_cli_terms(c)).collect();
             if cli.json {
-                let v = serde_json::json!({ "ok": false, "error": e.to_string(), "causes": causes(&*e) });
-                println!("{v}");
+                let v = serde_json::json!({ "ok": false, "error": message, "causes": causes });
+                outln!("{v}");
             } else {
-                eprintln!("error: {e}");
-                for c in causes(&*e) {
+                eprintln!("error: {message}");
+                for c in causes {
                     eprintln!("  caused by: {c}");
                 }
             }
             ExitCode::from(1)
         }
     }
+}
+
+/// The library's messages name its Rust API where a setting is changed;
+/// here the same setting is a flag.
+fn in_cli_terms(message: &str) -> String {
+    const TERMS: [(&str, &str); 2] = [
+        ("MigrateOptions::lock_timeout", "--lock-timeout SECONDS"),
+        (
+            "DatabaseConfigBuilder::migrations_dir",
+            "--migrations-dir DIR",
+        ),
+    ];
+    TERMS
+        .iter()
+        .fold(message.to_owned(), |m, (rust, flag)| m.replace(rust, flag))
 }
 
 fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
@@ -118,27 +179,105 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn database(cli: &Cli) -> BoxResult<&str> {
-    cli.database.as_deref().ok_or_else(|| {
-        "give the database with --database NAME (the name used in DatabaseManager::new)".into()
-    })
+/// Settles which database to use, before any thread exists: the name
+/// (`--database`, else `$DBMANAGER_DATABASE`, else `default` when a URL is
+/// given), and `--url` (or `$DATABASE_URL` when no name is given) and
+/// `--migrations-dir` as the process variables the library reads for that
+/// name, which win over the `.env` file. `Err`: a usage error.
+fn connect_settings(cli: &mut Cli) -> Result<(), String> {
+    let env_var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if cli.database.is_none() {
+        cli.database = env_var("DBMANAGER_DATABASE");
+    }
+    let mut url_only = false;
+    if cli.database.is_none() {
+        if cli.url.is_none() {
+            cli.url = env_var("DATABASE_URL");
+        }
+        // `new` only writes files: a folder is all it needs.
+        if cli.url.is_none() && !matches!(cli.command, Command::New { .. }) {
+            let environment = env_var("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
+            return Err(format!(
+                "no database given: pass --database NAME (configured through \
+                 {}_GLOBAL_NAME_CONNECTION_STRING), or --url URL, or set \
+                 DBMANAGER_DATABASE or DATABASE_URL",
+                stem(&environment)
+            ));
+        }
+        cli.database = Some(URL_ONLY_NAME.to_owned());
+        url_only = true;
+    }
+    let name = cli.database.as_deref().unwrap_or(URL_ONLY_NAME);
+    let environment = env_var("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
+    let prefix = format!("{}_GLOBAL_{}_", stem(&environment), stem(name));
+    if let Some(url) = &cli.url {
+        std::env::set_var(format!("{prefix}CONNECTION_STRING"), url);
+    }
+    if let Some(dir) = &cli.migrations_dir {
+        std::env::set_var(format!("{prefix}MIGRATIONS_DIR"), dir);
+    } else if url_only && env_var(&format!("{prefix}MIGRATIONS_DIR")).is_none() {
+        // As sqlx does: ./migrations when the database has no name.
+        std::env::set_var(format!("{prefix}MIGRATIONS_DIR"), "migrations");
+    }
+    Ok(())
 }
 
+/// A name as the library upper-cases it into variable names.
+fn stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn database(cli: &Cli) -> BoxResult<&str> {
+    cli.database
+        .as_deref()
+        .ok_or_else(|| "give the database with --database NAME or --url URL".into())
+}
+
+/// Prints `value` as JSON with `"ok": true` beside its keys, as failures
+/// carry `"ok": false`.
 fn print_json(value: &impl serde::Serialize) -> BoxResult<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    print_json_ok(value, true)
+}
+
+/// Prints `value` as JSON with `"ok"` (whether the command succeeded, as its
+/// exit code says) beside its keys.
+fn print_json_ok(value: &impl serde::Serialize, ok: bool) -> BoxResult<()> {
+    let mut v = serde_json::to_value(value)?;
+    if let Some(map) = v.as_object_mut() {
+        map.insert("ok".into(), ok.into());
+    }
+    outln!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 
 /// Runs the command; `Ok(false)` when it found problems.
 fn run(cli: &Cli) -> BoxResult<bool> {
     let name = database(cli)?;
-    if let Command::New { description } = &cli.command {
-        let config = DatabaseConfig::from_env(name)?;
-        let path = new_migration(config.migrations_dir(), &description.join(" "))?;
+    if let Command::New {
+        description,
+        reversible,
+    } = &cli.command
+    {
+        let dir = new_migrations_dir(cli, name);
+        let paths = new_migration(&dir, &description.join(" "), *reversible)?;
         if cli.json {
-            print_json(&serde_json::json!({ "created": path }))?;
+            let mut v = serde_json::json!({ "created": paths[0] });
+            if let Some(undo) = paths.get(1) {
+                v["undo"] = undo.as_str().into();
+            }
+            print_json(&v)?;
         } else {
-            println!("created {path}");
+            for path in &paths {
+                outln!("created {path}");
+            }
         }
         return Ok(true);
     }
@@ -158,13 +297,13 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             if *dry_run {
                 let plan = migrator.dry_run()?;
                 if cli.json {
-                    print_json(&plan)?;
+                    print_json_ok(&plan, plan.problems.is_empty())?;
                 } else {
                     if plan.steps.is_empty() {
-                        println!("{}: nothing to do", plan.database_name);
+                        outln!("{}: nothing to do", plan.database_name);
                     }
                     for s in &plan.steps {
-                        println!(
+                        outln!(
                             "-- {} {} ({}{})\n{}\n",
                             s.kind,
                             s.script,
@@ -181,7 +320,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                         );
                     }
                     for p in &plan.problems {
-                        println!("problem: {p}");
+                        outln!("problem: {p}");
                     }
                 }
                 return Ok(plan.problems.is_empty());
@@ -192,9 +331,9 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         Command::Info => {
             let status = db.migration_status()?;
             if cli.json {
-                print_json(&status)?;
+                print_json_ok(&status, status.problems.is_empty())?;
             } else {
-                println!(
+                outln!(
                     "{} — history table {}, current version {}",
                     status.database_name,
                     status.history_table,
@@ -235,7 +374,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                 }
                 print_table(&rows);
                 for p in &status.problems {
-                    println!("problem: {p}");
+                    outln!("problem: {p}");
                 }
             }
             return Ok(status.problems.is_empty());
@@ -243,9 +382,9 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         Command::Validate => {
             db.migrator().validate()?;
             if cli.json {
-                print_json(&serde_json::json!({ "ok": true }))?;
+                print_json(&serde_json::json!({}))?;
             } else {
-                println!("{}: applied migrations match their files", db.name());
+                outln!("{}: applied migrations match their files", db.name());
             }
         }
         Command::Baseline { version } => {
@@ -257,13 +396,13 @@ fn run(cli: &Cli) -> BoxResult<bool> {
             if cli.json {
                 print_json(&report)?;
             } else if report.removed_failed.is_empty() && report.realigned.is_empty() {
-                println!("{}: nothing to repair", db.name());
+                outln!("{}: nothing to repair", db.name());
             } else {
                 for s in &report.removed_failed {
-                    println!("removed failed row of {s}");
+                    outln!("removed failed row of {s}");
                 }
                 for s in &report.realigned {
-                    println!("realigned the checksum of {s}");
+                    outln!("realigned the checksum of {s}");
                 }
             }
         }
@@ -273,32 +412,79 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         }
         Command::Health => {
             let h = db.health_check();
+            let healthy = h.status == dbmanager::Health::Healthy;
             if cli.json {
-                print_json(&h)?;
+                print_json_ok(&h, healthy)?;
             } else {
-                let v = serde_json::to_value(&h)?;
-                let mut rows = vec![["Check".to_owned(), "Value".to_owned()]];
-                if let Some(map) = v.as_object() {
-                    for (k, v) in map {
-                        rows.push([k.clone(), v.to_string().trim_matches('"').to_owned()]);
-                    }
-                }
-                print_table(&rows);
+                print_health(&h)?;
             }
-            return Ok(h.status == dbmanager::Health::Healthy);
+            return Ok(healthy);
         }
         Command::Pool => {
             let status = db.pool_status();
+            let config = db.config();
             if cli.json {
-                print_json(&status)?;
-            } else {
-                let v = serde_json::to_value(&status)?;
-                let mut rows = vec![["Setting".to_owned(), "Value".to_owned()]];
-                if let Some(map) = v.as_object() {
-                    for (k, v) in map {
-                        rows.push([k.clone(), v.to_string().trim_matches('"').to_owned()]);
+                let mut v = serde_json::to_value(&status)?;
+                if let Some(map) = v.as_object_mut() {
+                    // This process's own pool, made for this command: only
+                    // its settings mean anything.
+                    map.insert("live".into(), false.into());
+                    for key in [
+                        "connections",
+                        "checked_in",
+                        "checked_out",
+                        "overflow",
+                        "invalid",
+                        "waiting",
+                        "timeouts",
+                        "connections_created",
+                        "suspected_leaks",
+                        "circuit",
+                    ] {
+                        map.remove(key);
                     }
+                    map.insert(
+                        "acquire_timeout_ms".into(),
+                        millis(config.acquire_timeout()).into(),
+                    );
+                    map.insert(
+                        "connect_timeout_ms".into(),
+                        millis(config.connect_timeout()).into(),
+                    );
+                    map.insert(
+                        "query_timeout_ms".into(),
+                        config.query_timeout().map(millis).into(),
+                    );
                 }
+                print_json(&v)?;
+            } else {
+                outln!(
+                    "{}: pool settings ({}, {})\nThese are the settings an application's \
+                     pool gets. This command is not the application, so live figures \
+                     (connections in use, callers waiting) are not shown: read them \
+                     from the application's metrics.",
+                    status.database_name,
+                    config.kind(),
+                    config.redacted_url()
+                );
+                let rows = [
+                    ["Setting".to_owned(), "Value".to_owned()],
+                    ["Pool size".into(), status.pool_size.to_string()],
+                    ["Max overflow".into(), status.max_overflow.to_string()],
+                    ["Max connections".into(), status.max_size.to_string()],
+                    ["Acquire timeout".into(), human(config.acquire_timeout())],
+                    ["Connect timeout".into(), human(config.connect_timeout())],
+                    [
+                        "Query timeout".into(),
+                        config.query_timeout().map_or("none".into(), human),
+                    ],
+                    ["Idle timeout".into(), human(config.idle_timeout())],
+                    [
+                        "Max lifetime".into(),
+                        config.max_lifetime().map_or("none".into(), human),
+                    ],
+                    ["Read-only".into(), yes_no(status.read_only)],
+                ];
                 print_table(&rows);
             }
         }
@@ -307,12 +493,104 @@ fn run(cli: &Cli) -> BoxResult<bool> {
     Ok(true)
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `250 ms`, `30 s`, `1.5 s`, `30 min`.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms % 60_000 == 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+/// A unit enum's serialised name as words: `half_open` → `half open`.
+fn word(v: &impl serde::Serialize) -> BoxResult<String> {
+    Ok(serde_json::to_value(v)?
+        .as_str()
+        .unwrap_or_default()
+        .replace('_', " "))
+}
+
+/// The health report as a person reads it: the verdict first, then why.
+fn print_health(h: &dbmanager::HealthStatus) -> BoxResult<()> {
+    let m = &h.migration_status;
+    let migrations = match m.state {
+        MigrationState::Pending => format!(
+            "{} pending ({}), at version {}",
+            m.pending_migrations.len(),
+            m.pending_migrations.join(", "),
+            m.current_version.as_deref().unwrap_or("none")
+        ),
+        MigrationState::Ok => format!(
+            "up to date, at version {}",
+            m.current_version.as_deref().unwrap_or("none")
+        ),
+        MigrationState::NotManaged => "not managed here (no migrations folder)".to_owned(),
+        _ => word(&m.state)?,
+    };
+    let mut rows = vec![
+        ["Check".to_owned(), "Result".to_owned()],
+        ["Status".into(), word(&h.status)?],
+        [
+            "Database".into(),
+            format!("{} ({})", h.database_name, h.database_type),
+        ],
+        [
+            "Connection".into(),
+            if h.connection { "ok" } else { "failed" }.into(),
+        ],
+        [
+            "SELECT 1".into(),
+            if h.query_test { "ok" } else { "failed" }.into(),
+        ],
+        [
+            "Response time".into(),
+            format!("{:.1} ms", h.response_time_ms),
+        ],
+        ["Migrations".into(), migrations],
+    ];
+    for p in &m.problems {
+        rows.push(["Migration problem".into(), p.clone()]);
+    }
+    if let Some(e) = &h.error {
+        rows.push(["Error".into(), e.clone()]);
+    }
+    for r in &h.degraded_reasons {
+        if h.error.as_deref().is_some_and(|e| e.contains(r.as_str())) {
+            continue;
+        }
+        rows.push(["Why".into(), r.clone()]);
+    }
+    rows.push([
+        "Pool in use".into(),
+        format!("{:.0} %", h.pool_saturation * 100.0),
+    ]);
+    rows.push(["Circuit breaker".into(), word(&h.circuit)?]);
+    rows.push(["Timeout rate".into(), word(&h.scaling)?]);
+    rows.push(["Read-only".into(), yes_no(h.read_only)]);
+    rows.push(["Checked at".into(), h.timestamp.clone()]);
+    print_table(&rows);
+    Ok(())
+}
+
 fn print_report(cli: &Cli, report: &MigrationReport, verb: &str) -> BoxResult<()> {
     if cli.json {
         return print_json(report);
     }
     if report.applied.is_empty() {
-        println!(
+        outln!(
             "{}: nothing to do (current version {})",
             report.database_name,
             report.current_version.as_deref().unwrap_or("none")
@@ -320,9 +598,9 @@ fn print_report(cli: &Cli, report: &MigrationReport, verb: &str) -> BoxResult<()
         return Ok(());
     }
     for s in &report.applied {
-        println!("{verb} {} ({} ms)", s.script, s.execution_time_ms);
+        outln!("{verb} {} ({} ms)", s.script, s.execution_time_ms);
     }
-    println!(
+    outln!(
         "{}: now at version {}",
         report.database_name,
         report.current_version.as_deref().unwrap_or("none")
@@ -342,24 +620,51 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
         .map(|w| format!("+{}", "-".repeat(w + 2)))
         .collect::<String>()
         + "+";
-    println!("{line}");
+    outln!("{line}");
     for (k, r) in rows.iter().enumerate() {
         let cells: String = r
             .iter()
             .enumerate()
             .map(|(i, c)| format!("| {c:<w$} ", w = widths[i]))
             .collect();
-        println!("{cells}|");
+        outln!("{cells}|");
         if k == 0 {
-            println!("{line}");
+            outln!("{line}");
         }
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
-/// Creates `V{next}__{description}.sql`, keeping the zero padding of the
-/// existing files (V001 → V002).
-fn new_migration(dir: &Path, description: &str) -> BoxResult<String> {
+/// The folder `new` writes to, without connecting: `--migrations-dir`, else
+/// the database's configured folder, read as the library reads it even when
+/// no connection string is configured.
+fn new_migrations_dir(cli: &Cli, name: &str) -> PathBuf {
+    if let Some(dir) = &cli.migrations_dir {
+        return dir.clone();
+    }
+    if let Ok(config) = DatabaseConfig::from_env(name) {
+        return config.migrations_dir().to_owned();
+    }
+    // No usable connection string: any will do to read the folder setting,
+    // since `new` never connects.
+    let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".to_owned());
+    let var = format!(
+        "{}_GLOBAL_{}_CONNECTION_STRING",
+        stem(&environment),
+        stem(name)
+    );
+    std::env::set_var(&var, "sqlite::memory:");
+    let dir = DatabaseConfig::from_env(name)
+        .map(|c| c.migrations_dir().to_owned())
+        .unwrap_or_else(|_| Path::new("migrations").join(name));
+    std::env::remove_var(&var);
+    dir
+}
+
+/// Creates `V{next}__{description}.sql` (and with `reversible` the matching
+/// `U{next}__{description}.sql`), keeping the zero padding of the existing
+/// files (V001 → V002).
+fn new_migration(dir: &Path, description: &str, reversible: bool) -> BoxResult<Vec<String>> {
     let description: String = description
         .trim()
         .chars()
@@ -386,7 +691,19 @@ fn new_migration(dir: &Path, description: &str) -> BoxResult<String> {
         }
     }
     let (next, width) = highest.map_or((1, 3), |(n, w)| (n + 1, w));
+    let words = description.replace('_', " ");
     let path = dir.join(format!("V{next:0width$}__{description}.sql"));
-    std::fs::write(&path, format!("-- {}\n", description.replace('_', " ")))?;
-    Ok(path.display().to_string())
+    let mut created = vec![path.display().to_string()];
+    if reversible {
+        let undo = dir.join(format!("U{next:0width$}__{description}.sql"));
+        if undo.exists() {
+            return Err(format!("{} exists already", undo.display()).into());
+        }
+        std::fs::write(&path, format!("-- {words}\n"))?;
+        std::fs::write(&undo, format!("-- Undo: {words}\n"))?;
+        created.push(undo.display().to_string());
+    } else {
+        std::fs::write(&path, format!("-- {words}\n"))?;
+    }
+    Ok(created)
 }

@@ -225,7 +225,17 @@ impl Migrator {
     }
 
     fn load(&self) -> Result<Scripts> {
-        self.source.load().map_err(|e| e.on_database(&self.name()))
+        self.source.load().map_err(|e| {
+            // Name the variable the folder was read from, when it was.
+            let e = match self.shared.config.variable("MIGRATIONS_DIR") {
+                Some(var) => e.replace_in_message(
+                    source::MIGRATIONS_DIR_SETTING,
+                    &format!("{var} (or {})", source::MIGRATIONS_DIR_SETTING),
+                ),
+                None => e,
+            };
+            e.on_database(&self.name())
+        })
     }
 
     /// Takes the lock and makes sure the history table exists.
@@ -263,7 +273,7 @@ impl Migrator {
         let mut guard = self.lock()?;
         let conn = guard.conn();
         let applied = history::read(conn, dialect, self.table())?;
-        self.check(&scripts, &applied)?;
+        self.check(&scripts, &applied, true)?;
         let plan = pending(&scripts, &applied, &self.options.target);
         let user = dialect.current_user(conn)?;
         let mut report = MigrationReport {
@@ -421,7 +431,14 @@ impl Migrator {
         problems
     }
 
-    fn check(&self, scripts: &Scripts, applied: &[AppliedMigration]) -> Result<()> {
+    /// `Err` listing the problems; `before_running`: the check stands
+    /// before a run, which it stopped.
+    fn check(
+        &self,
+        scripts: &Scripts,
+        applied: &[AppliedMigration],
+        before_running: bool,
+    ) -> Result<()> {
         let problems = self.problems(scripts, applied);
         if problems.is_empty() {
             return Ok(());
@@ -430,13 +447,25 @@ impl Migrator {
         Err(Error::new(
             ErrorKind::Migration,
             format!(
-                "validation failed, nothing was run ({} problem{}): {}",
+                "validation failed{} ({} problem{}): {}",
+                if before_running {
+                    ", nothing was run"
+                } else {
+                    ""
+                },
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" },
                 text.join("; ")
             ),
         )
         .on_database(&self.name()))
+    }
+
+    /// Whether the history table exists (read without the lock).
+    pub(crate) fn history_exists(&self) -> Result<bool> {
+        let dialect = self.dialect();
+        let mut conn = self.connection()?;
+        dialect.table_exists(&mut conn, self.table())
     }
 
     /// Reads the history without taking the lock or creating the table.
@@ -491,7 +520,7 @@ impl Migrator {
     pub fn validate(&self) -> Result<()> {
         let scripts = self.load()?;
         let (_, applied) = self.read_history()?;
-        self.check(&scripts, &applied)
+        self.check(&scripts, &applied, false)
     }
 
     /// The plan of a run, with each script's SQL, without changing anything
@@ -680,7 +709,7 @@ impl Migrator {
         let mut guard = self.lock()?;
         let conn = guard.conn();
         let applied = history::read(conn, dialect, self.table())?;
-        self.check(&scripts, &applied)?;
+        self.check(&scripts, &applied, true)?;
         let mut targets: Vec<(Version, &AppliedMigration)> = applied
             .iter()
             .filter(|r| r.kind == MigrationKind::Versioned && r.success)

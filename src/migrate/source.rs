@@ -285,6 +285,11 @@ impl MigrationSource {
     }
 }
 
+/// The setting a missing-folder message names; [`Migrator`](super::Migrator)
+/// names the environment variable beside it when the configuration came
+/// from the environment.
+pub(crate) const MIGRATIONS_DIR_SETTING: &str = "DatabaseConfigBuilder::migrations_dir";
+
 fn read_dir(dir: &Path) -> Result<Vec<(String, String)>> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::NotFound {
@@ -296,7 +301,7 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, String)>> {
             ErrorKind::Migration,
             format!(
                 "the migrations folder {} {why}; create it (it may stay empty) or point \
-                 {{PREFIX}}{{NAME}}_MIGRATIONS_DIR / DatabaseConfigBuilder::migrations_dir at the right one",
+                 {MIGRATIONS_DIR_SETTING} at the right one",
                 dir.display()
             ),
         )
