@@ -138,7 +138,8 @@ macro_rules! statement_methods {
         /// [`execute_query`](Self::execute_query).
         #[track_caller]
         pub fn query_one($($recv)+, sql: &str, params: impl $crate::value::IntoParams) -> $crate::error::Result<$crate::value::Row> {
-            $s.execute_query(sql, params).and_then($crate::session::exactly_one)
+            let rows = $s.execute_query(sql, params)?;
+            $crate::session::exactly_one(rows).map_err(|e| e.on_database($s.shared.name()))
         }
 
         /// Runs a query that returns at most one row.
@@ -149,7 +150,8 @@ macro_rules! statement_methods {
         /// [`execute_query`](Self::execute_query).
         #[track_caller]
         pub fn query_opt($($recv)+, sql: &str, params: impl $crate::value::IntoParams) -> $crate::error::Result<Option<$crate::value::Row>> {
-            $s.execute_query(sql, params).and_then($crate::session::at_most_one)
+            let rows = $s.execute_query(sql, params)?;
+            $crate::session::at_most_one(rows).map_err(|e| e.on_database($s.shared.name()))
         }
 
         /// Runs a query and deserialises each row into `T` with serde,

@@ -258,7 +258,11 @@ impl FromValue for String {
     fn from_value(value: &Value) -> Result<Self> {
         match value {
             Value::Text(s) => Ok(s.clone()),
-            Value::Null | Value::Bytes(_) => Err(mismatch(value, "String")),
+            // As strict as the numbers are on text: an integer, float or
+            // bool column is read with its own type, not quietly as text.
+            Value::Null | Value::Bytes(_) | Value::I64(_) | Value::F64(_) | Value::Bool(_) => {
+                Err(mismatch(value, "String"))
+            }
             Value::Json(serde_json::Value::String(s)) => Ok(s.clone()),
             Value::Json(j) => Ok(j.to_string()),
             v => match v.to_json() {
@@ -953,12 +957,19 @@ tuple_params!(A, B, C, D, E, F, G, H, I, J);
 tuple_params!(A, B, C, D, E, F, G, H, I, J, K);
 tuple_params!(A, B, C, D, E, F, G, H, I, J, K, L);
 
-/// Named parameters for `:name` placeholders.
+/// Parameters: named ones for `:name` placeholders (`"name" => value`),
+/// or positional ones for `?` placeholders (values separated by commas).
 ///
 /// ```
-/// use dbmanager::{params, Params};
+/// use dbmanager::{params, Params, Value};
 /// let p = params! { "status" => "active", "limit" => 10 };
 /// assert!(matches!(p, Params::Named(ref v) if v.len() == 2));
+///
+/// let p = params![true, 1, "x"];
+/// assert!(matches!(p, Params::Positional(ref v)
+///     if v == &[Value::Bool(true), Value::I64(1), Value::Text("x".into())]));
+///
+/// assert!(matches!(params!(), Params::None));
 /// ```
 #[macro_export]
 macro_rules! params {
@@ -967,6 +978,9 @@ macro_rules! params {
         $crate::Params::Named(::std::vec![
             $((::std::string::String::from($name), $crate::Value::from($value))),+
         ])
+    };
+    ($($value:expr),+ $(,)?) => {
+        $crate::Params::Positional(::std::vec![$($crate::Value::from($value)),+])
     };
 }
 
@@ -984,6 +998,15 @@ mod tests {
                 Value::Text("2024-01-15 10:30:00".into()),
             ],
         )
+    }
+
+    #[test]
+    fn string_is_strict_on_numbers() {
+        let e = row().get::<String>("id").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Conversion);
+        let msg = e.to_string();
+        assert!(msg.contains("`id`"), "{msg}");
+        assert!(msg.contains("integer") && msg.contains("String"), "{msg}");
     }
 
     #[test]

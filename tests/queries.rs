@@ -167,11 +167,18 @@ fn params_quoting_and_rows(b: Backend) -> Result<()> {
     )?;
     assert_eq!(row.get::<String>("select")?, "cherry");
 
-    // query_one / query_opt.
-    expect_kind(
-        db.query_one(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (99,)),
-        ErrorKind::NoRows,
-    );
+    // query_one / query_opt; NoRows names the database as other errors do.
+    let e = db
+        .query_one(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (99,))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoRows, "{e}");
+    assert_eq!(e.database(), Some(db.name()), "{e}");
+    let held = {
+        let mut conn = db.connection()?;
+        conn.query_one(&t.sql("SELECT id FROM [{t}] WHERE id = ?"), (99,))
+            .unwrap_err()
+    };
+    assert_eq!(held.database(), Some(db.name()), "{held}");
     expect_kind(
         db.query_one(&t.sql("SELECT id FROM [{t}]"), ()),
         ErrorKind::TooManyRows,

@@ -20,11 +20,41 @@ pub(crate) fn bind(binds: &Binds, params: Params) -> Result<Vec<Value>> {
             v.len(),
             if v.len() == 1 { " was" } else { "s were" }
         ))),
-        (Binds::Positional(n), _) => Err(Error::parameter(format!(
-            "the statement has {n} `?` placeholders; give positional values (a tuple or a Vec), not names"
+        (Binds::Positional(n), Params::None) => Err(Error::parameter(format!(
+            "the statement has {n} `?` placeholder{} but no values were given; \
+             give them as a tuple, a Vec or params![a, b] (a `?` meant literally, \
+             such as PostgreSQL's jsonb `?` operator, is written `??`)",
+            if *n == 1 { "" } else { "s" },
+        ))),
+        (Binds::Positional(n), Params::Named(_)) => Err(Error::parameter(format!(
+            "the statement has {n} `?` placeholder{}; give positional values (a tuple, a Vec \
+             or params![a, b]), not names (a `?` meant literally is written `??`)",
+            if *n == 1 { "" } else { "s" },
         ))),
         (Binds::Named(names), Params::Named(pairs)) => {
-            if let Some((unused, _)) = pairs.iter().find(|(k, _)| !names.contains(k)) {
+            let unused: Vec<&str> = pairs
+                .iter()
+                .filter(|(k, _)| !names.contains(k))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            let also_unused = || match unused.as_slice() {
+                [] => String::new(),
+                [one] => format!("; `{one}` was given but the statement does not use it"),
+                many => format!(
+                    "; {} were given but the statement does not use them",
+                    many.iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            if let Some(missing) = names.iter().find(|n| !pairs.iter().any(|(k, _)| k == *n)) {
+                return Err(Error::parameter(format!(
+                    ":{missing} has no value (no value was given for `:{missing}`){}",
+                    also_unused()
+                )));
+            }
+            if let Some(unused) = unused.first() {
                 return Err(Error::parameter(format!(
                     "parameter `{unused}` is not used by the statement (it uses {})",
                     list_names(names)
@@ -103,6 +133,23 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("`c` is not used"), "{e}");
         assert!(bind(&Binds::Native, Params::Named(vec![("a".into(), v(1))])).is_err());
+
+        // A misspelt name: the missing placeholder first, the unused name too.
+        let e = bind(
+            &Binds::Named(vec!["status".into()]),
+            Params::Named(vec![("stat".into(), v(1))]),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(":status has no value"), "{msg}");
+        assert!(msg.contains("`stat` was given"), "{msg}");
+
+        // No values at all for `?`: not a complaint about names; `??` hinted.
+        let e = bind(&Binds::Positional(1), Params::None).unwrap_err();
+        let msg = e.to_string();
+        assert!(!msg.contains("not names"), "{msg}");
+        assert!(msg.contains("no values were given"), "{msg}");
+        assert!(msg.contains("`??`"), "{msg}");
         assert!(bind(&names, Params::Positional(vec![v(1)])).is_err());
     }
 }
