@@ -536,3 +536,23 @@ fn pool_and_health_read_as_people_expect() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["ok"], true, "{v}");
 }
+
+#[test]
+fn an_upper_case_sql_extension_is_refused_not_skipped() {
+    let dir = TempDir::new("cli-ext");
+    let url = dir.sqlite_url("shop.db");
+    std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("sql/V5__create.SQL"),
+        "CREATE TABLE t (id INTEGER);\n",
+    )
+    .expect("write");
+    let o = cli(&dir, &url, &["--database", "shop", "migrate"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("V5__create.SQL") && err.contains("V5__create.sql"),
+        "{}",
+        text(&o)
+    );
+}

@@ -128,7 +128,7 @@ pub(crate) fn parse_name(file: &str) -> Result<Option<Name>> {
         return Ok(None);
     }
     let Some(stem) = file.strip_suffix(".sql") else {
-        return Ok(None);
+        return not_sql(file);
     };
     let bad = |why: &str| {
         Err(Error::new(
@@ -171,6 +171,48 @@ pub(crate) fn parse_name(file: &str) -> Result<Option<Name>> {
         version,
         description: description.replace('_', " "),
     }))
+}
+
+/// A file not ending in `.sql`: an error when only the extension's case is
+/// wrong (`V5__create.SQL` is meant to be a migration, and skipping it would
+/// report "nothing to do"); otherwise not a migration, with a warning when
+/// it looks like one (`V5__x.sql.bak`, `V5__x.txt`): such files are often
+/// backups kept on purpose, so they are not refused.
+fn not_sql(file: &str) -> Result<Option<Name>> {
+    let split = file.len().saturating_sub(4);
+    if file.is_char_boundary(split) && file[split..].eq_ignore_ascii_case(".sql") {
+        let fixed = format!("{}.sql", &file[..split]);
+        return Err(Error::new(
+            ErrorKind::Migration,
+            format!(
+                "migration file `{file}` is badly named (the extension must be lower-case \
+                 `.sql`); rename it `{fixed}`"
+            ),
+        ));
+    }
+    if let Some(fixed) = ignored_lookalike(file) {
+        tracing::warn!(
+            file,
+            "`{file}` looks like a migration but is ignored: only files ending in `.sql` \
+             are migrations (name it `{fixed}` to apply it)"
+        );
+    }
+    Ok(None)
+}
+
+/// The name a file that is not a `.sql` file would have as a migration,
+/// when the rest of its name is a valid migration name.
+pub(crate) fn ignored_lookalike(file: &str) -> Option<String> {
+    let candidate = match file.find(".sql") {
+        // `V5__x.sql.bak`, `V5__x.sql~`
+        Some(i) => format!("{}.sql", &file[..i]),
+        // `V5__x.txt`, `V5__x`
+        None => match file.rfind('.') {
+            Some(i) if i > 0 => format!("{}.sql", &file[..i]),
+            _ => format!("{file}.sql"),
+        },
+    };
+    (candidate != file && matches!(parse_name(&candidate), Ok(Some(_)))).then_some(candidate)
 }
 
 /// Flyway's checksum: CRC32 over the script's lines without their endings
@@ -517,6 +559,30 @@ mod tests {
             assert!(text.contains("V{version}__{description}.sql"), "{text}");
             assert_eq!(e.kind(), ErrorKind::Migration);
         }
+    }
+
+    #[test]
+    fn near_miss_extensions_are_named() {
+        for (file, fixed) in [
+            ("V5__create.SQL", "V5__create.sql"),
+            ("U5__x.Sql", "U5__x.sql"),
+        ] {
+            let text = parse_name(file).unwrap_err().to_string();
+            assert!(text.contains(file) && text.contains(fixed), "{text}");
+        }
+        // Skipped, but recognised (and warned about) as look-alikes.
+        assert_eq!(parse_name("V5__x.sql.bak").unwrap(), None);
+        assert_eq!(
+            ignored_lookalike("V5__x.sql.bak").as_deref(),
+            Some("V5__x.sql")
+        );
+        assert_eq!(ignored_lookalike("V5__x.txt").as_deref(), Some("V5__x.sql"));
+        assert_eq!(
+            ignored_lookalike("R__views").as_deref(),
+            Some("R__views.sql")
+        );
+        assert_eq!(ignored_lookalike("README.md"), None);
+        assert_eq!(ignored_lookalike("notes.txt"), None);
     }
 
     #[test]
