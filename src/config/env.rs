@@ -68,6 +68,15 @@ impl DatabaseConfig {
         let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
         let file =
             EnvFile::read(&Path::new(&dir).join(format!(".env.{}", environment.to_lowercase())))?;
+        if !name.trim().is_empty() {
+            let stem = format!("{}{}_", env_prefix(&environment), env_stem(name));
+            let names = std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .chain(file.names());
+            for warning in unknown_settings(&stem, names) {
+                tracing::warn!(database = name, "{warning}");
+            }
+        }
         from_sources(
             name,
             |k| process(k).or_else(|| file.get(k)),
@@ -133,6 +142,11 @@ impl EnvFile {
 
     fn get(&self, key: &str) -> Option<String> {
         self.vars.as_ref()?.get(key).cloned()
+    }
+
+    /// The names of the file's variables (never their values).
+    fn names(&self) -> impl Iterator<Item = String> + '_ {
+        self.vars.iter().flat_map(|vars| vars.keys().cloned())
     }
 
     fn describe(&self) -> String {
@@ -349,6 +363,71 @@ fn from_sources(
     b.build()
 }
 
+/// One message for each variable under the database's `stem`
+/// (`DEVELOPMENT_GLOBAL_RPA_DB_`) that is not a setting, with the closest
+/// setting when one is near (`POOLSIZE` → `POOL_SIZE`). Only names are
+/// given and quoted: a value never reaches a message.
+///
+/// A variable that ends in `_{setting}` is taken to belong to another
+/// database whose name starts with this one (`RPA_DB_OLD_POOL_SIZE` for
+/// `rpa_db_old`), and is not reported.
+pub(crate) fn unknown_settings(stem: &str, names: impl Iterator<Item = String>) -> Vec<String> {
+    let suffixes: Vec<&str> = std::iter::once(URL)
+        .chain(SETTINGS.iter().map(|s| s.suffix))
+        .collect();
+    let mut seen: Vec<String> = Vec::new();
+    for var in names {
+        let Some(rest) = var.strip_prefix(stem) else {
+            continue;
+        };
+        if rest.is_empty()
+            || suffixes.contains(&rest)
+            || suffixes.iter().any(|s| rest.ends_with(&format!("_{s}")))
+            || seen.contains(&var)
+        {
+            continue;
+        }
+        seen.push(var);
+    }
+    seen.sort();
+    seen.iter()
+        .map(|var| {
+            let rest = &var[stem.len()..];
+            let closest = suffixes
+                .iter()
+                .map(|s| (edit_distance(rest, s), *s))
+                .min()
+                .filter(|(d, s)| *d <= 2.max(s.len() / 3));
+            match closest {
+                Some((_, s)) => {
+                    format!("{var} is not a setting and is ignored; did you mean `{stem}{s}`?")
+                }
+                None => format!(
+                    "{var} is not a setting and is ignored (the settings are listed in the README)"
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Levenshtein distance between two ASCII-ish strings, by characters.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 fn parse_u32(var: &str, v: &str) -> std::result::Result<u32, String> {
     v.parse()
         .map_err(|_| format!("{var} = `{v}` is not a whole number; use one such as 5"))
@@ -387,6 +466,33 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn unknown_variables_under_the_prefix_are_named_with_the_closest_setting() {
+        assert_eq!(edit_distance("POOLSIZE", "POOL_SIZE"), 1);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let names = [
+            "DEVELOPMENT_GLOBAL_RPA_DB_POOLSIZE",
+            "DEVELOPMENT_GLOBAL_RPA_DB_POOL_SIZE",
+            "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+            "DEVELOPMENT_GLOBAL_RPA_DB_OLD_POOL_SIZE",
+            "DEVELOPMENT_GLOBAL_RPA_DB_ZZZZZZZZZZZZZZ",
+            "DEVELOPMENT_GLOBAL_OTHER_POOLSIZE",
+        ]
+        .map(String::from);
+        let w = unknown_settings("DEVELOPMENT_GLOBAL_RPA_DB_", names.into_iter());
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("DEVELOPMENT_GLOBAL_RPA_DB_POOLSIZE")
+                && w[0].contains("did you mean `DEVELOPMENT_GLOBAL_RPA_DB_POOL_SIZE`"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("RPA_DB_ZZZZZZZZZZZZZZ") && !w[1].contains("did you mean"),
+            "{w:?}"
+        );
     }
 
     #[test]
