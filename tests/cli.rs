@@ -556,3 +556,46 @@ fn an_upper_case_sql_extension_is_refused_not_skipped() {
         text(&o)
     );
 }
+
+#[test]
+fn an_unknown_database_name_suggests_the_configured_one() {
+    let dir = TempDir::new("cli-name");
+    let url = dir.sqlite_url("shop.db");
+    let o = command(&dir, &url)
+        .env(
+            "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING",
+            dir.sqlite_url("rpa.db"),
+        )
+        .args(["-d", "rpadb", "info"])
+        .output()
+        .expect("run the CLI");
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("did you mean `rpa_db`"), "{}", text(&o));
+    // Nothing near: no suggestion.
+    let o = cli(&dir, &url, &["-d", "inventory", "info"]);
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("did you mean"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn the_env_folder_is_named_by_its_full_path() {
+    let dir = TempDir::new("cli-envdir");
+    let url = dir.sqlite_url("shop.db");
+    let o = command(&dir, &url)
+        .env_remove("DBMANAGER_ENV_DIR")
+        .current_dir(dir.path())
+        .args(["-d", "nothere", "info"])
+        .output()
+        .expect("run the CLI");
+    assert!(!o.status.success(), "{}", text(&o));
+    let full = dir.path().join("envs").join(".env.development");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&*full.to_string_lossy()),
+        "{}",
+        text(&o)
+    );
+}

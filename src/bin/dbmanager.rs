@@ -281,7 +281,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
         }
         return Ok(true);
     }
-    let db = DatabaseManager::new(name)?;
+    let db = DatabaseManager::new(name).map_err(|e| with_name_suggestion(e, name))?;
     match &cli.command {
         Command::Migrate {
             target,
@@ -633,6 +633,73 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
         }
     }
     outln!("{line}");
+}
+
+/// A configuration error for a database whose connection string is not
+/// set, with the closest configured name (`rpadb` → `rpa_db`) when there is
+/// one: the names are read from the `{ENV}_GLOBAL_*_CONNECTION_STRING`
+/// variables of the process and of the `.env` file.
+fn with_name_suggestion(e: dbmanager::Error, name: &str) -> Box<dyn std::error::Error> {
+    if e.kind() != dbmanager::ErrorKind::Config {
+        return e.into();
+    }
+    let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".to_owned());
+    let prefix = format!("{}_GLOBAL_", stem(&environment));
+    const SUFFIX: &str = "_CONNECTION_STRING";
+    let mut vars: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let dir = std::env::var("DBMANAGER_ENV_DIR").unwrap_or_else(|_| "envs".to_owned());
+    let file = Path::new(&dir).join(format!(".env.{}", environment.to_lowercase()));
+    if let Ok(iter) = dotenvy::from_path_iter(&file) {
+        vars.extend(iter.filter_map(|item| item.ok().map(|(k, _)| k)));
+    }
+    let mut configured: Vec<String> = vars
+        .iter()
+        .filter_map(|v| v.strip_prefix(&prefix)?.strip_suffix(SUFFIX))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    configured.sort();
+    configured.dedup();
+    let wanted = stem(name);
+    if configured.contains(&wanted) {
+        return e.into(); // configured, but something else is wrong
+    }
+    let squash = |s: &str| s.replace('_', "");
+    let closest = configured
+        .iter()
+        .map(|c| {
+            let d = edit_distance(&squash(&wanted), &squash(c)).min(edit_distance(&wanted, c));
+            (d, c)
+        })
+        .min()
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3));
+    match closest {
+        Some((_, c)) => {
+            let suggestion = c.to_lowercase();
+            format!("{e}; did you mean `{suggestion}` (--database {suggestion})?").into()
+        }
+        None => e.into(),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The folder `new` writes to, without connecting: `--migrations-dir`, else

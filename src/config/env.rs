@@ -65,9 +65,11 @@ impl DatabaseConfig {
     pub fn from_env(name: &str) -> Result<DatabaseConfig> {
         let process = |k: &str| std::env::var(k).ok();
         let dir = process("DBMANAGER_ENV_DIR").unwrap_or_else(|| DEFAULT_ENV_DIR.to_owned());
+        // Absolute, so that a message names the folder it looked in whatever
+        // the current folder was.
+        let dir = std::path::absolute(&dir).unwrap_or_else(|_| PathBuf::from(&dir));
         let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
-        let file =
-            EnvFile::read(&Path::new(&dir).join(format!(".env.{}", environment.to_lowercase())))?;
+        let file = EnvFile::read(&dir.join(format!(".env.{}", environment.to_lowercase())))?;
         if !name.trim().is_empty() {
             let stem = format!("{}{}_", env_prefix(&environment), env_stem(name));
             let names = std::env::vars_os()
