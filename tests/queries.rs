@@ -1027,3 +1027,24 @@ fn a_failed_commit_leaves_no_transaction_open() -> Result<()> {
     assert_eq!(n, 1);
     Ok(())
 }
+
+/// A database missing on the server says how to create it.
+#[test]
+fn a_missing_database_says_to_create_it() {
+    // MySQL answers a user without rights on every database 1044 (access
+    // denied) rather than 1049 (unknown database): the admin user sees 1049.
+    for var in [
+        "DBMANAGER_TEST_POSTGRES_URL",
+        "DBMANAGER_TEST_MYSQL_ADMIN_URL",
+    ] {
+        let mut url = url::Url::parse(&common::required_env(var)).expect("a URL");
+        url.set_path("/dbmanager_no_such_database");
+        let e = common::manager_with("missing", url.as_str(), |b| {
+            b.connect_timeout(std::time::Duration::from_secs(5))
+        })
+        .and_then(|db| db.execute_query("SELECT 1", ()))
+        .expect_err("no such database");
+        let text = format!("{e:?}");
+        assert!(text.contains("CREATE DATABASE"), "{var}: {text}");
+    }
+}

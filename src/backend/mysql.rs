@@ -620,7 +620,16 @@ fn classify(e: mysql::Error) -> Error {
                 1264 | 1265 | 1292 | 1366 | 1406 | 1411 => ErrorKind::Conversion,
                 _ => ErrorKind::Database,
             };
-            Error::new(kind, server.message.clone()).with_code(server.code.to_string())
+            let e = Error::new(kind, server.message.clone()).with_code(server.code.to_string());
+            if server.code == 1049 {
+                e.with_hint(
+                    "the server has no database of that name: create it (`CREATE DATABASE \
+                     name;` as a user allowed to) or fix the database name at the end of the \
+                     connection string",
+                )
+            } else {
+                e
+            }
         }
         mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {
             Error::new(ErrorKind::Connect, "the connection to MySQL was lost").with_source(e)

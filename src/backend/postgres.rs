@@ -1067,6 +1067,11 @@ fn kind_of_sqlstate(code: &str) -> ErrorKind {
     }
 }
 
+/// What to do when the database named in the URL does not exist (3D000).
+const MISSING_DATABASE_HINT: &str = "the server has no database of that name: create it \
+    (`CREATE DATABASE name;` as a user allowed to, or `createdb name`) or fix the \
+    database name at the end of the connection string";
+
 /// Maps a `postgres` error to ours by SQLSTATE class; the server's message
 /// becomes ours (it never contains a password).
 #[cold]
@@ -1082,7 +1087,12 @@ fn classify(e: tokio_postgres::Error) -> Error {
         if let Some(tokio_postgres::error::ErrorPosition::Original(p)) = db.position() {
             message.push_str(&format!(" (at character {p})"));
         }
-        return Error::new(kind, message).with_code(code);
+        let e = Error::new(kind, message).with_code(code);
+        return if code == "3D000" {
+            e.with_hint(MISSING_DATABASE_HINT)
+        } else {
+            e
+        };
     }
     if e.is_closed() || source_io_kind(&e).is_some() {
         return Error::new(ErrorKind::Connect, "the connection to PostgreSQL was lost")
