@@ -599,3 +599,40 @@ fn the_env_folder_is_named_by_its_full_path() {
         text(&o)
     );
 }
+
+#[test]
+fn help_lists_variables_examples_and_exit_codes() {
+    let dir = TempDir::new("cli-help");
+    let o = cli(&dir, "sqlite::memory:", &["--help"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for part in [
+        "Environment variables",
+        "_CONNECTION_STRING",
+        "DATABASE_URL",
+        "DBMANAGER_ENV_DIR",
+        "Examples:",
+        "migrate --dry-run",
+        "Exit codes:",
+        "2  a usage error",
+    ] {
+        assert!(out.contains(part), "no {part:?} in:\n{}", text(&o));
+    }
+}
+
+#[test]
+fn version_names_the_compiled_backends() {
+    let dir = TempDir::new("cli-version");
+    let o = cli(&dir, "sqlite::memory:", &["--version"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The tests build with --all-features.
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!(
+            "dbmanager {} (postgres, mysql, sqlite, mssql)",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "{}",
+        text(&o)
+    );
+}

@@ -23,8 +23,9 @@ use dbmanager::{DatabaseConfig, DatabaseManager, MigrationState};
 #[derive(Parser, Debug)]
 #[command(
     name = "dbmanager",
-    version,
-    about = "Migrations and checks for dbmanager databases"
+    version = version(),
+    about = "Migrations and checks for dbmanager databases",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// The logical database name (as in DatabaseManager::new); default
@@ -50,6 +51,51 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The version and the backends this build was compiled with (cargo
+/// features): `0.1.0 (postgres, mysql, sqlite, mssql)`.
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let backends: Vec<&str> = [
+            ("postgres", cfg!(feature = "postgres")),
+            ("mysql", cfg!(feature = "mysql")),
+            ("sqlite", cfg!(feature = "sqlite")),
+            ("mssql", cfg!(feature = "mssql")),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        let backends = if backends.is_empty() {
+            "no backends".to_owned()
+        } else {
+            backends.join(", ")
+        };
+        format!("{} ({backends})", env!("CARGO_PKG_VERSION"))
+    })
+}
+
+const AFTER_HELP: &str = "\
+Environment variables (ENV is the environment name, NAME the database's, both upper-cased):
+  ENVIRONMENT                            the environment name (default development; --env sets it)
+  {ENV}_GLOBAL_{NAME}_CONNECTION_STRING  the database's connection string (--url overrides it)
+  {ENV}_GLOBAL_{NAME}_MIGRATIONS_DIR     its migrations folder (--migrations-dir overrides it)
+  {ENV}_GLOBAL_{NAME}_…                  its other settings (pool, timeouts, …; see the README)
+  DBMANAGER_ENV_DIR                      where the .env.{env} files are (default envs/)
+  DBMANAGER_DATABASE                     the database name when --database is not given
+  DATABASE_URL                           the connection string when no name is given
+
+Examples:
+  dbmanager -d rpa_db migrate --dry-run          show the pending migrations' SQL
+  dbmanager -d rpa_db migrate                    apply them
+  dbmanager -d rpa_db -e staging info --json     the staging database's history, as JSON
+  dbmanager -d rpa_db new add customer email     write the next V file
+  dbmanager --url sqlite:app.db health           check a database given by URL
+
+Exit codes:
+  0  success
+  1  an error, or problems found (failed migrations, validation, an unhealthy database)
+  2  a usage error (unknown flag, no database given)";
 
 #[derive(Subcommand, Debug)]
 enum Command {
