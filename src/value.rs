@@ -408,7 +408,10 @@ impl Row {
     ///
     /// [`ErrorKind::Parameter`](crate::ErrorKind::Parameter) when there is no
     /// such column; [`ErrorKind::Conversion`](crate::ErrorKind::Conversion)
-    /// when the value cannot be read as `T`.
+    /// when the value cannot be read as `T`. Reads are as strict one way as
+    /// the other: an integer, float or bool column is not read as a
+    /// `String` (as a text column is not read as an `i64`); a decimal, date,
+    /// time, UUID or JSON value reads as its text.
     pub fn get<T: FromValue>(&self, index: impl ColumnIndex) -> Result<T> {
         let i = index.position(&self.columns)?;
         T::from_value(&self.values[i]).map_err(|e| {
