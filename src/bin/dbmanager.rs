@@ -716,7 +716,8 @@ fn with_name_suggestion(e: dbmanager::Error, name: &str) -> Box<dyn std::error::
     let closest = configured
         .iter()
         .map(|c| {
-            let d = edit_distance(&squash(&wanted), &squash(c)).min(edit_distance(&wanted, c));
+            let d = strsim::levenshtein(&squash(&wanted), &squash(c))
+                .min(strsim::levenshtein(&wanted, c));
             (d, c)
         })
         .min()
@@ -728,24 +729,6 @@ fn with_name_suggestion(e: dbmanager::Error, name: &str) -> Box<dyn std::error::
         }
         None => e.into(),
     }
-}
-
-/// Levenshtein distance, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 /// The folder `new` writes to, without connecting: `--migrations-dir`, else

@@ -397,7 +397,7 @@ pub(crate) fn unknown_settings(stem: &str, names: impl Iterator<Item = String>) 
             let rest = &var[stem.len()..];
             let closest = suffixes
                 .iter()
-                .map(|s| (edit_distance(rest, s), *s))
+                .map(|s| (strsim::levenshtein(rest, s), *s))
                 .min()
                 .filter(|(d, s)| *d <= 2.max(s.len() / 3));
             match closest {
@@ -410,24 +410,6 @@ pub(crate) fn unknown_settings(stem: &str, names: impl Iterator<Item = String>) 
             }
         })
         .collect()
-}
-
-/// Levenshtein distance between two ASCII-ish strings, by characters.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 fn parse_u32(var: &str, v: &str) -> std::result::Result<u32, String> {
@@ -472,9 +454,6 @@ mod tests {
 
     #[test]
     fn unknown_variables_under_the_prefix_are_named_with_the_closest_setting() {
-        assert_eq!(edit_distance("POOLSIZE", "POOL_SIZE"), 1);
-        assert_eq!(edit_distance("", "ab"), 2);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
         let names = [
             "DEVELOPMENT_GLOBAL_RPA_DB_POOLSIZE",
             "DEVELOPMENT_GLOBAL_RPA_DB_POOL_SIZE",
