@@ -191,7 +191,7 @@ fn real_password_never_appears(b: Backend) -> dbmanager::Result<()> {
     let db = common::manager_with(&common::unique_name("secret"), &real, |b| {
         b.pool_size(1)
             .max_overflow(0)
-            .acquire_timeout(Duration::from_millis(300))
+            .acquire_timeout(Duration::from_secs(10))
     })?;
     seen.manager(&db);
 
@@ -228,7 +228,9 @@ fn real_password_never_appears(b: Backend) -> dbmanager::Result<()> {
     {
         let mut held = db.connection()?;
         seen.text(format!("{held:?}"));
-        let e = db.connection().expect_err("the pool of one is exhausted");
+        let e = db
+            .connection_timeout(Duration::from_millis(300))
+            .expect_err("the pool of one is exhausted");
         assert!(e.is_pool_exhausted(), "{e}");
         seen.error("pool timeout", &e);
         seen.manager(&db);
@@ -328,7 +330,7 @@ fn held_statement_literals_never_appear(b: Backend) -> dbmanager::Result<()> {
     let db = place.manager_with("held_secret", |c| {
         c.pool_size(1)
             .max_overflow(0)
-            .acquire_timeout(Duration::from_millis(300))
+            .acquire_timeout(Duration::from_secs(10))
             .leak_threshold(Some(Duration::from_millis(200)))
     })?;
     let mut seen = Seen::default();
@@ -343,7 +345,9 @@ fn held_statement_literals_never_appear(b: Backend) -> dbmanager::Result<()> {
     seen.text(format!("{held:?}"));
 
     // Another caller times out waiting: the error lists the holder.
-    let e = db.connection().expect_err("the pool of one is held");
+    let e = db
+        .connection_timeout(Duration::from_millis(300))
+        .expect_err("the pool of one is held");
     assert!(e.is_pool_exhausted(), "{e}");
     seen.error("pool timeout", &e);
     let holders = e.pool_holders();

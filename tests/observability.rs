@@ -288,7 +288,7 @@ fn promtool_accepts_the_full_exposition() -> Result<()> {
         let db = manager_with(&name, place.url(), |c| {
             c.pool_size(1)
                 .max_overflow(0)
-                .acquire_timeout(Duration::from_millis(200))
+                .acquire_timeout(Duration::from_secs(10))
                 .slow_query_threshold(Some(Duration::from_millis(20)))
         })?;
         let kind = db.backend();
@@ -321,7 +321,9 @@ fn promtool_accepts_the_full_exposition() -> Result<()> {
         });
         {
             let _held = db.connection()?;
-            let err = db.connection().expect_err("the pool of one is held");
+            let err = db
+                .connection_timeout(Duration::from_millis(200))
+                .expect_err("the pool of one is held");
             assert_eq!(err.kind(), ErrorKind::PoolTimeout, "{err}");
         }
         db.execute_batch(&format!("DROP TABLE {table}"))?;

@@ -300,7 +300,7 @@ fn pool_timeout_lists_who_holds_the_pool(b: Backend) -> Result<()> {
             .url(url)
             .pool_size(2)
             .max_overflow(0)
-            .acquire_timeout(Duration::from_millis(300))
+            .acquire_timeout(Duration::from_secs(10))
             .build()?,
     )?;
     let mut a = db.connection()?;
@@ -322,7 +322,9 @@ fn pool_timeout_lists_who_holds_the_pool(b: Backend) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let started = Instant::now();
-    let err = db.connection().expect_err("the pool is exhausted");
+    let err = db
+        .connection_timeout(Duration::from_millis(300))
+        .expect_err("the pool is exhausted");
     assert!(err.is_pool_exhausted(), "{err}");
     assert!(started.elapsed() < PROMPT);
     let holders = err.pool_holders();
