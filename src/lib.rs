@@ -80,7 +80,7 @@ pub use rust_decimal;
 pub use serde_json;
 pub use uuid;
 
-pub use crate::config::{DatabaseConfig, DatabaseConfigBuilder};
+pub use crate::config::{variable_stem, DatabaseConfig, DatabaseConfigBuilder};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
 pub use crate::resilience::RetryPolicy;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::config::{env_stem, DatabaseConfig};
+use crate::config::{variable_stem, DatabaseConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{DbMetrics, PoolSource};
 use crate::migrate::{MigrationSource, Migrator};
@@ -83,7 +83,7 @@ impl DatabaseManager {
     /// the backend was compiled out; with `{PREFIX}{NAME}_AUTO_MIGRATE=true`,
     /// any error of [`run_migrations`](Self::run_migrations).
     pub fn new(name: &str) -> Result<DatabaseManager> {
-        let key = env_stem(name.trim());
+        let key = variable_stem(name.trim());
         let slot = Arc::clone(registry().lock().entry(key).or_default());
         let mut held = slot.lock();
         if let Some(existing) = &*held {
@@ -516,7 +516,7 @@ impl DatabaseManager {
     /// Idempotent: returns `true` the first time.
     pub fn close(&self) -> bool {
         let closed = self.shared.close();
-        let slot = registry().lock().get(&env_stem(self.name())).cloned();
+        let slot = registry().lock().get(&variable_stem(self.name())).cloned();
         // A slot busy making a manager is not waited for (that may be this
         // thread, closing from inside a migration): `new` replaces a closed
         // manager anyway; this only lets go of it sooner.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use dbmanager::migrate::MigrationReport;
 use dbmanager::migrate::{MigrateOptions, MigrationKind, Target, Version};
-use dbmanager::{DatabaseConfig, DatabaseManager, MigrationState};
+use dbmanager::{variable_stem, DatabaseConfig, DatabaseManager, MigrationState};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -247,7 +247,7 @@ fn connect_settings(cli: &mut Cli) -> Result<(), String> {
                 "no database given: pass --database NAME (configured through \
                  {}_GLOBAL_NAME_CONNECTION_STRING), or --url URL, or set \
                  DBMANAGER_DATABASE or DATABASE_URL",
-                stem(&environment)
+                variable_stem(&environment)
             ));
         }
         cli.database = Some(URL_ONLY_NAME.to_owned());
@@ -255,7 +255,11 @@ fn connect_settings(cli: &mut Cli) -> Result<(), String> {
     }
     let name = cli.database.as_deref().unwrap_or(URL_ONLY_NAME);
     let environment = env_var("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
-    let prefix = format!("{}_GLOBAL_{}_", stem(&environment), stem(name));
+    let prefix = format!(
+        "{}_GLOBAL_{}_",
+        variable_stem(&environment),
+        variable_stem(name)
+    );
     if let Some(url) = &cli.url {
         std::env::set_var(format!("{prefix}CONNECTION_STRING"), url);
     }
@@ -266,19 +270,6 @@ fn connect_settings(cli: &mut Cli) -> Result<(), String> {
         std::env::set_var(format!("{prefix}MIGRATIONS_DIR"), "migrations");
     }
     Ok(())
-}
-
-/// A name as the library upper-cases it into variable names.
-fn stem(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn database(cli: &Cli) -> BoxResult<&str> {
@@ -690,7 +681,7 @@ fn with_name_suggestion(e: dbmanager::Error, name: &str) -> Box<dyn std::error::
         return e.into();
     }
     let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".to_owned());
-    let prefix = format!("{}_GLOBAL_", stem(&environment));
+    let prefix = format!("{}_GLOBAL_", variable_stem(&environment));
     const SUFFIX: &str = "_CONNECTION_STRING";
     let mut vars: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
@@ -708,7 +699,7 @@ fn with_name_suggestion(e: dbmanager::Error, name: &str) -> Box<dyn std::error::
         .collect();
     configured.sort();
     configured.dedup();
-    let wanted = stem(name);
+    let wanted = variable_stem(name);
     if configured.contains(&wanted) {
         return e.into(); // configured, but something else is wrong
     }
@@ -746,8 +737,8 @@ fn new_migrations_dir(cli: &Cli, name: &str) -> PathBuf {
     let environment = std::env::var("ENVIRONMENT").unwrap_or_else(|_| "development".to_owned());
     let var = format!(
         "{}_GLOBAL_{}_CONNECTION_STRING",
-        stem(&environment),
-        stem(name)
+        variable_stem(&environment),
+        variable_stem(name)
     );
     std::env::set_var(&var, "sqlite::memory:");
     let dir = DatabaseConfig::from_env(name)

@@ -9,9 +9,16 @@ use super::{DatabaseConfig, DatabaseConfigBuilder};
 use crate::error::{Error, Result};
 use crate::status::BackendKind;
 
-/// Upper-cases a database name into its variable stem: `rpa_db` → `RPA_DB`,
-/// `SurveyHub` → `SURVEYHUB`, `my-db.main` → `MY_DB_MAIN`.
-pub(crate) fn env_stem(name: &str) -> String {
+/// Upper-cases a database or environment name into the stem of its
+/// variable names, as [`DatabaseConfig::from_env`] reads them: `rpa_db` →
+/// `RPA_DB`, `SurveyHub` → `SURVEYHUB`, `my-db.main` → `MY_DB_MAIN`. So
+/// `rpa_db` in the `development` environment reads
+/// `DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING`.
+///
+/// ```
+/// assert_eq!(dbmanager::variable_stem("my-db.main"), "MY_DB_MAIN");
+/// ```
+pub fn variable_stem(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -25,7 +32,7 @@ pub(crate) fn env_stem(name: &str) -> String {
 
 /// The variable prefix for an environment: `development` → `DEVELOPMENT_GLOBAL_`.
 pub(crate) fn env_prefix(environment: &str) -> String {
-    format!("{}_GLOBAL_", env_stem(environment))
+    format!("{}_GLOBAL_", variable_stem(environment))
 }
 
 /// The default pool size: twice the CPU count plus one, between 2 and 32.
@@ -71,7 +78,7 @@ impl DatabaseConfig {
         let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
         let file = EnvFile::read(&dir.join(format!(".env.{}", environment.to_lowercase())))?;
         if !name.trim().is_empty() {
-            let stem = format!("{}{}_", env_prefix(&environment), env_stem(name));
+            let stem = format!("{}{}_", env_prefix(&environment), variable_stem(name));
             let names = std::env::vars_os()
                 .filter_map(|(k, _)| k.into_string().ok())
                 .chain(file.names());
@@ -335,7 +342,7 @@ fn from_sources(
     }
     let environment = lookup("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
     let prefix = env_prefix(&environment);
-    let stem = format!("{prefix}{}_", env_stem(name));
+    let stem = format!("{prefix}{}_", variable_stem(name));
     let get = |key: String| {
         lookup(&key)
             .filter(|v| !v.trim().is_empty())
@@ -478,9 +485,9 @@ mod tests {
 
     #[test]
     fn names_become_variable_stems() {
-        assert_eq!(env_stem("rpa_db"), "RPA_DB");
-        assert_eq!(env_stem("SurveyHub"), "SURVEYHUB");
-        assert_eq!(env_stem("my-db.main"), "MY_DB_MAIN");
+        assert_eq!(variable_stem("rpa_db"), "RPA_DB");
+        assert_eq!(variable_stem("SurveyHub"), "SURVEYHUB");
+        assert_eq!(variable_stem("my-db.main"), "MY_DB_MAIN");
         assert_eq!(env_prefix("development"), "DEVELOPMENT_GLOBAL_");
     }
     #[test]

@@ -22,7 +22,7 @@ mod url;
 use self::url::redact_url;
 pub use builder::DatabaseConfigBuilder;
 pub(crate) use builder::{MAX_DURATION, MAX_QUERY_TIMEOUT};
-pub(crate) use env::env_stem;
+pub use env::variable_stem;
 
 /// Settings of one database. Plain data; build it with
 /// [`DatabaseConfig::builder`], or read it with [`DatabaseConfig::from_env`].
