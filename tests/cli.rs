@@ -636,3 +636,59 @@ fn version_names_the_compiled_backends() {
         text(&o)
     );
 }
+
+/// The library's warnings reach the person at the terminal: a misspelt
+/// setting is named on stderr with the right spelling (its value is not
+/// printed), and `DBMANAGER_LOG=off` silences it.
+#[test]
+fn warnings_about_settings_reach_stderr() {
+    let dir = TempDir::new("cli-warn");
+    let url = dir.sqlite_url("shop.db");
+    let o = command(&dir, &url)
+        .env("DEVELOPMENT_GLOBAL_SHOP_POOLSIZE", "3")
+        .args(["--database", "shop", "info"])
+        .output()
+        .expect("run the CLI");
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("DEVELOPMENT_GLOBAL_SHOP_POOLSIZE")
+            && err.contains("DEVELOPMENT_GLOBAL_SHOP_POOL_SIZE"),
+        "{}",
+        text(&o)
+    );
+    let o = command(&dir, &url)
+        .env("DEVELOPMENT_GLOBAL_SHOP_POOLSIZE", "3")
+        .env("DBMANAGER_LOG", "off")
+        .args(["--database", "shop", "info"])
+        .output()
+        .expect("run the CLI");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("POOLSIZE"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// `completions` prints a script for the shell without any database.
+#[test]
+fn completions_need_no_database() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef dbmanager")] {
+        let o = Command::new(env!("CARGO_BIN_EXE_dbmanager"))
+            .env_remove("DATABASE_URL")
+            .env_remove("DBMANAGER_DATABASE")
+            .args(["completions", shell])
+            .output()
+            .expect("run the CLI");
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(marker), "{shell}: {}", text(&o));
+        assert!(out.contains("migrate"), "{shell}: {}", text(&o));
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_dbmanager"))
+        .args(["completions", "no-such-shell"])
+        .output()
+        .expect("run the CLI");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

@@ -1048,3 +1048,21 @@ fn a_missing_database_says_to_create_it() {
         assert!(text.contains("CREATE DATABASE"), "{var}: {text}");
     }
 }
+
+/// The ordinary MySQL user, who gets 1044 (access denied to the database)
+/// for a database that does not exist, is told both possible causes.
+#[test]
+fn a_database_the_user_may_not_use_says_what_to_check() {
+    let mut url =
+        url::Url::parse(&common::required_env("DBMANAGER_TEST_MYSQL_URL")).expect("a URL");
+    url.set_path("/dbmanager_no_such_database");
+    let e = common::manager_with("denied", url.as_str(), |b| {
+        b.connect_timeout(std::time::Duration::from_secs(5))
+    })
+    .and_then(|db| db.execute_query("SELECT 1", ()))
+    .expect_err("no such database for this user");
+    assert_eq!(e.db_code(), Some("1044"), "{e:?}");
+    let text = format!("{e:?}");
+    assert!(text.contains("GRANT"), "{text}");
+    assert!(text.contains("create the database"), "{text}");
+}

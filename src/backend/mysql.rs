@@ -621,14 +621,20 @@ fn classify(e: mysql::Error) -> Error {
                 _ => ErrorKind::Database,
             };
             let e = Error::new(kind, server.message.clone()).with_code(server.code.to_string());
-            if server.code == 1049 {
-                e.with_hint(
+            match server.code {
+                1049 => e.with_hint(
                     "the server has no database of that name: create it (`CREATE DATABASE \
                      name;` as a user allowed to) or fix the database name at the end of the \
                      connection string",
-                )
-            } else {
-                e
+                ),
+                // What an ordinary user gets for a database that does not
+                // exist as well as for one it may not use.
+                1044 => e.with_hint(
+                    "the user may not use that database, or it does not exist: check the \
+                     database name at the end of the connection string, create the database, \
+                     or have an administrator `GRANT ALL ON name.* TO` this user",
+                ),
+                _ => e,
             }
         }
         mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {

@@ -84,6 +84,7 @@ Environment variables (ENV is the environment name, NAME the database's, both up
   DBMANAGER_ENV_DIR                      where the .env.{env} files are (default envs/)
   DBMANAGER_DATABASE                     the database name when --database is not given
   DATABASE_URL                           the connection string when no name is given
+  DBMANAGER_LOG                          off, warn (default), info or debug: the library's messages on stderr
 
 Examples:
   dbmanager -d rpa_db migrate --dry-run          show the pending migrations' SQL
@@ -91,6 +92,7 @@ Examples:
   dbmanager -d rpa_db -e staging info --json     the staging database's history, as JSON
   dbmanager -d rpa_db new add customer email     write the next V file
   dbmanager --url sqlite:app.db health           check a database given by URL
+  dbmanager completions bash > ~/.local/share/bash-completion/completions/dbmanager
 
 Exit codes:
   0  success
@@ -141,6 +143,12 @@ enum Command {
     Health,
     /// Show the connection pool.
     Pool,
+    /// Print a shell completion script (needs no connection):
+    /// `dbmanager completions bash > /etc/bash_completion.d/dbmanager`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `println!` that ends the program quietly when stdout is gone (`dbmanager
@@ -169,6 +177,13 @@ const URL_ONLY_NAME: &str = "default";
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "dbmanager", &mut out);
+        outln!("{}", String::from_utf8_lossy(&out).trim_end());
+        return ExitCode::SUCCESS;
+    }
+    show_warnings();
     if let Some(env) = &cli.env {
         // Before any thread exists: the library reads ENVIRONMENT.
         std::env::set_var("ENVIRONMENT", env);
@@ -196,6 +211,25 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Shows the library's warnings (an unknown `{PREFIX}{NAME}_*` variable, a
+/// file in the migrations folder that is skipped, …) on stderr, where a
+/// person at the terminal sees them; `RUST_LOG`-style filtering is not
+/// needed for one level. `DBMANAGER_LOG=off` silences them.
+fn show_warnings() {
+    let level = match std::env::var("DBMANAGER_LOG").ok().as_deref() {
+        Some("off") => return,
+        Some("info") => tracing::Level::INFO,
+        Some("debug") => tracing::Level::DEBUG,
+        _ => tracing::Level::WARN,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .without_time()
+        .with_target(false)
+        .try_init();
 }
 
 /// The library's messages name its Rust API where a setting is changed;
@@ -525,7 +559,7 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                 print_table(&rows);
             }
         }
-        Command::New { .. } => unreachable!("handled above"),
+        Command::New { .. } | Command::Completions { .. } => unreachable!("handled above"),
     }
     Ok(true)
 }
