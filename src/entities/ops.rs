@@ -75,10 +75,21 @@ impl Sql {
         quote_identifier(column, self.d)
     }
 
+    /// The columns of an entity, named one by one: a `SELECT *` prepared
+    /// (and cached) before a column was added would not show it, or
+    /// fail on PostgreSQL ("cached plan must not change result type").
+    fn columns(&self, schema: &Schema) -> String {
+        let mut cols = vec![self.q("id")];
+        cols.extend(schema.fields.iter().map(|(f, _)| self.q(f)));
+        cols.extend(SYSTEM_FIELDS[1..].iter().map(|c| self.q(c)));
+        cols.join(", ")
+    }
+
     /// The entity `id`'s row.
-    fn select_row(&self, include_deleted: bool) -> String {
+    fn select_row(&self, schema: &Schema, include_deleted: bool) -> String {
         format!(
-            "SELECT * FROM {} WHERE {} = ?{}",
+            "SELECT {} FROM {} WHERE {} = ?{}",
+            self.columns(schema),
             self.t.main,
             self.q("id"),
             self.live(include_deleted, " AND ")
@@ -395,7 +406,7 @@ fn save_one(
             .replace_in_message("there is no such entity", "another writer saved it first"));
     }
     let row = tx
-        .query(&sql.select_row(true), vec![text(&id)])?
+        .query(&sql.select_row(schema, true), vec![text(&id)])?
         .into_iter()
         .next()
         .ok_or_else(|| Error::new(ErrorKind::Other, format!("entity `{name}` `{id}` was saved but cannot be read back")))?;
@@ -461,7 +472,7 @@ pub(crate) fn get(r: &mut dyn Runner, o: Options, name: &str, id: &str) -> Resul
         name,
         || None,
         |tx, sql, schema| {
-            let rows = tx.query(&sql.select_row(o.include_deleted), vec![text(id)])?;
+            let rows = tx.query(&sql.select_row(schema, o.include_deleted), vec![text(id)])?;
             Ok(rows.into_iter().next().map(|row| row_to_json(schema, row)))
         },
     )
@@ -671,7 +682,8 @@ pub(crate) fn find(r: &mut dyn Runner, o: Options, name: &str, find: &Find) -> R
         }
         order.push(format!("{} ASC", sql.q("id")));
         let query = format!(
-            "SELECT * FROM {}{clause} ORDER BY {}{}",
+            "SELECT {} FROM {}{clause} ORDER BY {}{}",
+            sql.columns(schema),
             sql.t.main,
             order.join(", "),
             sql.page(find.limit, find.offset)
@@ -765,7 +777,7 @@ fn mark(
         return Ok(false);
     }
     let Some(row) = tx
-        .query(&sql.select_row(true), vec![text(id)])?
+        .query(&sql.select_row(schema, true), vec![text(id)])?
         .into_iter()
         .next()
     else {
