@@ -663,7 +663,15 @@ fn sql_server_peer_refuses_the_first_save(b: Backend) -> Result<()> {
         .unwrap_err();
     assert_ne!(err.kind(), ErrorKind::Other, "{err:?}");
     assert_eq!(err.database(), Some(db.name()), "{err}");
-    eprintln!("first save on the SQL Server peer: {err}");
+    // The peer's own words: "CREATE is not supported: this server reads
+    // its sources and never writes to them".
+    let text = err.to_string();
+    assert!(text.contains("CREATE is not supported"), "{text}");
+    eprintln!("first save on the SQL Server peer: {text}");
+    // Reading a kind never saved asks the catalog (sys.columns), finds
+    // nothing, and says so without an error.
+    assert_eq!(get(&db, &kind, "x")?, None);
+    assert_eq!(db.entities().count_entities(&kind, &Find::new())?, 0);
     Ok(())
 }
 each_backend!(sql_server_peer_refuses_the_first_save, [MsSql]);

@@ -340,9 +340,9 @@ fn create_statements(dialect: Dialect, tables: &Tables) -> [(String, String); 3]
     };
     let create = |raw: &str, quoted: &str, body: String| {
         let sql = match dialect {
-            MsSql => format!(
-                "IF OBJECT_ID(N'{raw}', N'U') IS NULL CREATE TABLE {quoted} ({body})"
-            ),
+            // No IF NOT EXISTS: a table made meanwhile by another writer
+            // makes this fail, and `idempotent` then finds it and goes on.
+            MsSql => format!("CREATE TABLE {quoted} ({body})"),
             _ => format!("CREATE TABLE IF NOT EXISTS {quoted} ({body}){suffix}"),
         };
         (raw.to_owned(), sql)
