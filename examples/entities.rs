@@ -31,7 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) if e.kind() == ErrorKind::Config => {
             let path = std::env::temp_dir().join("dbmanager-entities-demo.db");
             let _ = std::fs::remove_file(&path);
-            println!("not configured; using the embedded default: SQLite at {}", path.display());
+            println!(
+                "not configured; using the embedded default: SQLite at {}",
+                path.display()
+            );
             DatabaseManager::from_config(
                 DatabaseConfig::builder("entities_demo")
                     .url(format!("sqlite:{}", path.display()))
@@ -54,7 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("first import"),
     )?;
     let uid = saved[0]["id"].as_str().unwrap_or_default().to_owned();
-    println!("saved: {}", dbmanager::serde_json::to_string_pretty(&saved)?);
+    println!(
+        "saved: {}",
+        dbmanager::serde_json::to_string_pretty(&saved)?
+    );
 
     // A partial save updates the fields it names; a new field adds a column.
     users.save_entity(
@@ -102,22 +108,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fields.insert("age".into(), json!(30));
     }
     let restored = users.save_entity("users", &stale, Some("admin"), Some("back to version 1"))?;
-    println!("restored as version {}: {}", restored["version"], restored["name"]);
+    println!(
+        "restored as version {}: {}",
+        restored["version"], restored["name"]
+    );
 
     // Soft delete hides; restore brings back.
     users.delete_entity("users", &uid, Some("admin"), Deletion::Soft)?;
     println!(
         "after delete: {} visible, {} in all",
         users.count_entities("users", &Find::new())?,
-        users.clone().include_deleted().count_entities("users", &Find::new())?
+        users
+            .clone()
+            .include_deleted()
+            .count_entities("users", &Find::new())?
     );
     users.restore_entity("users", &uid, Some("admin"))?;
 
     // Inside a transaction of yours: all or nothing with your statements.
     db.transaction(|tx| {
-        let order = tx
-            .entities()
-            .save_entity("orders", &json!({"user": uid, "total": 12.5}), None, None)?;
+        let order = tx.entities().save_entity(
+            "orders",
+            &json!({"user": uid, "total": 12.5}),
+            None,
+            None,
+        )?;
         tx.execute(
             "UPDATE orders SET total = total * 2 WHERE id = ?",
             (order["id"].as_str(),),

@@ -11,13 +11,15 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::config::{variable_stem, DatabaseConfig};
+use crate::entities::Entities;
 use crate::error::{Error, Result};
 use crate::metrics::{DbMetrics, PoolSource};
 use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
-use crate::entities::Entities;
-use crate::session::{retried_transaction, statement_methods, PooledConnection, Transaction, TxConn};
+use crate::session::{
+    retried_transaction, statement_methods, PooledConnection, Transaction, TxConn,
+};
 use crate::status::{
     BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
     PoolStatus, QueryPlan, StatementStats,

@@ -10,9 +10,7 @@ use std::sync::{Arc, Barrier};
 
 use common::{unique_name, Backend};
 use dbmanager::serde_json::{json, Value};
-use dbmanager::{
-    DatabaseManager, Deletion, Error, ErrorKind, Find, HistoryEntry, Order, Result,
-};
+use dbmanager::{DatabaseManager, Deletion, Error, ErrorKind, Find, HistoryEntry, Order, Result};
 use serde::{Deserialize, Serialize};
 
 fn kind_name(prefix: &str) -> String {
@@ -24,7 +22,10 @@ fn get(db: &DatabaseManager, kind: &str, id: &str) -> Result<Option<Value>> {
 }
 
 fn id_of(entity: &Value) -> String {
-    entity["id"].as_str().expect("a saved entity has a text id").to_owned()
+    entity["id"]
+        .as_str()
+        .expect("a saved entity has a text id")
+        .to_owned()
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -58,7 +59,9 @@ fn create_update_and_history(b: Backend) -> Result<()> {
     assert_eq!(first["created_by"], "admin");
     assert_eq!(first["updated_by"], "admin");
     assert_eq!(first["deleted_at"], Value::Null);
-    assert!(first["created_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(first["created_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
 
     let second = e.save_entity(
         &kind,
@@ -68,7 +71,10 @@ fn create_update_and_history(b: Backend) -> Result<()> {
     )?;
     assert_eq!(second["version"], 2);
     assert_eq!(second["name"], "Ada Lovelace");
-    assert_eq!(second["age"], 36, "a partial save keeps the fields it does not name");
+    assert_eq!(
+        second["age"], 36,
+        "a partial save keeps the fields it does not name"
+    );
     assert_eq!(second["status"], "premium");
     assert_eq!(second["created_by"], "admin");
     assert_eq!(second["updated_by"], "editor");
@@ -116,15 +122,26 @@ fn create_update_and_history(b: Backend) -> Result<()> {
     let many = e.save_entities(
         &typed_kind,
         &[
-            User { id: Some("u-1".into()), name: "Linus".into(), age: 54, version: None },
-            User { id: Some("u-2".into()), name: "Ken".into(), age: 81, version: None },
+            User {
+                id: Some("u-1".into()),
+                name: "Linus".into(),
+                age: 54,
+                version: None,
+            },
+            User {
+                id: Some("u-2".into()),
+                name: "Ken".into(),
+                age: 81,
+                version: None,
+            },
         ],
         Some("import"),
         None,
     )?;
     assert_eq!(many.len(), 2);
     assert_eq!(many[1]["id"], "u-2");
-    let users: Vec<User> = e.find_entities(&typed_kind, &Find::new().order_by("age", Order::Asc))?;
+    let users: Vec<User> =
+        e.find_entities(&typed_kind, &Find::new().order_by("age", Order::Asc))?;
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["Linus", "Ken", "Grace"]);
 
@@ -134,7 +151,9 @@ fn create_update_and_history(b: Backend) -> Result<()> {
     assert_eq!(e.count_entities(&never, &Find::new())?, 0);
     assert!(e.find_entities::<Value>(&never, &Find::new())?.is_empty());
     assert!(!e.delete_entity(&never, "x", None, Deletion::Soft)?);
-    assert!(db.execute_query(&format!("SELECT * FROM {never}"), ()).is_err());
+    assert!(db
+        .execute_query(&format!("SELECT * FROM {never}"), ())
+        .is_err());
     Ok(())
 }
 each_backend!(create_update_and_history);
@@ -150,7 +169,10 @@ fn soft_delete_restore_and_permanent_delete(b: Backend) -> Result<()> {
     let bb = id_of(&e.save_entity(&kind, &json!({"title": "b"}), None, None)?);
 
     assert!(e.delete_entity(&kind, &a, Some("cleaner"), Deletion::Soft)?);
-    assert!(!e.delete_entity(&kind, &a, None, Deletion::default())?, "already deleted");
+    assert!(
+        !e.delete_entity(&kind, &a, None, Deletion::default())?,
+        "already deleted"
+    );
     assert_eq!(get(&db, &kind, &a)?, None);
     assert_eq!(e.count_entities(&kind, &Find::new())?, 1);
     let titles: Vec<Value> = e.find_entities(&kind, &Find::new())?;
@@ -219,25 +241,46 @@ fn find_with_every_condition(b: Backend) -> Result<()> {
     assert_eq!(ids(Find::new().le("age", 36))?, ["p1", "p4"]);
     assert_eq!(ids(Find::new().gt("age", 54))?, ["p2"]);
     assert_eq!(ids(Find::new().ge("age", 54))?, ["p2", "p3"]);
-    assert_eq!(ids(Find::new().gt("score", 8))?, ["p1"], "an integer compared with a float field");
+    assert_eq!(
+        ids(Find::new().gt("score", 8))?,
+        ["p1"],
+        "an integer compared with a float field"
+    );
     assert_eq!(ids(Find::new().eq("active", true))?, ["p1", "p3"]);
-    assert_eq!(ids(Find::new().is_in("city", ["Paris", "London"]))?, ["p1", "p4"]);
-    assert_eq!(ids(Find::new().is_in("age", Vec::<i64>::new()))?, Vec::<String>::new());
+    assert_eq!(
+        ids(Find::new().is_in("city", ["Paris", "London"]))?,
+        ["p1", "p4"]
+    );
+    assert_eq!(
+        ids(Find::new().is_in("age", Vec::<i64>::new()))?,
+        Vec::<String>::new()
+    );
     assert_eq!(ids(Find::new().like("name", "%ra%"))?, ["p2"]);
     assert_eq!(ids(Find::new().like("name", "_da"))?, ["p1"]);
     assert_eq!(ids(Find::new().contains("name", "50%"))?, ["p4"]);
-    assert_eq!(ids(Find::new().contains("name", "f_s"))?, ["p4"], "`_` is literal in contains");
-    assert_eq!(ids(Find::new().contains("name", "0%x"))?, Vec::<String>::new());
+    assert_eq!(
+        ids(Find::new().contains("name", "f_s"))?,
+        ["p4"],
+        "`_` is literal in contains"
+    );
+    assert_eq!(
+        ids(Find::new().contains("name", "0%x"))?,
+        Vec::<String>::new()
+    );
     assert_eq!(ids(Find::new().is_null("city"))?, ["p3"]);
     assert_eq!(ids(Find::new().eq("city", Value::Null))?, ["p3"]);
     assert_eq!(ids(Find::new().is_not_null("city"))?, ["p1", "p2", "p4"]);
-    assert_eq!(ids(Find::new().ne("city", Value::Null))?, ["p1", "p2", "p4"]);
-    assert_eq!(ids(Find::new().eq("version", 1))?.len(), 4, "system fields too");
-    // Several conditions all hold; order, limit, offset.
     assert_eq!(
-        ids(Find::new().eq("active", false).gt("age", 10))?,
-        ["p2"]
+        ids(Find::new().ne("city", Value::Null))?,
+        ["p1", "p2", "p4"]
     );
+    assert_eq!(
+        ids(Find::new().eq("version", 1))?.len(),
+        4,
+        "system fields too"
+    );
+    // Several conditions all hold; order, limit, offset.
+    assert_eq!(ids(Find::new().eq("active", false).gt("age", 10))?, ["p2"]);
     assert_eq!(
         ids(Find::new().order_by("age", Order::Desc).limit(2))?,
         ["p2", "p3"]
@@ -247,28 +290,43 @@ fn find_with_every_condition(b: Backend) -> Result<()> {
         ["p3", "p1"]
     );
     assert_eq!(ids(Find::new().offset(3))?, ["p4"]);
-    assert_eq!(ids(Find::new().order_by("name", Order::Asc).limit(1))?, ["p4"]);
+    assert_eq!(
+        ids(Find::new().order_by("name", Order::Asc).limit(1))?,
+        ["p4"]
+    );
 
     assert_eq!(e.count_entities(&kind, &Find::new())?, 4);
     assert_eq!(e.count_entities(&kind, &Find::new().eq("active", true))?, 2);
-    assert_eq!(e.count_entities(&kind, &Find::new().ge("age", 36).limit(1))?, 3);
+    assert_eq!(
+        e.count_entities(&kind, &Find::new().ge("age", 36).limit(1))?,
+        3
+    );
 
     // Conditions are data: an unknown field, a value of the wrong type, or
     // a name that would be SQL is an error, never SQL.
-    let err = e.find_entities::<Value>(&kind, &Find::new().eq("nope", 1)).unwrap_err();
+    let err = e
+        .find_entities::<Value>(&kind, &Find::new().eq("nope", 1))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Parameter, "{err}");
     assert!(err.to_string().contains("has no field `nope`"), "{err}");
-    let err = e.find_entities::<Value>(&kind, &Find::new().eq("age", "old")).unwrap_err();
+    let err = e
+        .find_entities::<Value>(&kind, &Find::new().eq("age", "old"))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conversion, "{err}");
     let err = e
         .count_entities(&kind, &Find::new().eq("age = 1 OR 1", 1))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Parameter, "{err}");
     let err = e
-        .find_entities::<Value>(&kind, &Find::new().order_by("age; DROP TABLE x", Order::Asc))
+        .find_entities::<Value>(
+            &kind,
+            &Find::new().order_by("age; DROP TABLE x", Order::Asc),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Parameter, "{err}");
-    let err = e.count_entities(&kind, &Find::new().like("age", "1%")).unwrap_err();
+    let err = e
+        .count_entities(&kind, &Find::new().like("age", "1%"))
+        .unwrap_err();
     assert!(err.to_string().contains("text columns only"), "{err}");
     Ok(())
 }
@@ -326,7 +384,9 @@ fn a_new_field_adds_a_column(b: Backend) -> Result<()> {
     assert_eq!(err.kind(), ErrorKind::Conversion, "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("field `qty`") && text.contains("integer column") && text.contains("new field name"),
+        text.contains("field `qty`")
+            && text.contains("integer column")
+            && text.contains("new field name"),
         "{text}"
     );
     let saved = e.save_entity(&kind, &json!({"id": id, "price": 10}), None, None)?;
@@ -390,7 +450,10 @@ fn concurrent_creators_of_a_new_kind(b: Backend) -> Result<()> {
     }
     Ok(())
 }
-each_backend!(concurrent_creators_of_a_new_kind, [Postgres, MySql, SqliteFile]);
+each_backend!(
+    concurrent_creators_of_a_new_kind,
+    [Postgres, MySql, SqliteFile]
+);
 
 /// Saving with the version an entity was read at works once; the second
 /// writer with the same (now stale) version gets VersionConflict, and the
@@ -412,7 +475,9 @@ fn a_stale_version_is_refused(b: Backend) -> Result<()> {
     assert!(!err.is_retryable());
     let text = err.to_string();
     assert!(
-        text.contains("version 1") && text.contains("current version is 2") && text.contains("read it again"),
+        text.contains("version 1")
+            && text.contains("current version is 2")
+            && text.contains("read it again"),
         "{text}"
     );
     let now = get(&db, &kind, &id)?.unwrap();
@@ -422,10 +487,18 @@ fn a_stale_version_is_refused(b: Backend) -> Result<()> {
     // Reread and saved with the current version, it goes through.
     let mut retry = now.clone();
     retry["balance"] = json!(100);
-    assert_eq!(e.save_entity(&kind, &retry, Some("bob"), None)?["version"], 3);
+    assert_eq!(
+        e.save_entity(&kind, &retry, Some("bob"), None)?["version"],
+        3
+    );
     // A version for an entity that does not exist is refused too.
     let err = e
-        .save_entity(&kind, &json!({"id": "ghost", "version": 4, "balance": 1}), None, None)
+        .save_entity(
+            &kind,
+            &json!({"id": "ghost", "version": 4, "balance": 1}),
+            None,
+            None,
+        )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::VersionConflict, "{err}");
     assert_eq!(get(&db, &kind, "ghost")?, None);
@@ -517,19 +590,15 @@ fn injection_looking_names_are_refused(b: Backend) -> Result<()> {
         String::new(),
         "x__history".to_owned(),
     ] {
-        let err = e.save_entity(&name, &json!({"x": 1}), None, None).unwrap_err();
+        let err = e
+            .save_entity(&name, &json!({"x": 1}), None, None)
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Parameter, "{name}: {err}");
         assert!(err.to_string().contains("cannot be a table name"), "{err}");
         let err = e.get_entity::<Value>(&name, "1").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Parameter, "{err}");
     }
-    for field in [
-        "x\" = 1; DROP TABLE t; --",
-        "a b",
-        "1st",
-        "x'",
-        "naïve",
-    ] {
+    for field in ["x\" = 1; DROP TABLE t; --", "a b", "1st", "x'", "naïve"] {
         let mut entity = serde_json::Map::new();
         entity.insert(field.to_owned(), json!(1));
         let err = e
@@ -560,13 +629,31 @@ fn read_only_database_refuses_saves(b: Backend) -> Result<()> {
     let rw = place.manager("ents_rw")?;
     let ro = place.manager_with("ents_ro", |c| c.read_only(true))?;
     let kind = kind_name("ro");
-    let id = id_of(&rw.entities().save_entity(&kind, &json!({"a": 1}), None, None)?);
+    let id = id_of(
+        &rw.entities()
+            .save_entity(&kind, &json!({"a": 1}), None, None)?,
+    );
 
     let fresh = kind_name("ro_new");
     for (what, err) in [
-        ("a new kind", ro.entities().save_entity(&fresh, &json!({"a": 1}), None, None).unwrap_err()),
-        ("a new field", ro.entities().save_entity(&kind, &json!({"id": id, "b": 2}), None, None).unwrap_err()),
-        ("an update", ro.entities().save_entity(&kind, &json!({"id": id, "a": 2}), None, None).unwrap_err()),
+        (
+            "a new kind",
+            ro.entities()
+                .save_entity(&fresh, &json!({"a": 1}), None, None)
+                .unwrap_err(),
+        ),
+        (
+            "a new field",
+            ro.entities()
+                .save_entity(&kind, &json!({"id": id, "b": 2}), None, None)
+                .unwrap_err(),
+        ),
+        (
+            "an update",
+            ro.entities()
+                .save_entity(&kind, &json!({"id": id, "a": 2}), None, None)
+                .unwrap_err(),
+        ),
     ] {
         assert_eq!(err.kind(), ErrorKind::ReadOnly, "{what}: {err}");
     }
@@ -581,7 +668,10 @@ fn read_only_database_refuses_saves(b: Backend) -> Result<()> {
     assert_eq!(ro.entities().count_entities(&kind, &Find::new())?, 1);
     Ok(())
 }
-each_backend!(read_only_database_refuses_saves, [Postgres, MySql, SqliteFile]);
+each_backend!(
+    read_only_database_refuses_saves,
+    [Postgres, MySql, SqliteFile]
+);
 
 /// The error of a transaction closure that gives up on purpose.
 #[derive(Debug)]
@@ -604,22 +694,29 @@ fn tx_entities_roll_back_with_the_transaction(b: Backend) -> Result<()> {
     let kind = kind_name("orders");
     // A new kind inside a transaction that rolls back.
     let result: std::result::Result<(), Abort> = db.transaction(|tx| {
-        let saved = tx
-            .entities()
-            .save_entity(&kind, &json!({"id": "o1", "total": 5}), None, None)?;
+        let saved =
+            tx.entities()
+                .save_entity(&kind, &json!({"id": "o1", "total": 5}), None, None)?;
         assert_eq!(saved["version"], 1);
         let seen: Option<Value> = tx.entities().get_entity(&kind, "o1")?;
         assert!(seen.is_some(), "the transaction sees its own save");
         Err(Abort::Changed)
     });
     assert!(matches!(result, Err(Abort::Changed)), "{result:?}");
-    assert_eq!(get(&db, &kind, "o1")?, None, "rolled back with the transaction");
+    assert_eq!(
+        get(&db, &kind, "o1")?,
+        None,
+        "rolled back with the transaction"
+    );
 
     // Committed with the transaction, beside a plain statement of it.
     db.transaction(|tx| {
-        let saved = tx
-            .entities()
-            .save_entity(&kind, &json!({"id": "o2", "total": 7}), Some("web"), None)?;
+        let saved = tx.entities().save_entity(
+            &kind,
+            &json!({"id": "o2", "total": 7}),
+            Some("web"),
+            None,
+        )?;
         tx.execute(
             &format!("UPDATE {kind} SET total = total + 1 WHERE id = ?"),
             (saved["id"].as_str(),),
@@ -635,7 +732,8 @@ fn tx_entities_roll_back_with_the_transaction(b: Backend) -> Result<()> {
     let mut tx = db.begin()?;
     tx.entities()
         .save_entity(&kind, &json!({"id": "o2", "gift": true}), None, None)?;
-    tx.entities().delete_entity(&kind, "o2", None, Deletion::Soft)?;
+    tx.entities()
+        .delete_entity(&kind, "o2", None, Deletion::Soft)?;
     tx.rollback()?;
     let after = get(&db, &kind, "o2")?.expect("the delete was rolled back");
     assert_eq!(after["version"], 1);

@@ -114,7 +114,9 @@ impl Sql {
                 format!("SELECT {v} FROM {t} WHERE {id} = ? FOR UPDATE")
             }
             Dialect::Sqlite => format!("SELECT {v} FROM {t} WHERE {id} = ?"),
-            Dialect::MsSql => format!("SELECT {v} FROM {t} WITH (UPDLOCK, HOLDLOCK) WHERE {id} = ?"),
+            Dialect::MsSql => {
+                format!("SELECT {v} FROM {t} WITH (UPDLOCK, HOLDLOCK) WHERE {id} = ?")
+            }
         }
     }
 
@@ -409,7 +411,12 @@ fn save_one(
         .query(&sql.select_row(schema, true), vec![text(&id)])?
         .into_iter()
         .next()
-        .ok_or_else(|| Error::new(ErrorKind::Other, format!("entity `{name}` `{id}` was saved but cannot be read back")))?;
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                format!("entity `{name}` `{id}` was saved but cannot be read back"),
+            )
+        })?;
     let saved = row_to_json(schema, row);
     add_history(tx, sql, &id, version, "save", &at, user, comment, &saved)?;
     Ok(saved)
@@ -742,7 +749,12 @@ pub(crate) fn delete(
     )
 }
 
-pub(crate) fn restore(r: &mut dyn Runner, name: &str, id: &str, user: Option<&str>) -> Result<bool> {
+pub(crate) fn restore(
+    r: &mut dyn Runner,
+    name: &str,
+    id: &str,
+    user: Option<&str>,
+) -> Result<bool> {
     reading(
         r,
         name,
@@ -807,7 +819,9 @@ mod tests {
         );
         let my = Sql::new("users", Dialect::MySql).upsert(&cols, &ups);
         assert!(
-            my.ends_with("ON DUPLICATE KEY UPDATE `name` = VALUES(`name`), `version` = VALUES(`version`)"),
+            my.ends_with(
+                "ON DUPLICATE KEY UPDATE `name` = VALUES(`name`), `version` = VALUES(`version`)"
+            ),
             "{my}"
         );
         let ms = Sql::new("users", Dialect::MsSql).upsert(&cols, &ups);
@@ -819,7 +833,10 @@ mod tests {
     fn pages_per_dialect() {
         let page = |d| Sql::new("e", d).page(Some(10), Some(20));
         assert_eq!(page(Dialect::Postgres), " LIMIT 10 OFFSET 20");
-        assert_eq!(page(Dialect::MsSql), " OFFSET 20 ROWS FETCH NEXT 10 ROWS ONLY");
+        assert_eq!(
+            page(Dialect::MsSql),
+            " OFFSET 20 ROWS FETCH NEXT 10 ROWS ONLY"
+        );
         let only_offset = |d| Sql::new("e", d).page(None, Some(5));
         assert_eq!(only_offset(Dialect::Sqlite), " LIMIT -1 OFFSET 5");
         assert_eq!(
