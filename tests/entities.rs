@@ -13,6 +13,12 @@ use dbmanager::serde_json::{json, Value};
 use dbmanager::{DatabaseManager, Deletion, Error, ErrorKind, Find, HistoryEntry, Order, Result};
 use serde::{Deserialize, Serialize};
 
+/// A manager of its own on `b`; behind pgbouncer, told so (unnamed
+/// statements, as transaction pooling needs).
+fn open(b: Backend) -> Result<common::Db> {
+    b.open_with(|c| c.pgbouncer(b == Backend::PgBouncer))
+}
+
 fn kind_name(prefix: &str) -> String {
     unique_name(prefix)
 }
@@ -41,7 +47,7 @@ struct User {
 /// Create, update (a partial save keeps the other fields), history in
 /// order, a version read back from the history, typed reads and saves.
 fn create_update_and_history(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("users");
     let e = db.entities();
 
@@ -139,6 +145,9 @@ fn create_update_and_history(b: Backend) -> Result<()> {
         None,
     )?;
     assert_eq!(many.len(), 2);
+    let none: Vec<Value> =
+        e.save_entities(&kind_name("empty"), &Vec::<Value>::new(), None, None)?;
+    assert!(none.is_empty());
     assert_eq!(many[1]["id"], "u-2");
     let users: Vec<User> =
         e.find_entities(&typed_kind, &Find::new().order_by("age", Order::Asc))?;
@@ -156,13 +165,16 @@ fn create_update_and_history(b: Backend) -> Result<()> {
         .is_err());
     Ok(())
 }
-each_backend!(create_update_and_history);
+each_backend!(
+    create_update_and_history,
+    [Postgres, MySql, SqliteFile, SqliteMemory, PgBouncer]
+);
 
 /// A soft delete hides the entity from get, find and count (unless asked),
 /// a restore brings it back, both are versions in the history; a permanent
 /// delete removes the entity and its history.
 fn soft_delete_restore_and_permanent_delete(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("docs");
     let e = db.entities();
     let a = id_of(&e.save_entity(&kind, &json!({"title": "a"}), None, None)?);
@@ -215,7 +227,7 @@ each_backend!(soft_delete_restore_and_permanent_delete);
 
 /// Every kind of condition, order, limit and offset, and count.
 fn find_with_every_condition(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("people");
     let e = db.entities();
     e.save_entities(
@@ -335,7 +347,7 @@ each_backend!(find_with_every_condition);
 /// A new field adds a column (typed from its value, recorded in the
 /// metadata table); a value that does not fit its column is a clear error.
 fn a_new_field_adds_a_column(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("items");
     let e = db.entities();
     let id = id_of(&e.save_entity(&kind, &json!({"sku": "a-1", "qty": 3}), None, None)?);
@@ -477,7 +489,7 @@ fn concurrent_creators(b: Backend, in_tx: bool) -> Result<()> {
 /// writer with the same (now stale) version gets VersionConflict, and the
 /// first writer's change stands.
 fn a_stale_version_is_refused(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("accounts");
     let e = db.entities();
     let created = e.save_entity(&kind, &json!({"balance": 100}), None, None)?;
@@ -543,7 +555,7 @@ struct Event {
 /// nested JSON come back as they were saved.
 fn unicode_nulls_numbers_and_timestamps(b: Backend) -> Result<()> {
     use dbmanager::chrono::{NaiveDate, TimeZone, Utc};
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("events");
     let e = db.entities();
     let event = Event {
@@ -596,7 +608,7 @@ each_backend!(unicode_nulls_numbers_and_timestamps);
 /// Names that cannot be tables or columns (SQL injection among them) are
 /// refused before any statement, with an error saying what a name may be.
 fn injection_looking_names_are_refused(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let e = db.entities();
     let victim = kind_name("victim");
     e.save_entity(&victim, &json!({"x": 1}), None, None)?;
@@ -708,7 +720,7 @@ impl From<Error> for Abort {
 /// `tx.entities()` works inside the caller's transaction: it rolls back
 /// with it, commits with it, and sees the transaction's own statements.
 fn tx_entities_roll_back_with_the_transaction(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("orders");
     // A new kind inside a transaction that rolls back.
     let result: std::result::Result<(), Abort> = db.transaction(|tx| {
@@ -763,7 +775,10 @@ fn tx_entities_roll_back_with_the_transaction(b: Backend) -> Result<()> {
     assert_eq!(saved["gift"], true);
     Ok(())
 }
-each_backend!(tx_entities_roll_back_with_the_transaction);
+each_backend!(
+    tx_entities_roll_back_with_the_transaction,
+    [Postgres, MySql, SqliteFile, SqliteMemory, PgBouncer]
+);
 
 /// The SQL Server peer (pysqlbridge) serves CSV files read-only: it cannot
 /// make tables, so the first save fails, clearly and at once, and reads of
@@ -771,7 +786,7 @@ each_backend!(tx_entities_roll_back_with_the_transaction);
 /// Server (MERGE upsert, OFFSET/FETCH, savepoints as SAVE TRANSACTION) is
 /// checked as text in the crate's unit tests only.
 fn sql_server_peer_refuses_the_first_save(b: Backend) -> Result<()> {
-    let db = b.open()?;
+    let db = open(b)?;
     let kind = kind_name("mssql");
     let err = db
         .entities()

@@ -320,6 +320,9 @@ pub(crate) fn save(
 ) -> Result<Vec<J>> {
     let result = (|| {
         check_entity_name(name)?;
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
         let wanted = wanted_fields(name, entities)?;
         let mut schema = Schema::default();
         r.schema(&mut |ex, guarded| {
