@@ -19,6 +19,23 @@ fn open(b: Backend) -> Result<common::Db> {
     b.open_with(|c| c.pgbouncer(b == Backend::PgBouncer))
 }
 
+/// `name` quoted as the backend quotes identifiers.
+fn quoted(b: Backend, name: &str) -> String {
+    match b.kind() {
+        dbmanager::BackendKind::MySql => format!("`{name}`"),
+        dbmanager::BackendKind::MsSql => format!("[{name}]"),
+        _ => format!("\"{name}\""),
+    }
+}
+
+/// The handles can be shared across threads like the manager.
+#[test]
+fn handles_are_send_and_sync() {
+    fn shared<T: Send + Sync + Clone>() {}
+    shared::<dbmanager::Entities>();
+    shared::<Find>();
+}
+
 fn kind_name(prefix: &str) -> String {
     unique_name(prefix)
 }
@@ -153,6 +170,17 @@ fn create_update_and_history(b: Backend) -> Result<()> {
         e.find_entities(&typed_kind, &Find::new().order_by("age", Order::Asc))?;
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["Linus", "Ken", "Grace"]);
+
+    // Its statements went through the pipeline like any other: they are
+    // in the statement statistics (and so in the metrics).
+    let stats = db.statement_stats(100);
+    let insert = format!("INSERT INTO {} (", quoted(b, &kind));
+    let upserts: u64 = stats
+        .iter()
+        .filter(|st| st.sql.starts_with(&insert))
+        .map(|st| st.calls)
+        .sum();
+    assert_eq!(upserts, 3, "three saves of {kind}: {stats:#?}");
 
     // A kind never saved has nothing, and reading it makes no table.
     let never = kind_name("never");

@@ -388,8 +388,12 @@ impl fmt::Debug for Entities {
 ///
 /// On MySQL and MariaDB, which commit an open transaction before any DDL,
 /// the schema work of a new entity kind or field runs on a connection of
-/// its own (so it stays even when the transaction rolls back, and it waits
-/// for this transaction if the transaction already wrote to that kind).
+/// its own: it stays even when the transaction rolls back, and a new field
+/// of a kind this transaction already wrote to waits for the transaction's
+/// lock on that table until the statement timeout
+/// ([`QueryTimeout`](crate::ErrorKind::QueryTimeout)). Save an entity with
+/// all its fields before the transaction writes to that kind, or add new
+/// fields outside it.
 pub struct TxEntities<'t, 'c> {
     tx: &'t mut Transaction<'c>,
     options: Options,
