@@ -361,7 +361,9 @@ pub struct HistoryEntry<T> {
 /// - a save with a `version` that is not the entity's current one fails
 ///   with [`VersionConflict`](crate::ErrorKind::VersionConflict) instead of
 ///   overwriting someone else's change; without `version` it saves over
-///   whatever is there. A save updates the fields it names and keeps the others.
+///   whatever is there. A save updates the fields it names and keeps the
+///   others; saving a soft-deleted entity updates it and leaves it deleted
+///   (restore it to bring it back).
 ///
 /// Names of entities and fields must be plain identifiers (letters,
 /// digits, `_`); anything else is refused with a clear error, never put
