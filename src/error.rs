@@ -43,6 +43,10 @@ pub enum ErrorKind {
     /// A transient conflict: deadlock, serialization failure, lock wait timeout.
     /// Retrying the whole transaction may succeed.
     Conflict,
+    /// An entity was saved with a `version` that is no longer its current
+    /// one: someone saved (or deleted) it since it was read. Not transient:
+    /// read the entity again, apply the change to it, and save that.
+    VersionConflict,
     /// Parameters do not match the statement's placeholders.
     Parameter,
     /// A value could not be converted between Rust and the database.
@@ -90,6 +94,7 @@ impl ErrorKind {
             ErrorKind::Constraint => "constraint violated",
             ErrorKind::Permission => "permission denied",
             ErrorKind::Conflict => "transaction conflict",
+            ErrorKind::VersionConflict => "stale version",
             ErrorKind::Parameter => "parameter error",
             ErrorKind::Conversion => "value conversion error",
             ErrorKind::NoRows => "query returned no rows",
@@ -541,6 +546,7 @@ mod tests {
             ErrorKind::Parameter,
             ErrorKind::ReadOnly,
             ErrorKind::Config,
+            ErrorKind::VersionConflict,
         ] {
             assert!(!Error::new(k, "").is_retryable(), "{k:?}");
         }

@@ -56,6 +56,7 @@
 
 mod backend;
 mod config;
+mod entities;
 mod error;
 mod health;
 mod manager;
@@ -81,6 +82,7 @@ pub use serde_json;
 pub use uuid;
 
 pub use crate::config::{variable_stem, DatabaseConfig, DatabaseConfigBuilder};
+pub use crate::entities::{Deletion, Entities, Find, HistoryEntry, Order, TxEntities};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
 pub use crate::resilience::RetryPolicy;

@@ -11,12 +11,15 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::config::{variable_stem, DatabaseConfig};
+use crate::entities::Entities;
 use crate::error::{Error, Result};
 use crate::metrics::{DbMetrics, PoolSource};
 use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
-use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
+use crate::session::{
+    retried_transaction, statement_methods, PooledConnection, Transaction, TxConn,
+};
 use crate::status::{
     BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
     PoolStatus, QueryPlan, StatementStats,
@@ -172,6 +175,15 @@ impl DatabaseManager {
         self.retry.unwrap_or(self.shared.config.retry)
     }
 
+    /// The entity layer on this database (seed 003): save, read, find,
+    /// count, version and soft-delete JSON objects or serde structs, with
+    /// tables made and widened as needed. Each call runs in a transaction
+    /// of its own, retried as [`transaction`](Self::transaction) is; for
+    /// work inside a transaction of yours use [`Transaction::entities`].
+    pub fn entities(&self) -> Entities {
+        Entities::new(Arc::clone(&self.shared), self.retry_policy())
+    }
+
     /// Runs a statement on a connection of its own, again after a transient
     /// failure when that cannot run it twice: the failure came before the
     /// statement was sent (a checkout, a connect, an open breaker), or the
@@ -306,35 +318,18 @@ impl DatabaseManager {
         self.retried_transaction(None, Location::caller(), f)
     }
 
-    /// The retry loop around whole transactions.
+    /// The retry loop around whole transactions, with this handle's policy.
     fn retried_transaction<T, E, F>(
         &self,
         timeout: Option<Duration>,
         site: &'static Location<'static>,
-        mut f: F,
+        f: F,
     ) -> std::result::Result<T, E>
     where
         F: FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        let policy = self.retry_policy();
-        let lift = |e: Error| {
-            let (e, kind) = transient(e);
-            (E::from(e), kind)
-        };
-        self.shared.retrying(&policy, "transaction", || {
-            let conn = self.shared.checkout_within(None, site).map_err(lift)?;
-            let mut tx = Transaction::start(
-                Arc::clone(&self.shared),
-                TxConn::Owned(Box::new(conn)),
-                Limit::DEFAULT,
-            )
-            .map_err(lift)?;
-            if let Some(t) = timeout {
-                tx = tx.with_deadline(t);
-            }
-            tx.run_repeatable(&mut f)
-        })
+        retried_transaction(&self.shared, &self.retry_policy(), timeout, site, f)
     }
 
     /// As [`transaction`](Self::transaction), with a deadline for the whole

@@ -4,6 +4,7 @@
 //! statement method is one line into the pipeline's choke point.
 
 use std::fmt;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::config::MAX_QUERY_TIMEOUT;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
+use crate::resilience::RetryPolicy;
 use crate::value::{Params, Row};
 
 pub(crate) fn outcome_rows(o: Outcome) -> Vec<Row> {
@@ -32,6 +34,39 @@ pub(crate) fn outcome_affected(o: Outcome) -> u64 {
 pub(crate) fn transient(e: Error) -> (Error, Option<ErrorKind>) {
     let kind = e.is_retryable().then(|| e.kind());
     (e, kind)
+}
+
+/// THE retry loop around whole transactions: `f` runs in a transaction on
+/// a connection of its own, and again from the start, on a fresh
+/// connection, after a transient failure, as `policy` allows.
+pub(crate) fn retried_transaction<T, E, F>(
+    shared: &Arc<Shared>,
+    policy: &RetryPolicy,
+    timeout: Option<Duration>,
+    site: &'static Location<'static>,
+    mut f: F,
+) -> std::result::Result<T, E>
+where
+    F: FnMut(&mut Transaction<'_>) -> std::result::Result<T, E>,
+    E: From<Error>,
+{
+    let lift = |e: Error| {
+        let (e, kind) = transient(e);
+        (E::from(e), kind)
+    };
+    shared.retrying(policy, "transaction", || {
+        let conn = shared.checkout_within(None, site).map_err(lift)?;
+        let mut tx = Transaction::start(
+            Arc::clone(shared),
+            TxConn::Owned(Box::new(conn)),
+            Limit::DEFAULT,
+        )
+        .map_err(lift)?;
+        if let Some(t) = timeout {
+            tx = tx.with_deadline(t);
+        }
+        tx.run_repeatable(&mut f)
+    })
 }
 
 pub(crate) fn exactly_one(rows: Vec<Row>) -> Result<Row> {
@@ -421,6 +456,11 @@ impl<'a> Transaction<'a> {
     }
 
     statement_methods!(&mut self);
+
+    /// What the transaction runs on (its database's shared state).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
 
     /// Sets the limit for this transaction's later statements: `Some(d)`, or
     /// `None` for no limit, in place of the database's configured query

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("session", 60),
     ("health", 60),
     ("migrate", 61),
+    ("entities", 61),
     ("manager", 62),
     // 7 edges.
     ("lib", 70),

@@ -613,9 +613,14 @@ fn as_sql(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl PgConnection {
     /// Notes a server-side failure inside a transaction (see `commit`).
-    fn noting<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let (Err(e), Some(failed)) = (&result, &mut self.tx_failed) {
-            *failed |= e.db_code().is_some();
+    fn noting<T>(&mut self, sql: &str, result: Result<T>) -> Result<T> {
+        if let Some(failed) = &mut self.tx_failed {
+            match &result {
+                Err(e) => *failed |= e.db_code().is_some(),
+                // Rolling back to a savepoint puts a failed transaction right.
+                Ok(_) if rolls_back_to_savepoint(sql) => *failed = false,
+                Ok(_) => {}
+            }
         }
         result
     }
@@ -675,7 +680,7 @@ impl PgConnection {
     /// A script run as is (for the library's own statements).
     fn simple(&mut self, sql: &str) -> Result<()> {
         let result = self.call(|c| c.batch_execute(sql));
-        self.noting(result)
+        self.noting(sql, result)
     }
 
     fn run_query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
@@ -703,15 +708,27 @@ impl PgConnection {
     }
 }
 
+/// `ROLLBACK [WORK | TRANSACTION] TO …`: after it succeeds, the
+/// transaction is no longer aborted.
+fn rolls_back_to_savepoint(sql: &str) -> bool {
+    let mut words = sql
+        .split_ascii_whitespace()
+        .filter(|w| !w.eq_ignore_ascii_case("WORK") && !w.eq_ignore_ascii_case("TRANSACTION"));
+    matches!(
+        (words.next(), words.next()),
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case("ROLLBACK") && b.eq_ignore_ascii_case("TO")
+    )
+}
+
 impl Connection for PgConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let result = self.run_query(sql, params);
-        self.noting(result)
+        self.noting(sql, result)
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         let result = self.run_execute(sql, params);
-        self.noting(result)
+        self.noting(sql, result)
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
@@ -727,7 +744,7 @@ impl Connection for PgConnection {
         }
         let wrap = self.tx_failed.is_none();
         let result = self.call(|c| read_only_around(c, wrap, c.batch_execute(sql)));
-        self.noting(result)
+        self.noting(sql, result)
     }
 
     fn begin(&mut self) -> Result<()> {
@@ -1110,6 +1127,26 @@ fn classify(e: tokio_postgres::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollback_to_a_savepoint_is_recognised() {
+        for yes in [
+            "ROLLBACK TO SAVEPOINT s",
+            "rollback to s",
+            "ROLLBACK WORK TO SAVEPOINT s",
+            "  ROLLBACK\n TRANSACTION TO s",
+        ] {
+            assert!(rolls_back_to_savepoint(yes), "{yes}");
+        }
+        for no in [
+            "ROLLBACK",
+            "ROLLBACK WORK",
+            "SAVEPOINT s",
+            "SELECT 'ROLLBACK TO'",
+        ] {
+            assert!(!rolls_back_to_savepoint(no), "{no}");
+        }
+    }
 
     #[test]
     fn sqlstates_are_transient_or_permanent() {
