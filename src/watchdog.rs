@@ -578,12 +578,13 @@ mod tests {
         let dog = Watchdog::start()?;
         let (p, c) = probe();
         let unwound = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let _armed = dog.arm(Instant::now() + Duration::from_millis(20), &c);
+            // Far enough ahead that a loaded machine unwinds before it.
+            let _armed = dog.arm(Instant::now() + Duration::from_millis(500), &c);
             panic!("a statement panicked between arm and disarm");
         }));
         assert!(unwound.is_err());
         assert_eq!(dog.pending(), 0, "the unwinding removed the registration");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(700));
         assert_eq!(p.cancels.load(Ordering::SeqCst), 0, "no late cancel");
         Ok(())
     }
