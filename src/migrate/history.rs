@@ -136,6 +136,33 @@ pub(crate) trait HistoryDialect: Send + Sync {
     /// The database user who installs migrations.
     fn current_user(&self, conn: &mut dyn Exec) -> Result<String>;
 
+    /// The current schema (database on MySQL), as SQL.
+    fn current_schema(&self) -> &'static str {
+        "current_schema()"
+    }
+
+    /// The columns of `table` (lower-case, in order) with whether each is
+    /// nullable; empty when there is no such table.
+    fn columns(&self, conn: &mut dyn Exec, table: &str) -> Result<Vec<(String, bool)>> {
+        let (schema, name) = split(table);
+        let rows = conn.rows(
+            &format!(
+                "SELECT column_name AS c, is_nullable AS n FROM information_schema.columns \
+                 WHERE table_schema = COALESCE(?, {}) AND table_name = ? ORDER BY ordinal_position",
+                self.current_schema()
+            ),
+            vec![Value::from(schema.map(str::to_owned)), Value::from(name)],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let c = r.get::<String>("c").ok()?;
+                let n = r.get::<String>("n").unwrap_or_default();
+                Some((c.to_ascii_lowercase(), n.eq_ignore_ascii_case("YES")))
+            })
+            .collect())
+    }
+
     /// Work done once on the lock's connection before trying for it.
     fn prepare_lock(&self, _conn: &mut PooledConnection, _lock: &LockName) -> Result<()> {
         Ok(())
@@ -274,6 +301,10 @@ impl HistoryDialect for MySql {
         "TIMESTAMP(3)"
     }
 
+    fn current_schema(&self) -> &'static str {
+        "DATABASE()"
+    }
+
     fn now(&self) -> &'static str {
         "CURRENT_TIMESTAMP(3)"
     }
@@ -388,6 +419,21 @@ impl HistoryDialect for Sqlite {
         Ok(rows
             .first()
             .is_some_and(|r| r.get::<i64>("n").unwrap_or(0) > 0))
+    }
+
+    fn columns(&self, conn: &mut dyn Exec, table: &str) -> Result<Vec<(String, bool)>> {
+        let (_, name) = split(table);
+        let rows = conn.rows(
+            "SELECT name AS c, \"notnull\" AS nn FROM pragma_table_info(?) ORDER BY cid",
+            vec![Value::from(name)],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let c = r.get::<String>("c").ok()?;
+                Some((c.to_ascii_lowercase(), r.get::<i64>("nn").unwrap_or(0) == 0))
+            })
+            .collect())
     }
 
     fn current_user(&self, _conn: &mut dyn Exec) -> Result<String> {
@@ -591,6 +637,10 @@ impl HistoryDialect for MsSql {
             .is_some_and(|r| r.get::<i64>("present").unwrap_or(0) == 1))
     }
 
+    fn current_schema(&self) -> &'static str {
+        "SCHEMA_NAME()"
+    }
+
     fn current_user(&self, conn: &mut dyn Exec) -> Result<String> {
         let rows = conn.rows("SELECT SUSER_SNAME() AS u", Vec::new())?;
         Ok(first_text(&rows, "u").unwrap_or_default())
@@ -749,7 +799,7 @@ pub(crate) fn read(
 /// removes a version) an undo.
 pub(crate) fn kind_of(history_type: &str, versioned: bool) -> MigrationKind {
     let t = history_type.trim().to_ascii_uppercase();
-    if t.ends_with("BASELINE") {
+    if t.ends_with("BASELINE") || t == "INIT" {
         MigrationKind::Baseline
     } else if t.starts_with("UNDO") || t == "DELETE" {
         MigrationKind::Undo
@@ -770,6 +820,13 @@ pub(crate) struct NewRow<'a> {
     pub(crate) installed_by: &'a str,
     pub(crate) execution_time_ms: i64,
     pub(crate) success: bool,
+}
+
+impl NewRow<'_> {
+    /// What kind of script the row records.
+    pub(crate) fn kind_of(&self) -> MigrationKind {
+        kind_of(self.kind, self.version.is_some())
+    }
 }
 
 /// Inserts a history row with bind parameters; the ranks are computed in
