@@ -799,7 +799,8 @@ pub(crate) fn read(
 /// removes a version) an undo.
 pub(crate) fn kind_of(history_type: &str, versioned: bool) -> MigrationKind {
     let t = history_type.trim().to_ascii_uppercase();
-    if t.ends_with("BASELINE") || t == "INIT" {
+    // INIT: Flyway 3's baseline; SCHEMA: Flyway's "schemas created" marker.
+    if t.ends_with("BASELINE") || t == "INIT" || t == "SCHEMA" {
         MigrationKind::Baseline
     } else if t.starts_with("UNDO") || t == "DELETE" {
         MigrationKind::Undo

@@ -332,7 +332,12 @@ impl Migrator {
             let result = self.on_fresh(scripts_conn, |c| {
                 c.transaction(|tx| {
                     if !row.success && !history.format.records_failures() {
-                        return journal.mark(tx, row.script, journal::FAILED, row.execution_time_ms);
+                        return journal.mark(
+                            tx,
+                            row.script,
+                            journal::FAILED,
+                            row.execution_time_ms,
+                        );
                     }
                     if row.success && row.kind_of() == MigrationKind::Repeatable {
                         delete_repeatable(tx, history.dialect, &history.table, row.description)?;
@@ -354,7 +359,13 @@ impl Migrator {
 
     /// The error of a script that ran but whose history row could not be
     /// written.
-    fn not_recorded(&self, cause: Error, row: &NewRow<'_>, history: &History, noted: bool) -> Error {
+    fn not_recorded(
+        &self,
+        cause: Error,
+        row: &NewRow<'_>,
+        history: &History,
+        noted: bool,
+    ) -> Error {
         let journal = self.journal();
         let next = if noted {
             format!(
@@ -642,7 +653,10 @@ impl Migrator {
 
     /// Reads the history without taking the lock or creating the table,
     /// and gives `scripts` the checksums of its format.
-    fn read_history(&self, scripts: &mut Scripts) -> Result<(Option<String>, Vec<AppliedMigration>)> {
+    fn read_history(
+        &self,
+        scripts: &mut Scripts,
+    ) -> Result<(Option<String>, Vec<AppliedMigration>)> {
         let mut conn = self.connection()?;
         let Some(history) = self.find_history(&mut conn)? else {
             return Ok((None, Vec::new()));
@@ -775,20 +789,21 @@ impl Migrator {
             .on_database(&self.name()));
         }
         let user = dialect.current_user(conn)?;
-        history.insert(
-            conn,
-            &NewRow {
-                version: history.version_text(Some(&version)),
-                description: BASELINE_SCRIPT,
-                kind: "BASELINE",
-                script: BASELINE_SCRIPT,
-                checksum: None,
-                installed_by: &user,
-                execution_time_ms: 0,
-                success: true,
-            },
-        )
-        .map_err(|e| e.on_database(&self.name()))?;
+        history
+            .insert(
+                conn,
+                &NewRow {
+                    version: history.version_text(Some(&version)),
+                    description: BASELINE_SCRIPT,
+                    kind: "BASELINE",
+                    script: BASELINE_SCRIPT,
+                    checksum: None,
+                    installed_by: &user,
+                    execution_time_ms: 0,
+                    success: true,
+                },
+            )
+            .map_err(|e| e.on_database(&self.name()))?;
         Ok(MigrationReport {
             database_name: self.shared.name().to_string(),
             applied: vec![MigrationStep {
@@ -856,7 +871,10 @@ impl Migrator {
                     if row.checksum != Some(s.checksum) {
                         tx.execute(
                             &format!("UPDATE {table} SET checksum = ? WHERE installed_rank = ?"),
-                            (history.format.checksum_value(s.checksum), row.installed_rank),
+                            (
+                                history.format.checksum_value(s.checksum),
+                                row.installed_rank,
+                            ),
                         )?;
                         report.realigned.push(s.script.clone());
                     }

@@ -419,13 +419,10 @@ pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
         };
         match name.kind {
             MigrationKind::Versioned => {
-                let v = name
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| Version {
-                        parts: vec![],
-                        text: String::new(),
-                    });
+                let v = name.version.clone().unwrap_or_else(|| Version {
+                    parts: vec![],
+                    text: String::new(),
+                });
                 if let Some(other) = versions.get(&v) {
                     return Err(duplicate(other, format!("migration version {v}")));
                 }
@@ -433,13 +430,10 @@ pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
                 scripts.versioned.push(script);
             }
             MigrationKind::Undo => {
-                let v = name
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| Version {
-                        parts: vec![],
-                        text: String::new(),
-                    });
+                let v = name.version.clone().unwrap_or_else(|| Version {
+                    parts: vec![],
+                    text: String::new(),
+                });
                 if let Some(other) = scripts.undo.get(&v) {
                     return Err(duplicate(&other.script, format!("undo version {v}")));
                 }
