@@ -78,7 +78,7 @@ fn migrate_info_validate_new_on_sqlite() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
-        out.contains("V001__create_customers.sql") && out.contains("version 2"),
+        out.contains("V001__create_customers.sql") && out.contains("version 002"),
         "{out}"
     );
     let o = run(&["--database", "shop", "migrate"]);

@@ -533,3 +533,85 @@ fn versions_are_kept_as_written(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(versions_are_kept_as_written, [Postgres, MySql, SqliteFile]);
+
+/// refinery's history (written by the real refinery, on SQLite) is adopted
+/// in one step; migrate goes on after it, and validate checks the adopted
+/// files. Before adoption, a run at the default history name refuses to
+/// ignore refinery's table.
+#[test]
+fn refinery_history_is_adopted() -> Result<()> {
+    let c = Case::new(Backend::SqliteFile);
+    let dir = TempDir::new("refinery");
+    let url = dir.sqlite_url("app.db");
+    c.write("V1__create.sql", "CREATE TABLE {t}_a (id INTEGER);\n");
+    c.write("V2__fill.sql", "INSERT INTO {t}_a (id) VALUES (1);\n");
+    {
+        let mut conn = rusqlite::Connection::open(dir.path().join("app.db")).expect("open");
+        let migrations = refinery::load_sql_migrations(c.sql_dir()).expect("refinery loads");
+        let report = refinery::Runner::new(&migrations)
+            .run(&mut conn)
+            .expect("refinery migrates");
+        assert_eq!(report.applied_migrations().len(), 2);
+    }
+    let db = manager_with("x", &url, |b| b.migrations_dir(c.sql_dir()))?;
+    c.write("V3__more.sql", "CREATE TABLE {t}_b (id INTEGER);\n");
+    let e = db
+        .run_migrations()
+        .expect_err("refinery's history is not ignored");
+    assert!(error_text(&e).contains("dbmanager adopt"), "{e}");
+    let report = db.migrator().adopt()?;
+    let adopted: Vec<&str> = report.applied.iter().map(|s| s.script.as_str()).collect();
+    assert_eq!(adopted, ["V1__create.sql", "V2__fill.sql"]);
+    let report = db.run_migrations()?;
+    let applied: Vec<&str> = report.applied.iter().map(|s| s.script.as_str()).collect();
+    assert_eq!(applied, ["V3__more.sql"]);
+    db.migrator().validate()?;
+    c.write("V1__create.sql", "CREATE TABLE {t}_a (id BIGINT);\n");
+    assert!(
+        db.migrator().validate().is_err(),
+        "an edit after adoption is caught"
+    );
+    assert!(db.migrator().adopt().is_err(), "adopting twice is refused");
+    Ok(())
+}
+
+/// sqlx's history is adopted after its SHA-384 checksums are checked
+/// against the files.
+#[test]
+fn sqlx_history_is_adopted() -> Result<()> {
+    use sha2::Digest;
+    let c = Case::new(Backend::SqliteFile);
+    let db = manager_with("x", c.place.url(), |b| b.migrations_dir(c.sql_dir()))?;
+    db.execute_batch(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+         checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+    )?;
+    let v1 = c.write(
+        "V20240101000000__create.sql",
+        "CREATE TABLE {t}_a (id INTEGER);\n",
+    );
+    db.execute_batch(&v1)?;
+    let sum = sha2::Sha384::digest(v1.as_bytes()).to_vec();
+    db.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20240101000000, 'create', ?, ?, 2000000)",
+        (true, sum),
+    )?;
+    // A file that differs from what sqlx applied is refused.
+    c.write(
+        "V20240101000000__create.sql",
+        "CREATE TABLE {t}_a (id BIGINT);\n",
+    );
+    let e = db.migrator().adopt().expect_err("an edited file");
+    assert!(error_text(&e).contains("SHA-384"), "{e}");
+    c.write(
+        "V20240101000000__create.sql",
+        "CREATE TABLE {t}_a (id INTEGER);\n",
+    );
+    let report = db.migrator().adopt()?;
+    assert_eq!(report.current_version.as_deref(), Some("20240101000000"));
+    assert!(db.run_migrations()?.applied.is_empty());
+    db.migrator().validate()?;
+    Ok(())
+}

@@ -353,38 +353,46 @@ pub(crate) struct History {
 }
 
 impl History {
-    /// Finds the history: the configured table, or when that is absent and
-    /// `configured_default`, Flyway 5+'s `flyway_schema_history`. `None`
-    /// when there is none. A table of refinery or sqlx with no history of
-    /// ours beside it is an error that says to adopt it.
+    /// The history under `table`, `None` when there is no such table.
     pub(crate) fn find(
         conn: &mut dyn Exec,
         dialect: &'static dyn HistoryDialect,
         table: &str,
-        configured_default: bool,
     ) -> Result<Option<History>> {
         let columns = dialect.columns(conn, table)?;
-        if !columns.is_empty() {
-            return Ok(Some(History {
-                table: table.to_owned(),
-                format: detect(table, &columns)?,
-                dialect,
-            }));
-        }
-        if !configured_default {
+        if columns.is_empty() {
             return Ok(None);
         }
-        let columns = dialect.columns(conn, FLYWAY_TABLE)?;
-        if !columns.is_empty() {
+        Ok(Some(History {
+            table: table.to_owned(),
+            format: detect(table, &columns)?,
+            dialect,
+        }))
+    }
+
+    /// The history under `table`; when that is absent and `table` is the
+    /// default name, Flyway 5+'s `flyway_schema_history`. `None` when
+    /// there is neither. Then, still at the default name, a history of
+    /// refinery or sqlx is an error that says to adopt it (a table named
+    /// in the configuration is taken at its word).
+    pub(crate) fn find_or_other(
+        conn: &mut dyn Exec,
+        dialect: &'static dyn HistoryDialect,
+        table: &str,
+        default_name: bool,
+    ) -> Result<Option<History>> {
+        if let Some(h) = History::find(conn, dialect, table)? {
+            return Ok(Some(h));
+        }
+        if !default_name {
+            return Ok(None);
+        }
+        if let Some(h) = History::find(conn, dialect, FLYWAY_TABLE)? {
             tracing::info!(
                 table = FLYWAY_TABLE,
                 "no `{table}` table; continuing Flyway's history in `{FLYWAY_TABLE}`"
             );
-            return Ok(Some(History {
-                table: FLYWAY_TABLE.to_owned(),
-                format: detect(FLYWAY_TABLE, &columns)?,
-                dialect,
-            }));
+            return Ok(Some(h));
         }
         for other in ADOPTABLE {
             if !dialect.columns(conn, other)?.is_empty() {

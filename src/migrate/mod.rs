@@ -35,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+mod adopt;
 mod format;
 mod history;
 mod journal;
@@ -271,7 +272,7 @@ impl Migrator {
 
     /// The history table and its format, `None` when there is none.
     fn find_history(&self, conn: &mut dyn Exec) -> Result<Option<History>> {
-        History::find(
+        History::find_or_other(
             conn,
             self.dialect(),
             self.table(),
@@ -815,6 +816,129 @@ impl Migrator {
             }],
             current_version: Some(version.to_string()),
         })
+    }
+
+    /// Takes over refinery's (`refinery_schema_history`) or sqlx's
+    /// (`_sqlx_migrations`) history in one step: each of its applied
+    /// versions is matched with the `V{version}__….sql` file of that
+    /// version and recorded in our history table, with the file's checksum,
+    /// so that `migrate` goes on after them and `validate` checks them. The
+    /// other table is left as it was. sqlx's SHA-384 checksums are checked
+    /// against the files first; refinery's are not comparable and are not
+    /// checked. The report lists the imported scripts.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadOnly`](ErrorKind::ReadOnly); [`Migration`](ErrorKind::Migration)
+    /// when there is no such history, ours already has rows, a version has
+    /// no file, a file differs from what sqlx applied, or sqlx recorded a
+    /// failure; lock, connection and server errors. Nothing is imported
+    /// unless everything is.
+    pub fn adopt(&self) -> Result<MigrationReport> {
+        self.refuse_read_only("adopt another tool's migration history")?;
+        let name = self.name();
+        let mut scripts = self.load()?;
+        let dialect = self.dialect();
+        let mut guard = LockGuard::acquire(
+            &self.shared,
+            dialect,
+            self.table(),
+            self.options.lock_timeout,
+        )?;
+        let conn = guard.conn();
+        conn.set_timeout(self.options.statement_timeout);
+        let (source, rows) =
+            adopt::read_foreign(conn, dialect).map_err(|e| e.on_database(&name))?;
+        let history = match History::find(conn, dialect, self.table())? {
+            Some(h) => {
+                if !h.read(conn)?.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::Migration,
+                        format!(
+                            "the history table `{}` already has rows; adopt is for a database whose history \
+                             is still only in `{source}`",
+                            h.table
+                        ),
+                    )
+                    .on_database(&name));
+                }
+                h
+            }
+            None => {
+                conn.execute_batch(&dialect.create_history(self.table()))?;
+                History {
+                    table: self.table().to_owned(),
+                    format: &format::Ours,
+                    dialect,
+                }
+            }
+        };
+        history.adapt(&mut scripts);
+        let user = dialect.current_user(conn)?;
+        let mut report = self.empty_report(&[]);
+        let mut picked = Vec::new();
+        for row in &rows {
+            if !row.success {
+                return Err(Error::new(
+                    ErrorKind::Migration,
+                    format!(
+                        "`{source}` records version {} (`{}`) as failed; fix it with the tool that ran it, \
+                         then adopt; nothing was imported",
+                        row.version, row.name
+                    ),
+                )
+                .on_database(&name));
+            }
+            let wanted = Version::parse(&row.version.to_string())?;
+            let Some(script) = scripts
+                .versioned
+                .iter()
+                .find(|s| s.version.as_ref() == Some(&wanted))
+            else {
+                return Err(Error::new(
+                    ErrorKind::Migration,
+                    format!(
+                        "`{source}` records version {} (`{}`), but no V{}__….sql file has that version; \
+                         add or rename the file (sqlx's `{{version}}_{{description}}.sql` becomes \
+                         `V{{version}}__{{description}}.sql`); nothing was imported",
+                        row.version, row.name, row.version
+                    ),
+                )
+                .on_database(&name));
+            };
+            row.check(source, &script.script, &script.sql)
+                .map_err(|e| e.on_database(&name))?;
+            picked.push((script, row.execution_time_ms));
+        }
+        conn.transaction(|tx| {
+            for (script, ms) in &picked {
+                history.insert(
+                    tx,
+                    &NewRow {
+                        version: history.version_text(script.version.as_ref()),
+                        description: &script.description,
+                        kind: "SQL",
+                        script: &script.script,
+                        checksum: Some(script.checksum),
+                        installed_by: &user,
+                        execution_time_ms: *ms,
+                        success: true,
+                    },
+                )?;
+            }
+            Ok::<_, Error>(())
+        })?;
+        for (script, ms) in picked {
+            report.current_version = history.version_text(script.version.as_ref());
+            report.applied.push(MigrationStep {
+                kind: MigrationKind::Versioned,
+                version: report.current_version.clone(),
+                description: script.description.clone(),
+                script: script.script.clone(),
+                execution_time_ms: ms,
+            });
+        }
+        Ok(report)
     }
 
     fn empty_report(&self, applied: &[AppliedMigration]) -> MigrationReport {
