@@ -615,3 +615,53 @@ fn sqlx_history_is_adopted() -> Result<()> {
     db.migrator().validate()?;
     Ok(())
 }
+
+/// A MariaDB script whose connection is killed while it runs: the failure
+/// row is written on a fresh connection (not the dead one), so the next run
+/// stops on it until `repair`.
+#[test]
+fn failure_of_a_killed_script_is_recorded() -> Result<()> {
+    let c = Case::new(Backend::MySql);
+    let db = c.db();
+    c.write("V1__create.sql", "CREATE TABLE {t}_a (id INTEGER);\n");
+    db.run_migrations()?;
+    c.write(
+        "V2__slow.sql",
+        "CREATE TABLE {t}_k (id INTEGER);\nDO SLEEP(30) + LENGTH('{t}_k');\n",
+    );
+    let admin = common::manager("admin", &Backend::MySql.admin_url())?;
+    let marker = format!("{}_k", c.t);
+    let killer = std::thread::spawn(move || -> Result<bool> {
+        for _ in 0..600 {
+            let rows = admin.execute_query(
+                "SELECT id FROM information_schema.processlist WHERE info LIKE ? AND id <> CONNECTION_ID()",
+                (format!("%SLEEP%{marker}%"),),
+            )?;
+            if let Some(r) = rows.first() {
+                admin.execute_batch(&format!("KILL CONNECTION {}", r.get::<i64>("id")?))?;
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(false)
+    });
+    let e = db.run_migrations().expect_err("its connection was killed");
+    assert!(
+        killer.join().expect("the killer")?,
+        "the script was seen running"
+    );
+    assert!(error_text(&e).contains("V2__slow.sql"), "{e}");
+    let row = db.query_one(
+        &format!(
+            "SELECT success FROM {} WHERE script = 'V2__slow.sql'",
+            c.q(&c.history)
+        ),
+        (),
+    )?;
+    assert!(!row.get::<bool>("success")?, "the failure is recorded");
+    let e = db.run_migrations().expect_err("stops on the failure");
+    assert!(error_text(&e).contains("repair"), "{e}");
+    let report = db.migrator().repair()?;
+    assert_eq!(report.removed_failed, ["V2__slow.sql"]);
+    Ok(())
+}
