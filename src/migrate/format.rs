@@ -338,7 +338,7 @@ pub(crate) fn detect(table: &str, columns: &[(String, bool)]) -> Result<&'static
         format!(
             "the history table `{table}` has columns ({}), which is no history format dbmanager understands; \
              it reads and writes {UNDERSTOOD}{adopt}. Point the history table setting \
-             (DatabaseConfigBuilder::history_table, or {{ENV}}_GLOBAL_{{NAME}}_HISTORY_TABLE) at the right table",
+             ({{ENV}}_GLOBAL_{{NAME}}_MIGRATIONS_TABLE, or DatabaseConfigBuilder::history_table) at the right table",
             names.join(", ")
         ),
     ))

@@ -16,6 +16,14 @@
 //!   implicitly, a failure is recorded (`success = false`) and later runs
 //!   stop until [`repair`](crate::migrate::Migrator::repair). A script whose
 //!   first line is `-- dbmanager:no-transaction` runs outside a transaction.
+//! - Where a script commits by itself, its history row is written on a fresh
+//!   connection (never the script's), retried, with a journal entry
+//!   (`{history}_journal`) around the script: a script that ran is never
+//!   left unrecorded without the error saying so, and the next run records it.
+//! - The history table may be another tool's: Flyway 4+, Flyway 3, Pyway.
+//!   Its format is told from its columns and rows are written back in it;
+//!   refinery's and sqlx's histories are imported once by
+//!   [`adopt`](crate::migrate::Migrator::adopt).
 //! - Every statement goes through the same pipeline as the rest of the
 //!   crate (pool, timeouts, portable SQL): write `??` for a literal `?`.
 //!
