@@ -92,7 +92,7 @@ fn migrate_info_validate_new_on_sqlite() {
     let o = run(&["--database", "shop", "info", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info --json is JSON");
-    assert_eq!(v["current_version"], "2");
+    assert_eq!(v["current_version"], "002", "kept as written");
     assert_eq!(v["applied"].as_array().map(Vec::len), Some(2));
     assert_eq!(v["history_table"], "schema_version");
     // The human table.
