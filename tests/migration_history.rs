@@ -222,7 +222,8 @@ fn flyway_history_is_continued(b: Backend) -> Result<()> {
 }
 each_backend!(flyway_history_is_continued, [Postgres, MySql, SqliteFile]);
 
-/// Flyway 3's `schema_version` (with `version_rank`) is continued too.
+/// Flyway 3's `schema_version` (with `version_rank`, the version as the
+/// key) is continued too, its version ranks kept in version order.
 fn flyway3_history_is_continued(b: Backend) -> Result<()> {
     let c = Case::new(b);
     let db = c.db();
@@ -239,24 +240,53 @@ fn flyway3_history_is_continued(b: Backend) -> Result<()> {
         ),
         (i64::from(checksum(&v1)), true),
     )?;
+    let v3 = c.write("V3__third.sql", "SELECT 1;\n");
+    db.execute(
+        &format!(
+            "INSERT INTO {} (version_rank, installed_rank, version, description, type, script, checksum, \
+             installed_by, execution_time, success) VALUES (2, 2, '3', 'third', 'SQL', 'V3__third.sql', ?, 'flyway', 3, ?)",
+            c.q(&c.history)
+        ),
+        (i64::from(checksum(&v3)), true),
+    )?;
+    // V2 comes after V3 (out of order): Flyway 3 ranks versions in order.
     c.write("V2__more.sql", "CREATE TABLE {t}_b (id INTEGER);\n");
     let report = db.run_migrations()?;
     assert_eq!(report.applied.len(), 1, "{report:?}");
-    let row = db.query_one(
+    let rows = db.execute_query(
         &format!(
-            "SELECT version_rank, installed_rank FROM {} WHERE version = '2'",
+            "SELECT version, version_rank, installed_rank FROM {} ORDER BY version_rank",
             c.q(&c.history)
         ),
         (),
     )?;
+    let ranks: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.get("version")?,
+                r.get("version_rank")?,
+                r.get("installed_rank")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     assert_eq!(
-        (
-            row.get::<i64>("version_rank")?,
-            row.get::<i64>("installed_rank")?
-        ),
-        (2, 2)
+        ranks,
+        [
+            ("1".to_owned(), 1, 1),
+            ("2".to_owned(), 2, 3),
+            ("3".to_owned(), 3, 2)
+        ]
     );
     db.migrator().validate()?;
+    // A repeatable script has no place in a table keyed by version.
+    c.write("R__view.sql", "SELECT 1;\n");
+    let e = db.run_migrations().expect_err("no place for it");
+    let text = error_text(&e);
+    assert!(
+        text.contains("R__view.sql") && text.contains("Flyway 3"),
+        "{text}"
+    );
     Ok(())
 }
 each_backend!(flyway3_history_is_continued, [Postgres]);

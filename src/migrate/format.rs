@@ -7,7 +7,8 @@
 //!
 //! | format | recognised by | checksum | version |
 //! |---|---|---|---|
-//! | ours (also Flyway 3 and earlier) | `version_rank`, `installed_rank`, `description`, `type`, `script`, `checksum`, `success`, … | Flyway's CRC32 over lines, signed | as written, `_` as `.` (`002`, `1.1`) |
+//! | ours | `version_rank`, `installed_rank`, `description`, `type`, `script`, `checksum`, `success`, … (`version` nullable) | Flyway's CRC32 over lines, signed | as written, `_` as `.` (`002`, `1.1`) |
+//! | Flyway 3 and earlier (`schema_version`) | the same, `version` NOT NULL; `version_rank` kept in version order | Flyway's CRC32 over lines, signed | as written |
 //! | Flyway 4+ (`flyway_schema_history`, or `schema_version` of Flyway 4) | the same without `version_rank` | Flyway's CRC32 over lines, signed | as written, `_` as `.` |
 //! | Pyway | `version`, `extension`, `name`, `checksum`, `apply_timestamp` | CRC32 of the file's bytes, upper-case hex | two digits a part (`01.01`) |
 
@@ -74,13 +75,13 @@ pub(crate) trait Format: Sync {
     }
 }
 
-/// Ours: Flyway's columns with `version_rank` (the layout of Flyway 3 and
-/// earlier, whose `schema_version` tables it reads and continues).
+/// Ours: Flyway's columns with `version_rank`, `version` nullable (for
+/// repeatable scripts) and `installed_rank` the key.
 pub(crate) struct Ours;
 
 impl Format for Ours {
     fn label(&self) -> &'static str {
-        "dbmanager (Flyway 3 layout, with version_rank)"
+        "dbmanager"
     }
 
     fn read(
@@ -100,6 +101,74 @@ impl Format for Ours {
         row: &NewRow<'_>,
     ) -> Result<()> {
         history::insert(conn, dialect, table, row)
+    }
+}
+
+/// Flyway 3 and earlier: the same columns as ours, but `version` is the
+/// key (never NULL: no repeatable scripts) and `version_rank` is the rank
+/// in version order, which Flyway 3 shifts when a lower version is applied
+/// after a higher one. Flyway 4.0 dropped `version_rank` on its first run.
+pub(crate) struct FlywayLegacy;
+
+impl Format for FlywayLegacy {
+    fn label(&self) -> &'static str {
+        "Flyway 3 and earlier"
+    }
+
+    fn read(
+        &self,
+        conn: &mut dyn Exec,
+        dialect: &dyn HistoryDialect,
+        table: &str,
+    ) -> Result<Vec<AppliedMigration>> {
+        history::read(conn, dialect, table)
+    }
+
+    fn insert(
+        &self,
+        conn: &mut dyn Exec,
+        dialect: &dyn HistoryDialect,
+        table: &str,
+        row: &NewRow<'_>,
+    ) -> Result<()> {
+        let t = dialect.quote(table);
+        let version = row.version.as_deref().and_then(|v| Version::parse(v).ok());
+        let below = conn
+            .rows(&format!("SELECT version FROM {t}"), Vec::new())?
+            .iter()
+            .filter_map(|r| r.get::<Option<String>>("version").ok().flatten())
+            .filter_map(|v| Version::parse(&v).ok())
+            .filter(|v| version.as_ref().is_some_and(|new| v < new))
+            .count();
+        let version_rank = i64::try_from(below).unwrap_or(i64::MAX - 1) + 1;
+        conn.exec(
+            &format!("UPDATE {t} SET version_rank = version_rank + 1 WHERE version_rank >= ?"),
+            vec![Value::from(version_rank)],
+        )?;
+        let rank = next_rank(conn, &t)?;
+        conn.exec(
+            &format!(
+                "INSERT INTO {t} (version_rank, installed_rank, version, description, type, script, \
+                 checksum, installed_by, execution_time, success) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            vec![
+                Value::from(version_rank),
+                Value::from(rank),
+                Value::from(row.version.clone()),
+                Value::from(truncate(row.description, 200)),
+                Value::from(row.kind),
+                Value::from(truncate(row.script, 1000)),
+                Value::from(row.checksum.map(i64::from)),
+                Value::from(truncate(row.installed_by, 100)),
+                Value::from(row.execution_time_ms),
+                Value::from(row.success),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn holds(&self, kind: MigrationKind) -> bool {
+        matches!(kind, MigrationKind::Versioned | MigrationKind::Baseline)
     }
 }
 
@@ -307,15 +376,21 @@ const PYWAY_COLUMNS: [&str; 6] = [
 ];
 
 /// The formats understood, for the message about an unknown table.
-const UNDERSTOOD: &str = "dbmanager's and Flyway 3's (installed_rank, version_rank, version, description, type, \
-     script, checksum, installed_by, installed_on, execution_time, success); Flyway 4+'s (the same without \
-     version_rank); Pyway's (installed_rank, version, extension, name, checksum, apply_timestamp)";
+const UNDERSTOOD: &str = "dbmanager's (installed_rank, version_rank, version, description, type, \
+     script, checksum, installed_by, installed_on, execution_time, success); Flyway 3's (the same, with \
+     version NOT NULL); Flyway 4+'s (the same without version_rank); Pyway's (installed_rank, version, \
+     extension, name, checksum, apply_timestamp)";
 
 /// Which format a table with these columns is in.
 pub(crate) fn detect(table: &str, columns: &[(String, bool)]) -> Result<&'static dyn Format> {
     let has = |c: &str| columns.iter().any(|(n, _)| n == c);
     if OURS_COLUMNS.iter().all(|c| has(c)) {
-        return Ok(&Ours);
+        let version_nullable = columns.iter().any(|(n, null)| n == "version" && *null);
+        return Ok(if version_nullable {
+            &Ours
+        } else {
+            &FlywayLegacy
+        });
     }
     if OURS_COLUMNS
         .iter()
@@ -470,6 +545,14 @@ mod tests {
                 .map(|f| f.label())
                 .ok(),
             Some(Ours.label())
+        );
+        let legacy: Vec<(String, bool)> = OURS_COLUMNS
+            .iter()
+            .map(|c| ((*c).to_owned(), *c != "version"))
+            .collect();
+        assert_eq!(
+            detect("schema_version", &legacy).map(|f| f.label()).ok(),
+            Some(FlywayLegacy.label())
         );
         let flyway: Vec<&str> = OURS_COLUMNS
             .iter()
