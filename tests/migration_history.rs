@@ -695,3 +695,50 @@ fn failure_of_a_killed_script_is_recorded() -> Result<()> {
     assert_eq!(report.removed_failed, ["V2__slow.sql"]);
     Ok(())
 }
+
+/// A PostgreSQL script that changes its session (`SET ROLE`, `SET
+/// search_path`) inside its transaction: its history row is still written
+/// as the migrating user, in the history table, with the script.
+#[test]
+fn session_changes_do_not_reach_the_history_row() -> Result<()> {
+    let c = Case::new(Backend::Postgres);
+    let admin = common::manager("admin", &Backend::Postgres.admin_url())?;
+    let role = format!("{}_r", c.t);
+    let app = url::Url::parse(c.place.url())
+        .expect("a URL")
+        .username()
+        .to_owned();
+    admin.execute_batch(&format!(
+        "CREATE ROLE {role}; GRANT {role} TO {app}; GRANT CREATE, USAGE ON SCHEMA public TO {role}"
+    ))?;
+    c.write(
+        "V1__as_role.sql",
+        &format!("SET ROLE {role};\nCREATE TABLE public.{{t}}_a (id INTEGER);\n"),
+    );
+    c.write(
+        "V2__elsewhere.sql",
+        "CREATE SCHEMA {t}_s;\nSET search_path TO {t}_s;\nCREATE TABLE {t}_b (id INTEGER);\n",
+    );
+    let db = c.db();
+    let result = db.run_migrations();
+    let _ = admin.execute_batch(&format!(
+        "DROP TABLE IF EXISTS public.{t}_a; DROP SCHEMA IF EXISTS {t}_s CASCADE; \
+         REVOKE ALL ON SCHEMA public FROM {role}; DROP ROLE IF EXISTS {role}",
+        t = c.t
+    ));
+    let report = result?;
+    assert_eq!(report.applied.len(), 2, "{report:?}");
+    let rows = db.execute_query(
+        &format!(
+            "SELECT installed_by FROM {} ORDER BY installed_rank",
+            c.q(&c.history)
+        ),
+        (),
+    )?;
+    let by: Vec<String> = rows
+        .iter()
+        .map(|r| r.get("installed_by"))
+        .collect::<Result<_>>()?;
+    assert_eq!(by, [app.clone(), app]);
+    Ok(())
+}

@@ -501,6 +501,9 @@ impl Migrator {
             // The script and its row commit together, or neither does.
             conn.transaction(|tx| {
                 run_script(tx, &script.sql)?;
+                if let Some(restore) = dialect.restore_session() {
+                    tx.execute_batch(restore)?;
+                }
                 if script.kind == MigrationKind::Repeatable {
                     delete_repeatable(tx, dialect, &history.table, &script.description)?;
                 }
