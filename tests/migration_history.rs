@@ -359,9 +359,30 @@ fn flyway_default_table_is_found() -> Result<()> {
     Ok(())
 }
 
+/// The `pyway` command: `DBMANAGER_TEST_PYWAY` (exported by
+/// `scripts/servers.sh`'s `dbm_need_pyway`), or the venv it installs in the
+/// cache folder when that exists.
+fn pyway_bin() -> String {
+    if std::env::var("DBMANAGER_TEST_PYWAY").is_err() {
+        let cache = std::env::var("DBM_CACHE_DIR").ok().or_else(|| {
+            std::env::var("XDG_CACHE_HOME")
+                .ok()
+                .or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cache")))
+                .map(|c| format!("{c}/dbmanager"))
+        });
+        if let Some(cache) = cache {
+            let bin = format!("{cache}/pyway-0.3.33/bin/pyway");
+            if Path::new(&bin).exists() {
+                return bin;
+            }
+        }
+    }
+    required_env("DBMANAGER_TEST_PYWAY")
+}
+
 /// Runs the real Pyway (from the test venv) with the case's settings.
 fn pyway(c: &Case, folder: &Path, cmd: &str) -> (bool, String) {
-    let bin = required_env("DBMANAGER_TEST_PYWAY");
+    let bin = pyway_bin();
     let url = url::Url::parse(c.place.url()).expect("a URL");
     let password = common::password_of(c.place.url()).unwrap_or_default();
     let out = Command::new(bin)
