@@ -51,7 +51,7 @@ pub(crate) fn read_foreign(
     conn: &mut dyn Exec,
     dialect: &dyn HistoryDialect,
 ) -> Result<(&'static str, Vec<Foreign>)> {
-    if !dialect.columns(conn, "refinery_schema_history")?.is_empty() {
+    if dialect.table_exists(conn, "refinery_schema_history")? {
         let rows = conn.rows(
             &format!(
                 "SELECT CAST(version AS BIGINT) AS version, name FROM {} ORDER BY version",
@@ -81,7 +81,7 @@ pub(crate) fn read_foreign(
             .collect::<Result<_>>()?;
         return Ok(("refinery_schema_history", rows));
     }
-    if !dialect.columns(conn, "_sqlx_migrations")?.is_empty() {
+    if dialect.table_exists(conn, "_sqlx_migrations")? {
         let rows = conn.rows(
             &format!(
                 "SELECT version, description, success, checksum, execution_time FROM {} ORDER BY version",

@@ -434,10 +434,12 @@ impl History {
         dialect: &'static dyn HistoryDialect,
         table: &str,
     ) -> Result<Option<History>> {
-        let columns = dialect.columns(conn, table)?;
-        if columns.is_empty() {
+        // The backend's own existence check first (the one the rest of the
+        // migrator has always used), then the columns of a table that is there.
+        if !dialect.table_exists(conn, table)? {
             return Ok(None);
         }
+        let columns = dialect.columns(conn, table)?;
         Ok(Some(History {
             table: table.to_owned(),
             format: detect(table, &columns)?,
@@ -470,7 +472,7 @@ impl History {
             return Ok(Some(h));
         }
         for other in ADOPTABLE {
-            if !dialect.columns(conn, other)?.is_empty() {
+            if dialect.table_exists(conn, other)? {
                 return Err(Error::new(
                     ErrorKind::Migration,
                     format!(
