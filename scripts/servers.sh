@@ -14,6 +14,8 @@
 #   dbm_start_pushgateway a Prometheus Pushgateway (installs it with apt if missing)
 #   dbm_need_promtool    Prometheus' promtool (installs the prometheus package
 #                        with apt if missing; no server is started)
+#   dbm_need_pyway       Pyway (PyPI) in a venv under the cache folder, for the
+#                        migration-history tests; no server is started
 #   dbm_private_server postgres|mariadb
 #                        another server of its own (temp dir, free port) for a
 #                        test that stops, restarts or freezes it; prints
@@ -36,6 +38,8 @@
 #   DBMANAGER_TEST_PUSHGATEWAY_URL     http://127.0.0.1:<port>
 # Exported after dbm_need_promtool:
 #   DBMANAGER_TEST_PROMTOOL            the path of promtool (checks the metrics text)
+# Exported after dbm_need_pyway:
+#   DBMANAGER_TEST_PYWAY               the path of the `pyway` command
 # Exported after dbm_start_mssql:
 #   DBMANAGER_TEST_MSSQL_URL           mssql://app:<pw>@127.0.0.1:<port>/bridge?encrypt=true&trust_server_certificate=true
 #   DBMANAGER_TEST_MSSQL_PID           the pysqlbridge process's pid
@@ -57,7 +61,8 @@
 #                           the postgres and mysql OS users)
 #   DBM_KEEP_DIRS=1         keep the temp dirs (logs) after dbm_stop_all
 #   DBM_PYSQLBRIDGE_VERSION pysqlbridge version to install (default 2.1.3, the one tested)
-#   DBM_CACHE_DIR           where the pysqlbridge venv lives
+#   DBM_PYWAY_VERSION       pyway version to install (default 0.3.33, the one tested)
+#   DBM_CACHE_DIR           where the pysqlbridge and pyway venvs live
 #                           (default ${XDG_CACHE_HOME:-~/.cache}/dbmanager)
 
 # ---------------------------------------------------------------- helpers
@@ -730,6 +735,44 @@ dbm_need_promtool() {
     _dbm_log "promtool: $bin"
 }
 
+# dbm_need_pyway: Pyway (PyPI `pyway`, the migration tool the seeds used), in
+# a venv of its own under the cache folder, with the PostgreSQL driver and the
+# MySQL one it can load on Debian 12 (newer mysql-connector-python wheels need
+# a newer OpenSSL). No server is started. Exports DBMANAGER_TEST_PYWAY (the
+# path of the `pyway` command); the history tests run it against the servers.
+dbm_need_pyway() {
+    local version=${DBM_PYWAY_VERSION:-0.3.33} cache venv py
+    cache=${DBM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dbmanager}
+    venv=$cache/pyway-$version
+    if ! [[ -x $venv/bin/pyway && -f $venv/.dbm-complete ]]; then
+        py=$(command -v python3 2>/dev/null) || {
+            _dbm_fail "python3 not found (Pyway, a migration-history peer of the tests, needs it)"
+            return 1
+        }
+        if ! timeout 30 "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+            _dbm_log "python3 has no venv/ensurepip; installing python3-venv"
+            _dbm_apt_install python3-venv || return 1
+        fi
+        mkdir -p -- "$cache" || {
+            _dbm_fail "cannot create $cache (set DBM_CACHE_DIR)"
+            return 1
+        }
+        rm -rf -- "$venv"
+        _dbm_log "installing pyway $version into $venv (about 20 s)"
+        if ! timeout 120 "$py" -m venv "$venv" >"$cache/pyway-install.log" 2>&1 ||
+            ! timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check \
+                "pyway==$version" psycopg2-binary "mysql-connector-python==9.1.0" \
+                >>"$cache/pyway-install.log" 2>&1; then
+            _dbm_fail "could not install pyway $version into $venv" "$cache/pyway-install.log"
+            rm -rf -- "$venv"
+            return 1
+        fi
+        : >"$venv/.dbm-complete"
+    fi
+    export DBMANAGER_TEST_PYWAY=$venv/bin/pyway
+    _dbm_log "pyway: $DBMANAGER_TEST_PYWAY"
+}
+
 # ---------------------------------------------------------------- SQL Server (pysqlbridge)
 
 _dbm_stop_mssql() {
@@ -1142,7 +1185,7 @@ dbm_print_env() {
     for v in DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
         DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID \
         DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID \
-        DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_PROMTOOL \
+        DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_PROMTOOL DBMANAGER_TEST_PYWAY \
         DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID \
         DBMANAGER_TEST_PGBOUNCER_URL DBMANAGER_TEST_PGBOUNCER_PID; do
         val=${!v:-}

@@ -124,6 +124,8 @@ enum Command {
     },
     /// Remove failed history rows and realign checksums.
     Repair,
+    /// Import refinery's or sqlx's history into ours (once, before the first migrate).
+    Adopt,
     /// Undo applied versions above TO_VERSION with their U scripts.
     Undo {
         /// The version to go back to.
@@ -476,6 +478,10 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                     outln!("realigned the checksum of {s}");
                 }
             }
+        }
+        Command::Adopt => {
+            let report = db.migrator().adopt()?;
+            print_report(cli, &report, "adopted")?;
         }
         Command::Undo { to_version } => {
             let report = db.migrator().undo(to_version)?;

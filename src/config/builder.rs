@@ -25,6 +25,8 @@ const QUERY_TIMEOUT_TOO_LONG: &str = "is too long: a query timeout can be at mos
 /// The longest of every other duration: 365 days, so that deadlines computed
 /// from them (`now + timeout`) never overflow the clock.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+/// The history table's default name (Flyway 4's, and the seeds').
+pub(crate) const DEFAULT_HISTORY_TABLE: &str = "schema_version";
 const DURATION_TOO_LONG: &str = "is too long: it can be at most 365 days";
 
 pub(super) const EMPTY_NAME: &str =
@@ -129,7 +131,7 @@ impl DatabaseConfigBuilder {
             metrics: true,
             read_only: false,
             migrations_dir: None,
-            history_table: "schema_version".to_owned(),
+            history_table: crate::config::DEFAULT_HISTORY_TABLE.to_owned(),
             auto_migrate: false,
             retry: RetryPolicy::default(),
             breaker: BreakerSettings {

@@ -21,7 +21,7 @@ mod url;
 
 use self::url::redact_url;
 pub use builder::DatabaseConfigBuilder;
-pub(crate) use builder::{MAX_DURATION, MAX_QUERY_TIMEOUT};
+pub(crate) use builder::{DEFAULT_HISTORY_TABLE, MAX_DURATION, MAX_QUERY_TIMEOUT};
 pub use env::variable_stem;
 
 /// Settings of one database. Plain data; build it with

@@ -136,6 +136,41 @@ pub(crate) trait HistoryDialect: Send + Sync {
     /// The database user who installs migrations.
     fn current_user(&self, conn: &mut dyn Exec) -> Result<String>;
 
+    /// Undoes what a script may have changed in its session that would
+    /// send its history row elsewhere or refuse it (`SET ROLE`,
+    /// `SET search_path`), before the row is written in the script's own
+    /// transaction. Run inside the transaction; `None` where nothing is needed.
+    fn restore_session(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The current schema (database on MySQL), as SQL.
+    fn current_schema(&self) -> &'static str {
+        "current_schema()"
+    }
+
+    /// The columns of `table` (lower-case, in order) with whether each is
+    /// nullable; empty when there is no such table.
+    fn columns(&self, conn: &mut dyn Exec, table: &str) -> Result<Vec<(String, bool)>> {
+        let (schema, name) = split(table);
+        let rows = conn.rows(
+            &format!(
+                "SELECT column_name AS c, is_nullable AS n FROM information_schema.columns \
+                 WHERE table_schema = COALESCE(?, {}) AND table_name = ? ORDER BY ordinal_position",
+                self.current_schema()
+            ),
+            vec![Value::from(schema.map(str::to_owned)), Value::from(name)],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let c = r.get::<String>("c").ok()?;
+                let n = r.get::<String>("n").unwrap_or_default();
+                Some((c.to_ascii_lowercase(), n.eq_ignore_ascii_case("YES")))
+            })
+            .collect())
+    }
+
     /// Work done once on the lock's connection before trying for it.
     fn prepare_lock(&self, _conn: &mut PooledConnection, _lock: &LockName) -> Result<()> {
         Ok(())
@@ -175,6 +210,10 @@ pub(crate) struct Postgres;
 impl HistoryDialect for Postgres {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
+    }
+
+    fn restore_session(&self) -> Option<&'static str> {
+        Some("RESET ROLE; RESET search_path")
     }
 
     fn table_exists(&self, conn: &mut dyn Exec, table: &str) -> Result<bool> {
@@ -272,6 +311,10 @@ impl HistoryDialect for MySql {
 
     fn timestamp_type(&self) -> &'static str {
         "TIMESTAMP(3)"
+    }
+
+    fn current_schema(&self) -> &'static str {
+        "DATABASE()"
     }
 
     fn now(&self) -> &'static str {
@@ -390,6 +433,21 @@ impl HistoryDialect for Sqlite {
             .is_some_and(|r| r.get::<i64>("n").unwrap_or(0) > 0))
     }
 
+    fn columns(&self, conn: &mut dyn Exec, table: &str) -> Result<Vec<(String, bool)>> {
+        let (_, name) = split(table);
+        let rows = conn.rows(
+            "SELECT name AS c, \"notnull\" AS nn FROM pragma_table_info(?) ORDER BY cid",
+            vec![Value::from(name)],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let c = r.get::<String>("c").ok()?;
+                Some((c.to_ascii_lowercase(), r.get::<i64>("nn").unwrap_or(0) == 0))
+            })
+            .collect())
+    }
+
     fn current_user(&self, _conn: &mut dyn Exec) -> Result<String> {
         Ok(std::env::var("USER")
             .or_else(|_| std::env::var("USERNAME"))
@@ -500,6 +558,10 @@ impl HistoryDialect for PgBouncer {
         Dialect::Postgres
     }
 
+    fn restore_session(&self) -> Option<&'static str> {
+        Postgres.restore_session()
+    }
+
     fn table_exists(&self, conn: &mut dyn Exec, table: &str) -> Result<bool> {
         Postgres.table_exists(conn, table)
     }
@@ -589,6 +651,10 @@ impl HistoryDialect for MsSql {
         Ok(rows
             .first()
             .is_some_and(|r| r.get::<i64>("present").unwrap_or(0) == 1))
+    }
+
+    fn current_schema(&self) -> &'static str {
+        "SCHEMA_NAME()"
     }
 
     fn current_user(&self, conn: &mut dyn Exec) -> Result<String> {
@@ -749,7 +815,8 @@ pub(crate) fn read(
 /// removes a version) an undo.
 pub(crate) fn kind_of(history_type: &str, versioned: bool) -> MigrationKind {
     let t = history_type.trim().to_ascii_uppercase();
-    if t.ends_with("BASELINE") {
+    // INIT: Flyway 3's baseline; SCHEMA: Flyway's "schemas created" marker.
+    if t.ends_with("BASELINE") || t == "INIT" || t == "SCHEMA" {
         MigrationKind::Baseline
     } else if t.starts_with("UNDO") || t == "DELETE" {
         MigrationKind::Undo
@@ -770,6 +837,13 @@ pub(crate) struct NewRow<'a> {
     pub(crate) installed_by: &'a str,
     pub(crate) execution_time_ms: i64,
     pub(crate) success: bool,
+}
+
+impl NewRow<'_> {
+    /// What kind of script the row records.
+    pub(crate) fn kind_of(&self) -> MigrationKind {
+        kind_of(self.kind, self.version.is_some())
+    }
 }
 
 /// Inserts a history row with bind parameters; the ranks are computed in

@@ -16,6 +16,14 @@
 //!   implicitly, a failure is recorded (`success = false`) and later runs
 //!   stop until [`repair`](crate::migrate::Migrator::repair). A script whose
 //!   first line is `-- dbmanager:no-transaction` runs outside a transaction.
+//! - Where a script commits by itself, its history row is written on a fresh
+//!   connection (never the script's), retried, with a journal entry
+//!   (`{history}_journal`) around the script: a script that ran is never
+//!   left unrecorded without the error saying so, and the next run records it.
+//! - The history table may be another tool's: Flyway 4+, Flyway 3, Pyway.
+//!   Its format is told from its columns and rows are written back in it;
+//!   refinery's and sqlx's histories are imported once by
+//!   [`adopt`](crate::migrate::Migrator::adopt).
 //! - Every statement goes through the same pipeline as the rest of the
 //!   crate (pool, timeouts, portable SQL): write `??` for a literal `?`.
 //!
@@ -35,7 +43,10 @@
 //! # Ok(()) }
 //! ```
 
+mod adopt;
+mod format;
 mod history;
+mod journal;
 mod source;
 
 use std::fmt;
@@ -49,7 +60,9 @@ pub use crate::status::{
     MigrationStep, PendingMigration, PlannedStep, RepairReport,
 };
 
+use self::format::History;
 use self::history::{Exec, HistoryDialect, LockGuard, NewRow};
+use self::journal::Journal;
 use self::source::{Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Shared;
@@ -238,8 +251,9 @@ impl Migrator {
         })
     }
 
-    /// Takes the lock and makes sure the history table exists.
-    fn lock(&self) -> Result<LockGuard> {
+    /// Takes the lock, finds the history (creating ours when there is
+    /// none) and makes sure its journal exists.
+    fn lock(&self) -> Result<(LockGuard, History)> {
         let dialect = self.dialect();
         let mut guard = LockGuard::acquire(
             &self.shared,
@@ -249,8 +263,168 @@ impl Migrator {
         )?;
         let conn = guard.conn();
         conn.set_timeout(self.options.statement_timeout);
-        conn.execute_batch(&dialect.create_history(self.table()))?;
-        Ok(guard)
+        let history = match self.find_history(conn)? {
+            Some(h) => h,
+            None => {
+                conn.execute_batch(&dialect.create_history(self.table()))?;
+                History {
+                    table: self.table().to_owned(),
+                    format: &format::Ours,
+                    dialect,
+                }
+            }
+        };
+        conn.execute_batch(&self.journal().create_sql())?;
+        Ok((guard, history))
+    }
+
+    /// The history table and its format, `None` when there is none.
+    fn find_history(&self, conn: &mut dyn Exec) -> Result<Option<History>> {
+        History::find_or_other(
+            conn,
+            self.dialect(),
+            self.table(),
+            self.table() == crate::config::DEFAULT_HISTORY_TABLE,
+        )
+        .map_err(|e| e.on_database(&self.name()))
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::new(self.table(), self.dialect())
+    }
+
+    /// The history's rows, then the journal's entries (scripts that ran
+    /// but are not recorded yet, and failures the history cannot hold).
+    fn applied(&self, conn: &mut dyn Exec, history: &History) -> Result<Vec<AppliedMigration>> {
+        let mut applied = history.read(conn)?;
+        let journal = self.journal();
+        if journal.exists(conn)? {
+            applied.extend(journal.read(conn)?.iter().map(journal::Entry::applied));
+        }
+        Ok(applied)
+    }
+
+    /// Runs `f` on a fresh connection of its own, not the scripts' (which a
+    /// script may have changed, or which may be dead); on the scripts' only
+    /// when the pool has room for no second connection.
+    fn on_fresh<T>(
+        &self,
+        scripts_conn: &mut PooledConnection,
+        f: impl FnOnce(&mut PooledConnection) -> Result<T>,
+    ) -> Result<T> {
+        if self.shared.config.max_size() < 2 {
+            return f(scripts_conn);
+        }
+        let mut conn = self.connection()?;
+        conn.set_timeout(Some(RECORD_TIMEOUT));
+        f(&mut conn)
+    }
+
+    /// Records a script's outcome: THE one place a history row of a script
+    /// is written outside the script's own transaction. On a fresh
+    /// connection, in one transaction with the removal of its journal
+    /// entry (and, for a repeatable script, of its older rows), tried
+    /// [`RECORD_ATTEMPTS`] times. A failure the history has no place for
+    /// stays in the journal.
+    fn record(
+        &self,
+        scripts_conn: &mut PooledConnection,
+        history: &History,
+        row: &NewRow<'_>,
+    ) -> Result<()> {
+        let journal = self.journal();
+        let mut last = None;
+        for attempt in 0..RECORD_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(RECORD_PAUSE * attempt);
+            }
+            let result = self.on_fresh(scripts_conn, |c| {
+                c.transaction(|tx| {
+                    if !row.success && !history.format.records_failures() {
+                        return journal.mark(
+                            tx,
+                            row.script,
+                            journal::FAILED,
+                            row.execution_time_ms,
+                        );
+                    }
+                    if row.success && row.kind_of() == MigrationKind::Repeatable {
+                        delete_repeatable(tx, history.dialect, &history.table, row.description)?;
+                    }
+                    history.insert(tx, row)?;
+                    journal.clear(tx, row.script)
+                })
+            });
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, script = row.script, attempt = attempt + 1, "writing a history row failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new(ErrorKind::Migration, "no attempt was made")))
+    }
+
+    /// The error of a script that ran but whose history row could not be
+    /// written.
+    fn not_recorded(
+        &self,
+        cause: Error,
+        row: &NewRow<'_>,
+        history: &History,
+        noted: bool,
+    ) -> Error {
+        let journal = self.journal();
+        let next = if noted {
+            format!(
+                "it is noted as `ran` in `{}`, so the next run records it before running anything \
+                 else: fix what stops the write (the cause is below) and run migrate again; do not run \
+                 the script again by hand",
+                journal.name
+            )
+        } else {
+            format!(
+                "it stays noted as `running` in `{}`, so later runs stop on it: once the database \
+                 is reachable, check that its changes are there, then add its row to `{}` yourself \
+                 (version {}, script `{}`, checksum {}) and remove its entry from `{}`",
+                journal.name,
+                history.table,
+                row.version.as_deref().unwrap_or("none"),
+                row.script,
+                row.checksum.map_or("none".to_owned(), |c| c.to_string()),
+                journal.name
+            )
+        };
+        Error::new(
+            ErrorKind::Migration,
+            format!(
+                "`{}` RAN and its changes are committed, but it was NOT recorded in the history \
+                 table `{}` ({} attempts on fresh connections failed: {}); {next}",
+                row.script,
+                history.table,
+                RECORD_ATTEMPTS,
+                cause.message()
+            ),
+        )
+        .with_source(cause)
+        .on_database(&self.name())
+    }
+
+    /// Records the scripts of earlier runs that ran but could not be
+    /// recorded then (journal entries `ran`).
+    fn settle_journal(&self, conn: &mut PooledConnection, history: &History) -> Result<()> {
+        let journal = self.journal();
+        for entry in journal.read(conn)? {
+            if entry.state != journal::RAN {
+                continue;
+            }
+            tracing::info!(script = %entry.script, "recording a script that ran in an earlier run but was not recorded then");
+            let row = entry.row();
+            self.record(conn, history, &row)
+                .map_err(|e| self.not_recorded(e, &row, history, true))?;
+        }
+        Ok(())
     }
 
     /// Applies every pending script (up to the target), after validating
@@ -268,11 +442,13 @@ impl Migrator {
     /// it ([`Error::migration_report`]).
     pub fn run(&self) -> Result<MigrationReport> {
         self.refuse_read_only("run migrations")?;
-        let scripts = self.load()?;
+        let mut scripts = self.load()?;
         let dialect = self.dialect();
-        let mut guard = self.lock()?;
+        let (mut guard, history) = self.lock()?;
         let conn = guard.conn();
-        let applied = history::read(conn, dialect, self.table())?;
+        history.adapt(&mut scripts);
+        self.settle_journal(conn, &history)?;
+        let applied = self.applied(conn, &history)?;
         self.check(&scripts, &applied, true)?;
         let plan = pending(&scripts, &applied, &self.options.target);
         let user = dialect.current_user(conn)?;
@@ -283,10 +459,13 @@ impl Migrator {
         };
         for script in plan {
             let step = self
-                .apply(conn, script, &user)
-                .map_err(|e| self.failure(e, script, &report))?;
+                .apply(conn, &history, script, &user)
+                .map_err(|e| match e {
+                    StepError::Failed(e) => self.failure(e, script, &report),
+                    StepError::NotRecorded(e) => e.with_report(report.clone()),
+                })?;
             if script.kind == MigrationKind::Versioned {
-                report.current_version = script.version_text();
+                report.current_version = step.version.clone();
             }
             report.applied.push(step);
         }
@@ -296,12 +475,12 @@ impl Migrator {
     fn apply(
         &self,
         conn: &mut PooledConnection,
+        history: &History,
         script: &Script,
         user: &str,
-    ) -> Result<MigrationStep> {
+    ) -> std::result::Result<MigrationStep, StepError> {
         let dialect = self.dialect();
-        let table = self.table();
-        let version = script.version_text();
+        let version = history.version_text(script.version.as_ref());
         let row = |ms: i64, success: bool| NewRow {
             version: version.clone(),
             description: &script.description,
@@ -312,32 +491,49 @@ impl Migrator {
             execution_time_ms: ms,
             success,
         };
+        history
+            .check_holds(script.kind, &script.script)
+            .map_err(StepError::Failed)?;
         let start = Instant::now();
         let elapsed =
             |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
         if dialect.transactional_ddl() && !script.no_transaction {
+            // The script and its row commit together, or neither does.
             conn.transaction(|tx| {
                 run_script(tx, &script.sql)?;
-                if script.kind == MigrationKind::Repeatable {
-                    delete_repeatable(tx, dialect, table, &script.description)?;
+                if let Some(restore) = dialect.restore_session() {
+                    tx.execute_batch(restore)?;
                 }
-                history::insert(tx, dialect, table, &row(elapsed(start), true))
-            })?;
+                if script.kind == MigrationKind::Repeatable {
+                    delete_repeatable(tx, dialect, &history.table, &script.description)?;
+                }
+                history.insert(tx, &row(elapsed(start), true))
+            })
+            .map_err(StepError::Failed)?;
         } else {
+            // The script commits by itself: note that it starts, so that a
+            // run that cannot record it (or dies) does not go unnoticed.
+            let journal = self.journal();
+            self.on_fresh(conn, |c| journal.start(c, &row(0, true)))
+                .map_err(StepError::Failed)?;
             if let Err(e) = run_script(conn, &script.sql) {
                 // Part of it may have been applied: record the failure, so
                 // that later runs stop until it is repaired.
-                if let Err(record) =
-                    history::insert(conn, dialect, table, &row(elapsed(start), false))
-                {
-                    tracing::warn!(error = %record, "could not record the failed migration");
+                if let Err(record) = self.record(conn, history, &row(elapsed(start), false)) {
+                    tracing::warn!(error = %record, "could not record the failed migration; its journal entry stops later runs");
                 }
-                return Err(e.with_hint(NOT_ROLLED_BACK));
+                return Err(StepError::Failed(e.with_hint(NOT_ROLLED_BACK)));
             }
-            if script.kind == MigrationKind::Repeatable {
-                delete_repeatable(conn, dialect, table, &script.description)?;
+            let ms = elapsed(start);
+            let done = row(ms, true);
+            if let Err(e) = self.record(conn, history, &done) {
+                let noted = self
+                    .on_fresh(conn, |c| journal.mark(c, &script.script, journal::RAN, ms))
+                    .is_ok();
+                return Err(StepError::NotRecorded(
+                    self.not_recorded(e, &done, history, noted),
+                ));
             }
-            history::insert(conn, dialect, table, &row(elapsed(start), true))?;
         }
         Ok(MigrationStep {
             kind: script.kind,
@@ -463,19 +659,23 @@ impl Migrator {
 
     /// Whether the history table exists (read without the lock).
     pub(crate) fn history_exists(&self) -> Result<bool> {
-        let dialect = self.dialect();
         let mut conn = self.connection()?;
-        dialect.table_exists(&mut conn, self.table())
+        Ok(self.find_history(&mut conn)?.is_some())
     }
 
-    /// Reads the history without taking the lock or creating the table.
-    fn read_history(&self) -> Result<(bool, Vec<AppliedMigration>)> {
-        let dialect = self.dialect();
+    /// Reads the history without taking the lock or creating the table,
+    /// and gives `scripts` the checksums of its format.
+    fn read_history(
+        &self,
+        scripts: &mut Scripts,
+    ) -> Result<(Option<String>, Vec<AppliedMigration>)> {
         let mut conn = self.connection()?;
-        if !dialect.table_exists(&mut conn, self.table())? {
-            return Ok((false, Vec::new()));
-        }
-        Ok((true, history::read(&mut conn, dialect, self.table())?))
+        let Some(history) = self.find_history(&mut conn)? else {
+            return Ok((None, Vec::new()));
+        };
+        history.adapt(scripts);
+        let applied = self.applied(&mut conn, &history)?;
+        Ok((Some(history.table), applied))
     }
 
     /// Where the database stands: history, pending scripts, problems.
@@ -486,8 +686,8 @@ impl Migrator {
     /// [`Migration`](ErrorKind::Migration) for unreadable or badly named
     /// scripts; connection and server errors.
     pub fn status(&self) -> Result<MigrationStatus> {
-        let scripts = self.load()?;
-        let (_, applied) = self.read_history()?;
+        let mut scripts = self.load()?;
+        let (table, applied) = self.read_history(&mut scripts)?;
         let problems = self.problems(&scripts, &applied);
         let pending = pending(&scripts, &applied, &Target::Latest)
             .into_iter()
@@ -501,7 +701,7 @@ impl Migrator {
             .collect();
         Ok(MigrationStatus {
             database_name: self.shared.name().to_string(),
-            history_table: self.table().to_owned(),
+            history_table: table.unwrap_or_else(|| self.table().to_owned()),
             current_version: current_version(&applied),
             applied,
             pending,
@@ -518,8 +718,8 @@ impl Migrator {
     /// [`Migration`](ErrorKind::Migration) listing every problem, each
     /// naming the file (and both checksums for an edited one).
     pub fn validate(&self) -> Result<()> {
-        let scripts = self.load()?;
-        let (_, applied) = self.read_history()?;
+        let mut scripts = self.load()?;
+        let (_, applied) = self.read_history(&mut scripts)?;
         self.check(&scripts, &applied, false)
     }
 
@@ -530,8 +730,9 @@ impl Migrator {
     ///
     /// As [`status`](Self::status).
     pub fn dry_run(&self) -> Result<MigrationPlan> {
-        let scripts = self.load()?;
-        let (exists, applied) = self.read_history()?;
+        let mut scripts = self.load()?;
+        let (table, applied) = self.read_history(&mut scripts)?;
+        let exists = table.is_some();
         let problems = self.problems(&scripts, &applied);
         let transactional = self.dialect().transactional_ddl();
         let steps = pending(&scripts, &applied, &self.options.target)
@@ -565,9 +766,9 @@ impl Migrator {
         self.refuse_read_only("baseline")?;
         let version = Version::parse(version).map_err(|e| e.on_database(&self.name()))?;
         let dialect = self.dialect();
-        let mut guard = self.lock()?;
+        let (mut guard, history) = self.lock()?;
         let conn = guard.conn();
-        let applied = history::read(conn, dialect, self.table())?;
+        let applied = self.applied(conn, &history)?;
         if let Some(b) = applied.iter().find(|r| r.kind == MigrationKind::Baseline) {
             if b.version
                 .as_deref()
@@ -600,21 +801,21 @@ impl Migrator {
             .on_database(&self.name()));
         }
         let user = dialect.current_user(conn)?;
-        history::insert(
-            conn,
-            dialect,
-            self.table(),
-            &NewRow {
-                version: Some(version.to_string()),
-                description: BASELINE_SCRIPT,
-                kind: "BASELINE",
-                script: BASELINE_SCRIPT,
-                checksum: None,
-                installed_by: &user,
-                execution_time_ms: 0,
-                success: true,
-            },
-        )?;
+        history
+            .insert(
+                conn,
+                &NewRow {
+                    version: history.version_text(Some(&version)),
+                    description: BASELINE_SCRIPT,
+                    kind: "BASELINE",
+                    script: BASELINE_SCRIPT,
+                    checksum: None,
+                    installed_by: &user,
+                    execution_time_ms: 0,
+                    success: true,
+                },
+            )
+            .map_err(|e| e.on_database(&self.name()))?;
         Ok(MigrationReport {
             database_name: self.shared.name().to_string(),
             applied: vec![MigrationStep {
@@ -626,6 +827,129 @@ impl Migrator {
             }],
             current_version: Some(version.to_string()),
         })
+    }
+
+    /// Takes over refinery's (`refinery_schema_history`) or sqlx's
+    /// (`_sqlx_migrations`) history in one step: each of its applied
+    /// versions is matched with the `V{version}__….sql` file of that
+    /// version and recorded in our history table, with the file's checksum,
+    /// so that `migrate` goes on after them and `validate` checks them. The
+    /// other table is left as it was. sqlx's SHA-384 checksums are checked
+    /// against the files first; refinery's are not comparable and are not
+    /// checked. The report lists the imported scripts.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadOnly`](ErrorKind::ReadOnly); [`Migration`](ErrorKind::Migration)
+    /// when there is no such history, ours already has rows, a version has
+    /// no file, a file differs from what sqlx applied, or sqlx recorded a
+    /// failure; lock, connection and server errors. Nothing is imported
+    /// unless everything is.
+    pub fn adopt(&self) -> Result<MigrationReport> {
+        self.refuse_read_only("adopt another tool's migration history")?;
+        let name = self.name();
+        let mut scripts = self.load()?;
+        let dialect = self.dialect();
+        let mut guard = LockGuard::acquire(
+            &self.shared,
+            dialect,
+            self.table(),
+            self.options.lock_timeout,
+        )?;
+        let conn = guard.conn();
+        conn.set_timeout(self.options.statement_timeout);
+        let (source, rows) =
+            adopt::read_foreign(conn, dialect).map_err(|e| e.on_database(&name))?;
+        let history = match History::find(conn, dialect, self.table())? {
+            Some(h) => {
+                if !h.read(conn)?.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::Migration,
+                        format!(
+                            "the history table `{}` already has rows; adopt is for a database whose history \
+                             is still only in `{source}`",
+                            h.table
+                        ),
+                    )
+                    .on_database(&name));
+                }
+                h
+            }
+            None => {
+                conn.execute_batch(&dialect.create_history(self.table()))?;
+                History {
+                    table: self.table().to_owned(),
+                    format: &format::Ours,
+                    dialect,
+                }
+            }
+        };
+        history.adapt(&mut scripts);
+        let user = dialect.current_user(conn)?;
+        let mut report = self.empty_report(&[]);
+        let mut picked = Vec::new();
+        for row in &rows {
+            if !row.success {
+                return Err(Error::new(
+                    ErrorKind::Migration,
+                    format!(
+                        "`{source}` records version {} (`{}`) as failed; fix it with the tool that ran it, \
+                         then adopt; nothing was imported",
+                        row.version, row.name
+                    ),
+                )
+                .on_database(&name));
+            }
+            let wanted = Version::parse(&row.version.to_string())?;
+            let Some(script) = scripts
+                .versioned
+                .iter()
+                .find(|s| s.version.as_ref() == Some(&wanted))
+            else {
+                return Err(Error::new(
+                    ErrorKind::Migration,
+                    format!(
+                        "`{source}` records version {} (`{}`), but no V{}__….sql file has that version; \
+                         add or rename the file (sqlx's `{{version}}_{{description}}.sql` becomes \
+                         `V{{version}}__{{description}}.sql`); nothing was imported",
+                        row.version, row.name, row.version
+                    ),
+                )
+                .on_database(&name));
+            };
+            row.check(source, &script.script, &script.sql)
+                .map_err(|e| e.on_database(&name))?;
+            picked.push((script, row.execution_time_ms));
+        }
+        conn.transaction(|tx| {
+            for (script, ms) in &picked {
+                history.insert(
+                    tx,
+                    &NewRow {
+                        version: history.version_text(script.version.as_ref()),
+                        description: &script.description,
+                        kind: "SQL",
+                        script: &script.script,
+                        checksum: Some(script.checksum),
+                        installed_by: &user,
+                        execution_time_ms: *ms,
+                        success: true,
+                    },
+                )?;
+            }
+            Ok::<_, Error>(())
+        })?;
+        for (script, ms) in picked {
+            report.current_version = history.version_text(script.version.as_ref());
+            report.applied.push(MigrationStep {
+                kind: MigrationKind::Versioned,
+                version: report.current_version.clone(),
+                description: script.description.clone(),
+                script: script.script.clone(),
+                execution_time_ms: ms,
+            });
+        }
+        Ok(report)
     }
 
     fn empty_report(&self, applied: &[AppliedMigration]) -> MigrationReport {
@@ -645,14 +969,17 @@ impl Migrator {
     /// [`ReadOnly`](ErrorKind::ReadOnly); lock, connection and server errors.
     pub fn repair(&self) -> Result<RepairReport> {
         self.refuse_read_only("repair the migration history")?;
-        let scripts = self.load()?;
+        let mut scripts = self.load()?;
         let dialect = self.dialect();
-        let table = dialect.quote(self.table());
-        let mut guard = self.lock()?;
+        let (mut guard, history) = self.lock()?;
+        let table = dialect.quote(&history.table);
         let conn = guard.conn();
-        let applied = history::read(conn, dialect, self.table())?;
+        history.adapt(&mut scripts);
+        let applied = history.read(conn)?;
         let mut report = RepairReport::default();
+        let journal = self.journal();
         conn.transaction(|tx| {
+            report.removed_failed.extend(journal.clear_unfinished(tx)?);
             for row in &applied {
                 if !row.success {
                     tx.execute(
@@ -679,7 +1006,10 @@ impl Migrator {
                     if row.checksum != Some(s.checksum) {
                         tx.execute(
                             &format!("UPDATE {table} SET checksum = ? WHERE installed_rank = ?"),
-                            (i64::from(s.checksum), row.installed_rank),
+                            (
+                                history.format.checksum_value(s.checksum),
+                                row.installed_rank,
+                            ),
                         )?;
                         report.realigned.push(s.script.clone());
                     }
@@ -703,12 +1033,13 @@ impl Migrator {
     pub fn undo(&self, to_version: &str) -> Result<MigrationReport> {
         self.refuse_read_only("undo migrations")?;
         let to = Version::parse(to_version).map_err(|e| e.on_database(&self.name()))?;
-        let scripts = self.load()?;
+        let mut scripts = self.load()?;
         let dialect = self.dialect();
-        let table = dialect.quote(self.table());
-        let mut guard = self.lock()?;
+        let (mut guard, history) = self.lock()?;
+        let table = dialect.quote(&history.table);
         let conn = guard.conn();
-        let applied = history::read(conn, dialect, self.table())?;
+        history.adapt(&mut scripts);
+        let applied = self.applied(conn, &history)?;
         self.check(&scripts, &applied, true)?;
         let mut targets: Vec<(Version, &AppliedMigration)> = applied
             .iter()
@@ -754,11 +1085,26 @@ impl Migrator {
                 execution_time_ms: i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX),
             });
         }
-        let after = history::read(conn, dialect, self.table())?;
+        let after = self.applied(conn, &history)?;
         report.current_version = current_version(&after);
         Ok(report)
     }
 }
+
+/// How a script's step went wrong.
+enum StepError {
+    /// The script failed (or could not start).
+    Failed(Error),
+    /// The script ran; its history row could not be written.
+    NotRecorded(Error),
+}
+
+/// How many times a history row is tried, each on a fresh connection.
+const RECORD_ATTEMPTS: u32 = 3;
+/// The pause before the second attempt (the third waits twice as long).
+const RECORD_PAUSE: Duration = Duration::from_millis(250);
+/// The statement limit of a history write.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
 
 const NOT_ROLLED_BACK: &str = "this backend commits DDL as it goes, so the statements before the failing one \
      remain; the failure is recorded and migrations stop until you fix the database and run `repair`";

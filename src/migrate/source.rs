@@ -18,10 +18,12 @@ pub(crate) const EXPECTED: &str = "V{version}__{description}.sql, U{version}__{d
 
 /// A migration version: numbers separated by `.` or `_`, compared
 /// numerically part by part (`2 < 10 < 10.1`); trailing zero parts do not
-/// count (`1.0` is `1`).
+/// count (`1.0` is `1`). It keeps the text as written, with `_` shown as
+/// `.` (Flyway's form): `V002` is `002`, `V01_01` is `01.01`.
 #[derive(Clone, Debug, Eq)]
 pub struct Version {
     parts: Vec<u64>,
+    text: String,
 }
 
 impl Version {
@@ -40,6 +42,11 @@ impl Version {
                 ),
             )
         })
+    }
+
+    /// The numbers, as parsed (`01.01` is `[1, 1]`).
+    pub(crate) fn parts(&self) -> &[u64] {
+        &self.parts
     }
 
     fn significant(&self) -> &[u64] {
@@ -64,7 +71,10 @@ fn parse_version(text: &str) -> Option<Version> {
         // Leading zeros are fine (V001); a part too large for u64 is not.
         parts.push(part.parse::<u64>().ok()?);
     }
-    Some(Version { parts })
+    Some(Version {
+        parts,
+        text: text.replace('_', "."),
+    })
 }
 
 impl PartialEq for Version {
@@ -92,15 +102,10 @@ impl PartialOrd for Version {
 }
 
 impl fmt::Display for Version {
-    /// Numbers joined by `.`, without leading zeros: `V001` is `1`, `V2_1` is `2.1`.
+    /// The version as written, `_` shown as `.`: `V001` is `001`, `V2_1`
+    /// is `2.1` (what Flyway writes in its history).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.parts.iter().enumerate() {
-            if i > 0 {
-                f.write_str(".")?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -414,10 +419,10 @@ pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
         };
         match name.kind {
             MigrationKind::Versioned => {
-                let v = name
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| Version { parts: vec![] });
+                let v = name.version.clone().unwrap_or_else(|| Version {
+                    parts: vec![],
+                    text: String::new(),
+                });
                 if let Some(other) = versions.get(&v) {
                     return Err(duplicate(other, format!("migration version {v}")));
                 }
@@ -425,10 +430,10 @@ pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
                 scripts.versioned.push(script);
             }
             MigrationKind::Undo => {
-                let v = name
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| Version { parts: vec![] });
+                let v = name.version.clone().unwrap_or_else(|| Version {
+                    parts: vec![],
+                    text: String::new(),
+                });
                 if let Some(other) = scripts.undo.get(&v) {
                     return Err(duplicate(&other.script, format!("undo version {v}")));
                 }
@@ -495,7 +500,8 @@ mod tests {
         assert_eq!(v("1.0"), v("1"));
         assert_eq!(v("2_1"), v("2.1"));
         assert_eq!(v("2_1").to_string(), "2.1");
-        assert_eq!(v("001").to_string(), "1");
+        assert_eq!(v("001").to_string(), "001");
+        assert_eq!(v("01_01").to_string(), "01.01");
         let mut all = [v("10"), v("1.1"), v("2"), v("1")];
         all.sort();
         let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
