@@ -68,6 +68,7 @@ mod resilience;
 mod session;
 mod sql;
 mod status;
+mod topology;
 mod value;
 mod watchdog;
 

@@ -657,6 +657,8 @@ impl Pool {
             read_only: config.read_only,
             circuit,
             timestamp: crate::status::now_rfc3339(),
+            serving_host: None,
+            serving_role: None,
         }
     }
 
@@ -681,6 +683,8 @@ impl Pool {
             read_only,
             circuit,
             timestamp: crate::status::now_rfc3339(),
+            serving_host: None,
+            serving_role: None,
         }
     }
 }

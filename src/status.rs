@@ -98,6 +98,11 @@ pub struct PoolStatus {
     pub circuit: CircuitState,
     /// When the snapshot was taken, RFC 3339 in UTC.
     pub timestamp: String,
+    /// The host serving new connections (`host:port` as written in the
+    /// connection string; the latest one opened), once one was opened.
+    pub serving_host: Option<String>,
+    /// That host's role: `primary` or `replica`.
+    pub serving_role: Option<String>,
 }
 
 /// Now, as RFC 3339 UTC with a `Z`.

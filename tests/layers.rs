@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("metrics", 40),
     ("observe", 40),
     ("pool", 41),
+    ("topology", 41),
     // 5 the choke point.
     ("pipeline", 50),
     // 6 services.
