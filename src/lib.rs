@@ -64,8 +64,10 @@ pub mod migrate;
 mod observe;
 mod pipeline;
 mod pool;
+mod replica;
 mod resilience;
 mod session;
+mod shards;
 mod sql;
 mod status;
 mod topology;
@@ -81,7 +83,11 @@ pub use rust_decimal;
 pub use serde_json;
 pub use uuid;
 
-pub use crate::config::{variable_stem, DatabaseConfig, DatabaseConfigBuilder};
+pub use crate::config::{
+    variable_stem, DatabaseConfig, DatabaseConfigBuilder, ShardKey, ShardRule, TargetSessionAttrs,
+};
+pub use crate::replica::{ReplicaHandle, LAG_CACHE};
+pub use crate::shards::{ShardResults, Shards};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
 pub use crate::resilience::RetryPolicy;

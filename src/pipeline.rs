@@ -199,6 +199,11 @@ pub(crate) struct Shared {
     pub(crate) breaker: Breaker,
     /// Which host of the host list serves (see `topology`).
     pub(crate) serving: Arc<Serving>,
+    /// The read replicas' pool, made on first use of `replica()`.
+    pub(crate) replica: std::sync::OnceLock<Arc<Shared>>,
+    /// The replicas' replay lag in seconds as last measured, and when
+    /// (`None` inside: could not be measured).
+    pub(crate) replica_lag: Mutex<Option<(Instant, Option<f64>)>>,
 }
 
 impl Shared {
@@ -221,6 +226,8 @@ impl Shared {
             stats: StatTable::new(),
             breaker: Breaker::new(config.breaker),
             serving,
+            replica: std::sync::OnceLock::new(),
+            replica_lag: Mutex::new(None),
             config,
         }))
     }

@@ -530,7 +530,7 @@ impl Pool {
                 Some((conn, now))
             }
             Err(e) => {
-                tracing::debug!(database = %self.database, error = %e, "discarding a stale connection");
+                tracing::debug!(database = %self.database, host = conn.backend.host(), error = %e, "discarding a stale connection");
                 conn.broken = true;
                 None
             }
