@@ -225,7 +225,7 @@ _dbm_clean_stale() {
             fi
         fi
         rm -rf -- "$d"
-    done < <(find "$base" -maxdepth 1 -type d \( -name 'dbmanager-pg.??????' -o -name 'dbmanager-my.??????' -o -name 'dbmanager-pgb.??????' \) 2>/dev/null)
+    done < <(find "$base" -maxdepth 1 -type d \( -name 'dbmanager-pg.??????' -o -name 'dbmanager-my.??????' -o -name 'dbmanager-pgb.??????' -o -name 'dbmanager-pgsb.??????' \) 2>/dev/null)
     return 0
 }
 

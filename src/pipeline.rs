@@ -928,7 +928,7 @@ impl Shared {
         };
         if let Some((host, role)) = self.serving.get() {
             status.serving_host = Some(host);
-            status.serving_role = Some(role);
+            status.serving_role = role;
         }
         status
     }

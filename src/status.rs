@@ -101,7 +101,8 @@ pub struct PoolStatus {
     /// The host serving new connections (`host:port` as written in the
     /// connection string; the latest one opened), once one was opened.
     pub serving_host: Option<String>,
-    /// That host's role: `primary` or `replica`.
+    /// That host's role: `primary` or `replica`, when the topology asked
+    /// (a host list, or a `target_session_attrs` other than `any`).
     pub serving_role: Option<String>,
 }
 

@@ -103,20 +103,20 @@ fn ask_role(conn: &mut dyn Connection, kind: BackendKind) -> Result<Role> {
 /// of the connection opened last, and its role.
 #[derive(Default, Debug)]
 pub(crate) struct Serving {
-    now: Mutex<Option<(Arc<str>, &'static str)>>,
+    now: Mutex<Option<(Arc<str>, Option<&'static str>)>>,
 }
 
 impl Serving {
     /// The host (`host:port` as written in the URL) and its role
     /// (`primary`, `replica`), once a connection was opened.
-    pub(crate) fn get(&self) -> Option<(String, String)> {
+    pub(crate) fn get(&self) -> Option<(String, Option<String>)> {
         self.now
             .lock()
             .as_ref()
-            .map(|(h, r)| (h.to_string(), (*r).to_owned()))
+            .map(|(h, r)| (h.to_string(), r.map(str::to_owned)))
     }
 
-    fn set(&self, host: &Arc<str>, role: &'static str) {
+    fn set(&self, host: &Arc<str>, role: Option<&'static str>) {
         *self.now.lock() = Some((Arc::clone(host), role));
     }
 }
@@ -164,7 +164,8 @@ pub(crate) fn connector(
         other => {
             if let Some(l) = other {
                 if let Some(h) = l.hosts.first() {
-                    serving.set(&Arc::from(h.as_str()), "primary");
+                    // One host, no role asked: its role is not known.
+                    serving.set(&Arc::from(h.as_str()), None);
                 }
             }
             return Ok((backend::connector(config)?, serving));
@@ -221,7 +222,7 @@ fn shuffled(n: usize) -> Vec<usize> {
 impl HostsConnector {
     fn wrap(&self, i: usize, conn: Box<dyn Connection>, role: Role) -> Box<dyn Connection> {
         let host = &self.hosts[i].name;
-        self.serving.set(host, role.label());
+        self.serving.set(host, Some(role.label()));
         self.metrics.host_connected(host, role.label());
         Box::new(HostConnection {
             inner: conn,
