@@ -86,12 +86,12 @@ pub use uuid;
 pub use crate::config::{
     variable_stem, DatabaseConfig, DatabaseConfigBuilder, ShardKey, ShardRule, TargetSessionAttrs,
 };
-pub use crate::replica::{ReplicaHandle, LAG_CACHE};
-pub use crate::shards::{ShardResults, Shards};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
+pub use crate::replica::{ReplicaHandle, LAG_CACHE};
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
+pub use crate::shards::{ShardResults, Shards};
 pub use crate::status::{
     BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationState,
     MigrationSummary, PoolStatus, QueryPlan, ScalingLevel, StatementStats,

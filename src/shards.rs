@@ -172,10 +172,7 @@ impl Shards {
                 .zip(&self.shards)
                 .map(|(h, db)| {
                     let r = h.join().unwrap_or_else(|_| {
-                        Err(Error::new(
-                            ErrorKind::Other,
-                            "the shard's read panicked",
-                        ))
+                        Err(Error::new(ErrorKind::Other, "the shard's read panicked"))
                     });
                     (db.name().to_owned(), r)
                 })

@@ -90,9 +90,9 @@ fn ask_role(conn: &mut dyn Connection, kind: BackendKind) -> Result<Role> {
         });
     };
     let rows: Vec<Row> = conn.query(sql, &[])?;
-    let row = rows.first().ok_or_else(|| {
-        Error::new(ErrorKind::Connect, "the server did not say its role")
-    })?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::new(ErrorKind::Connect, "the server did not say its role"))?;
     Ok(Role {
         in_recovery: truthy(row.value(0)),
         read_only: truthy(row.value(1)),

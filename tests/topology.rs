@@ -43,7 +43,11 @@ fn in_recovery(rows: &dbmanager::Row) -> bool {
 /// `host:port` of a single-host URL.
 fn host_port(url: &str) -> String {
     let u = url::Url::parse(url).expect("a URL");
-    format!("{}:{}", u.host_str().expect("a host"), u.port().expect("a port"))
+    format!(
+        "{}:{}",
+        u.host_str().expect("a host"),
+        u.port().expect("a port")
+    )
 }
 
 /// `url` with its host replaced by a host list.
@@ -79,7 +83,9 @@ fn reads_go_to_the_replica_and_writes_to_the_primary() -> Result<()> {
     assert!(in_recovery(
         &replica.query_one("SELECT pg_is_in_recovery() AS r", ())?
     ));
-    assert!(!in_recovery(&db.query_one("SELECT pg_is_in_recovery() AS r", ())?));
+    assert!(!in_recovery(
+        &db.query_one("SELECT pg_is_in_recovery() AS r", ())?
+    ));
 
     // Writes through the replica handle are refused as on a read-only database.
     let e = replica
@@ -150,10 +156,7 @@ fn a_lag_past_the_bound_sends_reads_to_the_primary_and_counts_them() -> Result<(
         if !in_recovery(&row) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "reads never went to the primary"
-        );
+        assert!(Instant::now() < deadline, "reads never went to the primary");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(replica.lag().expect("measured") > Duration::from_millis(500));
@@ -215,16 +218,20 @@ fn after_a_failover_writes_go_to_the_promoted_standby_and_errors_between_are_tra
         "target_session_attrs=prefer-standby",
     );
     let m = common::manager(&common::unique_name("topo_pref"), &only_primary)?;
-    assert!(!in_recovery(&m.query_one("SELECT pg_is_in_recovery() AS r", ())?));
+    assert!(!in_recovery(
+        &m.query_one("SELECT pg_is_in_recovery() AS r", ())?
+    ));
     // standby with only the primary: a clear, transient error.
-    let only_standby_wanted =
-        with_hosts(&primary.url, &hosts[..1], "target_session_attrs=standby");
+    let only_standby_wanted = with_hosts(&primary.url, &hosts[..1], "target_session_attrs=standby");
     let m = common::manager_with(&common::unique_name("topo_sb"), &only_standby_wanted, |b| {
         b.retry(dbmanager::RetryPolicy::none())
     })?;
     let e = m.execute_query("SELECT 1", ()).expect_err("no standby");
     assert!(e.is_retryable(), "{e}");
-    assert!(e.to_string().contains("target_session_attrs=standby"), "{e}");
+    assert!(
+        e.to_string().contains("target_session_attrs=standby"),
+        "{e}"
+    );
 
     // Fail over: stop the primary, then promote the standby.
     primary.stop();
@@ -242,7 +249,10 @@ fn after_a_failover_writes_go_to_the_promoted_standby_and_errors_between_are_tra
         match db.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (id,)) {
             Ok(_) => break,
             Err(e) => {
-                assert!(Instant::now() < deadline, "no write succeeded after the promotion: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no write succeeded after the promotion: {e}"
+                );
                 errors.push(e);
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -254,7 +264,9 @@ fn after_a_failover_writes_go_to_the_promoted_standby_and_errors_between_are_tra
     }
     assert!(!errors.is_empty());
     // The same manager, no restart: the promoted standby serves.
-    assert!(!in_recovery(&db.query_one("SELECT pg_is_in_recovery() AS r", ())?));
+    assert!(!in_recovery(
+        &db.query_one("SELECT pg_is_in_recovery() AS r", ())?
+    ));
     let status = db.pool_status();
     assert_eq!(status.serving_host.as_deref(), Some(hosts[1].as_str()));
     assert_eq!(status.serving_role.as_deref(), Some("primary"));
@@ -291,7 +303,10 @@ fn bad_host_list_settings_are_clear_config_errors() {
         ("postgresql://u:p@h1:5432,,h2/db", "empty entry"),
     ];
     for (url, says) in bad {
-        let e = DatabaseConfig::builder("x").url(url).build().expect_err(url);
+        let e = DatabaseConfig::builder("x")
+            .url(url)
+            .build()
+            .expect_err(url);
         assert_eq!(e.kind(), ErrorKind::Config);
         let m = e.to_string();
         assert!(m.contains(says), "{m}");
@@ -333,9 +348,10 @@ fn keys_reach_only_their_shard_and_a_failing_shard_is_named() -> Result<()> {
         .with_timeout(Duration::from_secs(20));
     let keys: Vec<String> = (0..30).map(|i| format!("customer-{i}")).collect();
     for k in &keys {
-        shards
-            .shard(k)?
-            .execute(&format!("INSERT INTO {table} (k) VALUES (?)"), (k.as_str(),))?;
+        shards.shard(k)?.execute(
+            &format!("INSERT INTO {table} (k) VALUES (?)"),
+            (k.as_str(),),
+        )?;
     }
     // Each key is on its CRC-32 shard, and on no other.
     for (i, db) in shards.all().iter().enumerate() {

@@ -538,9 +538,8 @@ impl DatabaseConfigBuilder {
             .to_owned();
         let mut lists = vec![(url_label, url.to_owned())];
         if let Some(r) = &self.replica_url {
-            let rkind = kind_of_url(r).map_err(|why| {
-                Error::config(format!("{replica_label} cannot be used: {why}"))
-            })?;
+            let rkind = kind_of_url(r)
+                .map_err(|why| Error::config(format!("{replica_label} cannot be used: {why}")))?;
             if rkind != kind {
                 return Err(Error::config(format!(
                     "{replica_label} is a {rkind} URL but the database is {kind}; a replica must be of the same backend"

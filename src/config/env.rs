@@ -392,13 +392,19 @@ const SHARD_TIMEOUT: &str = "SHARD_TIMEOUT";
 ///
 /// [`Config`](crate::ErrorKind::Config) naming the variable that is
 /// missing or malformed.
-pub(crate) fn shard_settings(name: &str) -> Result<(Vec<String>, super::ShardRule, Option<Duration>)> {
+pub(crate) fn shard_settings(
+    name: &str,
+) -> Result<(Vec<String>, super::ShardRule, Option<Duration>)> {
     let process = |k: &str| std::env::var(k).ok();
     let dir = process("DBMANAGER_ENV_DIR").unwrap_or_else(|| DEFAULT_ENV_DIR.to_owned());
     let dir = std::path::absolute(&dir).unwrap_or_else(|_| PathBuf::from(&dir));
     let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
     let file = EnvFile::read(&dir.join(format!(".env.{}", environment.to_lowercase())))?;
-    let get = |k: &str| process(k).or_else(|| file.get(k)).filter(|v| !v.trim().is_empty());
+    let get = |k: &str| {
+        process(k)
+            .or_else(|| file.get(k))
+            .filter(|v| !v.trim().is_empty())
+    };
     let stem = format!("{}{}_", env_prefix(&environment), variable_stem(name));
     let var = format!("{stem}{SHARDS}");
     let list = get(&var).ok_or_else(|| {
@@ -414,7 +420,8 @@ pub(crate) fn shard_settings(name: &str) -> Result<(Vec<String>, super::ShardRul
         )));
     }
     let rule_var = format!("{stem}{SHARD_RULE}");
-    let rule = super::ShardRule::parse(&get(&rule_var).unwrap_or_default(), names.len(), &rule_var)?;
+    let rule =
+        super::ShardRule::parse(&get(&rule_var).unwrap_or_default(), names.len(), &rule_var)?;
     let t_var = format!("{stem}{SHARD_TIMEOUT}");
     let timeout = match get(&t_var) {
         Some(t) => Some(parse_secs(&t_var, t.trim()).map_err(Error::config)?),

@@ -23,11 +23,11 @@ mod url;
 use self::url::redact_url;
 pub use builder::DatabaseConfigBuilder;
 pub(crate) use builder::{MAX_DURATION, MAX_QUERY_TIMEOUT};
-pub use env::variable_stem;
 pub(crate) use env::shard_settings;
-pub use url::TargetSessionAttrs;
-pub(crate) use url::host_list;
+pub use env::variable_stem;
 pub use shard::{ShardKey, ShardRule};
+pub(crate) use url::host_list;
+pub use url::TargetSessionAttrs;
 
 /// Settings of one database. Plain data; build it with
 /// [`DatabaseConfig::builder`], or read it with [`DatabaseConfig::from_env`].

@@ -75,7 +75,8 @@ impl ShardRule {
         if t.eq_ignore_ascii_case("hash") || t.is_empty() {
             return Ok(ShardRule::Hash);
         }
-        let usage = "use `hash` or `range:B1,B2,…` (integer bounds, increasing, one fewer than the shards)";
+        let usage =
+            "use `hash` or `range:B1,B2,…` (integer bounds, increasing, one fewer than the shards)";
         let Some(bounds) = t
             .strip_prefix("range:")
             .or_else(|| t.strip_prefix("RANGE:"))
@@ -165,7 +166,12 @@ mod tests {
 
     #[test]
     fn bad_rules_say_what_to_write() {
-        for (bad, shards) in [("modulo", 2), ("range:5,1", 3), ("range:a", 2), ("range:1", 3)] {
+        for (bad, shards) in [
+            ("modulo", 2),
+            ("range:5,1", 3),
+            ("range:a", 2),
+            ("range:1", 3),
+        ] {
             let e = ShardRule::parse(bad, shards, "DEV_GLOBAL_X_SHARD_RULE").unwrap_err();
             let m = e.to_string();
             assert!(m.contains("DEV_GLOBAL_X_SHARD_RULE"), "{m}");
