@@ -34,7 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orders = Shards::from_managers("orders", ShardRule::Hash, managers)?
         .with_timeout(Duration::from_secs(5));
 
-    for (customer, amount) in [("ada", 30), ("grace", 12), ("linus", 7), ("ada", 5), ("ken", 99)] {
+    for (customer, amount) in [
+        ("ada", 30),
+        ("grace", 12),
+        ("linus", 7),
+        ("ada", 5),
+        ("ken", 99),
+    ] {
         let shard = orders.shard(customer)?;
         shard.execute(
             "INSERT INTO orders (customer, amount) VALUES (?, ?)",

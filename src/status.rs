@@ -182,6 +182,10 @@ pub struct HealthStatus {
     pub degraded_reasons: Vec<String>,
     /// The circuit breaker's state after the check.
     pub circuit: CircuitState,
+    /// The host serving new connections, as in [`PoolStatus::serving_host`].
+    pub serving_host: Option<String>,
+    /// That host's role (`primary`, `replica`), as in [`PoolStatus::serving_role`].
+    pub serving_role: Option<String>,
 }
 
 /// The verdict of a health check.

@@ -270,6 +270,9 @@ fn after_a_failover_writes_go_to_the_promoted_standby_and_errors_between_are_tra
     let status = db.pool_status();
     assert_eq!(status.serving_host.as_deref(), Some(hosts[1].as_str()));
     assert_eq!(status.serving_role.as_deref(), Some("primary"));
+    let health = db.health_check();
+    assert_eq!(health.serving_host.as_deref(), Some(hosts[1].as_str()));
+    assert_eq!(health.serving_role.as_deref(), Some("primary"));
     let rows = db.execute_query(&format!("SELECT id FROM {table} ORDER BY id"), ())?;
     assert_eq!(rows.first().map(|r| r.get::<i32>("id").unwrap()), Some(1));
     Ok(())
