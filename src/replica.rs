@@ -146,7 +146,7 @@ impl ReplicaHandle {
     /// # Errors
     ///
     /// As [`execute_query`](Self::execute_query), and
-    /// [`NotFound`](ErrorKind::NotFound) when no row or more than one came back.
+    /// [`NoRows`](ErrorKind::NoRows) or [`TooManyRows`](ErrorKind::TooManyRows).
     #[track_caller]
     pub fn query_one(&self, sql: &str, params: impl IntoParams) -> Result<Row> {
         let params: Params = params.into_params();
