@@ -229,6 +229,7 @@ impl HostsConnector {
             host: Arc::clone(host),
             attrs: self.attrs,
             kind: self.kind,
+            unfit: false,
         })
     }
 }
@@ -321,17 +322,60 @@ struct HostConnection {
     host: Arc<str>,
     attrs: TargetSessionAttrs,
     kind: BackendKind,
+    /// Set when the server refused a write as read-only under a list that
+    /// wants a writable server: its role changed (a demoted primary), so
+    /// the connection is closed rather than reused.
+    unfit: bool,
+}
+
+impl HostConnection {
+    /// A read-only refusal from a server that was chosen as writable means
+    /// its role changed under us: a transient error (the next connection
+    /// finds the new primary), and this connection is not reused.
+    fn settle<T>(&mut self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(e)
+                if e.kind() == ErrorKind::ReadOnly
+                    && e.db_code().is_some()
+                    && matches!(
+                        self.attrs,
+                        TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary
+                    ) =>
+            {
+                // A session the caller made read-only is not a role change:
+                // ask the server (one round trip, on this error only).
+                let role = ask_role(&mut *self.inner, self.kind);
+                if role.is_ok_and(|r| self.attrs.fits(r.in_recovery, r.read_only)) {
+                    return Err(e);
+                }
+                self.unfit = true;
+                Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "the server at {} refused a write as read-only: it is no longer the primary \
+                         (target_session_attrs={}); the connection is dropped and the next one looks for the new primary",
+                        self.host, self.attrs
+                    ),
+                )
+                .with_source(e))
+            }
+            other => other,
+        }
+    }
 }
 
 impl Connection for HostConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.inner.query(sql, params)
+        let r = self.inner.query(sql, params);
+        self.settle(r)
     }
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.inner.execute(sql, params)
+        let r = self.inner.execute(sql, params);
+        self.settle(r)
     }
     fn batch(&mut self, sql: &str) -> Result<()> {
-        self.inner.batch(sql)
+        let r = self.inner.batch(sql);
+        self.settle(r)
     }
     fn begin(&mut self) -> Result<()> {
         self.inner.begin()
@@ -372,7 +416,7 @@ impl Connection for HostConnection {
         self.inner.server_timeout_is_local()
     }
     fn is_closed(&self) -> bool {
-        self.inner.is_closed()
+        self.unfit || self.inner.is_closed()
     }
     fn peer_closed(&self) -> bool {
         self.inner.peer_closed()

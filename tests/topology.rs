@@ -233,6 +233,37 @@ fn after_a_failover_writes_go_to_the_promoted_standby_and_errors_between_are_tra
         "{e}"
     );
 
+    // A primary that turns read-only no longer fits read-write: the write
+    // fails with a transient error, and its connection is dropped.
+    let admin = common::manager(&common::unique_name("topo_fo_admin"), &primary.admin_url)?;
+    admin.execute_batch("ALTER SYSTEM SET default_transaction_read_only = on")?;
+    admin.execute_query("SELECT pg_reload_conf()", ())?;
+    let strict = db.with_retry(dbmanager::RetryPolicy::none());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match strict.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (100,)) {
+            Err(e) => break e,
+            Ok(_) => {
+                strict.execute(&format!("DELETE FROM {table} WHERE id = ?"), (100,))?;
+                assert!(Instant::now() < deadline, "the reload never took");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(refused.is_retryable(), "{refused:?}");
+    assert!(refused.to_string().contains("no longer the primary"), "{refused}");
+    let broken_before = db.pool_status().invalid;
+    assert!(broken_before >= 1 || db.pool_status().connections == 0);
+    admin.execute_batch("ALTER SYSTEM RESET default_transaction_read_only")?;
+    admin.execute_query("SELECT pg_reload_conf()", ())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = db.execute(&format!("INSERT INTO {table} (id) VALUES (?)"), (101,)) {
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(Instant::now() < deadline, "writes never came back: {e}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    admin.close();
+
     // Fail over: stop the primary, then promote the standby.
     primary.stop();
     let mut errors = Vec::new();
