@@ -5,9 +5,10 @@
 //! SQLite files and PostgreSQL.
 //!
 //! MySQL/MariaDB host lists use the same code with the role read from
-//! `@@global.read_only`; no MariaDB replica runs here (one more server per
-//! test run), so that side is covered by the role table's unit tests in
-//! `src/topology.rs` only.
+//! `@@global.read_only`: checked here on the test MariaDB (a primary). No
+//! MariaDB replica runs here (one more server per test run), so a MariaDB
+//! standby and `Seconds_Behind_Master` are covered by the role table's unit
+//! tests in `src/topology.rs` only.
 
 mod common;
 
@@ -465,5 +466,29 @@ fn shard_rules_route_by_range_and_bad_rules_are_clear() -> Result<()> {
     assert!(m.contains("hash"), "{m}");
     let e = Shards::new(&common::unique_name("unsharded")).expect_err("no shards");
     assert!(e.to_string().contains("_SHARDS"), "{e}");
+    Ok(())
+}
+
+/// MariaDB host lists: the role comes from `@@global.read_only` (the test
+/// MariaDB is writable, so it is a primary).
+#[test]
+fn mariadb_host_lists_read_the_role_from_read_only() -> Result<()> {
+    let _g = common::shared();
+    let url = common::required_env("DBMANAGER_TEST_MYSQL_URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let rw = common::manager(
+        &common::unique_name("topo_my_rw"),
+        &format!("{url}{sep}target_session_attrs=read-write"),
+    )?;
+    rw.query_one("SELECT 1 AS one", ())?;
+    assert_eq!(rw.pool_status().serving_role.as_deref(), Some("primary"));
+    let sb = common::manager_with(
+        &common::unique_name("topo_my_sb"),
+        &format!("{url}{sep}target_session_attrs=standby"),
+        |b| b.retry(dbmanager::RetryPolicy::none()),
+    )?;
+    let e = sb.query_one("SELECT 1 AS one", ()).expect_err("no standby");
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("a primary"), "{e}");
     Ok(())
 }
