@@ -137,7 +137,6 @@ struct HostsConnector {
     refuses_async: bool,
     serving: Arc<Serving>,
     metrics: Arc<DbMetrics>,
-    connect_timeout: Duration,
 }
 
 /// The connector for `config`: its backend's own for a single host with no
@@ -192,7 +191,6 @@ pub(crate) fn connector(
             refuses_async,
             serving: Arc::clone(&serving),
             metrics,
-            connect_timeout: config.connect_timeout,
         }),
         serving,
     ))
@@ -302,7 +300,6 @@ impl Connector for HostsConnector {
         if let Some(e) = last_error {
             err = err.with_source(e);
         }
-        let _ = self.connect_timeout;
         Err(err)
     }
 
