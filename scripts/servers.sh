@@ -11,6 +11,8 @@
 #   dbm_start_pgbouncer  pgbouncer (installs it with apt if missing) in transaction
 #                        pooling mode in front of the PostgreSQL started above,
 #                        with a server pool smaller than the tests' client threads
+#   dbm_start_pg_replica a streaming replica (pg_basebackup -R, hot standby) of
+#                        the PostgreSQL started above, on its own port
 #   dbm_start_pushgateway a Prometheus Pushgateway (installs it with apt if missing)
 #   dbm_need_promtool    Prometheus' promtool (installs the prometheus package
 #                        with apt if missing; no server is started)
@@ -20,7 +22,11 @@
 #                        another server of its own (temp dir, free port) for a
 #                        test that stops, restarts or freezes it; prints
 #                        KEY=VALUE lines: URL, ADMIN_URL, PID, DIR. Control it with
-#                        dbm_private_ctl DIR stop|start|pid|remove
+#                        dbm_private_ctl DIR stop|start|pid|remove|promote
+#   dbm_private_server postgres-standby PRIMARY_DIR
+#                        a streaming standby of the private PostgreSQL in
+#                        PRIMARY_DIR (for a failover test: stop the primary,
+#                        then dbm_private_ctl STANDBY_DIR promote)
 #   dbm_print_env        prints the exported URLs with the passwords masked
 #   dbm_stop_all         stops whatever was started and removes the temp dirs
 #                        (safe to call twice, or when nothing was started)
@@ -30,6 +36,10 @@
 #   DBMANAGER_TEST_POSTGRES_ADMIN_URL  postgresql://postgres:<pw>@127.0.0.1:<port>/appdb
 #   DBMANAGER_TEST_POSTGRES_PGDATA     the cluster's data directory
 #   DBMANAGER_TEST_POSTGRES_PID        the postmaster's pid
+# Exported after dbm_start_pg_replica:
+#   DBMANAGER_TEST_POSTGRES_REPLICA_URL       postgresql://app:<pw>@127.0.0.1:<replica port>/appdb
+#   DBMANAGER_TEST_POSTGRES_REPLICA_ADMIN_URL the same as postgres (pg_wal_replay_pause needs it)
+#   DBMANAGER_TEST_POSTGRES_REPLICA_PID       the standby's postmaster pid
 # Exported after dbm_start_mariadb:
 #   DBMANAGER_TEST_MYSQL_URL           mysql://app:<pw>@127.0.0.1:<port>/appdb
 #   DBMANAGER_TEST_MYSQL_ADMIN_URL     mysql://root:<pw>@127.0.0.1:<port>/appdb
@@ -220,7 +230,7 @@ _dbm_clean_stale() {
             fi
         fi
         rm -rf -- "$d"
-    done < <(find "$base" -maxdepth 1 -type d \( -name 'dbmanager-pg.??????' -o -name 'dbmanager-my.??????' -o -name 'dbmanager-pgb.??????' \) 2>/dev/null)
+    done < <(find "$base" -maxdepth 1 -type d \( -name 'dbmanager-pg.??????' -o -name 'dbmanager-my.??????' -o -name 'dbmanager-pgb.??????' -o -name 'dbmanager-pgsb.??????' \) 2>/dev/null)
     return 0
 }
 
@@ -420,6 +430,97 @@ dbm_start_postgres() {
     export DBMANAGER_TEST_POSTGRES_PGDATA=$dir/data
     export DBMANAGER_TEST_POSTGRES_PID=$pid
     _dbm_log "PostgreSQL $("$bin/postgres" --version 2>/dev/null | awk '{ print $3 }') ready on 127.0.0.1:$port (pid $pid, $(_dbm_elapsed "$t0") s)"
+}
+
+# _dbm_pg_standby PRIMARY_PORT SUPERPW: a hot standby of the PostgreSQL on
+# 127.0.0.1:PRIMARY_PORT, made with pg_basebackup -R -X stream as the
+# superuser (initdb's pg_hba.conf allows replication from 127.0.0.1), in a
+# fresh temp dir on a free port; waits until it accepts connections. Sets
+# _DBM_SB_DIR, _DBM_SB_PORT, _DBM_SB_PID. Returns non-zero (and removes what
+# it made) on failure.
+_dbm_pg_standby() {
+    local pport=$1 superpw=$2 bin dir port pid tries
+    bin=$(_dbm_pg_bin) || {
+        _dbm_fail "PostgreSQL binaries not found"
+        return 1
+    }
+    dir=$(mktemp -d "${DBM_TMPDIR:-/tmp}/dbmanager-pgsb.XXXXXX") || {
+        _dbm_fail "mktemp -d failed"
+        return 1
+    }
+    printf '%s\n' "$$" >"$dir/owner" || true
+    chmod 0700 "$dir" || true
+    if _dbm_is_root; then chown postgres:postgres "$dir" || true; fi
+    if ! PGPASSWORD=$superpw PGCONNECT_TIMEOUT=10 _DBM_PG_DIR=$dir _dbm_as_pg env PGPASSWORD="$superpw" \
+        timeout 120 "$bin/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$dir/data" -R -X stream \
+        >"$dir/basebackup.log" 2>&1; then
+        _dbm_fail "pg_basebackup of 127.0.0.1:$pport failed" "$dir/basebackup.log"
+        rm -rf -- "$dir"
+        return 1
+    fi
+    for tries in 1 2 3; do
+        port=$(_dbm_free_port) || {
+            _dbm_fail "could not find a free port on 127.0.0.1"
+            rm -rf -- "$dir"
+            return 1
+        }
+        # In the config (not on pg_ctl's command line), so that a plain
+        # `pg_ctl start` or a promotion keeps the port and socket.
+        printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = %s\nhot_standby = on\n" \
+            "$port" "$dir" "${DBM_PG_MAX_CONNECTIONS:-300}" >>"$dir/data/postgresql.auto.conf"
+        if _DBM_PG_DIR=$dir _dbm_as_pg timeout $((${DBM_START_TIMEOUT:-60} + 10)) "$bin/pg_ctl" -D "$dir/data" \
+            -l "$dir/log" -w -t "${DBM_START_TIMEOUT:-60}" start >"$dir/pg_ctl.log" 2>&1; then
+            break
+        fi
+        if ((tries < 3)) && grep -qE 'could not bind|Address already in use' "$dir/log" 2>/dev/null; then
+            _DBM_PG_DIR=$dir _dbm_as_pg timeout 40 "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+            continue
+        fi
+        _dbm_fail "the PostgreSQL standby could not start on 127.0.0.1:$port" "$dir/pg_ctl.log" "$dir/log"
+        _DBM_PG_DIR=$dir _dbm_as_pg timeout 40 "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+        rm -rf -- "$dir"
+        return 1
+    done
+    pid=$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null) || pid=
+    printf 'postgres\n' >"$dir/kind"
+    _DBM_SB_DIR=$dir
+    _DBM_SB_PORT=$port
+    _DBM_SB_PID=$pid
+}
+
+_dbm_stop_pg_replica() {
+    local dir=${_DBM_PGR_DIR:-}
+    if [[ -n $dir && -d $dir ]]; then
+        dbm_private_ctl "$dir" remove || true
+    fi
+    unset _DBM_PGR_DIR DBMANAGER_TEST_POSTGRES_REPLICA_URL DBMANAGER_TEST_POSTGRES_REPLICA_ADMIN_URL \
+        DBMANAGER_TEST_POSTGRES_REPLICA_PID
+}
+
+# A streaming replica of the PostgreSQL of dbm_start_postgres, for the read
+# replica tests (reads there, writes on the primary, replay paused on demand).
+dbm_start_pg_replica() {
+    local t0 superpw apppw rest
+    t0=$(_dbm_now)
+    if [[ -n ${_DBM_PGR_DIR:-} ]]; then
+        _dbm_log "the PostgreSQL replica is already running (reusing it)"
+        return 0
+    fi
+    if [[ -z ${DBMANAGER_TEST_POSTGRES_ADMIN_URL:-} || -z ${_DBM_PG_PORT:-} ]]; then
+        _dbm_fail "dbm_start_pg_replica: start the primary first (dbm_start_postgres)"
+        return 1
+    fi
+    # postgresql://postgres:PW@host:port/db
+    rest=${DBMANAGER_TEST_POSTGRES_ADMIN_URL#postgresql://postgres:}
+    superpw=${rest%%@*}
+    rest=${DBMANAGER_TEST_POSTGRES_URL#postgresql://app:}
+    apppw=${rest%%@*}
+    _dbm_pg_standby "$_DBM_PG_PORT" "$superpw" || return 1
+    _DBM_PGR_DIR=$_DBM_SB_DIR
+    export DBMANAGER_TEST_POSTGRES_REPLICA_URL="postgresql://app:$apppw@127.0.0.1:$_DBM_SB_PORT/appdb"
+    export DBMANAGER_TEST_POSTGRES_REPLICA_ADMIN_URL="postgresql://postgres:$superpw@127.0.0.1:$_DBM_SB_PORT/appdb"
+    export DBMANAGER_TEST_POSTGRES_REPLICA_PID=$_DBM_SB_PID
+    _dbm_log "PostgreSQL streaming replica ready on 127.0.0.1:$_DBM_SB_PORT (pid $_DBM_SB_PID, $(_dbm_elapsed "$t0") s)"
 }
 
 # ---------------------------------------------------------------- MariaDB
@@ -1089,8 +1190,27 @@ dbm_private_server() {
             printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" \
                 "$_DBM_PG_PORT" "$_DBM_PG_DIR" >>"$_DBM_PG_DIR/data/postgresql.auto.conf"
             printf 'postgres\n' >"$_DBM_PG_DIR/kind"
+            # For a standby of this one (dbm_private_server postgres-standby).
+            (umask 077 && printf '%s\n%s\n%s\n' "$_DBM_PG_PORT" "$DBMANAGER_TEST_POSTGRES_ADMIN_URL" \
+                "$DBMANAGER_TEST_POSTGRES_URL" >"$_DBM_PG_DIR/primary")
             printf 'URL=%s\nADMIN_URL=%s\nPID=%s\nDIR=%s\n' "$DBMANAGER_TEST_POSTGRES_URL" \
                 "$DBMANAGER_TEST_POSTGRES_ADMIN_URL" "$DBMANAGER_TEST_POSTGRES_PID" "$_DBM_PG_DIR"
+            ;;
+        postgres-standby)
+            local pdir=${2:-} pport admin app superpw apppw rest
+            if [[ -z $pdir || ! -f $pdir/primary ]]; then
+                _dbm_fail "dbm_private_server postgres-standby: '$pdir' is not a private PostgreSQL's folder"
+                exit 1
+            fi
+            { read -r pport && read -r admin && read -r app; } <"$pdir/primary"
+            rest=${admin#postgresql://postgres:}
+            superpw=${rest%%@*}
+            rest=${app#postgresql://app:}
+            apppw=${rest%%@*}
+            _dbm_pg_standby "$pport" "$superpw" || exit 1
+            printf 'URL=%s\nADMIN_URL=%s\nPID=%s\nDIR=%s\n' \
+                "postgresql://app:$apppw@127.0.0.1:$_DBM_SB_PORT/appdb" \
+                "postgresql://postgres:$superpw@127.0.0.1:$_DBM_SB_PORT/appdb" "$_DBM_SB_PID" "$_DBM_SB_DIR"
             ;;
         mariadb)
             dbm_start_mariadb >&2 || exit 1
@@ -1166,12 +1286,23 @@ dbm_private_ctl() {
             sleep 0.1
         done
         ;;
+    postgres/promote)
+        [[ -n $pid ]] || {
+            _dbm_fail "the private PostgreSQL in $dir is not running; nothing to promote"
+            return 1
+        }
+        bin=$(_dbm_pg_bin) || return 1
+        if ! _DBM_PG_DIR=$dir _dbm_as_pg timeout 70 "$bin/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null 2>&1; then
+            _dbm_fail "the private PostgreSQL in $dir could not be promoted" "$dir/log"
+            return 1
+        fi
+        ;;
     */remove)
         dbm_private_ctl "$dir" stop || true
         if [[ ${DBM_KEEP_DIRS:-0} != 1 ]]; then rm -rf -- "$dir"; fi
         ;;
     *)
-        _dbm_fail "dbm_private_ctl: unknown action '$action' (stop, start, pid or remove)"
+        _dbm_fail "dbm_private_ctl: unknown action '$action' (stop, start, pid, promote or remove)"
         return 1
         ;;
     esac
@@ -1184,6 +1315,7 @@ dbm_print_env() {
     local v val
     for v in DBMANAGER_TEST_POSTGRES_URL DBMANAGER_TEST_POSTGRES_ADMIN_URL \
         DBMANAGER_TEST_POSTGRES_PGDATA DBMANAGER_TEST_POSTGRES_PID \
+        DBMANAGER_TEST_POSTGRES_REPLICA_URL DBMANAGER_TEST_POSTGRES_REPLICA_ADMIN_URL \
         DBMANAGER_TEST_MYSQL_URL DBMANAGER_TEST_MYSQL_ADMIN_URL DBMANAGER_TEST_MYSQL_PID \
         DBMANAGER_TEST_PUSHGATEWAY_URL DBMANAGER_TEST_PROMTOOL DBMANAGER_TEST_PYWAY \
         DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID \
@@ -1204,6 +1336,11 @@ dbm_stop_all() {
     if [[ -n ${_DBM_PGB_DIR:-} || -n ${_DBM_PGB_PID:-} ]]; then
         had=1
         _dbm_stop_pgbouncer
+    fi
+    # The replica before its primary.
+    if [[ -n ${_DBM_PGR_DIR:-} ]]; then
+        had=1
+        _dbm_stop_pg_replica
     fi
     if [[ -n ${_DBM_PG_DIR:-} || -n ${_DBM_PG_PID:-} ]]; then
         had=1

@@ -74,7 +74,12 @@ pub(crate) fn check(
         scaling: shared.scaling_level(Instant::now()),
         degraded_reasons: Vec::new(),
         circuit: shared.circuit_state(),
+        serving_host: None,
+        serving_role: None,
     };
+    let after = shared.pool_status();
+    status.serving_host = after.serving_host;
+    status.serving_role = after.serving_role;
     verdict(
         &mut status,
         config.degraded_after,
@@ -250,6 +255,8 @@ mod tests {
             scaling: ScalingLevel::Normal,
             degraded_reasons: Vec::new(),
             circuit: CircuitState::Closed,
+            serving_host: None,
+            serving_role: None,
         }
     }
 

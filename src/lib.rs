@@ -65,10 +65,13 @@ pub mod migrate;
 mod observe;
 mod pipeline;
 mod pool;
+mod replica;
 mod resilience;
 mod session;
+mod shards;
 mod sql;
 mod status;
+mod topology;
 mod value;
 mod watchdog;
 
@@ -81,12 +84,16 @@ pub use rust_decimal;
 pub use serde_json;
 pub use uuid;
 
-pub use crate::config::{variable_stem, DatabaseConfig, DatabaseConfigBuilder};
+pub use crate::config::{
+    variable_stem, DatabaseConfig, DatabaseConfigBuilder, ShardKey, ShardRule, TargetSessionAttrs,
+};
 pub use crate::entities::{Deletion, Entities, Find, HistoryEntry, Order, TxEntities};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
+pub use crate::replica::{ReplicaHandle, LAG_CACHE};
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
+pub use crate::shards::{ShardResults, Shards};
 pub use crate::status::{
     BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationState,
     MigrationSummary, PoolStatus, QueryPlan, ScalingLevel, StatementStats,

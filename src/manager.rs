@@ -371,6 +371,42 @@ impl DatabaseManager {
         )
     }
 
+    /// The manager of the read replicas' pool (made once, on first use),
+    /// or `None` when no replica is configured.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_config`](Self::from_config) for the replica's configuration.
+    pub(crate) fn replica_manager(&self) -> Result<Option<DatabaseManager>> {
+        let Some(mut config) = self.shared.config.replica_config() else {
+            return Ok(None);
+        };
+        if let Some(shared) = self.shared.replica.get() {
+            return Ok(Some(DatabaseManager {
+                shared: Arc::clone(shared),
+                retry: self.retry,
+            }));
+        }
+        // Its own name, so that its metrics and pool gauges are its own.
+        config.name = format!("{}_replica", self.shared.config.name).into();
+        let made = DatabaseManager::from_config(config)?;
+        let shared = self.shared.replica.get_or_init(|| Arc::clone(&made.shared));
+        Ok(Some(DatabaseManager {
+            shared: Arc::clone(shared),
+            retry: self.retry,
+        }))
+    }
+
+    /// The replicas' lag as last measured, and when.
+    pub(crate) fn replica_lag_cache(&self) -> &Mutex<Option<(std::time::Instant, Option<f64>)>> {
+        &self.shared.replica_lag
+    }
+
+    /// Counts a read meant for a replica that went to this primary.
+    pub(crate) fn count_replica_fallback(&self) {
+        self.shared.metrics.replica_fallback();
+    }
+
     /// A snapshot of the pool (`get_pool_status` in the Python system).
     #[must_use]
     pub fn pool_status(&self) -> PoolStatus {

@@ -120,6 +120,8 @@ struct Families {
     retries: IntCounterVec,
     circuit_state: IntGaugeVec,
     circuit_transitions: IntCounterVec,
+    replica_fallbacks: IntCounterVec,
+    host_connections: IntCounterVec,
     /// Live databases, read at collection time.
     sources: Mutex<Vec<Weak<dyn PoolSource>>>,
 }
@@ -193,6 +195,16 @@ fn families() -> &'static Families {
                 "Changes of the circuit breaker's state, by the state entered.",
                 &["database", "state"],
             ),
+            replica_fallbacks: counter(
+                "db_replica_fallback_total",
+                "Reads meant for a read replica that went to the primary (no replica within the lag bound).",
+                db,
+            ),
+            host_connections: counter(
+                "db_host_connections_created_total",
+                "Connections opened, by host of a host list and its role (primary or replica).",
+                &["database", "host", "role"],
+            ),
             sources: Mutex::new(Vec::new()),
         }
     })
@@ -237,6 +249,8 @@ impl Families {
             &self.retries,
             &self.circuit_state,
             &self.circuit_transitions,
+            &self.replica_fallbacks,
+            &self.host_connections,
         ]
     }
 
@@ -544,6 +558,7 @@ pub fn serve(addr: impl std::net::ToSocketAddrs) -> Result<MetricsServer> {
 /// One database's metric handles, resolved once (no label lookup per
 /// statement).
 pub(crate) struct DbMetrics {
+    database: Box<str>,
     on: bool,
     query_time: [Histogram; 6],
     query_count: [IntCounter; 6],
@@ -575,7 +590,10 @@ impl DbMetrics {
         let l = [database];
         let op = |v: &HistogramVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
         let opc = |v: &IntCounterVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
+        // Exposed at zero, like the other families.
+        f.replica_fallbacks.with_label_values(&l);
         let m = DbMetrics {
+            database: database.into(),
             on,
             query_time: std::array::from_fn(|i| op(&f.query_time, i)),
             query_count: std::array::from_fn(|i| opc(&f.query_count, i)),
@@ -680,6 +698,27 @@ impl DbMetrics {
     pub(crate) fn acquired(&self, elapsed: Duration) {
         if self.on {
             self.connection_time.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// A read meant for a replica went to the primary.
+    pub(crate) fn replica_fallback(&self) {
+        if self.on {
+            families()
+                .replica_fallbacks
+                .with_label_values(&[&self.database])
+                .inc();
+        }
+    }
+
+    /// A connection was opened to `host` (of a host list), a server in
+    /// `role` (`primary` or `replica`).
+    pub(crate) fn host_connected(&self, host: &str, role: &str) {
+        if self.on {
+            families()
+                .host_connections
+                .with_label_values(&[&self.database, host, role])
+                .inc();
         }
     }
 

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::{self, Connector};
+use crate::backend::Connector;
 use crate::config::{DatabaseConfig, MAX_QUERY_TIMEOUT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{DbMetrics, PoolSnapshot, PoolSource, OPERATIONS};
@@ -48,6 +48,7 @@ use crate::pool::{Pool, Pooled};
 use crate::resilience::{backoff, jitter_unit, Admit, Breaker, RetryPolicy, Transition};
 use crate::sql::{self, Binds, Dialect, Translated};
 use crate::status::{CircuitState, PoolStatus, ScalingLevel};
+use crate::topology::{self, Serving};
 use crate::value::{Params, Row, Value};
 use crate::watchdog::{Armed, Fired, Watchdog};
 
@@ -196,15 +197,23 @@ pub(crate) struct Shared {
     pub(crate) window: TimeoutWindow,
     pub(crate) stats: StatTable,
     pub(crate) breaker: Breaker,
+    /// Which host of the host list serves (see `topology`).
+    pub(crate) serving: Arc<Serving>,
+    /// The read replicas' pool, made on first use of `replica()`.
+    pub(crate) replica: std::sync::OnceLock<Arc<Shared>>,
+    /// The replicas' replay lag in seconds as last measured, and when
+    /// (`None` inside: could not be measured).
+    pub(crate) replica_lag: Mutex<Option<(Instant, Option<f64>)>>,
 }
 
 impl Shared {
     pub(crate) fn new(config: DatabaseConfig) -> Result<Arc<Shared>> {
-        let connector: Box<dyn Connector> =
-            backend::connector(&config).map_err(|e| e.on_database(&config.name))?;
+        let metrics = Arc::new(DbMetrics::new(&config.name, config.metrics));
+        let (connector, serving): (Box<dyn Connector>, _) =
+            topology::connector(&config, Arc::clone(&metrics))
+                .map_err(|e| e.on_database(&config.name))?;
         let dialect = connector.dialect();
         let refuses_async = connector.refuses_async_context();
-        let metrics = Arc::new(DbMetrics::new(&config.name, config.metrics));
         let pool = Pool::new(&config, connector, Arc::clone(&metrics));
         Ok(Arc::new_cyclic(|me| Shared {
             me: me.clone(),
@@ -216,6 +225,9 @@ impl Shared {
             window: TimeoutWindow::new(),
             stats: StatTable::new(),
             breaker: Breaker::new(config.breaker),
+            serving,
+            replica: std::sync::OnceLock::new(),
+            replica_lag: Mutex::new(None),
             config,
         }))
     }
@@ -910,10 +922,15 @@ impl Shared {
     }
 
     pub(crate) fn pool_status(&self) -> PoolStatus {
-        match &*self.pool.read() {
+        let mut status = match &*self.pool.read() {
             Some(pool) => pool.status(self.config.read_only, self.circuit_state()),
             None => Pool::closed_status(&self.config, self.circuit_state()),
+        };
+        if let Some((host, role)) = self.serving.get() {
+            status.serving_host = Some(host);
+            status.serving_role = role;
         }
+        status
     }
 
     /// Drops the pool: idle connections close now, checked-out ones when

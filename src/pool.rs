@@ -530,7 +530,7 @@ impl Pool {
                 Some((conn, now))
             }
             Err(e) => {
-                tracing::debug!(database = %self.database, error = %e, "discarding a stale connection");
+                tracing::debug!(database = %self.database, host = conn.backend.host(), error = %e, "discarding a stale connection");
                 conn.broken = true;
                 None
             }
@@ -657,6 +657,8 @@ impl Pool {
             read_only: config.read_only,
             circuit,
             timestamp: crate::status::now_rfc3339(),
+            serving_host: None,
+            serving_role: None,
         }
     }
 
@@ -681,6 +683,8 @@ impl Pool {
             read_only,
             circuit,
             timestamp: crate::status::now_rfc3339(),
+            serving_host: None,
+            serving_role: None,
         }
     }
 }

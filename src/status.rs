@@ -98,6 +98,12 @@ pub struct PoolStatus {
     pub circuit: CircuitState,
     /// When the snapshot was taken, RFC 3339 in UTC.
     pub timestamp: String,
+    /// The host serving new connections (`host:port` as written in the
+    /// connection string; the latest one opened), once one was opened.
+    pub serving_host: Option<String>,
+    /// That host's role: `primary` or `replica`, when the topology asked
+    /// (a host list, or a `target_session_attrs` other than `any`).
+    pub serving_role: Option<String>,
 }
 
 /// Now, as RFC 3339 UTC with a `Z`.
@@ -176,6 +182,10 @@ pub struct HealthStatus {
     pub degraded_reasons: Vec<String>,
     /// The circuit breaker's state after the check.
     pub circuit: CircuitState,
+    /// The host serving new connections, as in [`PoolStatus::serving_host`].
+    pub serving_host: Option<String>,
+    /// That host's role (`primary`, `replica`), as in [`PoolStatus::serving_role`].
+    pub serving_role: Option<String>,
 }
 
 /// The verdict of a health check.

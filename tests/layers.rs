@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("metrics", 40),
     ("observe", 40),
     ("pool", 41),
+    ("topology", 41),
     // 5 the choke point.
     ("pipeline", 50),
     // 6 services.
@@ -37,6 +38,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("migrate", 61),
     ("entities", 61),
     ("manager", 62),
+    ("replica", 63),
+    ("shards", 63),
     // 7 edges.
     ("lib", 70),
     ("bin", 71),

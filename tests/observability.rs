@@ -231,6 +231,7 @@ const FAMILIES: &[&str] = &[
     "db_transaction_duration_seconds",
     "db_timeout_rate",
     "db_scaling_level",
+    "db_replica_fallback_total",
     "db_retries_total",
     "db_circuit_state",
     "db_circuit_transitions_total",

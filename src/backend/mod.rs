@@ -136,6 +136,12 @@ pub(crate) trait Connection: Send {
     fn cancel_confirmed(&self, error: &Error) -> bool {
         error.kind() == ErrorKind::QueryTimeout
     }
+
+    /// The host of a host list this connection went to (`host:port` as
+    /// written), when the topology chose it.
+    fn host(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Makes the connector for a configuration, or says which feature is missing.

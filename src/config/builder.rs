@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::env::default_pool_size;
-use super::url::{kind_of_url, redact_url, url_asks_pgbouncer};
+use super::url::{host_list, kind_of_url, redact_url, url_asks_pgbouncer, TargetSessionAttrs};
 use super::DatabaseConfig;
 use crate::error::{Error, Result};
 use crate::resilience::{BreakerSettings, RetryPolicy};
@@ -92,6 +92,8 @@ pub struct DatabaseConfigBuilder {
     retry: RetryPolicy,
     breaker: BreakerSettings,
     pgbouncer: bool,
+    replica_url: Option<String>,
+    max_replica_lag: Duration,
     /// Set when read from the environment: the variables' common stem
     /// (`DEVELOPMENT_GLOBAL_RPA_DB_`), where they were looked up, and which
     /// variable set which setting; `build()` names them in its messages.
@@ -140,6 +142,8 @@ impl DatabaseConfigBuilder {
                 recovery: Duration::from_millis(500),
             },
             pgbouncer: false,
+            replica_url: None,
+            max_replica_lag: Duration::from_secs(5),
             var_stem: None,
             looked_in: None,
             origins: Vec::new(),
@@ -386,6 +390,24 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// The read replicas' connection string: one URL or a libpq host list
+    /// (`{PREFIX}{NAME}_REPLICA_CONNECTION_STRING`). Reads of
+    /// [`DatabaseManager::replica`](crate::DatabaseManager::replica) go there
+    /// while the replica's replay lag is within
+    /// [`max_replica_lag`](Self::max_replica_lag).
+    pub fn replica_url(mut self, url: impl Into<String>) -> Self {
+        self.replica_url = Some(url.into());
+        self
+    }
+
+    /// Replay lag past which reads of [`DatabaseManager::replica`](crate::DatabaseManager::replica)
+    /// go to the primary instead (`{PREFIX}{NAME}_MAX_REPLICA_LAG`, seconds;
+    /// default 5 s). The lag is measured on the replica and cached briefly.
+    pub fn max_replica_lag(mut self, lag: Duration) -> Self {
+        self.max_replica_lag = lag;
+        self
+    }
+
     /// The PostgreSQL server is reached through pgbouncer in transaction
     /// pooling mode, where each transaction (each statement outside one) may
     /// run on another server connection, shared with other clients. So no
@@ -444,6 +466,7 @@ impl DatabaseConfigBuilder {
         self.check_sizes(&name, pool_size)?;
         self.check_durations()?;
         self.check_history_table()?;
+        self.check_hosts(&url, kind)?;
         let migrations_dir = self
             .migrations_dir
             .unwrap_or_else(|| Path::new("migrations").join(&name));
@@ -472,6 +495,8 @@ impl DatabaseConfigBuilder {
             retry: self.retry,
             breaker: self.breaker,
             pgbouncer,
+            replica_url: self.replica_url,
+            max_replica_lag: self.max_replica_lag,
             var_stem: self.var_stem,
         })
     }
@@ -499,6 +524,51 @@ impl DatabaseConfigBuilder {
             }
             _ => Ok(inferred),
         }
+    }
+
+    /// The host lists of the connection string and the replica's: known
+    /// `target_session_attrs` and `load_balance_hosts` values, a replica of
+    /// the same backend, host lists only where a backend takes them.
+    fn check_hosts(&self, url: &str, kind: BackendKind) -> Result<()> {
+        let url_label = self
+            .origin("DatabaseConfigBuilder::url")
+            .map_or("the connection string", |o| &o.var)
+            .to_owned();
+        let replica_label = self
+            .origin("DatabaseConfigBuilder::replica_url")
+            .map_or("the replica connection string", |o| &o.var)
+            .to_owned();
+        let mut lists = vec![(url_label, url.to_owned())];
+        if let Some(r) = &self.replica_url {
+            let rkind = kind_of_url(r)
+                .map_err(|why| Error::config(format!("{replica_label} cannot be used: {why}")))?;
+            if rkind != kind {
+                return Err(Error::config(format!(
+                    "{replica_label} is a {rkind} URL but the database is {kind}; a replica must be of the same backend"
+                )));
+            }
+            lists.push((replica_label, r.clone()));
+        }
+        for (label, u) in lists {
+            let hosts = host_list(&u)
+                .map_err(|why| Error::config(format!("{label} cannot be used: {why}")))?;
+            if let Some(h) = hosts {
+                let multi = h.hosts.len() > 1 || h.attrs != TargetSessionAttrs::Any;
+                if multi && !matches!(kind, BackendKind::Postgres | BackendKind::MySql) {
+                    return Err(Error::config(format!(
+                        "{label} cannot be used: host lists and target_session_attrs are for PostgreSQL and MySQL/MariaDB only"
+                    )));
+                }
+            }
+        }
+        if self.max_replica_lag > MAX_DURATION {
+            return Err(self.refuse(
+                "DatabaseConfigBuilder::max_replica_lag",
+                &format!("{:?}", self.max_replica_lag),
+                DURATION_TOO_LONG,
+            ));
+        }
+        Ok(())
     }
 
     fn check_sizes(&self, name: &str, pool_size: u32) -> Result<()> {

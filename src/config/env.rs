@@ -289,6 +289,8 @@ const SETTINGS: &[Setting] = &[
     setting("CIRCUIT_WINDOW",       "DatabaseConfigBuilder::circuit_window",       PositiveSecs(B::circuit_window)),
     setting("CIRCUIT_RECOVERY",     "DatabaseConfigBuilder::circuit_recovery",     PositiveSecs(B::circuit_recovery)),
     setting("PGBOUNCER",            "DatabaseConfigBuilder::pgbouncer",            Flag(B::pgbouncer)),
+    setting("REPLICA_CONNECTION_STRING", "DatabaseConfigBuilder::replica_url",     Text(|b, url| b.replica_url(url))),
+    setting("MAX_REPLICA_LAG",      "DatabaseConfigBuilder::max_replica_lag",      Secs(B::max_replica_lag)),
 ];
 
 impl Parse {
@@ -366,10 +368,66 @@ fn from_sources(
                 .parse
                 .apply(b, &var, &text)
                 .map_err(|why| Error::config(format!("{why}; read from {looked_in}")))?;
-            b.note_origin(s.setter, var, Some(text.trim().to_owned()));
+            // A connection string's text is never kept for messages.
+            let shown = (!s.suffix.ends_with(URL)).then(|| text.trim().to_owned());
+            b.note_origin(s.setter, var, shown);
         }
     }
     b.build()
+}
+
+/// `{PREFIX}{NAME}_SHARDS`: the shard databases, comma-separated.
+const SHARDS: &str = "SHARDS";
+/// `{PREFIX}{NAME}_SHARD_RULE`: `hash` (default) or `range:B1,B2,…`.
+const SHARD_RULE: &str = "SHARD_RULE";
+/// `{PREFIX}{NAME}_SHARD_TIMEOUT`: seconds each shard's read may take in a
+/// read over every shard.
+const SHARD_TIMEOUT: &str = "SHARD_TIMEOUT";
+
+/// What the environment says of the sharded database `name`: its shard
+/// databases (each configured as usual), the rule, and the time limit of
+/// each shard's part of a read over every shard.
+///
+/// # Errors
+///
+/// [`Config`](crate::ErrorKind::Config) naming the variable that is
+/// missing or malformed.
+pub(crate) fn shard_settings(
+    name: &str,
+) -> Result<(Vec<String>, super::ShardRule, Option<Duration>)> {
+    let process = |k: &str| std::env::var(k).ok();
+    let dir = process("DBMANAGER_ENV_DIR").unwrap_or_else(|| DEFAULT_ENV_DIR.to_owned());
+    let dir = std::path::absolute(&dir).unwrap_or_else(|_| PathBuf::from(&dir));
+    let environment = process("ENVIRONMENT").unwrap_or_else(|| "development".to_owned());
+    let file = EnvFile::read(&dir.join(format!(".env.{}", environment.to_lowercase())))?;
+    let get = |k: &str| {
+        process(k)
+            .or_else(|| file.get(k))
+            .filter(|v| !v.trim().is_empty())
+    };
+    let stem = format!("{}{}_", env_prefix(&environment), variable_stem(name));
+    let var = format!("{stem}{SHARDS}");
+    let list = get(&var).ok_or_else(|| {
+        Error::config(format!(
+            "database `{name}` has no shards: set {var} to the shard databases, e.g. {name}_0,{name}_1 (looked in {})",
+            file.describe()
+        ))
+    })?;
+    let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+    if names.iter().any(String::is_empty) {
+        return Err(Error::config(format!(
+            "{var} has an empty shard name; write the shard databases comma-separated, e.g. {name}_0,{name}_1"
+        )));
+    }
+    let rule_var = format!("{stem}{SHARD_RULE}");
+    let rule =
+        super::ShardRule::parse(&get(&rule_var).unwrap_or_default(), names.len(), &rule_var)?;
+    let t_var = format!("{stem}{SHARD_TIMEOUT}");
+    let timeout = match get(&t_var) {
+        Some(t) => Some(parse_secs(&t_var, t.trim()).map_err(Error::config)?),
+        None => None,
+    };
+    Ok((names, rule, timeout))
 }
 
 /// One message for each variable under the database's `stem`
@@ -381,7 +439,8 @@ fn from_sources(
 /// database whose name starts with this one (`RPA_DB_OLD_POOL_SIZE` for
 /// `rpa_db_old`), and is not reported.
 pub(crate) fn unknown_settings(stem: &str, names: impl Iterator<Item = String>) -> Vec<String> {
-    let suffixes: Vec<&str> = std::iter::once(URL)
+    let suffixes: Vec<&str> = [URL, SHARDS, SHARD_RULE, SHARD_TIMEOUT]
+        .into_iter()
         .chain(SETTINGS.iter().map(|s| s.suffix))
         .collect();
     let mut seen: Vec<String> = Vec::new();

@@ -17,12 +17,17 @@ use crate::status::BackendKind;
 
 mod builder;
 mod env;
+mod shard;
 mod url;
 
 use self::url::redact_url;
 pub use builder::DatabaseConfigBuilder;
 pub(crate) use builder::{DEFAULT_HISTORY_TABLE, MAX_DURATION, MAX_QUERY_TIMEOUT};
+pub(crate) use env::shard_settings;
 pub use env::variable_stem;
+pub use shard::{ShardKey, ShardRule};
+pub(crate) use url::host_list;
+pub use url::TargetSessionAttrs;
 
 /// Settings of one database. Plain data; build it with
 /// [`DatabaseConfig::builder`], or read it with [`DatabaseConfig::from_env`].
@@ -53,6 +58,10 @@ pub struct DatabaseConfig {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerSettings,
     pub(crate) pgbouncer: bool,
+    /// The read replicas' connection string (one host or a host list).
+    pub(crate) replica_url: Option<String>,
+    /// Replay lag past which a replica's reads go to the primary.
+    pub(crate) max_replica_lag: Duration,
     /// `DEVELOPMENT_GLOBAL_RPA_DB_` when read from the environment, for messages.
     pub(crate) var_stem: Option<String>,
 }
@@ -83,6 +92,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("retry", &self.retry)
             .field("breaker", &self.breaker)
             .field("pgbouncer", &self.pgbouncer)
+            .field("replica_url", &self.replica_url.as_deref().map(redact_url))
+            .field("max_replica_lag", &self.max_replica_lag)
             .finish()
     }
 }
@@ -229,6 +240,40 @@ impl DatabaseConfig {
     /// Whether PostgreSQL is reached through pgbouncer (transaction pooling).
     pub fn pgbouncer(&self) -> bool {
         self.pgbouncer
+    }
+
+    /// The read replicas' connection string with its password replaced by
+    /// `***`, when one is configured.
+    pub fn redacted_replica_url(&self) -> Option<String> {
+        self.replica_url.as_deref().map(redact_url)
+    }
+
+    /// Replay lag past which a replica's reads go to the primary
+    /// (`{PREFIX}{NAME}_MAX_REPLICA_LAG`; default 5 s).
+    pub fn max_replica_lag(&self) -> Duration {
+        self.max_replica_lag
+    }
+
+    /// Which servers of the connection string's host list a session may use
+    /// (`target_session_attrs` in the URL; default `any`).
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        host_list(&self.url)
+            .ok()
+            .flatten()
+            .map_or(TargetSessionAttrs::Any, |h| h.attrs)
+    }
+
+    /// The configuration of the read replicas: this one with the replica
+    /// URL, read-only, named `{name}` still (its metrics carry the same
+    /// `database` label). `None` without a replica URL.
+    pub(crate) fn replica_config(&self) -> Option<DatabaseConfig> {
+        let url = self.replica_url.clone()?;
+        let mut c = self.clone();
+        c.url = url;
+        c.read_only = true;
+        c.replica_url = None;
+        c.auto_migrate = false;
+        Some(c)
     }
 
     /// Where the query timeout is set, for error messages.

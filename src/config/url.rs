@@ -35,7 +35,13 @@ pub(crate) fn kind_of_url(url: &str) -> std::result::Result<BackendKind, String>
             Err("it is neither a URL nor an ADO.NET `Server=…;` string".into())
         };
     }
-    let parsed = url::Url::parse(trimmed).map_err(|e| format!("it is not a valid URL ({e})"))?;
+    // A libpq host list (`h1:5432,h2:5433`) is checked through its first host.
+    let hosts = host_list(trimmed)?;
+    let first = hosts
+        .as_ref()
+        .and_then(|h| h.urls.first())
+        .map_or(trimmed, String::as_str);
+    let parsed = url::Url::parse(first).map_err(|e| format!("it is not a valid URL ({e})"))?;
     let scheme = parsed.scheme();
     let dialect = scheme.split('+').next().unwrap_or(scheme);
     let kind = match dialect {
@@ -339,6 +345,186 @@ pub(super) fn url_asks_pgbouncer(url: &str) -> bool {
                 && matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
         })
     })
+}
+
+/// Which servers of a host list a session may use: libpq's
+/// `target_session_attrs`, with libpq's meanings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    /// Any server that accepts the connection (the default).
+    #[default]
+    Any,
+    /// A server that accepts writes: not in recovery, and not
+    /// `default_transaction_read_only` (MySQL/MariaDB: `@@read_only` off).
+    ReadWrite,
+    /// A server that refuses writes: in recovery or
+    /// `default_transaction_read_only`.
+    ReadOnly,
+    /// A server not in recovery (a primary; MySQL/MariaDB: `@@read_only` off).
+    Primary,
+    /// A server in recovery (a hot standby; MySQL/MariaDB: `@@read_only` on).
+    Standby,
+    /// A standby if one answers, else any server.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// The accepted values, as written in a URL.
+    pub const VALUES: &'static str = "any, read-write, read-only, primary, standby, prefer-standby";
+
+    /// Parses a URL's `target_session_attrs` value.
+    pub(crate) fn parse(text: &str) -> Option<TargetSessionAttrs> {
+        Some(match text.trim().to_ascii_lowercase().as_str() {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            _ => return None,
+        })
+    }
+
+    /// The value as written in a URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// Whether a server `in_recovery` (a standby) whose sessions default to
+    /// `read_only` fits, on the strict pass; `prefer-standby` takes a
+    /// standby on its first pass ([`fits_fallback`](Self::fits_fallback)
+    /// takes any server on the second).
+    pub fn fits(self, in_recovery: bool, read_only: bool) -> bool {
+        match self {
+            TargetSessionAttrs::Any => true,
+            TargetSessionAttrs::ReadWrite => !in_recovery && !read_only,
+            TargetSessionAttrs::ReadOnly => in_recovery || read_only,
+            TargetSessionAttrs::Primary => !in_recovery,
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => in_recovery,
+        }
+    }
+
+    /// Whether a second pass over the hosts takes any server: only for
+    /// `prefer-standby`, when no standby answered.
+    pub fn fits_fallback(self) -> bool {
+        self == TargetSessionAttrs::PreferStandby
+    }
+}
+
+impl std::fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a URL says of its hosts: every host (`host:port` as written), the
+/// URL for each one alone, `target_session_attrs` and `load_balance_hosts`.
+#[derive(Clone, Debug)]
+pub(crate) struct HostList {
+    /// `host:port` (or `host`) as written, for reports; never credentials.
+    pub(crate) hosts: Vec<String>,
+    /// The URL with only that host, and without the two parameters above
+    /// (which the drivers would reject or read differently).
+    pub(crate) urls: Vec<String>,
+    pub(crate) attrs: TargetSessionAttrs,
+    /// `load_balance_hosts=random`: each new connection tries the hosts in a
+    /// fresh random order.
+    pub(crate) random: bool,
+}
+
+/// Reads the host list of a `scheme://user:pass@h1:p1,h2:p2/db?…` URL
+/// (libpq's multi-host form, also taken for MySQL/MariaDB). `Ok(None)` for
+/// a string that is not of the URL form (SQLite paths, ADO.NET strings).
+///
+/// # Errors
+///
+/// A message naming the bad `target_session_attrs` or
+/// `load_balance_hosts` value, or an empty host in the list.
+pub(crate) fn host_list(url: &str) -> std::result::Result<Option<HostList>, String> {
+    let trimmed = url.trim();
+    if trimmed.to_ascii_lowercase().starts_with("sqlite:") {
+        return Ok(None);
+    }
+    let Some(scheme) = url_scheme(trimmed) else {
+        return Ok(None);
+    };
+    let after = &trimmed[scheme.len() + 3..];
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let authority = &after[..authority_end];
+    let rest = &after[authority_end..];
+    let (userinfo, hostpart) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let mut attrs = TargetSessionAttrs::Any;
+    let mut random = false;
+    let mut kept = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v_dec: String = url::form_urlencoded::parse(format!("v={v}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        match k {
+            "target_session_attrs" => {
+                attrs = TargetSessionAttrs::parse(&v_dec).ok_or_else(|| {
+                    format!(
+                        "its target_session_attrs = `{v_dec}` is not known; use one of {}",
+                        TargetSessionAttrs::VALUES
+                    )
+                })?;
+            }
+            "load_balance_hosts" => {
+                random = match v_dec.as_str() {
+                    "random" => true,
+                    "disable" => false,
+                    other => {
+                        return Err(format!(
+                            "its load_balance_hosts = `{other}` is not known; use disable or random"
+                        ))
+                    }
+                }
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let query = if kept.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", kept.join("&"))
+    };
+    let mut hosts = Vec::new();
+    let mut urls = Vec::new();
+    for host in hostpart.split(',') {
+        let host = host.trim();
+        if host.is_empty() && hostpart.contains(',') {
+            return Err("its host list has an empty entry; write h1:5432,h2:5432".into());
+        }
+        hosts.push(host.to_owned());
+        let auth = match userinfo {
+            Some(u) => format!("{u}@{host}"),
+            None => host.to_owned(),
+        };
+        urls.push(format!("{scheme}://{auth}{path}{query}"));
+    }
+    Ok(Some(HostList {
+        hosts,
+        urls,
+        attrs,
+        random,
+    }))
 }
 
 #[cfg(test)]

@@ -61,6 +61,28 @@ impl PrivateServer {
         }
     }
 
+    /// A streaming standby of `primary` (a private PostgreSQL), made with
+    /// `pg_basebackup -R` on a port of its own.
+    pub fn standby_of(primary: &PrivateServer) -> PrivateServer {
+        let out = servers_sh("dbm_private_server", &["postgres-standby", &primary.dir]);
+        let get = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("dbm_private_server printed no {key}"))
+                .to_owned()
+        };
+        PrivateServer {
+            url: get("URL"),
+            admin_url: get("ADMIN_URL"),
+            dir: get("DIR"),
+        }
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) {
+        servers_sh("dbm_private_ctl", &[&self.dir, "promote"]);
+    }
+
     /// Stops the server (PostgreSQL: fast shutdown; MariaDB: SIGTERM).
     pub fn stop(&self) {
         servers_sh("dbm_private_ctl", &[&self.dir, "stop"]);
