@@ -68,6 +68,7 @@ mod resilience;
 mod session;
 mod sql;
 mod status;
+mod stream;
 mod value;
 mod watchdog;
 
@@ -85,6 +86,7 @@ pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
+pub use crate::stream::{RowStream, TypedRowStream, FETCH_ROWS};
 pub use crate::status::{
     BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationState,
     MigrationSummary, PoolStatus, QueryPlan, ScalingLevel, StatementStats,

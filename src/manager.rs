@@ -17,6 +17,7 @@ use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
 use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
+use crate::stream::{RowStream, TypedRowStream};
 use crate::status::{
     BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
     PoolStatus, QueryPlan, StatementStats,
@@ -198,6 +199,50 @@ impl DatabaseManager {
     }
 
     statement_methods!(&self);
+
+    /// Runs a query and returns its rows as a [`RowStream`], read from the
+    /// server as they are asked for: memory stays flat however many rows
+    /// come back. The stream holds a connection of its own until it is
+    /// exhausted or dropped. The query timeout bounds opening it and each
+    /// fetch of up to [`FETCH_ROWS`](crate::FETCH_ROWS) rows, not the whole
+    /// stream. Not retried.
+    ///
+    /// ```
+    /// # fn main() -> dbmanager::Result<()> {
+    /// # let db = dbmanager::DatabaseManager::from_config(
+    /// #     dbmanager::DatabaseConfig::builder("stream_doc").url("sqlite::memory:").build()?)?;
+    /// for row in db.stream("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) SELECT i FROM n", ())? {
+    ///     let i: i64 = row?.get("i")?;
+    ///     assert!(i >= 1);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`execute_query`](Self::execute_query), when the query is opened;
+    /// a later fetch may fail the same way (the stream then yields the
+    /// error and ends).
+    #[track_caller]
+    pub fn stream(&self, sql: &str, params: impl IntoParams) -> Result<RowStream<'static>> {
+        crate::stream::stream_owned(&self.shared, sql, params)
+    }
+
+    /// [`stream`](Self::stream), each row deserialised into `T` with serde
+    /// (matching fields by column name, as [`query_as`](Self::query_as)).
+    ///
+    /// # Errors
+    ///
+    /// As [`stream`](Self::stream); a row that does not fit `T` is a
+    /// [`Conversion`](crate::ErrorKind::Conversion) error in its place.
+    #[track_caller]
+    pub fn stream_as<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl IntoParams,
+    ) -> Result<TypedRowStream<'static, T>> {
+        self.stream(sql, params).map(RowStream::typed)
+    }
 
     /// Runs `statements` in one transaction: all of them or none. Returns
     /// each statement's affected-row count.

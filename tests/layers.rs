@@ -35,6 +35,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("session", 60),
     ("health", 60),
     ("migrate", 61),
+    ("stream", 61),
+    ("bulk", 61),
     ("manager", 62),
     // 7 edges.
     ("lib", 70),
