@@ -17,6 +17,7 @@ use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
 use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
+use crate::bulk::{Bulk, BulkReport};
 use crate::stream::{RowStream, TypedRowStream};
 use crate::status::{
     BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
@@ -226,6 +227,78 @@ impl DatabaseManager {
     #[track_caller]
     pub fn stream(&self, sql: &str, params: impl IntoParams) -> Result<RowStream<'static>> {
         crate::stream::stream_owned(&self.shared, sql, params)
+    }
+
+    /// A bulk load into `table` (which may be `schema.table`), to set up
+    /// (chunk size, a commit per chunk, where to start, progress) and run;
+    /// see [`Bulk`].
+    #[track_caller]
+    pub fn bulk(&self, table: &str) -> Bulk<'static> {
+        Bulk::new(Arc::clone(&self.shared), table, Location::caller())
+    }
+
+    /// Inserts `rows` into `table` on the server's fastest path, all or
+    /// nothing, in chunks of [`DEFAULT_CHUNK_SIZE`](crate::DEFAULT_CHUNK_SIZE); see [`Bulk::insert`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_insert<R: IntoParams>(
+        &self,
+        table: &str,
+        columns: &[&str],
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).insert(columns, rows)
+    }
+
+    /// Inserts or updates `rows` by `key_columns`; see [`Bulk::upsert`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_upsert<R: IntoParams>(
+        &self,
+        table: &str,
+        columns: &[&str],
+        key_columns: &[&str],
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).upsert(columns, key_columns, rows)
+    }
+
+    /// Updates the rows matched by `key_columns`; see [`Bulk::update`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_update<R: IntoParams>(
+        &self,
+        table: &str,
+        columns: &[&str],
+        key_columns: &[&str],
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).update(columns, key_columns, rows)
+    }
+
+    /// Deletes the rows whose `key_columns` match `keys`; see
+    /// [`Bulk::delete`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_delete<R: IntoParams>(
+        &self,
+        table: &str,
+        key_columns: &[&str],
+        keys: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).delete(key_columns, keys)
     }
 
     /// [`stream`](Self::stream), each row deserialised into `T` with serde
