@@ -139,6 +139,14 @@ enum Commit {
 #[must_use = "a bulk load does nothing until insert, upsert, update or delete runs it"]
 pub struct Bulk<'a> {
     shared: Arc<Shared>,
+    /// A guard's or transaction's connection (`None`: one of its own).
+    conn: Option<&'a mut Pooled>,
+    /// The load runs inside the caller's transaction: no `BEGIN`/`COMMIT`
+    /// of its own.
+    in_transaction: bool,
+    /// Why the borrowed connection cannot be used (a transaction that
+    /// timed out or ended), reported when the load runs.
+    refused: Option<Error>,
     table: String,
     chunk_size: usize,
     commit: Commit,
@@ -168,6 +176,9 @@ impl<'a> Bulk<'a> {
     ) -> Bulk<'a> {
         Bulk {
             shared,
+            conn: None,
+            in_transaction: false,
+            refused: None,
             table: table.to_owned(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             commit: Commit::AllOrNothing,
@@ -176,6 +187,28 @@ impl<'a> Bulk<'a> {
             progress: None,
             site,
         }
+    }
+
+    /// A load on a guard's connection, or inside a transaction
+    /// (`in_transaction`: its statements are part of it, committed or
+    /// rolled back with it).
+    pub(crate) fn on(
+        shared: Arc<Shared>,
+        table: &str,
+        parts: Result<(&'a mut Pooled, Limit)>,
+        in_transaction: bool,
+        site: &'static Location<'static>,
+    ) -> Bulk<'a> {
+        let mut bulk = Bulk::new(shared, table, site);
+        bulk.in_transaction = in_transaction;
+        match parts {
+            Ok((conn, limit)) => {
+                bulk.conn = Some(conn);
+                bulk.limit = limit;
+            }
+            Err(e) => bulk.refused = Some(e),
+        }
+        bulk
     }
 
     /// Rows per chunk (default [`DEFAULT_CHUNK_SIZE`]; 0 counts as 1).
@@ -300,6 +333,16 @@ impl<'a> Bulk<'a> {
         };
         self.shared
             .prepare_stage(Op::Execute, keyword, Params::None)?;
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
+        if self.in_transaction && self.commit == Commit::EachChunk {
+            return Err(Error::parameter(
+                "commit_each_chunk cannot be used inside a transaction, which commits as a whole; \
+                 run the load on the manager (db.bulk) to commit each chunk",
+            )
+            .on_database(&name));
+        }
         let label = format!(
             "{keyword} {} ({}) /* bulk {} */",
             plan.table,
@@ -307,12 +350,20 @@ impl<'a> Bulk<'a> {
             kind.name()
         );
         let start = Instant::now();
-        let mut conn = self.shared.checkout_within(None, self.site)?;
+        let mut owned;
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                owned = self.shared.checkout_within(None, self.site)?;
+                &mut owned
+            }
+        };
         // PostgreSQL's upserts, updates and deletes make a temporary table.
         conn.dirty = true;
         let mut load = Load {
             shared: &self.shared,
-            conn: &mut conn,
+            conn,
+            outer: self.in_transaction,
             plan: &plan,
             label: &label,
             limit: self.limit,
@@ -351,7 +402,6 @@ impl<'a> Bulk<'a> {
         self.shared
             .metrics
             .bulk(kind as usize, report.elapsed, committed);
-        drop(conn);
         result.map(|()| report)
     }
 }
@@ -363,6 +413,8 @@ struct Load<'s> {
     plan: &'s BulkPlan,
     label: &'s str,
     limit: Limit,
+    /// Inside the caller's transaction: no `BEGIN`/`COMMIT`/`ROLLBACK` here.
+    outer: bool,
     in_tx: bool,
     fired: bool,
 }
@@ -396,7 +448,7 @@ impl Load<'_> {
                 chunk.push(values);
             }
             let chunk_no = report.chunks + 1;
-            if !self.in_tx {
+            if !self.in_tx && !self.outer {
                 self.statement(Op::Begin)
                     .map_err(|e| self.fail(e, None, commit, report))?;
                 self.in_tx = true;
@@ -473,7 +525,7 @@ impl Load<'_> {
         commit: Commit,
         report: &BulkReport,
     ) -> Error {
-        if self.in_tx || self.conn.tx_started.is_some() {
+        if !self.outer && (self.in_tx || self.conn.tx_started.is_some()) {
             self.rollback();
         }
         let what = format!("bulk {} into {}", self.plan.kind.name(), self.plan.table);
@@ -484,6 +536,9 @@ impl Load<'_> {
             None => format!("{what} failed"),
         };
         let outcome = match commit {
+            Commit::AllOrNothing if self.outer => {
+                "the transaction it ran in decides what stays: roll it back".to_owned()
+            }
             Commit::AllOrNothing => {
                 "nothing was written: the whole load was rolled back".to_owned()
             }
@@ -546,5 +601,27 @@ fn row_values(params: Params, width: usize, names: &[String], index: u64) -> Res
         Params::None => Err(Error::parameter(format!(
             "input row {index} is empty; give each row one value per column"
         ))),
+    }
+}
+
+impl crate::PooledConnection {
+    /// A bulk load on this guard's connection; see [`Bulk`]. All or
+    /// nothing by default, as on the manager.
+    #[track_caller]
+    pub fn bulk(&mut self, table: &str) -> Bulk<'_> {
+        let (shared, conn, limit) = self.stage_parts();
+        Bulk::on(shared, table, Ok((conn, limit)), false, Location::caller())
+    }
+}
+
+impl crate::Transaction<'_> {
+    /// A bulk load inside this transaction; see [`Bulk`]. Its rows commit
+    /// or roll back with the transaction; [`Bulk::commit_each_chunk`] is
+    /// refused. Each chunk is bounded by the transaction's deadline too.
+    #[track_caller]
+    pub fn bulk(&mut self, table: &str) -> Bulk<'_> {
+        let shared = Arc::clone(self.shared());
+        let parts = self.stage_parts().map(|(_, conn, limit)| (conn, limit));
+        Bulk::on(shared, table, parts, true, Location::caller())
     }
 }

@@ -5,7 +5,8 @@
 //! configuration from environment variables, pooled connections,
 //! portable SQL, transactions that cannot be left half done, statement
 //! timeouts enforced on the server by one watchdog thread, retries and a
-//! circuit breaker, versioned migrations ([`migrate`]), Prometheus
+//! circuit breaker, streaming reads ([`RowStream`]) and bulk writes
+//! ([`Bulk`]), versioned migrations ([`migrate`]), Prometheus
 //! [`metrics`], health checks and plain status reports.
 //!
 //! ```
@@ -42,7 +43,7 @@
 //! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
 //! | `mssql`    | SQL Server (`tiberius`, TDS 7.3, rustls)          | yes     |
 //! | `metrics-server` | a tiny HTTP endpoint for Prometheus to scrape (`metrics::serve`) | no |
-//! | `cli`      | the `dbmanager` command-line tool (adds `clap`)   | yes     |
+//! | `cli`      | the `dbmanager` command-line tool (adds `clap`, and `csv` and `indicatif` for `import`/`export`) | no |
 //!
 //! Migrations (Flyway-style `V…__….sql` scripts, a `schema_version` history,
 //! one migrator at a time): see [`migrate`] and

@@ -428,6 +428,11 @@ impl<'a> Transaction<'a> {
 
     statement_methods!(&mut self);
 
+    /// The manager's shared state.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// What a stream or bulk load in this transaction runs with: the
     /// manager's shared state, the connection and the limit of each
     /// statement within the transaction's deadline. A transaction that

@@ -419,3 +419,38 @@ fn sql_server_refuses_cleanly(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(sql_server_refuses_cleanly, [MsSql]);
+
+/// A load inside a transaction is part of it: rolled back with it,
+/// committed with it; a commit per chunk is refused there. On a guard it
+/// runs as on the manager.
+fn inside_a_transaction_and_on_a_guard(b: Backend) -> Result<()> {
+    let db = b.open()?;
+    let t = people(&db)?;
+    let cols = ["id", "name", "score"];
+    let _ = db.transaction(|tx| {
+        let r = tx.bulk(&t.name).chunk_size(100).insert(&cols, (0..250).map(|i| (i, "tx", 0)))?;
+        assert_eq!(r.chunks, 3);
+        let n: i64 = tx.query_one(&format!("SELECT COUNT(*) AS n FROM [{}]", t.name), ())?.get("n")?;
+        assert_eq!(n, 250);
+        // Any error rolls the whole transaction back, the load with it.
+        tx.execute("SELECT * FROM no_such_table_in_bulk_tests", ()).map(drop)
+    });
+    assert_eq!(t.count()?, 0);
+    db.transaction(|tx| {
+        let e = tx
+            .bulk(&t.name)
+            .commit_each_chunk()
+            .insert(&cols, [(1, "x", 0)])
+            .expect_err("refused in a transaction");
+        assert_eq!(e.kind(), ErrorKind::Parameter);
+        tx.bulk(&t.name).insert(&cols, (0..10).map(|i| (i, "tx", 0)))?;
+        Ok::<_, dbmanager::Error>(())
+    })?;
+    assert_eq!(t.count()?, 10);
+    let mut conn = db.connection()?;
+    conn.bulk(&t.name).delete(&["id"], (0..5).map(|i| (i,)))?;
+    drop(conn);
+    assert_eq!(t.count()?, 5);
+    Ok(())
+}
+each_backend!(inside_a_transaction_and_on_a_guard);
