@@ -153,7 +153,9 @@ fn postgres_bulk(s: &Settings, url: &str) -> Outcome<bool> {
         s.rounds,
         || Ok(db.execute_batch(&format!("TRUNCATE {t}"))?),
         || {
-            db.bulk(&t).chunk_size(BULK_ROWS).insert(&["id", "name", "score"], rows(BULK_ROWS))?;
+            db.bulk(&t)
+                .chunk_size(BULK_ROWS)
+                .insert(&["id", "name", "score"], rows(BULK_ROWS))?;
             Ok(())
         },
         || {
@@ -169,8 +171,20 @@ fn postgres_bulk(s: &Settings, url: &str) -> Outcome<bool> {
         },
     )?;
     let single = single_rows(&db, &t)?;
-    let a = line("PostgreSQL bulk_insert 100k", ours, theirs, 0.95, "raw binary COPY");
-    let b = line("PostgreSQL bulk_insert vs single-row", ours, single, 10.0, "single-row autocommit");
+    let a = line(
+        "PostgreSQL bulk_insert 100k",
+        ours,
+        theirs,
+        0.95,
+        "raw binary COPY",
+    );
+    let b = line(
+        "PostgreSQL bulk_insert vs single-row",
+        ours,
+        single,
+        10.0,
+        "single-row autocommit",
+    );
     db.execute_batch(&format!("DROP TABLE {t}"))?;
     Ok(a && b)
 }
@@ -188,7 +202,9 @@ fn mariadb_bulk(s: &Settings, url: &str) -> Outcome<bool> {
         s.rounds,
         || Ok(db.execute_batch(&format!("TRUNCATE TABLE {t}"))?),
         || {
-            db.bulk(&t).chunk_size(BULK_ROWS).insert(&["id", "name", "score"], rows(BULK_ROWS))?;
+            db.bulk(&t)
+                .chunk_size(BULK_ROWS)
+                .insert(&["id", "name", "score"], rows(BULK_ROWS))?;
             Ok(())
         },
         || {
@@ -210,8 +226,20 @@ fn mariadb_bulk(s: &Settings, url: &str) -> Outcome<bool> {
         },
     )?;
     let single = single_rows(&db, &t)?;
-    let a = line("MariaDB bulk_insert 100k", ours, theirs, 0.95, "raw multi-row INSERT");
-    let b = line("MariaDB bulk_insert vs single-row", ours, single, 10.0, "single-row autocommit");
+    let a = line(
+        "MariaDB bulk_insert 100k",
+        ours,
+        theirs,
+        0.95,
+        "raw multi-row INSERT",
+    );
+    let b = line(
+        "MariaDB bulk_insert vs single-row",
+        ours,
+        single,
+        10.0,
+        "single-row autocommit",
+    );
     db.execute_batch(&format!("DROP TABLE {t}"))?;
     Ok(a && b)
 }
@@ -231,7 +259,9 @@ fn sqlite_bulk(s: &Settings) -> Outcome<bool> {
         s.rounds,
         || Ok(db.execute_batch("DELETE FROM ours; DELETE FROM raw")?),
         || {
-            db.bulk("ours").chunk_size(BULK_ROWS).insert(&["id", "name", "score"], rows(BULK_ROWS))?;
+            db.bulk("ours")
+                .chunk_size(BULK_ROWS)
+                .insert(&["id", "name", "score"], rows(BULK_ROWS))?;
             Ok(())
         },
         || {
@@ -247,8 +277,20 @@ fn sqlite_bulk(s: &Settings) -> Outcome<bool> {
         },
     )?;
     let single = single_rows(&db, "ours")?;
-    let a = line("SQLite bulk_insert 100k", ours, theirs, 0.90, "raw prepared in tx");
-    let b = line("SQLite bulk_insert vs single-row", ours, single, 10.0, "single-row autocommit");
+    let a = line(
+        "SQLite bulk_insert 100k",
+        ours,
+        theirs,
+        0.90,
+        "raw prepared in tx",
+    );
+    let b = line(
+        "SQLite bulk_insert vs single-row",
+        ours,
+        single,
+        10.0,
+        "single-row autocommit",
+    );
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(a && b)
@@ -265,12 +307,7 @@ fn stream_line(
     let before = peak_rss();
     ours()?;
     let growth = peak_rss().saturating_sub(before);
-    let (t_ours, t_raw) = compare(
-        rounds,
-        || Ok(()),
-        || ours().map(drop),
-        || raw().map(drop),
-    )?;
+    let (t_ours, t_raw) = compare(rounds, || Ok(()), || ours().map(drop), || raw().map(drop))?;
     let a = line(name, t_ours, t_raw, 0.9, "raw driver iteration");
     let mb = growth as f64 / 1e6;
     let b = mb <= 50.0;
@@ -379,7 +416,11 @@ fn main() -> ExitCode {
     let s = settings();
     let pg = std::env::var("DBMANAGER_TEST_POSTGRES_URL").ok();
     let my = std::env::var("DBMANAGER_TEST_MYSQL_URL").ok();
-    let wants = |name: &str| s.filter.as_ref().map_or(true, |f| name.contains(f.as_str()));
+    let wants = |name: &str| {
+        s.filter
+            .as_ref()
+            .map_or(true, |f| name.contains(f.as_str()))
+    };
     let mut all_ok = true;
     let mut run = |name: &str, r: Outcome<bool>| match r {
         Ok(ok) => all_ok &= ok,
@@ -394,7 +435,9 @@ fn main() -> ExitCode {
         run("sqlite stream", sqlite_stream(&s));
     }
     match &pg {
-        Some(url) if wants("postgresql stream") => run("postgresql stream", postgres_stream(&s, url)),
+        Some(url) if wants("postgresql stream") => {
+            run("postgresql stream", postgres_stream(&s, url))
+        }
         None => println!("PostgreSQL: DBMANAGER_TEST_POSTGRES_URL not set; skipped"),
         _ => {}
     }

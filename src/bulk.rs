@@ -430,12 +430,7 @@ impl Load<'_> {
         start: Instant,
     ) -> Result<()> {
         let width = self.plan.columns.len();
-        let names: Vec<String> = self
-            .plan
-            .columns
-            .iter()
-            .map(|c| unquote(c))
-            .collect();
+        let names: Vec<String> = self.plan.columns.iter().map(|c| unquote(c)).collect();
         let skip = usize::try_from(report.start_at).unwrap_or(usize::MAX);
         let mut input = rows.into_iter().enumerate().skip(skip).peekable();
         let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(chunk_size.min(100_000));
@@ -468,8 +463,14 @@ impl Load<'_> {
             report.chunks = chunk_no;
             report.position = first + chunk.len() as u64;
             if commit == Commit::EachChunk {
-                self.commit()
-                    .map_err(|e| self.fail(e, Some((chunk_no, first, report.position - 1)), commit, report))?;
+                self.commit().map_err(|e| {
+                    self.fail(
+                        e,
+                        Some((chunk_no, first, report.position - 1)),
+                        commit,
+                        report,
+                    )
+                })?;
                 if let Some(f) = progress.as_mut() {
                     f(&progress_of(report, start));
                 }
@@ -477,8 +478,14 @@ impl Load<'_> {
         }
         if self.in_tx {
             let last = report.position.saturating_sub(1);
-            self.commit()
-                .map_err(|e| self.fail(e, Some((report.chunks, report.start_at, last)), commit, report))?;
+            self.commit().map_err(|e| {
+                self.fail(
+                    e,
+                    Some((report.chunks, report.start_at, last)),
+                    commit,
+                    report,
+                )
+            })?;
         }
         if commit == Commit::AllOrNothing {
             if let Some(f) = progress.as_mut() {

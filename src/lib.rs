@@ -89,11 +89,11 @@ pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;
 pub use crate::resilience::RetryPolicy;
 pub use crate::session::{PooledConnection, Transaction};
-pub use crate::stream::{RowStream, TypedRowStream, FETCH_ROWS};
 pub use crate::status::{
     BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationState,
     MigrationSummary, PoolStatus, QueryPlan, ScalingLevel, StatementStats,
 };
+pub use crate::stream::{RowStream, TypedRowStream, FETCH_ROWS};
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 
 #[doc = include_str!("../README.md")]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::bulk::{Bulk, BulkReport};
 use crate::config::{variable_stem, DatabaseConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{DbMetrics, PoolSource};
@@ -17,12 +18,11 @@ use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
 use crate::session::{statement_methods, transient, PooledConnection, Transaction, TxConn};
-use crate::bulk::{Bulk, BulkReport};
-use crate::stream::{RowStream, TypedRowStream};
 use crate::status::{
     BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
     PoolStatus, QueryPlan, StatementStats,
 };
+use crate::stream::{RowStream, TypedRowStream};
 use crate::value::{IntoParams, Params};
 
 /// The one door to one database: a pool of connections and everything that

@@ -744,7 +744,10 @@ impl Shared {
         let result = match (result, value) {
             (Ok(_), Some(v)) => Ok(v),
             (Err(e), _) => Err(e.on_database(self.name())),
-            (Ok(_), None) => Err(Error::new(ErrorKind::Database, "the execute stage returned nothing")),
+            (Ok(_), None) => Err(Error::new(
+                ErrorKind::Database,
+                "the execute stage returned nothing",
+            )),
         };
         (result, fired != Fired::No)
     }

@@ -287,7 +287,14 @@ impl PooledConnection {
     #[track_caller]
     pub fn stream(&mut self, sql: &str, params: impl IntoParams) -> Result<RowStream<'_>> {
         let (shared, conn, limit) = self.stage_parts();
-        RowStream::open(shared, Some(conn), sql, params.into_params(), limit, Location::caller())
+        RowStream::open(
+            shared,
+            Some(conn),
+            sql,
+            params.into_params(),
+            limit,
+            Location::caller(),
+        )
     }
 
     /// [`stream`](Self::stream), each row deserialised into `T` with serde.
@@ -318,7 +325,14 @@ impl Transaction<'_> {
     #[track_caller]
     pub fn stream(&mut self, sql: &str, params: impl IntoParams) -> Result<RowStream<'_>> {
         let (shared, conn, limit) = self.stage_parts()?;
-        RowStream::open(shared, Some(conn), sql, params.into_params(), limit, Location::caller())
+        RowStream::open(
+            shared,
+            Some(conn),
+            sql,
+            params.into_params(),
+            limit,
+            Location::caller(),
+        )
     }
 
     /// [`stream`](Self::stream), each row deserialised into `T` with serde.

@@ -40,7 +40,10 @@ impl Table<'_> {
     fn sum(&self, col: &str) -> Result<i64> {
         let v: Option<Decimal> = self
             .db
-            .query_one(&format!("SELECT SUM([{col}]) AS s FROM [{}]", self.name), ())?
+            .query_one(
+                &format!("SELECT SUM([{col}]) AS s FROM [{}]", self.name),
+                (),
+            )?
             .get("s")?;
         Ok(v.map_or(0, |d| i64::try_from(d).unwrap()))
     }
@@ -67,8 +70,14 @@ fn every_entry_point(b: Backend) -> Result<()> {
     let db = b.open()?;
     let t = people(&db)?;
     let rows = (0..2500).map(|i| (i, format!("p{i}"), i % 7));
-    let r = db.bulk(&t.name).chunk_size(1000).insert(&["id", "name", "score"], rows)?;
-    assert_eq!((r.rows, r.rows_affected, r.chunks, r.position), (2500, 2500, 3, 2500));
+    let r = db
+        .bulk(&t.name)
+        .chunk_size(1000)
+        .insert(&["id", "name", "score"], rows)?;
+    assert_eq!(
+        (r.rows, r.rows_affected, r.chunks, r.position),
+        (2500, 2500, 3, 2500)
+    );
     assert_eq!(t.count()?, 2500);
 
     // Upsert: ids 2000..3000, half existing, half new; score set to 1.
@@ -83,14 +92,25 @@ fn every_entry_point(b: Backend) -> Result<()> {
         assert_eq!(r.rows_affected, 1000);
     }
     assert_eq!(t.count()?, 3000);
-    let row = db.query_one(&format!("SELECT name, score FROM [{}] WHERE id = 2100", t.name), ())?;
+    let row = db.query_one(
+        &format!("SELECT name, score FROM [{}] WHERE id = 2100", t.name),
+        (),
+    )?;
     assert_eq!(row.get::<String>("name")?, "u2100");
 
     // Update the score of 0..100 to 100.
-    let r = db.bulk_update(&t.name, &["id", "score"], &["id"], (0..100).map(|i| (i, 100)))?;
+    let r = db.bulk_update(
+        &t.name,
+        &["id", "score"],
+        &["id"],
+        (0..100).map(|i| (i, 100)),
+    )?;
     assert_eq!(r.rows_affected, 100);
     let n: i64 = db
-        .query_one(&format!("SELECT COUNT(*) AS n FROM [{}] WHERE score = 100", t.name), ())?
+        .query_one(
+            &format!("SELECT COUNT(*) AS n FROM [{}] WHERE score = 100", t.name),
+            (),
+        )?
         .get("n")?;
     assert_eq!(n, 100);
 
@@ -165,7 +185,10 @@ fn constraint_error_in_the_middle(b: Backend) -> Result<()> {
         .commit_each_chunk()
         .start_at(e.bulk_position().unwrap())
         .insert(&cols, fixed)?;
-    assert_eq!((r.start_at, r.rows, r.chunks, r.position), (1000, 2000, 2, 3000));
+    assert_eq!(
+        (r.start_at, r.rows, r.chunks, r.position),
+        (1000, 2000, 2, 3000)
+    );
     assert_eq!(t.count()?, 3000);
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
@@ -289,8 +312,18 @@ fn quoted_names_and_injection(b: Backend) -> Result<()> {
         &["select"],
         [(1, "a", "ü"), (2, "b", "✓")],
     );
-    let check = db.query_one(&format!("SELECT [ñame] FROM [{name}] WHERE [select] = 2"), ());
-    for bad in ["x\"; DROP TABLE y; --", "a;b", "x`y", "t]; DROP TABLE y", "new\nline", ""] {
+    let check = db.query_one(
+        &format!("SELECT [ñame] FROM [{name}] WHERE [select] = 2"),
+        (),
+    );
+    for bad in [
+        "x\"; DROP TABLE y; --",
+        "a;b",
+        "x`y",
+        "t]; DROP TABLE y",
+        "new\nline",
+        "",
+    ] {
         let e = db
             .bulk_insert(bad, &["id"], [(1,)])
             .expect_err("refused table name");
@@ -366,7 +399,10 @@ fn timeout_during_a_load(b: Backend) -> Result<()> {
     assert_eq!(t.count()?, 0);
     // The one connection is clean: a statement in a new transaction works,
     // and no statement of ours still runs on the server.
-    db.transaction(|tx| tx.execute(&format!("DELETE FROM [{}]", t.name), ()).map(drop))?;
+    db.transaction(|tx| {
+        tx.execute(&format!("DELETE FROM [{}]", t.name), ())
+            .map(drop)
+    })?;
     let running: i64 = match b {
         Backend::Postgres => db.query_one(
             "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY%' AND pid <> pg_backend_pid()",
@@ -380,7 +416,10 @@ fn timeout_during_a_load(b: Backend) -> Result<()> {
     .get("n")?;
     assert_eq!(running, 0);
     if b == Backend::Postgres {
-        db.execute_batch(&format!("DROP TABLE [{}]; DROP FUNCTION {trigger}()", t.name))?;
+        db.execute_batch(&format!(
+            "DROP TABLE [{}]; DROP FUNCTION {trigger}()",
+            t.name
+        ))?;
     }
     Ok(())
 }
@@ -389,7 +428,11 @@ each_backend!(timeout_during_a_load, [Postgres, MySql]);
 fn metrics_present(b: Backend) -> Result<()> {
     let db = b.open()?;
     let t = people(&db)?;
-    db.bulk_insert(&t.name, &["id", "name", "score"], (0..10).map(|i| (i, "m", i)))?;
+    db.bulk_insert(
+        &t.name,
+        &["id", "name", "score"],
+        (0..10).map(|i| (i, "m", i)),
+    )?;
     db.bulk_delete(&t.name, &["id"], [(1,), (2,)])?;
     let m = |family: &str, op: &str| {
         common::fault::metric(family, db.name(), Some(&format!("operation=\"{op}\"")))
@@ -414,7 +457,9 @@ fn sql_server_refuses_cleanly(b: Backend) -> Result<()> {
     assert!(e.database().is_some(), "{e}");
     assert!(e.to_string().contains("chunk 1"), "{e}");
     assert_eq!(db.pool_status().checked_out, 0);
-    let n: i64 = db.query_one("SELECT COUNT(*) AS n FROM people", ())?.get("n")?;
+    let n: i64 = db
+        .query_one("SELECT COUNT(*) AS n FROM people", ())?
+        .get("n")?;
     assert!(n > 0);
     Ok(())
 }
@@ -428,12 +473,18 @@ fn inside_a_transaction_and_on_a_guard(b: Backend) -> Result<()> {
     let t = people(&db)?;
     let cols = ["id", "name", "score"];
     let _ = db.transaction(|tx| {
-        let r = tx.bulk(&t.name).chunk_size(100).insert(&cols, (0..250).map(|i| (i, "tx", 0)))?;
+        let r = tx
+            .bulk(&t.name)
+            .chunk_size(100)
+            .insert(&cols, (0..250).map(|i| (i, "tx", 0)))?;
         assert_eq!(r.chunks, 3);
-        let n: i64 = tx.query_one(&format!("SELECT COUNT(*) AS n FROM [{}]", t.name), ())?.get("n")?;
+        let n: i64 = tx
+            .query_one(&format!("SELECT COUNT(*) AS n FROM [{}]", t.name), ())?
+            .get("n")?;
         assert_eq!(n, 250);
         // Any error rolls the whole transaction back, the load with it.
-        tx.execute("SELECT * FROM no_such_table_in_bulk_tests", ()).map(drop)
+        tx.execute("SELECT * FROM no_such_table_in_bulk_tests", ())
+            .map(drop)
     });
     assert_eq!(t.count()?, 0);
     db.transaction(|tx| {
@@ -443,7 +494,8 @@ fn inside_a_transaction_and_on_a_guard(b: Backend) -> Result<()> {
             .insert(&cols, [(1, "x", 0)])
             .expect_err("refused in a transaction");
         assert_eq!(e.kind(), ErrorKind::Parameter);
-        tx.bulk(&t.name).insert(&cols, (0..10).map(|i| (i, "tx", 0)))?;
+        tx.bulk(&t.name)
+            .insert(&cols, (0..10).map(|i| (i, "tx", 0)))?;
         Ok::<_, dbmanager::Error>(())
     })?;
     assert_eq!(t.count()?, 10);

@@ -39,12 +39,17 @@ fn many_rows(b: Backend) -> Result<()> {
     struct N {
         i: i64,
     }
-    let typed: Vec<N> = db.stream_as::<N>(&series(b, 10), ())?.collect::<Result<_>>()?;
+    let typed: Vec<N> = db
+        .stream_as::<N>(&series(b, 10), ())?
+        .collect::<Result<_>>()?;
     assert_eq!(typed.iter().map(|x| x.i).sum::<i64>(), 55);
 
     // Parameters and portable placeholders work as for any query.
     let rows: Vec<Row> = db
-        .stream("SELECT :a AS a, :b AS b", dbmanager::params! { "a" => 1, "b" => "x" })?
+        .stream(
+            "SELECT :a AS a, :b AS b",
+            dbmanager::params! { "a" => 1, "b" => "x" },
+        )?
         .collect::<Result<_>>()?;
     assert_eq!(rows.len(), 1);
     // Nothing held afterwards.
@@ -89,10 +94,18 @@ each_backend!(dropped_half_way);
 fn in_a_transaction(b: Backend) -> Result<()> {
     let db = b.open()?;
     let t = common::unique_name("st");
-    db.execute_batch(&format!("CREATE TABLE {t} (id INTEGER PRIMARY KEY, name VARCHAR(40))"))?;
+    db.execute_batch(&format!(
+        "CREATE TABLE {t} (id INTEGER PRIMARY KEY, name VARCHAR(40))"
+    ))?;
     let result = db.transaction(|tx| {
-        tx.execute(&format!("INSERT INTO {t} (id, name) VALUES (?, ?)"), (1, "ünï ✓"))?;
-        tx.execute(&format!("INSERT INTO {t} (id, name) VALUES (?, ?)"), (2, "b"))?;
+        tx.execute(
+            &format!("INSERT INTO {t} (id, name) VALUES (?, ?)"),
+            (1, "ünï ✓"),
+        )?;
+        tx.execute(
+            &format!("INSERT INTO {t} (id, name) VALUES (?, ?)"),
+            (2, "b"),
+        )?;
         let names: Vec<String> = tx
             .stream(&format!("SELECT name FROM {t} ORDER BY id"), ())?
             .map(|r| r.and_then(|r| r.get::<String>("name")))
@@ -136,8 +149,14 @@ fn errors_are_clear(b: Backend) -> Result<()> {
         #[allow(dead_code)]
         missing: String,
     }
-    let first = db.stream_as::<Wrong>(&series(b, 3), ())?.next().expect("an item");
-    assert_eq!(first.expect_err("no such field").kind(), ErrorKind::Conversion);
+    let first = db
+        .stream_as::<Wrong>(&series(b, 3), ())?
+        .next()
+        .expect("an item");
+    assert_eq!(
+        first.expect_err("no such field").kind(),
+        ErrorKind::Conversion
+    );
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
 }
@@ -145,10 +164,18 @@ each_backend!(errors_are_clear);
 
 fn counted_in_metrics(b: Backend) -> Result<()> {
     let db = b.open()?;
-    let before = common::fault::metric("db_query_count_total", db.name(), Some("operation=\"query\""));
+    let before = common::fault::metric(
+        "db_query_count_total",
+        db.name(),
+        Some("operation=\"query\""),
+    );
     let n = db.stream(&series(b, 3000), ())?.count();
     assert_eq!(n, 3000);
-    let after = common::fault::metric("db_query_count_total", db.name(), Some("operation=\"query\""));
+    let after = common::fault::metric(
+        "db_query_count_total",
+        db.name(),
+        Some("operation=\"query\""),
+    );
     assert_eq!(after - before, 1.0, "a stream is one statement");
     Ok(())
 }
@@ -157,7 +184,9 @@ each_backend!(counted_in_metrics);
 /// The SQL Server test server: a stream reads its table.
 fn sql_server_streams(b: Backend) -> Result<()> {
     let db = b.open()?;
-    let rows: Vec<Row> = db.stream("SELECT * FROM people", ())?.collect::<Result<_>>()?;
+    let rows: Vec<Row> = db
+        .stream("SELECT * FROM people", ())?
+        .collect::<Result<_>>()?;
     assert!(!rows.is_empty());
     Ok(())
 }

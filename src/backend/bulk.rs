@@ -81,7 +81,9 @@ pub(crate) fn check_name(name: &str, what: &str) -> Result<()> {
         .chars()
         .find(|c| c.is_control() || matches!(c, '"' | '`' | '[' | ']' | ';' | '\''))
     {
-        return bad(&format!("contains {c:?}, which no table or column name here may hold"));
+        return bad(&format!(
+            "contains {c:?}, which no table or column name here may hold"
+        ));
     }
     Ok(())
 }
@@ -249,7 +251,9 @@ impl BulkPlan {
                     .map(|c| format!("s.{c}"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                sql.push_str(&format!("MERGE INTO {table} WITH (HOLDLOCK) AS d USING (VALUES "));
+                sql.push_str(&format!(
+                    "MERGE INTO {table} WITH (HOLDLOCK) AS d USING (VALUES "
+                ));
                 self.tuple(1, &mut sql);
                 sql.push_str(&format!(") AS s ({cols}) ON {on} "));
                 if !set.is_empty() {
@@ -447,8 +451,8 @@ mod tests {
             .statement(2)
             .ends_with(r#"ON CONFLICT ("id") DO UPDATE SET "näme" = EXCLUDED."näme", "select" = EXCLUDED."select""#));
         for bad in ["t\"; DROP TABLE x; --", "", "a;b", "x`y", "new\nline"] {
-            let e = BulkPlan::new(BulkKind::Insert, Dialect::MySql, bad, &["id"], &[])
-                .expect_err(bad);
+            let e =
+                BulkPlan::new(BulkKind::Insert, Dialect::MySql, bad, &["id"], &[]).expect_err(bad);
             assert_eq!(e.kind(), crate::ErrorKind::Parameter, "{bad}");
         }
         assert!(BulkPlan::new(BulkKind::Update, Dialect::Sqlite, "t", &["id"], &["id"]).is_err());
@@ -461,11 +465,25 @@ mod tests {
         let p = BulkPlan::new(BulkKind::Update, Dialect::MsSql, "t", &["id", "v"], &["id"])?;
         assert_eq!(p.statement(1), "UPDATE [t] SET [v] = @P1 WHERE [id] = @P2");
         let p = BulkPlan::new(BulkKind::Insert, Dialect::MySql, "t", &["a", "b"], &[])?;
-        assert_eq!(p.statement(2), "INSERT INTO `t` (`a`, `b`) VALUES (?, ?), (?, ?)");
+        assert_eq!(
+            p.statement(2),
+            "INSERT INTO `t` (`a`, `b`) VALUES (?, ?), (?, ?)"
+        );
         let p = BulkPlan::new(BulkKind::Upsert, Dialect::MySql, "t", &["a", "b"], &["a"])?;
-        assert!(p.statement(1).ends_with("ON DUPLICATE KEY UPDATE `b` = VALUES(`b`)"));
-        let p = BulkPlan::new(BulkKind::Delete, Dialect::Postgres, "t", &["a", "b"], &["a", "b"])?;
-        assert_eq!(p.statement(1), r#"DELETE FROM "t" WHERE "a" = $1 AND "b" = $2"#);
+        assert!(p
+            .statement(1)
+            .ends_with("ON DUPLICATE KEY UPDATE `b` = VALUES(`b`)"));
+        let p = BulkPlan::new(
+            BulkKind::Delete,
+            Dialect::Postgres,
+            "t",
+            &["a", "b"],
+            &["a", "b"],
+        )?;
+        assert_eq!(
+            p.statement(1),
+            r#"DELETE FROM "t" WHERE "a" = $1 AND "b" = $2"#
+        );
         Ok(())
     }
 }

@@ -382,7 +382,8 @@ struct PgConnection {
     /// transaction of its own, pipelined with it (no extra round trip); a
     /// statement that would end such a transaction (`COMMIT`, …) and a
     /// script that is not a plain read (it could hold one) are refused.
-    read_only: bool,    /// The open stream of [`Connection::open_stream`], and its columns.
+    read_only: bool,
+    /// The open stream of [`Connection::open_stream`], and its columns.
     stream: Option<(std::pin::Pin<Box<tokio_postgres::RowStream>>, Columns)>,
 }
 
@@ -712,7 +713,13 @@ impl PgConnection {
     /// Binary `COPY … FROM STDIN` of `rows` into `table` (quoted) with the
     /// types of `types`; returns the rows copied. A value that does not fit
     /// its column names its row (its index in `rows`) and column.
-    fn copy_in(&mut self, table: &str, cols: &str, types: &[Type], rows: &[Vec<Value>]) -> Result<u64> {
+    fn copy_in(
+        &mut self,
+        table: &str,
+        cols: &str,
+        types: &[Type],
+        rows: &[Vec<Value>],
+    ) -> Result<u64> {
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
         let sql = format!("COPY {table} ({cols}) FROM STDIN BINARY");
         let failed_at = std::cell::Cell::new(None);

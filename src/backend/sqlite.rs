@@ -380,9 +380,8 @@ impl Cursor {
         let mut stmt = std::ptr::null_mut();
         let mut tail: *const c_char = std::ptr::null();
         // SAFETY: `sql` is valid for `len` bytes; out-pointers are valid.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v2(db, sql.as_ptr().cast(), len, &mut stmt, &mut tail)
-        };
+        let rc =
+            unsafe { ffi::sqlite3_prepare_v2(db, sql.as_ptr().cast(), len, &mut stmt, &mut tail) };
         if rc != ffi::SQLITE_OK {
             return Err(last_error(db, rc));
         }
@@ -397,7 +396,14 @@ impl Cursor {
             decls: Vec::new(),
         };
         let used = (tail as usize).saturating_sub(sql.as_ptr() as usize);
-        if !sql.get(used..).unwrap_or("").trim().trim_matches(';').trim().is_empty() {
+        if !sql
+            .get(used..)
+            .unwrap_or("")
+            .trim()
+            .trim_matches(';')
+            .trim()
+            .is_empty()
+        {
             return Err(Error::parameter(
                 "more than one statement was given to stream; stream one query",
             ));
@@ -526,10 +532,21 @@ unsafe fn c_str(p: *const std::os::raw::c_char) -> Option<String> {
 #[cold]
 fn last_error(db: *mut ffi::sqlite3, rc: std::os::raw::c_int) -> Error {
     // SAFETY: `db` is an open connection.
-    let (extended, message) =
-        unsafe { (ffi::sqlite3_extended_errcode(db), c_str(ffi::sqlite3_errmsg(db))) };
-    let code = if extended & 0xff == rc & 0xff { extended } else { rc };
-    classify(rusqlite::Error::SqliteFailure(ffi::Error::new(code), message))
+    let (extended, message) = unsafe {
+        (
+            ffi::sqlite3_extended_errcode(db),
+            c_str(ffi::sqlite3_errmsg(db)),
+        )
+    };
+    let code = if extended & 0xff == rc & 0xff {
+        extended
+    } else {
+        rc
+    };
+    classify(rusqlite::Error::SqliteFailure(
+        ffi::Error::new(code),
+        message,
+    ))
 }
 
 /// What a column's declared type says its values mean (SQLite stores only
