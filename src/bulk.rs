@@ -109,6 +109,9 @@ fn from_json(v: serde_json::Value) -> Value {
     }
 }
 
+/// A load's progress callback.
+type Progress<'a> = Option<Box<dyn FnMut(&BulkProgress) + 'a>>;
+
 /// Whether a load is one transaction or one per chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Commit {
@@ -152,7 +155,7 @@ pub struct Bulk<'a> {
     commit: Commit,
     start_at: u64,
     limit: Limit,
-    progress: Option<Box<dyn FnMut(&BulkProgress) + 'a>>,
+    progress: Progress<'a>,
     site: &'static Location<'static>,
 }
 
@@ -384,7 +387,6 @@ impl<'a> Bulk<'a> {
             start,
         );
         let fired = load.fired;
-        drop(load);
         report.elapsed = start.elapsed();
         let failure = result.as_ref().err().map(Error::kind);
         self.shared.account_stage(
@@ -426,7 +428,7 @@ impl Load<'_> {
         chunk_size: usize,
         commit: Commit,
         report: &mut BulkReport,
-        progress: &mut Option<Box<dyn FnMut(&BulkProgress) + '_>>,
+        progress: &mut Progress<'_>,
         start: Instant,
     ) -> Result<()> {
         let width = self.plan.columns.len();

@@ -581,7 +581,7 @@ impl DbMetrics {
         let l = [database];
         let op = |v: &HistogramVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
         let opc = |v: &IntCounterVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
-        let m = DbMetrics {
+        DbMetrics {
             on,
             query_time: std::array::from_fn(|i| op(&f.query_time, i)),
             query_count: std::array::from_fn(|i| opc(&f.query_count, i)),
@@ -609,8 +609,7 @@ impl DbMetrics {
             bulk_rows: BULK_OPERATIONS.map(|o| f.bulk_rows.with_label_values(&[database, o])),
             bulk_executions: BULK_OPERATIONS
                 .map(|o| f.bulk_executions.with_label_values(&[database, o])),
-        };
-        m
+        }
     }
 
     /// Adds a live database whose pool gauges are read at collection time.

@@ -37,7 +37,7 @@ pub const FETCH_ROWS: usize = 1000;
 
 /// The connection a stream reads on: its own, or a guard's or transaction's.
 enum Lease<'a> {
-    Owned(Pooled),
+    Owned(Box<Pooled>),
     Borrowed(&'a mut Pooled),
 }
 
@@ -97,7 +97,7 @@ impl<'a> RowStream<'a> {
         let (native, values) = shared.prepare_stage(Op::Query, sql, params)?;
         let lease = match conn {
             Some(c) => Lease::Borrowed(c),
-            None => Lease::Owned(shared.checkout_within(None, site)?),
+            None => Lease::Owned(Box::new(shared.checkout_within(None, site)?)),
         };
         let mut stream = RowStream {
             shared,

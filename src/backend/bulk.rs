@@ -355,7 +355,7 @@ impl BulkPlan {
 
     /// The values of one row in the order [`statement`](Self::statement)
     /// binds them.
-    fn bind_row<'v>(&self, row: &'v [Value], out: &mut Vec<Value>) {
+    fn bind_row(&self, row: &[Value], out: &mut Vec<Value>) {
         match self.kind {
             BulkKind::Insert | BulkKind::Upsert => out.extend_from_slice(row),
             BulkKind::Update => {
