@@ -56,8 +56,22 @@ impl Lease<'_> {
 /// [`PooledConnection::stream`] and [`Transaction::stream`].
 ///
 /// It holds its connection until the last row is read or it is dropped;
-/// after an error it yields nothing more. See the [module docs](self) for
-/// timeouts and what dropping it half way does.
+/// after an error it yields nothing more.
+///
+/// **Timeouts:** the query timeout in force bounds opening the stream and
+/// each fetch of up to [`FETCH_ROWS`] rows from the server, not the whole
+/// stream: a caller may take its time with each row, and a fetch stuck on
+/// the server is cancelled by the watchdog like any statement.
+///
+/// **Memory:** PostgreSQL rows come as the server sends them and SQLite's
+/// statement is stepped as rows are asked for, so memory stays flat; MySQL,
+/// SQL Server (and PostgreSQL behind pgbouncer) read the whole result when
+/// the stream opens.
+///
+/// **Dropped half way:** no connection goes back to the pool with a result
+/// pending: SQLite's statement is finalized; PostgreSQL's connection, the
+/// rest of the result still on its way, is discarded rather than read to
+/// the end.
 #[must_use = "a stream reads nothing until iterated, and holds its connection until dropped"]
 pub struct RowStream<'a> {
     shared: Arc<Shared>,
