@@ -122,6 +122,8 @@ struct Inner {
     /// The failure happened before the statement was sent: running it again
     /// cannot run it twice.
     unsent: bool,
+    /// Where a failed bulk load would go on from.
+    bulk_position: Option<u64>,
 }
 
 /// An error from dbmanager.
@@ -150,6 +152,7 @@ impl Error {
             holders: Vec::new(),
             report: None,
             unsent: false,
+            bulk_position: None,
         }))
     }
 
@@ -283,12 +286,19 @@ impl Error {
             holders: self.0.holders.clone(),
             report: self.0.report.clone(),
             unsent: self.0.unsent,
+            bulk_position: self.0.bulk_position,
         }))
     }
 
     /// Attaches what a migration run completed before it failed.
     pub(crate) fn with_report(mut self, report: MigrationReport) -> Error {
         self.0.report = Some(Box::new(report));
+        self
+    }
+
+    /// Attaches where a failed bulk load would go on from.
+    pub(crate) fn with_bulk_position(mut self, position: Option<u64>) -> Error {
+        self.0.bulk_position = position;
         self
     }
 
@@ -340,6 +350,14 @@ impl Error {
     /// backends without transactional DDL).
     pub fn migration_report(&self) -> Option<&MigrationReport> {
         self.0.report.as_deref()
+    }
+
+    /// For an error of a bulk load: the input row a new run should start
+    /// at ([`Bulk::start_at`](crate::Bulk::start_at)) to go on where this
+    /// one stopped. With a commit per chunk, the row after the last
+    /// committed chunk; all or nothing, the row this run started at.
+    pub fn bulk_position(&self) -> Option<u64> {
+        self.0.bulk_position
     }
 
     /// True for every timeout: query, pool acquisition and connect.

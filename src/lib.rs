@@ -5,7 +5,8 @@
 //! configuration from environment variables, pooled connections,
 //! portable SQL, transactions that cannot be left half done, statement
 //! timeouts enforced on the server by one watchdog thread, retries and a
-//! circuit breaker, versioned migrations ([`migrate`]), Prometheus
+//! circuit breaker, streaming reads ([`RowStream`]) and bulk writes
+//! ([`Bulk`]), versioned migrations ([`migrate`]), Prometheus
 //! [`metrics`], health checks and plain status reports.
 //!
 //! ```
@@ -42,7 +43,7 @@
 //! | `sqlite`   | SQLite (`rusqlite`, SQLite bundled)               | yes     |
 //! | `mssql`    | SQL Server (`tiberius`, TDS 7.3, rustls)          | yes     |
 //! | `metrics-server` | a tiny HTTP endpoint for Prometheus to scrape (`metrics::serve`) | no |
-//! | `cli`      | the `dbmanager` command-line tool (adds `clap`)   | yes     |
+//! | `cli`      | the `dbmanager` command-line tool (adds `clap`, and `csv` and `indicatif` for `import`/`export`) | no |
 //!
 //! Migrations (Flyway-style `V…__….sql` scripts, a `schema_version` history,
 //! one migrator at a time): see [`migrate`] and
@@ -55,6 +56,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod bulk;
 mod config;
 mod entities;
 mod error;
@@ -71,6 +73,7 @@ mod session;
 mod shards;
 mod sql;
 mod status;
+mod stream;
 mod topology;
 mod value;
 mod watchdog;
@@ -84,6 +87,7 @@ pub use rust_decimal;
 pub use serde_json;
 pub use uuid;
 
+pub use crate::bulk::{Bulk, BulkProgress, BulkReport, Record, DEFAULT_CHUNK_SIZE};
 pub use crate::config::{
     variable_stem, DatabaseConfig, DatabaseConfigBuilder, ShardKey, ShardRule, TargetSessionAttrs,
 };
@@ -98,6 +102,7 @@ pub use crate::status::{
     BackendKind, CircuitState, ConnectionHolder, Health, HealthStatus, MigrationState,
     MigrationSummary, PoolStatus, QueryPlan, ScalingLevel, StatementStats,
 };
+pub use crate::stream::{RowStream, TypedRowStream, FETCH_ROWS};
 pub use crate::value::{ColumnIndex, FromValue, IntoParams, Params, Row, Value};
 
 #[doc = include_str!("../README.md")]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::bulk::{Bulk, BulkReport};
 use crate::config::{variable_stem, DatabaseConfig};
 use crate::entities::Entities;
 use crate::error::{Error, Result};
@@ -24,6 +25,7 @@ use crate::status::{
     BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
     PoolStatus, QueryPlan, StatementStats,
 };
+use crate::stream::{RowStream, TypedRowStream};
 use crate::value::{IntoParams, Params};
 
 /// The one door to one database: a pool of connections and everything that
@@ -210,6 +212,122 @@ impl DatabaseManager {
     }
 
     statement_methods!(&self);
+
+    /// Runs a query and returns its rows as a [`RowStream`], read from the
+    /// server as they are asked for: memory stays flat however many rows
+    /// come back. The stream holds a connection of its own until it is
+    /// exhausted or dropped. The query timeout bounds opening it and each
+    /// fetch of up to [`FETCH_ROWS`](crate::FETCH_ROWS) rows, not the whole
+    /// stream. Not retried.
+    ///
+    /// ```
+    /// # fn main() -> dbmanager::Result<()> {
+    /// # let db = dbmanager::DatabaseManager::from_config(
+    /// #     dbmanager::DatabaseConfig::builder("stream_doc").url("sqlite::memory:").build()?)?;
+    /// for row in db.stream("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) SELECT i FROM n", ())? {
+    ///     let i: i64 = row?.get("i")?;
+    ///     assert!(i >= 1);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`execute_query`](Self::execute_query), when the query is opened;
+    /// a later fetch may fail the same way (the stream then yields the
+    /// error and ends).
+    #[track_caller]
+    pub fn stream(&self, sql: &str, params: impl IntoParams) -> Result<RowStream<'static>> {
+        crate::stream::stream_owned(&self.shared, sql, params)
+    }
+
+    /// A bulk load into `table` (which may be `schema.table`), to set up
+    /// (chunk size, a commit per chunk, where to start, progress) and run;
+    /// see [`Bulk`].
+    #[track_caller]
+    pub fn bulk(&self, table: &str) -> Bulk<'static> {
+        Bulk::new(Arc::clone(&self.shared), table, Location::caller())
+    }
+
+    /// Inserts `rows` into `table` on the server's fastest path, all or
+    /// nothing, in chunks of [`DEFAULT_CHUNK_SIZE`](crate::DEFAULT_CHUNK_SIZE); see [`Bulk::insert`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_insert<R: IntoParams>(
+        &self,
+        table: &str,
+        columns: &[&str],
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).insert(columns, rows)
+    }
+
+    /// Inserts or updates `rows` by `key_columns`; see [`Bulk::upsert`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_upsert<R: IntoParams>(
+        &self,
+        table: &str,
+        columns: &[&str],
+        key_columns: &[&str],
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).upsert(columns, key_columns, rows)
+    }
+
+    /// Updates the rows matched by `key_columns`; see [`Bulk::update`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_update<R: IntoParams>(
+        &self,
+        table: &str,
+        columns: &[&str],
+        key_columns: &[&str],
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).update(columns, key_columns, rows)
+    }
+
+    /// Deletes the rows whose `key_columns` match `keys`; see
+    /// [`Bulk::delete`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bulk::insert`].
+    #[track_caller]
+    pub fn bulk_delete<R: IntoParams>(
+        &self,
+        table: &str,
+        key_columns: &[&str],
+        keys: impl IntoIterator<Item = R>,
+    ) -> Result<BulkReport> {
+        self.bulk(table).delete(key_columns, keys)
+    }
+
+    /// [`stream`](Self::stream), each row deserialised into `T` with serde
+    /// (matching fields by column name, as [`query_as`](Self::query_as)).
+    ///
+    /// # Errors
+    ///
+    /// As [`stream`](Self::stream); a row that does not fit `T` is a
+    /// [`Conversion`](crate::ErrorKind::Conversion) error in its place.
+    #[track_caller]
+    pub fn stream_as<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl IntoParams,
+    ) -> Result<TypedRowStream<'static, T>> {
+        self.stream(sql, params).map(RowStream::typed)
+    }
 
     /// Runs `statements` in one transaction: all of them or none. Returns
     /// each statement's affected-row count.

@@ -32,7 +32,7 @@
 //! | `db_query_cancellations_total` | counter | database | cancels the watchdog sent |
 //! | `prepared_stmt_cache_size` | gauge | database | statement texts in the translation cache |
 //! | `prepared_stmt_execution_time_seconds` / `prepared_stmt_executions_total` | histogram / counter | database | statements run as prepared statements (with parameters) |
-//! | `bulk_operation_time_seconds` / `_rows_total` / `_executions_total` | histogram / counters | database | reserved for bulk operations |
+//! | `bulk_operation_time_seconds` / `bulk_operation_rows_total` / `bulk_operation_executions_total` | histogram / counters | database, operation | bulk loads (`insert`, `upsert`, `update`, `delete`): whole time, rows affected, loads run |
 //! | `db_transactions_active` | gauge | database | open transactions |
 //! | `db_transaction_commits_total` / `_rollbacks_total` | counter | database | finished transactions |
 //! | `db_transaction_duration_seconds` | histogram | database | `BEGIN` to `COMMIT`/`ROLLBACK` |
@@ -59,6 +59,9 @@ use crate::status::CircuitState;
 /// The operations statements are counted by (the `operation` label).
 pub(crate) const OPERATIONS: [&str; 6] =
     ["query", "execute", "batch", "begin", "commit", "rollback"];
+
+/// The operations bulk loads are counted by (the `operation` label).
+pub(crate) const BULK_OPERATIONS: [&str; 4] = ["insert", "upsert", "update", "delete"];
 
 /// Latency buckets: 0.5 ms to 60 s, for statements and acquisitions.
 const BUCKETS: &[f64] = &[
@@ -181,9 +184,9 @@ fn families() -> &'static Families {
                 db,
             ),
             stmt_executions: counter("prepared_stmt_executions_total", "Prepared statement executions.", db),
-            bulk_time: histogram("bulk_operation_time_seconds", "Time spent on bulk operations.", db),
-            bulk_rows: counter("bulk_operation_rows_total", "Rows processed by bulk operations.", db),
-            bulk_executions: counter("bulk_operation_executions_total", "Bulk operations run.", db),
+            bulk_time: histogram("bulk_operation_time_seconds", "Time spent on bulk operations.", db_op),
+            bulk_rows: counter("bulk_operation_rows_total", "Rows affected by bulk operations.", db_op),
+            bulk_executions: counter("bulk_operation_executions_total", "Bulk operations run.", db_op),
             tx_active: gauge("db_transactions_active", "Transactions open now."),
             tx_commits: counter("db_transaction_commits_total", "Transactions committed.", db),
             tx_rollbacks: counter("db_transaction_rollbacks_total", "Transactions rolled back.", db),
@@ -581,6 +584,9 @@ pub(crate) struct DbMetrics {
     retries: IntCounter,
     circuit_state: IntGauge,
     circuit_transitions: [IntCounter; 3],
+    bulk_time: [Histogram; 4],
+    bulk_rows: [IntCounter; 4],
+    bulk_executions: [IntCounter; 4],
 }
 
 impl DbMetrics {
@@ -592,7 +598,7 @@ impl DbMetrics {
         let opc = |v: &IntCounterVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
         // Exposed at zero, like the other families.
         f.replica_fallbacks.with_label_values(&l);
-        let m = DbMetrics {
+        DbMetrics {
             database: database.into(),
             on,
             query_time: std::array::from_fn(|i| op(&f.query_time, i)),
@@ -617,13 +623,11 @@ impl DbMetrics {
             circuit_state: f.circuit_state.with_label_values(&l),
             circuit_transitions: ["closed", "half_open", "open"]
                 .map(|state| f.circuit_transitions.with_label_values(&[database, state])),
-        };
-        // Reserved for bulk operations: exposed (at zero) like every other
-        // family, so that dashboards find a series for each database.
-        f.bulk_time.with_label_values(&l);
-        f.bulk_rows.with_label_values(&l);
-        f.bulk_executions.with_label_values(&l);
-        m
+            bulk_time: BULK_OPERATIONS.map(|o| f.bulk_time.with_label_values(&[database, o])),
+            bulk_rows: BULK_OPERATIONS.map(|o| f.bulk_rows.with_label_values(&[database, o])),
+            bulk_executions: BULK_OPERATIONS
+                .map(|o| f.bulk_executions.with_label_values(&[database, o])),
+        }
     }
 
     /// Adds a live database whose pool gauges are read at collection time.
@@ -659,6 +663,22 @@ impl DbMetrics {
             }
             ErrorKind::QueryTimeout => self.query_timeouts.inc(),
             _ => {}
+        }
+    }
+
+    /// A bulk load ended: `op` indexes [`BULK_OPERATIONS`].
+    pub(crate) fn bulk(&self, op: usize, elapsed: Duration, rows: u64) {
+        if !self.on {
+            return;
+        }
+        if let (Some(t), Some(r), Some(n)) = (
+            self.bulk_time.get(op),
+            self.bulk_rows.get(op),
+            self.bulk_executions.get(op),
+        ) {
+            t.observe(elapsed.as_secs_f64());
+            r.inc_by(rows);
+            n.inc();
         }
     }
 

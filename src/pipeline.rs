@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::Connector;
+use crate::backend::{self, Connector};
 use crate::config::{DatabaseConfig, MAX_QUERY_TIMEOUT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{DbMetrics, PoolSnapshot, PoolSource, OPERATIONS};
@@ -694,6 +694,98 @@ impl Shared {
         // known (a panic before this line leaves it marked, and discarded).
         conn.running = false;
         result.map_err(|e| e.on_database(self.name()))
+    }
+
+    /// Stages 1 and 3 for a stream or a bulk load, which check out (or
+    /// hold) their connection themselves: the read-only refusal, then the
+    /// native text and the values in placeholder order.
+    pub(crate) fn prepare_stage(
+        &self,
+        op: Op,
+        sql: &str,
+        params: Params,
+    ) -> Result<(String, Vec<Value>)> {
+        self.refuse_writes(op, sql)?;
+        let prepared = self.prepare(op, sql, params)?;
+        Ok((prepared.native(sql).to_owned(), prepared.values))
+    }
+
+    /// Stages 4 to 6 around an execute stage other than one statement: a
+    /// stream's open or fetch, one chunk of a bulk load. The budget, the
+    /// watchdog armed (a guard), the server's own limit, `work` on the
+    /// backend, then the same settling as any statement (a fired deadline
+    /// becomes `QueryTimeout`, the connection's fate, the breaker). Not
+    /// accounted: the caller accounts the whole stream or load once, with
+    /// [`account_stage`](Self::account_stage). Returns whether the
+    /// watchdog fired too.
+    pub(crate) fn stage<T>(
+        &self,
+        conn: &mut Pooled,
+        op: Op,
+        native: &str,
+        limit: Limit,
+        work: impl FnOnce(&mut dyn backend::Connection) -> Result<T>,
+    ) -> (Result<T>, bool) {
+        let budget = match self.budget(limit, Instant::now()) {
+            Ok(b) => b,
+            Err(e) => return (Err(e), false),
+        };
+        Pool::note(conn, native, None);
+        let dog = match budget.timeout {
+            Some(_) => match Watchdog::global() {
+                Ok(dog) => Some(dog),
+                Err(e) => return (Err(e.on_database(self.name())), false),
+            },
+            None => None,
+        };
+        conn.running = true;
+        let armed = dog
+            .zip(budget.timeout)
+            .map(|(dog, t)| dog.arm(Instant::now() + t, &conn.canceller));
+        let mut value = None;
+        let result = match server_limit(conn, op, budget.timeout) {
+            Err(e) => Err(e.unsent()),
+            Ok(()) => work(conn.backend.as_mut()).map(|v| {
+                value = Some(v);
+                Outcome::Done
+            }),
+        };
+        let fired = armed.map_or(Fired::No, Armed::disarm);
+        let result = self.settle(conn, result, fired, limit, &budget);
+        conn.running = false;
+        let result = match (result, value) {
+            (Ok(_), Some(v)) => Ok(v),
+            (Err(e), _) => Err(e.on_database(self.name())),
+            (Ok(_), None) => Err(Error::new(
+                ErrorKind::Database,
+                "the execute stage returned nothing",
+            )),
+        };
+        (result, fired != Fired::No)
+    }
+
+    /// Stage 7 for a whole stream or bulk load, begun at `start`: the
+    /// statement metrics, the timeout-rate window, statement statistics and
+    /// the slow-statement log, once, as for one statement.
+    pub(crate) fn account_stage(
+        &self,
+        op: Op,
+        native: &str,
+        start: Instant,
+        failure: Option<ErrorKind>,
+        fired: bool,
+        rows: u64,
+    ) {
+        let elapsed = start.elapsed();
+        self.observe(op, native, start, elapsed, failure, fired);
+        tracing::debug!(
+            database = %self.config.name,
+            operation = op.name(),
+            elapsed_us = elapsed.as_micros() as u64,
+            rows,
+            failed = failure.is_some(),
+            "stream or bulk load done"
+        );
     }
 
     /// Stage 3: the native form of the statement and its values in order.

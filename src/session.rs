@@ -241,6 +241,12 @@ impl PooledConnection {
 
     statement_methods!(&mut self);
 
+    /// What a stream or bulk load on this guard runs with: the manager's
+    /// shared state, the connection and the guard's limit.
+    pub(crate) fn stage_parts(&mut self) -> (Arc<Shared>, &mut Pooled, Limit) {
+        (Arc::clone(&self.shared), &mut self.conn, self.limit)
+    }
+
     /// Marks the connection broken: it is closed instead of going back to
     /// the pool (used when its session state is unknown).
     pub(crate) fn discard(&mut self) {
@@ -460,6 +466,28 @@ impl<'a> Transaction<'a> {
     /// What the transaction runs on (its database's shared state).
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// What a stream or bulk load in this transaction runs with: the
+    /// manager's shared state, the connection and the limit of each
+    /// statement within the transaction's deadline. A transaction that
+    /// timed out or ended on the server refuses, as for any statement.
+    pub(crate) fn stage_parts(&mut self) -> Result<(Arc<Shared>, &mut Pooled, Limit)> {
+        if self.timed_out {
+            return Err(Error::new(
+                ErrorKind::QueryTimeout,
+                "the transaction was rolled back when a statement timed out; start a new transaction",
+            )
+            .on_database(self.shared.name()));
+        }
+        if let Some(ended) = &self.ended {
+            return Err(ended.duplicate().with_hint(
+                "the transaction already ended on the server with this error, so this statement was not run; \
+                 roll back and start a new transaction",
+            ));
+        }
+        let limit = Limit::DEFAULT.or(self.limit).within(self.deadline);
+        Ok((Arc::clone(&self.shared), self.conn.get(), limit))
     }
 
     /// Sets the limit for this transaction's later statements: `Some(d)`, or

@@ -692,3 +692,80 @@ fn completions_need_no_database() {
         .expect("run the CLI");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// `import` loads a CSV file (header row = columns, empty field = NULL) and
+/// `export` writes a query's rows back as CSV; a malformed file or a
+/// constraint error imports nothing, and says so.
+#[test]
+fn import_and_export_csv() {
+    let dir = TempDir::new("cli");
+    let url = dir.sqlite_url("shop.db");
+    let run = |args: &[&str]| cli(&dir, &url, args);
+    let db = common::manager(&common::unique_name("cli_bulk"), &url).expect("manager");
+    db.execute_batch(
+        "CREATE TABLE \"order lines\" (id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)",
+    )
+    .expect("create");
+    let mut csv = String::from("id,name,qty\n");
+    for i in 0..2500 {
+        let qty = if i % 2 == 0 {
+            i.to_string()
+        } else {
+            String::new()
+        };
+        csv.push_str(&format!("{i},\"ünï, \"\"{i}\"\"\",{qty}\n"));
+    }
+    let file = dir.path().join("lines.csv");
+    std::fs::write(&file, &csv).expect("write csv");
+    let file = file.to_str().expect("utf-8 path");
+
+    let o = run(&[
+        "-d",
+        "shop",
+        "import",
+        "order lines",
+        file,
+        "--chunk-size",
+        "1000",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("imported 2500 rows"),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&[
+        "-d",
+        "shop",
+        "export",
+        "SELECT id, name, qty FROM \"order lines\" ORDER BY id",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), csv);
+
+    // Again: every id exists, nothing is imported, and the error says why.
+    let o = run(&["-d", "shop", "import", "order lines", file]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("rolled back"),
+        "{}",
+        text(&o)
+    );
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "id,name,qty\n5000,a,1\n5001,b\n").expect("write csv");
+    let o = run(&["-d", "shop", "import", "order lines", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not valid CSV"),
+        "{}",
+        text(&o)
+    );
+    let n: i64 = db
+        .query_one("SELECT COUNT(*) AS n FROM \"order lines\"", ())
+        .expect("count")
+        .get("n")
+        .expect("n");
+    assert_eq!(n, 2500);
+}

@@ -37,6 +37,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("health", 60),
     ("migrate", 61),
     ("entities", 61),
+    ("stream", 61),
+    ("bulk", 61),
     ("manager", 62),
     ("replica", 63),
     ("shards", 63),

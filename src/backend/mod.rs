@@ -13,8 +13,11 @@ use crate::sql::Dialect;
 use crate::status::BackendKind;
 use crate::value::{Row, Value};
 
+pub(crate) use bulk::{BulkKind, BulkPlan};
+
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 mod blocking;
+mod bulk;
 #[cfg(feature = "mssql")]
 mod mssql;
 #[cfg(feature = "mysql")]
@@ -141,6 +144,39 @@ pub(crate) trait Connection: Send {
     /// written), when the topology chose it.
     fn host(&self) -> Option<&str> {
         None
+    }
+
+    /// Opens a stream of the rows of `sql`: the execute stage of a
+    /// [`RowStream`](crate::RowStream). A backend that reads rows as they
+    /// come keeps the open result inside the connection and returns
+    /// `Ok(None)`; the rows are then read with [`fetch`](Self::fetch) until
+    /// it says there are no more, and [`close_stream`](Self::close_stream)
+    /// ends it. By default the whole result is read at once and returned
+    /// (memory is then not flat).
+    fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
+        self.query(sql, params).map(Some)
+    }
+
+    /// Reads up to `max` rows of the open stream into `out`; `Ok(false)`
+    /// once the result is exhausted (the stream is then closed).
+    fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        let _ = (max, out);
+        Ok(false)
+    }
+
+    /// Ends an open stream before its last row. `true` when the
+    /// connection is clean afterwards; `false` when it must be discarded
+    /// (the rest of the result would otherwise reach the next statement).
+    fn close_stream(&mut self) -> bool {
+        true
+    }
+
+    /// Writes one chunk of a bulk operation: the execute stage of a bulk
+    /// load. Returns the rows affected. By default, statements built for
+    /// the dialect ([`BulkPlan::run_statements`]); backends override it
+    /// with their server's fastest path.
+    fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        plan.run_statements(rows, &mut |sql, params| self.execute(sql, params))
     }
 }
 

@@ -30,7 +30,7 @@ use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::blocking::{self, Attempt, SocketHandle};
-use super::{connect_error, ConnectLimit, Connection, Connector};
+use super::{connect_error, BulkKind, BulkPlan, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -338,6 +338,7 @@ impl Connector for PgConnector {
             tx_failed: None,
             pgbouncer: self.pgbouncer,
             read_only: self.read_only,
+            stream: None,
         }))
     }
 
@@ -382,6 +383,8 @@ struct PgConnection {
     /// statement that would end such a transaction (`COMMIT`, …) and a
     /// script that is not a plain read (it could hold one) are refused.
     read_only: bool,
+    /// The open stream of [`Connection::open_stream`], and its columns.
+    stream: Option<(std::pin::Pin<Box<tokio_postgres::RowStream>>, Columns)>,
 }
 
 /// Puts a session back as a new connection has it: `DISCARD ALL` but for
@@ -720,6 +723,54 @@ fn rolls_back_to_savepoint(sql: &str) -> bool {
     )
 }
 
+/// The temporary table a bulk upsert, update or delete copies its rows into.
+const BULK_TEMP: &str = "\"dbmanager_bulk\"";
+
+impl PgConnection {
+    /// Binary `COPY … FROM STDIN` of `rows` into `table` (quoted) with the
+    /// types of `types`; returns the rows copied. A value that does not fit
+    /// its column names its row (its index in `rows`) and column.
+    fn copy_in(
+        &mut self,
+        table: &str,
+        cols: &str,
+        types: &[Type],
+        rows: &[Vec<Value>],
+    ) -> Result<u64> {
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        let sql = format!("COPY {table} ({cols}) FROM STDIN BINARY");
+        let failed_at = std::cell::Cell::new(None);
+        let at = &failed_at;
+        let result = self.call(|c| async move {
+            let sink = c.copy_in(sql.as_str()).await?;
+            let writer = BinaryCopyInWriter::new(sink, types);
+            futures_util::pin_mut!(writer);
+            for (i, row) in rows.iter().enumerate() {
+                if let Err(e) = writer.as_mut().write(&as_sql(row)).await {
+                    at.set(Some(i));
+                    return Err(e);
+                }
+            }
+            writer.finish().await
+        });
+        let result = result.map_err(|e| match failed_at.get() {
+            Some(i) if e.db_code().is_none() => e.with_hint(&format!(
+                "row {i} of the chunk has a value that does not fit its column's type"
+            )),
+            _ => e,
+        });
+        self.noting("", result)
+    }
+
+    /// The server's types of `cols` in `table`, from the description of a
+    /// statement that reads no row (cached like any prepared statement).
+    fn column_types(&mut self, table: &str, cols: &str) -> Result<Vec<Type>> {
+        let sql = format!("SELECT {cols} FROM {table} LIMIT 0");
+        let (stmt, _) = self.prepared(&sql)?;
+        Ok(stmt.columns().iter().map(|c| c.type_().clone()).collect())
+    }
+}
+
 impl Connection for PgConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let result = self.run_query(sql, params);
@@ -782,6 +833,107 @@ impl Connection for PgConnection {
         self.call(|c| c.simple_query("")).map(drop)
     }
 
+    /// Rows as the server sends them (`query_raw`): the driver's channel
+    /// holds one batch of messages, so memory stays flat however many rows
+    /// come. Behind pgbouncer the whole result is read at once.
+    fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
+        if self.pgbouncer {
+            return self.query(sql, params).map(Some);
+        }
+        let (stmt, columns) = self.prepared(sql)?;
+        let result = self.call(|c| c.query_raw(&stmt, params.iter()));
+        let stream = self.noting("", result)?;
+        self.stream = Some((Box::pin(stream), columns));
+        Ok(None)
+    }
+
+    fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        use futures_util::StreamExt;
+        let (Some(rt), Some((stream, columns))) = (self.rt.as_ref(), self.stream.as_mut()) else {
+            return Ok(false);
+        };
+        let got = rt.block_on(async {
+            let mut raw = Vec::with_capacity(max);
+            while raw.len() < max {
+                match stream.next().await {
+                    Some(Ok(row)) => raw.push(row),
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok((raw, false)),
+                }
+            }
+            Ok((raw, true))
+        });
+        let (raw, more) = match got {
+            Ok(v) => v,
+            Err(e) => {
+                self.stream = None;
+                let e = classify(e);
+                return self.noting("", Err(e));
+            }
+        };
+        for r in &raw {
+            let values = (0..r.len()).map(|i| read(r, i)).collect::<Result<_>>()?;
+            out.push(Row::new(Arc::clone(columns), values));
+        }
+        if !more {
+            self.stream = None;
+        }
+        Ok(more)
+    }
+
+    /// The rest of the result is still on its way: the connection is
+    /// discarded rather than read to the end (which could take as long as
+    /// the whole query).
+    fn close_stream(&mut self) -> bool {
+        self.stream.take().is_none()
+    }
+
+    /// Binary `COPY` for inserts; for upserts, updates and deletes a `COPY`
+    /// into a temporary table dropped at commit, then one `INSERT … ON
+    /// CONFLICT`, `UPDATE … FROM` or `DELETE … USING` from it. Behind
+    /// pgbouncer, plain statements.
+    fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        if self.pgbouncer || rows.is_empty() {
+            return plan.run_statements(rows, &mut |sql, params| self.execute(sql, params));
+        }
+        let cols = plan.column_list();
+        let types = self.column_types(&plan.table, &cols)?;
+        if plan.kind == BulkKind::Insert {
+            return self.copy_in(&plan.table, &cols, &types, rows);
+        }
+        self.simple(&format!(
+            "DROP TABLE IF EXISTS pg_temp.{BULK_TEMP}; \
+             CREATE TEMP TABLE {BULK_TEMP} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
+            plan.table
+        ))?;
+        self.copy_in(BULK_TEMP, &cols, &types, rows)?;
+        let table = &plan.table;
+        let on = plan
+            .keys
+            .iter()
+            .map(|&k| format!("d.{c} = s.{c}", c = plan.columns[k]))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = match plan.kind {
+            BulkKind::Upsert => format!(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {BULK_TEMP}{}",
+                plan.on_conflict()
+            ),
+            BulkKind::Update => format!(
+                "UPDATE {table} AS d SET {} FROM {BULK_TEMP} AS s WHERE {on}",
+                plan.non_keys()
+                    .map(|(_, c)| format!("{c} = s.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            BulkKind::Delete | BulkKind::Insert => {
+                format!("DELETE FROM {table} AS d USING {BULK_TEMP} AS s WHERE {on}")
+            }
+        };
+        let result = self.call(|c| c.execute(sql.as_str(), &[]));
+        self.noting("", result)
+    }
+
     fn is_closed(&self) -> bool {
         self.client.as_ref().map_or(true, Client::is_closed)
     }
@@ -820,6 +972,7 @@ impl Connection for PgConnection {
     /// connection to its next borrower (nor pin a server connection).
     fn reset_session(&mut self) -> Result<bool> {
         self.tx_failed = None;
+        self.stream = None;
         if self.pgbouncer {
             self.simple("ROLLBACK")?;
         } else if self.read_only {

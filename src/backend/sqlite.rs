@@ -129,6 +129,7 @@ impl Connector for SqliteConnector {
         })?;
         let canceller: Arc<dyn Canceller> = Arc::new(Interrupt(conn.get_interrupt_handle()));
         Ok(Box::new(SqliteConnection {
+            cursor: None,
             conn,
             columns: None,
             canceller,
@@ -142,6 +143,10 @@ impl Connector for SqliteConnector {
 }
 
 struct SqliteConnection {
+    /// The open stream's statement. Declared before `conn`, and dropped
+    /// first in `Drop` as well: it must be finalized while the connection
+    /// is open.
+    cursor: Option<Cursor>,
     conn: rusqlite::Connection,
     /// The column names of the last result, reused while the statement text
     /// is unchanged (saves an allocation per row set on hot loops).
@@ -228,6 +233,30 @@ impl Connection for SqliteConnection {
         self.conn.execute_batch(sql).map_err(classify)
     }
 
+    /// SQLite steps the statement as rows are asked for: memory is flat.
+    fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
+        self.cursor = None;
+        self.cursor = Some(Cursor::open(&self.conn, sql, params)?);
+        Ok(None)
+    }
+
+    fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        let Some(cursor) = self.cursor.as_mut() else {
+            return Ok(false);
+        };
+        let more = cursor.step(max, out);
+        if !matches!(more, Ok(true)) {
+            self.cursor = None;
+        }
+        more
+    }
+
+    /// Finalizing the statement ends it: the connection is clean.
+    fn close_stream(&mut self) -> bool {
+        self.cursor = None;
+        true
+    }
+
     fn begin(&mut self) -> Result<()> {
         // IMMEDIATE takes the write lock up front: a deferred transaction
         // that later writes can fail with SQLITE_BUSY without waiting. A
@@ -253,6 +282,7 @@ impl Connection for SqliteConnection {
     /// temporary tables, views and triggers are dropped, attached databases
     /// detached and the connect-time settings (`PRAGMA`s) made again.
     fn reset_session(&mut self) -> Result<bool> {
+        self.cursor = None;
         let conn = &self.conn;
         if !conn.is_autocommit() {
             conn.execute_batch("ROLLBACK").map_err(classify)?;
@@ -305,6 +335,218 @@ impl Connection for SqliteConnection {
             .busy_timeout(limit.unwrap_or(DEFAULT_BUSY_TIMEOUT))
             .map_err(classify)
     }
+}
+
+impl Drop for SqliteConnection {
+    fn drop(&mut self) {
+        self.cursor = None;
+    }
+}
+
+/// A statement stepped for a stream, prepared through SQLite's C API so
+/// that it can live from one call to the next: rusqlite's `Rows` borrows
+/// its `Statement`, which borrows the connection. Finalized when dropped,
+/// which [`SqliteConnection`] does before the connection closes.
+struct Cursor {
+    db: *mut ffi::sqlite3,
+    stmt: *mut ffi::sqlite3_stmt,
+    columns: Columns,
+    decls: Vec<Decl>,
+}
+
+// SAFETY: the statement is used only by the connection that owns the
+// cursor (through `&mut`), and an SQLite connection opened NO_MUTEX may move
+// between threads as long as it is used by one at a time, as rusqlite's
+// `Connection: Send` relies on too.
+unsafe impl Send for Cursor {}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        // SAFETY: `stmt` came from sqlite3_prepare_v2 and is finalized once.
+        unsafe {
+            ffi::sqlite3_finalize(self.stmt);
+        }
+    }
+}
+
+impl Cursor {
+    fn open(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<Cursor> {
+        use std::os::raw::{c_char, c_int};
+        let len = c_int::try_from(sql.len())
+            .map_err(|_| Error::parameter("the statement is longer than SQLite accepts"))?;
+        // SAFETY: the handle is used only while `conn` is borrowed here, and
+        // by the cursor, which the connection finalizes before it closes.
+        let db = unsafe { conn.handle() };
+        let mut stmt = std::ptr::null_mut();
+        let mut tail: *const c_char = std::ptr::null();
+        // SAFETY: `sql` is valid for `len` bytes; out-pointers are valid.
+        let rc =
+            unsafe { ffi::sqlite3_prepare_v2(db, sql.as_ptr().cast(), len, &mut stmt, &mut tail) };
+        if rc != ffi::SQLITE_OK {
+            return Err(last_error(db, rc));
+        }
+        if stmt.is_null() {
+            return Err(Error::parameter("the statement to stream is empty"));
+        }
+        // SAFETY: `stmt` is a valid prepared statement from here on.
+        let mut cursor = Cursor {
+            db,
+            stmt,
+            columns: Vec::new().into(),
+            decls: Vec::new(),
+        };
+        let used = (tail as usize).saturating_sub(sql.as_ptr() as usize);
+        if !sql
+            .get(used..)
+            .unwrap_or("")
+            .trim()
+            .trim_matches(';')
+            .trim()
+            .is_empty()
+        {
+            return Err(Error::parameter(
+                "more than one statement was given to stream; stream one query",
+            ));
+        }
+        // SAFETY (all calls below): `stmt` is valid; indexes are in range.
+        let expected = unsafe { ffi::sqlite3_bind_parameter_count(stmt) } as usize;
+        if expected != params.len() {
+            return Err(Error::parameter(format!(
+                "the statement has {expected} placeholders but {} values were given",
+                params.len()
+            )));
+        }
+        for (i, v) in params.iter().enumerate() {
+            let n = i as c_int + 1;
+            let out = v.to_sql().map_err(classify)?;
+            let r = match &out {
+                ToSqlOutput::Borrowed(r) => *r,
+                ToSqlOutput::Owned(o) => ValueRef::from(o),
+                _ => ValueRef::Null,
+            };
+            let rc = unsafe {
+                match r {
+                    ValueRef::Null => ffi::sqlite3_bind_null(stmt, n),
+                    ValueRef::Integer(x) => ffi::sqlite3_bind_int64(stmt, n, x),
+                    ValueRef::Real(x) => ffi::sqlite3_bind_double(stmt, n, x),
+                    ValueRef::Text(t) => ffi::sqlite3_bind_text(
+                        stmt,
+                        n,
+                        t.as_ptr().cast(),
+                        t.len() as c_int,
+                        ffi::SQLITE_TRANSIENT(),
+                    ),
+                    ValueRef::Blob(b) => ffi::sqlite3_bind_blob(
+                        stmt,
+                        n,
+                        b.as_ptr().cast(),
+                        b.len() as c_int,
+                        ffi::SQLITE_TRANSIENT(),
+                    ),
+                }
+            };
+            if rc != ffi::SQLITE_OK {
+                return Err(last_error(db, rc));
+            }
+        }
+        let count = unsafe { ffi::sqlite3_column_count(stmt) };
+        let mut names = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let name = unsafe { c_str(ffi::sqlite3_column_name(stmt, i)) };
+            names.push(Arc::<str>::from(name.unwrap_or_default()));
+            let decl = unsafe { c_str(ffi::sqlite3_column_decltype(stmt, i)) };
+            cursor.decls.push(Decl::of(decl.as_deref()));
+        }
+        cursor.columns = names.into();
+        Ok(cursor)
+    }
+
+    /// Steps up to `max` rows into `out`; `Ok(false)` when done.
+    fn step(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        use std::os::raw::c_int;
+        for _ in 0..max {
+            // SAFETY: `stmt` is valid until the cursor drops.
+            let rc = unsafe { ffi::sqlite3_step(self.stmt) };
+            match rc {
+                ffi::SQLITE_ROW => {}
+                ffi::SQLITE_DONE => return Ok(false),
+                _ => return Err(last_error(self.db, rc)),
+            }
+            let mut values = Vec::with_capacity(self.decls.len());
+            for (i, decl) in self.decls.iter().enumerate() {
+                let i = i as c_int;
+                // SAFETY: a row is current; the slices are copied by `read`
+                // before the next step.
+                let v = unsafe {
+                    match ffi::sqlite3_column_type(self.stmt, i) {
+                        ffi::SQLITE_INTEGER => {
+                            ValueRef::Integer(ffi::sqlite3_column_int64(self.stmt, i))
+                        }
+                        ffi::SQLITE_FLOAT => {
+                            ValueRef::Real(ffi::sqlite3_column_double(self.stmt, i))
+                        }
+                        ffi::SQLITE_TEXT => {
+                            let p = ffi::sqlite3_column_text(self.stmt, i);
+                            let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
+                            ValueRef::Text(raw_slice(p, n))
+                        }
+                        ffi::SQLITE_BLOB => {
+                            let p = ffi::sqlite3_column_blob(self.stmt, i);
+                            let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
+                            ValueRef::Blob(raw_slice(p.cast(), n))
+                        }
+                        _ => ValueRef::Null,
+                    }
+                };
+                values.push(read(v, *decl));
+            }
+            out.push(Row::new(Arc::clone(&self.columns), values));
+        }
+        Ok(true)
+    }
+}
+
+/// The bytes at `p` (empty when null).
+///
+/// # Safety
+///
+/// `p` is null or valid for `n` bytes for the returned lifetime.
+unsafe fn raw_slice<'a>(p: *const u8, n: usize) -> &'a [u8] {
+    if p.is_null() || n == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(p, n)
+    }
+}
+
+/// A C string from SQLite as text (`None` when null).
+///
+/// # Safety
+///
+/// `p` is null or a NUL-terminated string.
+unsafe fn c_str(p: *const std::os::raw::c_char) -> Option<String> {
+    (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+}
+
+/// The error SQLite reports for `db` after a call returned `rc`.
+#[cold]
+fn last_error(db: *mut ffi::sqlite3, rc: std::os::raw::c_int) -> Error {
+    // SAFETY: `db` is an open connection.
+    let (extended, message) = unsafe {
+        (
+            ffi::sqlite3_extended_errcode(db),
+            c_str(ffi::sqlite3_errmsg(db)),
+        )
+    };
+    let code = if extended & 0xff == rc & 0xff {
+        extended
+    } else {
+        rc
+    };
+    classify(rusqlite::Error::SqliteFailure(
+        ffi::Error::new(code),
+        message,
+    ))
 }
 
 /// What a column's declared type says its values mean (SQLite stores only

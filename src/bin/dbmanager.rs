@@ -151,6 +151,37 @@ enum Command {
         /// The shell to complete in.
         shell: clap_complete::Shell,
     },
+    /// Load a CSV file into TABLE (its header row names the columns), on
+    /// the server's fastest bulk path, at constant memory. An empty field is
+    /// NULL. All or nothing unless --commit-each-chunk.
+    Import {
+        /// The table (may be schema.table).
+        table: String,
+        /// The CSV file (`-` for standard input).
+        file: PathBuf,
+        /// Rows per chunk.
+        #[arg(long, default_value_t = 10_000)]
+        chunk_size: usize,
+        /// Commit after each chunk; a failed import then says where to go on.
+        #[arg(long)]
+        commit_each_chunk: bool,
+        /// Skip the first N data rows (go on where a failed import stopped).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        start_at: u64,
+        /// The field delimiter.
+        #[arg(long, default_value_t = ',')]
+        delimiter: char,
+    },
+    /// Run QUERY and write its rows to standard output as CSV (a header
+    /// row, then the rows as they come: constant memory). NULL is an empty
+    /// field.
+    Export {
+        /// The query.
+        query: String,
+        /// The field delimiter.
+        #[arg(long, default_value_t = ',')]
+        delimiter: char,
+    },
 }
 
 /// `println!` that ends the program quietly when stdout is gone (`dbmanager
@@ -171,6 +202,195 @@ fn write_out(args: std::fmt::Arguments<'_>) {
         }
         eprintln!("error: cannot write to stdout: {e}");
         std::process::exit(1);
+    }
+}
+
+/// One ASCII byte for a delimiter flag.
+fn delimiter_byte(c: char) -> BoxResult<u8> {
+    u8::try_from(c)
+        .ok()
+        .filter(u8::is_ascii)
+        .ok_or_else(|| format!("--delimiter must be one ASCII character, not {c:?}").into())
+}
+
+/// A progress bar on standard error when it is a terminal; hidden
+/// otherwise (a pipe, a log file, CI).
+fn progress_bar(len: Option<u64>) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {msg} ({elapsed}, {eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// `dbmanager import`: CSV records streamed into a bulk insert, one chunk
+/// in memory at a time.
+fn import(
+    db: &DatabaseManager,
+    table: &str,
+    file: &Path,
+    chunk_size: usize,
+    commit_each_chunk: bool,
+    start_at: u64,
+    delimiter: char,
+) -> BoxResult<dbmanager::BulkReport> {
+    use std::cell::{Cell, RefCell};
+    let (input, len): (Box<dyn std::io::Read>, Option<u64>) = if file == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter_byte(delimiter)?)
+        .from_reader(std::io::BufReader::with_capacity(1 << 16, input));
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| format!("cannot read the header row of {}: {e}", file.display()))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let columns: Vec<&str> = header.iter().map(String::as_str).collect();
+    let bar = progress_bar(len);
+    let failed: RefCell<Option<csv::Error>> = RefCell::new(None);
+    let rows_read = Cell::new(0u64);
+    let mut record = csv::StringRecord::new();
+    let rows = std::iter::from_fn(|| {
+        if failed.borrow().is_some() {
+            return None;
+        }
+        match reader.read_record(&mut record) {
+            Ok(true) => {
+                let n = rows_read.get() + 1;
+                rows_read.set(n);
+                if n % 4096 == 0 {
+                    bar.set_position(reader.position().byte());
+                    bar.set_message(format!("{n} rows"));
+                }
+                Some(
+                    record
+                        .iter()
+                        .map(|f| {
+                            if f.is_empty() {
+                                dbmanager::Value::Null
+                            } else {
+                                dbmanager::Value::Text(f.to_owned())
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Ok(false) => None,
+            Err(e) => {
+                *failed.borrow_mut() = Some(e);
+                // A row with no values: the load fails on it and rolls back
+                // (or stops after the chunks already committed).
+                Some(Vec::new())
+            }
+        }
+    });
+    let mut bulk = db.bulk(table).chunk_size(chunk_size).start_at(start_at);
+    if commit_each_chunk {
+        bulk = bulk.commit_each_chunk();
+    }
+    let result = bulk.insert(&columns, rows);
+    bar.finish_and_clear();
+    if let Some(e) = failed.into_inner() {
+        let resume = match (&result, commit_each_chunk) {
+            (Err(b), true) => b
+                .bulk_position()
+                .map(|p| format!("; rows before {p} are committed: fix the file and run again with --start-at {p}"))
+                .unwrap_or_default(),
+            _ => "; nothing was imported".to_owned(),
+        };
+        return Err(format!("{} is not valid CSV: {e}{resume}", file.display()).into());
+    }
+    result.map_err(|e| {
+        let hint = match e.bulk_position() {
+            Some(p) if commit_each_chunk && p > start_at => {
+                format!(" (rerun with --start-at {p} to go on)")
+            }
+            _ => String::new(),
+        };
+        format!("{e}{hint}").into()
+    })
+}
+
+/// `dbmanager export`: the rows of a stream written as CSV as they come.
+fn export(db: &DatabaseManager, query: &str, delimiter: char) -> BoxResult<()> {
+    let stdout = std::io::stdout();
+    let mut out = csv::WriterBuilder::new()
+        .delimiter(delimiter_byte(delimiter)?)
+        .from_writer(std::io::BufWriter::with_capacity(1 << 16, stdout.lock()));
+    let bar = progress_bar(None);
+    let mut n = 0u64;
+    let mut fields: Vec<String> = Vec::new();
+    let written = (|| -> BoxResult<()> {
+        for row in db.stream(query, ())? {
+            let row = row?;
+            if n == 0 {
+                out.write_record(row.columns())?;
+            }
+            fields.clear();
+            fields.extend(row.values().iter().map(csv_field));
+            out.write_record(&fields)?;
+            n += 1;
+            if n % 4096 == 0 {
+                bar.set_message(format!("{n} rows"));
+            }
+        }
+        out.flush()?;
+        Ok(())
+    })();
+    bar.finish_and_clear();
+    match written {
+        Err(e) if is_broken_pipe(&*e) => std::process::exit(0),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.kind() == std::io::ErrorKind::BrokenPipe;
+    }
+    if let Some(c) = e.downcast_ref::<csv::Error>() {
+        return matches!(c.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe);
+    }
+    false
+}
+
+/// One value as a CSV field: NULL empty, bytes as `\x` and hex, the rest
+/// in their usual text form.
+fn csv_field(v: &dbmanager::Value) -> String {
+    use dbmanager::Value as V;
+    match v {
+        V::Null => String::new(),
+        V::Text(s) => s.clone(),
+        V::Bytes(b) => {
+            let mut s = String::with_capacity(2 + 2 * b.len());
+            s.push_str("\\x");
+            for byte in b {
+                s.push_str(&format!("{byte:02x}"));
+            }
+            s
+        }
+        V::Json(j) => j.to_string(),
+        other => match other.to_json() {
+            serde_json::Value::String(s) => s,
+            j => j.to_string(),
+        },
     }
 }
 
@@ -565,6 +785,36 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                 print_table(&rows);
             }
         }
+        Command::Import {
+            table,
+            file,
+            chunk_size,
+            commit_each_chunk,
+            start_at,
+            delimiter,
+        } => {
+            let report = import(
+                &db,
+                table,
+                file,
+                *chunk_size,
+                *commit_each_chunk,
+                *start_at,
+                *delimiter,
+            )?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                eprintln!(
+                    "imported {} rows into {table} in {} chunks ({} affected) in {}",
+                    report.rows,
+                    report.chunks,
+                    report.rows_affected,
+                    human(report.elapsed)
+                );
+            }
+        }
+        Command::Export { query, delimiter } => export(&db, query, *delimiter)?,
         Command::New { .. } | Command::Completions { .. } => unreachable!("handled above"),
     }
     Ok(true)

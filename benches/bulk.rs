@@ -1,0 +1,468 @@
+//! Bulk writes and streaming reads against the raw drivers, same server,
+//! same process, same run.
+//!
+//! ```text
+//! scripts/bench --bench bulk                 # starts PostgreSQL and MariaDB
+//! cargo bench --all-features --bench bulk -- --quick sqlite
+//! ```
+//!
+//! - bulk insert of 100k rows (id, name, score): PostgreSQL vs raw binary
+//!   `COPY` (goal ≥ 0.95× the rate), MariaDB vs raw multi-row `INSERT` of
+//!   1000 rows (≥ 0.95×), SQLite vs raw prepared statement in one
+//!   transaction (≥ 0.90×); each against single-row autocommit `INSERT`s
+//!   through dbmanager (≥ 10×);
+//! - streaming 1M rows vs the raw driver's own iteration (≥ 0.9× the rate),
+//!   and the growth of the process's peak RSS (`VmHWM`) while streaming
+//!   (≤ 50 MB).
+//!
+//! Arguments after `--`: `--quick` (100k stream, fewer rounds), `--strict`
+//! (exit 1 when a goal is missed), and a filter on the lines' names.
+//! PostgreSQL and MariaDB need `DBMANAGER_TEST_POSTGRES_URL` and
+//! `DBMANAGER_TEST_MYSQL_URL` (set by `scripts/bench`).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use dbmanager::{DatabaseConfig, DatabaseManager};
+
+type BoxError = Box<dyn std::error::Error>;
+type Outcome<T> = Result<T, BoxError>;
+
+const BULK_ROWS: usize = 100_000;
+/// Single-row autocommit inserts timed (their rate is compared).
+const SINGLE_ROWS: usize = 2_000;
+
+struct Settings {
+    strict: bool,
+    filter: Option<String>,
+    rounds: usize,
+    stream_rows: usize,
+}
+
+fn settings() -> Settings {
+    let mut s = Settings {
+        strict: false,
+        filter: None,
+        rounds: 3,
+        stream_rows: 1_000_000,
+    };
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => {
+                s.rounds = 1;
+                s.stream_rows = 100_000;
+            }
+            "--strict" => s.strict = true,
+            a if a.starts_with('-') => {}
+            a => s.filter = Some(a.to_lowercase()),
+        }
+    }
+    s
+}
+
+/// The process's peak resident set so far, in bytes (`VmHWM`).
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// One line of the report; false when its goal is missed.
+fn line(name: &str, ours: Duration, raw: Duration, goal: f64, what: &str) -> bool {
+    // A rate ratio: raw time / our time.
+    let ratio = raw.as_secs_f64() / ours.as_secs_f64();
+    let ok = ratio >= goal;
+    println!(
+        "{name:<44} dbmanager {:>9.1} ms   {what:<22} {:>9.1} ms   rate {ratio:>6.2}x (goal >= {goal:.2}x) {}",
+        ours.as_secs_f64() * 1e3,
+        raw.as_secs_f64() * 1e3,
+        if ok { "ok" } else { "MISSED" }
+    );
+    ok
+}
+
+fn rows(n: usize) -> impl Iterator<Item = (i64, String, f64)> {
+    (0..n).map(|i| (i as i64, format!("name {i}"), i as f64 * 0.5))
+}
+
+/// Times `ours` and `raw` alternately for `rounds` rounds (each preceded by
+/// `reset`); medians.
+fn compare(
+    rounds: usize,
+    mut reset: impl FnMut() -> Outcome<()>,
+    mut ours: impl FnMut() -> Outcome<()>,
+    mut raw: impl FnMut() -> Outcome<()>,
+) -> Outcome<(Duration, Duration)> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for side in 0..2 {
+            reset()?;
+            let t = Instant::now();
+            if (side + round) % 2 == 0 {
+                ours()?;
+                a.push(t.elapsed());
+            } else {
+                raw()?;
+                b.push(t.elapsed());
+            }
+        }
+    }
+    Ok((median(a), median(b)))
+}
+
+/// Single-row autocommit inserts through dbmanager, scaled to `BULK_ROWS`.
+fn single_rows(db: &DatabaseManager, table: &str) -> Outcome<Duration> {
+    db.execute(&format!("DELETE FROM {table}"), ())?;
+    let sql = format!("INSERT INTO {table} (id, name, score) VALUES (?, ?, ?)");
+    let t = Instant::now();
+    for (id, name, score) in rows(SINGLE_ROWS) {
+        db.execute(&sql, (id, name, score))?;
+    }
+    Ok(t.elapsed().mul_f64(BULK_ROWS as f64 / SINGLE_ROWS as f64))
+}
+
+fn manager(name: &str, url: &str) -> Outcome<DatabaseManager> {
+    Ok(DatabaseManager::from_config(
+        DatabaseConfig::builder(name)
+            .url(url)
+            .query_timeout(None)
+            .build()?,
+    )?)
+}
+
+fn postgres_bulk(s: &Settings, url: &str) -> Outcome<bool> {
+    use postgres::binary_copy::BinaryCopyInWriter;
+    use postgres::types::Type;
+    let db = manager("bench_bulk_pg", url)?;
+    let t = format!("bench_bulk_{}", std::process::id());
+    db.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id BIGINT PRIMARY KEY, name TEXT, score DOUBLE PRECISION)"
+    ))?;
+    let mut raw = postgres::Client::connect(url, postgres::NoTls)?;
+    let (ours, theirs) = compare(
+        s.rounds,
+        || Ok(db.execute_batch(&format!("TRUNCATE {t}"))?),
+        || {
+            db.bulk(&t)
+                .chunk_size(BULK_ROWS)
+                .insert(&["id", "name", "score"], rows(BULK_ROWS))?;
+            Ok(())
+        },
+        || {
+            let mut tx = raw.transaction()?;
+            let sink = tx.copy_in(&format!("COPY {t} (id, name, score) FROM STDIN BINARY"))?;
+            let mut w = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT, Type::FLOAT8]);
+            for (id, name, score) in rows(BULK_ROWS) {
+                w.write(&[&id, &name, &score])?;
+            }
+            w.finish()?;
+            tx.commit()?;
+            Ok(())
+        },
+    )?;
+    let single = single_rows(&db, &t)?;
+    let a = line(
+        "PostgreSQL bulk_insert 100k",
+        ours,
+        theirs,
+        0.95,
+        "raw binary COPY",
+    );
+    let b = line(
+        "PostgreSQL bulk_insert vs single-row",
+        ours,
+        single,
+        10.0,
+        "single-row autocommit",
+    );
+    db.execute_batch(&format!("DROP TABLE {t}"))?;
+    Ok(a && b)
+}
+
+fn mariadb_bulk(s: &Settings, url: &str) -> Outcome<bool> {
+    use mysql::prelude::Queryable;
+    let db = manager("bench_bulk_my", url)?;
+    let t = format!("bench_bulk_{}", std::process::id());
+    db.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id BIGINT PRIMARY KEY, name TEXT, score DOUBLE)"
+    ))?;
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(url)?).prefer_socket(false);
+    let mut raw = mysql::Conn::new(opts)?;
+    let (ours, theirs) = compare(
+        s.rounds,
+        || Ok(db.execute_batch(&format!("TRUNCATE TABLE {t}"))?),
+        || {
+            db.bulk(&t)
+                .chunk_size(BULK_ROWS)
+                .insert(&["id", "name", "score"], rows(BULK_ROWS))?;
+            Ok(())
+        },
+        || {
+            let mut tx = raw.start_transaction(mysql::TxOpts::default())?;
+            let all: Vec<_> = rows(BULK_ROWS).collect();
+            for chunk in all.chunks(1000) {
+                let mut sql = format!("INSERT INTO {t} (id, name, score) VALUES ");
+                let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 3);
+                for (k, (id, name, score)) in chunk.iter().enumerate() {
+                    sql.push_str(if k == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
+                    params.push((*id).into());
+                    params.push(name.as_str().into());
+                    params.push((*score).into());
+                }
+                tx.exec_drop(sql, params)?;
+            }
+            tx.commit()?;
+            Ok(())
+        },
+    )?;
+    let single = single_rows(&db, &t)?;
+    let a = line(
+        "MariaDB bulk_insert 100k",
+        ours,
+        theirs,
+        0.95,
+        "raw multi-row INSERT",
+    );
+    let b = line(
+        "MariaDB bulk_insert vs single-row",
+        ours,
+        single,
+        10.0,
+        "single-row autocommit",
+    );
+    db.execute_batch(&format!("DROP TABLE {t}"))?;
+    Ok(a && b)
+}
+
+fn sqlite_bulk(s: &Settings) -> Outcome<bool> {
+    let dir = std::env::temp_dir().join(format!("dbmanager-bench-bulk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bench.db");
+    let db = manager("bench_bulk_sqlite", &format!("sqlite:{}", path.display()))?;
+    db.execute_batch(
+        "CREATE TABLE ours (id INTEGER PRIMARY KEY, name TEXT, score REAL); \
+         CREATE TABLE raw (id INTEGER PRIMARY KEY, name TEXT, score REAL)",
+    )?;
+    let mut raw = rusqlite::Connection::open(&path)?;
+    raw.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    let (ours, theirs) = compare(
+        s.rounds,
+        || Ok(db.execute_batch("DELETE FROM ours; DELETE FROM raw")?),
+        || {
+            db.bulk("ours")
+                .chunk_size(BULK_ROWS)
+                .insert(&["id", "name", "score"], rows(BULK_ROWS))?;
+            Ok(())
+        },
+        || {
+            let tx = raw.transaction()?;
+            {
+                let mut st = tx.prepare("INSERT INTO raw (id, name, score) VALUES (?1, ?2, ?3)")?;
+                for (id, name, score) in rows(BULK_ROWS) {
+                    st.execute(rusqlite::params![id, name, score])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        },
+    )?;
+    let single = single_rows(&db, "ours")?;
+    let a = line(
+        "SQLite bulk_insert 100k",
+        ours,
+        theirs,
+        0.90,
+        "raw prepared in tx",
+    );
+    let b = line(
+        "SQLite bulk_insert vs single-row",
+        ours,
+        single,
+        10.0,
+        "single-row autocommit",
+    );
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(a && b)
+}
+
+/// Streams `n` rows with dbmanager and with the raw driver; the peak RSS
+/// growth is measured around dbmanager's first stream.
+fn stream_line(
+    name: &str,
+    rounds: usize,
+    mut ours: impl FnMut() -> Outcome<u64>,
+    mut raw: impl FnMut() -> Outcome<u64>,
+) -> Outcome<bool> {
+    let before = peak_rss();
+    ours()?;
+    let growth = peak_rss().saturating_sub(before);
+    let (t_ours, t_raw) = compare(rounds, || Ok(()), || ours().map(drop), || raw().map(drop))?;
+    let a = line(name, t_ours, t_raw, 0.9, "raw driver iteration");
+    let mb = growth as f64 / 1e6;
+    let b = mb <= 50.0;
+    println!(
+        "{:<44} peak RSS growth {mb:.1} MB (goal <= 50 MB) {}",
+        format!("{name}: memory"),
+        if b { "ok" } else { "MISSED" }
+    );
+    Ok(a && b)
+}
+
+fn postgres_stream(s: &Settings, url: &str) -> Outcome<bool> {
+    let db = manager("bench_stream_pg", url)?;
+    let n = s.stream_rows;
+    let sql = format!("SELECT i::int8 AS id, 'name ' || i AS name FROM generate_series(1, {n}) i");
+    let mut raw = postgres::Client::connect(url, postgres::NoTls)?;
+    stream_line(
+        &format!("PostgreSQL stream {}k rows", n / 1000),
+        s.rounds,
+        || {
+            let mut sum = 0u64;
+            for row in db.stream(&sql, ())? {
+                let row = row?;
+                sum += row.get::<i64>(0)? as u64 + row.get::<String>(1)?.len() as u64;
+            }
+            Ok(sum)
+        },
+        || {
+            use postgres::fallible_iterator::FallibleIterator;
+            let mut it = raw.query_raw(sql.as_str(), std::iter::empty::<i64>())?;
+            let mut sum = 0u64;
+            while let Some(row) = it.next()? {
+                sum += row.get::<_, i64>(0) as u64 + row.get::<_, String>(1).len() as u64;
+            }
+            Ok(sum)
+        },
+    )
+}
+
+fn sqlite_stream(s: &Settings) -> Outcome<bool> {
+    let db = manager("bench_stream_sqlite", "sqlite::memory:")?;
+    let n = s.stream_rows;
+    let sql = format!(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {n}) \
+         SELECT i AS id, 'name ' || i AS name FROM c"
+    );
+    let raw = rusqlite::Connection::open_in_memory()?;
+    stream_line(
+        &format!("SQLite stream {}k rows", n / 1000),
+        s.rounds,
+        || {
+            let mut sum = 0u64;
+            for row in db.stream(&sql, ())? {
+                let row = row?;
+                sum += row.get::<i64>(0)? as u64 + row.get::<String>(1)?.len() as u64;
+            }
+            Ok(sum)
+        },
+        || {
+            let mut st = raw.prepare(&sql)?;
+            let mut rows = st.query([])?;
+            let mut sum = 0u64;
+            while let Some(row) = rows.next()? {
+                sum += row.get::<_, i64>(0)? as u64 + row.get::<_, String>(1)?.len() as u64;
+            }
+            Ok(sum)
+        },
+    )
+}
+
+fn mariadb_stream(s: &Settings, url: &str) -> Outcome<bool> {
+    use mysql::prelude::Queryable;
+    let db = manager("bench_stream_my", url)?;
+    let n = s.stream_rows;
+    let sql = format!(
+        "SET STATEMENT max_recursive_iterations = {n} FOR \
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {n}) \
+         SELECT i AS id, CONCAT('name ', i) AS name FROM c"
+    );
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(url)?).prefer_socket(false);
+    let mut raw = mysql::Conn::new(opts)?;
+    stream_line(
+        &format!("MariaDB stream {}k rows", n / 1000),
+        s.rounds,
+        || {
+            let mut sum = 0u64;
+            for row in db.stream(&sql, ())? {
+                let row = row?;
+                sum += row.get::<i64>(0)? as u64 + row.get::<String>(1)?.len() as u64;
+            }
+            Ok(sum)
+        },
+        || {
+            let mut sum = 0u64;
+            for row in raw.query_iter(sql.as_str())? {
+                let row = row?;
+                let (id, name): (i64, String) = mysql::from_row(row);
+                sum += id as u64 + name.len() as u64;
+            }
+            Ok(sum)
+        },
+    )
+}
+
+fn main() -> ExitCode {
+    let s = settings();
+    let pg = std::env::var("DBMANAGER_TEST_POSTGRES_URL").ok();
+    let my = std::env::var("DBMANAGER_TEST_MYSQL_URL").ok();
+    let wants = |name: &str| {
+        s.filter
+            .as_ref()
+            .map_or(true, |f| name.contains(f.as_str()))
+    };
+    let mut all_ok = true;
+    let mut run = |name: &str, r: Outcome<bool>| match r {
+        Ok(ok) => all_ok &= ok,
+        Err(e) => {
+            println!("{name}: failed: {e}");
+            all_ok = false;
+        }
+    };
+    // Streams first, the flat ones before MariaDB's (which reads whole
+    // results): each measures the growth of the peak RSS.
+    if wants("sqlite stream") {
+        run("sqlite stream", sqlite_stream(&s));
+    }
+    match &pg {
+        Some(url) if wants("postgresql stream") => {
+            run("postgresql stream", postgres_stream(&s, url))
+        }
+        None => println!("PostgreSQL: DBMANAGER_TEST_POSTGRES_URL not set; skipped"),
+        _ => {}
+    }
+    if wants("sqlite bulk") {
+        run("sqlite bulk", sqlite_bulk(&s));
+    }
+    if let Some(url) = &pg {
+        if wants("postgresql bulk") {
+            run("postgresql bulk", postgres_bulk(&s, url));
+        }
+    }
+    match &my {
+        Some(url) => {
+            if wants("mariadb bulk") {
+                run("mariadb bulk", mariadb_bulk(&s, url));
+            }
+            if wants("mariadb stream") {
+                run("mariadb stream", mariadb_stream(&s, url));
+            }
+        }
+        None => println!("MariaDB: DBMANAGER_TEST_MYSQL_URL not set; skipped"),
+    }
+    if s.strict && !all_ok {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,489 @@
+//! One bulk write, checked and quoted for a dialect, and the statements
+//! every backend can run for it. Backends with a faster path (PostgreSQL's
+//! binary `COPY`) override [`Connection::bulk_write`](super::Connection::bulk_write);
+//! the rest run [`BulkPlan::run_statements`].
+
+use crate::error::{Error, Result};
+use crate::sql::{quote_identifier, Dialect};
+use crate::value::Value;
+
+/// What a bulk operation does to each row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BulkKind {
+    Insert,
+    Upsert,
+    Update,
+    Delete,
+}
+
+impl BulkKind {
+    /// The `operation` label of the bulk metrics.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BulkKind::Insert => "insert",
+            BulkKind::Upsert => "upsert",
+            BulkKind::Update => "update",
+            BulkKind::Delete => "delete",
+        }
+    }
+}
+
+/// Parameters one statement may carry, per dialect (PostgreSQL and MySQL
+/// count them in 16 bits, SQL Server allows 2100, SQLite 32766 since 3.32).
+fn max_params(dialect: Dialect) -> usize {
+    match dialect {
+        Dialect::Postgres | Dialect::MySql => 65_535,
+        Dialect::Sqlite => 32_766,
+        Dialect::MsSql => 2_000,
+    }
+}
+
+/// Rows in one multi-row `INSERT`: at most this many, whatever the
+/// parameter limit allows.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Bytes of values in one multi-row statement, kept well under MySQL's
+/// default `max_allowed_packet` (16 MiB on MariaDB 10.11, 64 MiB on MySQL
+/// 8), so that a statement of long texts is never refused for its size.
+const BYTES_PER_STATEMENT: usize = 4 << 20;
+
+/// One bulk operation's target, its columns quoted and checked.
+#[derive(Clone, Debug)]
+pub(crate) struct BulkPlan {
+    pub(crate) kind: BulkKind,
+    pub(crate) dialect: Dialect,
+    /// The table, quoted (`"schema"."table"`).
+    pub(crate) table: String,
+    /// The columns each row carries, in order, quoted.
+    pub(crate) columns: Vec<String>,
+    /// Which of `columns` are the key (upsert, update, delete).
+    pub(crate) keys: Vec<usize>,
+}
+
+/// Checks one name given for a table or a column: never spliced as text,
+/// always quoted, and refused when it holds what no sane name holds (a
+/// quote character, `;`, a control character), so that an injection
+/// attempt is an error, not a strange name.
+pub(crate) fn check_name(name: &str, what: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::parameter(format!(
+            "the {what} name {} {why}; give the plain name of an existing {what} (it is quoted for you)",
+            shown(name)
+        )))
+    };
+    if name.trim().is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > 128 {
+        return bad("is longer than 128 bytes");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '"' | '`' | '[' | ']' | ';' | '\''))
+    {
+        return bad(&format!(
+            "contains {c:?}, which no table or column name here may hold"
+        ));
+    }
+    Ok(())
+}
+
+/// A name as shown in an error: at most 40 characters.
+fn shown(name: &str) -> String {
+    let cut: String = name.chars().take(40).collect();
+    if cut.len() < name.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+impl BulkPlan {
+    /// Checks and quotes the names of one bulk operation. `table` may be
+    /// `schema.table`; `keys` must be among `columns` (for a delete the
+    /// columns are the keys).
+    pub(crate) fn new(
+        kind: BulkKind,
+        dialect: Dialect,
+        table: &str,
+        columns: &[&str],
+        keys: &[&str],
+    ) -> Result<BulkPlan> {
+        for part in table.split('.') {
+            check_name(part, "table")?;
+        }
+        if columns.is_empty() {
+            return Err(Error::parameter(
+                "a bulk operation needs at least one column; list the columns each row carries",
+            ));
+        }
+        for (i, c) in columns.iter().enumerate() {
+            check_name(c, "column")?;
+            if columns[..i].contains(c) {
+                return Err(Error::parameter(format!(
+                    "the column {} is listed twice; list each column once",
+                    shown(c)
+                )));
+            }
+        }
+        let needs_keys = !matches!(kind, BulkKind::Insert);
+        if needs_keys && keys.is_empty() {
+            return Err(Error::parameter(format!(
+                "a bulk {} needs key columns to match rows by; give the primary key (or a unique key) columns",
+                kind.name()
+            )));
+        }
+        let mut key_index = Vec::with_capacity(keys.len());
+        for k in keys {
+            check_name(k, "column")?;
+            match columns.iter().position(|c| c == k) {
+                Some(i) if !key_index.contains(&i) => key_index.push(i),
+                Some(_) => {
+                    return Err(Error::parameter(format!(
+                        "the key column {} is listed twice; list each key column once",
+                        shown(k)
+                    )))
+                }
+                None => {
+                    return Err(Error::parameter(format!(
+                        "the key column {} is not among the columns; list it in the columns too (each row carries its key)",
+                        shown(k)
+                    )))
+                }
+            }
+        }
+        if kind == BulkKind::Update && key_index.len() == columns.len() {
+            return Err(Error::parameter(
+                "a bulk update needs at least one column besides the keys to set",
+            ));
+        }
+        Ok(BulkPlan {
+            kind,
+            dialect,
+            table: quote_identifier(table, dialect),
+            columns: columns
+                .iter()
+                .map(|c| quote_identifier_part(c, dialect))
+                .collect(),
+            keys: key_index,
+        })
+    }
+
+    /// The columns that are not keys.
+    pub(crate) fn non_keys(&self) -> impl Iterator<Item = (usize, &str)> + '_ {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.keys.contains(i))
+            .map(|(i, c)| (i, c.as_str()))
+    }
+
+    /// The quoted column list: `"a", "b"`.
+    pub(crate) fn column_list(&self) -> String {
+        self.columns.join(", ")
+    }
+
+    fn placeholder(&self, n: usize, out: &mut String) {
+        use std::fmt::Write;
+        match self.dialect {
+            Dialect::Postgres => {
+                let _ = write!(out, "${n}");
+            }
+            Dialect::MsSql => {
+                let _ = write!(out, "@P{n}");
+            }
+            Dialect::MySql | Dialect::Sqlite => out.push('?'),
+        }
+    }
+
+    /// `(p1, p2, …)` for one row whose first parameter is number `first`.
+    fn tuple(&self, first: usize, out: &mut String) {
+        out.push('(');
+        for i in 0..self.columns.len() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.placeholder(first + i, out);
+        }
+        out.push(')');
+    }
+
+    /// How many rows the next multi-row statement takes from `rows`.
+    fn rows_per_statement(&self, rows: &[Vec<Value>]) -> usize {
+        // SQLite's fastest path is one prepared statement run per row.
+        if self.dialect == Dialect::Sqlite {
+            return 1;
+        }
+        let by_params = (max_params(self.dialect) / self.columns.len()).max(1);
+        let cap = by_params.min(ROWS_PER_STATEMENT);
+        let mut bytes = 0;
+        for (n, row) in rows.iter().take(cap).enumerate() {
+            bytes += row.iter().map(value_size).sum::<usize>();
+            if bytes > BYTES_PER_STATEMENT {
+                return n.max(1);
+            }
+        }
+        cap.min(rows.len()).max(1)
+    }
+
+    /// The statement that writes `n` rows at once (insert, upsert), or one
+    /// row (update, delete, and upsert on SQL Server).
+    fn statement(&self, n: usize) -> String {
+        let table = &self.table;
+        let cols = self.column_list();
+        let mut sql = String::with_capacity(64 + n * self.columns.len() * 5);
+        match (self.kind, self.dialect) {
+            (BulkKind::Upsert, Dialect::MsSql) => {
+                let on = self
+                    .keys
+                    .iter()
+                    .map(|&k| format!("d.{c} = s.{c}", c = self.columns[k]))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let set = self
+                    .non_keys()
+                    .map(|(_, c)| format!("d.{c} = s.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let source = self
+                    .columns
+                    .iter()
+                    .map(|c| format!("s.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                sql.push_str(&format!(
+                    "MERGE INTO {table} WITH (HOLDLOCK) AS d USING (VALUES "
+                ));
+                self.tuple(1, &mut sql);
+                sql.push_str(&format!(") AS s ({cols}) ON {on} "));
+                if !set.is_empty() {
+                    sql.push_str(&format!("WHEN MATCHED THEN UPDATE SET {set} "));
+                }
+                sql.push_str(&format!(
+                    "WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({source});"
+                ));
+            }
+            (BulkKind::Insert | BulkKind::Upsert, _) => {
+                sql.push_str(&format!("INSERT INTO {table} ({cols}) VALUES "));
+                for r in 0..n {
+                    if r > 0 {
+                        sql.push_str(", ");
+                    }
+                    self.tuple(1 + r * self.columns.len(), &mut sql);
+                }
+                if self.kind == BulkKind::Upsert {
+                    sql.push_str(&self.on_conflict());
+                }
+            }
+            (BulkKind::Update, _) => {
+                let mut n = 0;
+                sql.push_str(&format!("UPDATE {table} SET "));
+                for (k, (_, c)) in self.non_keys().enumerate() {
+                    if k > 0 {
+                        sql.push_str(", ");
+                    }
+                    n += 1;
+                    sql.push_str(c);
+                    sql.push_str(" = ");
+                    self.placeholder(n, &mut sql);
+                }
+                sql.push_str(" WHERE ");
+                for (k, &i) in self.keys.iter().enumerate() {
+                    if k > 0 {
+                        sql.push_str(" AND ");
+                    }
+                    n += 1;
+                    sql.push_str(&self.columns[i]);
+                    sql.push_str(" = ");
+                    self.placeholder(n, &mut sql);
+                }
+            }
+            (BulkKind::Delete, _) => {
+                sql.push_str(&format!("DELETE FROM {table} WHERE "));
+                for (k, &i) in self.keys.iter().enumerate() {
+                    if k > 0 {
+                        sql.push_str(" AND ");
+                    }
+                    sql.push_str(&self.columns[i]);
+                    sql.push_str(" = ");
+                    self.placeholder(k + 1, &mut sql);
+                }
+            }
+        }
+        sql
+    }
+
+    /// The upsert's `ON CONFLICT … DO UPDATE` (PostgreSQL, SQLite) or `ON
+    /// DUPLICATE KEY UPDATE` (MySQL) clause.
+    pub(crate) fn on_conflict(&self) -> String {
+        let set: Vec<String> = match self.dialect {
+            Dialect::MySql => self
+                .non_keys()
+                .map(|(_, c)| format!("{c} = VALUES({c})"))
+                .collect(),
+            _ => self
+                .non_keys()
+                .map(|(_, c)| format!("{c} = EXCLUDED.{c}"))
+                .collect(),
+        };
+        match self.dialect {
+            Dialect::MySql => {
+                // Only keys: a no-op update keeps the existing row.
+                let set = if set.is_empty() {
+                    let k = &self.columns[self.keys[0]];
+                    format!("{k} = {k}")
+                } else {
+                    set.join(", ")
+                };
+                format!(" ON DUPLICATE KEY UPDATE {set}")
+            }
+            _ => {
+                let keys = self
+                    .keys
+                    .iter()
+                    .map(|&k| self.columns[k].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if set.is_empty() {
+                    format!(" ON CONFLICT ({keys}) DO NOTHING")
+                } else {
+                    format!(" ON CONFLICT ({keys}) DO UPDATE SET {}", set.join(", "))
+                }
+            }
+        }
+    }
+
+    /// The values of one row in the order [`statement`](Self::statement)
+    /// binds them.
+    fn bind_row(&self, row: &[Value], out: &mut Vec<Value>) {
+        match self.kind {
+            BulkKind::Insert | BulkKind::Upsert => out.extend_from_slice(row),
+            BulkKind::Update => {
+                out.extend(self.non_keys().map(|(i, _)| row[i].clone()));
+                out.extend(self.keys.iter().map(|&i| row[i].clone()));
+            }
+            BulkKind::Delete => out.extend(self.keys.iter().map(|&i| row[i].clone())),
+        }
+    }
+
+    /// Writes `rows` with plain statements through `exec`: multi-row
+    /// `INSERT`s (with the upsert clause for upserts), one `UPDATE` or
+    /// `DELETE` per row. Returns the rows affected as the server counts
+    /// them (MySQL counts an upserted row that changed as 2).
+    pub(crate) fn run_statements(
+        &self,
+        rows: &[Vec<Value>],
+        exec: &mut dyn FnMut(&str, &[Value]) -> Result<u64>,
+    ) -> Result<u64> {
+        let multi = matches!(self.kind, BulkKind::Insert)
+            || (self.kind == BulkKind::Upsert && self.dialect != Dialect::MsSql);
+        let mut affected = 0;
+        let mut rest = rows;
+        let mut cached: Option<(usize, String)> = None;
+        let mut values = Vec::new();
+        while !rest.is_empty() {
+            let n = if multi {
+                self.rows_per_statement(rest)
+            } else {
+                1
+            };
+            let (now, later) = rest.split_at(n.min(rest.len()));
+            if cached.as_ref().map(|(k, _)| *k) != Some(now.len()) {
+                cached = Some((now.len(), self.statement(now.len())));
+            }
+            let sql = &cached.as_ref().expect("statement built above").1;
+            values.clear();
+            for row in now {
+                self.bind_row(row, &mut values);
+            }
+            affected += exec(sql, &values)?;
+            rest = later;
+        }
+        Ok(affected)
+    }
+}
+
+/// Quotes one name as a single identifier (a column: a dot is part of it).
+fn quote_identifier_part(name: &str, dialect: Dialect) -> String {
+    let (open, close) = match dialect {
+        Dialect::MySql => ('`', '`'),
+        Dialect::MsSql => ('[', ']'),
+        Dialect::Postgres | Dialect::Sqlite => ('"', '"'),
+    };
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push(open);
+    for c in name.chars() {
+        if c == close {
+            out.push(close);
+        }
+        out.push(c);
+    }
+    out.push(close);
+    out
+}
+
+/// About how many bytes a value takes on the wire.
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Text(s) => s.len() + 4,
+        Value::Bytes(b) => b.len() + 4,
+        Value::Json(j) => j.to_string().len() + 4,
+        _ => 12,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_quoted() -> Result<()> {
+        let p = BulkPlan::new(
+            BulkKind::Upsert,
+            Dialect::Postgres,
+            "app.Order Items",
+            &["id", "näme", "select"],
+            &["id"],
+        )?;
+        assert_eq!(p.table, r#""app"."Order Items""#);
+        assert_eq!(p.column_list(), r#""id", "näme", "select""#);
+        assert!(p
+            .statement(2)
+            .ends_with(r#"ON CONFLICT ("id") DO UPDATE SET "näme" = EXCLUDED."näme", "select" = EXCLUDED."select""#));
+        for bad in ["t\"; DROP TABLE x; --", "", "a;b", "x`y", "new\nline"] {
+            let e =
+                BulkPlan::new(BulkKind::Insert, Dialect::MySql, bad, &["id"], &[]).expect_err(bad);
+            assert_eq!(e.kind(), crate::ErrorKind::Parameter, "{bad}");
+        }
+        assert!(BulkPlan::new(BulkKind::Update, Dialect::Sqlite, "t", &["id"], &["id"]).is_err());
+        assert!(BulkPlan::new(BulkKind::Delete, Dialect::Sqlite, "t", &["id"], &["nope"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn statements_per_dialect() -> Result<()> {
+        let p = BulkPlan::new(BulkKind::Update, Dialect::MsSql, "t", &["id", "v"], &["id"])?;
+        assert_eq!(p.statement(1), "UPDATE [t] SET [v] = @P1 WHERE [id] = @P2");
+        let p = BulkPlan::new(BulkKind::Insert, Dialect::MySql, "t", &["a", "b"], &[])?;
+        assert_eq!(
+            p.statement(2),
+            "INSERT INTO `t` (`a`, `b`) VALUES (?, ?), (?, ?)"
+        );
+        let p = BulkPlan::new(BulkKind::Upsert, Dialect::MySql, "t", &["a", "b"], &["a"])?;
+        assert!(p
+            .statement(1)
+            .ends_with("ON DUPLICATE KEY UPDATE `b` = VALUES(`b`)"));
+        let p = BulkPlan::new(
+            BulkKind::Delete,
+            Dialect::Postgres,
+            "t",
+            &["a", "b"],
+            &["a", "b"],
+        )?;
+        assert_eq!(
+            p.statement(1),
+            r#"DELETE FROM "t" WHERE "a" = $1 AND "b" = $2"#
+        );
+        Ok(())
+    }
+}
