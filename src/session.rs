@@ -11,7 +11,7 @@ use crate::config::MAX_QUERY_TIMEOUT;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
-use crate::value::{Params, Row};
+use crate::value::{Params, Row, Value};
 
 pub(crate) fn outcome_rows(o: Outcome) -> Vec<Row> {
     match o {
@@ -205,6 +205,26 @@ impl PooledConnection {
     }
 
     statement_methods!(&mut self);
+
+    /// Runs one statement exactly as written (no portable-SQL translation,
+    /// no parameters): a migration script's.
+    #[track_caller]
+    pub(crate) fn execute_native(&mut self, sql: &str) -> Result<()> {
+        self.run(Op::Script, sql, Params::None, Limit::DEFAULT)
+            .map(drop)
+    }
+
+    /// Runs `COPY … FROM STDIN` with `data` as its input; the rows loaded.
+    #[track_caller]
+    pub(crate) fn copy_in(&mut self, sql: &str, data: &str) -> Result<u64> {
+        self.run(
+            Op::Copy,
+            sql,
+            Params::Positional(vec![Value::from(data)]),
+            Limit::DEFAULT,
+        )
+        .map(outcome_affected)
+    }
 
     /// Marks the connection broken: it is closed instead of going back to
     /// the pool (used when its session state is unknown).
@@ -421,6 +441,26 @@ impl<'a> Transaction<'a> {
     }
 
     statement_methods!(&mut self);
+
+    /// Runs one statement exactly as written (no portable-SQL translation,
+    /// no parameters): a migration script's.
+    #[track_caller]
+    pub(crate) fn execute_native(&mut self, sql: &str) -> Result<()> {
+        self.run(Op::Script, sql, Params::None, Limit::DEFAULT)
+            .map(drop)
+    }
+
+    /// Runs `COPY … FROM STDIN` with `data` as its input; the rows loaded.
+    #[track_caller]
+    pub(crate) fn copy_in(&mut self, sql: &str, data: &str) -> Result<u64> {
+        self.run(
+            Op::Copy,
+            sql,
+            Params::Positional(vec![Value::from(data)]),
+            Limit::DEFAULT,
+        )
+        .map(outcome_affected)
+    }
 
     /// Sets the limit for this transaction's later statements: `Some(d)`, or
     /// `None` for no limit, in place of the database's configured query

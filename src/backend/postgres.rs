@@ -730,6 +730,18 @@ impl Connection for PgConnection {
         self.noting(result)
     }
 
+    fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64> {
+        use futures_util::SinkExt;
+        let data = bytes::Bytes::copy_from_slice(data);
+        let result = self.call(|c| async move {
+            let sink = c.copy_in::<_, bytes::Bytes>(sql).await?;
+            futures_util::pin_mut!(sink);
+            sink.send(data).await?;
+            sink.finish().await
+        });
+        self.noting(result)
+    }
+
     fn begin(&mut self) -> Result<()> {
         self.simple(if self.read_only {
             "BEGIN READ ONLY"

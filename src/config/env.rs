@@ -234,6 +234,8 @@ enum Parse {
     Flag(fn(B, bool) -> B),
     /// Text, such as a path or a table name.
     Text(fn(B, &str) -> B),
+    /// `name=value` pairs separated by commas.
+    Pairs(fn(B, &str, &str) -> B),
 }
 
 const fn setting(suffix: &'static str, setter: &'static str, parse: Parse) -> Setting {
@@ -280,6 +282,9 @@ const SETTINGS: &[Setting] = &[
     setting("MIGRATIONS_DIR",       "DatabaseConfigBuilder::migrations_dir",       Text(|b, dir| b.migrations_dir(dir))),
     setting("MIGRATIONS_TABLE",     "DatabaseConfigBuilder::history_table",        Text(|b, table| b.history_table(table))),
     setting("AUTO_MIGRATE",         "DatabaseConfigBuilder::auto_migrate",         Flag(B::auto_migrate)),
+    setting("MIGRATION_PLACEHOLDERS", "DatabaseConfigBuilder::migration_placeholder", Pairs(|b, n, v| b.migration_placeholder(n, v))),
+    setting("MIGRATION_LOCK_WAIT",  "DatabaseConfigBuilder::migration_lock_wait",  SecsOrOff(B::migration_lock_wait)),
+    setting("MIGRATIONS_STRICT",    "DatabaseConfigBuilder::migrations_strict",    Flag(B::migrations_strict)),
     setting("RETRY_ATTEMPTS",       "RetryPolicy::attempts",                       CountFromOne(ATTEMPTS_FROM_ONE, |b, n| b.map_retry(|r| r.attempts(n)))),
     setting("RETRY_BASE_DELAY",     "RetryPolicy::base_delay",                     Secs(|b, t| b.map_retry(|r| r.base_delay(t)))),
     setting("RETRY_MAX_DELAY",      "RetryPolicy::max_delay",                      Secs(|b, t| b.map_retry(|r| r.max_delay(t)))),
@@ -326,6 +331,20 @@ impl Parse {
             }
             Flag(set) => set(b, parse_bool(var, v)?),
             Text(set) => set(b, v),
+            Pairs(set) => {
+                let mut b = b;
+                for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (name, value) = pair.split_once('=').ok_or_else(|| {
+                        format!("{var}: `{pair}` is not `name=value`; write name=value pairs separated by commas")
+                    })?;
+                    let name = name.trim();
+                    if name.is_empty() {
+                        return Err(format!("{var}: `{pair}` has no name before `=`"));
+                    }
+                    b = set(b, name, value.trim());
+                }
+                b
+            }
         })
     }
 }

@@ -18,7 +18,6 @@ use crate::value::{Row, Value};
 pub(crate) trait Exec {
     fn rows(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>>;
     fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<u64>;
-    fn script(&mut self, sql: &str) -> Result<()>;
 }
 
 impl Exec for PooledConnection {
@@ -28,9 +27,6 @@ impl Exec for PooledConnection {
     fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<u64> {
         self.execute(sql, params)
     }
-    fn script(&mut self, sql: &str) -> Result<()> {
-        self.execute_batch(sql)
-    }
 }
 
 impl Exec for Transaction<'_> {
@@ -39,9 +35,6 @@ impl Exec for Transaction<'_> {
     }
     fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<u64> {
         self.execute(sql, params)
-    }
-    fn script(&mut self, sql: &str) -> Result<()> {
-        self.execute_batch(sql)
     }
 }
 

@@ -36,6 +36,7 @@
 //! ```
 
 mod history;
+mod run;
 mod source;
 
 use std::fmt;
@@ -50,7 +51,8 @@ pub use crate::status::{
 };
 
 use self::history::{Exec, HistoryDialect, LockGuard, NewRow};
-use self::source::{Script, Scripts};
+use self::run::{Placeholders, Runner, ScriptSession};
+use self::source::{Event, Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Shared;
 use crate::session::PooledConnection;
@@ -83,6 +85,24 @@ pub struct MigrateOptions {
     /// change is not cut off half-way by the query timeout meant for
     /// ordinary statements.
     pub statement_timeout: Option<Duration>,
+    /// `${name}` placeholder values, on top of the configured ones
+    /// ([`DatabaseConfigBuilder::migration_placeholder`](crate::DatabaseConfigBuilder::migration_placeholder)).
+    /// Default none.
+    pub placeholders: Vec<(String, String)>,
+    /// How long a script's statement waits for another session's lock:
+    /// `None` takes the configured bound
+    /// ([`DatabaseConfigBuilder::migration_lock_wait`](crate::DatabaseConfigBuilder::migration_lock_wait),
+    /// default 5 s); `Some(Duration::ZERO)` waits without bound.
+    pub lock_wait: Option<Duration>,
+    /// How many times a transactional script that gave up waiting for a
+    /// lock runs again (it was rolled back whole). Default 2. A script that
+    /// runs statement by statement is never run again.
+    pub lock_retries: u32,
+    /// Refuse `.sql` files that are neither migrations nor callbacks:
+    /// `None` takes the configured setting
+    /// ([`DatabaseConfigBuilder::migrations_strict`](crate::DatabaseConfigBuilder::migrations_strict),
+    /// default off: skipped with a warning).
+    pub strict: Option<bool>,
 }
 
 impl Default for MigrateOptions {
@@ -91,6 +111,10 @@ impl Default for MigrateOptions {
             target: Target::Latest,
             lock_timeout: Duration::from_secs(60),
             statement_timeout: None,
+            placeholders: Vec::new(),
+            lock_wait: None,
+            lock_retries: 2,
+            strict: None,
         }
     }
 }
@@ -111,6 +135,32 @@ impl MigrateOptions {
     /// Sets [`statement_timeout`](Self::statement_timeout).
     pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = timeout;
+        self
+    }
+
+    /// Adds (or replaces) the value of the `${name}` placeholder.
+    pub fn placeholder(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.placeholders.retain(|(n, _)| *n != name);
+        self.placeholders.push((name, value.into()));
+        self
+    }
+
+    /// Sets [`lock_wait`](Self::lock_wait).
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
+    /// Sets [`lock_retries`](Self::lock_retries).
+    pub fn lock_retries(mut self, retries: u32) -> Self {
+        self.lock_retries = retries;
+        self
+    }
+
+    /// Sets [`strict`](Self::strict).
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = Some(on);
         self
     }
 }
@@ -225,7 +275,11 @@ impl Migrator {
     }
 
     fn load(&self) -> Result<Scripts> {
-        self.source.load().map_err(|e| {
+        let strict = self
+            .options
+            .strict
+            .unwrap_or(self.shared.config.migrations_strict);
+        self.source.load(strict).map_err(|e| {
             // Name the variable the folder was read from, when it was.
             let e = match self.shared.config.variable("MIGRATIONS_DIR") {
                 Some(var) => e.replace_in_message(
@@ -276,76 +330,165 @@ impl Migrator {
         self.check(&scripts, &applied, true)?;
         let plan = pending(&scripts, &applied, &self.options.target);
         let user = dialect.current_user(conn)?;
+        let callbacks = |e: Event| scripts.callbacks.get(&e).map_or(&[][..], Vec::as_slice);
+        let mut runner = self.runner(
+            conn,
+            &user,
+            plan.iter()
+                .copied()
+                .chain(scripts.callbacks.values().flatten()),
+        )?;
         let mut report = MigrationReport {
             database_name: self.shared.name().to_string(),
             applied: Vec::new(),
             current_version: current_version(&applied),
         };
-        for script in plan {
-            let step = self
-                .apply(conn, script, &user)
-                .map_err(|e| self.failure(e, script, &report))?;
-            if script.kind == MigrationKind::Versioned {
-                report.current_version = script.version_text();
+        let result = (|| {
+            runner.callbacks(callbacks(Event::BeforeMigrate))?;
+            for script in plan {
+                runner.callbacks(callbacks(Event::BeforeEachMigrate))?;
+                let step = match self.apply(conn, &mut runner, script, &user) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        runner.error_callbacks(callbacks(Event::AfterEachMigrateError));
+                        return Err(self.failure(e, script, &report));
+                    }
+                };
+                if script.kind == MigrationKind::Versioned {
+                    report.current_version = script.version_text();
+                }
+                report.applied.push(step);
+                runner.callbacks(callbacks(Event::AfterEachMigrate))?;
             }
-            report.applied.push(step);
+            if !report.applied.is_empty() {
+                runner.callbacks(callbacks(Event::AfterMigrateApplied))?;
+            }
+            runner.callbacks(callbacks(Event::AfterMigrate))
+        })();
+        if let Err(e) = result {
+            runner.error_callbacks(callbacks(Event::AfterMigrateError));
+            return Err(e);
         }
         Ok(report)
     }
 
+    /// What runs scripts for one operation: a session of their own (not
+    /// the lock's), and the placeholders, with the built-in ones asked of
+    /// the server only when one of `scripts` uses them.
+    fn runner<'s>(
+        &self,
+        conn: &mut PooledConnection,
+        user: &str,
+        scripts: impl Iterator<Item = &'s Script>,
+    ) -> Result<Runner> {
+        let config = &self.shared.config;
+        let mut builtins = vec![
+            ("user", user.to_owned()),
+            (
+                "timestamp",
+                crate::status::now_rfc3339()
+                    .get(..19)
+                    .unwrap_or_default()
+                    .replace('T', " "),
+            ),
+        ];
+        let mut scripts = scripts;
+        if scripts.any(|s| run::uses_builtins(&s.sql)) {
+            let (schema, database) = run::server_builtins(conn, config.kind)?;
+            builtins.push(("defaultSchema", schema));
+            builtins.push(("database", database));
+        }
+        let setting = config
+            .variable("MIGRATION_PLACEHOLDERS")
+            .unwrap_or_else(|| "DatabaseConfigBuilder::migration_placeholder".to_owned());
+        let placeholders = Placeholders::new(
+            config
+                .migration_placeholders
+                .iter()
+                .chain(&self.options.placeholders),
+            &builtins,
+            setting,
+        );
+        let lock_wait = match self.options.lock_wait {
+            Some(w) if w.is_zero() => None,
+            Some(w) => Some(w),
+            None => config.migration_lock_wait,
+        };
+        let session = ScriptSession::new(
+            Arc::clone(&self.shared),
+            lock_wait,
+            self.options.statement_timeout,
+        );
+        Ok(Runner::new(
+            session,
+            placeholders,
+            self.dialect().transactional_ddl(),
+            self.options.lock_retries,
+        ))
+    }
+
+    /// Runs one script on the runner's session, then writes its history
+    /// row; a failure that may have left part of it applied is recorded.
     fn apply(
+        &self,
+        conn: &mut PooledConnection,
+        runner: &mut Runner,
+        script: &Script,
+        user: &str,
+    ) -> Result<MigrationStep> {
+        let start = Instant::now();
+        let elapsed =
+            |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        if let Err(failure) = runner.execute(script) {
+            if failure.left_changes {
+                // Part of it stays: record the failure, so that later runs
+                // stop until it is repaired.
+                if let Err(record) = self.record(conn, script, user, elapsed(start), false) {
+                    tracing::warn!(error = %record, "could not record the failed migration");
+                }
+            }
+            return Err(failure.error);
+        }
+        self.record(conn, script, user, elapsed(start), true)?;
+        Ok(MigrationStep {
+            kind: script.kind,
+            version: script.version_text(),
+            description: script.description.clone(),
+            script: script.script.clone(),
+            execution_time_ms: elapsed(start),
+        })
+    }
+
+    /// THE place a script's history row is written: on the lock's
+    /// connection, whose session no script ever runs on. A successful
+    /// repeatable script replaces its earlier row.
+    fn record(
         &self,
         conn: &mut PooledConnection,
         script: &Script,
         user: &str,
-    ) -> Result<MigrationStep> {
+        execution_time_ms: i64,
+        success: bool,
+    ) -> Result<()> {
         let dialect = self.dialect();
         let table = self.table();
-        let version = script.version_text();
-        let row = |ms: i64, success: bool| NewRow {
-            version: version.clone(),
+        let row = NewRow {
+            version: script.version_text(),
             description: &script.description,
             kind: "SQL",
             script: &script.script,
             checksum: Some(script.checksum),
             installed_by: user,
-            execution_time_ms: ms,
+            execution_time_ms,
             success,
         };
-        let start = Instant::now();
-        let elapsed =
-            |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
-        if dialect.transactional_ddl() && !script.no_transaction {
-            conn.transaction(|tx| {
-                run_script(tx, &script.sql)?;
-                if script.kind == MigrationKind::Repeatable {
-                    delete_repeatable(tx, dialect, table, &script.description)?;
-                }
-                history::insert(tx, dialect, table, &row(elapsed(start), true))
-            })?;
-        } else {
-            if let Err(e) = run_script(conn, &script.sql) {
-                // Part of it may have been applied: record the failure, so
-                // that later runs stop until it is repaired.
-                if let Err(record) =
-                    history::insert(conn, dialect, table, &row(elapsed(start), false))
-                {
-                    tracing::warn!(error = %record, "could not record the failed migration");
-                }
-                return Err(e.with_hint(NOT_ROLLED_BACK));
-            }
-            if script.kind == MigrationKind::Repeatable {
-                delete_repeatable(conn, dialect, table, &script.description)?;
-            }
-            history::insert(conn, dialect, table, &row(elapsed(start), true))?;
+        if success && script.kind == MigrationKind::Repeatable {
+            return conn.transaction(|tx| {
+                delete_repeatable(tx, dialect, table, &script.description)?;
+                history::insert(tx, dialect, table, &row)
+            });
         }
-        Ok(MigrationStep {
-            kind: script.kind,
-            version,
-            description: script.description.clone(),
-            script: script.script.clone(),
-            execution_time_ms: elapsed(start),
-        })
+        history::insert(conn, dialect, table, &row)
     }
 
     /// Wraps a failing script's error: names the file and version, where in
@@ -362,9 +505,6 @@ impl Migrator {
                 .unwrap_or_default(),
             cause.message()
         );
-        if let Some(line) = position_line(cause.message(), &script.sql) {
-            message.push_str(&format!(" [line {line} of {}]", script.script));
-        }
         if report.applied.is_empty() {
             message.push_str("; nothing was applied before it in this run");
         } else {
@@ -373,11 +513,6 @@ impl Migrator {
                 "; applied before it in this run: {}",
                 names.join(", ")
             ));
-        }
-        if self.dialect().transactional_ddl() && !script.no_transaction {
-            message.push_str(
-                "; it ran in a transaction, so nothing of it remains: fix the file and run again",
-            );
         }
         let mut e = Error::new(kind, message)
             .with_source(cause)
@@ -487,6 +622,11 @@ impl Migrator {
     /// scripts; connection and server errors.
     pub fn status(&self) -> Result<MigrationStatus> {
         let scripts = self.load()?;
+        let events = [Event::BeforeInfo, Event::AfterInfo, Event::AfterInfoError];
+        self.around(&scripts, events, || self.status_of(&scripts))
+    }
+
+    fn status_of(&self, scripts: &Scripts) -> Result<MigrationStatus> {
         let (_, applied) = self.read_history()?;
         let problems = self.problems(&scripts, &applied);
         let pending = pending(&scripts, &applied, &Target::Latest)
@@ -519,8 +659,48 @@ impl Migrator {
     /// naming the file (and both checksums for an edited one).
     pub fn validate(&self) -> Result<()> {
         let scripts = self.load()?;
-        let (_, applied) = self.read_history()?;
-        self.check(&scripts, &applied, false)
+        let events = [
+            Event::BeforeValidate,
+            Event::AfterValidate,
+            Event::AfterValidateError,
+        ];
+        self.around(&scripts, events, || {
+            let (_, applied) = self.read_history()?;
+            self.check(&scripts, &applied, false)
+        })
+    }
+
+    /// Runs `f` between the callbacks of `[before, after, after error]`,
+    /// when there are any (and the database is not read-only: callbacks
+    /// are scripts, which may write).
+    fn around<T>(
+        &self,
+        scripts: &Scripts,
+        [before, after, error]: [Event; 3],
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let of = |e: Event| scripts.callbacks.get(&e).map_or(&[][..], Vec::as_slice);
+        if self.shared.config.read_only()
+            || [before, after, error].iter().all(|e| of(*e).is_empty())
+        {
+            return f();
+        }
+        let mut conn = self.connection()?;
+        let user = self.dialect().current_user(&mut conn)?;
+        let all = [before, after, error].into_iter().flat_map(of);
+        let mut runner = self.runner(&mut conn, &user, all)?;
+        drop(conn);
+        runner.callbacks(of(before))?;
+        match f() {
+            Ok(value) => {
+                runner.callbacks(of(after))?;
+                Ok(value)
+            }
+            Err(e) => {
+                runner.error_callbacks(of(error));
+                Err(e)
+            }
+        }
     }
 
     /// The plan of a run, with each script's SQL, without changing anything
@@ -732,20 +912,16 @@ impl Migrator {
             undo_scripts.push((u, row.installed_rank));
         }
         let mut report = self.empty_report(&applied);
+        let user = dialect.current_user(conn)?;
+        let mut runner = self.runner(conn, &user, undo_scripts.iter().map(|(u, _)| *u))?;
         for (u, rank) in undo_scripts {
             let start = Instant::now();
             let delete = format!("DELETE FROM {table} WHERE installed_rank = ?");
-            let result = if dialect.transactional_ddl() && !u.no_transaction {
-                conn.transaction(|tx| {
-                    run_script(tx, &u.sql)?;
-                    tx.execute(&delete, (rank,)).map(drop)
-                })
-            } else {
-                run_script(conn, &u.sql)
-                    .map_err(|e| e.with_hint(NOT_ROLLED_BACK))
-                    .and_then(|()| conn.execute(&delete, (rank,)).map(drop))
-            };
-            result.map_err(|e| self.failure(e, u, &report))?;
+            runner
+                .execute(u)
+                .map_err(|f| f.error)
+                .and_then(|()| conn.execute(&delete, (rank,)).map(drop))
+                .map_err(|e| self.failure(e, u, &report))?;
             report.applied.push(MigrationStep {
                 kind: MigrationKind::Undo,
                 version: u.version_text(),
@@ -758,16 +934,6 @@ impl Migrator {
         report.current_version = current_version(&after);
         Ok(report)
     }
-}
-
-const NOT_ROLLED_BACK: &str = "this backend commits DDL as it goes, so the statements before the failing one \
-     remain; the failure is recorded and migrations stop until you fix the database and run `repair`";
-
-fn run_script(conn: &mut dyn Exec, sql: &str) -> Result<()> {
-    if sql.trim().is_empty() {
-        return Ok(());
-    }
-    conn.script(sql)
 }
 
 fn delete_repeatable(

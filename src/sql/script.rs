@@ -160,7 +160,9 @@ impl Splitter<'_> {
 
     /// End of the line holding `pos`: the offset of its `\n`, or the end.
     fn line_end(&self, pos: usize) -> usize {
-        self.src[pos..].find('\n').map_or(self.src.len(), |i| pos + i)
+        self.src[pos..]
+            .find('\n')
+            .map_or(self.src.len(), |i| pos + i)
     }
 
     /// Comments and whitespace, except MySQL's `/*! … */` (code the server runs).
@@ -329,17 +331,26 @@ impl Splitter<'_> {
                 let next_is_not = self.next_word() == "NOT";
                 let cur = &mut self.cur;
                 if !cur.compound {
-                    let routine = matches!(w.as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT")
-                        && first == "CREATE"
-                        && !cur.saw_paren
-                        && cur.word_count <= KEPT_WORDS
-                        && !cur.words[..cur.words.len() - 1].iter().any(|x| {
-                            matches!(
-                                x.as_str(),
-                                "TABLE" | "VIEW" | "INDEX" | "DATABASE" | "SCHEMA" | "USER" | "ROLE"
-                                    | "SEQUENCE" | "SERVER" | "TABLESPACE"
-                            )
-                        });
+                    let routine =
+                        matches!(w.as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT")
+                            && first == "CREATE"
+                            && !cur.saw_paren
+                            && cur.word_count <= KEPT_WORDS
+                            && !cur.words[..cur.words.len() - 1].iter().any(|x| {
+                                matches!(
+                                    x.as_str(),
+                                    "TABLE"
+                                        | "VIEW"
+                                        | "INDEX"
+                                        | "DATABASE"
+                                        | "SCHEMA"
+                                        | "USER"
+                                        | "ROLE"
+                                        | "SEQUENCE"
+                                        | "SERVER"
+                                        | "TABLESPACE"
+                                )
+                            });
                     // MariaDB's anonymous block: BEGIN NOT ATOMIC … END.
                     let block = cur.word_count == 1 && w == "BEGIN" && next_is_not;
                     cur.compound = routine || block;
@@ -405,8 +416,8 @@ impl Splitter<'_> {
         if sql.is_empty() {
             return;
         }
-        let copy_data = (self.dialect == Dialect::Postgres && cur.copy_from_stdin)
-            .then(|| self.copy_data(end));
+        let copy_data =
+            (self.dialect == Dialect::Postgres && cur.copy_from_stdin).then(|| self.copy_data(end));
         self.out.push(Statement {
             sql: sql.to_owned(),
             line: self.line_of(start),
@@ -523,7 +534,8 @@ mod tests {
 
     #[test]
     fn semicolons_in_quotes_and_comments_end_nothing() {
-        let src = "INSERT INTO t VALUES ('a;b'); -- c;d\nSELECT \"x;y\" /* ; */ FROM t;\n\nSELECT 1";
+        let src =
+            "INSERT INTO t VALUES ('a;b'); -- c;d\nSELECT \"x;y\" /* ; */ FROM t;\n\nSELECT 1";
         for d in [Postgres, MySql, Sqlite] {
             assert_eq!(
                 sqls(src, d),
@@ -587,8 +599,8 @@ mod tests {
         let st = split_script("COPY t FROM STDIN;\n1\tx\n", Postgres).expect("splits");
         assert_eq!(st[0].copy_data.as_deref(), Some("1\tx\n"));
         // CRLF line ends.
-        let st = split_script("COPY t FROM stdin;\r\n1\r\n\\.\r\nSELECT 1;", Postgres)
-            .expect("splits");
+        let st =
+            split_script("COPY t FROM stdin;\r\n1\r\n\\.\r\nSELECT 1;", Postgres).expect("splits");
         assert_eq!(st[0].copy_data.as_deref(), Some("1\r\n"));
         assert_eq!(st[1].sql, "SELECT 1");
         // COPY to a file is an ordinary statement.
@@ -628,17 +640,29 @@ mod tests {
         let src = "CREATE PROCEDURE p(IN n INT)\nBEGIN\n  DECLARE i INT DEFAULT 0;\n  IF n > 0 THEN\n    SET i = IF(n > 5, 5, n);\n  END IF;\n  WHILE i > 0 DO SET i = i - 1; END WHILE;\n  CASE i WHEN 0 THEN SELECT 1; ELSE SELECT 2; END CASE;\n  DROP TABLE IF EXISTS tmp;\nEND;\nCREATE TABLE event (id INT);\nCREATE DEFINER = CURRENT_USER TRIGGER tr BEFORE INSERT ON t FOR EACH ROW\nIF NEW.a < 0 THEN SET NEW.a = 0; END IF;\nSELECT 1;";
         let st = sqls(src, MySql);
         assert_eq!(st.len(), 4, "{st:#?}");
-        assert!(st[0].ends_with("DROP TABLE IF EXISTS tmp;\nEND"), "{}", st[0]);
+        assert!(
+            st[0].ends_with("DROP TABLE IF EXISTS tmp;\nEND"),
+            "{}",
+            st[0]
+        );
         assert_eq!(st[1], "CREATE TABLE event (id INT)");
         assert!(st[2].ends_with("END IF"), "{}", st[2]);
         // A trigger with a single statement and no block.
         assert_eq!(
-            sqls("CREATE TRIGGER t2 BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1;\nSELECT 2;", MySql).len(),
+            sqls(
+                "CREATE TRIGGER t2 BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1;\nSELECT 2;",
+                MySql
+            )
+            .len(),
             2
         );
         // MariaDB's anonymous block.
         assert_eq!(
-            sqls("BEGIN NOT ATOMIC SELECT 1; SELECT 2; END;\nSELECT 3;", MySql).len(),
+            sqls(
+                "BEGIN NOT ATOMIC SELECT 1; SELECT 2; END;\nSELECT 3;",
+                MySql
+            )
+            .len(),
             2
         );
     }
@@ -675,10 +699,16 @@ mod tests {
         let src = "CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\nGO\nCREATE PROCEDURE p AS\nBEGIN\n  SELECT 'GO';\n  -- GO\nEND\n  go  \nINSERT INTO t VALUES (2)\nGO 3 -- three times\nSELECT 1 AS go\n";
         let st = split_script(src, MsSql).expect("splits");
         assert_eq!(st.len(), 4, "{st:#?}");
-        assert_eq!(st[0].sql, "CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);");
+        assert_eq!(
+            st[0].sql,
+            "CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);"
+        );
         assert!(st[1].sql.starts_with("CREATE PROCEDURE p AS") && st[1].sql.ends_with("END"));
         assert_eq!(st[1].line, 4);
-        assert_eq!((st[2].sql.as_str(), st[2].repeat), ("INSERT INTO t VALUES (2)", 3));
+        assert_eq!(
+            (st[2].sql.as_str(), st[2].repeat),
+            ("INSERT INTO t VALUES (2)", 3)
+        );
         assert_eq!(st[3].sql, "SELECT 1 AS go");
         assert!(split_script("SELECT 1\nGO 0\n", MsSql).is_err());
     }
@@ -723,7 +753,8 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            replace_placeholders("CREATE TABLE ${schema}.t; -- by ${flyway:user}", look).expect("ok"),
+            replace_placeholders("CREATE TABLE ${schema}.t; -- by ${flyway:user}", look)
+                .expect("ok"),
             "CREATE TABLE app.t; -- by me"
         );
         assert!(matches!(
@@ -769,7 +800,12 @@ mod tests {
             MsSql => {}
         }
         proptest::collection::vec(proptest::sample::select(parts), 0..6)
-            .prop_map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>().join("\u{1}"))
+            .prop_map(|v| {
+                v.into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+                    .join("\u{1}")
+            })
             .boxed()
     }
 
