@@ -334,13 +334,13 @@ impl Parse {
             Pairs(set) => {
                 let mut b = b;
                 for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    let (name, value) = pair.split_once('=').ok_or_else(|| {
-                        format!("{var}: `{pair}` is not `name=value`; write name=value pairs separated by commas")
-                    })?;
+                    let (name, value) = pair
+                        .split_once('=')
+                        .filter(|(name, _)| !name.trim().is_empty())
+                        .ok_or_else(|| {
+                            format!("{var} = `{v}` is not a list of name=value pairs (`{pair}` is not one); separate them by commas, e.g. schema=app,owner=admin")
+                        })?;
                     let name = name.trim();
-                    if name.is_empty() {
-                        return Err(format!("{var}: `{pair}` has no name before `=`"));
-                    }
                     b = set(b, name, value.trim());
                 }
                 b
@@ -705,6 +705,7 @@ mod tests {
                 Count(_) | CountFromOne(..) => "many",
                 Secs(_) | PositiveSecs(_) | SecsOrOff(_) => "soon",
                 Flag(_) => "maybe",
+                Pairs(_) => "novalue",
                 Text(_) => continue,
             };
             let var = format!("DEVELOPMENT_GLOBAL_X_{}", s.suffix);
@@ -720,6 +721,32 @@ mod tests {
             assert!(text.contains(&format!("{var} = `{bad}` is not")), "{text}");
             assert!(text.ends_with("; read from the given lookup"), "{text}");
         }
+    }
+
+    #[test]
+    fn migration_settings() -> Result<()> {
+        let cfg = DatabaseConfig::from_lookup(
+            "x",
+            lookup(&[
+                ("DEVELOPMENT_GLOBAL_X_CONNECTION_STRING", "sqlite::memory:"),
+                ("DEVELOPMENT_GLOBAL_X_MIGRATION_PLACEHOLDERS", " schema = app , owner=a=b,"),
+                ("DEVELOPMENT_GLOBAL_X_MIGRATION_LOCK_WAIT", "0"),
+                ("DEVELOPMENT_GLOBAL_X_MIGRATIONS_STRICT", "true"),
+            ]),
+        )?;
+        assert_eq!(
+            cfg.migration_placeholders(),
+            [
+                ("schema".to_owned(), "app".to_owned()),
+                ("owner".to_owned(), "a=b".to_owned())
+            ]
+        );
+        assert_eq!(cfg.migration_lock_wait(), None);
+        assert!(cfg.migrations_strict());
+        let dflt = DatabaseConfig::builder("y").url("sqlite::memory:").build()?;
+        assert_eq!(dflt.migration_lock_wait(), Some(Duration::from_secs(5)));
+        assert!(!dflt.migrations_strict());
+        Ok(())
     }
 
     #[test]
