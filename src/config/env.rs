@@ -729,7 +729,10 @@ mod tests {
             "x",
             lookup(&[
                 ("DEVELOPMENT_GLOBAL_X_CONNECTION_STRING", "sqlite::memory:"),
-                ("DEVELOPMENT_GLOBAL_X_MIGRATION_PLACEHOLDERS", " schema = app , owner=a=b,"),
+                (
+                    "DEVELOPMENT_GLOBAL_X_MIGRATION_PLACEHOLDERS",
+                    " schema = app , owner=a=b,",
+                ),
                 ("DEVELOPMENT_GLOBAL_X_MIGRATION_LOCK_WAIT", "0"),
                 ("DEVELOPMENT_GLOBAL_X_MIGRATIONS_STRICT", "true"),
             ]),
@@ -743,7 +746,9 @@ mod tests {
         );
         assert_eq!(cfg.migration_lock_wait(), None);
         assert!(cfg.migrations_strict());
-        let dflt = DatabaseConfig::builder("y").url("sqlite::memory:").build()?;
+        let dflt = DatabaseConfig::builder("y")
+            .url("sqlite::memory:")
+            .build()?;
         assert_eq!(dflt.migration_lock_wait(), Some(Duration::from_secs(5)));
         assert!(!dflt.migrations_strict());
         Ok(())

@@ -236,8 +236,10 @@ impl ScriptSession {
             .ok_or_else(|| Error::new(ErrorKind::Other, "no script session"))
     }
 
-    /// Runs a parsed script in `mode`, retrying a transactional one that
-    /// gave up waiting for a lock up to `lock_retries` times.
+    /// Runs a parsed script in `mode`, running it again up to
+    /// `lock_retries` times when a statement gave up waiting for a lock and
+    /// nothing of the script stayed (it ran in a transaction, or the first
+    /// statement gave up); never a script that may have partly run.
     pub(crate) fn run(
         &mut self,
         script: &Script,
@@ -257,12 +259,14 @@ impl ScriptSession {
                 return Err(failure);
             }
             let blockers = self.blockers();
-            if mode == Mode::Transaction && attempt < lock_retries {
+            // Run again only what left nothing behind: a transaction that
+            // was rolled back, or a script whose first statement gave up.
+            if !failure.left_changes && attempt < lock_retries {
                 attempt += 1;
                 tracing::warn!(
                     script = %script.script,
                     attempt,
-                    blockers = %blockers.as_deref().unwrap_or("unknown"),
+                    blockers = %blockers.as_deref().unwrap_or_else(|why| why),
                     "a migration statement gave up waiting for a lock; the script was rolled back and runs again"
                 );
                 std::thread::sleep(Duration::from_millis(500) * attempt);
@@ -273,14 +277,12 @@ impl ScriptSession {
             } else {
                 String::new()
             };
-            let who = blockers.map_or_else(
-                || "; the blocking session could not be named".to_owned(),
-                |b| {
-                    format!(
-                        "; sessions holding locks in open transactions (the likely blockers): {b}"
-                    )
-                },
-            );
+            let who = match blockers {
+                Ok(b) => format!(
+                    "; sessions holding locks in open transactions (the likely blockers): {b}"
+                ),
+                Err(why) => format!("; the blocking session could not be named: {why}"),
+            };
             let Failure {
                 error,
                 left_changes,
@@ -345,12 +347,22 @@ impl ScriptSession {
     }
 
     /// Sessions that hold locks in open transactions, named with what they
-    /// run: asked after a lock timeout, on the script's session.
-    fn blockers(&mut self) -> Option<String> {
+    /// run: asked after a lock timeout, on the script's session. `Err` says
+    /// why they cannot be named.
+    fn blockers(&mut self) -> std::result::Result<String, String> {
         let kind = self.shared.config.kind;
-        let sql = blockers_sql(kind)?;
-        let conn = self.clean().ok()?;
-        let rows = conn.execute_query(sql, ()).ok()?;
+        let sql = blockers_sql(kind).ok_or("this backend cannot list them")?;
+        let conn = self.clean().map_err(|e| e.to_string())?;
+        let rows = conn.execute_query(sql, ()).map_err(|e| {
+            if kind == BackendKind::MySql {
+                format!(
+                    "listing open transactions needs the PROCESS privilege ({})",
+                    e.message()
+                )
+            } else {
+                e.message().to_owned()
+            }
+        })?;
         let named: Vec<String> = rows
             .iter()
             .map(|r| {
@@ -378,7 +390,11 @@ impl ScriptSession {
                 )
             })
             .collect();
-        (!named.is_empty()).then(|| named.join("; "))
+        if named.is_empty() {
+            Err("no other session holds locks in an open transaction now".to_owned())
+        } else {
+            Ok(named.join("; "))
+        }
     }
 }
 
