@@ -439,17 +439,22 @@ impl Migrator {
         let start = Instant::now();
         let elapsed =
             |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
-        if let Err(failure) = runner.execute(script) {
-            if failure.left_changes {
-                // Part of it stays: record the failure, so that later runs
-                // stop until it is repaired.
-                if let Err(record) = self.record(conn, script, user, elapsed(start), false) {
-                    tracing::warn!(error = %record, "could not record the failed migration");
+        let mut with_script =
+            |tx: &mut dyn Exec| self.record(tx, script, user, elapsed(start), true);
+        match runner.execute_recording(script, Some(&mut with_script)) {
+            Ok(true) => {}
+            Ok(false) => self.record(conn, script, user, elapsed(start), true)?,
+            Err(failure) => {
+                if failure.left_changes {
+                    // Part of it stays: record the failure, so that later
+                    // runs stop until it is repaired.
+                    if let Err(record) = self.record(conn, script, user, elapsed(start), false) {
+                        tracing::warn!(error = %record, "could not record the failed migration");
+                    }
                 }
+                return Err(failure.error);
             }
-            return Err(failure.error);
         }
-        self.record(conn, script, user, elapsed(start), true)?;
         Ok(MigrationStep {
             kind: script.kind,
             version: script.version_text(),
@@ -459,12 +464,14 @@ impl Migrator {
         })
     }
 
-    /// THE place a script's history row is written: on the lock's
-    /// connection, whose session no script ever runs on. A successful
-    /// repeatable script replaces its earlier row.
+    /// THE place a script's history row is written: in the script's own
+    /// transaction when the script cannot have changed its session (one
+    /// transaction per script), else on the lock's connection, whose
+    /// session no script ever runs on. A successful repeatable script
+    /// replaces its earlier row.
     fn record(
         &self,
-        conn: &mut PooledConnection,
+        conn: &mut dyn Exec,
         script: &Script,
         user: &str,
         execution_time_ms: i64,
@@ -483,10 +490,7 @@ impl Migrator {
             success,
         };
         if success && script.kind == MigrationKind::Repeatable {
-            return conn.transaction(|tx| {
-                delete_repeatable(tx, dialect, table, &script.description)?;
-                history::insert(tx, dialect, table, &row)
-            });
+            delete_repeatable(conn, dialect, table, &script.description)?;
         }
         history::insert(conn, dialect, table, &row)
     }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::history::Exec;
 use super::source::Script;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Shared;
@@ -46,6 +47,9 @@ impl Native for Transaction<'_> {
         self.copy_in(sql, data)
     }
 }
+
+/// Writes a script's history row on the connection or transaction given.
+pub(crate) type Record<'a> = &'a mut dyn FnMut(&mut dyn Exec) -> Result<()>;
 
 /// The values of `${name}` placeholders: the configured ones and Flyway's
 /// built-in `${flyway:…}` ones.
@@ -246,11 +250,12 @@ impl ScriptSession {
         parsed: &Parsed,
         mode: Mode,
         lock_retries: u32,
-    ) -> std::result::Result<(), Failure> {
+        mut record: Option<Record<'_>>,
+    ) -> std::result::Result<bool, Failure> {
         let mut attempt = 0;
         loop {
-            let failure = match self.run_once(script, parsed, mode) {
-                Ok(()) => return Ok(()),
+            let failure = match self.run_once(script, parsed, mode, record.as_deref_mut()) {
+                Ok(()) => return Ok(record.is_some()),
                 Err(f) => f,
             };
             self.stale = true;
@@ -311,6 +316,7 @@ impl ScriptSession {
         script: &Script,
         parsed: &Parsed,
         mode: Mode,
+        record: Option<&mut (dyn FnMut(&mut dyn Exec) -> Result<()> + '_)>,
     ) -> std::result::Result<(), Failure> {
         let dialect = self.shared.dialect;
         let kind = self.shared.config.kind;
@@ -327,7 +333,11 @@ impl ScriptSession {
         let mut changed = false;
         let result = match mode {
             Mode::Transaction => conn.transaction(|tx| {
-                run_statements(tx, &parsed.statements, &bound, &mut ran, &mut changed)
+                run_statements(tx, &parsed.statements, &bound, &mut ran, &mut changed)?;
+                match record {
+                    Some(record) => record(tx),
+                    None => Ok(()),
+                }
             }),
             Mode::Autocommit => {
                 run_statements(conn, &parsed.statements, &bound, &mut ran, &mut changed)
@@ -435,6 +445,19 @@ impl Runner {
 
     /// Parses and runs one script.
     pub(crate) fn execute(&mut self, script: &Script) -> std::result::Result<(), Failure> {
+        self.execute_recording(script, None).map(drop)
+    }
+
+    /// Parses and runs one script; `record` writes its history row inside
+    /// the script's transaction when the script runs in one and none of its
+    /// statements can change the session (so the row is written by the
+    /// migrator, as a clean session has it, and commits with the script:
+    /// one transaction per script). `Ok(true)` when it did.
+    pub(crate) fn execute_recording(
+        &mut self,
+        script: &Script,
+        record: Option<Record<'_>>,
+    ) -> std::result::Result<bool, Failure> {
         let parsed =
             parse(script, self.session.shared.dialect, &self.placeholders).map_err(|error| {
                 Failure {
@@ -443,7 +466,11 @@ impl Runner {
                 }
             })?;
         let mode = self.mode(script, &parsed);
-        self.session.run(script, &parsed, mode, self.lock_retries)
+        let record = record.filter(|_| {
+            mode == Mode::Transaction && !parsed.statements.iter().any(may_change_session)
+        });
+        self.session
+            .run(script, &parsed, mode, self.lock_retries, record)
     }
 
     /// Runs the callbacks of one event, in file-name order; the first
