@@ -830,6 +830,15 @@ impl Migrator {
     pub fn repair(&self) -> Result<RepairReport> {
         self.refuse_read_only("repair the migration history")?;
         let scripts = self.load()?;
+        let events = [
+            Event::BeforeRepair,
+            Event::AfterRepair,
+            Event::AfterRepairError,
+        ];
+        self.around(&scripts, events, || self.repair_of(&scripts))
+    }
+
+    fn repair_of(&self, scripts: &Scripts) -> Result<RepairReport> {
         let dialect = self.dialect();
         let table = dialect.quote(self.table());
         let mut guard = self.lock()?;
@@ -917,22 +926,44 @@ impl Migrator {
         }
         let mut report = self.empty_report(&applied);
         let user = dialect.current_user(conn)?;
-        let mut runner = self.runner(conn, &user, undo_scripts.iter().map(|(u, _)| *u))?;
-        for (u, rank) in undo_scripts {
-            let start = Instant::now();
-            let delete = format!("DELETE FROM {table} WHERE installed_rank = ?");
-            runner
-                .execute(u)
-                .map_err(|f| f.error)
-                .and_then(|()| conn.execute(&delete, (rank,)).map(drop))
-                .map_err(|e| self.failure(e, u, &report))?;
-            report.applied.push(MigrationStep {
-                kind: MigrationKind::Undo,
-                version: u.version_text(),
-                description: u.description.clone(),
-                script: u.script.clone(),
-                execution_time_ms: i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX),
-            });
+        let callbacks = |e: Event| scripts.callbacks.get(&e).map_or(&[][..], Vec::as_slice);
+        let mut runner = self.runner(
+            conn,
+            &user,
+            undo_scripts
+                .iter()
+                .map(|(u, _)| *u)
+                .chain(scripts.callbacks.values().flatten()),
+        )?;
+        let result = (|| {
+            runner.callbacks(callbacks(Event::BeforeUndo))?;
+            for (u, rank) in undo_scripts {
+                let start = Instant::now();
+                runner.callbacks(callbacks(Event::BeforeEachUndo))?;
+                let delete = format!("DELETE FROM {table} WHERE installed_rank = ?");
+                if let Err(e) = runner
+                    .execute(u)
+                    .map_err(|f| f.error)
+                    .and_then(|()| conn.execute(&delete, (rank,)).map(drop))
+                {
+                    runner.error_callbacks(callbacks(Event::AfterEachUndoError));
+                    return Err(self.failure(e, u, &report));
+                }
+                report.applied.push(MigrationStep {
+                    kind: MigrationKind::Undo,
+                    version: u.version_text(),
+                    description: u.description.clone(),
+                    script: u.script.clone(),
+                    execution_time_ms: i64::try_from(start.elapsed().as_millis())
+                        .unwrap_or(i64::MAX),
+                });
+                runner.callbacks(callbacks(Event::AfterEachUndo))?;
+            }
+            runner.callbacks(callbacks(Event::AfterUndo))
+        })();
+        if let Err(e) = result {
+            runner.error_callbacks(callbacks(Event::AfterUndoError));
+            return Err(e);
         }
         let after = history::read(conn, dialect, self.table())?;
         report.current_version = current_version(&after);

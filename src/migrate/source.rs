@@ -298,9 +298,6 @@ pub(crate) enum Event {
     BeforeRepair,
     AfterRepair,
     AfterRepairError,
-    BeforeBaseline,
-    AfterBaseline,
-    AfterBaselineError,
     BeforeUndo,
     BeforeEachUndo,
     AfterEachUndo,
@@ -311,7 +308,7 @@ pub(crate) enum Event {
 
 impl Event {
     /// Every event that runs, by its Flyway name.
-    const ALL: [(&'static str, Event); 25] = [
+    const ALL: [(&'static str, Event); 22] = [
         ("beforeMigrate", Event::BeforeMigrate),
         ("beforeEachMigrate", Event::BeforeEachMigrate),
         ("afterEachMigrate", Event::AfterEachMigrate),
@@ -328,9 +325,6 @@ impl Event {
         ("beforeRepair", Event::BeforeRepair),
         ("afterRepair", Event::AfterRepair),
         ("afterRepairError", Event::AfterRepairError),
-        ("beforeBaseline", Event::BeforeBaseline),
-        ("afterBaseline", Event::AfterBaseline),
-        ("afterBaselineError", Event::AfterBaselineError),
         ("beforeUndo", Event::BeforeUndo),
         ("beforeEachUndo", Event::BeforeEachUndo),
         ("afterEachUndo", Event::AfterEachUndo),
@@ -341,7 +335,7 @@ impl Event {
 
     /// Flyway callbacks this library knows but does not run (per
     /// statement, clean, connect…): skipped with a warning.
-    const NOT_RUN: [&'static str; 10] = [
+    const NOT_RUN: [&'static str; 13] = [
         "beforeEachMigrateStatement",
         "afterEachMigrateStatement",
         "afterEachMigrateStatementError",
@@ -352,6 +346,9 @@ impl Event {
         "afterCleanError",
         "beforeConnect",
         "afterConnect",
+        "beforeBaseline",
+        "afterBaseline",
+        "afterBaselineError",
     ];
 
     /// The event of a callback file name: `{event}.sql` or
@@ -656,6 +653,50 @@ mod tests {
 
     fn v(s: &str) -> Version {
         Version::parse(s).expect("a version")
+    }
+
+    #[test]
+    fn callbacks_are_told_from_migrations_and_strays() -> Result<()> {
+        assert_eq!(
+            Event::of_file("beforeMigrate.sql"),
+            Ok(Some(Event::BeforeMigrate))
+        );
+        assert_eq!(
+            Event::of_file("afterEachMigrate__log_it.sql"),
+            Ok(Some(Event::AfterEachMigrate))
+        );
+        assert_eq!(Event::of_file("beforeMigrate.txt"), Ok(None));
+        assert_eq!(Event::of_file("beforemigrate.sql"), Ok(None));
+        assert!(Event::of_file("beforeEachMigrateStatement.sql").is_err());
+        let files = vec![
+            ("a/V1__x.sql".to_owned(), "SELECT 1;".to_owned()),
+            ("cb/beforeMigrate__b.sql".to_owned(), "SELECT 2;".to_owned()),
+            ("beforeMigrate__a.sql".to_owned(), "SELECT 3;".to_owned()),
+            ("notes.sql".to_owned(), "x".to_owned()),
+        ];
+        let s = collect_with(files.clone(), false)?;
+        assert_eq!(s.versioned.len(), 1);
+        assert_eq!(s.versioned[0].script, "a/V1__x.sql");
+        let before: Vec<&str> = s.callbacks[&Event::BeforeMigrate]
+            .iter()
+            .map(|c| c.script.as_str())
+            .collect();
+        assert_eq!(before, ["beforeMigrate__a.sql", "cb/beforeMigrate__b.sql"]);
+        let e = collect_with(files, true).expect_err("strict");
+        assert!(e.to_string().contains("notes.sql"), "{e}");
+        let e = collect_with(
+            vec![
+                ("x/V1__a.sql".to_owned(), String::new()),
+                ("y/z/V01__b.sql".to_owned(), String::new()),
+            ],
+            false,
+        )
+        .expect_err("duplicate");
+        assert!(
+            e.to_string().contains("x/V1__a.sql") && e.to_string().contains("y/z/V01__b.sql"),
+            "{e}"
+        );
+        Ok(())
     }
 
     #[test]
