@@ -11,13 +11,22 @@
 //!   that releases it on every path.
 //! - Applied scripts are validated against their checksum (Flyway's CRC32
 //!   over lines, line endings ignored) before anything runs.
-//! - Each script and its history row commit together where DDL is
-//!   transactional (PostgreSQL, SQLite). On MySQL/MariaDB, where DDL commits
-//!   implicitly, a failure is recorded (`success = false`) and later runs
-//!   stop until [`repair`](crate::migrate::Migrator::repair). A script whose
-//!   first line is `-- dbmanager:no-transaction` runs outside a transaction.
-//! - Every statement goes through the same pipeline as the rest of the
-//!   crate (pool, timeouts, portable SQL): write `??` for a literal `?`.
+//! - Scripts run exactly as written (no portable-SQL translation), cut into
+//!   statements as the server's own client would cut them (MySQL
+//!   `DELIMITER`, PostgreSQL `COPY … FROM stdin` data, SQL Server `GO`, …),
+//!   after Flyway-style `${placeholder}` replacement, each on a session no
+//!   earlier script has changed, with a bound on lock waits. Every statement
+//!   still goes through the crate's pipeline (pool, timeouts, metrics).
+//! - Each script runs in one transaction where DDL is transactional
+//!   (PostgreSQL, SQLite), its history row with it when the script cannot
+//!   have changed its session. On MySQL/MariaDB, where DDL commits
+//!   implicitly, and for scripts whose first line is
+//!   `-- dbmanager:no-transaction` or that hold their own `BEGIN`/`COMMIT`,
+//!   statements run one by one; a failure after some of them ran is recorded
+//!   (`success = false`) and later runs stop until
+//!   [`repair`](crate::migrate::Migrator::repair).
+//! - Folders are scanned with their subfolders; Flyway callbacks
+//!   (`beforeMigrate.sql`, `afterEachMigrate__x.sql`, …) run at their events.
 //!
 //! ```
 //! use dbmanager::{DatabaseConfig, DatabaseManager};
