@@ -641,8 +641,8 @@ impl Migrator {
 
     fn status_of(&self, scripts: &Scripts) -> Result<MigrationStatus> {
         let (_, applied) = self.read_history()?;
-        let problems = self.problems(&scripts, &applied);
-        let pending = pending(&scripts, &applied, &Target::Latest)
+        let problems = self.problems(scripts, &applied);
+        let pending = pending(scripts, &applied, &Target::Latest)
             .into_iter()
             .map(|s| PendingMigration {
                 version: s.version_text(),
@@ -734,7 +734,9 @@ impl Migrator {
                 version: s.version_text(),
                 description: s.description.clone(),
                 script: s.script.clone(),
-                in_transaction: transactional && !s.no_transaction,
+                in_transaction: transactional
+                    && !s.no_transaction
+                    && !run::holds_own_transactions(&s.sql, self.shared.dialect),
                 sql: s.sql.clone(),
             })
             .collect();

@@ -49,7 +49,7 @@ impl Native for Transaction<'_> {
 }
 
 /// Writes a script's history row on the connection or transaction given.
-pub(crate) type Record<'a> = &'a mut dyn FnMut(&mut dyn Exec) -> Result<()>;
+pub(crate) type RecordFn<'f> = dyn FnMut(&mut dyn Exec) -> Result<()> + 'f;
 
 /// The values of `${name}` placeholders: the configured ones and Flyway's
 /// built-in `${flyway:…}` ones.
@@ -166,6 +166,13 @@ pub(crate) fn parse(
     })
 }
 
+/// Whether a script holds its own `BEGIN`/`COMMIT`/`ROLLBACK` (read as
+/// written, placeholders not replaced), so that it runs outside the
+/// migrator's transaction.
+pub(crate) fn holds_own_transactions(sql: &str, dialect: Dialect) -> bool {
+    sql::split_script(sql, dialect).is_ok_and(|st| st.iter().any(|s| s.control != TxControl::None))
+}
+
 /// How a script runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -250,7 +257,7 @@ impl ScriptSession {
         parsed: &Parsed,
         mode: Mode,
         lock_retries: u32,
-        mut record: Option<Record<'_>>,
+        mut record: Option<&mut RecordFn<'_>>,
     ) -> std::result::Result<bool, Failure> {
         let mut attempt = 0;
         loop {
@@ -293,11 +300,17 @@ impl ScriptSession {
                 left_changes,
             } = failure;
             let code = error.db_code().map(str::to_owned);
+            let setting = self
+                .shared
+                .config
+                .variable("MIGRATION_LOCK_WAIT")
+                .unwrap_or_else(|| "DatabaseConfigBuilder::migration_lock_wait".to_owned());
             let mut e = Error::new(
                 ErrorKind::LockTimeout,
                 format!(
-                    "{}{tried}{who}; end those transactions (or wait until they end) and run again, or raise the migration lock wait",
-                    error.message()
+                    "{}{tried}{who}; end those transactions (or wait until they end) and run again, or raise {setting} (or MigrateOptions::lock_wait)",
+                    // The file is not at fault.
+                    error.message().replace(": fix the file and run again", "")
                 ),
             )
             .with_source(error);
@@ -316,7 +329,7 @@ impl ScriptSession {
         script: &Script,
         parsed: &Parsed,
         mode: Mode,
-        record: Option<&mut (dyn FnMut(&mut dyn Exec) -> Result<()> + '_)>,
+        record: Option<&mut RecordFn<'_>>,
     ) -> std::result::Result<(), Failure> {
         let dialect = self.shared.dialect;
         let kind = self.shared.config.kind;
@@ -456,7 +469,7 @@ impl Runner {
     pub(crate) fn execute_recording(
         &mut self,
         script: &Script,
-        record: Option<Record<'_>>,
+        record: Option<&mut RecordFn<'_>>,
     ) -> std::result::Result<bool, Failure> {
         let parsed =
             parse(script, self.session.shared.dialect, &self.placeholders).map_err(|error| {

@@ -137,6 +137,9 @@ struct Current {
     compound: bool,
     /// Open blocks of a compound statement.
     depth: u32,
+    /// Open parentheses: psql ends no statement inside them (`CREATE RULE
+    /// … DO ALSO (…; …)`).
+    parens: u32,
     /// A PostgreSQL `COPY … FROM STDIN`.
     copy_from_stdin: bool,
 }
@@ -202,6 +205,7 @@ impl Splitter<'_> {
                 }
             } else if tok.kind == TokenKind::Punct(b';')
                 && self.cur.depth == 0
+                && self.cur.parens == 0
                 && self.dialect != Dialect::MsSql
             {
                 self.finish(tok.start);
@@ -212,7 +216,13 @@ impl Splitter<'_> {
             }
             match tok.kind {
                 TokenKind::Word => self.word(tok),
-                TokenKind::Punct(b'(') => self.cur.saw_paren = true,
+                TokenKind::Punct(b'(') => {
+                    self.cur.saw_paren = true;
+                    if self.dialect == Dialect::Postgres {
+                        self.cur.parens += 1;
+                    }
+                }
+                TokenKind::Punct(b')') => self.cur.parens = self.cur.parens.saturating_sub(1),
                 _ => {}
             }
         }
@@ -581,6 +591,14 @@ mod tests {
         let st = sqls(src, Postgres);
         assert_eq!(st.len(), 2, "{st:?}");
         assert!(st[0].ends_with("END"), "{st:?}");
+    }
+
+    #[test]
+    fn postgres_semicolons_in_parentheses_end_nothing() {
+        let src = "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2));\nSELECT 1;";
+        let st = sqls(src, Postgres);
+        assert_eq!(st.len(), 2, "{st:?}");
+        assert!(st[0].ends_with("VALUES (2))"), "{st:?}");
     }
 
     #[test]
