@@ -57,8 +57,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::status::CircuitState;
 
 /// The operations statements are counted by (the `operation` label).
-pub(crate) const OPERATIONS: [&str; 6] =
-    ["query", "execute", "batch", "begin", "commit", "rollback"];
+pub(crate) const OPERATIONS: [&str; 8] = [
+    "query", "execute", "batch", "begin", "commit", "rollback", "script", "copy",
+];
 
 /// The operations bulk loads are counted by (the `operation` label).
 pub(crate) const BULK_OPERATIONS: [&str; 4] = ["insert", "upsert", "update", "delete"];
@@ -563,8 +564,8 @@ pub fn serve(addr: impl std::net::ToSocketAddrs) -> Result<MetricsServer> {
 pub(crate) struct DbMetrics {
     database: Box<str>,
     on: bool,
-    query_time: [Histogram; 6],
-    query_count: [IntCounter; 6],
+    query_time: [Histogram; 8],
+    query_count: [IntCounter; 8],
     slow_queries: IntCounter,
     deadlocks: IntCounter,
     connection_errors: IntCounter,

@@ -159,6 +159,12 @@ pub(crate) enum Op {
     Begin,
     Commit,
     Rollback,
+    /// One statement of a migration script, run exactly as written: no
+    /// portable-SQL translation, no parameters.
+    Script,
+    /// A `COPY … FROM STDIN` with its data (the one parameter), through the
+    /// backend's COPY protocol.
+    Copy,
 }
 
 impl Op {
@@ -796,6 +802,15 @@ impl Shared {
                 values: Vec::new(),
             });
         }
+        if matches!(op, Op::Script | Op::Copy) {
+            // Native as written; the values are COPY's data, if any.
+            let values =
+                sql::bind(&Binds::Native, params).map_err(|e| e.on_database(self.name()))?;
+            return Ok(Prepared {
+                translated: None,
+                values,
+            });
+        }
         let translated = self.translate(sql)?;
         let binds = translated.as_deref().map_or(&Binds::Native, |t| &t.binds);
         if op == Op::Batch && !matches!(binds, Binds::Native) {
@@ -842,6 +857,15 @@ impl Shared {
                 Op::Begin => conn.backend.begin().map(|()| Outcome::Done),
                 Op::Commit => conn.backend.commit().map(|()| Outcome::Done),
                 Op::Rollback => conn.backend.rollback().map(|()| Outcome::Done),
+                Op::Script => conn.backend.batch(native).map(|()| Outcome::Done),
+                Op::Copy => {
+                    let data = match values.first() {
+                        Some(Value::Text(t)) => t.as_bytes(),
+                        Some(Value::Bytes(b)) => b.as_slice(),
+                        _ => &[],
+                    };
+                    conn.backend.copy_in(native, data).map(Outcome::Affected)
+                }
             },
         };
         let fired = armed.map_or(Fired::No, Armed::disarm);
@@ -967,7 +991,12 @@ impl Shared {
     /// writing, before it reaches the server. What it cannot tell is left to
     /// the session's own read-only setting, made at connect by each backend.
     fn refuse_writes(&self, op: Op, sql: &str) -> Result<()> {
-        if !self.config.read_only || !matches!(op, Op::Query | Op::Execute | Op::Batch) {
+        if !self.config.read_only
+            || !matches!(
+                op,
+                Op::Query | Op::Execute | Op::Batch | Op::Script | Op::Copy
+            )
+        {
             return Ok(());
         }
         if let sql::StatementKind::Write(keyword) = sql::classify_statement(sql) {
@@ -1111,9 +1140,9 @@ fn server_limit(conn: &mut Pooled, op: Op, timeout: Option<Duration>) -> Result<
 /// advisory locks) are not seen.
 fn changes_session(op: Op, sql: &str) -> bool {
     match op {
-        Op::Begin | Op::Commit | Op::Rollback => false,
+        Op::Begin | Op::Commit | Op::Rollback | Op::Copy => false,
         Op::Batch => true,
-        Op::Query | Op::Execute => match sql::classify_statement(sql) {
+        Op::Query | Op::Execute | Op::Script => match sql::classify_statement(sql) {
             sql::StatementKind::Read => false,
             sql::StatementKind::Write(keyword) => !matches!(
                 keyword.as_str(),

@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
 use crate::resilience::RetryPolicy;
-use crate::value::{Params, Row};
+use crate::value::{Params, Row, Value};
 
 pub(crate) fn outcome_rows(o: Outcome) -> Vec<Row> {
     match o {
@@ -245,6 +245,26 @@ impl PooledConnection {
     /// shared state, the connection and the guard's limit.
     pub(crate) fn stage_parts(&mut self) -> (Arc<Shared>, &mut Pooled, Limit) {
         (Arc::clone(&self.shared), &mut self.conn, self.limit)
+    }
+
+    /// Runs one statement exactly as written (no portable-SQL translation,
+    /// no parameters): a migration script's.
+    #[track_caller]
+    pub(crate) fn execute_native(&mut self, sql: &str) -> Result<()> {
+        self.run(Op::Script, sql, Params::None, Limit::DEFAULT)
+            .map(drop)
+    }
+
+    /// Runs `COPY … FROM STDIN` with `data` as its input; the rows loaded.
+    #[track_caller]
+    pub(crate) fn copy_in(&mut self, sql: &str, data: &str) -> Result<u64> {
+        self.run(
+            Op::Copy,
+            sql,
+            Params::Positional(vec![Value::from(data)]),
+            Limit::DEFAULT,
+        )
+        .map(outcome_affected)
     }
 
     /// Marks the connection broken: it is closed instead of going back to
@@ -488,6 +508,26 @@ impl<'a> Transaction<'a> {
         }
         let limit = Limit::DEFAULT.or(self.limit).within(self.deadline);
         Ok((Arc::clone(&self.shared), self.conn.get(), limit))
+    }
+
+    /// Runs one statement exactly as written (no portable-SQL translation,
+    /// no parameters): a migration script's.
+    #[track_caller]
+    pub(crate) fn execute_native(&mut self, sql: &str) -> Result<()> {
+        self.run(Op::Script, sql, Params::None, Limit::DEFAULT)
+            .map(drop)
+    }
+
+    /// Runs `COPY … FROM STDIN` with `data` as its input; the rows loaded.
+    #[track_caller]
+    pub(crate) fn copy_in(&mut self, sql: &str, data: &str) -> Result<u64> {
+        self.run(
+            Op::Copy,
+            sql,
+            Params::Positional(vec![Value::from(data)]),
+            Limit::DEFAULT,
+        )
+        .map(outcome_affected)
     }
 
     /// Sets the limit for this transaction's later statements: `Some(d)`, or

@@ -175,10 +175,15 @@ fn problems_exit_non_zero() {
         "{}",
         text(&o)
     );
-    // A bad file name.
+    // A bad file name, refused by the strict setting (by default it is
+    // skipped with a warning, as Flyway does).
     std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
     std::fs::write(dir.path().join("sql/V1-first.sql"), "SELECT 1;").expect("write");
-    let o = cli(&dir, &url, &["--database", "shop", "migrate", "--json"]);
+    let o = command(&dir, &url)
+        .env("DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_STRICT", "true")
+        .args(["--database", "shop", "migrate", "--json"])
+        .output()
+        .expect("run the CLI");
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value =
         serde_json::from_slice(&o.stdout).expect("errors are JSON with --json");

@@ -70,6 +70,15 @@ pub(crate) trait Connection: Send {
     /// Runs a script of statements without parameters.
     fn batch(&mut self, sql: &str) -> Result<()>;
 
+    /// Runs a `COPY … FROM STDIN` statement with `data` as its input (the
+    /// COPY protocol), returning the rows it loaded. Only PostgreSQL has it.
+    fn copy_in(&mut self, _sql: &str, _data: &[u8]) -> Result<u64> {
+        Err(Error::new(
+            ErrorKind::Parameter,
+            "COPY … FROM STDIN with inline data is PostgreSQL's; this server has no COPY protocol",
+        ))
+    }
+
     /// Starts a transaction.
     fn begin(&mut self) -> Result<()> {
         self.batch("BEGIN")

@@ -730,7 +730,7 @@ impl PgConnection {
     /// Binary `COPY … FROM STDIN` of `rows` into `table` (quoted) with the
     /// types of `types`; returns the rows copied. A value that does not fit
     /// its column names its row (its index in `rows`) and column.
-    fn copy_in(
+    fn copy_rows(
         &mut self,
         table: &str,
         cols: &str,
@@ -795,6 +795,18 @@ impl Connection for PgConnection {
         }
         let wrap = self.tx_failed.is_none();
         let result = self.call(|c| read_only_around(c, wrap, c.batch_execute(sql)));
+        self.noting(sql, result)
+    }
+
+    fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64> {
+        use futures_util::SinkExt;
+        let data = bytes::Bytes::copy_from_slice(data);
+        let result = self.call(|c| async move {
+            let sink = c.copy_in::<_, bytes::Bytes>(sql).await?;
+            futures_util::pin_mut!(sink);
+            sink.send(data).await?;
+            sink.finish().await
+        });
         self.noting(sql, result)
     }
 
@@ -899,14 +911,14 @@ impl Connection for PgConnection {
         let cols = plan.column_list();
         let types = self.column_types(&plan.table, &cols)?;
         if plan.kind == BulkKind::Insert {
-            return self.copy_in(&plan.table, &cols, &types, rows);
+            return self.copy_rows(&plan.table, &cols, &types, rows);
         }
         self.simple(&format!(
             "DROP TABLE IF EXISTS pg_temp.{BULK_TEMP}; \
              CREATE TEMP TABLE {BULK_TEMP} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
             plan.table
         ))?;
-        self.copy_in(BULK_TEMP, &cols, &types, rows)?;
+        self.copy_rows(BULK_TEMP, &cols, &types, rows)?;
         let table = &plan.table;
         let on = plan
             .keys

@@ -15,6 +15,9 @@ use crate::status::BackendKind;
 /// The most connections a pool may open: `pool_size + max_overflow`.
 const MAX_CONNECTIONS: u32 = 10_000;
 
+/// How long a migration statement waits for another session's lock by default.
+const DEFAULT_MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// The longest query timeout: 24 days. PostgreSQL's `statement_timeout`,
 /// SQL Server's `LOCK_TIMEOUT` and SQLite's busy timeout are milliseconds in
 /// a signed 32-bit integer (at most 24.8 days; SQLite's panicked past it).
@@ -89,6 +92,9 @@ pub struct DatabaseConfigBuilder {
     migrations_dir: Option<PathBuf>,
     history_table: String,
     auto_migrate: bool,
+    migration_placeholders: Vec<(String, String)>,
+    migration_lock_wait: Option<Duration>,
+    migrations_strict: bool,
     retry: RetryPolicy,
     breaker: BreakerSettings,
     pgbouncer: bool,
@@ -135,6 +141,9 @@ impl DatabaseConfigBuilder {
             migrations_dir: None,
             history_table: crate::config::DEFAULT_HISTORY_TABLE.to_owned(),
             auto_migrate: false,
+            migration_placeholders: Vec::new(),
+            migration_lock_wait: Some(DEFAULT_MIGRATION_LOCK_WAIT),
+            migrations_strict: false,
             retry: RetryPolicy::default(),
             breaker: BreakerSettings {
                 failures: 5,
@@ -340,6 +349,40 @@ impl DatabaseConfigBuilder {
         self
     }
 
+    /// A value for the `${name}` placeholder of migration scripts
+    /// (`{PREFIX}{NAME}_MIGRATION_PLACEHOLDERS`, `name=value` pairs separated
+    /// by commas). Default none; the built-in `${flyway:…}` ones always exist.
+    pub fn migration_placeholder(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        let name = name.into();
+        self.migration_placeholders.retain(|(n, _)| *n != name);
+        self.migration_placeholders.push((name, value.into()));
+        self
+    }
+
+    /// How long a migration statement waits for a lock held by another
+    /// session before it gives up (`{PREFIX}{NAME}_MIGRATION_LOCK_WAIT`,
+    /// seconds, `0` for no bound): PostgreSQL `lock_timeout`, MySQL and
+    /// MariaDB `lock_wait_timeout` and `innodb_lock_wait_timeout`, SQL Server
+    /// `LOCK_TIMEOUT`. Default 5 s: DDL queued behind a long transaction
+    /// blocks every reader queued behind it, so waiting long takes a site
+    /// down; a few seconds ride out ordinary short transactions.
+    pub fn migration_lock_wait(mut self, wait: Option<Duration>) -> Self {
+        self.migration_lock_wait = wait.filter(|w| !w.is_zero());
+        self
+    }
+
+    /// Refuse a `.sql` file in the migrations folder that is neither a
+    /// migration nor a callback (`{PREFIX}{NAME}_MIGRATIONS_STRICT`). Default
+    /// `false`: such a file is skipped with a warning, as Flyway does.
+    pub fn migrations_strict(mut self, on: bool) -> Self {
+        self.migrations_strict = on;
+        self
+    }
+
     /// How transient failures are retried (see [`RetryPolicy`]; per call,
     /// [`DatabaseManager::with_retry`](crate::DatabaseManager::with_retry)).
     /// Default [`RetryPolicy::default`]: 3 attempts, 100 ms base delay, 10 s
@@ -492,6 +535,9 @@ impl DatabaseConfigBuilder {
             migrations_dir,
             history_table: self.history_table,
             auto_migrate: self.auto_migrate,
+            migration_placeholders: self.migration_placeholders,
+            migration_lock_wait: self.migration_lock_wait,
+            migrations_strict: self.migrations_strict,
             retry: self.retry,
             breaker: self.breaker,
             pgbouncer,

@@ -234,6 +234,8 @@ enum Parse {
     Flag(fn(B, bool) -> B),
     /// Text, such as a path or a table name.
     Text(fn(B, &str) -> B),
+    /// `name=value` pairs separated by commas.
+    Pairs(fn(B, &str, &str) -> B),
 }
 
 const fn setting(suffix: &'static str, setter: &'static str, parse: Parse) -> Setting {
@@ -280,6 +282,9 @@ const SETTINGS: &[Setting] = &[
     setting("MIGRATIONS_DIR",       "DatabaseConfigBuilder::migrations_dir",       Text(|b, dir| b.migrations_dir(dir))),
     setting("MIGRATIONS_TABLE",     "DatabaseConfigBuilder::history_table",        Text(|b, table| b.history_table(table))),
     setting("AUTO_MIGRATE",         "DatabaseConfigBuilder::auto_migrate",         Flag(B::auto_migrate)),
+    setting("MIGRATION_PLACEHOLDERS", "DatabaseConfigBuilder::migration_placeholder", Pairs(|b, n, v| b.migration_placeholder(n, v))),
+    setting("MIGRATION_LOCK_WAIT",  "DatabaseConfigBuilder::migration_lock_wait",  SecsOrOff(B::migration_lock_wait)),
+    setting("MIGRATIONS_STRICT",    "DatabaseConfigBuilder::migrations_strict",    Flag(B::migrations_strict)),
     setting("RETRY_ATTEMPTS",       "RetryPolicy::attempts",                       CountFromOne(ATTEMPTS_FROM_ONE, |b, n| b.map_retry(|r| r.attempts(n)))),
     setting("RETRY_BASE_DELAY",     "RetryPolicy::base_delay",                     Secs(|b, t| b.map_retry(|r| r.base_delay(t)))),
     setting("RETRY_MAX_DELAY",      "RetryPolicy::max_delay",                      Secs(|b, t| b.map_retry(|r| r.max_delay(t)))),
@@ -328,6 +333,20 @@ impl Parse {
             }
             Flag(set) => set(b, parse_bool(var, v)?),
             Text(set) => set(b, v),
+            Pairs(set) => {
+                let mut b = b;
+                for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (name, value) = pair
+                        .split_once('=')
+                        .filter(|(name, _)| !name.trim().is_empty())
+                        .ok_or_else(|| {
+                            format!("{var} = `{v}` is not a list of name=value pairs (`{pair}` is not one); separate them by commas, e.g. schema=app,owner=admin")
+                        })?;
+                    let name = name.trim();
+                    b = set(b, name, value.trim());
+                }
+                b
+            }
         })
     }
 }
@@ -745,6 +764,7 @@ mod tests {
                 Count(_) | CountFromOne(..) => "many",
                 Secs(_) | PositiveSecs(_) | SecsOrOff(_) => "soon",
                 Flag(_) => "maybe",
+                Pairs(_) => "novalue",
                 Text(_) => continue,
             };
             let var = format!("DEVELOPMENT_GLOBAL_X_{}", s.suffix);
@@ -760,6 +780,37 @@ mod tests {
             assert!(text.contains(&format!("{var} = `{bad}` is not")), "{text}");
             assert!(text.ends_with("; read from the given lookup"), "{text}");
         }
+    }
+
+    #[test]
+    fn migration_settings() -> Result<()> {
+        let cfg = DatabaseConfig::from_lookup(
+            "x",
+            lookup(&[
+                ("DEVELOPMENT_GLOBAL_X_CONNECTION_STRING", "sqlite::memory:"),
+                (
+                    "DEVELOPMENT_GLOBAL_X_MIGRATION_PLACEHOLDERS",
+                    " schema = app , owner=a=b,",
+                ),
+                ("DEVELOPMENT_GLOBAL_X_MIGRATION_LOCK_WAIT", "0"),
+                ("DEVELOPMENT_GLOBAL_X_MIGRATIONS_STRICT", "true"),
+            ]),
+        )?;
+        assert_eq!(
+            cfg.migration_placeholders(),
+            [
+                ("schema".to_owned(), "app".to_owned()),
+                ("owner".to_owned(), "a=b".to_owned())
+            ]
+        );
+        assert_eq!(cfg.migration_lock_wait(), None);
+        assert!(cfg.migrations_strict());
+        let dflt = DatabaseConfig::builder("y")
+            .url("sqlite::memory:")
+            .build()?;
+        assert_eq!(dflt.migration_lock_wait(), Some(Duration::from_secs(5)));
+        assert!(!dflt.migrations_strict());
+        Ok(())
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct DatabaseConfig {
     pub(crate) migrations_dir: PathBuf,
     pub(crate) history_table: String,
     pub(crate) auto_migrate: bool,
+    pub(crate) migration_placeholders: Vec<(String, String)>,
+    pub(crate) migration_lock_wait: Option<Duration>,
+    pub(crate) migrations_strict: bool,
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerSettings,
     pub(crate) pgbouncer: bool,
@@ -204,6 +207,23 @@ impl DatabaseConfig {
     /// The migration history table. Default `schema_version`.
     pub fn history_table(&self) -> &str {
         &self.history_table
+    }
+
+    /// The configured values of migration `${placeholders}`.
+    pub fn migration_placeholders(&self) -> &[(String, String)] {
+        &self.migration_placeholders
+    }
+
+    /// How long a migration statement waits for another session's lock
+    /// (`None`: no bound). Default 5 s.
+    pub fn migration_lock_wait(&self) -> Option<Duration> {
+        self.migration_lock_wait
+    }
+
+    /// Whether a `.sql` file that is neither a migration nor a callback is
+    /// refused. Default `false` (skipped with a warning).
+    pub fn migrations_strict(&self) -> bool {
+        self.migrations_strict
     }
 
     /// Whether [`DatabaseManager::new`](crate::DatabaseManager::new) runs

@@ -18,7 +18,6 @@ use crate::value::{Row, Value};
 pub(crate) trait Exec {
     fn rows(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>>;
     fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<u64>;
-    fn script(&mut self, sql: &str) -> Result<()>;
 }
 
 impl Exec for PooledConnection {
@@ -28,9 +27,6 @@ impl Exec for PooledConnection {
     fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<u64> {
         self.execute(sql, params)
     }
-    fn script(&mut self, sql: &str) -> Result<()> {
-        self.execute_batch(sql)
-    }
 }
 
 impl Exec for Transaction<'_> {
@@ -39,9 +35,6 @@ impl Exec for Transaction<'_> {
     }
     fn exec(&mut self, sql: &str, params: Vec<Value>) -> Result<u64> {
         self.execute(sql, params)
-    }
-    fn script(&mut self, sql: &str) -> Result<()> {
-        self.execute_batch(sql)
     }
 }
 
@@ -136,14 +129,6 @@ pub(crate) trait HistoryDialect: Send + Sync {
     /// The database user who installs migrations.
     fn current_user(&self, conn: &mut dyn Exec) -> Result<String>;
 
-    /// Undoes what a script may have changed in its session that would
-    /// send its history row elsewhere or refuse it (`SET ROLE`,
-    /// `SET search_path`), before the row is written in the script's own
-    /// transaction. Run inside the transaction; `None` where nothing is needed.
-    fn restore_session(&self) -> Option<&'static str> {
-        None
-    }
-
     /// The current schema (database on MySQL), as SQL.
     fn current_schema(&self) -> &'static str {
         "current_schema()"
@@ -210,10 +195,6 @@ pub(crate) struct Postgres;
 impl HistoryDialect for Postgres {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
-    }
-
-    fn restore_session(&self) -> Option<&'static str> {
-        Some("RESET ROLE; RESET search_path")
     }
 
     fn table_exists(&self, conn: &mut dyn Exec, table: &str) -> Result<bool> {
@@ -556,10 +537,6 @@ pub(crate) struct PgBouncer;
 impl HistoryDialect for PgBouncer {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
-    }
-
-    fn restore_session(&self) -> Option<&'static str> {
-        Postgres.restore_session()
     }
 
     fn table_exists(&self, conn: &mut dyn Exec, table: &str) -> Result<bool> {

@@ -11,11 +11,22 @@
 //!   that releases it on every path.
 //! - Applied scripts are validated against their checksum (Flyway's CRC32
 //!   over lines, line endings ignored) before anything runs.
-//! - Each script and its history row commit together where DDL is
-//!   transactional (PostgreSQL, SQLite). On MySQL/MariaDB, where DDL commits
-//!   implicitly, a failure is recorded (`success = false`) and later runs
-//!   stop until [`repair`](crate::migrate::Migrator::repair). A script whose
-//!   first line is `-- dbmanager:no-transaction` runs outside a transaction.
+//! - Scripts run exactly as written (no portable-SQL translation), cut into
+//!   statements as the server's own client would cut them (MySQL
+//!   `DELIMITER`, PostgreSQL `COPY … FROM stdin` data, SQL Server `GO`, …),
+//!   after Flyway-style `${placeholder}` replacement, each on a session no
+//!   earlier script has changed, with a bound on lock waits. Every statement
+//!   still goes through the crate's pipeline (pool, timeouts, metrics).
+//! - Each script runs in one transaction where DDL is transactional
+//!   (PostgreSQL, SQLite), its history row with it when the script cannot
+//!   have changed its session. On MySQL/MariaDB, where DDL commits
+//!   implicitly, and for scripts whose first line is
+//!   `-- dbmanager:no-transaction` or that hold their own `BEGIN`/`COMMIT`,
+//!   statements run one by one; a failure after some of them ran is recorded
+//!   (`success = false`) and later runs stop until
+//!   [`repair`](crate::migrate::Migrator::repair).
+//! - Folders are scanned with their subfolders; Flyway callbacks
+//!   (`beforeMigrate.sql`, `afterEachMigrate__x.sql`, …) run at their events.
 //! - Where a script commits by itself, its history row is written on a fresh
 //!   connection (never the script's), retried, with a journal entry
 //!   (`{history}_journal`) around the script: a script that ran is never
@@ -24,8 +35,6 @@
 //!   Its format is told from its columns and rows are written back in it;
 //!   refinery's and sqlx's histories are imported once by
 //!   [`adopt`](crate::migrate::Migrator::adopt).
-//! - Every statement goes through the same pipeline as the rest of the
-//!   crate (pool, timeouts, portable SQL): write `??` for a literal `?`.
 //!
 //! ```
 //! use dbmanager::{DatabaseConfig, DatabaseManager};
@@ -47,6 +56,7 @@ mod adopt;
 mod format;
 mod history;
 mod journal;
+mod run;
 mod source;
 
 use std::fmt;
@@ -63,7 +73,8 @@ pub use crate::status::{
 use self::format::History;
 use self::history::{Exec, HistoryDialect, LockGuard, NewRow};
 use self::journal::Journal;
-use self::source::{Script, Scripts};
+use self::run::{Placeholders, Runner, ScriptSession};
+use self::source::{Event, Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Shared;
 use crate::session::PooledConnection;
@@ -96,6 +107,24 @@ pub struct MigrateOptions {
     /// change is not cut off half-way by the query timeout meant for
     /// ordinary statements.
     pub statement_timeout: Option<Duration>,
+    /// `${name}` placeholder values, on top of the configured ones
+    /// ([`DatabaseConfigBuilder::migration_placeholder`](crate::DatabaseConfigBuilder::migration_placeholder)).
+    /// Default none.
+    pub placeholders: Vec<(String, String)>,
+    /// How long a script's statement waits for another session's lock:
+    /// `None` takes the configured bound
+    /// ([`DatabaseConfigBuilder::migration_lock_wait`](crate::DatabaseConfigBuilder::migration_lock_wait),
+    /// default 5 s); `Some(Duration::ZERO)` waits without bound.
+    pub lock_wait: Option<Duration>,
+    /// How many times a transactional script that gave up waiting for a
+    /// lock runs again (it was rolled back whole). Default 2. A script that
+    /// runs statement by statement is never run again.
+    pub lock_retries: u32,
+    /// Refuse `.sql` files that are neither migrations nor callbacks:
+    /// `None` takes the configured setting
+    /// ([`DatabaseConfigBuilder::migrations_strict`](crate::DatabaseConfigBuilder::migrations_strict),
+    /// default off: skipped with a warning).
+    pub strict: Option<bool>,
 }
 
 impl Default for MigrateOptions {
@@ -104,6 +133,10 @@ impl Default for MigrateOptions {
             target: Target::Latest,
             lock_timeout: Duration::from_secs(60),
             statement_timeout: None,
+            placeholders: Vec::new(),
+            lock_wait: None,
+            lock_retries: 2,
+            strict: None,
         }
     }
 }
@@ -124,6 +157,32 @@ impl MigrateOptions {
     /// Sets [`statement_timeout`](Self::statement_timeout).
     pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = timeout;
+        self
+    }
+
+    /// Adds (or replaces) the value of the `${name}` placeholder.
+    pub fn placeholder(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.placeholders.retain(|(n, _)| *n != name);
+        self.placeholders.push((name, value.into()));
+        self
+    }
+
+    /// Sets [`lock_wait`](Self::lock_wait).
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
+    /// Sets [`lock_retries`](Self::lock_retries).
+    pub fn lock_retries(mut self, retries: u32) -> Self {
+        self.lock_retries = retries;
+        self
+    }
+
+    /// Sets [`strict`](Self::strict).
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = Some(on);
         self
     }
 }
@@ -238,7 +297,11 @@ impl Migrator {
     }
 
     fn load(&self) -> Result<Scripts> {
-        self.source.load().map_err(|e| {
+        let strict = self
+            .options
+            .strict
+            .unwrap_or(self.shared.config.migrations_strict);
+        self.source.load(strict).map_err(|e| {
             // Name the variable the folder was read from, when it was.
             let e = match self.shared.config.variable("MIGRATIONS_DIR") {
                 Some(var) => e.replace_in_message(
@@ -452,30 +515,113 @@ impl Migrator {
         self.check(&scripts, &applied, true)?;
         let plan = pending(&scripts, &applied, &self.options.target);
         let user = dialect.current_user(conn)?;
+        let callbacks = |e: Event| scripts.callbacks.get(&e).map_or(&[][..], Vec::as_slice);
+        let mut runner = self.runner(
+            conn,
+            &user,
+            plan.iter()
+                .copied()
+                .chain(scripts.callbacks.values().flatten()),
+        )?;
         let mut report = MigrationReport {
             database_name: self.shared.name().to_string(),
             applied: Vec::new(),
             current_version: current_version(&applied),
         };
-        for script in plan {
-            let step = self
-                .apply(conn, &history, script, &user)
-                .map_err(|e| match e {
-                    StepError::Failed(e) => self.failure(e, script, &report),
-                    StepError::NotRecorded(e) => e.with_report(report.clone()),
-                })?;
-            if script.kind == MigrationKind::Versioned {
-                report.current_version = step.version.clone();
+        let result = (|| {
+            runner.callbacks(callbacks(Event::BeforeMigrate))?;
+            for script in plan {
+                runner.callbacks(callbacks(Event::BeforeEachMigrate))?;
+                let step = match self.apply(conn, &history, &mut runner, script, &user) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        runner.error_callbacks(callbacks(Event::AfterEachMigrateError));
+                        return Err(match e {
+                            StepError::Failed(e) => self.failure(e, script, &report),
+                            StepError::NotRecorded(e) => e.with_report(report.clone()),
+                        });
+                    }
+                };
+                if script.kind == MigrationKind::Versioned {
+                    report.current_version = step.version.clone();
+                }
+                report.applied.push(step);
+                runner.callbacks(callbacks(Event::AfterEachMigrate))?;
             }
-            report.applied.push(step);
+            if !report.applied.is_empty() {
+                runner.callbacks(callbacks(Event::AfterMigrateApplied))?;
+            }
+            runner.callbacks(callbacks(Event::AfterMigrate))
+        })();
+        if let Err(e) = result {
+            runner.error_callbacks(callbacks(Event::AfterMigrateError));
+            return Err(e);
         }
         Ok(report)
     }
 
+    /// What runs scripts for one operation: a session of their own (not
+    /// the lock's), and the placeholders, with the built-in ones asked of
+    /// the server only when one of `scripts` uses them.
+    fn runner<'s>(
+        &self,
+        conn: &mut PooledConnection,
+        user: &str,
+        scripts: impl Iterator<Item = &'s Script>,
+    ) -> Result<Runner> {
+        let config = &self.shared.config;
+        let mut builtins = vec![
+            ("user", user.to_owned()),
+            (
+                "timestamp",
+                crate::status::now_rfc3339()
+                    .get(..19)
+                    .unwrap_or_default()
+                    .replace('T', " "),
+            ),
+        ];
+        let mut scripts = scripts;
+        if scripts.any(|s| run::uses_builtins(&s.sql)) {
+            let (schema, database) = run::server_builtins(conn, config.kind)?;
+            builtins.push(("defaultSchema", schema));
+            builtins.push(("database", database));
+        }
+        let setting = config
+            .variable("MIGRATION_PLACEHOLDERS")
+            .unwrap_or_else(|| "DatabaseConfigBuilder::migration_placeholder".to_owned());
+        let placeholders = Placeholders::new(
+            config
+                .migration_placeholders
+                .iter()
+                .chain(&self.options.placeholders),
+            &builtins,
+            setting,
+        );
+        let lock_wait = match self.options.lock_wait {
+            Some(w) if w.is_zero() => None,
+            Some(w) => Some(w),
+            None => config.migration_lock_wait,
+        };
+        let session = ScriptSession::new(
+            Arc::clone(&self.shared),
+            lock_wait,
+            self.options.statement_timeout,
+        );
+        Ok(Runner::new(
+            session,
+            placeholders,
+            self.dialect().transactional_ddl(),
+            self.options.lock_retries,
+        ))
+    }
+
+    /// Runs one script on the runner's session, then writes its history
+    /// row; a failure that may have left part of it applied is recorded.
     fn apply(
         &self,
         conn: &mut PooledConnection,
         history: &History,
+        runner: &mut Runner,
         script: &Script,
         user: &str,
     ) -> std::result::Result<MigrationStep, StepError> {
@@ -497,42 +643,58 @@ impl Migrator {
         let start = Instant::now();
         let elapsed =
             |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
-        if dialect.transactional_ddl() && !script.no_transaction {
-            // The script and its row commit together, or neither does.
-            conn.transaction(|tx| {
-                run_script(tx, &script.sql)?;
-                if let Some(restore) = dialect.restore_session() {
-                    tx.execute_batch(restore)?;
-                }
-                if script.kind == MigrationKind::Repeatable {
-                    delete_repeatable(tx, dialect, &history.table, &script.description)?;
-                }
-                history.insert(tx, &row(elapsed(start), true))
-            })
-            .map_err(StepError::Failed)?;
-        } else {
-            // The script commits by itself: note that it starts, so that a
-            // run that cannot record it (or dies) does not go unnoticed.
-            let journal = self.journal();
+        // A script that may commit by itself (no transactional DDL, no
+        // transaction asked for, or its own BEGIN/COMMIT): note that it
+        // starts, so that a run that cannot record it (or dies) does not go
+        // unnoticed.
+        let journal = (!dialect.transactional_ddl()
+            || script.no_transaction
+            || run::holds_own_transactions(&script.sql, dialect.dialect()))
+        .then(|| self.journal());
+        if let Some(journal) = &journal {
             self.on_fresh(conn, |c| journal.start(c, &row(0, true)))
                 .map_err(StepError::Failed)?;
-            if let Err(e) = run_script(conn, &script.sql) {
-                // Part of it may have been applied: record the failure, so
-                // that later runs stop until it is repaired.
-                if let Err(record) = self.record(conn, history, &row(elapsed(start), false)) {
-                    tracing::warn!(error = %record, "could not record the failed migration; its journal entry stops later runs");
-                }
-                return Err(StepError::Failed(e.with_hint(NOT_ROLLED_BACK)));
+        }
+        // Where the script runs in one transaction and cannot have changed
+        // its session, its row commits with it, or neither does.
+        let mut in_transaction = |tx: &mut dyn Exec| -> Result<()> {
+            if script.kind == MigrationKind::Repeatable {
+                delete_repeatable(tx, dialect, &history.table, &script.description)?;
             }
-            let ms = elapsed(start);
-            let done = row(ms, true);
-            if let Err(e) = self.record(conn, history, &done) {
-                let noted = self
-                    .on_fresh(conn, |c| journal.mark(c, &script.script, journal::RAN, ms))
-                    .is_ok();
-                return Err(StepError::NotRecorded(
-                    self.not_recorded(e, &done, history, noted),
-                ));
+            history.insert(tx, &row(elapsed(start), true))
+        };
+        match runner.execute_recording(script, Some(&mut in_transaction)) {
+            Ok(true) => {
+                if let Some(journal) = &journal {
+                    let _ = self.on_fresh(conn, |c| journal.clear(c, &script.script));
+                }
+            }
+            Ok(false) => {
+                let ms = elapsed(start);
+                let done = row(ms, true);
+                if let Err(e) = self.record(conn, history, &done) {
+                    let noted = journal.as_ref().is_some_and(|journal| {
+                        self.on_fresh(conn, |c| journal.mark(c, &script.script, journal::RAN, ms))
+                            .is_ok()
+                    });
+                    return Err(StepError::NotRecorded(
+                        self.not_recorded(e, &done, history, noted),
+                    ));
+                }
+            }
+            Err(failure) => {
+                if failure.left_changes {
+                    // Part of it stays: record the failure, so that later
+                    // runs stop until it is repaired.
+                    if let Err(record) = self.record(conn, history, &row(elapsed(start), false)) {
+                        tracing::warn!(error = %record, "could not record the failed migration; its journal entry stops later runs");
+                    }
+                } else if let Some(journal) = &journal {
+                    // Nothing of it stays: it never started, as far as
+                    // later runs are concerned.
+                    let _ = self.on_fresh(conn, |c| journal.clear(c, &script.script));
+                }
+                return Err(StepError::Failed(failure.error));
             }
         }
         Ok(MigrationStep {
@@ -558,9 +720,6 @@ impl Migrator {
                 .unwrap_or_default(),
             cause.message()
         );
-        if let Some(line) = position_line(cause.message(), &script.sql) {
-            message.push_str(&format!(" [line {line} of {}]", script.script));
-        }
         if report.applied.is_empty() {
             message.push_str("; nothing was applied before it in this run");
         } else {
@@ -569,11 +728,6 @@ impl Migrator {
                 "; applied before it in this run: {}",
                 names.join(", ")
             ));
-        }
-        if self.dialect().transactional_ddl() && !script.no_transaction {
-            message.push_str(
-                "; it ran in a transaction, so nothing of it remains: fix the file and run again",
-            );
         }
         let mut e = Error::new(kind, message)
             .with_source(cause)
@@ -687,9 +841,16 @@ impl Migrator {
     /// scripts; connection and server errors.
     pub fn status(&self) -> Result<MigrationStatus> {
         let mut scripts = self.load()?;
-        let (table, applied) = self.read_history(&mut scripts)?;
-        let problems = self.problems(&scripts, &applied);
-        let pending = pending(&scripts, &applied, &Target::Latest)
+        let callbacks = std::mem::take(&mut scripts.callbacks);
+        let events = [Event::BeforeInfo, Event::AfterInfo, Event::AfterInfoError];
+        self.around(&callbacks, events, || self.status_of(&mut scripts))
+    }
+
+    fn status_of(&self, scripts: &mut Scripts) -> Result<MigrationStatus> {
+        let (table, applied) = self.read_history(scripts)?;
+        let scripts = &*scripts;
+        let problems = self.problems(scripts, &applied);
+        let pending = pending(scripts, &applied, &Target::Latest)
             .into_iter()
             .map(|s| PendingMigration {
                 version: s.version_text(),
@@ -719,8 +880,49 @@ impl Migrator {
     /// naming the file (and both checksums for an edited one).
     pub fn validate(&self) -> Result<()> {
         let mut scripts = self.load()?;
-        let (_, applied) = self.read_history(&mut scripts)?;
-        self.check(&scripts, &applied, false)
+        let callbacks = std::mem::take(&mut scripts.callbacks);
+        let events = [
+            Event::BeforeValidate,
+            Event::AfterValidate,
+            Event::AfterValidateError,
+        ];
+        self.around(&callbacks, events, || {
+            let (_, applied) = self.read_history(&mut scripts)?;
+            self.check(&scripts, &applied, false)
+        })
+    }
+
+    /// Runs `f` between the callbacks of `[before, after, after error]`,
+    /// when there are any (and the database is not read-only: callbacks
+    /// are scripts, which may write).
+    fn around<T>(
+        &self,
+        callbacks: &std::collections::BTreeMap<Event, Vec<Script>>,
+        [before, after, error]: [Event; 3],
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let of = |e: Event| callbacks.get(&e).map_or(&[][..], Vec::as_slice);
+        if self.shared.config.read_only()
+            || [before, after, error].iter().all(|e| of(*e).is_empty())
+        {
+            return f();
+        }
+        let mut conn = self.connection()?;
+        let user = self.dialect().current_user(&mut conn)?;
+        let all = [before, after, error].into_iter().flat_map(of);
+        let mut runner = self.runner(&mut conn, &user, all)?;
+        drop(conn);
+        runner.callbacks(of(before))?;
+        match f() {
+            Ok(value) => {
+                runner.callbacks(of(after))?;
+                Ok(value)
+            }
+            Err(e) => {
+                runner.error_callbacks(of(error));
+                Err(e)
+            }
+        }
     }
 
     /// The plan of a run, with each script's SQL, without changing anything
@@ -742,7 +944,9 @@ impl Migrator {
                 version: s.version_text(),
                 description: s.description.clone(),
                 script: s.script.clone(),
-                in_transaction: transactional && !s.no_transaction,
+                in_transaction: transactional
+                    && !s.no_transaction
+                    && !run::holds_own_transactions(&s.sql, self.shared.dialect),
                 sql: s.sql.clone(),
             })
             .collect();
@@ -970,6 +1174,16 @@ impl Migrator {
     pub fn repair(&self) -> Result<RepairReport> {
         self.refuse_read_only("repair the migration history")?;
         let mut scripts = self.load()?;
+        let callbacks = std::mem::take(&mut scripts.callbacks);
+        let events = [
+            Event::BeforeRepair,
+            Event::AfterRepair,
+            Event::AfterRepairError,
+        ];
+        self.around(&callbacks, events, || self.repair_of(scripts))
+    }
+
+    fn repair_of(&self, mut scripts: Scripts) -> Result<RepairReport> {
         let dialect = self.dialect();
         let (mut guard, history) = self.lock()?;
         let table = dialect.quote(&history.table);
@@ -1063,27 +1277,45 @@ impl Migrator {
             undo_scripts.push((u, row.installed_rank));
         }
         let mut report = self.empty_report(&applied);
-        for (u, rank) in undo_scripts {
-            let start = Instant::now();
-            let delete = format!("DELETE FROM {table} WHERE installed_rank = ?");
-            let result = if dialect.transactional_ddl() && !u.no_transaction {
-                conn.transaction(|tx| {
-                    run_script(tx, &u.sql)?;
-                    tx.execute(&delete, (rank,)).map(drop)
-                })
-            } else {
-                run_script(conn, &u.sql)
-                    .map_err(|e| e.with_hint(NOT_ROLLED_BACK))
+        let user = dialect.current_user(conn)?;
+        let callbacks = |e: Event| scripts.callbacks.get(&e).map_or(&[][..], Vec::as_slice);
+        let mut runner = self.runner(
+            conn,
+            &user,
+            undo_scripts
+                .iter()
+                .map(|(u, _)| *u)
+                .chain(scripts.callbacks.values().flatten()),
+        )?;
+        let result = (|| {
+            runner.callbacks(callbacks(Event::BeforeUndo))?;
+            for (u, rank) in undo_scripts {
+                let start = Instant::now();
+                runner.callbacks(callbacks(Event::BeforeEachUndo))?;
+                let delete = format!("DELETE FROM {table} WHERE installed_rank = ?");
+                if let Err(e) = runner
+                    .execute(u)
+                    .map_err(|f| f.error)
                     .and_then(|()| conn.execute(&delete, (rank,)).map(drop))
-            };
-            result.map_err(|e| self.failure(e, u, &report))?;
-            report.applied.push(MigrationStep {
-                kind: MigrationKind::Undo,
-                version: u.version_text(),
-                description: u.description.clone(),
-                script: u.script.clone(),
-                execution_time_ms: i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX),
-            });
+                {
+                    runner.error_callbacks(callbacks(Event::AfterEachUndoError));
+                    return Err(self.failure(e, u, &report));
+                }
+                report.applied.push(MigrationStep {
+                    kind: MigrationKind::Undo,
+                    version: u.version_text(),
+                    description: u.description.clone(),
+                    script: u.script.clone(),
+                    execution_time_ms: i64::try_from(start.elapsed().as_millis())
+                        .unwrap_or(i64::MAX),
+                });
+                runner.callbacks(callbacks(Event::AfterEachUndo))?;
+            }
+            runner.callbacks(callbacks(Event::AfterUndo))
+        })();
+        if let Err(e) = result {
+            runner.error_callbacks(callbacks(Event::AfterUndoError));
+            return Err(e);
         }
         let after = self.applied(conn, &history)?;
         report.current_version = current_version(&after);
@@ -1105,16 +1337,6 @@ const RECORD_ATTEMPTS: u32 = 3;
 const RECORD_PAUSE: Duration = Duration::from_millis(250);
 /// The statement limit of a history write.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
-
-const NOT_ROLLED_BACK: &str = "this backend commits DDL as it goes, so the statements before the failing one \
-     remain; the failure is recorded and migrations stop until you fix the database and run `repair`";
-
-fn run_script(conn: &mut dyn Exec, sql: &str) -> Result<()> {
-    if sql.trim().is_empty() {
-        return Ok(());
-    }
-    conn.script(sql)
-}
 
 fn delete_repeatable(
     conn: &mut dyn Exec,

@@ -279,6 +279,99 @@ pub(crate) struct Scripts {
     pub(crate) undo: BTreeMap<Version, Script>,
     /// In description order.
     pub(crate) repeatable: Vec<Script>,
+    /// Flyway callbacks by event, each event's in file-name order.
+    pub(crate) callbacks: BTreeMap<Event, Vec<Script>>,
+}
+
+/// The moments a Flyway SQL callback (`beforeMigrate.sql`,
+/// `afterEachMigrate__note.sql`, …) runs at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Event {
+    BeforeMigrate,
+    BeforeEachMigrate,
+    AfterEachMigrate,
+    AfterEachMigrateError,
+    AfterMigrate,
+    AfterMigrateApplied,
+    AfterMigrateError,
+    BeforeValidate,
+    AfterValidate,
+    AfterValidateError,
+    BeforeInfo,
+    AfterInfo,
+    AfterInfoError,
+    BeforeRepair,
+    AfterRepair,
+    AfterRepairError,
+    BeforeUndo,
+    BeforeEachUndo,
+    AfterEachUndo,
+    AfterEachUndoError,
+    AfterUndo,
+    AfterUndoError,
+}
+
+impl Event {
+    /// Every event that runs, by its Flyway name.
+    const ALL: [(&'static str, Event); 22] = [
+        ("beforeMigrate", Event::BeforeMigrate),
+        ("beforeEachMigrate", Event::BeforeEachMigrate),
+        ("afterEachMigrate", Event::AfterEachMigrate),
+        ("afterEachMigrateError", Event::AfterEachMigrateError),
+        ("afterMigrate", Event::AfterMigrate),
+        ("afterMigrateApplied", Event::AfterMigrateApplied),
+        ("afterMigrateError", Event::AfterMigrateError),
+        ("beforeValidate", Event::BeforeValidate),
+        ("afterValidate", Event::AfterValidate),
+        ("afterValidateError", Event::AfterValidateError),
+        ("beforeInfo", Event::BeforeInfo),
+        ("afterInfo", Event::AfterInfo),
+        ("afterInfoError", Event::AfterInfoError),
+        ("beforeRepair", Event::BeforeRepair),
+        ("afterRepair", Event::AfterRepair),
+        ("afterRepairError", Event::AfterRepairError),
+        ("beforeUndo", Event::BeforeUndo),
+        ("beforeEachUndo", Event::BeforeEachUndo),
+        ("afterEachUndo", Event::AfterEachUndo),
+        ("afterEachUndoError", Event::AfterEachUndoError),
+        ("afterUndo", Event::AfterUndo),
+        ("afterUndoError", Event::AfterUndoError),
+    ];
+
+    /// Flyway callbacks this library knows but does not run (per
+    /// statement, clean, connect…): skipped with a warning.
+    const NOT_RUN: [&'static str; 13] = [
+        "beforeEachMigrateStatement",
+        "afterEachMigrateStatement",
+        "afterEachMigrateStatementError",
+        "beforeRepeatables",
+        "afterVersioned",
+        "beforeClean",
+        "afterClean",
+        "afterCleanError",
+        "beforeConnect",
+        "afterConnect",
+        "beforeBaseline",
+        "afterBaseline",
+        "afterBaselineError",
+    ];
+
+    /// The event of a callback file name: `{event}.sql` or
+    /// `{event}__{description}.sql`. `Ok(None)` when it is no callback;
+    /// `Err(name)` for a Flyway callback that does not run here.
+    pub(crate) fn of_file(file: &str) -> std::result::Result<Option<Event>, &'static str> {
+        let Some(stem) = file.strip_suffix(".sql") else {
+            return Ok(None);
+        };
+        let event = stem.split_once("__").map_or(stem, |(e, _)| e);
+        if let Some((_, e)) = Event::ALL.iter().find(|(n, _)| *n == event) {
+            return Ok(Some(*e));
+        }
+        match Event::NOT_RUN.iter().find(|n| **n == event) {
+            Some(n) => Err(n),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Where the scripts of a database come from.
@@ -292,7 +385,7 @@ enum SourceKind {
 }
 
 impl MigrationSource {
-    /// Scripts read from a folder (not its subfolders) when migrations run.
+    /// Scripts read from a folder and its subfolders when migrations run.
     pub fn directory(path: impl Into<PathBuf>) -> MigrationSource {
         MigrationSource(SourceKind::Directory(path.into()))
     }
@@ -319,16 +412,22 @@ impl MigrationSource {
         }
     }
 
-    /// Reads, parses and sorts the scripts.
-    pub(crate) fn load(&self) -> Result<Scripts> {
+    /// Reads, parses and sorts the scripts; `strict` refuses a `.sql` file
+    /// that is neither a migration nor a callback (otherwise skipped with a
+    /// warning).
+    pub(crate) fn load(&self, strict: bool) -> Result<Scripts> {
         let files: Vec<(String, String)> = match &self.0 {
             SourceKind::Embedded(files) => files
                 .iter()
                 .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
                 .collect(),
-            SourceKind::Directory(dir) => read_dir(dir)?,
+            SourceKind::Directory(dir) => {
+                let mut files = Vec::new();
+                read_dir(dir, "", &mut files)?;
+                files
+            }
         };
-        collect(files)
+        collect_with(files, strict)
     }
 }
 
@@ -337,7 +436,10 @@ impl MigrationSource {
 /// from the environment.
 pub(crate) const MIGRATIONS_DIR_SETTING: &str = "DatabaseConfigBuilder::migrations_dir";
 
-fn read_dir(dir: &Path) -> Result<Vec<(String, String)>> {
+/// Reads the `.sql` files of `dir` and its subfolders (hidden ones
+/// skipped) into `files`, each named by its path below the migrations
+/// folder (`sub/V2__x.sql`), `/`-separated.
+fn read_dir(dir: &Path, prefix: &str, files: &mut Vec<(String, String)>) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::NotFound {
             "does not exist".to_owned()
@@ -354,23 +456,34 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, String)>> {
         )
         .with_source(e)
     })?;
-    let mut files = Vec::new();
+    let mut entries: Vec<_> = entries
+        .map(|entry| {
+            entry.map_err(|e| {
+                Error::new(
+                    ErrorKind::Migration,
+                    format!("cannot list the migrations folder {}", dir.display()),
+                )
+                .with_source(e)
+            })
+        })
+        .collect::<Result<_>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
     for entry in entries {
-        let entry = entry.map_err(|e| {
-            Error::new(
-                ErrorKind::Migration,
-                format!("cannot list the migrations folder {}", dir.display()),
-            )
-            .with_source(e)
-        })?;
         let path = entry.path();
-        if !path.is_file() {
-            continue;
-        }
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
-        if parse_name(&name)?.is_none() {
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            read_dir(&path, &format!("{prefix}{name}/"), files)?;
+            continue;
+        }
+        if !path.is_file() {
+            continue;
+        }
+        if !name.ends_with(".sql") && parse_name(&name)?.is_none() {
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -383,25 +496,71 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, String)>> {
             )
             .with_source(e)
         })?;
-        files.push((name, text));
+        files.push((format!("{prefix}{name}"), text));
     }
-    Ok(files)
+    Ok(())
 }
 
-/// Parses names, sorts, and refuses duplicates.
+/// The file name of a path below the migrations folder.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// What a `.sql` file that is neither a migration nor a callback becomes:
+/// an error when `strict`, else skipped with a warning.
+fn stray(path: &str, why: Error, strict: bool) -> Result<()> {
+    if strict {
+        return Err(why.with_hint(
+            "strict migrations refuse any other .sql file in the folder: rename it, move it out, or turn the strict setting off",
+        ));
+    }
+    tracing::warn!(file = path, reason = %why, "skipping a .sql file that is neither a migration nor a callback");
+    Ok(())
+}
+
+/// [`collect_with`], refusing every badly named `.sql` file.
+#[cfg(test)]
 pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
+    collect_with(files, true)
+}
+
+/// Parses names (files are paths below the migrations folder), sorts,
+/// sorts callbacks out, and refuses duplicates anywhere in the tree.
+pub(crate) fn collect_with(files: Vec<(String, String)>, strict: bool) -> Result<Scripts> {
     let mut scripts = Scripts::default();
     let mut versions: BTreeMap<Version, String> = BTreeMap::new();
     let mut repeatables: BTreeMap<String, String> = BTreeMap::new();
     for (file, sql) in files {
-        let Some(name) = parse_name(&file)? else {
-            continue;
+        let base = file_name(&file);
+        match Event::of_file(base) {
+            Ok(Some(event)) => {
+                scripts.callbacks.entry(event).or_default().push(Script {
+                    kind: MigrationKind::Repeatable,
+                    version: None,
+                    description: base.trim_end_matches(".sql").to_owned(),
+                    checksum: checksum(&sql),
+                    no_transaction: first_line_says_no_transaction(&sql),
+                    script: file.clone(),
+                    sql,
+                });
+                continue;
+            }
+            Ok(None) => {}
+            Err(event) => {
+                tracing::warn!(file = %file, "the Flyway callback `{event}` does not run in dbmanager; skipping `{file}`");
+                continue;
+            }
+        }
+        let name = match parse_name(base) {
+            Ok(Some(name)) => name,
+            Ok(None) => continue,
+            Err(e) if base.ends_with(".sql") => {
+                stray(&file, e, strict)?;
+                continue;
+            }
+            Err(e) => return Err(e),
         };
-        let body = sql.strip_prefix('\u{feff}').unwrap_or(&sql);
-        let no_transaction = body
-            .lines()
-            .next()
-            .is_some_and(|l| l.trim().eq_ignore_ascii_case(NO_TRANSACTION));
+        let no_transaction = first_line_says_no_transaction(&sql);
         let script = Script {
             kind: name.kind,
             version: name.version.clone(),
@@ -455,10 +614,21 @@ pub(crate) fn collect(files: Vec<(String, String)>) -> Result<Scripts> {
         }
     }
     scripts.versioned.sort_by(|a, b| a.version.cmp(&b.version));
+    for list in scripts.callbacks.values_mut() {
+        list.sort_by(|a, b| file_name(&a.script).cmp(file_name(&b.script)));
+    }
     scripts
         .repeatable
         .sort_by(|a, b| a.description.cmp(&b.description));
     Ok(scripts)
+}
+
+/// Whether the first line is `-- dbmanager:no-transaction`.
+fn first_line_says_no_transaction(sql: &str) -> bool {
+    let body = sql.strip_prefix('\u{feff}').unwrap_or(sql);
+    body.lines()
+        .next()
+        .is_some_and(|l| l.trim().eq_ignore_ascii_case(NO_TRANSACTION))
 }
 
 /// Embeds migration scripts in the program at compile time, so a deployed
@@ -488,6 +658,50 @@ mod tests {
 
     fn v(s: &str) -> Version {
         Version::parse(s).expect("a version")
+    }
+
+    #[test]
+    fn callbacks_are_told_from_migrations_and_strays() -> Result<()> {
+        assert_eq!(
+            Event::of_file("beforeMigrate.sql"),
+            Ok(Some(Event::BeforeMigrate))
+        );
+        assert_eq!(
+            Event::of_file("afterEachMigrate__log_it.sql"),
+            Ok(Some(Event::AfterEachMigrate))
+        );
+        assert_eq!(Event::of_file("beforeMigrate.txt"), Ok(None));
+        assert_eq!(Event::of_file("beforemigrate.sql"), Ok(None));
+        assert!(Event::of_file("beforeEachMigrateStatement.sql").is_err());
+        let files = vec![
+            ("a/V1__x.sql".to_owned(), "SELECT 1;".to_owned()),
+            ("cb/beforeMigrate__b.sql".to_owned(), "SELECT 2;".to_owned()),
+            ("beforeMigrate__a.sql".to_owned(), "SELECT 3;".to_owned()),
+            ("notes.sql".to_owned(), "x".to_owned()),
+        ];
+        let s = collect_with(files.clone(), false)?;
+        assert_eq!(s.versioned.len(), 1);
+        assert_eq!(s.versioned[0].script, "a/V1__x.sql");
+        let before: Vec<&str> = s.callbacks[&Event::BeforeMigrate]
+            .iter()
+            .map(|c| c.script.as_str())
+            .collect();
+        assert_eq!(before, ["beforeMigrate__a.sql", "cb/beforeMigrate__b.sql"]);
+        let e = collect_with(files, true).expect_err("strict");
+        assert!(e.to_string().contains("notes.sql"), "{e}");
+        let e = collect_with(
+            vec![
+                ("x/V1__a.sql".to_owned(), String::new()),
+                ("y/z/V01__b.sql".to_owned(), String::new()),
+            ],
+            false,
+        )
+        .expect_err("duplicate");
+        assert!(
+            e.to_string().contains("x/V1__a.sql") && e.to_string().contains("y/z/V01__b.sql"),
+            "{e}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -348,6 +348,19 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// Moves on to `pos` (clamped to the source, moved forward to a character
+    /// boundary), forgetting what came before as at a statement's start: the
+    /// script splitter skips text that is not SQL (a `DELIMITER` line, `COPY`
+    /// data).
+    pub(super) fn skip_to(&mut self, pos: usize) {
+        let mut pos = pos.min(self.src.len()).max(self.pos);
+        while pos < self.src.len() && (self.src[pos] & 0xC0) == 0x80 {
+            pos += 1;
+        }
+        self.pos = pos;
+        self.context = Context::default();
+    }
+
     /// The byte at `i`, if any.
     fn byte(&self, i: usize) -> Option<u8> {
         self.src.get(i).copied()

@@ -21,6 +21,7 @@ mod bind;
 mod classify;
 mod lex;
 mod normalise;
+mod script;
 mod translate;
 
 use std::fmt;
@@ -29,6 +30,8 @@ use std::fmt;
 pub(crate) use bind::bind;
 pub(crate) use classify::{classify_statement, StatementKind};
 pub(crate) use normalise::normalise;
+// used by migrations
+pub(crate) use script::{replace_placeholders, split_script, ScriptError, Statement, TxControl};
 pub(crate) use translate::translate;
 
 /// The SQL dialect a statement is translated to.
