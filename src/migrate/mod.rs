@@ -367,31 +367,35 @@ impl Migrator {
         Ok(applied)
     }
 
-    /// Runs `f` on a fresh connection of its own, not the scripts' (which a
-    /// script may have changed, or which may be dead); on the scripts' only
-    /// when the pool has room for no second connection.
+    /// Runs `f` on the lock's connection, which no script runs on (scripts
+    /// have a session of their own, see [`Runner`]), so a script's `SET
+    /// ROLE` or `USE` never reaches it; on a fresh connection from the pool
+    /// when that one has died.
     fn on_fresh<T>(
         &self,
-        scripts_conn: &mut PooledConnection,
-        f: impl FnOnce(&mut PooledConnection) -> Result<T>,
+        lock_conn: &mut PooledConnection,
+        mut f: impl FnMut(&mut PooledConnection) -> Result<T>,
     ) -> Result<T> {
-        if self.shared.config.max_size() < 2 {
-            return f(scripts_conn);
+        match f(lock_conn) {
+            Err(e) if e.kind() == ErrorKind::Connect => {
+                tracing::warn!(error = %e, "the migration lock's connection failed; writing the history on a fresh one");
+                let mut conn = self.connection()?;
+                conn.set_timeout(Some(RECORD_TIMEOUT));
+                f(&mut conn)
+            }
+            result => result,
         }
-        let mut conn = self.connection()?;
-        conn.set_timeout(Some(RECORD_TIMEOUT));
-        f(&mut conn)
     }
 
     /// Records a script's outcome: THE one place a history row of a script
-    /// is written outside the script's own transaction. On a fresh
-    /// connection, in one transaction with the removal of its journal
+    /// is written outside the script's own transaction. On a connection
+    /// no script has run on ([`on_fresh`](Self::on_fresh)), in one transaction with the removal of its journal
     /// entry (and, for a repeatable script, of its older rows), tried
     /// [`RECORD_ATTEMPTS`] times. A failure the history has no place for
     /// stays in the journal.
     fn record(
         &self,
-        scripts_conn: &mut PooledConnection,
+        lock_conn: &mut PooledConnection,
         history: &History,
         row: &NewRow<'_>,
     ) -> Result<()> {
@@ -401,7 +405,7 @@ impl Migrator {
             if attempt > 0 {
                 std::thread::sleep(RECORD_PAUSE * attempt);
             }
-            let result = self.on_fresh(scripts_conn, |c| {
+            let result = self.on_fresh(lock_conn, |c| {
                 c.transaction(|tx| {
                     if !row.success && !history.format.records_failures() {
                         return journal.mark(
