@@ -55,6 +55,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod cache;
 mod config;
 mod error;
 mod health;
@@ -80,6 +81,7 @@ pub use rust_decimal;
 pub use serde_json;
 pub use uuid;
 
+pub use crate::cache::{QueryCacheStats, QueryOptions};
 pub use crate::config::{variable_stem, DatabaseConfig, DatabaseConfigBuilder};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::manager::DatabaseManager;

@@ -113,6 +113,9 @@ struct Families {
     bulk_time: HistogramVec,
     bulk_rows: IntCounterVec,
     bulk_executions: IntCounterVec,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    cache_evictions: IntCounterVec,
     tx_active: IntGaugeVec,
     tx_commits: IntCounterVec,
     tx_rollbacks: IntCounterVec,
@@ -182,6 +185,13 @@ fn families() -> &'static Families {
             bulk_time: histogram("bulk_operation_time_seconds", "Time spent on bulk operations.", db),
             bulk_rows: counter("bulk_operation_rows_total", "Rows processed by bulk operations.", db),
             bulk_executions: counter("bulk_operation_executions_total", "Bulk operations run.", db),
+            cache_hits: counter("query_cache_hits_total", "Cached queries answered from the query cache.", db),
+            cache_misses: counter("query_cache_misses_total", "Cached queries that ran on the server (not cached, or expired).", db),
+            cache_evictions: counter(
+                "query_cache_evictions_total",
+                "Query cache entries dropped to stay within its entry and byte bounds.",
+                db,
+            ),
             tx_active: gauge("db_transactions_active", "Transactions open now."),
             tx_commits: counter("db_transaction_commits_total", "Transactions committed.", db),
             tx_rollbacks: counter("db_transaction_rollbacks_total", "Transactions rolled back.", db),
@@ -230,6 +240,9 @@ impl Families {
             &self.bulk_time,
             &self.bulk_rows,
             &self.bulk_executions,
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.cache_evictions,
             &self.tx_active,
             &self.tx_commits,
             &self.tx_rollbacks,
@@ -566,6 +579,9 @@ pub(crate) struct DbMetrics {
     retries: IntCounter,
     circuit_state: IntGauge,
     circuit_transitions: [IntCounter; 3],
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    cache_evictions: IntCounter,
 }
 
 impl DbMetrics {
@@ -599,6 +615,9 @@ impl DbMetrics {
             circuit_state: f.circuit_state.with_label_values(&l),
             circuit_transitions: ["closed", "half_open", "open"]
                 .map(|state| f.circuit_transitions.with_label_values(&[database, state])),
+            cache_hits: f.cache_hits.with_label_values(&l),
+            cache_misses: f.cache_misses.with_label_values(&l),
+            cache_evictions: f.cache_evictions.with_label_values(&l),
         };
         // Reserved for bulk operations: exposed (at zero) like every other
         // family, so that dashboards find a series for each database.
@@ -707,6 +726,25 @@ impl DbMetrics {
     pub(crate) fn transaction_started(&self) {
         if self.on {
             self.tx_active.inc();
+        }
+    }
+
+    /// A cached query was answered from the query cache (`hit`) or ran on
+    /// the server.
+    pub(crate) fn cache_lookup(&self, hit: bool) {
+        if self.on {
+            if hit {
+                self.cache_hits.inc();
+            } else {
+                self.cache_misses.inc();
+            }
+        }
+    }
+
+    /// `n` query cache entries were dropped to stay within its bounds.
+    pub(crate) fn cache_evicted(&self, n: u64) {
+        if self.on && n > 0 {
+            self.cache_evictions.inc_by(n);
         }
     }
 

@@ -31,10 +31,11 @@
 //! safely repeat a whole operation wrap it there; it never sits inside a
 //! transaction.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::Location;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -196,6 +197,10 @@ pub(crate) struct Shared {
     pub(crate) window: TimeoutWindow,
     pub(crate) stats: StatTable,
     pub(crate) breaker: Breaker,
+    /// State a service above the pipeline keeps per database (the query
+    /// cache), made on first use. Opaque here: the pipeline knows nothing
+    /// of what is in it.
+    pub(crate) service_state: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl Shared {
@@ -216,6 +221,7 @@ impl Shared {
             window: TimeoutWindow::new(),
             stats: StatTable::new(),
             breaker: Breaker::new(config.breaker),
+            service_state: OnceLock::new(),
             config,
         }))
     }

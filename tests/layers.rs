@@ -32,10 +32,11 @@ const LAYERS: &[(&str, u32)] = &[
     // 5 the choke point.
     ("pipeline", 50),
     // 6 services.
-    ("session", 60),
-    ("health", 60),
-    ("migrate", 61),
-    ("manager", 62),
+    ("cache", 60),
+    ("session", 61),
+    ("health", 61),
+    ("migrate", 62),
+    ("manager", 63),
     // 7 edges.
     ("lib", 70),
     ("bin", 71),

@@ -14,6 +14,7 @@
 //!   else copied byte-identical;
 //! - `normalise`: comments dropped, whitespace collapsed, literals replaced by `?`;
 //! - `classify`: a statement's first keywords say whether it reads or writes;
+//! - `tables`: the tables a statement reads or writes, for the query cache;
 //! - `bind`: the caller's values put in the order of a translated statement's
 //!   placeholders.
 
@@ -21,6 +22,7 @@ mod bind;
 mod classify;
 mod lex;
 mod normalise;
+mod tables;
 mod translate;
 
 use std::fmt;
@@ -29,6 +31,7 @@ use std::fmt;
 pub(crate) use bind::bind;
 pub(crate) use classify::{classify_statement, StatementKind};
 pub(crate) use normalise::normalise;
+pub(crate) use tables::{read_tables, written_tables, Tables};
 pub(crate) use translate::translate;
 
 /// The SQL dialect a statement is translated to.
