@@ -33,6 +33,8 @@
 //! | `prepared_stmt_cache_size` | gauge | database | statement texts in the translation cache |
 //! | `prepared_stmt_execution_time_seconds` / `prepared_stmt_executions_total` | histogram / counter | database | statements run as prepared statements (with parameters) |
 //! | `bulk_operation_time_seconds` / `_rows_total` / `_executions_total` | histogram / counters | database | reserved for bulk operations |
+//! | `query_cache_hits_total` / `query_cache_misses_total` | counter | database | cached queries answered from the query cache / run on the server |
+//! | `query_cache_evictions_total` | counter | database | query cache entries dropped to stay within its entry and byte bounds |
 //! | `db_transactions_active` | gauge | database | open transactions |
 //! | `db_transaction_commits_total` / `_rollbacks_total` | counter | database | finished transactions |
 //! | `db_transaction_duration_seconds` | histogram | database | `BEGIN` to `COMMIT`/`ROLLBACK` |
