@@ -322,6 +322,17 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Pooled> {
         let start = Instant::now();
+        // An idle connection at once, under the read lock (no reference
+        // count to take); else wait on a pool of its own, so that a waiter
+        // never holds up `close`.
+        let now = match &*self.pool.read() {
+            Some(pool) => pool.try_get(site),
+            None => return Err(Error::closed().on_database(self.name())),
+        };
+        if let Some((c, now)) = now {
+            self.metrics.acquired(now.saturating_duration_since(start));
+            return Ok(c);
+        }
         match self.pool()?.get(start, timeout, site) {
             Ok((c, now)) => {
                 self.metrics.acquired(now.saturating_duration_since(start));
@@ -653,9 +664,6 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
         self.refuse_writes(op, sql)?;
-        // Anything but a plain read on a connection of its own may change
-        // the session: the pool resets it before its next borrower.
-        let dirties = changes_session(op, sql);
         let mut owned;
         let conn = match conn {
             Some(c) => {
@@ -670,7 +678,15 @@ impl Shared {
         let prepared = self.prepare(op, sql, params)?;
         let native = prepared.native(sql);
         let budget = self.budget(limit, Instant::now())?;
-        Pool::note(conn, native, op.transaction_effect());
+        // Anything but a plain read on a connection of its own may change
+        // the session: the pool resets it before its next borrower. The
+        // same statement as the connection's last one is not read again.
+        let same = Pool::note(conn, native, op.transaction_effect());
+        let dirties = match conn.memo {
+            Some((last, dirties)) if same && last == op as u8 => dirties,
+            _ => changes_session(op, sql),
+        };
+        conn.memo = Some((op as u8, dirties));
         conn.dirty |= dirties;
 
         let span = tracing::debug_span!(
