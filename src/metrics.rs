@@ -299,7 +299,102 @@ impl Collector for DbCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let f = families();
         f.refresh();
-        f.all().into_iter().flat_map(|c| c.collect()).collect()
+        let mut out: Vec<MetricFamily> = f.all().into_iter().flat_map(|c| c.collect()).collect();
+        derive_from_query_time(&mut out);
+        out
+    }
+}
+
+/// The families that follow from `db_query_time_seconds`, filled in at
+/// collection time so that a statement records one histogram, not two
+/// histograms and two counters: `db_query_count_total` is each series'
+/// sample count, and the prepared-statement families are the `query` and
+/// `execute` series (the statements with parameters, run prepared) merged
+/// per database. Exact at every scrape, as if counted one by one.
+fn derive_from_query_time(out: &mut [MetricFamily]) {
+    use prometheus::proto::{Bucket, Counter, Histogram as ProtoHistogram, LabelPair, Metric};
+    let Some(times) = out.iter().find(|m| m.name() == "db_query_time_seconds") else {
+        return;
+    };
+    let label = |m: &Metric, name: &str| -> String {
+        m.get_label()
+            .iter()
+            .find(|l| l.name() == name)
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default()
+    };
+    let counter = |labels: Vec<LabelPair>, n: u64| {
+        let mut c = Counter::default();
+        c.set_value(n as f64);
+        let mut m = Metric::from_label(labels);
+        m.set_counter(c);
+        m
+    };
+    let counts: Vec<Metric> = times
+        .get_metric()
+        .iter()
+        .map(|m| counter(m.get_label().to_vec(), m.get_histogram().get_sample_count()))
+        .collect();
+    // Per database: (count, sum, cumulative bucket counts) of query + execute.
+    let mut prepared: Vec<(String, u64, f64, Vec<Bucket>)> = Vec::new();
+    for m in times.get_metric() {
+        if !matches!(label(m, "operation").as_str(), "query" | "execute") {
+            continue;
+        }
+        let db = label(m, "database");
+        let h = m.get_histogram();
+        let at = match prepared.iter().position(|p| p.0 == db) {
+            Some(i) => i,
+            None => {
+                let zero = h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| {
+                        let mut z = Bucket::default();
+                        z.set_upper_bound(b.upper_bound());
+                        z
+                    })
+                    .collect();
+                prepared.push((db, 0, 0.0, zero));
+                prepared.len() - 1
+            }
+        };
+        let p = &mut prepared[at];
+        p.1 += h.get_sample_count();
+        p.2 += h.get_sample_sum();
+        for (sum, b) in p.3.iter_mut().zip(h.get_bucket()) {
+            sum.set_cumulative_count(sum.cumulative_count() + b.cumulative_count());
+        }
+    }
+    let db_label = |db: &str| {
+        let mut l = LabelPair::default();
+        l.set_name("database".to_owned());
+        l.set_value(db.to_owned());
+        vec![l]
+    };
+    let prepared_counts: Vec<Metric> = prepared
+        .iter()
+        .map(|(db, n, _, _)| counter(db_label(db), *n))
+        .collect();
+    let prepared_times: Vec<Metric> = prepared
+        .into_iter()
+        .map(|(db, n, sum, buckets)| {
+            let mut h = ProtoHistogram::default();
+            h.set_sample_count(n);
+            h.set_sample_sum(sum);
+            h.set_bucket(buckets);
+            let mut m = Metric::from_label(db_label(&db));
+            m.set_histogram(h);
+            m
+        })
+        .collect();
+    for family in out.iter_mut() {
+        match family.name() {
+            "db_query_count_total" => family.set_metric(counts.clone()),
+            "prepared_stmt_executions_total" => family.set_metric(prepared_counts.clone()),
+            "prepared_stmt_execution_time_seconds" => family.set_metric(prepared_times.clone()),
+            _ => {}
+        }
     }
 }
 
@@ -561,14 +656,11 @@ pub fn serve(addr: impl std::net::ToSocketAddrs) -> Result<MetricsServer> {
 pub(crate) struct DbMetrics {
     on: bool,
     query_time: [Histogram; 6],
-    query_count: [IntCounter; 6],
     slow_queries: IntCounter,
     deadlocks: IntCounter,
     connection_errors: IntCounter,
     query_timeouts: IntCounter,
     cancellations: IntCounter,
-    stmt_exec_time: Histogram,
-    stmt_executions: IntCounter,
     connection_time: Histogram,
     pool_timeouts: IntCounter,
     connections_created: IntCounter,
@@ -596,14 +688,12 @@ impl DbMetrics {
         let m = DbMetrics {
             on,
             query_time: std::array::from_fn(|i| op(&f.query_time, i)),
-            query_count: std::array::from_fn(|i| opc(&f.query_count, i)),
+
             slow_queries: f.slow_queries.with_label_values(&l),
             deadlocks: f.deadlocks.with_label_values(&l),
             connection_errors: f.connection_errors.with_label_values(&l),
             query_timeouts: f.query_timeouts.with_label_values(&l),
             cancellations: f.cancellations.with_label_values(&l),
-            stmt_exec_time: f.stmt_exec_time.with_label_values(&l),
-            stmt_executions: f.stmt_executions.with_label_values(&l),
             connection_time: f.connection_time.with_label_values(&l),
             pool_timeouts: f.pool_timeouts.with_label_values(&l),
             connections_created: f.connections_created.with_label_values(&l),
@@ -621,6 +711,13 @@ impl DbMetrics {
             cache_misses: f.cache_misses.with_label_values(&l),
             cache_evictions: f.cache_evictions.with_label_values(&l),
         };
+        // Derived at collection time from the query time histogram; made
+        // here so that the families list each database (at zero) anyway.
+        for i in 0..OPERATIONS.len() {
+            opc(&f.query_count, i);
+        }
+        f.stmt_exec_time.with_label_values(&l);
+        f.stmt_executions.with_label_values(&l);
         // Reserved for bulk operations: exposed (at zero) like every other
         // family, so that dashboards find a series for each database.
         f.bulk_time.with_label_values(&l);
@@ -634,18 +731,13 @@ impl DbMetrics {
         families().sources.lock().push(source);
     }
 
-    /// A statement ended: `op` indexes [`OPERATIONS`].
+    /// A statement ended: `op` indexes [`OPERATIONS`]. One histogram
+    /// records it; the statement counts and the prepared-statement families
+    /// are derived from it when collected ([`derive_from_query_time`]).
     #[inline]
-    pub(crate) fn statement(&self, op: usize, elapsed: Duration, prepared: bool) {
-        if !self.on {
-            return;
-        }
-        let secs = elapsed.as_secs_f64();
-        self.query_time[op].observe(secs);
-        self.query_count[op].inc();
-        if prepared {
-            self.stmt_exec_time.observe(secs);
-            self.stmt_executions.inc();
+    pub(crate) fn statement(&self, op: usize, elapsed: Duration) {
+        if self.on {
+            self.query_time[op].observe(elapsed.as_secs_f64());
         }
     }
 
@@ -795,7 +887,7 @@ mod tests {
     #[test]
     fn metrics_off_records_nothing() {
         let m = DbMetrics::new("unit_db_off", false);
-        m.statement(1, Duration::from_millis(3), true);
+        m.statement(1, Duration::from_millis(3));
         m.failure(ErrorKind::QueryTimeout);
         let text = metrics_text();
         assert!(

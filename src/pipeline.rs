@@ -562,8 +562,7 @@ impl Shared {
         failure: Option<ErrorKind>,
         fired: bool,
     ) {
-        self.metrics
-            .statement(op as usize, elapsed, matches!(op, Op::Query | Op::Execute));
+        self.metrics.statement(op as usize, elapsed);
         if let Some(kind) = failure {
             self.metrics.failure(kind);
         }
