@@ -20,7 +20,7 @@
 //! | `db_pool_usage` | gauge | database | connections checked out now |
 //! | `db_pool_idle` | gauge | database | open connections idle in the pool |
 //! | `db_pool_waiting` | gauge | database | callers waiting for a connection |
-//! | `db_connection_time_seconds` | histogram | database | time to acquire a pooled connection |
+//! | `db_connection_time_seconds` | histogram | database | time to acquire a pooled connection (one found idle and handed out at once counts as 0 s: it is timed by a single clock read) |
 //! | `db_pool_timeouts_total` | counter | database | acquisitions that gave up |
 //! | `db_connections_created_total` / `_closed_total` / `_broken_total` | counter | database | connection lifecycle |
 //! | `db_query_time_seconds` | histogram | database, operation | statement time (`query`, `execute`, `batch`, `begin`, `commit`, `rollback`) |
@@ -44,6 +44,8 @@
 //! | `db_circuit_state` | gauge | database | 0 closed, 1 half-open, 2 open (see [`CircuitState`]) |
 //! | `db_circuit_transitions_total` | counter | database, state | changes of the circuit breaker's state, by the state entered |
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -125,6 +127,10 @@ struct Families {
     retries: IntCounterVec,
     circuit_state: IntGaugeVec,
     circuit_transitions: IntCounterVec,
+    /// Per database: acquisitions of 0 s since the start, added to
+    /// `db_connection_time_seconds` when collected (see
+    /// [`DbMetrics::acquired_at_once`]).
+    at_once: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Live databases, read at collection time.
     sources: Mutex<Vec<Weak<dyn PoolSource>>>,
 }
@@ -205,6 +211,7 @@ fn families() -> &'static Families {
                 "Changes of the circuit breaker's state, by the state entered.",
                 &["database", "state"],
             ),
+            at_once: Mutex::new(HashMap::new()),
             sources: Mutex::new(Vec::new()),
         }
     })
@@ -301,7 +308,43 @@ impl Collector for DbCollector {
         f.refresh();
         let mut out: Vec<MetricFamily> = f.all().into_iter().flat_map(|c| c.collect()).collect();
         derive_from_query_time(&mut out);
+        add_instant_acquisitions(&f.at_once, &mut out);
         out
+    }
+}
+
+/// Puts the acquisitions of 0 s (a count per database since the start) in
+/// `db_connection_time_seconds`: in every bucket and the sample count, as
+/// `observe(0.0)` would have.
+fn add_instant_acquisitions(at_once: &Mutex<HashMap<String, Arc<AtomicU64>>>, out: &mut [MetricFamily]) {
+    let counts = at_once.lock();
+    let Some(family) = out.iter_mut().find(|m| m.name() == "db_connection_time_seconds") else {
+        return;
+    };
+    for m in family.mut_metric() {
+        let db = m
+            .get_label()
+            .iter()
+            .find(|l| l.name() == "database")
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default();
+        let n = counts.get(&db).map_or(0, |n| n.load(Ordering::Relaxed));
+        if n == 0 {
+            continue;
+        }
+        let mut h = m.get_histogram().clone();
+        h.set_sample_count(h.get_sample_count() + n);
+        let buckets = h
+            .get_bucket()
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                b.set_cumulative_count(b.cumulative_count() + n);
+                b
+            })
+            .collect();
+        h.set_bucket(buckets);
+        m.set_histogram(h);
     }
 }
 
@@ -662,6 +705,10 @@ pub(crate) struct DbMetrics {
     query_timeouts: IntCounter,
     cancellations: IntCounter,
     connection_time: Histogram,
+    /// Acquisitions of 0 s since the start, added to `connection_time` when
+    /// collected (shared by the managers of one database name, as the
+    /// labelled series is).
+    at_once: Arc<AtomicU64>,
     pool_timeouts: IntCounter,
     connections_created: IntCounter,
     connections_closed: IntCounter,
@@ -695,6 +742,12 @@ impl DbMetrics {
             query_timeouts: f.query_timeouts.with_label_values(&l),
             cancellations: f.cancellations.with_label_values(&l),
             connection_time: f.connection_time.with_label_values(&l),
+            at_once: Arc::clone(
+                f.at_once
+                    .lock()
+                    .entry(database.to_owned())
+                    .or_insert_with(Default::default),
+            ),
             pool_timeouts: f.pool_timeouts.with_label_values(&l),
             connections_created: f.connections_created.with_label_values(&l),
             connections_closed: f.connections_closed.with_label_values(&l),
@@ -787,6 +840,16 @@ impl DbMetrics {
     pub(crate) fn cancelled(&self) {
         if self.on {
             self.cancellations.inc();
+        }
+    }
+
+    /// A connection was taken at once (idle in the pool, no ping): an
+    /// acquisition of 0 s, counted with one atomic add and put in the
+    /// histogram when collected ([`add_instant_acquisitions`]).
+    #[inline]
+    pub(crate) fn acquired_at_once(&self) {
+        if self.on {
+            self.at_once.fetch_add(1, Ordering::Relaxed);
         }
     }
 

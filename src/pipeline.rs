@@ -277,9 +277,12 @@ impl Shared {
     pub(crate) fn try_checkout(&self, site: &'static Location<'static>) -> Result<Option<Pooled>> {
         self.check_context()?;
         self.admit()?;
-        let conn = self.pool()?.try_get(site).map(|(conn, _)| conn);
+        let conn = self
+            .pool()?
+            .try_get(Instant::now(), site)
+            .map(|(conn, _)| conn);
         if conn.is_some() {
-            self.metrics.acquired(Duration::ZERO);
+            self.metrics.acquired_at_once();
         }
         Ok(conn)
     }
@@ -324,13 +327,18 @@ impl Shared {
         let start = Instant::now();
         // An idle connection at once, under the read lock (no reference
         // count to take); else wait on a pool of its own, so that a waiter
-        // never holds up `close`.
+        // never holds up `close`. Taken at once, it is timed by that one
+        // clock read: 0 s (a ping of a connection idle for long is timed).
         let now = match &*self.pool.read() {
-            Some(pool) => pool.try_get(site),
+            Some(pool) => pool.try_get(start, site),
             None => return Err(Error::closed().on_database(self.name())),
         };
         if let Some((c, now)) = now {
-            self.metrics.acquired(now.saturating_duration_since(start));
+            if now == start {
+                self.metrics.acquired_at_once();
+            } else {
+                self.metrics.acquired(now.saturating_duration_since(start));
+            }
             return Ok(c);
         }
         match self.pool()?.get(start, timeout, site) {
@@ -676,7 +684,9 @@ impl Shared {
         };
         let prepared = self.prepare(op, sql, params)?;
         let native = prepared.native(sql);
-        let budget = self.budget(limit, Instant::now())?;
+        // One clock read starts the budget and the statement's time.
+        let start = Instant::now();
+        let budget = self.budget(limit, start)?;
         // Anything but a plain read on a connection of its own may change
         // the session: the pool resets it before its next borrower. The
         // same statement as the connection's last one is not read again.
@@ -694,11 +704,11 @@ impl Shared {
             operation = op.name(),
         );
         let _entered = span.enter();
-        let start = Instant::now();
         let (result, fired) =
             self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;
-        let result = self.settle(conn, result, fired, limit, &budget);
-        self.account(conn, op, native, start, &result, fired);
+        let end = Instant::now();
+        let result = self.settle(conn, result, fired, limit, &budget, end);
+        self.account(conn, op, native, start, end, &result, fired);
         // Settled and accounted for: only now is the connection's state
         // known (a panic before this line leaves it marked, and discarded).
         conn.running = false;
@@ -775,8 +785,8 @@ impl Shared {
         fired: Fired,
         limit: Limit,
         budget: &Budget,
+        end: Instant,
     ) -> Result<Outcome> {
-        let end = Instant::now();
         Pool::touch(conn, end);
         let closed = conn.backend.is_closed();
         let reusable = match (&result, fired) {
@@ -839,10 +849,11 @@ impl Shared {
         op: Op,
         native: &str,
         start: Instant,
+        end: Instant,
         result: &Result<Outcome>,
         fired: Fired,
     ) {
-        let elapsed = start.elapsed();
+        let elapsed = end.saturating_duration_since(start);
         match (op, result) {
             (Op::Begin, Ok(_)) => {
                 conn.tx_started = Some(start);

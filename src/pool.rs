@@ -595,7 +595,7 @@ impl Pool {
                 Some(c) => c,
                 None => self.wait(deadline, timeout)?,
             };
-            match self.vet(conn) {
+            match self.vet(conn, Instant::now()) {
                 Some(ready) => return Ok(ready),
                 None if Instant::now() >= deadline => return Err(self.timed_out(timeout)),
                 None => {}
@@ -605,8 +605,14 @@ impl Pool {
 
     /// An idle connection if one is free now, without waiting and without
     /// opening one; `None` otherwise.
-    pub(crate) fn try_get(&self, site: &'static Location<'static>) -> Option<(Pooled, Instant)> {
-        let (conn, now) = self.vet(self.inner.try_get()?)?;
+    /// `now` is the clock read the caller already made (a connection that
+    /// needs no ping is vetted and recorded as taken then).
+    pub(crate) fn try_get(
+        &self,
+        now: Instant,
+        site: &'static Location<'static>,
+    ) -> Option<(Pooled, Instant)> {
+        let (conn, now) = self.vet(self.inner.try_get()?, now)?;
         self.hold(&conn, now, site);
         Some((conn, now))
     }
@@ -615,8 +621,7 @@ impl Pool {
     /// past its lifetime is closed (r2d2 reaps old connections only every
     /// 30 s), one that sat idle long enough or may have been lost is pinged.
     /// `None` when it was not fit.
-    fn vet(&self, mut conn: Pooled) -> Option<(Pooled, Instant)> {
-        let now = Instant::now();
+    fn vet(&self, mut conn: Pooled, now: Instant) -> Option<(Pooled, Instant)> {
         if self
             .max_lifetime
             .is_some_and(|l| now.saturating_duration_since(conn.born) >= l)
