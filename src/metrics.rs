@@ -927,7 +927,7 @@ mod tests {
     #[test]
     fn families_register_once_per_registry_and_encode() -> Result<()> {
         let m = DbMetrics::new("unit_db", true);
-        m.statement(0, Duration::from_millis(3), true);
+        m.statement(0, Duration::from_millis(3));
         let text = metrics_text();
         assert!(
             text.contains("db_query_count_total{database=\"unit_db\",operation=\"query\"} 1"),
