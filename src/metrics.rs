@@ -316,9 +316,15 @@ impl Collector for DbCollector {
 /// Puts the acquisitions of 0 s (a count per database since the start) in
 /// `db_connection_time_seconds`: in every bucket and the sample count, as
 /// `observe(0.0)` would have.
-fn add_instant_acquisitions(at_once: &Mutex<HashMap<String, Arc<AtomicU64>>>, out: &mut [MetricFamily]) {
+fn add_instant_acquisitions(
+    at_once: &Mutex<HashMap<String, Arc<AtomicU64>>>,
+    out: &mut [MetricFamily],
+) {
     let counts = at_once.lock();
-    let Some(family) = out.iter_mut().find(|m| m.name() == "db_connection_time_seconds") else {
+    let Some(family) = out
+        .iter_mut()
+        .find(|m| m.name() == "db_connection_time_seconds")
+    else {
         return;
     };
     for m in family.mut_metric() {
@@ -742,12 +748,7 @@ impl DbMetrics {
             query_timeouts: f.query_timeouts.with_label_values(&l),
             cancellations: f.cancellations.with_label_values(&l),
             connection_time: f.connection_time.with_label_values(&l),
-            at_once: Arc::clone(
-                f.at_once
-                    .lock()
-                    .entry(database.to_owned())
-                    .or_insert_with(Default::default),
-            ),
+            at_once: Arc::clone(f.at_once.lock().entry(database.to_owned()).or_default()),
             pool_timeouts: f.pool_timeouts.with_label_values(&l),
             connections_created: f.connections_created.with_label_values(&l),
             connections_closed: f.connections_closed.with_label_values(&l),

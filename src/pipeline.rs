@@ -708,7 +708,7 @@ impl Shared {
             self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;
         let end = Instant::now();
         let result = self.settle(conn, result, fired, limit, &budget, end);
-        self.account(conn, op, native, start, end, &result, fired);
+        self.account(conn, op, native, (start, end), &result, fired);
         // Settled and accounted for: only now is the connection's state
         // known (a panic before this line leaves it marked, and discarded).
         conn.running = false;
@@ -848,8 +848,7 @@ impl Shared {
         conn: &mut Pooled,
         op: Op,
         native: &str,
-        start: Instant,
-        end: Instant,
+        (start, end): (Instant, Instant),
         result: &Result<Outcome>,
         fired: Fired,
     ) {

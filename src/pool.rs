@@ -178,7 +178,10 @@ fn site_number(site: &'static Location<'static>) -> u32 {
             }
         }
         let mut all = sites().lock();
-        let n = match all.iter().position(|s| std::ptr::eq(*s, site) || *s == site) {
+        let n = match all
+            .iter()
+            .position(|s| std::ptr::eq(*s, site) || *s == site)
+        {
             Some(i) => i,
             None => {
                 all.push(site);
@@ -580,7 +583,9 @@ impl Pool {
         h.thread.store(thread_number(), Ordering::Relaxed);
         h.fresh.store(true, Ordering::Relaxed);
         h.leak_reported.store(false, Ordering::Relaxed);
-        let since = now.saturating_duration_since(self.counters.epoch).as_nanos();
+        let since = now
+            .saturating_duration_since(self.counters.epoch)
+            .as_nanos();
         h.since.store(
             u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
             Ordering::Release,

@@ -321,7 +321,7 @@ fn shared_by_threads(b: Backend) -> Result<()> {
                         let ok = n == "a" || n == "b" || n.starts_with('w');
                         assert!(ok, "read {n:?}");
                         // Other keys, to make the entry bound evict.
-                        db.query_with("SELECT ? AS v", ((k % 4) as i64,), &cached())?;
+                        db.query_with("SELECT ? AS v", (k % 4,), &cached())?;
                     }
                     Ok(())
                 })
