@@ -949,6 +949,31 @@ mod tests {
     }
 
     #[test]
+    fn derived_families_count_as_if_recorded_one_by_one() {
+        let m = DbMetrics::new("unit_db_derived", true);
+        m.statement(0, Duration::from_millis(3));
+        m.statement(1, Duration::from_millis(2));
+        m.statement(2, Duration::from_millis(1));
+        for _ in 0..3 {
+            m.acquired_at_once();
+        }
+        m.acquired(Duration::from_millis(20));
+        let text = metrics_text();
+        for line in [
+            "db_query_count_total{database=\"unit_db_derived\",operation=\"execute\"} 1",
+            "db_query_count_total{database=\"unit_db_derived\",operation=\"batch\"} 1",
+            "prepared_stmt_executions_total{database=\"unit_db_derived\"} 2",
+            "prepared_stmt_execution_time_seconds_count{database=\"unit_db_derived\"} 2",
+            "prepared_stmt_execution_time_seconds_bucket{database=\"unit_db_derived\",le=\"0.0025\"} 1",
+            "db_connection_time_seconds_count{database=\"unit_db_derived\"} 4",
+            "db_connection_time_seconds_bucket{database=\"unit_db_derived\",le=\"0.0005\"} 3",
+            "db_connection_time_seconds_bucket{database=\"unit_db_derived\",le=\"+Inf\"} 4",
+        ] {
+            assert!(text.contains(line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
     fn metrics_off_records_nothing() {
         let m = DbMetrics::new("unit_db_off", false);
         m.statement(1, Duration::from_millis(3));
