@@ -397,6 +397,12 @@ impl<'a> Bulk<'a> {
             fired,
             report.rows_affected,
         );
+        // The query cache's entries of the table go, as after any write.
+        crate::cache::after_statement(
+            &self.shared,
+            Op::Execute,
+            &format!("DELETE FROM {} WHERE 1 = 0", plan.table),
+        );
         let committed = match (&result, self.commit) {
             (Ok(()), _) | (Err(_), Commit::EachChunk) => report.rows_affected,
             (Err(_), Commit::AllOrNothing) => 0,

@@ -57,6 +57,7 @@
 
 mod backend;
 mod bulk;
+mod cache;
 mod config;
 mod entities;
 mod error;
@@ -88,6 +89,7 @@ pub use serde_json;
 pub use uuid;
 
 pub use crate::bulk::{Bulk, BulkProgress, BulkReport, Record, DEFAULT_CHUNK_SIZE};
+pub use crate::cache::{QueryCacheStats, QueryOptions};
 pub use crate::config::{
     variable_stem, DatabaseConfig, DatabaseConfigBuilder, ShardKey, ShardRule, TargetSessionAttrs,
 };

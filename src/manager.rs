@@ -11,6 +11,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::bulk::{Bulk, BulkReport};
+use crate::cache::{self, QueryCacheStats, QueryOptions};
 use crate::config::{variable_stem, DatabaseConfig};
 use crate::entities::Entities;
 use crate::error::{Error, Result};
@@ -19,14 +20,14 @@ use crate::migrate::{MigrationSource, Migrator};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::resilience::RetryPolicy;
 use crate::session::{
-    retried_transaction, statement_methods, PooledConnection, Transaction, TxConn,
+    outcome_rows, retried_transaction, statement_methods, PooledConnection, Transaction, TxConn,
 };
 use crate::status::{
     BackendKind, HealthStatus, MigrationReport, MigrationState, MigrationStatus, MigrationSummary,
     PoolStatus, QueryPlan, StatementStats,
 };
 use crate::stream::{RowStream, TypedRowStream};
-use crate::value::{IntoParams, Params};
+use crate::value::{IntoParams, Params, Row};
 
 /// The one door to one database: a pool of connections and everything that
 /// runs on them.
@@ -192,9 +193,23 @@ impl DatabaseManager {
     /// caller said a second run is harmless (a read-only database, or
     /// [`RetryPolicy::retry_writes`]). A statement's text is no proof:
     /// `SELECT nextval('s')` writes.
+    ///
+    /// What the statement may have changed drops its tables' cached reads.
     #[track_caller]
     fn run(&self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
-        let site = Location::caller();
+        let result = self.run_retried(op, sql, params, limit, Location::caller());
+        cache::after_statement(&self.shared, op, sql);
+        result
+    }
+
+    fn run_retried(
+        &self,
+        op: Op,
+        sql: &str,
+        params: Params,
+        limit: Limit,
+        site: &'static Location<'static>,
+    ) -> Result<Outcome> {
         let policy = self.retry_policy();
         if policy.attempts <= 1 {
             return self.shared.run_at(None, op, sql, params, limit, site);
@@ -208,6 +223,16 @@ impl DatabaseManager {
                     let kind = again.then(|| e.kind());
                     (e, kind)
                 })
+        })
+    }
+
+    /// A query with options: from the query cache when they ask for it.
+    #[track_caller]
+    fn run_with(&self, sql: &str, params: Params, options: &QueryOptions) -> Result<Vec<Row>> {
+        let site = Location::caller();
+        cache::query(&self.shared, sql, params, options, |params| {
+            self.run_retried(Op::Query, sql, params, options.limit(), site)
+                .map(outcome_rows)
         })
     }
 
@@ -327,6 +352,33 @@ impl DatabaseManager {
         params: impl IntoParams,
     ) -> Result<TypedRowStream<'static, T>> {
         self.stream(sql, params).map(RowStream::typed)
+    }
+
+    /// Drops the query cache's entries that read any of `tables` (names as
+    /// in SQL, any case, schema-qualified or not: `customers`,
+    /// `app."Customers"`); returns how many went. For writes the library
+    /// does not see (another process, a trigger, a view's base table).
+    pub fn invalidate_tables(&self, tables: &[&str]) -> usize {
+        cache::invalidate_tables(&self.shared, tables)
+    }
+
+    /// Drops the query cache's entry for `sql` with `params`, if it holds
+    /// one; returns whether it did.
+    pub fn invalidate_query(&self, sql: &str, params: impl IntoParams) -> bool {
+        cache::invalidate_query(&self.shared, sql, &params.into_params())
+    }
+
+    /// Drops every entry of this database's query cache; returns how many
+    /// went.
+    pub fn clear_query_cache(&self) -> usize {
+        cache::clear(&self.shared)
+    }
+
+    /// A snapshot of this database's query cache: entries, bytes, bounds,
+    /// hits, misses and evictions.
+    #[must_use]
+    pub fn query_cache_stats(&self) -> QueryCacheStats {
+        cache::stats(&self.shared)
     }
 
     /// Runs `statements` in one transaction: all of them or none. Returns

@@ -20,7 +20,7 @@
 //! | `db_pool_usage` | gauge | database | connections checked out now |
 //! | `db_pool_idle` | gauge | database | open connections idle in the pool |
 //! | `db_pool_waiting` | gauge | database | callers waiting for a connection |
-//! | `db_connection_time_seconds` | histogram | database | time to acquire a pooled connection |
+//! | `db_connection_time_seconds` | histogram | database | time to acquire a pooled connection (one found idle and handed out at once counts as 0 s: it is timed by a single clock read) |
 //! | `db_pool_timeouts_total` | counter | database | acquisitions that gave up |
 //! | `db_connections_created_total` / `_closed_total` / `_broken_total` | counter | database | connection lifecycle |
 //! | `db_query_time_seconds` | histogram | database, operation | statement time (`query`, `execute`, `batch`, `begin`, `commit`, `rollback`) |
@@ -33,6 +33,8 @@
 //! | `prepared_stmt_cache_size` | gauge | database | statement texts in the translation cache |
 //! | `prepared_stmt_execution_time_seconds` / `prepared_stmt_executions_total` | histogram / counter | database | statements run as prepared statements (with parameters) |
 //! | `bulk_operation_time_seconds` / `bulk_operation_rows_total` / `bulk_operation_executions_total` | histogram / counters | database, operation | bulk loads (`insert`, `upsert`, `update`, `delete`): whole time, rows affected, loads run |
+//! | `query_cache_hits_total` / `query_cache_misses_total` | counter | database | cached queries answered from the query cache / run on the server |
+//! | `query_cache_evictions_total` | counter | database | query cache entries dropped to stay within its entry and byte bounds |
 //! | `db_transactions_active` | gauge | database | open transactions |
 //! | `db_transaction_commits_total` / `_rollbacks_total` | counter | database | finished transactions |
 //! | `db_transaction_duration_seconds` | histogram | database | `BEGIN` to `COMMIT`/`ROLLBACK` |
@@ -42,6 +44,8 @@
 //! | `db_circuit_state` | gauge | database | 0 closed, 1 half-open, 2 open (see [`CircuitState`]) |
 //! | `db_circuit_transitions_total` | counter | database, state | changes of the circuit breaker's state, by the state entered |
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -117,6 +121,9 @@ struct Families {
     bulk_time: HistogramVec,
     bulk_rows: IntCounterVec,
     bulk_executions: IntCounterVec,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    cache_evictions: IntCounterVec,
     tx_active: IntGaugeVec,
     tx_commits: IntCounterVec,
     tx_rollbacks: IntCounterVec,
@@ -126,6 +133,10 @@ struct Families {
     circuit_transitions: IntCounterVec,
     replica_fallbacks: IntCounterVec,
     host_connections: IntCounterVec,
+    /// Per database: acquisitions of 0 s since the start, added to
+    /// `db_connection_time_seconds` when collected (see
+    /// [`DbMetrics::acquired_at_once`]).
+    at_once: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Live databases, read at collection time.
     sources: Mutex<Vec<Weak<dyn PoolSource>>>,
 }
@@ -188,6 +199,13 @@ fn families() -> &'static Families {
             bulk_time: histogram("bulk_operation_time_seconds", "Time spent on bulk operations.", db_op),
             bulk_rows: counter("bulk_operation_rows_total", "Rows affected by bulk operations.", db_op),
             bulk_executions: counter("bulk_operation_executions_total", "Bulk operations run.", db_op),
+            cache_hits: counter("query_cache_hits_total", "Cached queries answered from the query cache.", db),
+            cache_misses: counter("query_cache_misses_total", "Cached queries that ran on the server (not cached, or expired).", db),
+            cache_evictions: counter(
+                "query_cache_evictions_total",
+                "Query cache entries dropped to stay within its entry and byte bounds.",
+                db,
+            ),
             tx_active: gauge("db_transactions_active", "Transactions open now."),
             tx_commits: counter("db_transaction_commits_total", "Transactions committed.", db),
             tx_rollbacks: counter("db_transaction_rollbacks_total", "Transactions rolled back.", db),
@@ -209,6 +227,7 @@ fn families() -> &'static Families {
                 "Connections opened, by host of a host list and its role (primary or replica).",
                 &["database", "host", "role"],
             ),
+            at_once: Mutex::new(HashMap::new()),
             sources: Mutex::new(Vec::new()),
         }
     })
@@ -246,6 +265,9 @@ impl Families {
             &self.bulk_time,
             &self.bulk_rows,
             &self.bulk_executions,
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.cache_evictions,
             &self.tx_active,
             &self.tx_commits,
             &self.tx_rollbacks,
@@ -302,7 +324,144 @@ impl Collector for DbCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let f = families();
         f.refresh();
-        f.all().into_iter().flat_map(|c| c.collect()).collect()
+        let mut out: Vec<MetricFamily> = f.all().into_iter().flat_map(|c| c.collect()).collect();
+        derive_from_query_time(&mut out);
+        add_instant_acquisitions(&f.at_once, &mut out);
+        out
+    }
+}
+
+/// Puts the acquisitions of 0 s (a count per database since the start) in
+/// `db_connection_time_seconds`: in every bucket and the sample count, as
+/// `observe(0.0)` would have.
+fn add_instant_acquisitions(
+    at_once: &Mutex<HashMap<String, Arc<AtomicU64>>>,
+    out: &mut [MetricFamily],
+) {
+    let counts = at_once.lock();
+    let Some(family) = out
+        .iter_mut()
+        .find(|m| m.name() == "db_connection_time_seconds")
+    else {
+        return;
+    };
+    for m in family.mut_metric() {
+        let db = m
+            .get_label()
+            .iter()
+            .find(|l| l.name() == "database")
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default();
+        let n = counts.get(&db).map_or(0, |n| n.load(Ordering::Relaxed));
+        if n == 0 {
+            continue;
+        }
+        let mut h = m.get_histogram().clone();
+        h.set_sample_count(h.get_sample_count() + n);
+        let buckets = h
+            .get_bucket()
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                b.set_cumulative_count(b.cumulative_count() + n);
+                b
+            })
+            .collect();
+        h.set_bucket(buckets);
+        m.set_histogram(h);
+    }
+}
+
+/// The families that follow from `db_query_time_seconds`, filled in at
+/// collection time so that a statement records one histogram, not two
+/// histograms and two counters: `db_query_count_total` is each series'
+/// sample count, and the prepared-statement families are the `query` and
+/// `execute` series (the statements with parameters, run prepared) merged
+/// per database. Exact at every scrape, as if counted one by one.
+fn derive_from_query_time(out: &mut [MetricFamily]) {
+    use prometheus::proto::{Bucket, Counter, Histogram as ProtoHistogram, LabelPair, Metric};
+    let Some(times) = out.iter().find(|m| m.name() == "db_query_time_seconds") else {
+        return;
+    };
+    let label = |m: &Metric, name: &str| -> String {
+        m.get_label()
+            .iter()
+            .find(|l| l.name() == name)
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default()
+    };
+    let counter = |labels: Vec<LabelPair>, n: u64| {
+        let mut c = Counter::default();
+        c.set_value(n as f64);
+        let mut m = Metric::from_label(labels);
+        m.set_counter(c);
+        m
+    };
+    let counts: Vec<Metric> = times
+        .get_metric()
+        .iter()
+        .map(|m| counter(m.get_label().to_vec(), m.get_histogram().get_sample_count()))
+        .collect();
+    // Per database: (count, sum, cumulative bucket counts) of query + execute.
+    let mut prepared: Vec<(String, u64, f64, Vec<Bucket>)> = Vec::new();
+    for m in times.get_metric() {
+        if !matches!(label(m, "operation").as_str(), "query" | "execute") {
+            continue;
+        }
+        let db = label(m, "database");
+        let h = m.get_histogram();
+        let at = match prepared.iter().position(|p| p.0 == db) {
+            Some(i) => i,
+            None => {
+                let zero = h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| {
+                        let mut z = Bucket::default();
+                        z.set_upper_bound(b.upper_bound());
+                        z
+                    })
+                    .collect();
+                prepared.push((db, 0, 0.0, zero));
+                prepared.len() - 1
+            }
+        };
+        let p = &mut prepared[at];
+        p.1 += h.get_sample_count();
+        p.2 += h.get_sample_sum();
+        for (sum, b) in p.3.iter_mut().zip(h.get_bucket()) {
+            sum.set_cumulative_count(sum.cumulative_count() + b.cumulative_count());
+        }
+    }
+    let db_label = |db: &str| {
+        let mut l = LabelPair::default();
+        l.set_name("database".to_owned());
+        l.set_value(db.to_owned());
+        vec![l]
+    };
+    let prepared_counts: Vec<Metric> = prepared
+        .iter()
+        .map(|(db, n, _, _)| counter(db_label(db), *n))
+        .collect();
+    let prepared_times: Vec<Metric> = prepared
+        .into_iter()
+        .map(|(db, n, sum, buckets)| {
+            let mut h = ProtoHistogram::default();
+            h.set_sample_count(n);
+            h.set_sample_sum(sum);
+            h.set_bucket(buckets);
+            let mut m = Metric::from_label(db_label(&db));
+            m.set_histogram(h);
+            m
+        })
+        .collect();
+    for family in out.iter_mut() {
+        match family.name() {
+            "db_query_count_total" => family.set_metric(counts.clone()),
+            "prepared_stmt_executions_total" => family.set_metric(prepared_counts.clone()),
+            "prepared_stmt_execution_time_seconds" => family.set_metric(prepared_times.clone()),
+            _ => {}
+        }
     }
 }
 
@@ -564,16 +723,17 @@ pub fn serve(addr: impl std::net::ToSocketAddrs) -> Result<MetricsServer> {
 pub(crate) struct DbMetrics {
     database: Box<str>,
     on: bool,
-    query_time: [Histogram; 8],
-    query_count: [IntCounter; 8],
+    query_time: [Histogram; OPERATIONS.len()],
     slow_queries: IntCounter,
     deadlocks: IntCounter,
     connection_errors: IntCounter,
     query_timeouts: IntCounter,
     cancellations: IntCounter,
-    stmt_exec_time: Histogram,
-    stmt_executions: IntCounter,
     connection_time: Histogram,
+    /// Acquisitions of 0 s since the start, added to `connection_time` when
+    /// collected (shared by the managers of one database name, as the
+    /// labelled series is).
+    at_once: Arc<AtomicU64>,
     pool_timeouts: IntCounter,
     connections_created: IntCounter,
     connections_closed: IntCounter,
@@ -588,6 +748,9 @@ pub(crate) struct DbMetrics {
     bulk_time: [Histogram; 4],
     bulk_rows: [IntCounter; 4],
     bulk_executions: [IntCounter; 4],
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    cache_evictions: IntCounter,
 }
 
 impl DbMetrics {
@@ -599,19 +762,17 @@ impl DbMetrics {
         let opc = |v: &IntCounterVec, i: usize| v.with_label_values(&[database, OPERATIONS[i]]);
         // Exposed at zero, like the other families.
         f.replica_fallbacks.with_label_values(&l);
-        DbMetrics {
+        let m = DbMetrics {
             database: database.into(),
             on,
             query_time: std::array::from_fn(|i| op(&f.query_time, i)),
-            query_count: std::array::from_fn(|i| opc(&f.query_count, i)),
             slow_queries: f.slow_queries.with_label_values(&l),
             deadlocks: f.deadlocks.with_label_values(&l),
             connection_errors: f.connection_errors.with_label_values(&l),
             query_timeouts: f.query_timeouts.with_label_values(&l),
             cancellations: f.cancellations.with_label_values(&l),
-            stmt_exec_time: f.stmt_exec_time.with_label_values(&l),
-            stmt_executions: f.stmt_executions.with_label_values(&l),
             connection_time: f.connection_time.with_label_values(&l),
+            at_once: Arc::clone(f.at_once.lock().entry(database.to_owned()).or_default()),
             pool_timeouts: f.pool_timeouts.with_label_values(&l),
             connections_created: f.connections_created.with_label_values(&l),
             connections_closed: f.connections_closed.with_label_values(&l),
@@ -628,7 +789,18 @@ impl DbMetrics {
             bulk_rows: BULK_OPERATIONS.map(|o| f.bulk_rows.with_label_values(&[database, o])),
             bulk_executions: BULK_OPERATIONS
                 .map(|o| f.bulk_executions.with_label_values(&[database, o])),
+            cache_hits: f.cache_hits.with_label_values(&l),
+            cache_misses: f.cache_misses.with_label_values(&l),
+            cache_evictions: f.cache_evictions.with_label_values(&l),
+        };
+        // Derived at collection time from the query time histogram; made
+        // here so that the families list each database (at zero) anyway.
+        for i in 0..OPERATIONS.len() {
+            opc(&f.query_count, i);
         }
+        f.stmt_exec_time.with_label_values(&l);
+        f.stmt_executions.with_label_values(&l);
+        m
     }
 
     /// Adds a live database whose pool gauges are read at collection time.
@@ -636,18 +808,13 @@ impl DbMetrics {
         families().sources.lock().push(source);
     }
 
-    /// A statement ended: `op` indexes [`OPERATIONS`].
+    /// A statement ended: `op` indexes [`OPERATIONS`]. One histogram
+    /// records it; the statement counts and the prepared-statement families
+    /// are derived from it when collected ([`derive_from_query_time`]).
     #[inline]
-    pub(crate) fn statement(&self, op: usize, elapsed: Duration, prepared: bool) {
-        if !self.on {
-            return;
-        }
-        let secs = elapsed.as_secs_f64();
-        self.query_time[op].observe(secs);
-        self.query_count[op].inc();
-        if prepared {
-            self.stmt_exec_time.observe(secs);
-            self.stmt_executions.inc();
+    pub(crate) fn statement(&self, op: usize, elapsed: Duration) {
+        if self.on {
+            self.query_time[op].observe(elapsed.as_secs_f64());
         }
     }
 
@@ -716,6 +883,16 @@ impl DbMetrics {
         }
     }
 
+    /// A connection was taken at once (idle in the pool, no ping): an
+    /// acquisition of 0 s, counted with one atomic add and put in the
+    /// histogram when collected ([`add_instant_acquisitions`]).
+    #[inline]
+    pub(crate) fn acquired_at_once(&self) {
+        if self.on {
+            self.at_once.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn acquired(&self, elapsed: Duration) {
         if self.on {
             self.connection_time.observe(elapsed.as_secs_f64());
@@ -770,6 +947,25 @@ impl DbMetrics {
         }
     }
 
+    /// A cached query was answered from the query cache (`hit`) or ran on
+    /// the server.
+    pub(crate) fn cache_lookup(&self, hit: bool) {
+        if self.on {
+            if hit {
+                self.cache_hits.inc();
+            } else {
+                self.cache_misses.inc();
+            }
+        }
+    }
+
+    /// `n` query cache entries were dropped to stay within its bounds.
+    pub(crate) fn cache_evicted(&self, n: u64) {
+        if self.on && n > 0 {
+            self.cache_evictions.inc_by(n);
+        }
+    }
+
     /// A transaction ended (committed or not) after `lasted`.
     pub(crate) fn transaction_ended(&self, committed: bool, lasted: Duration) {
         if !self.on {
@@ -792,7 +988,7 @@ mod tests {
     #[test]
     fn families_register_once_per_registry_and_encode() -> Result<()> {
         let m = DbMetrics::new("unit_db", true);
-        m.statement(0, Duration::from_millis(3), true);
+        m.statement(0, Duration::from_millis(3));
         let text = metrics_text();
         assert!(
             text.contains("db_query_count_total{database=\"unit_db\",operation=\"query\"} 1"),
@@ -813,9 +1009,34 @@ mod tests {
     }
 
     #[test]
+    fn derived_families_count_as_if_recorded_one_by_one() {
+        let m = DbMetrics::new("unit_db_derived", true);
+        m.statement(0, Duration::from_millis(3));
+        m.statement(1, Duration::from_millis(2));
+        m.statement(2, Duration::from_millis(1));
+        for _ in 0..3 {
+            m.acquired_at_once();
+        }
+        m.acquired(Duration::from_millis(20));
+        let text = metrics_text();
+        for line in [
+            "db_query_count_total{database=\"unit_db_derived\",operation=\"execute\"} 1",
+            "db_query_count_total{database=\"unit_db_derived\",operation=\"batch\"} 1",
+            "prepared_stmt_executions_total{database=\"unit_db_derived\"} 2",
+            "prepared_stmt_execution_time_seconds_count{database=\"unit_db_derived\"} 2",
+            "prepared_stmt_execution_time_seconds_bucket{database=\"unit_db_derived\",le=\"0.0025\"} 1",
+            "db_connection_time_seconds_count{database=\"unit_db_derived\"} 4",
+            "db_connection_time_seconds_bucket{database=\"unit_db_derived\",le=\"0.0005\"} 3",
+            "db_connection_time_seconds_bucket{database=\"unit_db_derived\",le=\"+Inf\"} 4",
+        ] {
+            assert!(text.contains(line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
     fn metrics_off_records_nothing() {
         let m = DbMetrics::new("unit_db_off", false);
-        m.statement(1, Duration::from_millis(3), true);
+        m.statement(1, Duration::from_millis(3));
         m.failure(ErrorKind::QueryTimeout);
         let text = metrics_text();
         assert!(

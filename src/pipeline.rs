@@ -31,10 +31,11 @@
 //! safely repeat a whole operation wrap it there; it never sits inside a
 //! transaction.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::Location;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -210,6 +211,10 @@ pub(crate) struct Shared {
     /// The replicas' replay lag in seconds as last measured, and when
     /// (`None` inside: could not be measured).
     pub(crate) replica_lag: Mutex<Option<(Instant, Option<f64>)>>,
+    /// State a service above the pipeline keeps per database (the query
+    /// cache), made on first use. Opaque here: the pipeline knows nothing
+    /// of what is in it.
+    pub(crate) service_state: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl Shared {
@@ -234,6 +239,7 @@ impl Shared {
             serving,
             replica: std::sync::OnceLock::new(),
             replica_lag: Mutex::new(None),
+            service_state: OnceLock::new(),
             config,
         }))
     }
@@ -289,9 +295,12 @@ impl Shared {
     pub(crate) fn try_checkout(&self, site: &'static Location<'static>) -> Result<Option<Pooled>> {
         self.check_context()?;
         self.admit()?;
-        let conn = self.pool()?.try_get(site).map(|(conn, _)| conn);
+        let conn = self
+            .pool()?
+            .try_get(Instant::now(), site)
+            .map(|(conn, _)| conn);
         if conn.is_some() {
-            self.metrics.acquired(Duration::ZERO);
+            self.metrics.acquired_at_once();
         }
         Ok(conn)
     }
@@ -334,6 +343,22 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Pooled> {
         let start = Instant::now();
+        // An idle connection at once, under the read lock (no reference
+        // count to take); else wait on a pool of its own, so that a waiter
+        // never holds up `close`. Taken at once, it is timed by that one
+        // clock read: 0 s (a ping of a connection idle for long is timed).
+        let now = match &*self.pool.read() {
+            Some(pool) => pool.try_get(start, site),
+            None => return Err(Error::closed().on_database(self.name())),
+        };
+        if let Some((c, now)) = now {
+            if now == start {
+                self.metrics.acquired_at_once();
+            } else {
+                self.metrics.acquired(now.saturating_duration_since(start));
+            }
+            return Ok(c);
+        }
         match self.pool()?.get(start, timeout, site) {
             Ok((c, now)) => {
                 self.metrics.acquired(now.saturating_duration_since(start));
@@ -563,8 +588,7 @@ impl Shared {
         failure: Option<ErrorKind>,
         fired: bool,
     ) {
-        self.metrics
-            .statement(op as usize, elapsed, matches!(op, Op::Query | Op::Execute));
+        self.metrics.statement(op as usize, elapsed);
         if let Some(kind) = failure {
             self.metrics.failure(kind);
         }
@@ -665,9 +689,6 @@ impl Shared {
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
         self.refuse_writes(op, sql)?;
-        // Anything but a plain read on a connection of its own may change
-        // the session: the pool resets it before its next borrower.
-        let dirties = changes_session(op, sql);
         let mut owned;
         let conn = match conn {
             Some(c) => {
@@ -681,8 +702,18 @@ impl Shared {
         };
         let prepared = self.prepare(op, sql, params)?;
         let native = prepared.native(sql);
-        let budget = self.budget(limit, Instant::now())?;
-        Pool::note(conn, native, op.transaction_effect());
+        // One clock read starts the budget and the statement's time.
+        let start = Instant::now();
+        let budget = self.budget(limit, start)?;
+        // Anything but a plain read on a connection of its own may change
+        // the session: the pool resets it before its next borrower. The
+        // same statement as the connection's last one is not read again.
+        let same = Pool::note(conn, native, op.transaction_effect());
+        let dirties = match conn.memo {
+            Some((last, dirties)) if same && last == op as u8 => dirties,
+            _ => changes_session(op, sql),
+        };
+        conn.memo = Some((op as u8, dirties));
         conn.dirty |= dirties;
 
         let span = tracing::debug_span!(
@@ -691,11 +722,11 @@ impl Shared {
             operation = op.name(),
         );
         let _entered = span.enter();
-        let start = Instant::now();
         let (result, fired) =
             self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;
-        let result = self.settle(conn, result, fired, limit, &budget);
-        self.account(conn, op, native, start, &result, fired);
+        let end = Instant::now();
+        let result = self.settle(conn, result, fired, limit, &budget, end);
+        self.account(conn, op, native, (start, end), &result, fired);
         // Settled and accounted for: only now is the connection's state
         // known (a panic before this line leaves it marked, and discarded).
         conn.running = false;
@@ -757,7 +788,7 @@ impl Shared {
             }),
         };
         let fired = armed.map_or(Fired::No, Armed::disarm);
-        let result = self.settle(conn, result, fired, limit, &budget);
+        let result = self.settle(conn, result, fired, limit, &budget, Instant::now());
         conn.running = false;
         let result = match (result, value) {
             (Ok(_), Some(v)) => Ok(v),
@@ -882,8 +913,8 @@ impl Shared {
         fired: Fired,
         limit: Limit,
         budget: &Budget,
+        end: Instant,
     ) -> Result<Outcome> {
-        let end = Instant::now();
         Pool::touch(conn, end);
         let closed = conn.backend.is_closed();
         let reusable = match (&result, fired) {
@@ -945,11 +976,11 @@ impl Shared {
         conn: &mut Pooled,
         op: Op,
         native: &str,
-        start: Instant,
+        (start, end): (Instant, Instant),
         result: &Result<Outcome>,
         fired: Fired,
     ) {
-        let elapsed = start.elapsed();
+        let elapsed = end.saturating_duration_since(start);
         match (op, result) {
             (Op::Begin, Ok(_)) => {
                 conn.tx_started = Some(start);

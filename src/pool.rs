@@ -22,9 +22,11 @@
 //!   reported once by the watchdog thread's sweep, and a checkout that times
 //!   out lists every holder in its error, so the user sees who holds the pool.
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -67,49 +69,167 @@ pub(crate) struct Conn {
     /// plain read, every statement on a held connection or in a
     /// transaction): the session is reset before anyone else gets it.
     pub(crate) dirty: bool,
-    holder: Arc<Mutex<Holder>>,
+    /// What the pipeline learnt of the text of the last statement run here
+    /// (its operation's number and whether it may change the session), for
+    /// the same statement again.
+    pub(crate) memo: Option<(u8, bool)>,
+    holder: Arc<Holder>,
 }
 
 /// Who holds a connection, for leak reports and pool forensics.
-#[derive(Default)]
+///
+/// The checkout itself (when, where, by which thread) is a few atomics,
+/// written with plain stores on every checkout and return: no lock and no
+/// reference count on the hot path. The statement detail sits behind a
+/// lock taken once per statement. A report read while the connection
+/// changes hands may mix the two holders' fields; it is a report, and a
+/// leak is by definition not changing hands.
 struct Holder {
-    checkout: Option<Checkout>,
+    /// When it was checked out, in nanoseconds since `epoch`, plus one;
+    /// 0 while it is in the pool.
+    since: AtomicU64,
+    /// Where it was checked out: an index into [`sites`].
+    site: AtomicU32,
+    /// The thread that checked it out: its number in [`threads`].
+    thread: AtomicU64,
+    /// No statement ran since the checkout: `detail` is an earlier holder's.
+    fresh: AtomicBool,
+    leak_reported: AtomicBool,
+    detail: Mutex<Detail>,
+}
+
+#[derive(Default)]
+struct Detail {
     /// The start of the last statement as run (literals and all): only
     /// ever shown normalised, by [`Holder::report`].
     last_sql: String,
     /// `last_sql` is a prefix of a longer statement.
     last_sql_cut: bool,
     in_transaction: bool,
-    leak_reported: bool,
-}
-
-struct Checkout {
-    at: Instant,
-    site: &'static Location<'static>,
-    thread: std::thread::Thread,
 }
 
 impl Holder {
+    fn new() -> Holder {
+        Holder {
+            since: AtomicU64::new(0),
+            site: AtomicU32::new(0),
+            thread: AtomicU64::new(0),
+            fresh: AtomicBool::new(true),
+            leak_reported: AtomicBool::new(false),
+            detail: Mutex::new(Detail::default()),
+        }
+    }
+
+    /// When it was checked out, if it is.
+    fn since(&self, epoch: Instant) -> Option<Instant> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+
     /// Who holds the connection, its last statement normalised as in the
     /// slow-query log (literals as `?`): a statement may carry a secret in
     /// its text (`ALTER ROLE x PASSWORD '…'`).
-    fn report(&self, now: Instant, dialect: Dialect) -> Option<ConnectionHolder> {
-        let c = self.checkout.as_ref()?;
-        let last_sql = (!self.last_sql.is_empty()).then(|| {
-            let mut sql = crate::sql::normalise(&self.last_sql, dialect, LAST_SQL_CHARS);
-            if self.last_sql_cut && !sql.ends_with('…') {
-                sql.push('…');
-            }
-            sql
-        });
+    fn report(&self, epoch: Instant, now: Instant, dialect: Dialect) -> Option<ConnectionHolder> {
+        let at = self.since(epoch)?;
+        let site = site_of(self.site.load(Ordering::Relaxed));
+        let thread = thread_name(self.thread.load(Ordering::Relaxed));
+        let (last_sql, in_transaction) = if self.fresh.load(Ordering::Relaxed) {
+            (None, false)
+        } else {
+            let d = self.detail.lock();
+            let last_sql = (!d.last_sql.is_empty()).then(|| {
+                let mut sql = crate::sql::normalise(&d.last_sql, dialect, LAST_SQL_CHARS);
+                if d.last_sql_cut && !sql.ends_with('…') {
+                    sql.push('…');
+                }
+                sql
+            });
+            (last_sql, d.in_transaction)
+        };
         Some(ConnectionHolder {
-            held_for_ms: now.saturating_duration_since(c.at).as_millis() as u64,
-            checked_out_at: c.site.to_string(),
-            thread: c.thread.name().map(str::to_owned),
+            held_for_ms: now.saturating_duration_since(at).as_millis() as u64,
+            checked_out_at: site.map_or_else(|| "<unknown>".to_owned(), ToString::to_string),
+            thread,
             last_sql,
-            in_transaction: self.in_transaction,
+            in_transaction,
         })
     }
+}
+
+/// Every checkout site seen, once each (a site is a place in the code, so
+/// the list is as long as the program has places that check out).
+fn sites() -> &'static Mutex<Vec<&'static Location<'static>>> {
+    static SITES: Mutex<Vec<&'static Location<'static>>> = Mutex::new(Vec::new());
+    &SITES
+}
+
+/// The number of a checkout site: from this thread's last one when it is
+/// the same (the common case: a loop), else from [`sites`].
+fn site_number(site: &'static Location<'static>) -> u32 {
+    thread_local! {
+        static LAST: Cell<Option<(&'static Location<'static>, u32)>> = const { Cell::new(None) };
+    }
+    LAST.with(|last| {
+        if let Some((seen, n)) = last.get() {
+            if std::ptr::eq(seen, site) {
+                return n;
+            }
+        }
+        let mut all = sites().lock();
+        let n = match all
+            .iter()
+            .position(|s| std::ptr::eq(*s, site) || *s == site)
+        {
+            Some(i) => i,
+            None => {
+                all.push(site);
+                all.len() - 1
+            }
+        };
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        last.set(Some((site, n)));
+        n
+    })
+}
+
+fn site_of(n: u32) -> Option<&'static Location<'static>> {
+    sites().lock().get(n as usize).copied()
+}
+
+/// Threads that checked out a connection and still run, by number, for
+/// their names in reports.
+fn threads() -> &'static Mutex<HashMap<u64, std::thread::Thread>> {
+    static THREADS: OnceLock<Mutex<HashMap<u64, std::thread::Thread>>> = OnceLock::new();
+    THREADS.get_or_init(Default::default)
+}
+
+/// This thread's entry in [`threads`], removed when the thread ends.
+struct ThreadEntry(u64);
+
+impl Drop for ThreadEntry {
+    fn drop(&mut self) {
+        threads().lock().remove(&self.0);
+    }
+}
+
+/// This thread's number; the first call on a thread registers it.
+fn thread_number() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static ME: ThreadEntry = {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            threads().lock().insert(n, std::thread::current());
+            ThreadEntry(n)
+        };
+    }
+    // A thread being torn down has no number (and no report needs one).
+    ME.try_with(|e| e.0).unwrap_or(0)
+}
+
+fn thread_name(n: u64) -> Option<String> {
+    threads().lock().get(&n)?.name().map(str::to_owned)
 }
 
 impl Drop for Conn {
@@ -140,7 +260,9 @@ pub(crate) struct Counters {
     /// Connections held past the leak threshold, reported since the start.
     pub(crate) leaks: AtomicU64,
     /// Every open connection's holder record.
-    holders: Mutex<Vec<Weak<Mutex<Holder>>>>,
+    holders: Mutex<Vec<Weak<Holder>>>,
+    /// The instant the holders' checkout times count from.
+    epoch: Instant,
     /// The backend's dialect, to normalise the holders' last SQL.
     dialect: Dialect,
     /// The latest connection failure, for waiters to return at once.
@@ -154,7 +276,7 @@ pub(crate) struct Counters {
 
 impl Counters {
     /// The holder record of every open connection.
-    fn live_holders(&self) -> Vec<Arc<Mutex<Holder>>> {
+    fn live_holders(&self) -> Vec<Arc<Holder>> {
         self.holders
             .lock()
             .iter()
@@ -181,7 +303,7 @@ impl r2d2::ManageConnection for Manager {
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.counters.open.fetch_add(1, Ordering::Relaxed);
         self.counters.metrics.connection_created();
-        let holder = Arc::new(Mutex::new(Holder::default()));
+        let holder = Arc::new(Holder::new());
         {
             let mut all = self.counters.holders.lock();
             all.retain(|h| h.strong_count() > 0);
@@ -200,6 +322,7 @@ impl r2d2::ManageConnection for Manager {
             server_timeout: Some(None),
             tx_started: None,
             dirty: false,
+            memo: None,
             holder,
         })
     }
@@ -215,11 +338,7 @@ impl r2d2::ManageConnection for Manager {
     /// locks while the connection sits idle); one whose reset failed or
     /// that cannot be reset is closed.
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        {
-            let mut h = conn.holder.lock();
-            h.checkout = None;
-            h.in_transaction = false;
-        }
+        conn.holder.since.store(0, Ordering::Release);
         if conn.broken || conn.running || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -341,16 +460,14 @@ struct LeakWatch {
 
 impl Sweep for LeakWatch {
     fn sweep(&self, now: Instant) {
+        let epoch = self.counters.epoch;
         for h in self.counters.live_holders() {
-            let mut h = h.lock();
             let overdue = h
-                .checkout
-                .as_ref()
-                .is_some_and(|c| now.saturating_duration_since(c.at) >= self.threshold);
-            if overdue && !h.leak_reported {
-                h.leak_reported = true;
+                .since(epoch)
+                .is_some_and(|at| now.saturating_duration_since(at) >= self.threshold);
+            if overdue && !h.leak_reported.swap(true, Ordering::Relaxed) {
                 self.counters.leaks.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = h.report(now, self.counters.dialect) {
+                if let Some(r) = h.report(epoch, now, self.counters.dialect) {
                     tracing::warn!(
                         database = %self.database,
                         held_for_ms = r.held_for_ms,
@@ -384,6 +501,7 @@ impl Pool {
             created: AtomicU64::new(0),
             leaks: AtomicU64::new(0),
             holders: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
             dialect: connector.dialect(),
             last_connect_error: Mutex::new(None),
             suspect_before: Mutex::new(None),
@@ -453,22 +571,25 @@ impl Pool {
         site: &'static Location<'static>,
     ) -> Result<(Pooled, Instant)> {
         let (conn, now) = self.get_conn(start, timeout)?;
-        Self::hold(&conn, now, site);
+        self.hold(&conn, now, site);
         Ok((conn, now))
     }
 
-    /// Records who holds a connection just handed out.
-    fn hold(conn: &Pooled, now: Instant, site: &'static Location<'static>) {
-        let mut h = conn.holder.lock();
-        h.checkout = Some(Checkout {
-            at: now,
-            site,
-            thread: std::thread::current(),
-        });
-        h.last_sql.clear();
-        h.last_sql_cut = false;
-        h.in_transaction = false;
-        h.leak_reported = false;
+    /// Records who holds a connection just handed out: plain stores, no
+    /// lock (the time is stored last, and read first by a report).
+    fn hold(&self, conn: &Pooled, now: Instant, site: &'static Location<'static>) {
+        let h = &conn.holder;
+        h.site.store(site_number(site), Ordering::Relaxed);
+        h.thread.store(thread_number(), Ordering::Relaxed);
+        h.fresh.store(true, Ordering::Relaxed);
+        h.leak_reported.store(false, Ordering::Relaxed);
+        let since = now
+            .saturating_duration_since(self.counters.epoch)
+            .as_nanos();
+        h.since.store(
+            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Release,
+        );
     }
 
     fn get_conn(&self, start: Instant, timeout: Option<Duration>) -> Result<(Pooled, Instant)> {
@@ -479,7 +600,7 @@ impl Pool {
                 Some(c) => c,
                 None => self.wait(deadline, timeout)?,
             };
-            match self.vet(conn) {
+            match self.vet(conn, Instant::now()) {
                 Some(ready) => return Ok(ready),
                 None if Instant::now() >= deadline => return Err(self.timed_out(timeout)),
                 None => {}
@@ -489,9 +610,15 @@ impl Pool {
 
     /// An idle connection if one is free now, without waiting and without
     /// opening one; `None` otherwise.
-    pub(crate) fn try_get(&self, site: &'static Location<'static>) -> Option<(Pooled, Instant)> {
-        let (conn, now) = self.vet(self.inner.try_get()?)?;
-        Self::hold(&conn, now, site);
+    /// `now` is the clock read the caller already made (a connection that
+    /// needs no ping is vetted and recorded as taken then).
+    pub(crate) fn try_get(
+        &self,
+        now: Instant,
+        site: &'static Location<'static>,
+    ) -> Option<(Pooled, Instant)> {
+        let (conn, now) = self.vet(self.inner.try_get()?, now)?;
+        self.hold(&conn, now, site);
         Some((conn, now))
     }
 
@@ -499,8 +626,7 @@ impl Pool {
     /// past its lifetime is closed (r2d2 reaps old connections only every
     /// 30 s), one that sat idle long enough or may have been lost is pinged.
     /// `None` when it was not fit.
-    fn vet(&self, mut conn: Pooled) -> Option<(Pooled, Instant)> {
-        let now = Instant::now();
+    fn vet(&self, mut conn: Pooled, now: Instant) -> Option<(Pooled, Instant)> {
         if self
             .max_lifetime
             .is_some_and(|l| now.saturating_duration_since(conn.born) >= l)
@@ -600,7 +726,7 @@ impl Pool {
         let all = self.counters.live_holders();
         let mut out: Vec<ConnectionHolder> = all
             .iter()
-            .filter_map(|h| h.lock().report(now, self.counters.dialect))
+            .filter_map(|h| h.report(self.counters.epoch, now, self.counters.dialect))
             .collect();
         out.sort_by_key(|h| std::cmp::Reverse(h.held_for_ms));
         out
@@ -616,20 +742,39 @@ impl Pool {
     }
 
     /// Records the statement a connection is about to run.
-    pub(crate) fn note(conn: &mut Conn, sql: &str, transaction: Option<bool>) {
-        let mut h = conn.holder.lock();
+    /// Returns whether it is the statement the connection ran last (the
+    /// same text), so that what was learnt of that one may be reused.
+    pub(crate) fn note(conn: &mut Conn, sql: &str, transaction: Option<bool>) -> bool {
+        let holder = &conn.holder;
+        let fresh = holder.fresh.load(Ordering::Relaxed);
+        let mut h = holder.detail.lock();
+        if fresh {
+            h.in_transaction = false;
+        }
+        let mut same = false;
         if !sql.is_empty() {
-            h.last_sql.clear();
             let end = sql
                 .char_indices()
                 .nth(LAST_SQL_CHARS)
                 .map_or(sql.len(), |(i, _)| i);
-            h.last_sql.push_str(sql[..end].trim());
-            h.last_sql_cut = end < sql.len();
+            let kept = sql[..end].trim();
+            let cut = end < sql.len();
+            // The same statement again (a loop): nothing to copy.
+            same = !cut && !h.last_sql_cut && h.last_sql == kept && kept.len() == sql.len();
+            if !same {
+                h.last_sql.clear();
+                h.last_sql.push_str(kept);
+                h.last_sql_cut = cut;
+            }
         }
         if let Some(t) = transaction {
             h.in_transaction = t;
         }
+        drop(h);
+        if fresh {
+            holder.fresh.store(false, Ordering::Relaxed);
+        }
+        same
     }
 
     /// Marks a connection as used at `at` (the end of a statement).

@@ -8,11 +8,13 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cache::{self, QueryOptions};
 use crate::config::MAX_QUERY_TIMEOUT;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Outcome, Shared};
 use crate::pool::Pooled;
 use crate::resilience::RetryPolicy;
+use crate::sql::Tables;
 use crate::value::{Params, Row, Value};
 
 pub(crate) fn outcome_rows(o: Outcome) -> Vec<Row> {
@@ -131,6 +133,21 @@ macro_rules! statement_methods {
             $s.run($crate::pipeline::Op::Query, sql, params.into_params(), $crate::pipeline::Limit::custom(Some(timeout))).map($crate::session::outcome_rows)
         }
 
+        /// Runs a query with [`QueryOptions`](crate::QueryOptions): a timeout
+        /// of its own and, through a [`DatabaseManager`](crate::DatabaseManager)
+        /// only, the query result cache.
+        ///
+        /// # Errors
+        ///
+        /// [`Parameter`](crate::ErrorKind::Parameter) when the options ask
+        /// for the cache inside a transaction or on a held connection, or
+        /// for a statement that may write; otherwise as
+        /// [`execute_query_with_timeout`](Self::execute_query_with_timeout).
+        #[track_caller]
+        pub fn query_with($($recv)+, sql: &str, params: impl $crate::value::IntoParams, options: &$crate::cache::QueryOptions) -> $crate::error::Result<Vec<$crate::value::Row>> {
+            $s.run_with(sql, params.into_params(), options)
+        }
+
         /// Runs a statement and returns the number of rows it affected.
         ///
         /// # Errors
@@ -235,8 +252,23 @@ impl PooledConnection {
 
     #[track_caller]
     fn run(&mut self, op: Op, sql: &str, params: Params, limit: Limit) -> Result<Outcome> {
-        self.shared
-            .run(Some(&mut self.conn), op, sql, params, limit.or(self.limit))
+        let result = self
+            .shared
+            .run(Some(&mut self.conn), op, sql, params, limit.or(self.limit));
+        // A held connection may be inside a transaction begun by hand: its
+        // writes drop cached reads at once, and its `COMMIT` (text the
+        // cache cannot place) drops them all.
+        cache::after_statement(&self.shared, op, sql);
+        result
+    }
+
+    /// A query with options; never from the cache (a held connection may be
+    /// inside a transaction begun by hand).
+    #[track_caller]
+    fn run_with(&mut self, sql: &str, params: Params, options: &QueryOptions) -> Result<Vec<Row>> {
+        options.refuse_cache(&self.shared, "on a held connection")?;
+        self.run(Op::Query, sql, params, options.limit())
+            .map(outcome_rows)
     }
 
     statement_methods!(&mut self);
@@ -366,6 +398,10 @@ pub struct Transaction<'a> {
     /// takes its transaction with it). Such a transaction is never
     /// committed: later statements would have run outside it.
     ended: Option<Error>,
+    /// The tables its statements may have changed, whose cached reads go
+    /// when it commits (`None` while it wrote nothing or the database has
+    /// no query cache).
+    written: Option<Tables>,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -393,6 +429,7 @@ impl<'a> Transaction<'a> {
             timed_out: false,
             transient: None,
             ended: None,
+            written: None,
         })
     }
 
@@ -417,6 +454,7 @@ impl<'a> Transaction<'a> {
             ));
         }
         let limit = limit.or(self.limit).within(self.deadline);
+        cache::note_write(&self.shared, op, sql, &mut self.written);
         match self
             .shared
             .run(Some(self.conn.get()), op, sql, params, limit)
@@ -457,6 +495,8 @@ impl<'a> Transaction<'a> {
         let result = self
             .run(Op::Commit, "", Params::None, Limit::DEFAULT)
             .map(drop);
+        // Even a failed commit may have committed (a lost connection).
+        cache::after_commit(&self.shared, self.written.take());
         if result.is_err() {
             let _ = self.rollback_now();
         }
@@ -479,6 +519,15 @@ impl<'a> Transaction<'a> {
             Ok(()) => e.with_hint("the transaction was rolled back"),
             Err(_) => e.with_hint("the transaction was abandoned and its connection discarded"),
         }
+    }
+
+    /// A query with options; never from the cache (a transaction's reads
+    /// may see its own uncommitted writes).
+    #[track_caller]
+    fn run_with(&mut self, sql: &str, params: Params, options: &QueryOptions) -> Result<Vec<Row>> {
+        options.refuse_cache(&self.shared, "inside a transaction")?;
+        self.run(Op::Query, sql, params, options.limit())
+            .map(outcome_rows)
     }
 
     statement_methods!(&mut self);

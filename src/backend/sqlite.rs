@@ -148,9 +148,10 @@ struct SqliteConnection {
     /// is open.
     cursor: Option<Cursor>,
     conn: rusqlite::Connection,
-    /// The column names of the last result, reused while the statement text
-    /// is unchanged (saves an allocation per row set on hot loops).
-    columns: Option<(String, Columns)>,
+    /// The column names and declared types of the last result, reused
+    /// while the statement text is unchanged (no allocation per row set on
+    /// hot loops).
+    columns: Option<(String, Columns, Vec<Decl>)>,
     canceller: Arc<dyn Canceller>,
     /// `PRAGMA query_only` is on: transactions cannot take the write lock.
     read_only: bool,
@@ -167,37 +168,39 @@ impl Canceller for Interrupt {
     }
 }
 
-/// The column names of `stmt`, from `cache` while the statement text is unchanged.
-fn columns_for(
-    cache: &mut Option<(String, Columns)>,
+/// The column names and declared types of `stmt`, from `cache` while the
+/// statement text and its column count are unchanged (a statement SQLite
+/// re-prepared after another connection changed the schema may have other
+/// columns; a schema change on this connection clears the cache).
+fn columns_for<'c>(
+    cache: &'c mut Option<(String, Columns, Vec<Decl>)>,
     sql: &str,
     stmt: &rusqlite::Statement<'_>,
-) -> Columns {
-    if let Some((text, cols)) = cache {
-        if text == sql {
-            return Arc::clone(cols);
-        }
+) -> (Columns, &'c [Decl]) {
+    let fresh = cache
+        .as_ref()
+        .is_some_and(|(text, cols, _)| text == sql && cols.len() == stmt.column_count());
+    if !fresh {
+        *cache = None;
     }
-    let cols: Columns = stmt
-        .column_names()
-        .into_iter()
-        .map(Arc::<str>::from)
-        .collect::<Vec<_>>()
-        .into();
-    *cache = Some((sql.to_owned(), Arc::clone(&cols)));
-    cols
+    let (_, cols, decls) = cache.get_or_insert_with(|| {
+        let described = stmt.columns();
+        let cols: Columns = described
+            .iter()
+            .map(|c| Arc::<str>::from(c.name()))
+            .collect::<Vec<_>>()
+            .into();
+        let decls = described.iter().map(|c| Decl::of(c.decl_type())).collect();
+        (sql.to_owned(), cols, decls)
+    });
+    (Arc::clone(cols), decls)
 }
 
 impl Connection for SqliteConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let SqliteConnection { conn, columns, .. } = self;
         let mut stmt = conn.prepare_cached(sql).map_err(classify)?;
-        let columns = columns_for(columns, sql, &stmt);
-        let decls: Vec<Decl> = stmt
-            .columns()
-            .iter()
-            .map(|c| Decl::of(c.decl_type()))
-            .collect();
+        let (columns, decls) = columns_for(columns, sql, &stmt);
         let mut rows = stmt
             .query(rusqlite::params_from_iter(params.iter()))
             .map_err(classify)?;
@@ -213,6 +216,8 @@ impl Connection for SqliteConnection {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        // It may change the schema: the columns are read again.
+        self.columns = None;
         let mut stmt = self.conn.prepare_cached(sql).map_err(classify)?;
         match stmt.execute(rusqlite::params_from_iter(params.iter())) {
             Ok(n) => Ok(n as u64),
@@ -230,6 +235,7 @@ impl Connection for SqliteConnection {
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
+        self.columns = None;
         self.conn.execute_batch(sql).map_err(classify)
     }
 

@@ -88,6 +88,8 @@ pub struct DatabaseConfigBuilder {
     health_timeout: Duration,
     degraded_after: Duration,
     metrics: bool,
+    query_cache_entries: u32,
+    query_cache_bytes: u64,
     read_only: bool,
     migrations_dir: Option<PathBuf>,
     history_table: String,
@@ -137,6 +139,8 @@ impl DatabaseConfigBuilder {
             health_timeout: Duration::from_secs(5),
             degraded_after: Duration::from_secs(1),
             metrics: true,
+            query_cache_entries: 1000,
+            query_cache_bytes: 64 << 20,
             read_only: false,
             migrations_dir: None,
             history_table: crate::config::DEFAULT_HISTORY_TABLE.to_owned(),
@@ -308,6 +312,25 @@ impl DatabaseConfigBuilder {
     /// 365 days.
     pub fn degraded_after(mut self, t: Duration) -> Self {
         self.degraded_after = t;
+        self
+    }
+
+    /// The most results the query cache keeps for this database
+    /// (`{PREFIX}{NAME}_QUERY_CACHE_ENTRIES`); past it the least recently
+    /// used go. Default 1000 (seed 004's size). 0 turns caching off: a query
+    /// asking for the cache then runs on the server every time.
+    pub fn query_cache_entries(mut self, n: u32) -> Self {
+        self.query_cache_entries = n;
+        self
+    }
+
+    /// The most bytes of rows (estimated from the values' sizes) the query
+    /// cache keeps for this database (`{PREFIX}{NAME}_QUERY_CACHE_BYTES`);
+    /// past it the least recently used go, and a single result larger than
+    /// this is not cached. Default 64 MiB: a batch job's working set of
+    /// lookups, not a copy of the database.
+    pub fn query_cache_bytes(mut self, n: u64) -> Self {
+        self.query_cache_bytes = n;
         self
     }
 
@@ -531,6 +554,8 @@ impl DatabaseConfigBuilder {
             health_timeout: self.health_timeout,
             degraded_after: self.degraded_after,
             metrics: self.metrics,
+            query_cache_entries: self.query_cache_entries,
+            query_cache_bytes: self.query_cache_bytes,
             read_only: self.read_only,
             migrations_dir,
             history_table: self.history_table,

@@ -278,6 +278,8 @@ const SETTINGS: &[Setting] = &[
     setting("HEALTH_TIMEOUT",       "DatabaseConfigBuilder::health_timeout",       Secs(B::health_timeout)),
     setting("DEGRADED_THRESHOLD",   "DatabaseConfigBuilder::degraded_after",       Secs(B::degraded_after)),
     setting("METRICS",              "DatabaseConfigBuilder::metrics",              Flag(B::metrics)),
+    setting("QUERY_CACHE_ENTRIES",  "DatabaseConfigBuilder::query_cache_entries",  Count(B::query_cache_entries)),
+    setting("QUERY_CACHE_BYTES",    "DatabaseConfigBuilder::query_cache_bytes",    Count(|b, n| b.query_cache_bytes(n.into()))),
     setting("READ_ONLY",            "DatabaseConfigBuilder::read_only",            Flag(B::read_only)),
     setting("MIGRATIONS_DIR",       "DatabaseConfigBuilder::migrations_dir",       Text(|b, dir| b.migrations_dir(dir))),
     setting("MIGRATIONS_TABLE",     "DatabaseConfigBuilder::history_table",        Text(|b, table| b.history_table(table))),

@@ -51,6 +51,8 @@ pub struct DatabaseConfig {
     pub(crate) health_timeout: Duration,
     pub(crate) degraded_after: Duration,
     pub(crate) metrics: bool,
+    pub(crate) query_cache_entries: u32,
+    pub(crate) query_cache_bytes: u64,
     pub(crate) read_only: bool,
     pub(crate) migrations_dir: PathBuf,
     pub(crate) history_table: String,
@@ -88,6 +90,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("health_timeout", &self.health_timeout)
             .field("degraded_after", &self.degraded_after)
             .field("metrics", &self.metrics)
+            .field("query_cache_entries", &self.query_cache_entries)
+            .field("query_cache_bytes", &self.query_cache_bytes)
             .field("read_only", &self.read_only)
             .field("migrations_dir", &self.migrations_dir)
             .field("history_table", &self.history_table)
@@ -176,6 +180,16 @@ impl DatabaseConfig {
     /// Statements slower than this are logged and counted as slow (`None`: never).
     pub fn slow_query_threshold(&self) -> Option<Duration> {
         self.slow_query_threshold
+    }
+
+    /// The most entries the query cache keeps (0: caching off).
+    pub fn query_cache_entries(&self) -> u32 {
+        self.query_cache_entries
+    }
+
+    /// The most bytes (estimated) of rows the query cache keeps.
+    pub fn query_cache_bytes(&self) -> u64 {
+        self.query_cache_bytes
     }
 
     /// The whole health check's time limit.

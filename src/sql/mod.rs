@@ -14,6 +14,7 @@
 //!   else copied byte-identical;
 //! - `normalise`: comments dropped, whitespace collapsed, literals replaced by `?`;
 //! - `classify`: a statement's first keywords say whether it reads or writes;
+//! - `tables`: the tables a statement reads or writes, for the query cache;
 //! - `bind`: the caller's values put in the order of a translated statement's
 //!   placeholders.
 
@@ -22,6 +23,7 @@ mod classify;
 mod lex;
 mod normalise;
 mod script;
+mod tables;
 mod translate;
 
 use std::fmt;
@@ -32,6 +34,7 @@ pub(crate) use classify::{classify_statement, StatementKind};
 pub(crate) use normalise::normalise;
 // used by migrations
 pub(crate) use script::{replace_placeholders, split_script, ScriptError, Statement, TxControl};
+pub(crate) use tables::{read_tables, written_tables, Tables};
 pub(crate) use translate::translate;
 
 /// The SQL dialect a statement is translated to.
