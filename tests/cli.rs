@@ -774,3 +774,54 @@ fn import_and_export_csv() {
         .expect("n");
     assert_eq!(n, 2500);
 }
+
+/// A second migrator says once, on stderr, that it waits for the lock and
+/// who holds it, then gives up with the lock's error.
+#[test]
+fn a_waiting_migrator_says_so_once() {
+    let dir = TempDir::new("cli-lock");
+    let url = Backend::Postgres.url();
+    let table = common::unique_name("hist");
+    std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
+    std::fs::write(dir.path().join("sql/V1__slow.sql"), "SELECT pg_sleep(5);\n").expect("write");
+    let first = command(&dir, &url)
+        .env("DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_TABLE", &table)
+        .args(["--database", "shop", "migrate"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the first migrator");
+    // The first one holds the lock once it has made the history table.
+    let db = common::manager(&common::unique_name("cli_lock"), &url).expect("manager");
+    let made = (0..300).any(|_| {
+        let found = db
+            .query_one(
+                &format!("SELECT to_regclass('{table}') IS NOT NULL AS t"),
+                (),
+            )
+            .and_then(|r| r.get::<bool>("t"))
+            .unwrap_or(false);
+        if !found {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        found
+    });
+    assert!(made, "the first migrator made its history table");
+    let o = command(&dir, &url)
+        .env("DEVELOPMENT_GLOBAL_SHOP_MIGRATIONS_TABLE", &table)
+        .args(["--database", "shop", "migrate", "--lock-timeout", "1"])
+        .output()
+        .expect("run the second migrator");
+    let first = first.wait_with_output().expect("the first migrator ends");
+    assert!(first.status.success(), "the first migrator applied V1");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("waiting up to").count(),
+        1,
+        "said once: {}",
+        text(&o)
+    );
+    assert!(err.contains(&table), "{}", text(&o));
+    assert!(err.contains("--lock-timeout"), "{}", text(&o));
+}

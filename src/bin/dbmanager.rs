@@ -405,7 +405,11 @@ fn main() -> ExitCode {
         outln!("{}", String::from_utf8_lossy(&out).trim_end());
         return ExitCode::SUCCESS;
     }
-    show_warnings();
+    // A migration says which script it is on, and how long each took, to
+    // a person watching it.
+    let progress = matches!(cli.command, Command::Migrate { dry_run: false, .. })
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    show_warnings(progress);
     if let Some(env) = &cli.env {
         // Before any thread exists: the library reads ENVIRONMENT.
         std::env::set_var("ENVIRONMENT", env);
@@ -437,13 +441,15 @@ fn main() -> ExitCode {
 
 /// Shows the library's warnings (an unknown `{PREFIX}{NAME}_*` variable, a
 /// file in the migrations folder that is skipped, …) on stderr, where a
-/// person at the terminal sees them; `RUST_LOG`-style filtering is not
-/// needed for one level. `DBMANAGER_LOG=off` silences them.
-fn show_warnings() {
+/// person at the terminal sees them (with `progress`, also each script a
+/// migration applies); `DBMANAGER_LOG=off` silences them.
+fn show_warnings(progress: bool) {
     let level = match std::env::var("DBMANAGER_LOG").ok().as_deref() {
         Some("off") => return,
         Some("info") => tracing::Level::INFO,
         Some("debug") => tracing::Level::DEBUG,
+        Some("warn") => tracing::Level::WARN,
+        _ if progress => tracing::Level::INFO,
         _ => tracing::Level::WARN,
     };
     let _ = tracing_subscriber::fmt()

@@ -704,6 +704,7 @@ impl LockGuard {
         let timeout = timeout.min(MAX_DURATION);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(10);
+        let mut told = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if dialect.try_lock(&mut conn, &name, left.min(Duration::from_secs(1)))? {
@@ -725,6 +726,18 @@ impl LockGuard {
                     ),
                 )
                 .on_database(shared.name()));
+            }
+            if !told {
+                // Once, so that a person at a terminal knows why nothing
+                // happens (the CLI shows warnings on stderr).
+                told = true;
+                let holder = dialect.holder(&mut conn, &name).ok().flatten();
+                tracing::warn!(
+                    database = %shared.name(),
+                    "waiting up to {} for the migration lock of `{table}`{}",
+                    crate::error::fmt_duration(left),
+                    holder.map(|h| format!(", held by {h}")).unwrap_or_default()
+                );
             }
             std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(Duration::from_millis(200));

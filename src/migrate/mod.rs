@@ -644,6 +644,7 @@ impl Migrator {
         history
             .check_holds(script.kind, &script.script)
             .map_err(StepError::Failed)?;
+        tracing::info!(database = %self.name(), "applying {}", script.script);
         let start = Instant::now();
         let elapsed =
             |start: Instant| i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -701,6 +702,12 @@ impl Migrator {
                 return Err(StepError::Failed(failure.error));
             }
         }
+        tracing::info!(
+            database = %self.name(),
+            "applied {} in {}",
+            script.script,
+            crate::error::fmt_duration(start.elapsed())
+        );
         Ok(MigrationStep {
             kind: script.kind,
             version,
