@@ -154,15 +154,10 @@ impl Format for FlywayLegacy {
             vec![
                 Value::from(version_rank),
                 Value::from(rank),
-                Value::from(row.version.clone()),
-                Value::from(truncate(row.description, 200)),
-                Value::from(row.kind),
-                Value::from(truncate(row.script, 1000)),
-                Value::from(row.checksum.map(i64::from)),
-                Value::from(truncate(row.installed_by, 100)),
-                Value::from(row.execution_time_ms),
-                Value::from(row.success),
-            ],
+            ]
+            .into_iter()
+            .chain(history::row_values(row))
+            .collect(),
         )
         .map(drop)
     }
@@ -205,15 +200,10 @@ impl Format for Flyway {
             ),
             vec![
                 Value::from(rank),
-                Value::from(row.version.clone()),
-                Value::from(truncate(row.description, 200)),
-                Value::from(row.kind),
-                Value::from(truncate(row.script, 1000)),
-                Value::from(row.checksum.map(i64::from)),
-                Value::from(truncate(row.installed_by, 100)),
-                Value::from(row.execution_time_ms),
-                Value::from(row.success),
-            ],
+            ]
+            .into_iter()
+            .chain(history::row_values(row))
+            .collect(),
         )
         .map(drop)
     }

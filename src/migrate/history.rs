@@ -873,17 +873,28 @@ pub(crate) fn insert(
             } else {
                 Value::Null
             },
-            Value::from(row.version.clone()),
-            Value::from(truncate(row.description, 200)),
-            Value::from(row.kind),
-            Value::from(truncate(row.script, 1000)),
-            Value::from(row.checksum.map(i64::from)),
-            Value::from(truncate(row.installed_by, 100)),
-            Value::from(row.execution_time_ms),
-            Value::from(row.success),
-        ],
+        ]
+        .into_iter()
+        .chain(row_values(row))
+        .collect(),
     )
     .map(drop)
+}
+
+/// The values of the columns Flyway's formats and ours share, in their
+/// order: version, description, type, script, checksum, installed_by,
+/// execution_time, success (texts cut to their columns' widths).
+pub(crate) fn row_values(row: &NewRow<'_>) -> [Value; 8] {
+    [
+        Value::from(row.version.clone()),
+        Value::from(truncate(row.description, 200)),
+        Value::from(row.kind),
+        Value::from(truncate(row.script, 1000)),
+        Value::from(row.checksum.map(i64::from)),
+        Value::from(truncate(row.installed_by, 100)),
+        Value::from(row.execution_time_ms),
+        Value::from(row.success),
+    ]
 }
 
 fn truncate(s: &str, max: usize) -> String {
