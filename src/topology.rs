@@ -427,6 +427,27 @@ impl Connection for HostConnection {
     fn host(&self) -> Option<&str> {
         Some(&self.host)
     }
+    // The server's own paths (COPY, portal streams, bulk loads) stay the
+    // inner connection's.
+    fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64> {
+        let r = self.inner.copy_in(sql, data);
+        self.settle(r)
+    }
+    fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
+        let r = self.inner.open_stream(sql, params);
+        self.settle(r)
+    }
+    fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        let r = self.inner.fetch(max, out);
+        self.settle(r)
+    }
+    fn close_stream(&mut self) -> bool {
+        self.inner.close_stream()
+    }
+    fn bulk_write(&mut self, plan: &backend::BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        let r = self.inner.bulk_write(plan, rows);
+        self.settle(r)
+    }
 }
 
 #[cfg(test)]
