@@ -492,3 +492,42 @@ fn mariadb_host_lists_read_the_role_from_read_only() -> Result<()> {
     assert!(e.to_string().contains("a primary"), "{e}");
     Ok(())
 }
+
+/// A connection of a host list keeps the server's own paths: a migration's
+/// inline `COPY … FROM stdin` (the COPY protocol), a bulk load and a stream
+/// work as on a single host.
+#[test]
+fn host_list_connections_keep_copy_streams_and_bulk() -> Result<()> {
+    let primary = primary_url();
+    let hosts = [
+        format!("127.0.0.1:{}", common::closed_port()),
+        host_port(&primary),
+    ];
+    let url = with_hosts(&primary, &hosts, "target_session_attrs=read-write");
+    let dir = TempDir::new("topo-copy");
+    let t = common::unique_name("hl");
+    std::fs::write(
+        dir.path().join("V1__copy.sql"),
+        format!("CREATE TABLE {t} (id INTEGER PRIMARY KEY, n TEXT);\nCOPY {t} (id, n) FROM stdin;\n1\tone\n2\t\\N\n\\.\n"),
+    )
+    .expect("write the script");
+    let db = common::manager_with(&common::unique_name("hl"), &url, |b| {
+        b.connect_timeout(Duration::from_secs(5))
+            .migrations_dir(dir.path())
+            .history_table(common::unique_name("hist"))
+    })?;
+    db.run_migrations()?;
+    let report = db.bulk_insert(&t, &["id", "n"], [(3, "three"), (4, "four")])?;
+    assert_eq!(report.rows_affected, 2);
+    let ids: Vec<i64> = db
+        .stream(&format!("SELECT id FROM {t} ORDER BY id"), ())?
+        .map(|r| r.and_then(|r| r.get::<i64>("id")))
+        .collect::<Result<_>>()?;
+    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(
+        db.pool_status().serving_host.as_deref(),
+        Some(hosts[1].as_str())
+    );
+    db.execute_batch(&format!("DROP TABLE {t}"))?;
+    Ok(())
+}
