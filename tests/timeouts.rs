@@ -47,38 +47,60 @@ fn statement_is_cancelled_on_the_server(b: Backend) -> Result<()> {
     let db = manager(&url, 2, Some(Duration::from_secs(30)))?;
     let admin = manager(&url, 1, Some(Duration::from_secs(30)))?;
     db.execute_query("SELECT 1", ())?;
-    let started = Instant::now();
-    let err = db
-        .execute_query_with_timeout(marker_sql, (), Duration::from_millis(300))
-        .expect_err("a ten-second statement must not finish within 300 ms");
-    let took = started.elapsed();
-    assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
-    assert!(err.is_timeout());
-    assert!(took < PROMPT, "returned after {took:?}");
-    assert!(
-        took >= Duration::from_millis(300),
-        "returned before its deadline: {took:?}"
-    );
-    let text = err.to_string();
-    assert!(
-        text.contains("300 ms") && text.contains("cancelled"),
-        "{text}"
-    );
-    assert_eq!(
-        running_on_server(&admin, marker_sql)?,
-        0,
-        "the statement still runs on the server"
-    );
-    // The pool carries on: the same connection (proven reusable) or a new one.
-    let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
-    assert_eq!(one, 1);
-    let status = db.pool_status();
-    assert_eq!(status.checked_out, 0);
-    assert_eq!(
-        status.invalid, 0,
-        "a cleanly cancelled connection is kept: {status:?}"
-    );
-    Ok(())
+    // On a loaded machine the server may take longer than the watchdog's
+    // grace to answer the cancel; the watchdog then cuts the connection
+    // (and it is rightly discarded). The clean path must show within a few
+    // tries, and every try must keep or discard its connection as its
+    // outcome says.
+    for attempt in 1..=3 {
+        let invalid_before = db.pool_status().invalid;
+        let started = Instant::now();
+        let err = db
+            .execute_query_with_timeout(marker_sql, (), Duration::from_millis(300))
+            .expect_err("a ten-second statement must not finish within 300 ms");
+        let took = started.elapsed();
+        assert_eq!(err.kind(), ErrorKind::QueryTimeout, "{err}");
+        assert!(err.is_timeout());
+        assert!(took < PROMPT, "returned after {took:?}");
+        assert!(
+            took >= Duration::from_millis(300),
+            "returned before its deadline: {took:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("300 ms") && text.contains("cancelled"),
+            "{text}"
+        );
+        assert_eq!(
+            running_on_server(&admin, marker_sql)?,
+            0,
+            "the statement still runs on the server"
+        );
+        // The pool carries on: the same connection (proven reusable) or a new one.
+        let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
+        assert_eq!(one, 1);
+        let status = db.pool_status();
+        assert_eq!(status.checked_out, 0);
+        let discarded = status.invalid - invalid_before;
+        // What the server answered: its own "cancelled" error proves the
+        // cancel hit this statement.
+        let server_cancelled = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<dbmanager::Error>())
+            .is_some_and(|s| s.kind() == ErrorKind::QueryTimeout);
+        if server_cancelled {
+            assert_eq!(
+                discarded, 0,
+                "a cleanly cancelled connection is kept: {status:?}"
+            );
+            return Ok(());
+        }
+        assert_eq!(
+            discarded, 1,
+            "a connection cut after a late cancel is discarded: {status:?}"
+        );
+        eprintln!("attempt {attempt}: the cancel came late and the connection was cut; again");
+    }
+    panic!("in three tries the server never answered a cancel within the watchdog's grace");
 }
 
 each_backend!(statement_is_cancelled_on_the_server, [Postgres, MySql]);
