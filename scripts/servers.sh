@@ -433,7 +433,8 @@ dbm_start_postgres() {
 }
 
 # _dbm_pg_standby PRIMARY_PORT SUPERPW: a hot standby of the PostgreSQL on
-# 127.0.0.1:PRIMARY_PORT, made with pg_basebackup -R -X stream as the
+# 127.0.0.1:PRIMARY_PORT, made with pg_basebackup -R -X stream (a fast
+# checkpoint: the default spread one takes minutes on an idle server) as the
 # superuser (initdb's pg_hba.conf allows replication from 127.0.0.1), in a
 # fresh temp dir on a free port; waits until it accepts connections. Sets
 # _DBM_SB_DIR, _DBM_SB_PORT, _DBM_SB_PID. Returns non-zero (and removes what
@@ -452,7 +453,7 @@ _dbm_pg_standby() {
     chmod 0700 "$dir" || true
     if _dbm_is_root; then chown postgres:postgres "$dir" || true; fi
     if ! PGPASSWORD=$superpw PGCONNECT_TIMEOUT=10 _DBM_PG_DIR=$dir _dbm_as_pg env PGPASSWORD="$superpw" \
-        timeout 120 "$bin/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$dir/data" -R -X stream \
+        timeout 120 "$bin/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$dir/data" -R -X stream --checkpoint=fast \
         >"$dir/basebackup.log" 2>&1; then
         _dbm_fail "pg_basebackup of 127.0.0.1:$pport failed" "$dir/basebackup.log"
         rm -rf -- "$dir"
