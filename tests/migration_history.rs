@@ -9,73 +9,11 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{error_text, manager_with, required_env, unique_name, Backend, Place, TempDir};
+use common::{error_text, manager_with, required_env, unique_name, Backend, TempDir};
 use dbmanager::migrate::checksum;
-use dbmanager::{DatabaseConfig, DatabaseManager, Result};
+use dbmanager::Result;
 
-/// One test's world: a folder of scripts, a history table name, an object
-/// prefix (`{t}` in scripts).
-struct Case {
-    backend: Backend,
-    dir: TempDir,
-    t: String,
-    history: String,
-    place: Place,
-}
-
-impl Case {
-    fn new(backend: Backend) -> Case {
-        let dir = TempDir::new("hist");
-        std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
-        Case {
-            backend,
-            t: unique_name("h"),
-            history: unique_name("hist"),
-            dir,
-            place: backend.place(),
-        }
-    }
-
-    fn sql_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("sql")
-    }
-
-    /// Writes a script; returns its text.
-    fn write(&self, file: &str, sql: &str) -> String {
-        let text = sql.replace("{t}", &self.t);
-        std::fs::write(self.sql_dir().join(file), &text).expect("write a script");
-        text
-    }
-
-    fn db(&self) -> DatabaseManager {
-        manager_with("x", self.place.url(), |_| {
-            DatabaseConfig::builder(self.backend.name())
-                .url(self.place.url())
-                .migrations_dir(self.sql_dir())
-                .history_table(&self.history)
-        })
-        .expect("a manager")
-    }
-
-    fn q(&self, ident: &str) -> String {
-        if self.backend == Backend::MySql {
-            format!("`{ident}`")
-        } else {
-            format!("\"{ident}\"")
-        }
-    }
-
-    fn exists(&self, db: &DatabaseManager, table: &str) -> bool {
-        db.execute_query(
-            &format!(
-                "SELECT 1 FROM {} WHERE 1 = 0",
-                table.replace("{t}", &self.t)
-            ),
-            (),
-        )
-        .is_ok()
-    }
-}
+use common::migration::Case;
 
 /// Flyway 4+'s history DDL, as Flyway creates it on each server.
 fn flyway_ddl(c: &Case) -> Vec<String> {
@@ -140,7 +78,7 @@ fn flyway3_ddl(c: &Case) -> Vec<String> {
 /// continued by dbmanager: migrate writes `002` in Flyway's format, and
 /// info and validate agree.
 fn flyway_history_is_continued(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "h");
     let db = c.db();
     for stmt in flyway_ddl(&c) {
         db.execute_batch(&stmt)?;
@@ -225,7 +163,7 @@ each_backend!(flyway_history_is_continued, [Postgres, MySql, SqliteFile]);
 /// Flyway 3's `schema_version` (with `version_rank`, the version as the
 /// key) is continued too, its version ranks kept in version order.
 fn flyway3_history_is_continued(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "h");
     let db = c.db();
     for stmt in flyway3_ddl(&c) {
         db.execute_batch(&stmt)?;
@@ -294,7 +232,7 @@ each_backend!(flyway3_history_is_continued, [Postgres]);
 /// A table of another kind under the configured name: an error that names
 /// its columns and the formats understood, never a raw SQL error.
 fn unknown_table_is_explained(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "h");
     let db = c.db();
     db.execute_batch(&format!(
         "CREATE TABLE {} (id INTEGER, label VARCHAR(20))",
@@ -325,11 +263,11 @@ each_backend!(unknown_table_is_explained, [Postgres, MySql, SqliteFile]);
 /// default names are shared by every test on a server database.)
 #[test]
 fn flyway_default_table_is_found() -> Result<()> {
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "h");
     let db = manager_with("x", c.place.url(), |b| b.migrations_dir(c.sql_dir()))?;
     let flyway = Case {
         history: "flyway_schema_history".to_owned(),
-        ..Case::new(Backend::SqliteFile)
+        ..Case::new(Backend::SqliteFile, "h")
     };
     for stmt in flyway_ddl(&flyway) {
         db.execute_batch(&stmt)?;
@@ -420,7 +358,7 @@ fn pyway(c: &Case, folder: &Path, cmd: &str) -> (bool, String) {
 /// Pyway and dbmanager take turns on one database: each applies only what
 /// the other has not, and each validates what the other wrote.
 fn pyway_and_dbmanager_take_turns(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "h");
     let folder = c.sql_dir();
     let db = c.db();
     c.write("V01_01__create.sql", "CREATE TABLE {t}_a (id INTEGER);\n");
@@ -490,7 +428,7 @@ each_backend!(pyway_and_dbmanager_take_turns, [Postgres, MySql]);
 /// fault is gone records it.
 #[test]
 fn history_write_failure_after_a_committed_script() -> Result<()> {
-    let c = Case::new(Backend::MySql);
+    let c = Case::new(Backend::MySql, "h");
     let db = c.db();
     c.write("V1__create.sql", "CREATE TABLE {t}_a (id INTEGER);\n");
     db.run_migrations()?;
@@ -555,7 +493,7 @@ fn history_write_failure_after_a_committed_script() -> Result<()> {
 
 /// `V002` is stored as `002`, as Flyway writes it; order stays numeric.
 fn versions_are_kept_as_written(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "h");
     c.write("V002__b.sql", "CREATE TABLE {t}_b (id INTEGER);\n");
     c.write("V10__c.sql", "CREATE TABLE {t}_c (id INTEGER);\n");
     c.write("V1_1__a.sql", "CREATE TABLE {t}_a (id INTEGER);\n");
@@ -591,7 +529,7 @@ each_backend!(versions_are_kept_as_written, [Postgres, MySql, SqliteFile]);
 /// ignore refinery's table.
 #[test]
 fn refinery_history_is_adopted() -> Result<()> {
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "h");
     let dir = TempDir::new("refinery");
     let url = dir.sqlite_url("app.db");
     c.write("V1__create.sql", "CREATE TABLE {t}_a (id INTEGER);\n");
@@ -631,7 +569,7 @@ fn refinery_history_is_adopted() -> Result<()> {
 #[test]
 fn sqlx_history_is_adopted() -> Result<()> {
     use sha2::Digest;
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "h");
     let db = manager_with("x", c.place.url(), |b| b.migrations_dir(c.sql_dir()))?;
     db.execute_batch(
         "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
@@ -672,7 +610,7 @@ fn sqlx_history_is_adopted() -> Result<()> {
 /// stops on it until `repair`.
 #[test]
 fn failure_of_a_killed_script_is_recorded() -> Result<()> {
-    let c = Case::new(Backend::MySql);
+    let c = Case::new(Backend::MySql, "h");
     let db = c.db();
     c.write("V1__create.sql", "CREATE TABLE {t}_a (id INTEGER);\n");
     db.run_migrations()?;
@@ -722,7 +660,7 @@ fn failure_of_a_killed_script_is_recorded() -> Result<()> {
 /// as the migrating user, in the history table, with the script.
 #[test]
 fn session_changes_do_not_reach_the_history_row() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "h");
     let admin = common::manager("admin", &Backend::Postgres.admin_url())?;
     let role = format!("{}_r", c.t);
     let app = url::Url::parse(c.place.url())

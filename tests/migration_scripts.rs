@@ -9,93 +9,20 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{manager, manager_with, unique_name, Backend, Place, TempDir};
+use common::{manager, unique_name, Backend};
 use dbmanager::migrate::{checksum, MigrateOptions, MigrationProblem};
-use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
+use dbmanager::{DatabaseManager, ErrorKind, Result};
 
-/// One test's world: a folder of scripts, a history table, a prefix for
-/// the objects its scripts create (`{t}` in scripts).
-struct Case {
-    backend: Backend,
-    dir: TempDir,
-    t: String,
-    history: String,
-    place: Place,
-}
-
-impl Case {
-    fn new(backend: Backend) -> Case {
-        let dir = TempDir::new("migs");
-        std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
-        Case {
-            backend,
-            t: unique_name("s"),
-            history: unique_name("hist"),
-            dir,
-            place: backend.place(),
-        }
-    }
-
-    fn sql_dir(&self) -> PathBuf {
-        self.dir.path().join("sql")
-    }
-
-    /// Writes a script (a path below the folder), `{t}` replaced.
-    fn write(&self, file: &str, sql: &str) {
-        let path = self.sql_dir().join(file);
-        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
-        std::fs::write(path, sql.replace("{t}", &self.t)).expect("write a script");
-    }
-
-    fn config(&self) -> dbmanager::DatabaseConfigBuilder {
-        DatabaseConfig::builder(self.backend.name())
-            .url(self.place.url())
-            .migrations_dir(self.sql_dir())
-            .history_table(&self.history)
-    }
-
-    fn db(&self) -> DatabaseManager {
-        self.db_with(|b| b)
-    }
-
-    fn db_with(
-        &self,
-        f: impl FnOnce(dbmanager::DatabaseConfigBuilder) -> dbmanager::DatabaseConfigBuilder,
-    ) -> DatabaseManager {
-        manager_with("x", self.place.url(), |_| f(self.config())).expect("a manager")
-    }
-
-    fn scalar<T: serde::de::DeserializeOwned + dbmanager::FromValue>(
-        &self,
-        db: &DatabaseManager,
-        sql: &str,
-    ) -> T {
-        db.query_one(&sql.replace("{t}", &self.t), ())
-            .and_then(|r| r.get::<T>("v"))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-
-    fn exists(&self, db: &DatabaseManager, table: &str) -> bool {
-        db.execute_query(
-            &format!(
-                "SELECT 1 FROM {} WHERE 1 = 0",
-                table.replace("{t}", &self.t)
-            ),
-            (),
-        )
-        .is_ok()
-    }
-}
+use common::migration::Case;
 
 // ---------------------------------------------------------------- MySQL
 
 #[test]
 fn mariadb_delimiter_procedures_triggers_and_events() -> Result<()> {
-    let c = Case::new(Backend::MySql);
+    let c = Case::new(Backend::MySql, "s");
     c.write(
         "V1__routines.sql",
         "# tables first; a # comment; with semicolons\n\
@@ -154,7 +81,7 @@ fn mariadb_delimiter_procedures_triggers_and_events() -> Result<()> {
 
 #[test]
 fn mariadb_use_in_one_script_does_not_reach_the_next() -> Result<()> {
-    let c = Case::new(Backend::MySql);
+    let c = Case::new(Backend::MySql, "s");
     let admin = manager("admin", &Backend::MySql.admin_url())?;
     let other = unique_name("otherdb");
     let app_db: String = admin
@@ -194,7 +121,7 @@ fn mariadb_use_in_one_script_does_not_reach_the_next() -> Result<()> {
 
 #[test]
 fn postgres_copy_from_stdin_loads_its_data() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "s");
     c.write(
         "V1__load.sql",
         "CREATE TABLE {t}_people (id INT, name TEXT, note TEXT);\n\
@@ -222,7 +149,7 @@ fn postgres_copy_from_stdin_loads_its_data() -> Result<()> {
 
 #[test]
 fn postgres_copy_failure_rolls_the_script_back() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "s");
     c.write(
         "V1__bad_load.sql",
         "CREATE TABLE {t}_n (id INT);\nCOPY {t}_n FROM stdin;\n1\nnot a number\n\\.\n",
@@ -242,7 +169,7 @@ fn postgres_copy_failure_rolls_the_script_back() -> Result<()> {
 
 #[test]
 fn postgres_set_role_does_not_reach_the_next_script_or_the_history() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "s");
     let admin = manager("admin", &Backend::Postgres.admin_url())?;
     let db = c.db();
     let me: String = db
@@ -284,7 +211,7 @@ fn postgres_set_role_does_not_reach_the_next_script_or_the_history() -> Result<(
 
 #[test]
 fn postgres_jsonb_question_mark_runs_as_written() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "s");
     c.write(
         "V1__json.sql",
         "CREATE TABLE {t}_docs (id INT, data JSONB);\n\
@@ -303,7 +230,7 @@ fn postgres_jsonb_question_mark_runs_as_written() -> Result<()> {
 
 #[test]
 fn postgres_no_transaction_script_runs_statement_by_statement() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "s");
     c.write(
         "V1__index.sql",
         "-- dbmanager:no-transaction\n\
@@ -353,7 +280,7 @@ fn postgres_no_transaction_script_runs_statement_by_statement() -> Result<()> {
 
 #[test]
 fn postgres_script_with_its_own_commit_is_told_truthfully() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "s");
     c.write(
         "V1__own_tx.sql",
         "CREATE TABLE {t}_a (id INT);\n\
@@ -383,7 +310,7 @@ fn postgres_script_with_its_own_commit_is_told_truthfully() -> Result<()> {
 
 #[test]
 fn sqlite_trigger_bodies_are_one_statement() -> Result<()> {
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "s");
     c.write(
         "V1__trigger.sql",
         "CREATE TABLE {t}_n (id INTEGER PRIMARY KEY, v INTEGER, kind TEXT);\n\
@@ -411,7 +338,7 @@ fn sqlite_trigger_bodies_are_one_statement() -> Result<()> {
 // ---------------------------------------------------------------- every backend
 
 fn subfolders_are_scanned_and_duplicates_refused(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "s");
     c.write("base/V1__create.sql", "CREATE TABLE {t}_a (id INT);\n");
     c.write(
         "later/deeper/V1_1__fill.sql",
@@ -445,7 +372,7 @@ each_backend!(
 );
 
 fn callbacks_run_at_their_events(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "s");
     let db = c.db();
     db.execute_batch(&format!(
         "CREATE TABLE {}_log (n INT, what VARCHAR(40))",
@@ -512,7 +439,7 @@ fn callbacks_run_at_their_events(b: Backend) -> Result<()> {
 each_backend!(callbacks_run_at_their_events, [Postgres, MySql, SqliteFile]);
 
 fn placeholders_come_from_configuration_and_options(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "s");
     let raw = "-- by ${flyway:user} in ${flyway:database}, file ${flyway:filename}\n\
                CREATE TABLE ${prefix}_${table} (id INT, who VARCHAR(100), file VARCHAR(100), at VARCHAR(40), schema_name VARCHAR(100));\n\
                INSERT INTO ${prefix}_${table} VALUES (1, '${flyway:user}', '${flyway:filename}', '${flyway:timestamp}', '${flyway:defaultSchema}');\n";
@@ -561,7 +488,7 @@ each_backend!(
 /// migration gives up within its bound (naming the holder), and the reader
 /// gets through while the holder's transaction is still open.
 fn lock_wait_is_bounded_and_readers_pass(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "s");
     c.write(
         "V1__hot.sql",
         "CREATE TABLE {t}_hot (id INT);\nINSERT INTO {t}_hot VALUES (1);\n",

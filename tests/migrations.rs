@@ -9,85 +9,19 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{error_text, manager_with, unique_name, Backend, Place, TempDir};
+use common::{error_text, Backend};
 use dbmanager::migrate::{MigrateOptions, MigrationProblem};
 use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
 
-/// One test's world: a folder of scripts, a history table, a prefix for
-/// the objects its scripts create.
-struct Case {
-    backend: Backend,
-    dir: TempDir,
-    /// Object-name prefix; `{t}` in scripts becomes this.
-    t: String,
-    history: String,
-    place: Place,
+use common::migration::Case;
+
+/// The scripts several tests share.
+trait Scripts {
+    fn failing_v2(&self);
+    fn log_table(&self);
 }
 
-impl Case {
-    fn new(backend: Backend) -> Case {
-        let dir = TempDir::new("mig");
-        std::fs::create_dir_all(dir.path().join("sql")).expect("mkdir");
-        Case {
-            backend,
-            t: unique_name("m"),
-            history: unique_name("hist"),
-            dir,
-            place: backend.place(),
-        }
-    }
-
-    fn sql_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("sql")
-    }
-
-    fn write(&self, file: &str, sql: &str) {
-        std::fs::write(self.sql_dir().join(file), sql.replace("{t}", &self.t))
-            .expect("write a script");
-    }
-
-    fn remove(&self, file: &str) {
-        std::fs::remove_file(self.sql_dir().join(file)).expect("remove a script");
-    }
-
-    fn url(&self) -> &str {
-        self.place.url()
-    }
-
-    fn config(&self) -> dbmanager::DatabaseConfigBuilder {
-        DatabaseConfig::builder(self.backend.name())
-            .url(self.url())
-            .migrations_dir(self.sql_dir())
-            .history_table(&self.history)
-    }
-
-    fn db(&self) -> DatabaseManager {
-        manager_with("x", self.url(), |_| self.config()).expect("a manager")
-    }
-
-    fn count(&self, db: &DatabaseManager, table: &str) -> i64 {
-        db.query_one(
-            &format!(
-                "SELECT COUNT(*) AS n FROM {}",
-                table.replace("{t}", &self.t)
-            ),
-            (),
-        )
-        .and_then(|r| r.get::<i64>("n"))
-        .expect("count")
-    }
-
-    fn table_exists(&self, db: &DatabaseManager, table: &str) -> bool {
-        db.execute_query(
-            &format!(
-                "SELECT 1 FROM {} WHERE 1 = 0",
-                table.replace("{t}", &self.t)
-            ),
-            (),
-        )
-        .is_ok()
-    }
-
+impl Scripts for Case {
     /// V1 creates a table; V2 creates another, then fails on a typo.
     fn failing_v2(&self) {
         self.write("V1__ok.sql", "CREATE TABLE {t}_ok (id INTEGER);");
@@ -106,7 +40,7 @@ impl Case {
 }
 
 fn versions_apply_in_numeric_order(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.log_table();
     for v in ["10", "1.1", "2", "1.0.5"] {
         c.write(
@@ -142,7 +76,7 @@ each_backend!(
 );
 
 fn target_version_then_the_rest(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.log_table();
     c.write("V2__a.sql", "INSERT INTO {t}_log (v) VALUES ('2');");
     c.write("V3__b.sql", "INSERT INTO {t}_log (v) VALUES ('3');");
@@ -158,7 +92,7 @@ fn target_version_then_the_rest(b: Backend) -> Result<()> {
 each_backend!(target_version_then_the_rest, [Postgres, MySql, SqliteFile]);
 
 fn undo_goes_back_with_u_scripts(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     c.write("V2__b.sql", "CREATE TABLE {t}_b (id INTEGER);");
     c.write("V3__c.sql", "CREATE TABLE {t}_c (id INTEGER);");
@@ -170,8 +104,8 @@ fn undo_goes_back_with_u_scripts(b: Backend) -> Result<()> {
     let undone: Vec<String> = r.applied.iter().filter_map(|s| s.version.clone()).collect();
     assert_eq!(undone, ["3", "2"], "{b:?}");
     assert_eq!(r.current_version.as_deref(), Some("1"));
-    assert!(!c.table_exists(&db, "{t}_b") && !c.table_exists(&db, "{t}_c"));
-    assert!(c.table_exists(&db, "{t}_a"));
+    assert!(!c.exists(&db, "{t}_b") && !c.exists(&db, "{t}_c"));
+    assert!(c.exists(&db, "{t}_a"));
     // Undone versions are pending again; without a U1 script, undo to 0 refuses.
     assert_eq!(db.migration_status()?.pending.len(), 2);
     let e = db.migrator().undo("0").expect_err("no U1");
@@ -186,7 +120,7 @@ fn undo_goes_back_with_u_scripts(b: Backend) -> Result<()> {
 each_backend!(undo_goes_back_with_u_scripts, [Postgres, MySql, SqliteFile]);
 
 fn repeatable_scripts_rerun_when_changed(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.log_table();
     c.write(
         "R__view.sql",
@@ -224,7 +158,7 @@ each_backend!(
 );
 
 fn baseline_skips_what_is_already_there(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     c.write("V2__b.sql", "CREATE TABLE {t}_b (id INTEGER);");
     c.write("V3__c.sql", "CREATE TABLE {t}_c (id INTEGER);");
@@ -259,7 +193,7 @@ each_backend!(
 );
 
 fn dry_run_changes_nothing(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     c.write(
         "V2__b.sql",
@@ -274,11 +208,8 @@ fn dry_run_changes_nothing(b: Backend) -> Result<()> {
         .contains(&format!("CREATE TABLE {}_a", c.t)));
     assert!(!plan.steps[1].in_transaction);
     assert_eq!(plan.steps[0].in_transaction, b.transactional_ddl(), "{b:?}");
-    assert!(!c.table_exists(&db, "{t}_a"));
-    assert!(
-        !c.table_exists(&db, &c.history),
-        "no history table was created"
-    );
+    assert!(!c.exists(&db, "{t}_a"));
+    assert!(!c.exists(&db, &c.history), "no history table was created");
     assert_eq!(db.run_migrations()?.applied.len(), 2);
     assert!(db.migrator().dry_run()?.steps.is_empty());
     Ok(())
@@ -286,7 +217,7 @@ fn dry_run_changes_nothing(b: Backend) -> Result<()> {
 each_backend!(dry_run_changes_nothing, [Postgres, MySql, SqliteFile]);
 
 fn edited_applied_script_fails_validation_but_line_endings_do_not(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.write(
         "V1__a.sql",
         "CREATE TABLE {t}_a (id INTEGER);\nCREATE TABLE {t}_b (id INTEGER);\n",
@@ -322,7 +253,7 @@ fn edited_applied_script_fails_validation_but_line_endings_do_not(b: Backend) ->
     );
     let e = db.run_migrations().expect_err("run refuses");
     assert_eq!(e.kind(), ErrorKind::Migration);
-    assert!(!c.table_exists(&db, "{t}_c"), "nothing ran");
+    assert!(!c.exists(&db, "{t}_c"), "nothing ran");
     let status = db.migration_status()?;
     assert!(matches!(
         status.problems[0],
@@ -347,7 +278,7 @@ each_backend!(
 );
 
 fn failing_migration_leaves_nothing_where_ddl_is_transactional(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.failing_v2();
     let db = c.db();
     let e = db.run_migrations().expect_err("V2 fails");
@@ -366,10 +297,7 @@ fn failing_migration_leaves_nothing_where_ddl_is_transactional(b: Backend) -> Re
     if b == Backend::Postgres {
         assert!(text.contains("line 2"), "{text}");
     }
-    assert!(
-        !c.table_exists(&db, "{t}_half"),
-        "{b:?}: nothing of V2 remains"
-    );
+    assert!(!c.exists(&db, "{t}_half"), "{b:?}: nothing of V2 remains");
     let status = db.migration_status()?;
     assert_eq!(status.applied.len(), 1, "no history row for V2");
     assert_eq!(status.pending.len(), 1);
@@ -388,7 +316,7 @@ each_backend!(
 
 #[test]
 fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
-    let c = Case::new(Backend::MySql);
+    let c = Case::new(Backend::MySql, "m");
     c.failing_v2();
     let db = c.db();
     let e = db.run_migrations().expect_err("V2 fails");
@@ -399,7 +327,7 @@ fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
     );
     assert_eq!(e.migration_report().map(|r| r.applied.len()), Some(1));
     assert!(
-        c.table_exists(&db, "{t}_half"),
+        c.exists(&db, "{t}_half"),
         "MariaDB committed the first statement"
     );
     let status = db.migration_status()?;
@@ -432,7 +360,7 @@ fn failing_migration_on_mariadb_is_recorded_until_repair() -> Result<()> {
 }
 
 fn concurrent_migrators_apply_each_version_once(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.log_table();
     for v in 2..=6 {
         c.write(
@@ -487,7 +415,7 @@ fn cli(c: &Case, args: &[&str]) -> Command {
 }
 
 fn concurrent_processes_apply_each_version_once(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.log_table();
     for v in 2..=4 {
         c.write(
@@ -567,7 +495,7 @@ impl Drop for Reaped {
 
 #[test]
 fn killed_migrator_frees_the_lock() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     c.write(
         "V2__slow.sql",
@@ -616,7 +544,7 @@ fn busy_lock_times_out_naming_the_holder(b: Backend) -> Result<()> {
         Backend::MySql => ("SELECT SLEEP(3);", &["MySQL connection id"]),
         other => unreachable!("{other:?} does not run this test"),
     };
-    let c = Case::new(b);
+    let c = Case::new(b, "m");
     c.write("V1__slow.sql", slow);
     let db = c.db();
     let other = c.db();
@@ -638,7 +566,7 @@ each_backend!(busy_lock_times_out_naming_the_holder, [Postgres, MySql]);
 
 #[test]
 fn bad_names_duplicates_empty_and_missing_folders() -> Result<()> {
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "m");
     let db = c.db();
     // Empty folder: nothing to do.
     let r = db.run_migrations()?;
@@ -690,7 +618,7 @@ fn bad_names_duplicates_empty_and_missing_folders() -> Result<()> {
 
 #[test]
 fn read_only_refuses_before_touching_the_server() -> Result<()> {
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     // A server that does not exist: ReadOnly proves nothing was attempted.
     let url = format!(
@@ -740,10 +668,10 @@ fn history_table_name_is_validated() {
 
 #[test]
 fn auto_migrate_on_start() -> Result<()> {
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     let db = DatabaseManager::from_config(c.config().auto_migrate(true).build()?)?;
-    assert!(c.table_exists(&db, "{t}_a"));
+    assert!(c.exists(&db, "{t}_a"));
     let cfg = DatabaseConfig::from_lookup("rpa_db", |k| match k {
         "DEVELOPMENT_GLOBAL_RPA_DB_CONNECTION_STRING" => Some("sqlite::memory:".into()),
         "DEVELOPMENT_GLOBAL_RPA_DB_AUTO_MIGRATE" => Some("true".into()),
@@ -789,7 +717,7 @@ fn embedded_scripts_need_no_folder() -> Result<()> {
 #[test]
 fn no_transaction_scripts_run_outside_a_transaction() -> Result<()> {
     // CREATE INDEX CONCURRENTLY fails inside a transaction block.
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     c.write(
         "V2__index.sql",
@@ -809,7 +737,7 @@ fn no_transaction_scripts_run_outside_a_transaction() -> Result<()> {
 
 #[test]
 fn sqlite_lock_left_by_a_killed_process_is_taken_over() -> Result<()> {
-    let c = Case::new(Backend::SqliteFile);
+    let c = Case::new(Backend::SqliteFile, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
     c.write(
         "V2__slow.sql",
@@ -820,9 +748,9 @@ fn sqlite_lock_left_by_a_killed_process_is_taken_over() -> Result<()> {
     // V1 committed and the lock row still there: the child is inside V2.
     wait_until("the child reaches V2", || {
         let lock = format!("{}_lock", c.history);
-        Ok(c.table_exists(&db, &c.history)
+        Ok(c.exists(&db, &c.history)
             && c.count(&db, &c.history) == 1
-            && c.table_exists(&db, &lock)
+            && c.exists(&db, &lock)
             && c.count(&db, &lock) == 1)
     })?;
     std::thread::sleep(Duration::from_millis(200));

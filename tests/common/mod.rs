@@ -19,6 +19,7 @@ use dbmanager::{DatabaseConfig, DatabaseConfigBuilder, DatabaseManager, ErrorKin
 
 pub mod backend;
 pub mod fault;
+pub mod migration;
 
 #[allow(unused_imports)] // each test file uses a different subset
 pub use backend::{Backend, Db, Place};
