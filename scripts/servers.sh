@@ -843,34 +843,10 @@ dbm_need_promtool() {
 # a newer OpenSSL). No server is started. Exports DBMANAGER_TEST_PYWAY (the
 # path of the `pyway` command); the history tests run it against the servers.
 dbm_need_pyway() {
-    local version=${DBM_PYWAY_VERSION:-0.3.33} cache venv py
-    cache=${DBM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dbmanager}
-    venv=$cache/pyway-$version
-    if ! [[ -x $venv/bin/pyway && -f $venv/.dbm-complete ]]; then
-        py=$(command -v python3 2>/dev/null) || {
-            _dbm_fail "python3 not found (Pyway, a migration-history peer of the tests, needs it)"
-            return 1
-        }
-        if ! timeout 30 "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-            _dbm_log "python3 has no venv/ensurepip; installing python3-venv"
-            _dbm_apt_install python3-venv || return 1
-        fi
-        mkdir -p -- "$cache" || {
-            _dbm_fail "cannot create $cache (set DBM_CACHE_DIR)"
-            return 1
-        }
-        rm -rf -- "$venv"
-        _dbm_log "installing pyway $version into $venv (about 20 s)"
-        if ! timeout 120 "$py" -m venv "$venv" >"$cache/pyway-install.log" 2>&1 ||
-            ! timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check \
-                "pyway==$version" psycopg2-binary "mysql-connector-python==9.1.0" \
-                >>"$cache/pyway-install.log" 2>&1; then
-            _dbm_fail "could not install pyway $version into $venv" "$cache/pyway-install.log"
-            rm -rf -- "$venv"
-            return 1
-        fi
-        : >"$venv/.dbm-complete"
-    fi
+    local venv
+    venv=$(_dbm_python_venv pyway "${DBM_PYWAY_VERSION:-0.3.33}" pyway \
+        "Pyway, a migration-history peer of the tests," \
+        "pyway==${DBM_PYWAY_VERSION:-0.3.33}" psycopg2-binary "mysql-connector-python==9.1.0") || return 1
     export DBMANAGER_TEST_PYWAY=$venv/bin/pyway
     _dbm_log "pyway: $DBMANAGER_TEST_PYWAY"
 }
@@ -894,22 +870,26 @@ _dbm_stop_mssql() {
     unset DBMANAGER_TEST_MSSQL_URL DBMANAGER_TEST_MSSQL_PID
 }
 
-# _dbm_pysqlbridge_venv: prints the venv's directory, creating it (and
-# installing python3-venv with apt when `python3 -m venv` is missing) if needed.
-_dbm_pysqlbridge_venv() {
-    local version=${DBM_PYSQLBRIDGE_VERSION:-2.1.3} cache venv py
+# _dbm_python_venv NAME VERSION BIN WHAT PACKAGE...: prints the directory of
+# a venv of its own under the cache folder (NAME-VERSION) holding PACKAGE...,
+# creating it (and installing python3-venv with apt when `python3 -m venv` is
+# missing) unless it is complete (BIN in its bin/). WHAT, in errors, says who
+# needs it.
+_dbm_python_venv() {
+    local name=$1 version=$2 bin=$3 what=$4 cache venv py
+    shift 4
     cache=${DBM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dbmanager}
-    venv=$cache/pysqlbridge-$version
-    if [[ -x $venv/bin/pysqlbridge && -f $venv/.dbm-complete ]]; then
+    venv=$cache/$name-$version
+    if [[ -x $venv/bin/$bin && -f $venv/.dbm-complete ]]; then
         printf '%s' "$venv"
         return 0
     fi
     py=$(command -v python3 2>/dev/null) || {
-        _dbm_fail "python3 not found (pysqlbridge, the SQL Server test peer, needs Python 3.10 or newer)"
+        _dbm_fail "python3 not found ($what needs Python 3.10 or newer)"
         return 1
     }
     if ! timeout 30 "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
-        _dbm_fail "python3 is older than 3.10; pysqlbridge needs 3.10 or newer"
+        _dbm_fail "python3 is older than 3.10; $what needs 3.10 or newer"
         return 1
     fi
     if ! timeout 30 "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -921,11 +901,11 @@ _dbm_pysqlbridge_venv() {
         return 1
     }
     rm -rf -- "$venv"
-    _dbm_log "installing pysqlbridge $version into $venv (about 15 s)"
-    if ! timeout 120 "$py" -m venv "$venv" >"$cache/pysqlbridge-install.log" 2>&1 ||
-        ! timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check \
-            "pysqlbridge==$version" >>"$cache/pysqlbridge-install.log" 2>&1; then
-        _dbm_fail "could not install pysqlbridge $version into $venv" "$cache/pysqlbridge-install.log"
+    _dbm_log "installing $name $version into $venv (about 20 s)"
+    if ! timeout 120 "$py" -m venv "$venv" >"$cache/$name-install.log" 2>&1 ||
+        ! timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check "$@" \
+            >>"$cache/$name-install.log" 2>&1; then
+        _dbm_fail "could not install $name $version into $venv" "$cache/$name-install.log"
         rm -rf -- "$venv"
         return 1
     fi
@@ -947,7 +927,8 @@ dbm_start_mssql() {
         _dbm_fail "tests/data/mssql/people.csv not found under $root"
         return 1
     fi
-    venv=$(_dbm_pysqlbridge_venv) || return 1
+    venv=$(_dbm_python_venv pysqlbridge "${DBM_PYSQLBRIDGE_VERSION:-2.1.3}" pysqlbridge \
+        "pysqlbridge, the SQL Server test peer," "pysqlbridge==${DBM_PYSQLBRIDGE_VERSION:-2.1.3}") || return 1
 
     dir=$(mktemp -d "${TMPDIR:-/tmp}/dbmanager-ms.XXXXXX") || {
         _dbm_fail "mktemp -d failed"
