@@ -48,23 +48,18 @@ impl PrivateServer {
             other => panic!("no private {other:?} server"),
         };
         let out = servers_sh("dbm_private_server", &[kind]);
-        let get = |key: &str| {
-            out.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("dbm_private_server printed no {key}"))
-                .to_owned()
-        };
-        PrivateServer {
-            url: get("URL"),
-            admin_url: get("ADMIN_URL"),
-            dir: get("DIR"),
-        }
+        PrivateServer::from_printed(&out)
     }
 
     /// A streaming standby of `primary` (a private PostgreSQL), made with
     /// `pg_basebackup -R` on a port of its own.
     pub fn standby_of(primary: &PrivateServer) -> PrivateServer {
         let out = servers_sh("dbm_private_server", &["postgres-standby", &primary.dir]);
+        PrivateServer::from_printed(&out)
+    }
+
+    /// The server `dbm_private_server` describes in its `KEY=value` lines.
+    fn from_printed(out: &str) -> PrivateServer {
         let get = |key: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("{key}=")))
