@@ -99,7 +99,8 @@ impl std::error::Error for ScriptError {}
 ///
 /// # Errors
 ///
-/// A `DELIMITER` command without a delimiter (MySQL), `GO 0` (SQL Server).
+/// A `DELIMITER` command without a delimiter (MySQL), `GO 0` (SQL Server),
+/// a psql command other than `\restrict` / `\unrestrict` (PostgreSQL).
 pub(crate) fn split_script(src: &str, dialect: Dialect) -> Result<Vec<Statement>, ScriptError> {
     let mut s = Splitter {
         src,
@@ -186,6 +187,13 @@ impl Splitter<'_> {
             if self.dialect == Dialect::MsSql && self.go_line(tok)? {
                 continue;
             }
+            if self.dialect == Dialect::Postgres
+                && self.cur.start.is_none()
+                && tok.kind == TokenKind::Punct(b'\\')
+            {
+                self.psql_meta_command(tok)?;
+                continue;
+            }
             if self.dialect == Dialect::MySql
                 && self.cur.start.is_none()
                 && tok.kind == TokenKind::Word
@@ -263,6 +271,30 @@ impl Splitter<'_> {
         self.delimiter = (new != ";").then(|| new.to_owned());
         self.lexer.skip_to(end);
         Ok(())
+    }
+
+    /// PostgreSQL: a backslash where a statement would start begins one of
+    /// psql's own commands, up to the end of the line. `\restrict` and
+    /// `\unrestrict`, which `pg_dump` writes around a dump to guard psql
+    /// against a hostile server, do nothing here and are skipped; any other
+    /// (`\connect`, `\set`, `\i`, …) needs psql and is refused with its line.
+    fn psql_meta_command(&mut self, tok: Token) -> Result<(), ScriptError> {
+        let end = self.line_end(tok.start);
+        let command = self.src[tok.start + 1..end]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        if matches!(command, "restrict" | "unrestrict") {
+            self.lexer.skip_to(end);
+            return Ok(());
+        }
+        Err(ScriptError {
+            message: format!(
+                "`\\{command}` is a command of psql, not SQL, and no database driver can run it: \
+                 remove it from the script (or run that part with psql)"
+            ),
+            line: self.line_of(tok.start),
+        })
     }
 
     /// SQL Server: a line holding only `GO`, an optional count and an
@@ -583,6 +615,33 @@ mod tests {
                 "DO $$ BEGIN PERFORM 1; END $$"
             ]
         );
+    }
+
+    #[test]
+    fn pg_dump_restrict_lines_are_skipped_and_other_psql_commands_refused() {
+        // What pg_dump writes since its August 2025 releases.
+        let src = "--\n-- PostgreSQL database dump\n--\n\n\\restrict AbC123xyz\n\nSET lock_timeout = 0;\n\
+                   CREATE TABLE t (a text);\nCOPY t (a) FROM stdin;\nx\\ty\n\\.\n\n\\unrestrict AbC123xyz\n";
+        let st = split_script(src, Postgres).expect("splits");
+        assert_eq!(
+            st.iter().map(|s| s.sql.as_str()).collect::<Vec<_>>(),
+            [
+                "SET lock_timeout = 0",
+                "CREATE TABLE t (a text)",
+                "COPY t (a) FROM stdin"
+            ]
+        );
+        assert_eq!(st[0].line, 7);
+        assert_eq!(st[2].copy_data.as_deref(), Some("x\\ty\n"));
+        let err = split_script("SELECT 1;\n\\connect other\nSELECT 2;", Postgres)
+            .expect_err("psql's \\connect cannot run");
+        assert_eq!(err.line, 2);
+        assert!(
+            err.message.contains("`\\connect` is a command of psql"),
+            "{err}"
+        );
+        // A backslash is psql's only where a statement would start.
+        assert_eq!(sqls("SELECT E'a\\\\b';", Postgres), ["SELECT E'a\\\\b'"]);
     }
 
     #[test]

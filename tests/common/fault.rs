@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::Backend;
 
 /// Runs a function of `scripts/servers.sh` with arguments; its stdout.
-fn servers_sh(function: &str, args: &[&str]) -> String {
+pub fn servers_sh(function: &str, args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/servers.sh");
     let out = Command::new("bash")
         .arg("-c")
