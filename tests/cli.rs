@@ -767,6 +767,21 @@ fn import_and_export_csv() {
         "{}",
         text(&o)
     );
+    let empty = dir.path().join("empty.csv");
+    std::fs::write(&empty, "").expect("write csv");
+    let o = run(&[
+        "-d",
+        "shop",
+        "import",
+        "order lines",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has no header row"),
+        "{}",
+        text(&o)
+    );
     let n: i64 = db
         .query_one("SELECT COUNT(*) AS n FROM \"order lines\"", ())
         .expect("count")

@@ -262,6 +262,13 @@ fn import(
         .iter()
         .map(str::to_owned)
         .collect();
+    if header.iter().all(|h| h.trim().is_empty()) {
+        return Err(format!(
+            "{} has no header row: its first line must name the columns of {table} the rows fill",
+            file.display()
+        )
+        .into());
+    }
     let columns: Vec<&str> = header.iter().map(String::as_str).collect();
     let bar = progress_bar(len);
     let failed: RefCell<Option<csv::Error>> = RefCell::new(None);
@@ -812,9 +819,11 @@ fn run(cli: &Cli) -> BoxResult<bool> {
                 print_json(&report)?;
             } else {
                 eprintln!(
-                    "imported {} rows into {table} in {} chunks ({} affected) in {}",
+                    "imported {} row{} into {table} in {} chunk{} ({} affected) in {}",
                     report.rows,
+                    if report.rows == 1 { "" } else { "s" },
                     report.chunks,
+                    if report.chunks == 1 { "" } else { "s" },
                     report.rows_affected,
                     human(report.elapsed)
                 );
