@@ -1,7 +1,7 @@
 //! Dumps written by the servers' own tools run as migrations: `pg_dump`
 //! (with its `\restrict` lines, `COPY … FROM stdin` data, dollar-quoted and
 //! `BEGIN ATOMIC` bodies), `mariadb-dump` (with `/*!…*/` code comments,
-//! `LOCK TABLES` and triggers and routines under `DELIMITER ;;`) and
+//! `LOCK TABLES`, and triggers, routines and events under `DELIMITER ;;`) and
 //! sqlite3's `.dump` (with its own `BEGIN TRANSACTION … COMMIT`). The copy a
 //! migration makes dumps exactly as the original does.
 //!
@@ -151,6 +151,8 @@ fn a_mariadb_dump_runs_as_a_migration() -> Result<()> {
              SELECT COUNT(*) INTO c FROM person; END",
             "CREATE FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2",
             "CREATE VIEW named AS SELECT id, name FROM person WHERE name <> ''",
+            "CREATE EVENT tidy ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00' \
+             DO DELETE FROM audit WHERE what LIKE 'x;%'",
             "INSERT INTO person (name, note, data, amount, born, flag, raw, `odd ``name```) VALUES \
              ('ann', 'it''s; \"quoted\"\\n\\ttabbed', '{\"a\": [1, 2]}', 12.50, '2000-01-02', 1, X'00FF0A', 7), \
              ('bób ✓', NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
@@ -176,6 +178,7 @@ fn a_mariadb_dump_runs_as_a_migration() -> Result<()> {
                     &format!("-p{password}"),
                     "--routines",
                     "--triggers",
+                    "--events",
                     "--skip-dump-date",
                     // Binary strings as hex literals: a migration file is text.
                     "--hex-blob",
