@@ -18,6 +18,8 @@
 #                        with apt if missing; no server is started)
 #   dbm_need_pyway       Pyway (PyPI) in a venv under the cache folder, for the
 #                        migration-history tests; no server is started
+#   dbm_need_sqlite3     the sqlite3 shell (apt if missing), whose .dump a
+#                        migration test replays
 #   dbm_private_server postgres|mariadb
 #                        another server of its own (temp dir, free port) for a
 #                        test that stops, restarts or freezes it; prints
@@ -835,6 +837,15 @@ dbm_need_promtool() {
     fi
     export DBMANAGER_TEST_PROMTOOL=$bin
     _dbm_log "promtool: $bin"
+}
+
+# dbm_need_sqlite3: the `sqlite3` shell (Debian's package `sqlite3`, installed
+# when missing), whose `.dump` the migration tests run as a migration.
+dbm_need_sqlite3() {
+    if ! command -v sqlite3 >/dev/null 2>&1; then
+        _dbm_apt_install sqlite3 || return 1
+    fi
+    _dbm_log "sqlite3: $(command -v sqlite3)"
 }
 
 # dbm_need_pyway: Pyway (PyPI `pyway`, the migration tool the seeds used), in
