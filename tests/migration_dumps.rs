@@ -227,3 +227,23 @@ fn a_sqlite3_dump_runs_as_a_migration() -> Result<()> {
     assert_eq!(run("sqlite3", &[dst, ".dump"]), original);
     Ok(())
 }
+
+/// A dump with raw binary bytes (`mariadb-dump` without `--hex-blob`) is
+/// refused before anything runs, with what to do.
+#[test]
+fn a_file_that_is_not_utf8_is_refused_with_a_hint() -> Result<()> {
+    let case = Case::new(Backend::SqliteFile, "bin");
+    std::fs::write(
+        case.sql_dir().join("V1__blob.sql"),
+        b"CREATE TABLE b (x BLOB);\nINSERT INTO b VALUES ('\xff\xfe');\n",
+    )
+    .expect("write");
+    let err = case.db().run_migrations().expect_err("not UTF-8");
+    let text = err.to_string();
+    assert!(
+        text.contains("V1__blob.sql") && text.contains("not UTF-8") && text.contains("--hex-blob"),
+        "{text}"
+    );
+    assert!(!case.exists(&case.db(), "b"), "nothing ran");
+    Ok(())
+}

@@ -487,12 +487,16 @@ fn read_dir(dir: &Path, prefix: &str, files: &mut Vec<(String, String)>) -> Resu
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::InvalidData {
+                "it is not UTF-8 text: save it as UTF-8, with binary values as hex \
+                 literals (`mariadb-dump --hex-blob`, `X'…'`)"
+                    .to_owned()
+            } else {
+                e.to_string()
+            };
             Error::new(
                 ErrorKind::Migration,
-                format!(
-                    "cannot read migration {} (it must be UTF-8 text)",
-                    path.display()
-                ),
+                format!("cannot read migration {}: {why}", path.display()),
             )
             .with_source(e)
         })?;
