@@ -39,7 +39,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tiberius::{AuthMethod, Client, ColumnData, EncryptionLevel, FromSql, ToSql};
+use futures_util::TryStreamExt;
+use self_cell::MutBorrow;
+use tiberius::{
+    AuthMethod, Client, ColumnData, EncryptionLevel, FromSql, QueryItem, QueryStream, ToSql,
+};
 use tokio::runtime::Runtime;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
@@ -52,6 +56,29 @@ use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
 
 type Tds = Client<Compat<tokio::net::TcpStream>>;
+
+/// Rows of a stream ended half way that are read and dropped, rather than
+/// cancelled, when that is all that is left (see `close_stream`).
+const DRAIN_ROWS: usize = 5000;
+
+/// A result being streamed: tiberius' row stream, which borrows the
+/// client mutably, and the column names.
+struct Streaming<'c> {
+    rows: QueryStream<'c>,
+    columns: Columns,
+}
+
+self_cell::self_cell!(
+    /// The client, lent to the result it is streaming, kept together
+    /// inside the connection between fetches (`self_cell` checks the
+    /// borrow; no unsafe code of ours). The client comes back out with
+    /// `into_owner` once the stream ends.
+    struct OpenResult {
+        owner: MutBorrow<Tds>,
+        #[not_covariant]
+        dependent: Streaming,
+    }
+);
 
 /// How encryption is negotiated (the connection string's `Encrypt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,6 +490,8 @@ impl Connector for MsConnector {
             in_flight: false,
             canceller,
             socket,
+            stream: None,
+            close_limit: self.limit.timeout,
         }))
     }
 
@@ -515,6 +544,11 @@ struct MsConnection {
     in_flight: bool,
     canceller: Arc<dyn Canceller>,
     socket: SocketHandle,
+    /// The result of an open stream, holding the client while it is open
+    /// (`client` is `None` then).
+    stream: Option<OpenResult>,
+    /// How long ending a stream half way may take (the connect timeout).
+    close_limit: Duration,
 }
 
 /// A [`Value`] bound as a SQL Server parameter.
@@ -553,6 +587,9 @@ impl MsConnection {
             Box<dyn std::future::Future<Output = tiberius::Result<T>> + 'c>,
         >,
     ) -> Result<T> {
+        if self.stream.is_some() && !self.close_stream() {
+            return Err(lost(None));
+        }
         if self.broken.load(Ordering::SeqCst) || self.in_flight {
             return Err(lost(None));
         }
@@ -562,6 +599,12 @@ impl MsConnection {
         self.in_flight = true;
         let result = rt.block_on(f(client));
         self.in_flight = false;
+        self.settle(result)
+    }
+
+    /// Maps a request's outcome; a transport failure marks the connection
+    /// broken.
+    fn settle<T>(&self, result: tiberius::Result<T>) -> Result<T> {
         match result {
             Ok(v) => Ok(v),
             Err(tiberius::error::Error::Server(e)) => Err(classify_token(&e)),
@@ -573,6 +616,36 @@ impl MsConnection {
             }
         }
     }
+
+    /// Takes the client back from an ended stream. What is left of its
+    /// result (nothing, or the tokens after the first result set) is
+    /// drained by tiberius before the next request.
+    fn end_stream(&mut self) {
+        if let Some(open) = self.stream.take() {
+            self.client = Some(open.into_owner().into_inner());
+        }
+    }
+}
+
+/// The column names of a result.
+fn column_names(columns: Option<&[tiberius::Column]>) -> Columns {
+    columns
+        .map(|cols| {
+            cols.iter()
+                .map(|c| Arc::<str>::from(c.name()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into()
+}
+
+/// Reads one row's cells.
+fn row_of(columns: &Columns, r: &tiberius::Row) -> Result<Row> {
+    let values = r
+        .cells()
+        .map(|(col, data)| read(col.name(), data))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Row::new(Arc::clone(columns), values))
 }
 
 impl Connection for MsConnection {
@@ -588,29 +661,157 @@ impl Connection for MsConnection {
                 } else {
                     c.query(sql, &refs).await?
                 };
-                let columns: Columns = stream
-                    .columns()
-                    .await?
-                    .map(|cols| {
-                        cols.iter()
-                            .map(|c| Arc::<str>::from(c.name()))
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default()
-                    .into();
+                let columns = column_names(stream.columns().await?);
                 let rows = stream.into_first_result().await?;
                 Ok((columns, rows))
             })
         })?;
-        rows.into_iter()
-            .map(|r| {
-                let values = r
-                    .cells()
-                    .map(|(col, data)| read(col.name(), data))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Row::new(Arc::clone(&columns), values))
+        rows.iter().map(|r| row_of(&columns, r)).collect()
+    }
+
+    /// Sends the statement and keeps its result open in the connection,
+    /// with the client lent to it: rows are read as [`fetch`] asks, so
+    /// memory stays flat. Only the first result set is streamed.
+    fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
+        if self.stream.is_some() && !self.close_stream() {
+            return Err(lost(None));
+        }
+        if self.broken.load(Ordering::SeqCst) || self.in_flight {
+            return Err(lost(None));
+        }
+        let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.take()) else {
+            return Err(lost(None));
+        };
+        self.in_flight = true;
+        let opened = OpenResult::try_new_or_recover(MutBorrow::new(client), |c| {
+            let c = c.borrow_mut();
+            rt.block_on(async move {
+                let args: Vec<Param<'_>> = params.iter().map(Param).collect();
+                let refs: Vec<&dyn ToSql> = args.iter().map(|p| p as &dyn ToSql).collect();
+                let mut rows = if refs.is_empty() {
+                    c.simple_query(sql).await?
+                } else {
+                    c.query(sql, &refs).await?
+                };
+                let columns = column_names(rows.columns().await?);
+                Ok(Streaming { rows, columns })
             })
-            .collect()
+        });
+        self.in_flight = false;
+        match opened {
+            Ok(open) => {
+                self.stream = Some(open);
+                Ok(None)
+            }
+            Err((client, e)) => {
+                self.client = Some(client.into_inner());
+                self.settle(Err(e))
+            }
+        }
+    }
+
+    fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        let (Some(rt), Some(open)) = (self.rt.as_ref(), self.stream.as_mut()) else {
+            return Ok(false);
+        };
+        self.in_flight = true;
+        let got = open.with_dependent_mut(|_, s| {
+            let got = rt.block_on(async {
+                let mut raw = Vec::with_capacity(max);
+                while raw.len() < max {
+                    match s.rows.try_next().await? {
+                        Some(QueryItem::Row(r)) if r.result_index() == 0 => raw.push(r),
+                        // A later result set: the stream is the first one's.
+                        Some(QueryItem::Row(_)) => return Ok((raw, false)),
+                        Some(QueryItem::Metadata(m)) if m.result_index() > 0 => {
+                            return Ok((raw, false))
+                        }
+                        Some(QueryItem::Metadata(_)) => {}
+                        None => return Ok((raw, false)),
+                    }
+                }
+                Ok((raw, true))
+            });
+            got.map(|(raw, more)| (raw, more, Arc::clone(&s.columns)))
+        });
+        self.in_flight = false;
+        let (raw, more, columns) = match self.settle(got) {
+            Ok(v) => v,
+            Err(e) => {
+                self.end_stream();
+                return Err(e);
+            }
+        };
+        if !more {
+            self.end_stream();
+        }
+        out.reserve(raw.len());
+        for r in &raw {
+            out.push(row_of(&columns, r)?);
+        }
+        Ok(more)
+    }
+
+    /// Ends an open result before its last row, leaving the connection
+    /// clean or marking it for discarding (tiberius#300), all of it bounded
+    /// by the connect timeout:
+    ///
+    /// 1. the rest is read and dropped, up to [`DRAIN_ROWS`] rows: a short
+    ///    remainder costs less than a new login;
+    /// 2. if more is left, TDS's cancel (an ATTENTION packet) stops the
+    ///    request on the server, and tiberius skips what is still on the
+    ///    wire up to the server's acknowledgement;
+    /// 3. if that fails (the server had already sent the whole result, so
+    ///    its acknowledgement comes as a message of its own, which tiberius
+    ///    does not wait for), or anything takes too long, the connection is
+    ///    discarded.
+    ///
+    /// Steps 1 and 3 are exercised against the test server; step 2 needs a
+    /// real SQL Server still sending the result, which the test server never
+    /// is (it sends each answer whole before reading the next packet).
+    fn close_stream(&mut self) -> bool {
+        let Some(mut open) = self.stream.take() else {
+            return true;
+        };
+        let Some(rt) = self.rt.as_ref() else {
+            return false;
+        };
+        self.in_flight = true;
+        let limit = self.close_limit;
+        let drained = open.with_dependent_mut(|_, s| {
+            rt.block_on(async {
+                tokio::time::timeout(limit, async {
+                    for _ in 0..DRAIN_ROWS {
+                        if s.rows.try_next().await?.is_none() {
+                            return Ok(true);
+                        }
+                    }
+                    Ok::<_, tiberius::error::Error>(false)
+                })
+                .await
+            })
+        });
+        let mut client = open.into_owner().into_inner();
+        let clean = match drained {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => matches!(
+                rt.block_on(async { tokio::time::timeout(limit, client.cancel_query()).await }),
+                Ok(Ok(()))
+            ),
+            // An error of the server's ends its answer: the rest is
+            // drained before the next request. Anything else: discarded.
+            Ok(Err(tiberius::error::Error::Server(_))) => true,
+            Ok(Err(_)) | Err(_) => false,
+        };
+        self.in_flight = false;
+        self.client = Some(client);
+        if !clean {
+            tracing::debug!(
+                "a SQL Server stream ended half way could not be stopped cleanly; its connection is discarded"
+            );
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        clean
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
@@ -664,7 +865,9 @@ impl Connection for MsConnection {
     }
 
     fn is_closed(&self) -> bool {
-        self.broken.load(Ordering::SeqCst) || self.in_flight || self.client.is_none()
+        self.broken.load(Ordering::SeqCst)
+            || self.in_flight
+            || (self.client.is_none() && self.stream.is_none())
     }
 
     fn peer_closed(&self) -> bool {
@@ -674,7 +877,8 @@ impl Connection for MsConnection {
 
 impl Drop for MsConnection {
     fn drop(&mut self) {
-        blocking::drop_off_runtime((self.client.take(), self.rt.take()));
+        // The open result first: it holds the client.
+        blocking::drop_off_runtime((self.stream.take(), self.client.take(), self.rt.take()));
     }
 }
 
