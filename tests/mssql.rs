@@ -598,3 +598,58 @@ fn a_stream_dropped_half_way_leaves_its_connection_clean() -> Result<()> {
     assert_eq!(db.query_one("SELECT 3 AS x", ())?.get::<i64>("x")?, 3);
     Ok(())
 }
+
+/// Bulk writes go through TDS bulk load (`INSERT BULK`), which the test
+/// server does not have; it also reports every column of a temporary
+/// table as read-only in the metadata a bulk load starts with, so every
+/// bulk entry point fails there, before any row is sent, with a clear
+/// error naming the chunk (upserts, updates and deletes after making their
+/// temporary table, which is dropped again). The session stays clean and
+/// usable: the table still there, no transaction left open, nothing
+/// written. That a real SQL Server loads the rows is not verified here.
+#[test]
+fn bulk_writes_use_bulk_load_and_a_refusal_is_clean() -> Result<()> {
+    let _peer = shared();
+    let db = open()?;
+    let mut conn = db.connection()?;
+    conn.execute_batch("CREATE TABLE #bulk_people (id INT, name NVARCHAR(40))")?;
+    let rows = || [(1, "Ada"), (2, "Grace")];
+    let errors = [
+        conn.bulk("#bulk_people")
+            .insert(&["id", "name"], rows())
+            .expect_err("no bulk load"),
+        conn.bulk("#bulk_people")
+            .upsert(&["id", "name"], &["id"], rows())
+            .expect_err("no bulk load"),
+        conn.bulk("#bulk_people")
+            .update(&["id", "name"], &["id"], rows())
+            .expect_err("no bulk load"),
+        conn.bulk("#bulk_people")
+            .delete(&["id"], [(1,)])
+            .expect_err("no bulk load"),
+    ];
+    for e in errors {
+        assert_eq!(e.kind(), ErrorKind::Parameter, "{e}");
+        assert!(e.to_string().contains("bulk load cannot write"), "{e}");
+        assert!(e.to_string().contains("chunk 1"), "{e}");
+        assert!(!e.to_string().contains("Grace"), "{e}");
+        let n: i64 = conn
+            .query_one("SELECT COUNT(*) AS n FROM #bulk_people", ())?
+            .get("n")?;
+        assert_eq!(n, 0);
+        let open: i64 = conn.query_one("SELECT @@TRANCOUNT AS n", ())?.get("n")?;
+        assert_eq!(open, 0, "no transaction left open");
+    }
+    let e = conn
+        .query_one("SELECT COUNT(*) AS n FROM #dbmanager_bulk", ())
+        .expect_err("the loading table was dropped");
+    assert_eq!(e.kind(), ErrorKind::Syntax, "{e}");
+    // Empty input sends nothing and succeeds.
+    let report = conn
+        .bulk("#bulk_people")
+        .insert(&["id", "name"], Vec::<(i64, String)>::new())?;
+    assert_eq!(report.rows_affected, 0);
+    drop(conn);
+    assert_eq!(db.pool_status().checked_out, 0);
+    Ok(())
+}
