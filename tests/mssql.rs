@@ -653,3 +653,33 @@ fn bulk_writes_use_bulk_load_and_a_refusal_is_clean() -> Result<()> {
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
 }
+
+/// A stream whose statement runs past its deadline is cut by the watchdog
+/// like any statement: `QueryTimeout`, its connection discarded, the next
+/// statement on a fresh one.
+#[test]
+fn a_slow_stream_times_out_and_its_connection_is_discarded() -> Result<()> {
+    let _peer = shared();
+    let db = open()?;
+    {
+        let mut conn = db.connection()?;
+        conn.set_timeout(Some(Duration::from_millis(300)));
+        let e = conn
+            .stream(
+                "DECLARE @i int = 0; WHILE @i < 20000 SET @i += 1; SELECT @i AS i",
+                (),
+            )
+            .and_then(|s| s.collect::<Result<Vec<_>>>())
+            .expect_err("past its deadline");
+        assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
+    }
+    assert_eq!(
+        db.pool_status().invalid,
+        1,
+        "the cut connection is discarded"
+    );
+    assert_eq!(db.pool_status().checked_out, 0);
+    let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
+    Ok(())
+}
