@@ -500,7 +500,9 @@ fn numbers(k: usize) -> String {
 /// maps them to a struct as `stream_as`; parameters work as for a query.
 #[test]
 fn a_stream_reads_many_rows_in_order_and_typed() -> Result<()> {
-    let _peer = shared();
+    // Thousands of rows keep the single-threaded peer busy for seconds,
+    // which would stretch the timed statements of the tests beside it.
+    let _peer = common::alone();
     let db = open()?;
     let mut next = 0i64;
     for row in db.stream(&numbers(6), ())? {
@@ -540,7 +542,9 @@ fn a_stream_reads_many_rows_in_order_and_typed() -> Result<()> {
 /// the next statement works.
 #[test]
 fn a_stream_dropped_half_way_leaves_its_connection_clean() -> Result<()> {
-    let _peer = shared();
+    // Thousands of rows keep the single-threaded peer busy for seconds,
+    // which would stretch the timed statements of the tests beside it.
+    let _peer = common::alone();
     let db = common::manager_with(&common::unique_name("ms"), &url(), |b| {
         b.connect_timeout(Duration::from_secs(5))
             .pool_size(1)
@@ -659,7 +663,8 @@ fn bulk_writes_use_bulk_load_and_a_refusal_is_clean() -> Result<()> {
 /// statement on a fresh one.
 #[test]
 fn a_slow_stream_times_out_and_its_connection_is_discarded() -> Result<()> {
-    let _peer = shared();
+    // The peer runs the loop to its end after the cut, busy for seconds.
+    let _peer = common::alone();
     let db = open()?;
     {
         let mut conn = db.connection()?;
