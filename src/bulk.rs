@@ -11,11 +11,11 @@
 //! | PostgreSQL | binary `COPY … FROM STDIN` | `COPY` into a temporary table, then one `INSERT … ON CONFLICT`, `UPDATE … FROM` or `DELETE … USING` |
 //! | MySQL, MariaDB | multi-row `INSERT` (≤ 1000 rows, ≤ 4 MiB, under `max_allowed_packet`) | multi-row `INSERT … ON DUPLICATE KEY UPDATE`; one `UPDATE`/`DELETE` per row |
 //! | SQLite | one prepared `INSERT` run per row, in the transaction | the same with `ON CONFLICT … DO UPDATE`, `UPDATE`, `DELETE` |
-//! | SQL Server | multi-row `INSERT` (≤ 2000 parameters) | one `MERGE`, `UPDATE` or `DELETE` per row |
+//! | SQL Server | TDS bulk load (`INSERT BULK`) | bulk load into a temporary table, then one `MERGE`, `UPDATE … FROM` or `DELETE … FROM` |
 //!
-//! The SQL Server test server (pysqlbridge) is read-only, so the SQL
-//! Server writes are not verified against a server here; only their
-//! refusal is.
+//! The SQL Server test server (pysqlbridge) has no bulk load, so the SQL
+//! Server writes are not verified against a server here; only their clean
+//! refusal is, and the value encoding by unit tests.
 //!
 //! **Timeouts:** the query timeout in force bounds each chunk, not the
 //! whole load.

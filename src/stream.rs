@@ -15,9 +15,10 @@
 //!
 //! **Dropped half way:** SQLite finalizes its statement (the connection is
 //! clean); PostgreSQL's connection, with the rest of the result still on
-//! its way, is discarded rather than read to the end; backends that read
-//! the whole result at open (MySQL, SQL Server, PostgreSQL behind
-//! pgbouncer) have nothing left to read. No connection goes back to the
+//! its way, is discarded rather than read to the end; SQL Server reads and
+//! drops a short remainder, or cancels the request, or else discards the
+//! connection; backends that read the whole result at open (MySQL,
+//! PostgreSQL behind pgbouncer) have nothing left to read. No connection goes back to the
 //! pool with a result pending.
 
 use std::fmt;
@@ -63,10 +64,10 @@ impl Lease<'_> {
 /// stream: a caller may take its time with each row, and a fetch stuck on
 /// the server is cancelled by the watchdog like any statement.
 ///
-/// **Memory:** PostgreSQL rows come as the server sends them and SQLite's
-/// statement is stepped as rows are asked for, so memory stays flat; MySQL,
-/// SQL Server (and PostgreSQL behind pgbouncer) read the whole result when
-/// the stream opens.
+/// **Memory:** PostgreSQL and SQL Server rows come as the server sends
+/// them and SQLite's statement is stepped as rows are asked for, so memory
+/// stays flat; MySQL (and PostgreSQL behind pgbouncer) read the whole
+/// result when the stream opens.
 ///
 /// **Dropped half way:** no connection goes back to the pool with a result
 /// pending: SQLite's statement is finalized; PostgreSQL's connection, the

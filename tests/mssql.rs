@@ -478,3 +478,213 @@ fn a_stopped_server_gives_an_error_never_a_hang() -> Result<()> {
     assert_eq!(one, 1);
     Ok(())
 }
+
+/// The numbers 0 to 5^`k` - 1 as column `i`, in order: a `k`-fold cross
+/// join of the served table of five people (the peer has no recursive
+/// queries).
+fn numbers(k: usize) -> String {
+    let names: Vec<String> = (0..k).map(|j| format!("p{j}")).collect();
+    let mut expr = String::from("0");
+    for n in &names {
+        expr = format!("({expr}) * 5 + ({n}.id - 1)");
+    }
+    let from = names
+        .iter()
+        .map(|n| format!("people AS {n}"))
+        .collect::<Vec<_>>()
+        .join(" CROSS JOIN ");
+    format!("SELECT {expr} AS i FROM {from} ORDER BY i")
+}
+
+/// A stream reads its rows as they come, in order, a fetch at a time, and
+/// maps them to a struct as `stream_as`; parameters work as for a query.
+#[test]
+fn a_stream_reads_many_rows_in_order_and_typed() -> Result<()> {
+    // Thousands of rows keep the single-threaded peer busy for seconds,
+    // which would stretch the timed statements of the tests beside it.
+    let _peer = common::alone();
+    let db = open()?;
+    let mut next = 0i64;
+    for row in db.stream(&numbers(6), ())? {
+        assert_eq!(row?.get::<i64>("i")?, next);
+        next += 1;
+    }
+    assert_eq!(next, 5_i64.pow(6));
+
+    #[derive(serde::Deserialize)]
+    struct Person {
+        id: i64,
+        name: String,
+    }
+    let people: Vec<Person> = db
+        .stream_as::<Person>(
+            "SELECT id, name FROM people WHERE id >= ? ORDER BY id",
+            (2,),
+        )?
+        .collect::<Result<_>>()?;
+    assert_eq!(
+        people.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [2, 3, 4, 5]
+    );
+    assert_eq!(people[0].name, "Grace Hopper");
+    assert_eq!(db.pool_status().checked_out, 0);
+    assert_eq!(db.pool_status().connections_created, 1);
+    Ok(())
+}
+
+/// A stream dropped after a few rows leaves no dirty connection. With a
+/// short remainder (2125 rows) the rest is read and dropped: on a pool of
+/// one the next statements run on the same connection (none is opened
+/// anew), and on a guard the session (its temporary table) is still there.
+/// With a long one (14625 rows), the library cancels the request; the
+/// test server has already sent it all, so the cancel is not acknowledged
+/// in step and the connection is discarded: the pool opens a new one and
+/// the next statement works.
+#[test]
+fn a_stream_dropped_half_way_leaves_its_connection_clean() -> Result<()> {
+    // Thousands of rows keep the single-threaded peer busy for seconds,
+    // which would stretch the timed statements of the tests beside it.
+    let _peer = common::alone();
+    let db = common::manager_with(&common::unique_name("ms"), &url(), |b| {
+        b.connect_timeout(Duration::from_secs(5))
+            .pool_size(1)
+            .max_overflow(0)
+    })?;
+    for round in 0..3 {
+        let mut s = db.stream(&numbers(5), ())?;
+        for _ in 0..10 {
+            s.next().expect("a row")?;
+        }
+        assert_eq!(db.pool_status().checked_out, 1);
+        drop(s);
+        assert_eq!(db.pool_status().checked_out, 0);
+        let one: i64 = db.query_one("SELECT ? AS one", (round,))?.get("one")?;
+        assert_eq!(one, round);
+    }
+    assert_eq!(
+        db.pool_status().connections_created,
+        1,
+        "reused, not reopened"
+    );
+
+    let mut conn = db.connection()?;
+    conn.execute_batch("CREATE TABLE #kept (id INT)")?;
+    conn.execute("INSERT INTO #kept (id) VALUES (?)", (7,))?;
+    {
+        let mut s = conn.stream(&numbers(5), ())?;
+        s.next().expect("a row")?;
+    }
+    let id: i64 = conn.query_one("SELECT id FROM #kept", ())?.get("id")?;
+    assert_eq!(id, 7);
+    drop(conn);
+    assert_eq!(db.pool_status().connections_created, 1);
+
+    // The guard's session made a temporary table, so its connection was
+    // closed on return: the stream below opens one, and once that one is
+    // discarded the statement after it opens another.
+    let before = db.pool_status().connections_created;
+    let mut s = db.stream(&numbers(6), ())?;
+    s.next().expect("a row")?;
+    drop(s);
+    assert_eq!(db.pool_status().checked_out, 0);
+    assert_eq!(db.query_one("SELECT 4 AS x", ())?.get::<i64>("x")?, 4);
+    assert_eq!(
+        db.pool_status().connections_created,
+        before + 2,
+        "discarded, reopened"
+    );
+
+    // A stream that fails at open leaves the connection usable too.
+    let e = db
+        .stream("SELECT * FROM no_such_table_here", ())
+        .expect_err("no such table");
+    assert_eq!(e.kind(), ErrorKind::Syntax, "{e}");
+    assert_eq!(db.query_one("SELECT 3 AS x", ())?.get::<i64>("x")?, 3);
+    Ok(())
+}
+
+/// Bulk writes go through TDS bulk load (`INSERT BULK`), which the test
+/// server does not have; it also reports every column of a temporary
+/// table as read-only in the metadata a bulk load starts with, so every
+/// bulk entry point fails there, before any row is sent, with a clear
+/// error naming the chunk (upserts, updates and deletes after making their
+/// temporary table, which is dropped again). The session stays clean and
+/// usable: the table still there, no transaction left open, nothing
+/// written. That a real SQL Server loads the rows is not verified here.
+#[test]
+fn bulk_writes_use_bulk_load_and_a_refusal_is_clean() -> Result<()> {
+    let _peer = shared();
+    let db = open()?;
+    let mut conn = db.connection()?;
+    conn.execute_batch("CREATE TABLE #bulk_people (id INT, name NVARCHAR(40))")?;
+    let rows = || [(1, "Ada"), (2, "Grace")];
+    let errors = [
+        conn.bulk("#bulk_people")
+            .insert(&["id", "name"], rows())
+            .expect_err("no bulk load"),
+        conn.bulk("#bulk_people")
+            .upsert(&["id", "name"], &["id"], rows())
+            .expect_err("no bulk load"),
+        conn.bulk("#bulk_people")
+            .update(&["id", "name"], &["id"], rows())
+            .expect_err("no bulk load"),
+        conn.bulk("#bulk_people")
+            .delete(&["id"], [(1,)])
+            .expect_err("no bulk load"),
+    ];
+    for e in errors {
+        assert_eq!(e.kind(), ErrorKind::Parameter, "{e}");
+        assert!(e.to_string().contains("bulk load cannot write"), "{e}");
+        assert!(e.to_string().contains("chunk 1"), "{e}");
+        assert!(!e.to_string().contains("Grace"), "{e}");
+        let n: i64 = conn
+            .query_one("SELECT COUNT(*) AS n FROM #bulk_people", ())?
+            .get("n")?;
+        assert_eq!(n, 0);
+        let open: i64 = conn.query_one("SELECT @@TRANCOUNT AS n", ())?.get("n")?;
+        assert_eq!(open, 0, "no transaction left open");
+    }
+    let e = conn
+        .query_one("SELECT COUNT(*) AS n FROM #dbmanager_bulk", ())
+        .expect_err("the loading table was dropped");
+    assert_eq!(e.kind(), ErrorKind::Syntax, "{e}");
+    // Empty input sends nothing and succeeds.
+    let report = conn
+        .bulk("#bulk_people")
+        .insert(&["id", "name"], Vec::<(i64, String)>::new())?;
+    assert_eq!(report.rows_affected, 0);
+    drop(conn);
+    assert_eq!(db.pool_status().checked_out, 0);
+    Ok(())
+}
+
+/// A stream whose statement runs past its deadline is cut by the watchdog
+/// like any statement: `QueryTimeout`, its connection discarded, the next
+/// statement on a fresh one.
+#[test]
+fn a_slow_stream_times_out_and_its_connection_is_discarded() -> Result<()> {
+    // The peer runs the loop to its end after the cut, busy for seconds.
+    let _peer = common::alone();
+    let db = open()?;
+    {
+        let mut conn = db.connection()?;
+        conn.set_timeout(Some(Duration::from_millis(300)));
+        let e = conn
+            .stream(
+                "DECLARE @i int = 0; WHILE @i < 20000 SET @i += 1; SELECT @i AS i",
+                (),
+            )
+            .and_then(|s| s.collect::<Result<Vec<_>>>())
+            .expect_err("past its deadline");
+        assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
+    }
+    assert_eq!(
+        db.pool_status().invalid,
+        1,
+        "the cut connection is discarded"
+    );
+    assert_eq!(db.pool_status().checked_out, 0);
+    let one: i64 = db.query_one("SELECT 1 AS one", ())?.get("one")?;
+    assert_eq!(one, 1);
+    Ok(())
+}

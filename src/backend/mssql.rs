@@ -39,12 +39,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tiberius::{AuthMethod, Client, ColumnData, EncryptionLevel, FromSql, ToSql};
+use futures_util::TryStreamExt;
+use self_cell::MutBorrow;
+use tiberius::{
+    AuthMethod, Client, ColumnData, EncryptionLevel, FromSql, QueryItem, QueryStream, ToSql,
+};
 use tokio::runtime::Runtime;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::blocking::{self, Attempt, SocketHandle};
-use super::{connect_error, ConnectLimit, Connection, Connector};
+use super::{connect_error, BulkKind, BulkPlan, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -52,6 +56,29 @@ use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
 
 type Tds = Client<Compat<tokio::net::TcpStream>>;
+
+/// Rows of a stream ended half way that are read and dropped, rather than
+/// cancelled, when that is all that is left (see `close_stream`).
+const DRAIN_ROWS: usize = 5000;
+
+/// A result being streamed: tiberius' row stream, which borrows the
+/// client mutably, and the column names.
+struct Streaming<'c> {
+    rows: QueryStream<'c>,
+    columns: Columns,
+}
+
+self_cell::self_cell!(
+    /// The client, lent to the result it is streaming, kept together
+    /// inside the connection between fetches (`self_cell` checks the
+    /// borrow; no unsafe code of ours). The client comes back out with
+    /// `into_owner` once the stream ends.
+    struct OpenResult {
+        owner: MutBorrow<Tds>,
+        #[not_covariant]
+        dependent: Streaming,
+    }
+);
 
 /// How encryption is negotiated (the connection string's `Encrypt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,6 +490,8 @@ impl Connector for MsConnector {
             in_flight: false,
             canceller,
             socket,
+            stream: None,
+            close_limit: self.limit.timeout,
         }))
     }
 
@@ -515,6 +544,11 @@ struct MsConnection {
     in_flight: bool,
     canceller: Arc<dyn Canceller>,
     socket: SocketHandle,
+    /// The result of an open stream, holding the client while it is open
+    /// (`client` is `None` then).
+    stream: Option<OpenResult>,
+    /// How long ending a stream half way may take (the connect timeout).
+    close_limit: Duration,
 }
 
 /// A [`Value`] bound as a SQL Server parameter.
@@ -553,6 +587,9 @@ impl MsConnection {
             Box<dyn std::future::Future<Output = tiberius::Result<T>> + 'c>,
         >,
     ) -> Result<T> {
+        if self.stream.is_some() && !self.close_stream() {
+            return Err(lost(None));
+        }
         if self.broken.load(Ordering::SeqCst) || self.in_flight {
             return Err(lost(None));
         }
@@ -562,6 +599,12 @@ impl MsConnection {
         self.in_flight = true;
         let result = rt.block_on(f(client));
         self.in_flight = false;
+        self.settle(result)
+    }
+
+    /// Maps a request's outcome; a transport failure marks the connection
+    /// broken.
+    fn settle<T>(&self, result: tiberius::Result<T>) -> Result<T> {
         match result {
             Ok(v) => Ok(v),
             Err(tiberius::error::Error::Server(e)) => Err(classify_token(&e)),
@@ -573,6 +616,495 @@ impl MsConnection {
             }
         }
     }
+
+    /// Takes the client back from an ended stream. What is left of its
+    /// result (nothing, or the tokens after the first result set) is
+    /// drained by tiberius before the next request.
+    fn end_stream(&mut self) {
+        if let Some(open) = self.stream.take() {
+            self.client = Some(open.into_owner().into_inner());
+        }
+    }
+}
+
+impl MsConnection {
+    /// Loads `rows` into `table` (quoted) with TDS bulk load. Every value
+    /// is converted for its column's type, as the server reports it,
+    /// before anything is sent, so a value that does not fit is an error
+    /// naming its row and column, and the connection stays clean. A
+    /// failure while rows are on the wire discards the connection.
+    fn bulk_load(&mut self, table: &str, columns: &[String], rows: &[Vec<Value>]) -> Result<u64> {
+        if self.stream.is_some() && !self.close_stream() {
+            return Err(lost(None));
+        }
+        if self.broken.load(Ordering::SeqCst) || self.in_flight {
+            return Err(lost(None));
+        }
+        let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
+            return Err(lost(None));
+        };
+        let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+        self.in_flight = true;
+        let meta = rt.block_on(client.column_metadata(table, &cols));
+        self.in_flight = false;
+        let meta = self.settle(meta)?;
+        let slots = slots_of(columns, &meta)?;
+        let tds_rows = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| tds_row(i, row, columns, &slots))
+            .collect::<Result<Vec<_>>>()?;
+        let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
+            return Err(lost(None));
+        };
+        self.in_flight = true;
+        let loaded = rt.block_on(async {
+            let mut req = client
+                .bulk_insert_with_options(
+                    table,
+                    &cols,
+                    tiberius::SqlBulkCopyOption::KeepIdentity.into(),
+                    &[],
+                )
+                .await
+                .map_err(Refused)?;
+            for row in tds_rows {
+                req.send(row).await.map_err(Cut)?;
+            }
+            Ok(req.finalize().await.map_err(Refused)?.total())
+        });
+        self.in_flight = false;
+        match loaded {
+            Ok(n) => Ok(n),
+            // The server answered: its whole reply was read.
+            Err(Stop::Refused(Refused(e))) => self.settle(Err(e)),
+            Err(Stop::Cut(Cut(e))) => {
+                self.broken.store(true, Ordering::SeqCst);
+                self.settle(Err(e))
+            }
+        }
+    }
+}
+
+/// A bulk load's failure where the server's reply was read to its end.
+struct Refused(tiberius::error::Error);
+
+/// A bulk load's failure with rows left half sent: the connection is out
+/// of step.
+struct Cut(tiberius::error::Error);
+
+enum Stop {
+    Refused(Refused),
+    Cut(Cut),
+}
+
+impl From<Refused> for Stop {
+    fn from(e: Refused) -> Stop {
+        Stop::Refused(e)
+    }
+}
+
+impl From<Cut> for Stop {
+    fn from(e: Cut) -> Stop {
+        Stop::Cut(e)
+    }
+}
+
+/// The temporary table upserts, updates and deletes load into.
+const BULK_TEMP: &str = "#dbmanager_bulk";
+
+/// The statement applying the loaded temporary table to the target.
+fn bulk_apply_sql(plan: &BulkPlan) -> String {
+    let table = &plan.table;
+    let cols = plan.column_list();
+    let on = plan
+        .keys
+        .iter()
+        .map(|&k| format!("d.{c} = s.{c}", c = plan.columns[k]))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let set = plan
+        .non_keys()
+        .map(|(_, c)| format!("d.{c} = s.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match plan.kind {
+        BulkKind::Upsert => {
+            let source = plan
+                .columns
+                .iter()
+                .map(|c| format!("s.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let matched = if set.is_empty() {
+                String::new()
+            } else {
+                format!("WHEN MATCHED THEN UPDATE SET {set} ")
+            };
+            format!(
+                "MERGE INTO {table} WITH (HOLDLOCK) AS d USING {BULK_TEMP} AS s ON {on} \
+                 {matched}WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({source});"
+            )
+        }
+        BulkKind::Update => {
+            format!("UPDATE d SET {set} FROM {table} AS d INNER JOIN {BULK_TEMP} AS s ON {on}")
+        }
+        BulkKind::Delete => {
+            format!("DELETE d FROM {table} AS d INNER JOIN {BULK_TEMP} AS s ON {on}")
+        }
+        BulkKind::Insert => format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM {BULK_TEMP}"),
+    }
+}
+
+/// What a bulk-load column takes, from its type as the server reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Bit,
+    U8,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+    Money,
+    Decimal,
+    Text,
+    Binary,
+    Guid,
+    Date,
+    /// `time(n)`: the scale.
+    Time(u8),
+    /// `datetime`.
+    DateTime,
+    /// `smalldatetime`.
+    SmallDateTime,
+    /// `datetime2(n)`: the scale.
+    DateTime2(u8),
+    /// `datetimeoffset(n)`: the scale.
+    DateTimeOffset(u8),
+    /// `xml`.
+    Xml,
+    /// A type bulk load here cannot write (`sql_variant`, a CLR type).
+    Other(&'static str),
+}
+
+/// The slot of one column type.
+fn slot_of(ty: &tiberius::TypeInfo) -> Slot {
+    use tiberius::{FixedLenType as F, TypeInfo, VarLenType as V};
+    match ty {
+        TypeInfo::FixedLen(f) => match f {
+            F::Int1 => Slot::U8,
+            F::Int2 => Slot::I16,
+            F::Int4 => Slot::I32,
+            F::Int8 => Slot::I64,
+            F::Bit => Slot::Bit,
+            F::Float4 => Slot::F32,
+            F::Float8 => Slot::F64,
+            F::Money | F::Money4 => Slot::Money,
+            F::Datetime => Slot::DateTime,
+            F::Datetime4 => Slot::SmallDateTime,
+            F::Null => Slot::Other("null"),
+        },
+        TypeInfo::VarLenSized(v) => match (v.r#type(), v.len()) {
+            (V::Intn, 1) => Slot::U8,
+            (V::Intn, 2) => Slot::I16,
+            (V::Intn, 4) => Slot::I32,
+            (V::Intn, _) => Slot::I64,
+            (V::Bitn, _) => Slot::Bit,
+            (V::Floatn, 4) => Slot::F32,
+            (V::Floatn, _) => Slot::F64,
+            (V::Money, _) => Slot::Money,
+            (V::Guid, _) => Slot::Guid,
+            (V::Datetimen, 4) => Slot::SmallDateTime,
+            (V::Datetimen, _) => Slot::DateTime,
+            (V::Daten, _) => Slot::Date,
+            (V::Timen, n) => Slot::Time(n as u8),
+            (V::Datetime2, n) => Slot::DateTime2(n as u8),
+            (V::DatetimeOffsetn, n) => Slot::DateTimeOffset(n as u8),
+            (V::BigVarChar | V::BigChar | V::NVarchar | V::NChar | V::Text | V::NText, _) => {
+                Slot::Text
+            }
+            (V::BigVarBin | V::BigBinary | V::Image, _) => Slot::Binary,
+            (V::Xml, _) => Slot::Xml,
+            (V::Decimaln | V::Numericn, _) => Slot::Decimal,
+            (V::SSVariant, _) => Slot::Other("sql_variant"),
+            (V::Udt, _) => Slot::Other("a CLR user-defined type"),
+        },
+        TypeInfo::VarLenSizedPrecision { .. } => Slot::Decimal,
+        TypeInfo::Xml { .. } => Slot::Xml,
+        TypeInfo::Udt(_) => Slot::Other("a CLR user-defined type"),
+    }
+}
+
+/// The slots of the columns a load writes, in order; a column bulk load
+/// cannot write (computed, a timestamp/rowversion) is an error naming it.
+fn slots_of(columns: &[String], meta: &[tiberius::MetaDataColumn<'_>]) -> Result<Vec<Slot>> {
+    if meta.len() != columns.len() {
+        return Err(Error::parameter(format!(
+            "SQL Server reported {} columns for the {} listed; list each column of the table once",
+            meta.len(),
+            columns.len()
+        )));
+    }
+    columns
+        .iter()
+        .zip(meta)
+        .map(|(name, m)| {
+            if !m.base.is_updateable() && !m.base.is_identity() {
+                return Err(Error::parameter(format!(
+                    "SQL Server reports the column {name} as read-only (computed, a rowversion, or not writable on this server), so bulk load cannot write it; leave it out of the columns"
+                )));
+            }
+            Ok(slot_of(&m.base.ty))
+        })
+        .collect()
+}
+
+/// One row for the bulk load; the error names the row (its index in the
+/// chunk) and the column, never a value.
+fn tds_row<'a>(
+    index: usize,
+    row: &'a [Value],
+    columns: &[String],
+    slots: &[Slot],
+) -> Result<tiberius::TokenRow<'a>> {
+    let mut out = tiberius::TokenRow::with_capacity(slots.len());
+    for ((value, slot), name) in row.iter().zip(slots).zip(columns) {
+        let data = tds_value(value, *slot).map_err(|why| {
+            Error::conversion(format!(
+                "row {} of the chunk, column {name}: {why}",
+                index + 1
+            ))
+        })?;
+        out.push(data);
+    }
+    Ok(out)
+}
+
+/// One value as its column's slot takes it, or why it cannot be.
+fn tds_value(value: &Value, slot: Slot) -> std::result::Result<ColumnData<'_>, String> {
+    use chrono::{NaiveDate, NaiveDateTime, Timelike};
+    use tiberius::time as t;
+    let mismatch = || {
+        format!(
+            "a {} value cannot be written to a column of this type ({slot:?})",
+            value_type_name(value)
+        )
+    };
+    let int = |range: std::ops::RangeInclusive<i64>| -> std::result::Result<i64, String> {
+        let v = match value {
+            Value::I64(v) => *v,
+            Value::Bool(b) => i64::from(*b),
+            _ => return Err(mismatch()),
+        };
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("the value is out of the column's range {range:?}"))
+        }
+    };
+    let days_since = |d: NaiveDate, epoch: NaiveDate| (d - epoch).num_days();
+    let epoch_1900 = NaiveDate::from_ymd_opt(1900, 1, 1).expect("a valid date");
+    let datetime = |v: &Value| -> Option<NaiveDateTime> {
+        match v {
+            Value::Timestamp(t) => Some(*t),
+            Value::TimestampTz(t) => Some(t.naive_utc()),
+            Value::Date(d) => d.and_hms_opt(0, 0, 0),
+            _ => None,
+        }
+    };
+    // A time of day at `scale` digits of a second, in units of 10^-scale s.
+    let increments = |time: chrono::NaiveTime, scale: u8| -> u64 {
+        let nanos = u64::from(time.num_seconds_from_midnight()) * 1_000_000_000
+            + u64::from(time.nanosecond().min(999_999_999));
+        nanos / 10_u64.pow(9 - u32::from(scale.min(7)))
+    };
+    let null = matches!(value, Value::Null);
+    Ok(match slot {
+        Slot::Other(what) => return Err(format!("bulk load cannot write {what} columns")),
+        Slot::Bit if null => ColumnData::Bit(None),
+        Slot::Bit => match value {
+            Value::Bool(b) => ColumnData::Bit(Some(*b)),
+            Value::I64(0) => ColumnData::Bit(Some(false)),
+            Value::I64(1) => ColumnData::Bit(Some(true)),
+            _ => return Err(mismatch()),
+        },
+        Slot::U8 if null => ColumnData::U8(None),
+        Slot::U8 => ColumnData::U8(Some(int(0..=255)? as u8)),
+        Slot::I16 if null => ColumnData::I16(None),
+        Slot::I16 => ColumnData::I16(Some(int(i16::MIN.into()..=i16::MAX.into())? as i16)),
+        Slot::I32 if null => ColumnData::I32(None),
+        Slot::I32 => ColumnData::I32(Some(int(i32::MIN.into()..=i32::MAX.into())? as i32)),
+        Slot::I64 if null => ColumnData::I64(None),
+        Slot::I64 => ColumnData::I64(Some(int(i64::MIN..=i64::MAX)?)),
+        Slot::F32 | Slot::F64 if null => match slot {
+            Slot::F32 => ColumnData::F32(None),
+            _ => ColumnData::F64(None),
+        },
+        Slot::F32 | Slot::F64 => {
+            let f = match value {
+                Value::F64(f) => *f,
+                Value::I64(i) => *i as f64,
+                Value::Decimal(d) => {
+                    use rust_decimal::prelude::ToPrimitive;
+                    d.to_f64().ok_or_else(mismatch)?
+                }
+                _ => return Err(mismatch()),
+            };
+            if slot == Slot::F32 {
+                ColumnData::F32(Some(f as f32))
+            } else {
+                ColumnData::F64(Some(f))
+            }
+        }
+        Slot::Money | Slot::Decimal if null => match slot {
+            Slot::Money => ColumnData::F64(None),
+            _ => ColumnData::Numeric(None),
+        },
+        Slot::Money | Slot::Decimal => match value {
+            Value::Decimal(d) => ColumnData::Numeric(Some(
+                tiberius::numeric::Numeric::new_with_scale(d.mantissa(), d.scale() as u8),
+            )),
+            Value::I64(i) => ColumnData::Numeric(Some(tiberius::numeric::Numeric::new_with_scale(
+                i128::from(*i),
+                0,
+            ))),
+            Value::F64(f) if slot == Slot::Money => ColumnData::F64(Some(*f)),
+            Value::F64(f) => {
+                let d = rust_decimal::Decimal::try_from(*f).map_err(|_| mismatch())?;
+                ColumnData::Numeric(Some(tiberius::numeric::Numeric::new_with_scale(
+                    d.mantissa(),
+                    d.scale() as u8,
+                )))
+            }
+            _ => return Err(mismatch()),
+        },
+        Slot::Text | Slot::Xml if null => match slot {
+            Slot::Xml => ColumnData::Xml(None),
+            _ => ColumnData::String(None),
+        },
+        Slot::Xml => match value {
+            Value::Text(s) => ColumnData::Xml(Some(std::borrow::Cow::Owned(
+                tiberius::xml::XmlData::new(s.as_str()),
+            ))),
+            _ => return Err(mismatch()),
+        },
+        Slot::Text => match value {
+            Value::Text(s) => ColumnData::String(Some(s.as_str().into())),
+            Value::Json(j) => ColumnData::String(Some(j.to_string().into())),
+            Value::I64(i) => ColumnData::String(Some(i.to_string().into())),
+            Value::Decimal(d) => ColumnData::String(Some(d.to_string().into())),
+            Value::Uuid(u) => ColumnData::String(Some(u.to_string().into())),
+            _ => return Err(mismatch()),
+        },
+        Slot::Binary => match value {
+            Value::Null => ColumnData::Binary(None),
+            Value::Bytes(b) => ColumnData::Binary(Some(b.as_slice().into())),
+            _ => return Err(mismatch()),
+        },
+        Slot::Guid => match value {
+            Value::Null => ColumnData::Guid(None),
+            Value::Uuid(u) => ColumnData::Guid(Some(*u)),
+            Value::Text(s) => ColumnData::Guid(Some(
+                uuid::Uuid::parse_str(s).map_err(|_| "the text is not a UUID".to_owned())?,
+            )),
+            _ => return Err(mismatch()),
+        },
+        Slot::Date => match value {
+            Value::Null => ColumnData::Date(None),
+            Value::Date(d) => {
+                let epoch = NaiveDate::from_ymd_opt(1, 1, 1).expect("a valid date");
+                ColumnData::Date(Some(t::Date::new(days_since(*d, epoch) as u32)))
+            }
+            _ => return Err(mismatch()),
+        },
+        Slot::Time(scale) => match value {
+            Value::Null => ColumnData::Time(None),
+            Value::Time(time) => {
+                ColumnData::Time(Some(t::Time::new(increments(*time, scale), scale)))
+            }
+            _ => return Err(mismatch()),
+        },
+        Slot::DateTime | Slot::SmallDateTime if null => match slot {
+            Slot::DateTime => ColumnData::DateTime(None),
+            _ => ColumnData::SmallDateTime(None),
+        },
+        Slot::DateTime => {
+            let dt = datetime(value).ok_or_else(mismatch)?;
+            let days = days_since(dt.date(), epoch_1900);
+            // 1/300 of a second, rounded as SQL Server rounds.
+            let nanos = u64::from(dt.time().num_seconds_from_midnight()) * 1_000_000_000
+                + u64::from(dt.time().nanosecond().min(999_999_999));
+            let fragments = (nanos * 3 + 5_000_000) / 10_000_000;
+            let days = i32::try_from(days).map_err(|_| "the date is out of range".to_owned())?;
+            ColumnData::DateTime(Some(t::DateTime::new(days, fragments as u32)))
+        }
+        Slot::SmallDateTime => {
+            let dt = datetime(value).ok_or_else(mismatch)?;
+            let days = u16::try_from(days_since(dt.date(), epoch_1900)).map_err(|_| {
+                "the date is out of smalldatetime's range (1900 to 2079)".to_owned()
+            })?;
+            let minutes = (dt.time().num_seconds_from_midnight() + 30) / 60;
+            ColumnData::SmallDateTime(Some(t::SmallDateTime::new(days, minutes as u16)))
+        }
+        Slot::DateTime2(_) | Slot::DateTimeOffset(_) if null => match slot {
+            Slot::DateTime2(_) => ColumnData::DateTime2(None),
+            _ => ColumnData::DateTimeOffset(None),
+        },
+        Slot::DateTime2(scale) | Slot::DateTimeOffset(scale) => {
+            let dt = datetime(value).ok_or_else(mismatch)?;
+            let epoch = NaiveDate::from_ymd_opt(1, 1, 1).expect("a valid date");
+            let dt2 = t::DateTime2::new(
+                t::Date::new(days_since(dt.date(), epoch) as u32),
+                t::Time::new(increments(dt.time(), scale), scale),
+            );
+            if matches!(slot, Slot::DateTime2(_)) {
+                ColumnData::DateTime2(Some(dt2))
+            } else {
+                ColumnData::DateTimeOffset(Some(t::DateTimeOffset::new(dt2, 0)))
+            }
+        }
+    })
+}
+
+/// A value's type as an error names it.
+fn value_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NULL",
+        Value::Bool(_) => "boolean",
+        Value::I64(_) => "integer",
+        Value::F64(_) => "floating-point",
+        Value::Decimal(_) => "decimal",
+        Value::Text(_) => "text",
+        Value::Bytes(_) => "bytes",
+        Value::Date(_) => "date",
+        Value::Time(_) => "time",
+        Value::Timestamp(_) => "timestamp",
+        Value::TimestampTz(_) => "timestamp with time zone",
+        Value::Uuid(_) => "UUID",
+        Value::Json(_) => "JSON",
+    }
+}
+
+/// The column names of a result.
+fn column_names(columns: Option<&[tiberius::Column]>) -> Columns {
+    columns
+        .map(|cols| {
+            cols.iter()
+                .map(|c| Arc::<str>::from(c.name()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into()
+}
+
+/// Reads one row's cells.
+fn row_of(columns: &Columns, r: &tiberius::Row) -> Result<Row> {
+    let values = r
+        .cells()
+        .map(|(col, data)| read(col.name(), data))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Row::new(Arc::clone(columns), values))
 }
 
 impl Connection for MsConnection {
@@ -588,29 +1120,157 @@ impl Connection for MsConnection {
                 } else {
                     c.query(sql, &refs).await?
                 };
-                let columns: Columns = stream
-                    .columns()
-                    .await?
-                    .map(|cols| {
-                        cols.iter()
-                            .map(|c| Arc::<str>::from(c.name()))
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default()
-                    .into();
+                let columns = column_names(stream.columns().await?);
                 let rows = stream.into_first_result().await?;
                 Ok((columns, rows))
             })
         })?;
-        rows.into_iter()
-            .map(|r| {
-                let values = r
-                    .cells()
-                    .map(|(col, data)| read(col.name(), data))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Row::new(Arc::clone(&columns), values))
+        rows.iter().map(|r| row_of(&columns, r)).collect()
+    }
+
+    /// Sends the statement and keeps its result open in the connection,
+    /// with the client lent to it: rows are read as [`fetch`] asks, so
+    /// memory stays flat. Only the first result set is streamed.
+    fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
+        if self.stream.is_some() && !self.close_stream() {
+            return Err(lost(None));
+        }
+        if self.broken.load(Ordering::SeqCst) || self.in_flight {
+            return Err(lost(None));
+        }
+        let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.take()) else {
+            return Err(lost(None));
+        };
+        self.in_flight = true;
+        let opened = OpenResult::try_new_or_recover(MutBorrow::new(client), |c| {
+            let c = c.borrow_mut();
+            rt.block_on(async move {
+                let args: Vec<Param<'_>> = params.iter().map(Param).collect();
+                let refs: Vec<&dyn ToSql> = args.iter().map(|p| p as &dyn ToSql).collect();
+                let mut rows = if refs.is_empty() {
+                    c.simple_query(sql).await?
+                } else {
+                    c.query(sql, &refs).await?
+                };
+                let columns = column_names(rows.columns().await?);
+                Ok(Streaming { rows, columns })
             })
-            .collect()
+        });
+        self.in_flight = false;
+        match opened {
+            Ok(open) => {
+                self.stream = Some(open);
+                Ok(None)
+            }
+            Err((client, e)) => {
+                self.client = Some(client.into_inner());
+                self.settle(Err(e))
+            }
+        }
+    }
+
+    fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        let (Some(rt), Some(open)) = (self.rt.as_ref(), self.stream.as_mut()) else {
+            return Ok(false);
+        };
+        self.in_flight = true;
+        let got = open.with_dependent_mut(|_, s| {
+            let got = rt.block_on(async {
+                let mut raw = Vec::with_capacity(max);
+                while raw.len() < max {
+                    match s.rows.try_next().await? {
+                        Some(QueryItem::Row(r)) if r.result_index() == 0 => raw.push(r),
+                        // A later result set: the stream is the first one's.
+                        Some(QueryItem::Row(_)) => return Ok((raw, false)),
+                        Some(QueryItem::Metadata(m)) if m.result_index() > 0 => {
+                            return Ok((raw, false))
+                        }
+                        Some(QueryItem::Metadata(_)) => {}
+                        None => return Ok((raw, false)),
+                    }
+                }
+                Ok((raw, true))
+            });
+            got.map(|(raw, more)| (raw, more, Arc::clone(&s.columns)))
+        });
+        self.in_flight = false;
+        let (raw, more, columns) = match self.settle(got) {
+            Ok(v) => v,
+            Err(e) => {
+                self.end_stream();
+                return Err(e);
+            }
+        };
+        if !more {
+            self.end_stream();
+        }
+        out.reserve(raw.len());
+        for r in &raw {
+            out.push(row_of(&columns, r)?);
+        }
+        Ok(more)
+    }
+
+    /// Ends an open result before its last row, leaving the connection
+    /// clean or marking it for discarding (tiberius#300), all of it bounded
+    /// by the connect timeout:
+    ///
+    /// 1. the rest is read and dropped, up to [`DRAIN_ROWS`] rows: a short
+    ///    remainder costs less than a new login;
+    /// 2. if more is left, TDS's cancel (an ATTENTION packet) stops the
+    ///    request on the server, and tiberius skips what is still on the
+    ///    wire up to the server's acknowledgement;
+    /// 3. if that fails (the server had already sent the whole result, so
+    ///    its acknowledgement comes as a message of its own, which tiberius
+    ///    does not wait for), or anything takes too long, the connection is
+    ///    discarded.
+    ///
+    /// Steps 1 and 3 are exercised against the test server; step 2 needs a
+    /// real SQL Server still sending the result, which the test server never
+    /// is (it sends each answer whole before reading the next packet).
+    fn close_stream(&mut self) -> bool {
+        let Some(mut open) = self.stream.take() else {
+            return true;
+        };
+        let Some(rt) = self.rt.as_ref() else {
+            return false;
+        };
+        self.in_flight = true;
+        let limit = self.close_limit;
+        let drained = open.with_dependent_mut(|_, s| {
+            rt.block_on(async {
+                tokio::time::timeout(limit, async {
+                    for _ in 0..DRAIN_ROWS {
+                        if s.rows.try_next().await?.is_none() {
+                            return Ok(true);
+                        }
+                    }
+                    Ok::<_, tiberius::error::Error>(false)
+                })
+                .await
+            })
+        });
+        let mut client = open.into_owner().into_inner();
+        let clean = match drained {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => matches!(
+                rt.block_on(async { tokio::time::timeout(limit, client.cancel_query()).await }),
+                Ok(Ok(()))
+            ),
+            // An error of the server's ends its answer: the rest is
+            // drained before the next request. Anything else: discarded.
+            Ok(Err(tiberius::error::Error::Server(_))) => true,
+            Ok(Err(_)) | Err(_) => false,
+        };
+        self.in_flight = false;
+        self.client = Some(client);
+        if !clean {
+            tracing::debug!(
+                "a SQL Server stream ended half way could not be stopped cleanly; its connection is discarded"
+            );
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        clean
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
@@ -653,6 +1313,42 @@ impl Connection for MsConnection {
         self.batch("SELECT 1")
     }
 
+    /// TDS bulk load (`INSERT BULK`, tiberius' `bulk_insert`) for inserts;
+    /// for upserts, updates and deletes a bulk load into a temporary table
+    /// with the target's column types, then one `MERGE`, `UPDATE … FROM`
+    /// or `DELETE … FROM` joined on the keys.
+    ///
+    /// The test server (pysqlbridge) has no bulk load: against it this
+    /// fails with its error at `INSERT BULK`, cleanly. The rows written, the
+    /// `MERGE`/`UPDATE`/`DELETE` from the temporary table and the mapping of
+    /// values to each column type are verified only by unit tests of the
+    /// encoding, not against a real SQL Server.
+    fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        if plan.kind == BulkKind::Insert {
+            return self.bulk_load(&plan.table, &plan.columns, rows);
+        }
+        let cols = plan.column_list();
+        let table = &plan.table;
+        // A UNION makes SELECT … INTO leave out an identity property, so
+        // every column takes the values given. Each chunk runs in a
+        // transaction, so a failure after this rolls the table back too.
+        self.batch(&format!(
+            "SELECT {cols} INTO {BULK_TEMP} FROM {table} WHERE 1 = 0 \
+             UNION ALL SELECT {cols} FROM {table} WHERE 1 = 0"
+        ))?;
+        let applied = self
+            .bulk_load(BULK_TEMP, &plan.columns, rows)
+            .and_then(|_| self.execute(&bulk_apply_sql(plan), &[]));
+        let dropped = self.batch(&format!("DROP TABLE {BULK_TEMP}"));
+        // The first failure is the one to report.
+        let affected = applied?;
+        dropped?;
+        Ok(affected)
+    }
+
     fn canceller(&self) -> Arc<dyn Canceller> {
         Arc::clone(&self.canceller)
     }
@@ -664,7 +1360,9 @@ impl Connection for MsConnection {
     }
 
     fn is_closed(&self) -> bool {
-        self.broken.load(Ordering::SeqCst) || self.in_flight || self.client.is_none()
+        self.broken.load(Ordering::SeqCst)
+            || self.in_flight
+            || (self.client.is_none() && self.stream.is_none())
     }
 
     fn peer_closed(&self) -> bool {
@@ -674,7 +1372,8 @@ impl Connection for MsConnection {
 
 impl Drop for MsConnection {
     fn drop(&mut self) {
-        blocking::drop_off_runtime((self.client.take(), self.rt.take()));
+        // The open result first: it holds the client.
+        blocking::drop_off_runtime((self.stream.take(), self.client.take(), self.rt.take()));
     }
 }
 
@@ -812,11 +1511,14 @@ fn classify(e: tiberius::error::Error) -> Error {
             "the server redirected the connection (Azure SQL gateway routing), which dbmanager does not follow; connect to the redirected host directly",
         )
         .with_source(e),
+        E::BulkInput(ref m) => Error::conversion(format!(
+            "a value cannot be written by bulk load: {m}"
+        ))
+        .with_source(e),
         E::Conversion(_) | E::Encoding(_) | E::Utf8 | E::Utf16 | E::ParseInt(_) => {
             Error::conversion("a value could not be converted between Rust and SQL Server")
                 .with_source(e)
         }
-        other => Error::new(ErrorKind::Database, "SQL Server client error").with_source(other),
     }
 }
 
@@ -998,6 +1700,166 @@ mod tests {
         assert_eq!(
             numeric(1_000, 2)?,
             Value::Decimal(rust_decimal::Decimal::new(1_000, 2))
+        );
+        Ok(())
+    }
+
+    fn var(ty: tiberius::VarLenType, len: usize) -> tiberius::TypeInfo {
+        tiberius::TypeInfo::VarLenSized(tiberius::VarLenContext::new(ty, len, None))
+    }
+
+    #[test]
+    fn column_types_map_to_bulk_slots() {
+        use tiberius::{FixedLenType as F, TypeInfo, VarLenType as V};
+        let cases = [
+            (TypeInfo::FixedLen(F::Int4), Slot::I32),
+            (TypeInfo::FixedLen(F::Int8), Slot::I64),
+            (TypeInfo::FixedLen(F::Bit), Slot::Bit),
+            (TypeInfo::FixedLen(F::Datetime), Slot::DateTime),
+            (TypeInfo::FixedLen(F::Datetime4), Slot::SmallDateTime),
+            (var(V::Intn, 1), Slot::U8),
+            (var(V::Intn, 2), Slot::I16),
+            (var(V::Intn, 4), Slot::I32),
+            (var(V::Intn, 8), Slot::I64),
+            (var(V::Floatn, 4), Slot::F32),
+            (var(V::Floatn, 8), Slot::F64),
+            (var(V::Datetimen, 4), Slot::SmallDateTime),
+            (var(V::Datetimen, 8), Slot::DateTime),
+            (var(V::Datetime2, 3), Slot::DateTime2(3)),
+            (var(V::Timen, 7), Slot::Time(7)),
+            (var(V::NVarchar, 80), Slot::Text),
+            (var(V::BigVarChar, 80), Slot::Text),
+            (var(V::BigVarBin, 16), Slot::Binary),
+            (var(V::Guid, 16), Slot::Guid),
+            (
+                TypeInfo::VarLenSizedPrecision {
+                    ty: V::Decimaln,
+                    size: 9,
+                    precision: 12,
+                    scale: 2,
+                },
+                Slot::Decimal,
+            ),
+        ];
+        for (ty, slot) in cases {
+            assert_eq!(slot_of(&ty), slot, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn values_become_the_columns_tds_data() {
+        use chrono::{NaiveDate, NaiveTime};
+        fn ok(v: &Value, slot: Slot) -> ColumnData<'_> {
+            tds_value(v, slot).expect("converts")
+        }
+        assert_eq!(ok(&Value::I64(7), Slot::I32), ColumnData::I32(Some(7)));
+        assert_eq!(ok(&Value::I64(7), Slot::U8), ColumnData::U8(Some(7)));
+        assert_eq!(ok(&Value::Bool(true), Slot::I16), ColumnData::I16(Some(1)));
+        assert_eq!(ok(&Value::Null, Slot::I64), ColumnData::I64(None));
+        assert_eq!(ok(&Value::I64(1), Slot::Bit), ColumnData::Bit(Some(true)));
+        assert_eq!(ok(&Value::I64(2), Slot::F64), ColumnData::F64(Some(2.0)));
+        assert_eq!(
+            ok(&Value::Text("ünï ✓".into()), Slot::Text),
+            ColumnData::String(Some("ünï ✓".into()))
+        );
+        assert_eq!(
+            ok(&Value::Decimal("12.50".parse().unwrap()), Slot::Decimal),
+            ColumnData::Numeric(Some(tiberius::numeric::Numeric::new_with_scale(1250, 2)))
+        );
+        let u = uuid::Uuid::new_v4();
+        assert_eq!(
+            ok(&Value::Text(u.to_string()), Slot::Guid),
+            ColumnData::Guid(Some(u))
+        );
+        // Dates and times as tiberius' own chrono conversions make them
+        // (days from 0001-01-01, 100 ns units at scale 7); `datetime` counts
+        // days from 1900-01-01 and 1/300 s; other scales rescale.
+        let day = NaiveDate::from_ymd_opt(1900, 1, 2).unwrap();
+        assert_eq!(ok(&Value::Date(day), Slot::Date), day.to_sql());
+        let noon = day.and_hms_milli_opt(12, 0, 0, 10).unwrap();
+        assert_eq!(
+            ok(&Value::Timestamp(noon), Slot::DateTime2(7)),
+            noon.to_sql()
+        );
+        let t = NaiveTime::from_hms_micro_opt(0, 0, 1, 5).unwrap();
+        assert_eq!(ok(&Value::Time(t), Slot::Time(7)), t.to_sql());
+        match ok(&Value::Timestamp(noon), Slot::DateTime) {
+            ColumnData::DateTime(Some(d)) => {
+                assert_eq!(d.days(), 1);
+                assert_eq!(d.seconds_fragments(), 12 * 3600 * 300 + 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        match ok(&Value::Timestamp(noon), Slot::DateTime2(3)) {
+            ColumnData::DateTime2(Some(d)) => {
+                assert_eq!(d.time().scale(), 3);
+                assert_eq!(d.time().increments(), 12 * 3_600_000 + 10);
+            }
+            other => panic!("{other:?}"),
+        }
+        let t = NaiveTime::from_hms_micro_opt(0, 0, 1, 5).unwrap();
+        match ok(&Value::Time(t), Slot::Time(7)) {
+            ColumnData::Time(Some(x)) => assert_eq!(x.increments(), 10_000_050),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn values_that_do_not_fit_say_why_without_the_value() {
+        for (v, slot, why) in [
+            (Value::I64(300), Slot::U8, "out of the column's range"),
+            (Value::I64(1 << 40), Slot::I32, "out of the column's range"),
+            (Value::Text("hunter2".into()), Slot::I32, "text value"),
+            (Value::Text("hunter2".into()), Slot::Guid, "not a UUID"),
+            (Value::Bytes(vec![1]), Slot::Text, "bytes value"),
+            (Value::I64(1), Slot::Other("sql_variant"), "sql_variant"),
+        ] {
+            let e = tds_value(&v, slot).expect_err("refused");
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("300"), "{e}");
+        }
+        let row = [Value::I64(1), Value::Text("hunter2".into())];
+        let e = tds_row(
+            4,
+            &row,
+            &["[id]".into(), "[n]".into()],
+            &[Slot::I32, Slot::I32],
+        )
+        .expect_err("refused");
+        assert_eq!(e.kind(), ErrorKind::Conversion);
+        let text = e.to_string();
+        assert!(text.contains("row 5 of the chunk, column [n]"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn bulk_statements_join_the_loaded_rows_on_the_keys() -> Result<()> {
+        let plan = |kind, keys: &[&str]| {
+            BulkPlan::new(
+                kind,
+                Dialect::MsSql,
+                "app.Order Items",
+                &["id", "Näme x"],
+                keys,
+            )
+        };
+        let up = bulk_apply_sql(&plan(BulkKind::Upsert, &["id"])?);
+        assert_eq!(
+            up,
+            "MERGE INTO [app].[Order Items] WITH (HOLDLOCK) AS d USING #dbmanager_bulk AS s \
+             ON d.[id] = s.[id] WHEN MATCHED THEN UPDATE SET d.[Näme x] = s.[Näme x] \
+             WHEN NOT MATCHED THEN INSERT ([id], [Näme x]) VALUES (s.[id], s.[Näme x]);"
+        );
+        let only_keys = bulk_apply_sql(&plan(BulkKind::Upsert, &["id", "Näme x"])?);
+        assert!(!only_keys.contains("WHEN MATCHED"), "{only_keys}");
+        assert_eq!(
+            bulk_apply_sql(&plan(BulkKind::Update, &["id"])?),
+            "UPDATE d SET d.[Näme x] = s.[Näme x] FROM [app].[Order Items] AS d \
+             INNER JOIN #dbmanager_bulk AS s ON d.[id] = s.[id]"
+        );
+        assert_eq!(
+            bulk_apply_sql(&plan(BulkKind::Delete, &["id"])?),
+            "DELETE d FROM [app].[Order Items] AS d INNER JOIN #dbmanager_bulk AS s ON d.[id] = s.[id]"
         );
         Ok(())
     }
