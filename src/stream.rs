@@ -80,7 +80,9 @@ pub struct RowStream<'a> {
     conn: Option<Lease<'a>>,
     native: String,
     limit: Limit,
-    buffer: std::vec::IntoIter<Row>,
+    /// Rows fetched and not yet yielded, last first (taken from the end);
+    /// its allocation is reused by each fetch.
+    buffer: Vec<Row>,
     /// The backend's result is open: more rows may come.
     open: bool,
     start: Instant,
@@ -119,7 +121,7 @@ impl<'a> RowStream<'a> {
             conn: Some(lease),
             native,
             limit,
-            buffer: Vec::new().into_iter(),
+            buffer: Vec::new(),
             open: false,
             start: Instant::now(),
             rows: 0,
@@ -138,7 +140,10 @@ impl<'a> RowStream<'a> {
         });
         stream.fired |= fired;
         match opened {
-            Ok(Some(rows)) => stream.buffer = rows.into_iter(),
+            Ok(Some(mut rows)) => {
+                rows.reverse();
+                stream.buffer = rows;
+            }
             Ok(None) => stream.open = true,
             Err(e) => {
                 stream.failure = Some(e.kind());
@@ -161,25 +166,29 @@ impl<'a> RowStream<'a> {
             conn,
             native,
             limit,
+            buffer,
             ..
         } = self;
         let Some(conn) = conn.as_mut() else {
             self.open = false;
             return Ok(());
         };
-        let mut batch = Vec::with_capacity(FETCH_ROWS);
+        // Empty here (refilled only once drained): the same allocation
+        // takes the next batch.
+        buffer.clear();
         let (more, fired) = shared.stage(conn.get(), Op::Query, native, *limit, |b| {
-            b.fetch(FETCH_ROWS, &mut batch)
+            b.fetch(FETCH_ROWS, buffer)
         });
         self.fired |= fired;
         match more {
             Ok(more) => {
                 self.open = more;
-                self.buffer = batch.into_iter();
+                self.buffer.reverse();
                 Ok(())
             }
             Err(e) => {
                 self.open = false;
+                self.buffer.clear();
                 self.failure = Some(e.kind());
                 Err(e)
             }
@@ -208,7 +217,7 @@ impl<'a> RowStream<'a> {
             self.fired,
             self.rows,
         );
-        self.buffer = Vec::new().into_iter();
+        self.buffer = Vec::new();
     }
 
     /// Deserialises each row into `T` with serde, as
@@ -226,7 +235,7 @@ impl Iterator for RowStream<'_> {
 
     fn next(&mut self) -> Option<Result<Row>> {
         loop {
-            if let Some(row) = self.buffer.next() {
+            if let Some(row) = self.buffer.pop() {
                 self.rows += 1;
                 return Some(Ok(row));
             }

@@ -158,6 +158,10 @@ fn constraint_error_in_the_middle(b: Backend) -> Result<()> {
     assert!(e.is_unique_violation(), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("chunk 2 (input rows 1000 to 1999)"), "{msg}");
+    if matches!(b, Backend::SqliteFile | Backend::SqliteMemory) {
+        // One row per step: SQLite names the row within the chunk.
+        assert!(msg.contains("at row 500 of the chunk"), "{msg}");
+    }
     assert!(msg.contains("rolled back"), "{msg}");
     assert!(!msg.contains("secret-5"), "another row's value in {msg}");
     assert_eq!(e.bulk_position(), Some(0));

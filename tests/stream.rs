@@ -35,6 +35,14 @@ fn many_rows(b: Backend) -> Result<()> {
     assert_eq!(count, u64::from(n));
     assert_eq!(sum, i64::from(n) * (i64::from(n) + 1) / 2);
 
+    // In order across every fetch boundary.
+    let mut expected = 1i64;
+    for row in db.stream(&format!("{} ORDER BY i", series(b, 5_000)), ())? {
+        assert_eq!(row?.get::<i64>("i")?, expected);
+        expected += 1;
+    }
+    assert_eq!(expected, 5_001);
+
     #[derive(Deserialize)]
     struct N {
         i: i64,
@@ -161,6 +169,20 @@ fn errors_are_clear(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(errors_are_clear);
+
+/// Text that is not UTF-8 (SQLite stores what it is given) reads with
+/// replacement characters, as in `execute_query`, rather than failing.
+fn invalid_utf8_text(b: Backend) -> Result<()> {
+    let db = b.open()?;
+    let sql = "SELECT CAST(x'66ff6f' AS TEXT) AS t, 'ünï ✓' AS u";
+    let streamed: Vec<Row> = db.stream(sql, ())?.collect::<Result<_>>()?;
+    let queried = db.query_one(sql, ())?;
+    assert_eq!(streamed[0].get::<String>("t")?, "f\u{fffd}o");
+    assert_eq!(streamed[0].get::<String>("u")?, "ünï ✓");
+    assert_eq!(streamed[0].values(), queried.values());
+    Ok(())
+}
+each_backend!(invalid_utf8_text, [SqliteFile, SqliteMemory]);
 
 fn counted_in_metrics(b: Backend) -> Result<()> {
     let db = b.open()?;

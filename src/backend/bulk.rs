@@ -228,7 +228,7 @@ impl BulkPlan {
 
     /// The statement that writes `n` rows at once (insert, upsert), or one
     /// row (update, delete, and upsert on SQL Server).
-    fn statement(&self, n: usize) -> String {
+    pub(crate) fn statement(&self, n: usize) -> String {
         let table = &self.table;
         let cols = self.column_list();
         let mut sql = String::with_capacity(64 + n * self.columns.len() * 5);
@@ -350,6 +350,20 @@ impl BulkPlan {
                     format!(" ON CONFLICT ({keys}) DO UPDATE SET {}", set.join(", "))
                 }
             }
+        }
+    }
+
+    /// Which value of a row each parameter of a one-row
+    /// [`statement`](Self::statement) takes, in parameter order.
+    pub(crate) fn bind_order(&self) -> Vec<usize> {
+        match self.kind {
+            BulkKind::Insert | BulkKind::Upsert => (0..self.columns.len()).collect(),
+            BulkKind::Update => self
+                .non_keys()
+                .map(|(i, _)| i)
+                .chain(self.keys.iter().copied())
+                .collect(),
+            BulkKind::Delete => self.keys.clone(),
         }
     }
 
