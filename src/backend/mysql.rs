@@ -23,7 +23,8 @@ use r2d2::ManageConnection;
 use r2d2_mysql::MySqlConnectionManager;
 
 use super::blocking::SocketHandle;
-use super::{connect_error, ConnectLimit, Connection, Connector};
+use super::bulk::wire_size;
+use super::{connect_error, BulkPlan, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -275,6 +276,7 @@ impl Connector for MyConnector {
             flavor: None,
             database: self.database.clone(),
             resettable: None,
+            max_packet: None,
         }))
     }
 
@@ -305,6 +307,8 @@ struct MyConnection {
     database: Option<String>,
     /// Whether the server can reset a session in place, found on first use.
     resettable: Option<bool>,
+    /// The session's `max_allowed_packet`, found on first bulk write.
+    max_packet: Option<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -413,6 +417,8 @@ impl Connection for MyConnection {
             return Ok(false);
         }
         let database = self.database.clone();
+        // The session's variables are the global ones again.
+        self.max_packet = None;
         let conn = self.idle()?;
         conn.reset().map_err(classify)?;
         if let Some(db) = database.as_deref() {
@@ -510,6 +516,23 @@ impl Connection for MyConnection {
         }
     }
 
+    /// Multi-row statements, each sized to fit the server's
+    /// `max_allowed_packet`: a larger one would be refused, and the
+    /// connection closed.
+    /// A row the server would refuse whatever the statement (it would
+    /// close the connection too) is an error before anything is sent.
+    fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        let budget = self.statement_budget()?;
+        let packet = self.max_packet.unwrap_or(MAX_PAYLOAD);
+        if let Some(i) = rows.iter().position(|r| too_large(r, packet)) {
+            let bytes: usize = rows[i].iter().map(wire_size).sum();
+            return Err(Error::parameter(format!(
+                "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
+            )));
+        }
+        plan.run_statements_within(rows, budget, &mut |sql, params| self.execute(sql, params))
+    }
+
     /// The rest of the result may be any size, so it is not read as it
     /// is: the statement is stopped on the server with `KILL QUERY` (as at
     /// a deadline), and only what was already on its way is read, up to
@@ -578,6 +601,30 @@ impl MyConnection {
         }
     }
 
+    /// Bytes of values one statement may carry: the session's
+    /// `max_allowed_packet` (read once per connection; a session cannot
+    /// change it), and at most one protocol packet (16 MiB), past which the
+    /// driver sends each value as a packet of its own, far slower. A
+    /// sixteenth and a few bytes per row are left for the packet's header
+    /// and null bitmap.
+    fn statement_budget(&mut self) -> Result<usize> {
+        let packet = match self.max_packet {
+            Some(p) => p,
+            None => {
+                let p: Option<u64> = self
+                    .idle()?
+                    .query_first("SELECT @@SESSION.max_allowed_packet")
+                    .map_err(classify)?;
+                // 1 KiB is the least the server allows.
+                let p = p.map_or(MAX_PAYLOAD, |p| usize::try_from(p).unwrap_or(MAX_PAYLOAD));
+                self.max_packet = Some(p);
+                p
+            }
+        };
+        let packet = packet.min(MAX_PAYLOAD);
+        Ok((packet - packet / 16).saturating_sub(64))
+    }
+
     /// Sets the session's statement limit on the server.
     fn send_limit(&mut self, limit: Option<Duration>) -> Result<()> {
         let conn = self.conn.as_mut().ok_or_else(closed)?;
@@ -636,6 +683,23 @@ impl MyConnection {
         };
         self.resettable = Some(known);
         Ok(known)
+    }
+}
+
+/// The largest payload of one protocol packet; a larger statement is sent
+/// by the driver as one packet per value (`COM_STMT_SEND_LONG_DATA`).
+const MAX_PAYLOAD: usize = (1 << 24) - 1;
+
+/// Whether the server refuses the row in any statement: a row sent in one
+/// packet must fit `max_allowed_packet`; one larger than a protocol packet
+/// goes a value at a time, and then each value must fit.
+fn too_large(row: &[Value], packet: usize) -> bool {
+    const SLACK: usize = 1024;
+    let total: usize = row.iter().map(wire_size).sum();
+    if total <= MAX_PAYLOAD {
+        total + SLACK > packet
+    } else {
+        row.iter().any(|v| wire_size(v) + SLACK > packet)
     }
 }
 
