@@ -31,11 +31,13 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
 
-/// Rows read at most from a stream closed half way, after its statement
+/// What is read at most of a stream closed half way, after its statement
 /// was stopped on the server; past that the connection is closed instead.
 /// What is still on its way after `KILL QUERY` is what the socket buffers
-/// hold, far less.
-const DRAIN_ROWS: usize = 100_000;
+/// hold: a few megabytes on loopback (about a million small rows, read in
+/// some 100 ms), less elsewhere.
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// MySQL's character set number for binary strings.
 const BINARY_CHARSET: u16 = 63;
@@ -268,6 +270,7 @@ impl Connector for MyConnector {
         Ok(Box::new(MyConnection {
             conn: Some(conn),
             stream: None,
+            pending: None,
             cut: false,
             limit: None,
             limit_stale: false,
@@ -290,6 +293,9 @@ struct MyConnection {
     conn: Option<mysql::Conn>,
     /// An unbuffered result being read, with the connection inside.
     stream: Option<Streaming>,
+    /// The error that ended a stream after the rows already fetched,
+    /// for the stream's next fetch.
+    pending: Option<Error>,
     /// The socket was cut (a stream ended half way): the connection is
     /// closed and never reused.
     cut: bool,
@@ -461,6 +467,7 @@ impl Connection for MyConnection {
     /// still bounds every fetch) and set again before the next statement.
     fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
         self.idle()?;
+        self.pending = None;
         if self.limit.is_some() {
             self.send_limit(None)?;
         }
@@ -479,6 +486,9 @@ impl Connection for MyConnection {
     }
 
     fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
         let Some(stream) = self.stream.as_mut() else {
             return Ok(false);
         };
@@ -495,9 +505,17 @@ impl Connection for MyConnection {
                 },
                 // The server's error ended the result: the session is
                 // clean (a `KILL QUERY` at a deadline ends it so too).
+                // The rows before it are handed out first, and the error
+                // at the next fetch, unless it is the cancel's, which
+                // belongs to this fetch's deadline.
                 Some(Err(e)) => {
                     self.end_stream();
-                    return Err(classify(e));
+                    let e = classify(e);
+                    if out.is_empty() || e.db_code() == Some("1317") {
+                        return Err(e);
+                    }
+                    self.pending = Some(e);
+                    return Ok(true);
                 }
                 None => {
                     self.end_stream();
@@ -539,17 +557,21 @@ impl Connection for MyConnection {
     /// its end or the server's "interrupted" error. A `KILL QUERY` that
     /// finds the statement done does not touch the next one (measured on
     /// MariaDB 10.11), so either way the session is clean. When the kill
-    /// cannot be sent, or the rest does not end within [`DRAIN_ROWS`], the
+    /// cannot be sent, or the rest does not end within [`DRAIN_BYTES`] and
+    /// [`DRAIN_TIME`], the
     /// socket is cut and the connection closed instead.
     fn close_stream(&mut self) -> bool {
+        self.pending = None;
         let Some(stream) = self.stream.as_mut() else {
             return true;
         };
         if self.canceller.cancel().is_ok() {
             let result = stream.open.result();
-            for _ in 0..DRAIN_ROWS {
+            let until = Instant::now() + DRAIN_TIME;
+            let mut bytes = 0;
+            while bytes < DRAIN_BYTES && Instant::now() < until {
                 match result.next() {
-                    Some(Ok(_)) => {}
+                    Some(Ok(row)) => bytes += row_size(&row),
                     Some(Err(mysql::Error::MySqlError(e))) if e.code == 1317 => {
                         self.end_stream();
                         return true;
@@ -684,6 +706,16 @@ impl MyConnection {
         self.resettable = Some(known);
         Ok(known)
     }
+}
+
+/// About how many bytes a row took on the wire.
+fn row_size(row: &mysql::Row) -> usize {
+    (0..row.len())
+        .map(|i| match row.as_ref(i) {
+            Some(mysql::Value::Bytes(b)) => b.len() + 1,
+            _ => 8,
+        })
+        .sum()
 }
 
 /// The largest payload of one protocol packet; a larger statement is sent
