@@ -390,12 +390,38 @@ impl BulkPlan {
         max_bytes: usize,
         exec: &mut dyn FnMut(&str, &[Value]) -> Result<u64>,
     ) -> Result<u64> {
-        let multi = matches!(self.kind, BulkKind::Insert)
-            || (self.kind == BulkKind::Upsert && self.dialect != Dialect::MsSql);
+        let mut values = Vec::new();
+        self.for_each_statement(rows, max_bytes, &mut |sql, now| {
+            values.clear();
+            for row in now {
+                self.bind_row(row, &mut values);
+            }
+            exec(sql, &values)
+        })
+    }
+
+    /// Whether a statement binds its rows' values as they are, row after
+    /// row (multi-row inserts and upserts), so that a backend may bind
+    /// them straight from the rows.
+    pub(crate) fn binds_rows_as_given(&self) -> bool {
+        matches!(self.kind, BulkKind::Insert)
+            || (self.kind == BulkKind::Upsert && self.dialect != Dialect::MsSql)
+    }
+
+    /// Cuts `rows` into the statements that write them, as
+    /// [`run_statements_within`](Self::run_statements_within) does, and
+    /// runs `exec` with each statement and its rows; returns the sum of
+    /// what `exec` returned.
+    pub(crate) fn for_each_statement(
+        &self,
+        rows: &[Vec<Value>],
+        max_bytes: usize,
+        exec: &mut dyn FnMut(&str, &[Vec<Value>]) -> Result<u64>,
+    ) -> Result<u64> {
+        let multi = self.binds_rows_as_given();
         let mut affected = 0;
         let mut rest = rows;
         let mut cached: Option<(usize, String)> = None;
-        let mut values = Vec::new();
         while !rest.is_empty() {
             let n = if multi {
                 self.rows_per_statement(rest, max_bytes)
@@ -403,15 +429,11 @@ impl BulkPlan {
                 1
             };
             let (now, later) = rest.split_at(n.min(rest.len()));
-            if cached.as_ref().map(|(k, _)| *k) != Some(now.len()) {
-                cached = Some((now.len(), self.statement(now.len())));
-            }
-            let sql = &cached.as_ref().expect("statement built above").1;
-            values.clear();
-            for row in now {
-                self.bind_row(row, &mut values);
-            }
-            affected += exec(sql, &values)?;
+            let sql = match &cached {
+                Some((k, sql)) if *k == now.len() => sql,
+                _ => &cached.insert((now.len(), self.statement(now.len()))).1,
+            };
+            affected += exec(sql, now)?;
             rest = later;
         }
         Ok(affected)

@@ -548,7 +548,18 @@ impl Connection for MyConnection {
                 "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
             )));
         }
-        plan.run_statements_within(rows, budget, &mut |sql, params| self.execute(sql, params))
+        if !plan.binds_rows_as_given() {
+            return plan
+                .run_statements_within(rows, budget, &mut |sql, params| self.execute(sql, params));
+        }
+        // Multi-row statements bind the rows' values straight into the
+        // driver's, with no copy in between.
+        plan.for_each_statement(rows, budget, &mut |sql, now| {
+            let params = mysql::Params::Positional(now.iter().flatten().map(to_mysql).collect());
+            let conn = self.idle()?;
+            conn.exec_drop(sql, params).map_err(classify)?;
+            Ok(conn.affected_rows())
+        })
     }
 
     /// The rest of the result may be any size, so it is not read as it
