@@ -318,7 +318,6 @@ each_backend!(mariadb_dropped_half_way_keeps_its_connection, [MySql]);
 /// same connection goes on).
 fn mariadb_timeout_and_error_mid_stream(b: Backend) -> Result<()> {
     let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
-    let id = connection_id(&db)?;
     {
         let mut conn = db.connection()?;
         conn.set_timeout(Some(Duration::from_millis(500)));

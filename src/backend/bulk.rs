@@ -48,6 +48,10 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// [`run_statements_within`](BulkPlan::run_statements_within)).
 const BYTES_PER_STATEMENT: usize = 4 << 20;
 
+/// Runs one statement of a bulk write with its rows; returns the rows
+/// affected.
+pub(crate) type StatementRunner<'a> = dyn FnMut(&str, &[Vec<Value>]) -> Result<u64> + 'a;
+
 /// One bulk operation's target, its columns quoted and checked.
 #[derive(Clone, Debug)]
 pub(crate) struct BulkPlan {
@@ -416,7 +420,7 @@ impl BulkPlan {
         &self,
         rows: &[Vec<Value>],
         max_bytes: usize,
-        exec: &mut dyn FnMut(&str, &[Vec<Value>]) -> Result<u64>,
+        exec: &mut StatementRunner<'_>,
     ) -> Result<u64> {
         let multi = self.binds_rows_as_given();
         let mut affected = 0;
