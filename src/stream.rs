@@ -15,11 +15,13 @@
 //!
 //! **Dropped half way:** SQLite finalizes its statement (the connection is
 //! clean); PostgreSQL's connection, with the rest of the result still on
-//! its way, is discarded rather than read to the end; SQL Server reads and
-//! drops a short remainder, or cancels the request, or else discards the
-//! connection; backends that read the whole result at open (MySQL,
-//! PostgreSQL behind pgbouncer) have nothing left to read. No connection goes back to the
-//! pool with a result pending.
+//! its way, is discarded rather than read to the end; MySQL's statement is
+//! stopped on the server (`KILL QUERY`) and only what was already on its
+//! way is read, within a bound (past it the connection is closed); SQL
+//! Server reads and drops a short remainder, or cancels the request, or
+//! else discards the connection; PostgreSQL behind pgbouncer reads the whole
+//! result at open and has nothing left to read. No connection goes back to
+//! the pool with a result pending.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -64,15 +66,16 @@ impl Lease<'_> {
 /// stream: a caller may take its time with each row, and a fetch stuck on
 /// the server is cancelled by the watchdog like any statement.
 ///
-/// **Memory:** PostgreSQL and SQL Server rows come as the server sends
-/// them and SQLite's statement is stepped as rows are asked for, so memory
-/// stays flat; MySQL (and PostgreSQL behind pgbouncer) read the whole
-/// result when the stream opens.
+/// **Memory:** PostgreSQL, MySQL and SQL Server rows come as the server
+/// sends them and SQLite's statement is stepped as rows are asked for, so
+/// memory stays flat; PostgreSQL behind pgbouncer reads the whole result
+/// when the stream opens.
 ///
 /// **Dropped half way:** no connection goes back to the pool with a result
 /// pending: SQLite's statement is finalized; PostgreSQL's connection, the
 /// rest of the result still on its way, is discarded rather than read to
-/// the end.
+/// the end; MySQL's statement is stopped on the server and the little
+/// already sent is read (or, past a bound, the connection is closed).
 #[must_use = "a stream reads nothing until iterated, and holds its connection until dropped"]
 pub struct RowStream<'a> {
     shared: Arc<Shared>,

@@ -510,3 +510,90 @@ fn inside_a_transaction_and_on_a_guard(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(inside_a_transaction_and_on_a_guard);
+
+/// MariaDB: rows far larger in total than the server's `max_allowed_packet`
+/// (16 MiB here) and than one statement can carry go in as many multi-row
+/// statements as needed, each sized to fit, with no row lost, doubled or
+/// cut at a statement's boundary. A row that alone exceeds the packet size
+/// is a clear error naming it, and the pool stays usable.
+fn rows_larger_than_a_packet(b: Backend) -> Result<()> {
+    let db = b.open()?;
+    let t = Table::create(&db, "big", "id INTEGER PRIMARY KEY, body LONGTEXT NOT NULL")?;
+    let packet: i64 = db
+        .query_one("SELECT @@max_allowed_packet AS p", ())?
+        .get("p")?;
+    // Sizes from 1 KiB to 3 MiB, so statements hold from one row to many.
+    let size = |id: i64| -> usize {
+        match id % 5 {
+            0 => 3 << 20,
+            1 => 1 << 10,
+            2 => 700 << 10,
+            3 => 2 << 20,
+            _ => 64 << 10,
+        }
+    };
+    let body = |id: i64| -> String {
+        let unit = format!("<{id:06}>");
+        let mut s = unit.repeat(size(id) / unit.len() + 1);
+        s.truncate(size(id));
+        s
+    };
+    let ids = 0..40_i64;
+    let total: usize = ids.clone().map(size).sum();
+    assert!(total as i64 > 2 * packet, "{total} bytes against {packet}");
+    let r = db.bulk_insert(&t.name, &["id", "body"], ids.clone().map(|i| (i, body(i))))?;
+    assert_eq!((r.rows, r.rows_affected), (40, 40));
+    let rows = db.execute_query(
+        &format!(
+            "SELECT id, LENGTH(body) AS n, LEFT(body, 8) AS head, RIGHT(body, 8) AS tail FROM [{}] ORDER BY id",
+            t.name
+        ),
+        (),
+    )?;
+    assert_eq!(rows.len(), 40);
+    for (row, id) in rows.iter().zip(ids) {
+        let want = body(id);
+        assert_eq!(row.get::<i64>("id")?, id);
+        assert_eq!(row.get::<i64>("n")? as usize, want.len(), "row {id}");
+        assert_eq!(row.get::<String>("head")?, want[..8], "row {id}");
+        assert_eq!(
+            row.get::<String>("tail")?,
+            want[want.len() - 8..],
+            "row {id}"
+        );
+    }
+
+    // Upserts are sized the same way.
+    let r = db.bulk_upsert(
+        &t.name,
+        &["id", "body"],
+        &["id"],
+        (0..10_i64).map(|i| (i, body(i + 1))),
+    )?;
+    assert_eq!(r.rows, 10);
+    let n: i64 = db
+        .query_one(
+            &format!("SELECT LENGTH(body) AS n FROM [{}] WHERE id = 4", t.name),
+            (),
+        )?
+        .get("n")?;
+    assert_eq!(n as usize, size(5));
+
+    // One value larger than the packet: refused by the server, named.
+    let huge = "x".repeat(packet as usize + 1024);
+    let e = db
+        .bulk_insert(
+            &t.name,
+            &["id", "body"],
+            [(100_i64, "small".to_owned()), (101, huge)],
+        )
+        .expect_err("larger than max_allowed_packet");
+    assert_eq!(e.kind(), ErrorKind::Parameter, "{e}");
+    assert!(e.to_string().contains("the chunk's row 1 "), "{e}");
+    assert!(e.to_string().contains("max_allowed_packet"), "{e}");
+    assert_eq!(t.count()?, 40, "all or nothing");
+    assert_eq!(db.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?, 1);
+    assert_eq!(db.pool_status().checked_out, 0);
+    Ok(())
+}
+each_backend!(rows_larger_than_a_packet, [MySql]);

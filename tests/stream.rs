@@ -213,3 +213,174 @@ fn sql_server_streams(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(sql_server_streams, [MsSql]);
+
+/// MariaDB's `CONNECTION_ID()` on `db`'s one pooled connection.
+fn connection_id(db: &dbmanager::DatabaseManager) -> Result<i64> {
+    db.query_one("SELECT CONNECTION_ID() AS id", ())?.get("id")
+}
+
+/// MariaDB streams its unbuffered result: 200 000 rows in order, typed
+/// rows of several types, and a stream whose whole run is longer than the
+/// query timeout (the timeout bounds each fetch, and the server's own
+/// statement limit is lifted for it and set again afterwards).
+fn mariadb_reads_as_it_goes(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    let mut next = 1i64;
+    for row in db.stream("SELECT seq AS i FROM seq_1_to_200000 ORDER BY seq", ())? {
+        assert_eq!(row?.get::<i64>("i")?, next);
+        next += 1;
+    }
+    assert_eq!(next, 200_001);
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Item {
+        i: i64,
+        name: String,
+        half: Option<f64>,
+        day: chrono::NaiveDate,
+    }
+    let items: Vec<Item> = db
+        .stream_as::<Item>(
+            "SELECT seq AS i, CONCAT('ünï ', seq) AS name, \
+             IF(seq % 2 = 0, seq / 2.0e0, NULL) AS half, DATE '2026-01-01' + INTERVAL seq DAY AS day \
+             FROM seq_1_to_2500",
+            (),
+        )?
+        .collect::<Result<_>>()?;
+    assert_eq!(items.len(), 2500);
+    assert_eq!(
+        items[1],
+        Item {
+            i: 2,
+            name: "ünï 2".into(),
+            half: Some(1.0),
+            day: chrono::NaiveDate::from_ymd_opt(2026, 1, 3).unwrap(),
+        }
+    );
+    assert_eq!(items[2498].half, None);
+
+    // Each fetch of 1000 rows waits 0.5 s on the server, 2.5 s in all:
+    // more than the 1 s timeout plus the server limit's margin.
+    let mut conn = db.connection()?;
+    conn.set_timeout(Some(Duration::from_secs(1)));
+    let n = conn
+        .stream(
+            "SELECT seq AS i, IF(seq % 1000 = 500, SLEEP(0.5), 0) AS s FROM seq_1_to_5000",
+            (),
+        )?
+        .collect::<Result<Vec<Row>>>()?
+        .len();
+    assert_eq!(n, 5000);
+    // The server's limit is back for the next statement.
+    let e = conn
+        .execute_query("SELECT SLEEP(10) AS s", ())
+        .expect_err("stopped at the deadline");
+    assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
+    conn.set_timeout(None);
+    assert_eq!(conn.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?, 1);
+    Ok(())
+}
+each_backend!(mariadb_reads_as_it_goes, [MySql]);
+
+/// A MariaDB stream dropped half way (at once, inside a fetch's batch, at
+/// a batch's end) stops its statement on the server and keeps its
+/// connection: the same connection serves the next statements, and a
+/// later statement is not hit by the stop.
+fn mariadb_dropped_half_way_keeps_its_connection(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    let id = connection_id(&db)?;
+    for read in [0, 10, 1000, 1500] {
+        let mut s = db.stream(
+            "SELECT seq AS i, REPEAT('x', 200) AS pad FROM seq_1_to_10000000",
+            (),
+        )?;
+        for _ in 0..read {
+            s.next().expect("a row")?;
+        }
+        drop(s);
+        let status = db.pool_status();
+        assert_eq!(
+            (status.checked_out, status.checked_in),
+            (0, 1),
+            "{status:?}"
+        );
+        assert_eq!(status.suspected_leaks, 0, "{status:?}");
+        assert_eq!(connection_id(&db)?, id, "after {read} rows");
+        let slow: i64 = db.query_one("SELECT SLEEP(0.2) AS s", ())?.get("s")?;
+        assert_eq!(slow, 0, "not interrupted");
+    }
+    // In a transaction: its earlier work stays, and it commits.
+    let t = common::unique_name("sdrop");
+    db.execute_batch(&format!("CREATE TABLE {t} (id INTEGER PRIMARY KEY)"))?;
+    db.transaction(|tx| {
+        tx.execute(&format!("INSERT INTO {t} (id) VALUES (?)"), (1,))?;
+        let mut s = tx.stream(
+            "SELECT seq AS i, REPEAT('x', 200) AS pad FROM seq_1_to_1000000",
+            (),
+        )?;
+        s.next().expect("a row")?;
+        drop(s);
+        tx.execute(&format!("INSERT INTO {t} (id) VALUES (?)"), (2,))?;
+        Ok::<_, dbmanager::Error>(())
+    })?;
+    let n: i64 = db
+        .query_one(&format!("SELECT COUNT(*) AS n FROM {t}"), ())?
+        .get("n")?;
+    assert_eq!(n, 2);
+    assert_eq!(db.pool_status().invalid, 0, "{:?}", db.pool_status());
+    db.execute_batch(&format!("DROP TABLE {t}"))?;
+    Ok(())
+}
+each_backend!(mariadb_dropped_half_way_keeps_its_connection, [MySql]);
+
+/// A MariaDB fetch stuck after the first rows is cancelled on the server at
+/// its deadline (`QueryTimeout`), and an error the server raises after
+/// sending rows ends the stream with that error; either way the rows
+/// before it arrive and the connection is clean (after the error, the
+/// same connection goes on).
+fn mariadb_timeout_and_error_mid_stream(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    {
+        let mut conn = db.connection()?;
+        conn.set_timeout(Some(Duration::from_millis(500)));
+        let mut rows = 0;
+        let mut failure = None;
+        for row in conn.stream(
+            "SELECT seq AS i, IF(seq = 1500, SLEEP(10), 0) AS s FROM seq_1_to_3000",
+            (),
+        )? {
+            match row {
+                Ok(_) => rows += 1,
+                Err(e) => failure = Some(e),
+            }
+        }
+        let e = failure.expect("the fetch times out");
+        assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
+        assert!((1000..1500).contains(&rows), "{rows}");
+        conn.set_timeout(None);
+        assert_eq!(conn.query_one("SELECT 1 AS one", ())?.get::<i64>("one")?, 1);
+    }
+    // Kept or, when the kill's own reply came after the error, replaced.
+    assert_eq!(db.pool_status().checked_out, 0);
+    let id = connection_id(&db)?;
+
+    let mut rows = 0;
+    let mut failure = None;
+    for row in db.stream(
+        "SELECT a.seq AS i, (SELECT b.seq FROM seq_1_to_2 b WHERE a.seq = 1500 OR b.seq = 1) AS x \
+         FROM seq_1_to_3000 a",
+        (),
+    )? {
+        match row {
+            Ok(_) => rows += 1,
+            Err(e) => failure = Some(e),
+        }
+    }
+    let e = failure.expect("the subquery fails at row 1500");
+    assert_eq!(e.db_code(), Some("1242"), "{e}");
+    assert_eq!(rows, 1499);
+    assert_eq!(db.pool_status().checked_out, 0);
+    assert_eq!(connection_id(&db)?, id);
+    Ok(())
+}
+each_backend!(mariadb_timeout_and_error_mid_stream, [MySql]);

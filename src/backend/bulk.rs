@@ -42,10 +42,15 @@ fn max_params(dialect: Dialect) -> usize {
 /// parameter limit allows.
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Bytes of values in one multi-row statement, kept well under MySQL's
-/// default `max_allowed_packet` (16 MiB on MariaDB 10.11, 64 MiB on MySQL
-/// 8), so that a statement of long texts is never refused for its size.
+/// Bytes of values in one multi-row statement where the server names no
+/// limit of its own (MySQL sizes its statements from the server's
+/// `max_allowed_packet` instead, see
+/// [`run_statements_within`](BulkPlan::run_statements_within)).
 const BYTES_PER_STATEMENT: usize = 4 << 20;
+
+/// Runs one statement of a bulk write with its rows; returns the rows
+/// affected.
+pub(crate) type StatementRunner<'a> = dyn FnMut(&str, &[Vec<Value>]) -> Result<u64> + 'a;
 
 /// One bulk operation's target, its columns quoted and checked.
 #[derive(Clone, Debug)]
@@ -208,8 +213,9 @@ impl BulkPlan {
         out.push(')');
     }
 
-    /// How many rows the next multi-row statement takes from `rows`.
-    fn rows_per_statement(&self, rows: &[Vec<Value>]) -> usize {
+    /// How many rows the next multi-row statement takes from `rows`, its
+    /// values taking at most `max_bytes` (or one row, whatever its size).
+    fn rows_per_statement(&self, rows: &[Vec<Value>], max_bytes: usize) -> usize {
         // SQLite's fastest path is one prepared statement run per row.
         if self.dialect == Dialect::Sqlite {
             return 1;
@@ -218,8 +224,8 @@ impl BulkPlan {
         let cap = by_params.min(ROWS_PER_STATEMENT);
         let mut bytes = 0;
         for (n, row) in rows.iter().take(cap).enumerate() {
-            bytes += row.iter().map(value_size).sum::<usize>();
-            if bytes > BYTES_PER_STATEMENT {
+            bytes += row.iter().map(wire_size).sum::<usize>();
+            if bytes > max_bytes {
                 return n.max(1);
             }
         }
@@ -389,28 +395,63 @@ impl BulkPlan {
         rows: &[Vec<Value>],
         exec: &mut dyn FnMut(&str, &[Value]) -> Result<u64>,
     ) -> Result<u64> {
-        let multi = matches!(self.kind, BulkKind::Insert)
-            || (self.kind == BulkKind::Upsert && self.dialect != Dialect::MsSql);
-        let mut affected = 0;
-        let mut rest = rows;
-        let mut cached: Option<(usize, String)> = None;
+        self.run_statements_within(rows, BYTES_PER_STATEMENT, exec)
+    }
+
+    /// [`run_statements`](Self::run_statements) with the values of each
+    /// multi-row statement kept under `max_bytes` (as [`wire_size`]
+    /// counts them); a row larger than that alone goes in a statement of
+    /// its own.
+    pub(crate) fn run_statements_within(
+        &self,
+        rows: &[Vec<Value>],
+        max_bytes: usize,
+        exec: &mut dyn FnMut(&str, &[Value]) -> Result<u64>,
+    ) -> Result<u64> {
         let mut values = Vec::new();
-        while !rest.is_empty() {
-            let n = if multi {
-                self.rows_per_statement(rest)
-            } else {
-                1
-            };
-            let (now, later) = rest.split_at(n.min(rest.len()));
-            if cached.as_ref().map(|(k, _)| *k) != Some(now.len()) {
-                cached = Some((now.len(), self.statement(now.len())));
-            }
-            let sql = &cached.as_ref().expect("statement built above").1;
+        self.for_each_statement(rows, max_bytes, &mut |sql, now| {
             values.clear();
             for row in now {
                 self.bind_row(row, &mut values);
             }
-            affected += exec(sql, &values)?;
+            exec(sql, &values)
+        })
+    }
+
+    /// Whether a statement binds its rows' values as they are, row after
+    /// row (multi-row inserts and upserts), so that a backend may bind
+    /// them straight from the rows.
+    pub(crate) fn binds_rows_as_given(&self) -> bool {
+        matches!(self.kind, BulkKind::Insert)
+            || (self.kind == BulkKind::Upsert && self.dialect != Dialect::MsSql)
+    }
+
+    /// Cuts `rows` into the statements that write them, as
+    /// [`run_statements_within`](Self::run_statements_within) does, and
+    /// runs `exec` with each statement and its rows; returns the sum of
+    /// what `exec` returned.
+    pub(crate) fn for_each_statement(
+        &self,
+        rows: &[Vec<Value>],
+        max_bytes: usize,
+        exec: &mut StatementRunner<'_>,
+    ) -> Result<u64> {
+        let multi = self.binds_rows_as_given();
+        let mut affected = 0;
+        let mut rest = rows;
+        let mut cached: Option<(usize, String)> = None;
+        while !rest.is_empty() {
+            let n = if multi {
+                self.rows_per_statement(rest, max_bytes)
+            } else {
+                1
+            };
+            let (now, later) = rest.split_at(n.min(rest.len()));
+            let sql = match &cached {
+                Some((k, sql)) if *k == now.len() => sql,
+                _ => &cached.insert((now.len(), self.statement(now.len()))).1,
+            };
+            affected += exec(sql, now)?;
             rest = later;
         }
         Ok(affected)
@@ -436,13 +477,17 @@ fn quote_identifier_part(name: &str, dialect: Dialect) -> String {
     out
 }
 
-/// About how many bytes a value takes on the wire.
-fn value_size(v: &Value) -> usize {
-    match v {
-        Value::Text(s) => s.len() + 4,
-        Value::Bytes(b) => b.len() + 4,
-        Value::Json(j) => j.to_string().len() + 4,
-        _ => 12,
+/// At most how many bytes a value takes on the wire: its type (2 bytes in
+/// MySQL's binary protocol), a length prefix of up to 9 bytes and the
+/// value; fixed-size values take 12 at most, decimals and UUIDs go as text.
+pub(crate) fn wire_size(v: &Value) -> usize {
+    2 + match v {
+        Value::Text(s) => s.len() + 9,
+        Value::Bytes(b) => b.len() + 9,
+        Value::Json(j) => j.to_string().len() + 9,
+        Value::Decimal(_) => 40 + 9,
+        Value::Uuid(_) => 36 + 9,
+        _ => 13,
     }
 }
 
@@ -471,6 +516,49 @@ mod tests {
         }
         assert!(BulkPlan::new(BulkKind::Update, Dialect::Sqlite, "t", &["id"], &["id"]).is_err());
         assert!(BulkPlan::new(BulkKind::Delete, Dialect::Sqlite, "t", &["id"], &["nope"]).is_err());
+        Ok(())
+    }
+
+    /// Statements take as many rows as fit the byte budget (one at least),
+    /// never more than the row cap, and every row exactly once.
+    #[test]
+    fn statements_fit_the_byte_budget() -> Result<()> {
+        let p = BulkPlan::new(BulkKind::Insert, Dialect::MySql, "t", &["id", "v"], &[])?;
+        let row = |n: usize| vec![Value::I64(n as i64), Value::Text("x".repeat(1000))];
+        let rows: Vec<Vec<Value>> = (0..2500).map(row).collect();
+        let per_row: usize = rows[0].iter().map(wire_size).sum();
+        let budget = per_row * 7 + per_row / 2;
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        p.run_statements_within(&rows, budget, &mut |sql, values| {
+            let n = values.len() / 2;
+            assert_eq!(sql.matches('(').count(), n + 1, "{sql}");
+            sizes.push(n);
+            seen.extend(values.iter().step_by(2).cloned());
+            Ok(n as u64)
+        })?;
+        let mut want_sizes = vec![7; 2500 / 7];
+        want_sizes.push(2500 % 7);
+        assert_eq!(sizes, want_sizes);
+        let want: Vec<Value> = (0..2500).map(|n| Value::I64(n as i64)).collect();
+        assert_eq!(seen, want);
+
+        // A row larger than the budget goes alone; the cap holds for small rows.
+        let mut sizes = Vec::new();
+        p.run_statements_within(&rows[..3], 10, &mut |_, v| {
+            sizes.push(v.len() / 2);
+            Ok(1)
+        })?;
+        assert_eq!(sizes, [1, 1, 1]);
+        let small: Vec<Vec<Value>> = (0..2500)
+            .map(|n| vec![Value::I64(n), Value::Null])
+            .collect();
+        let mut sizes = Vec::new();
+        p.run_statements_within(&small, usize::MAX, &mut |_, v| {
+            sizes.push(v.len() / 2);
+            Ok(1)
+        })?;
+        assert_eq!(sizes, [1000, 1000, 500]);
         Ok(())
     }
 

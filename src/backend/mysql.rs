@@ -10,23 +10,34 @@
 //! therefore runs on a helper thread that the caller stops waiting for at
 //! the connect timeout (see [`Dialer`]).
 
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql::consts::{CapabilityFlags, ColumnFlags, ColumnType};
 use mysql::prelude::Queryable;
-use mysql::{Opts, OptsBuilder};
+use mysql::{Binary, Opts, OptsBuilder, QueryResult};
 use r2d2::ManageConnection;
 use r2d2_mysql::MySqlConnectionManager;
 
 use super::blocking::SocketHandle;
-use super::{connect_error, ConnectLimit, Connection, Connector};
+use super::bulk::wire_size;
+use super::{connect_error, BulkPlan, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sql::Dialect;
 use crate::value::{Columns, Row, Value};
+
+/// What is read at most of a stream closed half way, after its statement
+/// was stopped on the server; past that the connection is closed instead.
+/// What is still on its way after `KILL QUERY` is what the socket buffers
+/// hold: a few megabytes on loopback (about a million small rows, read in
+/// some 100 ms), less elsewhere.
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// MySQL's character set number for binary strings.
 const BINARY_CHARSET: u16 = 63;
@@ -257,12 +268,18 @@ impl Connector for MyConnector {
             socket: socket.clone(),
         });
         Ok(Box::new(MyConnection {
-            conn,
+            conn: Some(conn),
+            stream: None,
+            pending: None,
+            cut: false,
+            limit: None,
+            limit_stale: false,
             canceller,
             socket,
             flavor: None,
             database: self.database.clone(),
             resettable: None,
+            max_packet: None,
         }))
     }
 
@@ -272,7 +289,22 @@ impl Connector for MyConnector {
 }
 
 struct MyConnection {
-    conn: mysql::Conn,
+    /// `None` only while a stream owns the connection ([`Streaming`]).
+    conn: Option<mysql::Conn>,
+    /// An unbuffered result being read, with the connection inside.
+    stream: Option<Streaming>,
+    /// The error that ended a stream after the rows already fetched,
+    /// for the stream's next fetch.
+    pending: Option<Error>,
+    /// The socket was cut (a stream ended half way): the connection is
+    /// closed and never reused.
+    cut: bool,
+    /// The session's statement limit as last asked for.
+    limit: Option<Duration>,
+    /// The session's limit differs from `limit` (lifted for a stream, or
+    /// asked for while one was open): it is set again before the next
+    /// statement.
+    limit_stale: bool,
     canceller: Arc<dyn Canceller>,
     socket: SocketHandle,
     /// Which server-side limit the server knows, found on first use.
@@ -281,6 +313,8 @@ struct MyConnection {
     database: Option<String>,
     /// Whether the server can reset a session in place, found on first use.
     resettable: Option<bool>,
+    /// The session's `max_allowed_packet`, found on first bulk write.
+    max_packet: Option<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -324,40 +358,15 @@ fn to_params(params: &[Value]) -> mysql::Params {
 impl Connection for MyConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let mut result = self
-            .conn
+            .idle()?
             .exec_iter(sql, to_params(params))
             .map_err(classify)?;
         let mut out = Vec::new();
         // The first result set is the statement's; later ones (procedures) are drained.
         if let Some(set) = result.iter() {
-            let cols = set.columns();
-            let meta: Vec<(ColumnType, ColumnFlags, u16, u32)> = cols
-                .as_ref()
-                .iter()
-                .map(|c| {
-                    (
-                        c.column_type(),
-                        c.flags(),
-                        c.character_set(),
-                        c.column_length(),
-                    )
-                })
-                .collect();
-            let names: Columns = cols
-                .as_ref()
-                .iter()
-                .map(|c| Arc::<str>::from(c.name_str().as_ref()))
-                .collect::<Vec<_>>()
-                .into();
+            let shape = Shape::of(&set.columns());
             for row in set {
-                let row = row.map_err(classify)?;
-                let values = row
-                    .unwrap()
-                    .into_iter()
-                    .zip(&meta)
-                    .map(|(v, m)| read(v, *m))
-                    .collect::<Result<Vec<_>>>()?;
-                out.push(Row::new(Arc::clone(&names), values));
+                out.push(shape.row(row.map_err(classify)?)?);
             }
         }
         while let Some(set) = result.iter() {
@@ -369,16 +378,15 @@ impl Connection for MyConnection {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.conn
-            .exec_drop(sql, to_params(params))
-            .map_err(classify)?;
-        Ok(self.conn.affected_rows())
+        let conn = self.idle()?;
+        conn.exec_drop(sql, to_params(params)).map_err(classify)?;
+        Ok(conn.affected_rows())
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
         // Every result set is read: `query_drop` would drop the error of a
         // later statement of a multi-statement script.
-        let mut result = self.conn.query_iter(sql).map_err(classify)?;
+        let mut result = self.idle()?.query_iter(sql).map_err(classify)?;
         while let Some(set) = result.iter() {
             for row in set {
                 row.map_err(classify)?;
@@ -388,11 +396,11 @@ impl Connection for MyConnection {
     }
 
     fn ping(&mut self) -> Result<()> {
-        self.conn.ping().map_err(classify)
+        self.idle()?.ping().map_err(classify)
     }
 
     fn is_closed(&self) -> bool {
-        false
+        self.cut
     }
 
     fn peer_closed(&self) -> bool {
@@ -414,10 +422,14 @@ impl Connection for MyConnection {
         if !self.has_reset_connection()? {
             return Ok(false);
         }
-        self.conn.reset().map_err(classify)?;
-        if let Some(db) = self.database.as_deref() {
+        let database = self.database.clone();
+        // The session's variables are the global ones again.
+        self.max_packet = None;
+        let conn = self.idle()?;
+        conn.reset().map_err(classify)?;
+        if let Some(db) = database.as_deref() {
             // COM_INIT_DB: one round trip, as asking which one is current would be.
-            self.conn.select_db(db).map_err(classify)?;
+            conn.select_db(db).map_err(classify)?;
         }
         Ok(true)
     }
@@ -435,14 +447,225 @@ impl Connection for MyConnection {
         Arc::clone(&self.canceller)
     }
 
+    /// While a stream is open nothing can be sent: the limit is set before
+    /// the next statement instead.
     fn set_server_timeout(&mut self, limit: Option<Duration>) -> Result<()> {
+        self.limit = limit;
+        if self.stream.is_some() {
+            self.limit_stale = true;
+            return Ok(());
+        }
+        self.send_limit(limit)
+    }
+
+    /// The binary protocol's unbuffered result: rows are read from the
+    /// socket as [`fetch`](Connection::fetch) asks for them.
+    ///
+    /// The server's own statement limit (`max_statement_time`,
+    /// `max_execution_time`) bounds a whole statement, while a stream's
+    /// timeout bounds each fetch: it is lifted for the stream (the watchdog
+    /// still bounds every fetch) and set again before the next statement.
+    fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
+        self.idle()?;
+        self.pending = None;
+        if self.limit.is_some() {
+            self.send_limit(None)?;
+        }
+        let conn = self.conn.take().ok_or_else(closed)?;
+        match OpenResult::open(conn, sql, to_params(params)) {
+            Ok(mut open) => {
+                let shape = Shape::of(&open.result().columns());
+                self.stream = Some(Streaming { open, shape });
+                Ok(None)
+            }
+            Err((conn, e)) => {
+                self.conn = Some(conn);
+                Err(classify(e))
+            }
+        }
+    }
+
+    fn fetch(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(false);
+        };
+        let result = stream.open.result();
+        let mut failure = None;
+        for _ in 0..max {
+            match result.next() {
+                Some(Ok(row)) => match stream.shape.row(row) {
+                    Ok(row) => out.push(row),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                },
+                // The server's error ended the result: the session is
+                // clean (a `KILL QUERY` at a deadline ends it so too).
+                // The rows before it are handed out first, and the error
+                // at the next fetch, unless it is the cancel's, which
+                // belongs to this fetch's deadline.
+                Some(Err(e)) => {
+                    self.end_stream();
+                    let e = classify(e);
+                    if out.is_empty() || e.db_code() == Some("1317") {
+                        return Err(e);
+                    }
+                    self.pending = Some(e);
+                    return Ok(true);
+                }
+                None => {
+                    self.end_stream();
+                    return Ok(false);
+                }
+            }
+        }
+        match failure {
+            // A row that could not be read: the rest of the result is
+            // still on its way.
+            Some(e) => {
+                self.close_stream();
+                Err(e)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Multi-row statements, each sized to fit the server's
+    /// `max_allowed_packet`: a larger one would be refused, and the
+    /// connection closed.
+    /// A row the server would refuse whatever the statement (it would
+    /// close the connection too) is an error before anything is sent.
+    fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        let budget = self.statement_budget()?;
+        let packet = self.max_packet.unwrap_or(MAX_PAYLOAD);
+        if let Some(i) = rows.iter().position(|r| too_large(r, packet)) {
+            let bytes: usize = rows[i].iter().map(wire_size).sum();
+            return Err(Error::parameter(format!(
+                "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
+            )));
+        }
+        if !plan.binds_rows_as_given() {
+            return plan
+                .run_statements_within(rows, budget, &mut |sql, params| self.execute(sql, params));
+        }
+        // Multi-row statements bind the rows' values straight into the
+        // driver's, with no copy in between.
+        plan.for_each_statement(rows, budget, &mut |sql, now| {
+            let params = mysql::Params::Positional(now.iter().flatten().map(to_mysql).collect());
+            let conn = self.idle()?;
+            conn.exec_drop(sql, params).map_err(classify)?;
+            Ok(conn.affected_rows())
+        })
+    }
+
+    /// The rest of the result may be any size, so it is not read as it
+    /// is: the statement is stopped on the server with `KILL QUERY` (as at
+    /// a deadline), and only what was already on its way is read, up to
+    /// its end or the server's "interrupted" error. A `KILL QUERY` that
+    /// finds the statement done does not touch the next one (measured on
+    /// MariaDB 10.11), so either way the session is clean. When the kill
+    /// cannot be sent, or the rest does not end within [`DRAIN_BYTES`] and
+    /// [`DRAIN_TIME`], the
+    /// socket is cut and the connection closed instead.
+    fn close_stream(&mut self) -> bool {
+        self.pending = None;
+        let Some(stream) = self.stream.as_mut() else {
+            return true;
+        };
+        if self.canceller.cancel().is_ok() {
+            let result = stream.open.result();
+            let until = Instant::now() + DRAIN_TIME;
+            let mut bytes = 0;
+            while bytes < DRAIN_BYTES && Instant::now() < until {
+                match result.next() {
+                    Some(Ok(row)) => bytes += row_size(&row),
+                    Some(Err(mysql::Error::MySqlError(e))) if e.code == 1317 => {
+                        self.end_stream();
+                        return true;
+                    }
+                    Some(Err(_)) => break,
+                    None => {
+                        self.end_stream();
+                        return true;
+                    }
+                }
+            }
+        }
+        self.cut = true;
+        self.socket.cut();
+        // With the socket cut, the driver's drain of the result fails at once.
+        self.end_stream();
+        false
+    }
+}
+
+impl Drop for MyConnection {
+    fn drop(&mut self) {
+        if self.stream.is_some() {
+            // Never read the rest of a result on the way out.
+            self.socket.cut();
+        }
+    }
+}
+
+impl MyConnection {
+    /// The connection, ready for a statement: an open stream is ended (its
+    /// rest read; the pipeline closes streams before anything else runs, so
+    /// this is only a safety net) and the session's statement limit put
+    /// back as last asked for.
+    fn idle(&mut self) -> Result<&mut mysql::Conn> {
+        if self.stream.is_some() {
+            self.end_stream();
+        }
+        if self.limit_stale {
+            self.send_limit(self.limit)?;
+        }
+        self.conn.as_mut().ok_or_else(closed)
+    }
+
+    /// Ends the open stream (if any) and takes its connection back.
+    fn end_stream(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.conn = Some(stream.open.into_conn());
+        }
+    }
+
+    /// Bytes of values one statement may carry: the session's
+    /// `max_allowed_packet` (read once per connection; a session cannot
+    /// change it), and at most one protocol packet (16 MiB), past which the
+    /// driver sends each value as a packet of its own, far slower. A
+    /// sixteenth and a few bytes per row are left for the packet's header
+    /// and null bitmap.
+    fn statement_budget(&mut self) -> Result<usize> {
+        let packet = match self.max_packet {
+            Some(p) => p,
+            None => {
+                let p: Option<u64> = self
+                    .idle()?
+                    .query_first("SELECT @@SESSION.max_allowed_packet")
+                    .map_err(classify)?;
+                // 1 KiB is the least the server allows.
+                let p = p.map_or(MAX_PAYLOAD, |p| usize::try_from(p).unwrap_or(MAX_PAYLOAD));
+                self.max_packet = Some(p);
+                p
+            }
+        };
+        let packet = packet.min(MAX_PAYLOAD);
+        Ok((packet - packet / 16).saturating_sub(64))
+    }
+
+    /// Sets the session's statement limit on the server.
+    fn send_limit(&mut self, limit: Option<Duration>) -> Result<()> {
+        let conn = self.conn.as_mut().ok_or_else(closed)?;
         let flavor = match self.flavor {
             Some(f) => f,
             None => {
-                let version: Option<String> = self
-                    .conn
-                    .query_first("SELECT VERSION()")
-                    .map_err(classify)?;
+                let version: Option<String> =
+                    conn.query_first("SELECT VERSION()").map_err(classify)?;
                 let f = if version.is_some_and(|v| v.contains("MariaDB")) {
                     Flavor::MariaDb
                 } else {
@@ -462,11 +685,11 @@ impl Connection for MyConnection {
                 limit.map_or(0, |d| d.as_millis().min(u128::from(u32::MAX)))
             ),
         };
-        self.conn.query_drop(sql).map_err(classify)
+        conn.query_drop(sql).map_err(classify)?;
+        self.limit_stale = limit != self.limit;
+        Ok(())
     }
-}
 
-impl MyConnection {
     /// Whether the server knows `COM_RESET_CONNECTION` (MySQL 5.7.4+,
     /// MariaDB 10.2.7+), found on first use. MariaDB 10 announces itself as
     /// 5.5.5 in the handshake: its version is asked then.
@@ -474,10 +697,10 @@ impl MyConnection {
         if let Some(known) = self.resettable {
             return Ok(known);
         }
-        let handshake = self.conn.server_version();
+        let handshake = self.idle()?.server_version();
         let known = if handshake == (5, 5, 5) {
             let version: Option<String> = self
-                .conn
+                .idle()?
                 .query_first("SELECT VERSION()")
                 .map_err(classify)?;
             let numbers: Vec<u16> = version
@@ -493,6 +716,190 @@ impl MyConnection {
         };
         self.resettable = Some(known);
         Ok(known)
+    }
+}
+
+/// About how many bytes a row took on the wire.
+fn row_size(row: &mysql::Row) -> usize {
+    (0..row.len())
+        .map(|i| match row.as_ref(i) {
+            Some(mysql::Value::Bytes(b)) => b.len() + 1,
+            _ => 8,
+        })
+        .sum()
+}
+
+/// The largest payload of one protocol packet; a larger statement is sent
+/// by the driver as one packet per value (`COM_STMT_SEND_LONG_DATA`).
+const MAX_PAYLOAD: usize = (1 << 24) - 1;
+
+/// Whether the server refuses the row in any statement: a row sent in one
+/// packet must fit `max_allowed_packet`; one larger than a protocol packet
+/// goes a value at a time, and then each value must fit.
+fn too_large(row: &[Value], packet: usize) -> bool {
+    const SLACK: usize = 1024;
+    let total: usize = row.iter().map(wire_size).sum();
+    if total <= MAX_PAYLOAD {
+        total + SLACK > packet
+    } else {
+        row.iter().any(|v| wire_size(v) + SLACK > packet)
+    }
+}
+
+/// A connection that a stream has ended half way (its socket cut) or
+/// that is otherwise gone.
+#[cold]
+fn closed() -> Error {
+    Error::new(
+        ErrorKind::Connect,
+        "the MySQL connection was closed after a stream ended half way",
+    )
+}
+
+/// What a result's columns say about reading its values.
+type Meta = (ColumnType, ColumnFlags, u16, u32);
+
+/// The columns of one result: their names (shared by its rows) and how to
+/// read each value.
+struct Shape {
+    meta: Vec<Meta>,
+    names: Columns,
+}
+
+impl Shape {
+    fn of(columns: &mysql::SetColumns<'_>) -> Shape {
+        let cols = columns.as_ref();
+        Shape {
+            meta: cols
+                .iter()
+                .map(|c| {
+                    (
+                        c.column_type(),
+                        c.flags(),
+                        c.character_set(),
+                        c.column_length(),
+                    )
+                })
+                .collect(),
+            names: cols
+                .iter()
+                .map(|c| Arc::<str>::from(c.name_str().as_ref()))
+                .collect::<Vec<_>>()
+                .into(),
+        }
+    }
+
+    fn row(&self, row: mysql::Row) -> Result<Row> {
+        let values = row
+            .unwrap()
+            .into_iter()
+            .zip(&self.meta)
+            .map(|(v, m)| read(v, *m))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Row::new(Arc::clone(&self.names), values))
+    }
+}
+
+/// A stream being read: the open result, owning its connection, and its
+/// columns.
+struct Streaming {
+    open: OpenResult,
+    shape: Shape,
+}
+
+/// The driver's unbuffered result, which borrows its `Conn`, kept together
+/// with that `Conn` so that it can stay open between fetches, inside this
+/// connection, across calls.
+///
+/// Why `unsafe` rather than a crate: the driver's `QueryResult` needs the
+/// connection *mutably* (`ConnMut::Mut`), and offers no way to give an
+/// owned connection back; self-referential crates hand out shared borrows
+/// of the owner, or need a proc macro. What is done here is the usual
+/// pattern, and all of it sits in this type:
+///
+/// - The `Conn` lives in its own heap allocation, reached only through the
+///   raw pointer `conn` (never through a `Box` or a reference that a move
+///   or a `&mut self` could invalidate), so moving an `OpenResult` moves
+///   neither the `Conn` nor the borrow of it.
+/// - The result's lifetimes are widened to `'static` once, when it is made,
+///   and never handed out: callers get it only through `&mut self`, with
+///   the borrow of `self`, so it cannot outlive the `Conn`.
+/// - The result is always dropped first (its drop may still read from the
+///   connection), then the `Conn`: in `Drop` and in `into_conn`, the only
+///   two ways the pair ends.
+struct OpenResult {
+    result: ManuallyDrop<QueryResult<'static, 'static, 'static, Binary>>,
+    conn: NonNull<mysql::Conn>,
+}
+
+// SAFETY: an `OpenResult` owns its `Conn` and the only borrow of it, as a
+// `(Conn, QueryResult)` pair would; both are `Send`, and nothing else can
+// reach the pointer.
+unsafe impl Send for OpenResult {}
+
+impl OpenResult {
+    /// Runs `sql` on `conn` as a prepared statement and keeps its result
+    /// open. On failure the connection comes back with the error.
+    #[allow(clippy::result_large_err)]
+    fn open(
+        conn: mysql::Conn,
+        sql: &str,
+        params: mysql::Params,
+    ) -> std::result::Result<OpenResult, (mysql::Conn, mysql::Error)> {
+        let conn = NonNull::from(Box::leak(Box::new(conn)));
+        // SAFETY: `conn` is a live allocation of ours; the borrow made here
+        // is the only one while the result lives (see the type's docs).
+        let opened = unsafe { &mut *conn.as_ptr() }.exec_iter(sql, params);
+        match opened {
+            Ok(result) => {
+                // SAFETY: only lifetimes change; the result is kept no
+                // longer than the allocation it borrows (dropped first).
+                let result = unsafe {
+                    std::mem::transmute::<
+                        QueryResult<'_, '_, '_, Binary>,
+                        QueryResult<'static, 'static, 'static, Binary>,
+                    >(result)
+                };
+                Ok(OpenResult {
+                    result: ManuallyDrop::new(result),
+                    conn,
+                })
+            }
+            Err(e) => {
+                // SAFETY: the failed call's borrow has ended; the allocation
+                // is ours and freed once, here.
+                let conn = unsafe { Box::from_raw(conn.as_ptr()) };
+                Err((*conn, e))
+            }
+        }
+    }
+
+    /// The open result, for as long as `self` is borrowed.
+    fn result(&mut self) -> &mut QueryResult<'static, 'static, 'static, Binary> {
+        &mut self.result
+    }
+
+    /// Ends the result (the driver reads what is left of it) and gives the
+    /// connection back.
+    fn into_conn(self) -> mysql::Conn {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the result and the allocation
+        // are each released once, here, the result first.
+        unsafe {
+            ManuallyDrop::drop(&mut this.result);
+            *Box::from_raw(this.conn.as_ptr())
+        }
+    }
+}
+
+impl Drop for OpenResult {
+    fn drop(&mut self) {
+        // SAFETY: as in `into_conn`: the result first, then the allocation
+        // it borrowed, each once.
+        unsafe {
+            ManuallyDrop::drop(&mut self.result);
+            drop(Box::from_raw(self.conn.as_ptr()));
+        }
     }
 }
 
