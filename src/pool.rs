@@ -270,8 +270,18 @@ pub(crate) struct Counters {
     /// Idle connections last used before this moment are checked before
     /// use: set when one connection failed at the transport level (the
     /// server restarted, or killed its sessions), so that the others, dead
-    /// too most likely, do not each fail a caller in turn.
-    suspect_before: Mutex<Option<Instant>>,
+    /// too most likely, do not each fail a caller in turn. In nanoseconds
+    /// since `epoch`, plus one; 0 while no failure was seen (one load on
+    /// every checkout, no lock).
+    suspect_before: AtomicU64,
+}
+
+impl Counters {
+    /// `at` in nanoseconds since `epoch`, plus one (so that 0 means never).
+    fn stamp(&self, at: Instant) -> u64 {
+        let n = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(n).unwrap_or(u64::MAX - 1) + 1
+    }
 }
 
 impl Counters {
@@ -295,10 +305,13 @@ pub(crate) struct Manager {
 }
 
 impl r2d2::ManageConnection for Manager {
-    type Connection = Conn;
+    /// Boxed: r2d2 moves its connections in and out of its idle list, and
+    /// the pipeline moves a checked-out one a few times; a pointer is
+    /// cheaper to move than the whole record.
+    type Connection = Box<Conn>;
     type Error = Error;
 
-    fn connect(&self) -> Result<Conn> {
+    fn connect(&self) -> Result<Box<Conn>> {
         let backend = self.connector.connect().map_err(advise)?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.counters.open.fetch_add(1, Ordering::Relaxed);
@@ -309,7 +322,7 @@ impl r2d2::ManageConnection for Manager {
             all.retain(|h| h.strong_count() > 0);
             all.push(Arc::downgrade(&holder));
         }
-        Ok(Conn {
+        Ok(Box::new(Conn {
             canceller: backend.canceller(),
             backend,
             broken: false,
@@ -324,10 +337,10 @@ impl r2d2::ManageConnection for Manager {
             dirty: false,
             memo: None,
             holder,
-        })
+        }))
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<()> {
+    fn is_valid(&self, conn: &mut Box<Conn>) -> Result<()> {
         conn.backend.ping()
     }
 
@@ -337,7 +350,7 @@ impl r2d2::ManageConnection for Manager {
     /// check it out (and so that a transaction left open does not hold its
     /// locks while the connection sits idle); one whose reset failed or
     /// that cannot be reset is closed.
-    fn has_broken(&self, conn: &mut Conn) -> bool {
+    fn has_broken(&self, conn: &mut Box<Conn>) -> bool {
         conn.holder.since.store(0, Ordering::Release);
         if conn.broken || conn.running || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
@@ -504,7 +517,7 @@ impl Pool {
             epoch: Instant::now(),
             dialect: connector.dialect(),
             last_connect_error: Mutex::new(None),
-            suspect_before: Mutex::new(None),
+            suspect_before: AtomicU64::new(0),
         });
         let manager = Manager {
             connector: Arc::clone(&connector),
@@ -583,13 +596,7 @@ impl Pool {
         h.thread.store(thread_number(), Ordering::Relaxed);
         h.fresh.store(true, Ordering::Relaxed);
         h.leak_reported.store(false, Ordering::Relaxed);
-        let since = now
-            .saturating_duration_since(self.counters.epoch)
-            .as_nanos();
-        h.since.store(
-            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
-            Ordering::Release,
-        );
+        h.since.store(self.counters.stamp(now), Ordering::Release);
     }
 
     fn get_conn(&self, start: Instant, timeout: Option<Duration>) -> Result<(Pooled, Instant)> {
@@ -634,11 +641,10 @@ impl Pool {
             conn.retired = true;
             return None;
         }
-        let suspect = self
-            .counters
-            .suspect_before
-            .lock()
-            .is_some_and(|t| conn.last_used < t);
+        let suspect = match self.counters.suspect_before.load(Ordering::Relaxed) {
+            0 => false,
+            before => self.counters.stamp(conn.last_used) < before,
+        };
         if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle {
             if conn.backend.peer_closed() {
                 // Killed or reset while idle: found before anything was
@@ -735,10 +741,9 @@ impl Pool {
     /// A pooled connection failed at the transport level at `at`: every
     /// connection idle since before then is checked before its next use.
     pub(crate) fn suspect_idle(&self, at: Instant) {
-        let mut s = self.counters.suspect_before.lock();
-        if s.map_or(true, |t| t < at) {
-            *s = Some(at);
-        }
+        self.counters
+            .suspect_before
+            .fetch_max(self.counters.stamp(at), Ordering::Relaxed);
     }
 
     /// Records the statement a connection is about to run.
