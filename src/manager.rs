@@ -215,7 +215,9 @@ impl DatabaseManager {
         // the first attempt's statement time.
         let now = Instant::now();
         if policy.attempts <= 1 {
-            return self.shared.run_since(None, op, sql, params, limit, site, now);
+            return self
+                .shared
+                .run_since(None, op, sql, params, limit, site, now);
         }
         let harmless = policy.retry_writes || self.shared.config.read_only;
         let mut first = Some(now);

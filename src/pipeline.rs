@@ -766,11 +766,18 @@ impl Shared {
         conn.memo = Some((op as u8, dirties));
         conn.dirty |= dirties;
 
-        let span = tracing::debug_span!(
-            "dbmanager.statement",
-            database = %self.config.name,
-            operation = op.name(),
-        );
+        // Made only when a subscriber wants it: without one, tracing's `log`
+        // fallback (which a dependency may turn on) would still record the
+        // span's fields on every statement, to drop them.
+        let span = if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "dbmanager.statement",
+                database = %self.config.name,
+                operation = op.name(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let _entered = span.enter();
         let (result, fired) =
             self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;

@@ -55,7 +55,9 @@ pub(crate) struct Conn {
     pub(crate) running: bool,
     /// Set when the connection is past its lifetime: closed on return.
     retired: bool,
-    born: Instant,
+    /// When it is past its lifetime (worked out once, at connect, so that a
+    /// checkout compares two instants rather than measuring an age).
+    retire_at: Option<Instant>,
     last_used: Instant,
     counters: Arc<Counters>,
     /// Stops this connection's running statement (the watchdog's handle).
@@ -302,6 +304,7 @@ pub(crate) struct Manager {
     pool_size: u32,
     /// Bounds a session reset on return.
     connect_timeout: Duration,
+    max_lifetime: Option<Duration>,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -316,6 +319,7 @@ impl r2d2::ManageConnection for Manager {
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.counters.open.fetch_add(1, Ordering::Relaxed);
         self.counters.metrics.connection_created();
+        let born = Instant::now();
         let holder = Arc::new(Holder::new());
         {
             let mut all = self.counters.holders.lock();
@@ -328,8 +332,8 @@ impl r2d2::ManageConnection for Manager {
             broken: false,
             running: false,
             retired: false,
-            born: Instant::now(),
-            last_used: Instant::now(),
+            retire_at: self.max_lifetime.and_then(|l| born.checked_add(l)),
+            last_used: born,
             counters: Arc::clone(&self.counters),
             // A new session has no statement limit.
             server_timeout: Some(None),
@@ -457,7 +461,6 @@ pub(crate) struct Pool {
     acquire_timeout: Duration,
     connect_timeout: Duration,
     validate_after_idle: Duration,
-    max_lifetime: Option<Duration>,
     pool_size: u32,
     max_overflow: u32,
     /// Registered (weakly) with the watchdog's sweep while the pool lives.
@@ -524,6 +527,7 @@ impl Pool {
             counters: Arc::clone(&counters),
             pool_size: config.pool_size,
             connect_timeout: config.connect_timeout,
+            max_lifetime: config.max_lifetime,
         };
         let inner = r2d2::Pool::builder()
             .max_size(config.max_size())
@@ -565,7 +569,6 @@ impl Pool {
             acquire_timeout: config.acquire_timeout,
             connect_timeout: config.connect_timeout,
             validate_after_idle: config.validate_after_idle,
-            max_lifetime: config.max_lifetime,
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
         }
@@ -634,10 +637,7 @@ impl Pool {
     /// 30 s), one that sat idle long enough or may have been lost is pinged.
     /// `None` when it was not fit.
     fn vet(&self, mut conn: Pooled, now: Instant) -> Option<(Pooled, Instant)> {
-        if self
-            .max_lifetime
-            .is_some_and(|l| now.saturating_duration_since(conn.born) >= l)
-        {
+        if conn.retire_at.is_some_and(|at| now >= at) {
             conn.retired = true;
             return None;
         }
@@ -645,7 +645,13 @@ impl Pool {
             0 => false,
             before => self.counters.stamp(conn.last_used) < before,
         };
-        if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle {
+        // Fresh: used less than `validate_after_idle` ago (an addition and a
+        // comparison, cheaper than measuring the idle time).
+        let fresh = conn
+            .last_used
+            .checked_add(self.validate_after_idle)
+            .map_or(true, |until| now < until);
+        if !suspect && fresh {
             if conn.backend.peer_closed() {
                 // Killed or reset while idle: found before anything was
                 // written to it, so no statement fails on it.
@@ -757,7 +763,12 @@ impl Pool {
             h.in_transaction = false;
         }
         let mut same = false;
-        if !sql.is_empty() {
+        if !h.last_sql_cut && h.last_sql == sql {
+            // The same statement again (a loop): nothing to cut, trim or
+            // copy. (The text kept is trimmed and short, so the statement
+            // is kept as it is.)
+            same = !sql.is_empty();
+        } else if !sql.is_empty() {
             let end = sql
                 .char_indices()
                 .nth(LAST_SQL_CHARS)
