@@ -525,7 +525,7 @@ fn sqlite_select_one(settings: &Settings, report: &mut Report) -> Outcome<()> {
             }),
         ],
     )?;
-    report.line("sqlite", SQ_MAIN, &m, 0, 1, Goal::ExtraNs(1000.0));
+    report.line("sqlite", SQ_MAIN, &m, 0, 1, Goal::ExtraNs(300.0));
     report.line("sqlite", SQ_NAIVE, &m, 0, 2, Goal::Scale);
     db.close();
     Ok(())
@@ -643,7 +643,7 @@ fn toggles(settings: &Settings, report: &mut Report) {
             (
                 "sqlite",
                 None,
-                Goal::ExtraNs(if t.key == "watchdog" { 300.0 } else { 100.0 }),
+                Goal::ExtraNs(if t.key == "watchdog" { 300.0 } else { 50.0 }),
             ),
         ] {
             let label = format!("{}/{backend}", t.key);

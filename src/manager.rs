@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::Location;
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -211,13 +211,20 @@ impl DatabaseManager {
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
         let policy = self.retry_policy();
+        // One clock read starts the retry budget, the checkout's wait and
+        // the first attempt's statement time.
+        let now = Instant::now();
         if policy.attempts <= 1 {
-            return self.shared.run_at(None, op, sql, params, limit, site);
+            return self
+                .shared
+                .run_since(None, op, sql, params, limit, site, now);
         }
         let harmless = policy.retry_writes || self.shared.config.read_only;
-        self.shared.retrying(&policy, op.name(), || {
+        let mut first = Some(now);
+        self.shared.retrying_since(&policy, op.name(), now, || {
+            let at = first.take().unwrap_or_else(Instant::now);
             self.shared
-                .run_at(None, op, sql, params.clone(), limit, site)
+                .run_since(None, op, sql, params.clone(), limit, site, at)
                 .map_err(|e| {
                     let again = e.is_retryable() && (harmless || e.was_unsent());
                     let kind = again.then(|| e.kind());

@@ -2,8 +2,10 @@
 //! sliding timeout-rate window behind the scaling signal, and per-statement
 //! time statistics. Both are fed from the choke point only.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -141,38 +143,111 @@ impl std::hash::Hasher for TextHasher {
 
 type TextHash = std::hash::BuildHasherDefault<TextHasher>;
 
+/// One statement text's timings: atomics, so that a thread that holds
+/// the cell adds to it without the table's lock.
+#[derive(Default)]
+struct StatCell {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    /// Nanoseconds.
+    total: AtomicU64,
+    /// Nanoseconds.
+    max: AtomicU64,
+}
+
+impl StatCell {
+    fn add(&self, elapsed: Duration, failed: bool) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.total.fetch_add(ns, Ordering::Relaxed);
+        if ns > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(ns, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) -> Stat {
+        Stat {
+            calls: self.calls.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            total: Duration::from_nanos(self.total.load(Ordering::Relaxed)),
+            max: Duration::from_nanos(self.max.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 /// Per-statement-text timings, merged by normalised SQL when read.
+///
+/// Each thread remembers the cell of the last text it recorded (a batch
+/// job runs the same statement in a loop): the same text again costs a
+/// comparison and a few atomic additions, not the table's lock and a hash.
 pub(crate) struct StatTable {
-    map: Mutex<HashMap<Box<str>, Stat, TextHash>>,
+    /// Tells tables apart in the threads' memory of their last cell.
+    id: u64,
+    map: Mutex<HashMap<Box<str>, Arc<StatCell>, TextHash>>,
+}
+
+/// A thread's last cell: its table's id, its text, the cell.
+type LastCell = Option<(u64, Box<str>, Arc<StatCell>)>;
+
+thread_local! {
+    static LAST_CELL: RefCell<LastCell> = const { RefCell::new(None) };
 }
 
 impl StatTable {
     pub(crate) fn new() -> StatTable {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         StatTable {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             map: Mutex::new(HashMap::default()),
         }
     }
 
     #[inline]
     pub(crate) fn record(&self, sql: &str, elapsed: Duration, failed: bool) {
-        let add = |stat: &mut Stat| {
-            stat.calls += 1;
-            stat.errors += u64::from(failed);
-            stat.total += elapsed;
-            stat.max = stat.max.max(elapsed);
-        };
-        let mut map = self.map.lock();
-        if let Some(stat) = map.get_mut(sql) {
-            add(stat);
-        } else if map.len() < STATS_CAPACITY {
-            add(map.entry(sql.into()).or_default());
+        let recorded = LAST_CELL.try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return false;
+            };
+            if let Some((id, text, cell)) = &*last {
+                if *id == self.id && **text == *sql {
+                    cell.add(elapsed, failed);
+                    return true;
+                }
+            }
+            if let Some(cell) = self.cell(sql) {
+                cell.add(elapsed, failed);
+                *last = Some((self.id, sql.into(), cell));
+            }
+            true
+        });
+        if !matches!(recorded, Ok(true)) {
+            // A thread being torn down: straight to the table.
+            if let Some(cell) = self.cell(sql) {
+                cell.add(elapsed, failed);
+            }
         }
+    }
+
+    /// The cell of `sql`, made if the table has room; `None` when full.
+    fn cell(&self, sql: &str) -> Option<Arc<StatCell>> {
+        let mut map = self.map.lock();
+        if let Some(cell) = map.get(sql) {
+            return Some(Arc::clone(cell));
+        }
+        if map.len() >= STATS_CAPACITY {
+            return None;
+        }
+        Some(Arc::clone(map.entry(sql.into()).or_default()))
     }
 
     /// The `top` statements by total time, normalised for `dialect`.
     pub(crate) fn top(&self, dialect: Dialect, top: usize) -> Vec<StatementStats> {
         let mut merged: HashMap<String, Stat> = HashMap::new();
-        for (sql, s) in self.map.lock().iter() {
+        for (sql, cell) in self.map.lock().iter() {
+            let s = cell.read();
             let m = merged
                 .entry(sql::normalise(sql, dialect, SQL_IN_LOGS))
                 .or_default();
@@ -244,6 +319,15 @@ mod tests {
             true,
         );
         t.record("SELECT 1", Duration::from_millis(1), false);
+        // Another table on the same thread, then the first again: each
+        // counts only its own.
+        let other = StatTable::new();
+        other.record("SELECT 1", Duration::from_millis(5), false);
+        t.record("SELECT 1", Duration::from_millis(1), false);
+        let one = t.top(Dialect::Postgres, 10);
+        let one = one.iter().find(|s| s.sql == "SELECT ?").map(|s| s.calls);
+        assert_eq!(one, Some(2));
+        assert_eq!(other.top(Dialect::Postgres, 10)[0].calls, 1);
         let top = t.top(Dialect::Postgres, 10);
         assert_eq!(top[0].sql, "SELECT * FROM t WHERE id = ?");
         assert_eq!((top[0].calls, top[0].errors), (2, 1));

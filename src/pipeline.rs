@@ -285,9 +285,23 @@ impl Shared {
         timeout: Option<Duration>,
         site: &'static Location<'static>,
     ) -> Result<Pooled> {
+        self.checkout_since(Instant::now(), timeout, site)
+            .map(|(conn, _)| conn)
+    }
+
+    /// As [`checkout_within`](Self::checkout_within), the wait counted from
+    /// `start` (a clock read the caller just made). Also returns when the
+    /// connection was had: `start` itself when one was idle and fit at once,
+    /// so that a statement run on it needs no clock read of its own.
+    fn checkout_since(
+        &self,
+        start: Instant,
+        timeout: Option<Duration>,
+        site: &'static Location<'static>,
+    ) -> Result<(Pooled, Instant)> {
         self.check_context()?;
         self.admit()?;
-        self.checkout_counted(timeout, site)
+        self.checkout_counted(start, timeout, site)
     }
 
     /// A connection if one is free now: never waits and never opens one
@@ -321,8 +335,8 @@ impl Shared {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1))
         };
-        let mut conn = self
-            .checkout_counted(Some(left()), site)
+        let (mut conn, _) = self
+            .checkout_counted(Instant::now(), Some(left()), site)
             .map_err(|e| (false, e))?;
         self.run_at(
             Some(&mut conn),
@@ -336,13 +350,14 @@ impl Shared {
         .map_err(|e| (true, e))
     }
 
-    /// Stage 2: the checkout itself, bounded by the acquisition timeout.
+    /// Stage 2: the checkout itself, bounded by the acquisition timeout,
+    /// the wait counted from `start`; returns when the connection was had.
     fn checkout_counted(
         &self,
+        start: Instant,
         timeout: Option<Duration>,
         site: &'static Location<'static>,
-    ) -> Result<Pooled> {
-        let start = Instant::now();
+    ) -> Result<(Pooled, Instant)> {
         // An idle connection at once, under the read lock (no reference
         // count to take); else wait on a pool of its own, so that a waiter
         // never holds up `close`. Taken at once, it is timed by that one
@@ -357,12 +372,12 @@ impl Shared {
             } else {
                 self.metrics.acquired(now.saturating_duration_since(start));
             }
-            return Ok(c);
+            return Ok((c, now));
         }
         match self.pool()?.get(start, timeout, site) {
             Ok((c, now)) => {
                 self.metrics.acquired(now.saturating_duration_since(start));
-                Ok(c)
+                Ok((c, now))
             }
             Err(e) => {
                 let now = Instant::now();
@@ -513,9 +528,21 @@ impl Shared {
         &self,
         policy: &RetryPolicy,
         operation: &'static str,
+        attempt: impl FnMut() -> std::result::Result<T, (E, Option<ErrorKind>)>,
+    ) -> std::result::Result<T, E> {
+        self.retrying_since(policy, operation, Instant::now(), attempt)
+    }
+
+    /// [`retrying`](Self::retrying), the policy's time budget counted from
+    /// `started` (a clock read the caller made, and may hand to its first
+    /// attempt).
+    pub(crate) fn retrying_since<T, E>(
+        &self,
+        policy: &RetryPolicy,
+        operation: &'static str,
+        started: Instant,
         mut attempt: impl FnMut() -> std::result::Result<T, (E, Option<ErrorKind>)>,
     ) -> std::result::Result<T, E> {
-        let started = Instant::now();
         let mut retry: u32 = 0;
         // Connection failures a retry absorbs are not the breaker's business:
         // they are held back and reported only if the operation fails.
@@ -677,8 +704,7 @@ impl Shared {
     }
 
     /// [`run`](Self::run), with the caller's location given (a connection
-    /// checked out here records it as its holder). Each stage is a function
-    /// of its own, in the order of the module docs.
+    /// checked out here records it as its holder).
     pub(crate) fn run_at(
         &self,
         conn: Option<&mut Pooled>,
@@ -688,22 +714,46 @@ impl Shared {
         limit: Limit,
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
+        self.run_since(conn, op, sql, params, limit, site, Instant::now())
+    }
+
+    /// [`run_at`](Self::run_at), from `now`, a clock read the caller just
+    /// made. Each stage is a function of its own, in the order of the
+    /// module docs.
+    ///
+    /// One clock read starts the checkout's wait, the budget and the
+    /// statement's time (a connection idle and fit at once is had at
+    /// `now`; one waited for starts the statement when it came), and one
+    /// ends the statement: the statement's time includes the few steps of
+    /// this function before the backend is called.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_since(
+        &self,
+        conn: Option<&mut Pooled>,
+        op: Op,
+        sql: &str,
+        params: Params,
+        limit: Limit,
+        site: &'static Location<'static>,
+        now: Instant,
+    ) -> Result<Outcome> {
         self.refuse_writes(op, sql)?;
         let mut owned;
-        let conn = match conn {
+        let (conn, start) = match conn {
             Some(c) => {
                 self.check_context()?;
-                c
+                (c, now)
             }
             None => {
-                owned = self.checkout_within(None, site).map_err(Error::unsent)?;
-                &mut owned
+                let (c, had) = self
+                    .checkout_since(now, None, site)
+                    .map_err(Error::unsent)?;
+                owned = c;
+                (&mut owned, had)
             }
         };
         let prepared = self.prepare(op, sql, params)?;
         let native = prepared.native(sql);
-        // One clock read starts the budget and the statement's time.
-        let start = Instant::now();
         let budget = self.budget(limit, start)?;
         // Anything but a plain read on a connection of its own may change
         // the session: the pool resets it before its next borrower. The
@@ -716,11 +766,18 @@ impl Shared {
         conn.memo = Some((op as u8, dirties));
         conn.dirty |= dirties;
 
-        let span = tracing::debug_span!(
-            "dbmanager.statement",
-            database = %self.config.name,
-            operation = op.name(),
-        );
+        // Made only when a subscriber wants it: without one, tracing's `log`
+        // fallback (which a dependency may turn on) would still record the
+        // span's fields on every statement, to drop them.
+        let span = if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "dbmanager.statement",
+                database = %self.config.name,
+                operation = op.name(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let _entered = span.enter();
         let (result, fired) =
             self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;

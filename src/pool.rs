@@ -55,7 +55,9 @@ pub(crate) struct Conn {
     pub(crate) running: bool,
     /// Set when the connection is past its lifetime: closed on return.
     retired: bool,
-    born: Instant,
+    /// When it is past its lifetime (worked out once, at connect, so that a
+    /// checkout compares two instants rather than measuring an age).
+    retire_at: Option<Instant>,
     last_used: Instant,
     counters: Arc<Counters>,
     /// Stops this connection's running statement (the watchdog's handle).
@@ -270,8 +272,18 @@ pub(crate) struct Counters {
     /// Idle connections last used before this moment are checked before
     /// use: set when one connection failed at the transport level (the
     /// server restarted, or killed its sessions), so that the others, dead
-    /// too most likely, do not each fail a caller in turn.
-    suspect_before: Mutex<Option<Instant>>,
+    /// too most likely, do not each fail a caller in turn. In nanoseconds
+    /// since `epoch`, plus one; 0 while no failure was seen (one load on
+    /// every checkout, no lock).
+    suspect_before: AtomicU64,
+}
+
+impl Counters {
+    /// `at` in nanoseconds since `epoch`, plus one (so that 0 means never).
+    fn stamp(&self, at: Instant) -> u64 {
+        let n = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(n).unwrap_or(u64::MAX - 1) + 1
+    }
 }
 
 impl Counters {
@@ -292,31 +304,36 @@ pub(crate) struct Manager {
     pool_size: u32,
     /// Bounds a session reset on return.
     connect_timeout: Duration,
+    max_lifetime: Option<Duration>,
 }
 
 impl r2d2::ManageConnection for Manager {
-    type Connection = Conn;
+    /// Boxed: r2d2 moves its connections in and out of its idle list, and
+    /// the pipeline moves a checked-out one a few times; a pointer is
+    /// cheaper to move than the whole record.
+    type Connection = Box<Conn>;
     type Error = Error;
 
-    fn connect(&self) -> Result<Conn> {
+    fn connect(&self) -> Result<Box<Conn>> {
         let backend = self.connector.connect().map_err(advise)?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.counters.open.fetch_add(1, Ordering::Relaxed);
         self.counters.metrics.connection_created();
+        let born = Instant::now();
         let holder = Arc::new(Holder::new());
         {
             let mut all = self.counters.holders.lock();
             all.retain(|h| h.strong_count() > 0);
             all.push(Arc::downgrade(&holder));
         }
-        Ok(Conn {
+        Ok(Box::new(Conn {
             canceller: backend.canceller(),
             backend,
             broken: false,
             running: false,
             retired: false,
-            born: Instant::now(),
-            last_used: Instant::now(),
+            retire_at: self.max_lifetime.and_then(|l| born.checked_add(l)),
+            last_used: born,
             counters: Arc::clone(&self.counters),
             // A new session has no statement limit.
             server_timeout: Some(None),
@@ -324,10 +341,10 @@ impl r2d2::ManageConnection for Manager {
             dirty: false,
             memo: None,
             holder,
-        })
+        }))
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<()> {
+    fn is_valid(&self, conn: &mut Box<Conn>) -> Result<()> {
         conn.backend.ping()
     }
 
@@ -337,7 +354,7 @@ impl r2d2::ManageConnection for Manager {
     /// check it out (and so that a transaction left open does not hold its
     /// locks while the connection sits idle); one whose reset failed or
     /// that cannot be reset is closed.
-    fn has_broken(&self, conn: &mut Conn) -> bool {
+    fn has_broken(&self, conn: &mut Box<Conn>) -> bool {
         conn.holder.since.store(0, Ordering::Release);
         if conn.broken || conn.running || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
@@ -444,7 +461,6 @@ pub(crate) struct Pool {
     acquire_timeout: Duration,
     connect_timeout: Duration,
     validate_after_idle: Duration,
-    max_lifetime: Option<Duration>,
     pool_size: u32,
     max_overflow: u32,
     /// Registered (weakly) with the watchdog's sweep while the pool lives.
@@ -504,13 +520,14 @@ impl Pool {
             epoch: Instant::now(),
             dialect: connector.dialect(),
             last_connect_error: Mutex::new(None),
-            suspect_before: Mutex::new(None),
+            suspect_before: AtomicU64::new(0),
         });
         let manager = Manager {
             connector: Arc::clone(&connector),
             counters: Arc::clone(&counters),
             pool_size: config.pool_size,
             connect_timeout: config.connect_timeout,
+            max_lifetime: config.max_lifetime,
         };
         let inner = r2d2::Pool::builder()
             .max_size(config.max_size())
@@ -552,7 +569,6 @@ impl Pool {
             acquire_timeout: config.acquire_timeout,
             connect_timeout: config.connect_timeout,
             validate_after_idle: config.validate_after_idle,
-            max_lifetime: config.max_lifetime,
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
         }
@@ -583,13 +599,7 @@ impl Pool {
         h.thread.store(thread_number(), Ordering::Relaxed);
         h.fresh.store(true, Ordering::Relaxed);
         h.leak_reported.store(false, Ordering::Relaxed);
-        let since = now
-            .saturating_duration_since(self.counters.epoch)
-            .as_nanos();
-        h.since.store(
-            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
-            Ordering::Release,
-        );
+        h.since.store(self.counters.stamp(now), Ordering::Release);
     }
 
     fn get_conn(&self, start: Instant, timeout: Option<Duration>) -> Result<(Pooled, Instant)> {
@@ -627,19 +637,21 @@ impl Pool {
     /// 30 s), one that sat idle long enough or may have been lost is pinged.
     /// `None` when it was not fit.
     fn vet(&self, mut conn: Pooled, now: Instant) -> Option<(Pooled, Instant)> {
-        if self
-            .max_lifetime
-            .is_some_and(|l| now.saturating_duration_since(conn.born) >= l)
-        {
+        if conn.retire_at.is_some_and(|at| now >= at) {
             conn.retired = true;
             return None;
         }
-        let suspect = self
-            .counters
-            .suspect_before
-            .lock()
-            .is_some_and(|t| conn.last_used < t);
-        if !suspect && now.saturating_duration_since(conn.last_used) < self.validate_after_idle {
+        let suspect = match self.counters.suspect_before.load(Ordering::Relaxed) {
+            0 => false,
+            before => self.counters.stamp(conn.last_used) < before,
+        };
+        // Fresh: used less than `validate_after_idle` ago (an addition and a
+        // comparison, cheaper than measuring the idle time).
+        let fresh = conn
+            .last_used
+            .checked_add(self.validate_after_idle)
+            .map_or(true, |until| now < until);
+        if !suspect && fresh {
             if conn.backend.peer_closed() {
                 // Killed or reset while idle: found before anything was
                 // written to it, so no statement fails on it.
@@ -735,10 +747,9 @@ impl Pool {
     /// A pooled connection failed at the transport level at `at`: every
     /// connection idle since before then is checked before its next use.
     pub(crate) fn suspect_idle(&self, at: Instant) {
-        let mut s = self.counters.suspect_before.lock();
-        if s.map_or(true, |t| t < at) {
-            *s = Some(at);
-        }
+        self.counters
+            .suspect_before
+            .fetch_max(self.counters.stamp(at), Ordering::Relaxed);
     }
 
     /// Records the statement a connection is about to run.
@@ -752,7 +763,12 @@ impl Pool {
             h.in_transaction = false;
         }
         let mut same = false;
-        if !sql.is_empty() {
+        if !h.last_sql_cut && h.last_sql == sql {
+            // The same statement again (a loop): nothing to cut, trim or
+            // copy. (The text kept is trimmed and short, so the statement
+            // is kept as it is.)
+            same = !sql.is_empty();
+        } else if !sql.is_empty() {
             let end = sql
                 .char_indices()
                 .nth(LAST_SQL_CHARS)
