@@ -378,10 +378,8 @@ impl ScriptSession {
                 match &joined {
                     Some(text) => {
                         changed = parsed.statements.iter().any(may_change_session);
-                        tx.execute_native(text).map_err(|e| {
-                            joined_failed = true;
-                            e
-                        })?;
+                        tx.execute_native(text)
+                            .inspect_err(|_| joined_failed = true)?;
                         ran = parsed.statements.len();
                     }
                     None => run_statements(tx, &parsed.statements, &bound, &mut ran, &mut changed)?,
