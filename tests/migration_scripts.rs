@@ -590,3 +590,153 @@ fn lock_wait_is_bounded_and_readers_pass(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(lock_wait_is_bounded_and_readers_pass, [Postgres, MySql]);
+
+// ------------------------------------------- statements sent together
+
+/// A transactional script's statements may reach the server together; a
+/// failure still names its statement and line (with the server's own
+/// error for it), and nothing of the script stays or is recorded.
+fn a_failing_statement_is_named_when_statements_go_together(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.write(
+        "V1__ok.sql",
+        "CREATE TABLE {t}_a (id INT, note TEXT) -- a comment that ends the line\n;\n\
+         INSERT INTO {t}_a VALUES (1, 'semi; colon -- not a comment');\n\
+         /* a block comment */ INSERT INTO {t}_a VALUES (2, 'two');\n",
+    );
+    c.write(
+        "V2__bad.sql",
+        "CREATE TABLE {t}_b (id INT);\n\
+         INSERT INTO {t}_b VALUES (1);\n\
+         INSERT INTO {t}_b\n  VALUES (2);\n\
+         INSERT INTO {t}_missing VALUES (3);\n\
+         INSERT INTO {t}_b VALUES (4);\n",
+    );
+    let db = c.db();
+    let e = db.run_migrations().expect_err("V2 fails");
+    let text = e.to_string();
+    assert!(
+        text.contains("V2__bad.sql")
+            && text.contains("statement 4 of 5")
+            && text.contains("line 5")
+            && text.contains("_missing")
+            && text.contains("nothing of it remains"),
+        "{text}"
+    );
+    let report = e.migration_report().expect("a report");
+    assert_eq!(report.applied.len(), 1, "{report:?}");
+    assert_eq!(c.scalar::<i64>(&db, "SELECT COUNT(*) AS v FROM {t}_a"), 2);
+    assert_eq!(
+        c.scalar::<String>(&db, "SELECT note AS v FROM {t}_a WHERE id = 1"),
+        "semi; colon -- not a comment"
+    );
+    assert!(!c.exists(&db, "{t}_b"), "V2 was rolled back whole");
+    let status = db.migration_status()?;
+    assert_eq!(status.current_version.as_deref(), Some("1"), "{status:?}");
+    // Fixed, it runs; nothing was recorded of the failed attempt.
+    c.write(
+        "V2__bad.sql",
+        "CREATE TABLE {t}_b (id INT);\nINSERT INTO {t}_b VALUES (1);\n",
+    );
+    assert_eq!(db.run_migrations()?.applied.len(), 1);
+    assert_eq!(c.scalar::<i64>(&db, "SELECT COUNT(*) AS v FROM {t}_b"), 1);
+    db.migrator().validate()?;
+    Ok(())
+}
+each_backend!(
+    a_failing_statement_is_named_when_statements_go_together,
+    [Postgres, SqliteFile]
+);
+
+/// A syntax error in a statement sent with others: PostgreSQL's position
+/// still gives the line within the script.
+#[test]
+fn postgres_syntax_error_line_among_statements_sent_together() -> Result<()> {
+    let c = Case::new(Backend::Postgres);
+    c.write(
+        "V1__typo.sql",
+        "CREATE TABLE {t}_a (id INT);\n\
+         SELECT id\n  FROM {t}_a\n  WHERE id = = 1;\n\
+         CREATE TABLE {t}_b (id INT);\n",
+    );
+    let db = c.db();
+    let text = db.run_migrations().expect_err("a typo").to_string();
+    assert!(
+        text.contains("statement 2 of 3") && text.contains("line 4"),
+        "{text}"
+    );
+    assert!(!c.exists(&db, "{t}_a"));
+    Ok(())
+}
+
+// ------------------------------------------------------ pool of one
+
+/// A run needs two connections (the lock's and the scripts'): a pool that
+/// can never open two refuses at once, naming the variables to set, and
+/// applies nothing; with nothing to apply it runs as before; with two it
+/// applies.
+fn a_pool_of_one_is_refused_at_once_naming_the_setting(b: Backend) -> Result<()> {
+    let c = Case::new(b);
+    c.write("V1__a.sql", "CREATE TABLE {t}_a (id INT);\n");
+    let name = unique_name("one");
+    let stem = format!("DEVELOPMENT_GLOBAL_{}_", name.to_ascii_uppercase());
+    let vars: Vec<(String, String)> = vec![
+        (format!("{stem}CONNECTION_STRING"), c.place.url().to_owned()),
+        (format!("{stem}POOL_SIZE"), "1".to_owned()),
+        (format!("{stem}MAX_OVERFLOW"), "0".to_owned()),
+        // A run that waited for a second connection would fail after this
+        // with the pool's own error, which the kind check tells apart.
+        (format!("{stem}POOL_TIMEOUT"), "20".to_owned()),
+        (
+            format!("{stem}MIGRATIONS_DIR"),
+            c.sql_dir().display().to_string(),
+        ),
+        (format!("{stem}MIGRATIONS_TABLE"), c.history.clone()),
+    ];
+    let config = DatabaseConfig::from_lookup(&name, move |k| {
+        vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })?;
+    let db = DatabaseManager::from_config(config)?;
+    let e = db.run_migrations().expect_err("a pool of one");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("two connections")
+            && text.contains(&format!("{stem}POOL_SIZE"))
+            && text.contains(&format!("{stem}MAX_OVERFLOW"))
+            && text.contains("nothing was applied"),
+        "{text}"
+    );
+    assert!(!c.exists(&db, "{t}_a"));
+    // The connection the lock held is back: the pool serves others.
+    assert_eq!(db.query_one("SELECT 1 AS v", ())?.get::<i64>("v")?, 1);
+    db.close();
+
+    // Built in code, the message names the builder's methods.
+    let db = c.db_with(|b| {
+        b.pool_size(1)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_secs(20))
+    });
+    let text = db.run_migrations().expect_err("a pool of one").to_string();
+    assert!(
+        text.contains("DatabaseConfigBuilder::pool_size")
+            && text.contains("DatabaseConfigBuilder::max_overflow"),
+        "{text}"
+    );
+    db.close();
+
+    // Applied with room for two; then, with nothing to apply, a pool of
+    // one runs (and validates) as before.
+    let db = c.db_with(|b| b.pool_size(1).max_overflow(1));
+    assert_eq!(db.run_migrations()?.applied.len(), 1);
+    db.close();
+    let db = c.db_with(|b| b.pool_size(1).max_overflow(0));
+    assert!(db.run_migrations()?.applied.is_empty());
+    db.close();
+    Ok(())
+}
+each_backend!(
+    a_pool_of_one_is_refused_at_once_naming_the_setting,
+    [Postgres, SqliteFile]
+);

@@ -314,6 +314,40 @@ impl Migrator {
         })
     }
 
+    /// Refuses at once, saying what to set, a run whose scripts would wait
+    /// for a second connection that the pool can never give: one holds the
+    /// migration lock, scripts run on another (so that nothing they change
+    /// reaches the lock's session or the history rows written on it).
+    fn refuse_single_connection(&self) -> Result<()> {
+        let config = &self.shared.config;
+        let most = config.pool_size().saturating_add(config.max_overflow());
+        if most >= 2 {
+            return Ok(());
+        }
+        let (size, overflow) = match (
+            config.variable("POOL_SIZE"),
+            config.variable("MAX_OVERFLOW"),
+        ) {
+            (Some(size), Some(overflow)) => (size, overflow),
+            _ => (
+                "DatabaseConfigBuilder::pool_size".to_owned(),
+                "DatabaseConfigBuilder::max_overflow".to_owned(),
+            ),
+        };
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "running migrations needs two connections at once (one holds the migration lock, \
+                 the other runs the scripts), but this pool opens at most {most} \
+                 (pool size {}, max overflow {}); set {size} to 2 or more, or {overflow} to 1 or more; \
+                 nothing was applied",
+                config.pool_size(),
+                config.max_overflow()
+            ),
+        )
+        .on_database(&self.name()))
+    }
+
     /// Takes the lock, finds the history (creating ours when there is
     /// none) and makes sure its journal exists.
     fn lock(&self) -> Result<(LockGuard, History)> {
@@ -329,7 +363,7 @@ impl Migrator {
         let history = match self.find_history(conn)? {
             Some(h) => h,
             None => {
-                conn.execute_batch(&dialect.create_history(self.table()))?;
+                history::create(conn, dialect, self.table())?;
                 History {
                     table: self.table().to_owned(),
                     format: &format::Ours,
@@ -518,6 +552,9 @@ impl Migrator {
         let applied = self.applied(conn, &history)?;
         self.check(&scripts, &applied, true)?;
         let plan = pending(&scripts, &applied, &self.options.target);
+        if !plan.is_empty() || scripts.callbacks.values().any(|c| !c.is_empty()) {
+            self.refuse_single_connection()?;
+        }
         let user = dialect.current_user(conn)?;
         let callbacks = |e: Event| scripts.callbacks.get(&e).map_or(&[][..], Vec::as_slice);
         let mut runner = self.runner(
@@ -652,10 +689,10 @@ impl Migrator {
         // transaction asked for, or its own BEGIN/COMMIT): note that it
         // starts, so that a run that cannot record it (or dies) does not go
         // unnoticed.
-        let journal = (!dialect.transactional_ddl()
-            || script.no_transaction
-            || run::holds_own_transactions(&script.sql, dialect.dialect()))
-        .then(|| self.journal());
+        let parsed = runner.parse(script).map_err(StepError::Failed)?;
+        let journal =
+            (!dialect.transactional_ddl() || script.no_transaction || parsed.own_transactions)
+                .then(|| self.journal());
         if let Some(journal) = &journal {
             self.on_fresh(conn, |c| journal.start(c, &row(0, true)))
                 .map_err(StepError::Failed)?;
@@ -668,7 +705,7 @@ impl Migrator {
             }
             history.insert(tx, &row(elapsed(start), true))
         };
-        match runner.execute_recording(script, Some(&mut in_transaction)) {
+        match runner.execute_recording(script, &parsed, Some(&mut in_transaction)) {
             Ok(true) => {
                 if let Some(journal) = &journal {
                     let _ = self.on_fresh(conn, |c| journal.clear(c, &script.script));
@@ -1091,7 +1128,7 @@ impl Migrator {
                 h
             }
             None => {
-                conn.execute_batch(&dialect.create_history(self.table()))?;
+                history::create(conn, dialect, self.table())?;
                 History {
                     table: self.table().to_owned(),
                     format: &format::Ours,
@@ -1286,6 +1323,9 @@ impl Migrator {
                 .on_database(&self.name()));
             };
             undo_scripts.push((u, row.installed_rank));
+        }
+        if !undo_scripts.is_empty() || scripts.callbacks.values().any(|c| !c.is_empty()) {
+            self.refuse_single_connection()?;
         }
         let mut report = self.empty_report(&applied);
         let user = dialect.current_user(conn)?;

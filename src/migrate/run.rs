@@ -189,6 +189,20 @@ pub(crate) struct Failure {
     pub(crate) error: Error,
     /// Statements before the failing one may have been committed.
     pub(crate) left_changes: bool,
+    /// The script's statements were sent together and failed: which one
+    /// failed is not known yet ([`ScriptSession::locate`]).
+    joined: bool,
+}
+
+impl Failure {
+    /// A failure that names what failed.
+    pub(crate) fn new(error: Error, left_changes: bool) -> Failure {
+        Failure {
+            error,
+            left_changes,
+            joined: false,
+        }
+    }
 }
 
 /// The session scripts run on: a pooled connection of its own (never the
@@ -201,6 +215,9 @@ pub(crate) struct ScriptSession {
     conn: Option<PooledConnection>,
     /// The next script needs a fresh session.
     stale: bool,
+    /// The script runs statement by statement, even where its statements
+    /// could be sent together.
+    one_by_one: bool,
     lock_wait: Option<Duration>,
     statement_timeout: Option<Duration>,
 }
@@ -215,6 +232,7 @@ impl ScriptSession {
             shared,
             conn: None,
             stale: true,
+            one_by_one: false,
             lock_wait,
             statement_timeout,
         }
@@ -260,16 +278,24 @@ impl ScriptSession {
         mut record: Option<&mut RecordFn<'_>>,
     ) -> std::result::Result<bool, Failure> {
         let mut attempt = 0;
+        self.one_by_one = false;
         loop {
-            let failure = match self.run_once(script, parsed, mode, record.as_deref_mut()) {
+            let mut failure = match self.run_once(script, parsed, mode, record.as_deref_mut()) {
                 Ok(()) => return Ok(record.is_some()),
                 Err(f) => f,
             };
             self.stale = true;
             let lock_timeout = is_lock_timeout(&failure.error);
+            if failure.joined && !(lock_timeout && attempt < lock_retries) {
+                failure.error = self.locate(failure.error, script, parsed);
+                failure.joined = false;
+            }
             if !lock_timeout {
                 return Err(failure);
             }
+            // Its attempts to come run statement by statement, so that the
+            // last one's error names the statement that waited.
+            self.one_by_one = true;
             let blockers = self.blockers();
             // Run again only what left nothing behind: a transaction that
             // was rolled back, or a script whose first statement gave up.
@@ -298,6 +324,7 @@ impl ScriptSession {
             let Failure {
                 error,
                 left_changes,
+                ..
             } = failure;
             let code = error.db_code().map(str::to_owned);
             let setting = self
@@ -317,10 +344,7 @@ impl ScriptSession {
             if let Some(code) = code {
                 e = e.with_code(code);
             }
-            return Err(Failure {
-                error: e,
-                left_changes,
-            });
+            return Err(Failure::new(e, left_changes));
         }
     }
 
@@ -333,20 +357,33 @@ impl ScriptSession {
     ) -> std::result::Result<(), Failure> {
         let dialect = self.shared.dialect;
         let kind = self.shared.config.kind;
-        let bound = Bound {
-            lift: lock_wait_sql(kind, self.shared.config.pgbouncer, Some(Duration::ZERO))
-                .filter(|_| self.lock_wait.is_some() && kind == BackendKind::Postgres),
-            restore: lock_wait_sql(kind, self.shared.config.pgbouncer, self.lock_wait),
+        let bound = self.bound();
+        // Sent together only where no statement has a time limit of its
+        // own, and not again after a lock wait gave up.
+        let joined = match mode {
+            Mode::Transaction if self.statement_timeout.is_none() && !self.one_by_one => {
+                joined(kind, &parsed.statements, &bound)
+            }
+            _ => None,
         };
-        let conn = self.clean().map_err(|error| Failure {
-            error,
-            left_changes: false,
-        })?;
+        let conn = self.clean().map_err(|error| Failure::new(error, false))?;
         let mut ran = 0usize;
         let mut changed = false;
+        // Set when the joined statements, not the history row or the
+        // commit, failed: which of them failed is then found by running
+        // them again one by one in a transaction that is rolled back.
+        let mut joined_failed = false;
         let result = match mode {
             Mode::Transaction => conn.transaction(|tx| {
-                run_statements(tx, &parsed.statements, &bound, &mut ran, &mut changed)?;
+                match &joined {
+                    Some(text) => {
+                        changed = parsed.statements.iter().any(may_change_session);
+                        tx.execute_native(text)
+                            .inspect_err(|_| joined_failed = true)?;
+                        ran = parsed.statements.len();
+                    }
+                    None => run_statements(tx, &parsed.statements, &bound, &mut ran, &mut changed)?,
+                }
                 match record {
                     Some(record) => record(tx),
                     None => Ok(()),
@@ -359,14 +396,98 @@ impl ScriptSession {
         if changed {
             self.stale = true;
         }
-        result.map_err(|cause| {
-            self.stale = true;
-            let left_changes = mode == Mode::Autocommit && ran > 0;
-            Failure {
-                error: describe(cause, script, &parsed.statements, ran, mode, kind, dialect),
-                left_changes,
+        let Err(cause) = result else {
+            return Ok(());
+        };
+        self.stale = true;
+        if joined_failed {
+            // Rolled back whole.
+            return Err(Failure {
+                error: cause,
+                left_changes: false,
+                joined: true,
+            });
+        }
+        let left_changes = mode == Mode::Autocommit && ran > 0;
+        Err(Failure::new(
+            describe(cause, script, &parsed.statements, ran, mode, kind, dialect),
+            left_changes,
+        ))
+    }
+
+    /// The statements that lift the lock wait bound for one statement and
+    /// put it back.
+    fn bound(&self) -> Bound {
+        let kind = self.shared.config.kind;
+        Bound {
+            lift: lock_wait_sql(kind, self.shared.config.pgbouncer, Some(Duration::ZERO))
+                .filter(|_| self.lock_wait.is_some() && kind == BackendKind::Postgres),
+            restore: lock_wait_sql(kind, self.shared.config.pgbouncer, self.lock_wait),
+        }
+    }
+
+    /// The error of a script whose statements, sent together in its
+    /// transaction, failed with `cause` (and were rolled back): the
+    /// statements run again one by one on a fresh session, in a transaction
+    /// that is always rolled back, and the first that fails is named, with
+    /// its own error, as when they are sent one by one. When none fails
+    /// again (a lock wait or a deadlock that has passed, a lost
+    /// connection), `cause` is told as it is, with what stays. After a lock
+    /// wait gave up, the statement that waits again names itself (waiting
+    /// at most the bound once more).
+    fn locate(&mut self, cause: Error, script: &Script, parsed: &Parsed) -> Error {
+        let bound = &self.bound();
+        let kind = self.shared.config.kind;
+        let dialect = self.shared.dialect;
+        let unlocated = |cause: Error| {
+            let message = format!(
+                "its statements were sent together and failed: {}; {}",
+                cause.message(),
+                remains(
+                    &parsed.statements,
+                    0,
+                    Mode::Transaction,
+                    kind,
+                    &script.script
+                )
+            );
+            let code = cause.db_code().map(str::to_owned);
+            let mut e = Error::new(cause.kind(), message).with_source(cause);
+            if let Some(code) = code {
+                e = e.with_code(code);
             }
-        })
+            e
+        };
+        let conn = match self.clean() {
+            Ok(conn) => conn,
+            Err(_) => return unlocated(cause),
+        };
+        let mut ran = 0usize;
+        let mut changed = false;
+        let again = match conn.begin() {
+            Ok(mut tx) => {
+                let again =
+                    run_statements(&mut tx, &parsed.statements, bound, &mut ran, &mut changed);
+                let _ = tx.rollback();
+                again
+            }
+            Err(e) => Err(e),
+        };
+        // The statements ran on this session again: the next script gets a
+        // fresh one.
+        self.stale = true;
+        match again {
+            Err(e) if ran < parsed.statements.len() && e.db_code().is_some() => describe(
+                e,
+                script,
+                &parsed.statements,
+                ran,
+                Mode::Transaction,
+                kind,
+                dialect,
+            ),
+            _ => unlocated(cause),
+        }
     }
 
     /// Sessions that hold locks in open transactions, named with what they
@@ -458,10 +579,22 @@ impl Runner {
 
     /// Parses and runs one script.
     pub(crate) fn execute(&mut self, script: &Script) -> std::result::Result<(), Failure> {
-        self.execute_recording(script, None).map(drop)
+        let parsed = self
+            .parse(script)
+            .map_err(|error| Failure::new(error, false))?;
+        self.execute_recording(script, &parsed, None).map(drop)
     }
 
-    /// Parses and runs one script; `record` writes its history row inside
+    /// Replaces a script's placeholders and splits it into statements.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`].
+    pub(crate) fn parse(&self, script: &Script) -> Result<Parsed> {
+        parse(script, self.session.shared.dialect, &self.placeholders)
+    }
+
+    /// Runs one parsed script; `record` writes its history row inside
     /// the script's transaction when the script runs in one and none of its
     /// statements can change the session (so the row is written by the
     /// migrator, as a clean session has it, and commits with the script:
@@ -469,21 +602,15 @@ impl Runner {
     pub(crate) fn execute_recording(
         &mut self,
         script: &Script,
+        parsed: &Parsed,
         record: Option<&mut RecordFn<'_>>,
     ) -> std::result::Result<bool, Failure> {
-        let parsed =
-            parse(script, self.session.shared.dialect, &self.placeholders).map_err(|error| {
-                Failure {
-                    error,
-                    left_changes: false,
-                }
-            })?;
-        let mode = self.mode(script, &parsed);
+        let mode = self.mode(script, parsed);
         let record = record.filter(|_| {
             mode == Mode::Transaction && !parsed.statements.iter().any(may_change_session)
         });
         self.session
-            .run(script, &parsed, mode, self.lock_retries, record)
+            .run(script, parsed, mode, self.lock_retries, record)
     }
 
     /// Runs the callbacks of one event, in file-name order; the first
@@ -592,6 +719,35 @@ fn run_statements(
         *ran += 1;
     }
     Ok(())
+}
+
+/// A transactional script's statements as one text, sent to the server in
+/// one round trip, where the server runs such a text statement by statement
+/// in the transaction it is in and stops at the first error (PostgreSQL's
+/// simple query protocol, SQLite): `None` for one statement alone, for a
+/// `COPY` with data, a repeated batch, transaction control of the script's
+/// own, or a statement whose lock wait bound is lifted. Each statement ends
+/// on a line of its own, so that a comment at its end cannot swallow the
+/// `;` that ends it.
+fn joined(kind: BackendKind, statements: &[Statement], bound: &Bound) -> Option<String> {
+    if !matches!(kind, BackendKind::Postgres | BackendKind::Sqlite) || statements.len() < 2 {
+        return None;
+    }
+    let plain = statements.iter().all(|st| {
+        st.copy_data.is_none()
+            && st.repeat <= 1
+            && st.control == TxControl::None
+            && !(bound.lift.is_some() && blocks_no_one(st))
+    });
+    if !plain {
+        return None;
+    }
+    let mut text = String::with_capacity(statements.iter().map(|s| s.sql.len() + 3).sum());
+    for st in statements {
+        text.push_str(&st.sql);
+        text.push_str("\n;\n");
+    }
+    Some(text)
 }
 
 /// The statements that lift the lock wait bound for one statement and put
@@ -777,6 +933,43 @@ mod tests {
             t.contains("statement 1 of 6 ran and stays") && t.contains("MySQL commits DDL"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn plain_transactional_statements_are_joined() {
+        let none = Bound {
+            lift: None,
+            restore: None,
+        };
+        let s = [
+            st("CREATE TABLE a (x INT) -- note", 1, TxControl::None),
+            st("INSERT INTO a VALUES (1)", 2, TxControl::None),
+        ];
+        assert_eq!(
+            joined(BackendKind::Sqlite, &s, &none).as_deref(),
+            Some("CREATE TABLE a (x INT) -- note\n;\nINSERT INTO a VALUES (1)\n;\n")
+        );
+        assert!(joined(BackendKind::Postgres, &s, &none).is_some());
+        // Not where a batch is a unit of its own, or sent apart anyway.
+        assert_eq!(joined(BackendKind::MsSql, &s, &none), None);
+        assert_eq!(joined(BackendKind::MySql, &s, &none), None);
+        assert_eq!(joined(BackendKind::Sqlite, &s[..1], &none), None);
+        let mut copy = s.clone();
+        copy[1].copy_data = Some("1\n".to_owned());
+        assert_eq!(joined(BackendKind::Postgres, &copy, &none), None);
+        let mut own = s.clone();
+        own[0].control = TxControl::Begin;
+        assert_eq!(joined(BackendKind::Postgres, &own, &none), None);
+        let lifted = Bound {
+            lift: Some("SET lock_timeout = 0".to_owned()),
+            restore: None,
+        };
+        let concurrently = [
+            st("CREATE INDEX CONCURRENTLY i ON a (x)", 1, TxControl::None),
+            st("SELECT 1", 2, TxControl::None),
+        ];
+        assert!(joined(BackendKind::Postgres, &concurrently, &none).is_some());
+        assert_eq!(joined(BackendKind::Postgres, &concurrently, &lifted), None);
     }
 
     #[test]

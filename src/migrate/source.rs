@@ -476,11 +476,17 @@ fn read_dir(dir: &Path, prefix: &str, files: &mut Vec<(String, String)>) -> Resu
         if name.starts_with('.') {
             continue;
         }
-        if path.is_dir() {
+        // The listing's own type, without a call per file; a link is
+        // followed, as `is_dir`/`is_file` follow it.
+        let (is_dir, is_file) = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => (t.is_dir(), t.is_file()),
+            _ => (path.is_dir(), path.is_file()),
+        };
+        if is_dir {
             read_dir(&path, &format!("{prefix}{name}/"), files)?;
             continue;
         }
-        if !path.is_file() {
+        if !is_file {
             continue;
         }
         if !name.ends_with(".sql") && parse_name(&name)?.is_none() {
