@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{manager, unique_name, Backend};
 use dbmanager::migrate::{checksum, MigrateOptions, MigrationProblem};
-use dbmanager::{DatabaseManager, ErrorKind, Result};
+use dbmanager::{DatabaseConfig, DatabaseManager, ErrorKind, Result};
 
 use common::migration::Case;
 
@@ -597,7 +597,7 @@ each_backend!(lock_wait_is_bounded_and_readers_pass, [Postgres, MySql]);
 /// failure still names its statement and line (with the server's own
 /// error for it), and nothing of the script stays or is recorded.
 fn a_failing_statement_is_named_when_statements_go_together(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "s");
     c.write(
         "V1__ok.sql",
         "CREATE TABLE {t}_a (id INT, note TEXT) -- a comment that ends the line\n;\n\
@@ -652,7 +652,7 @@ each_backend!(
 /// still gives the line within the script.
 #[test]
 fn postgres_syntax_error_line_among_statements_sent_together() -> Result<()> {
-    let c = Case::new(Backend::Postgres);
+    let c = Case::new(Backend::Postgres, "s");
     c.write(
         "V1__typo.sql",
         "CREATE TABLE {t}_a (id INT);\n\
@@ -676,7 +676,7 @@ fn postgres_syntax_error_line_among_statements_sent_together() -> Result<()> {
 /// applies nothing; with nothing to apply it runs as before; with two it
 /// applies.
 fn a_pool_of_one_is_refused_at_once_naming_the_setting(b: Backend) -> Result<()> {
-    let c = Case::new(b);
+    let c = Case::new(b, "s");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INT);\n");
     let name = unique_name("one");
     let stem = format!("DEVELOPMENT_GLOBAL_{}_", name.to_ascii_uppercase());
