@@ -66,21 +66,51 @@ fn migrate_dump(case: &Case, url: &str, dump: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_pg_dump_runs_as_a_migration() -> Result<()> {
-    let case = Case::new(Backend::Postgres, "pgdump");
-    let admin_url = Backend::Postgres.admin_url();
+/// Two fresh databases on `b`'s server, made by its admin and dropped after
+/// `body`, whatever it returns.
+struct Pair {
+    admin_url: String,
+    src: String,
+    dst: String,
+    src_url: String,
+    dst_url: String,
+}
+
+fn with_two_databases(b: Backend, body: impl FnOnce(&Pair) -> Result<()>) -> Result<()> {
+    let admin_url = b.admin_url();
     let admin = manager("dumps", &admin_url)?;
     let (src, dst) = (unique_name("dsrc"), unique_name("ddst"));
     for d in [&src, &dst] {
         admin.execute_batch(&format!("CREATE DATABASE {d}"))?;
     }
-    let (src_url, dst_url) = (
-        with_database(&admin_url, &src),
-        with_database(&admin_url, &dst),
-    );
-    let outcome = (|| -> Result<()> {
-        manager("dsrc", &src_url)?.execute_batch(
+    let pair = Pair {
+        src_url: with_database(&admin_url, &src),
+        dst_url: with_database(&admin_url, &dst),
+        admin_url,
+        src,
+        dst,
+    };
+    let outcome = body(&pair);
+    let force = if b == Backend::Postgres {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    for d in [&pair.src, &pair.dst] {
+        admin.execute_batch(&format!("DROP DATABASE IF EXISTS {d}{force}"))?;
+    }
+    outcome
+}
+
+#[test]
+fn a_pg_dump_runs_as_a_migration() -> Result<()> {
+    let case = Case::new(Backend::Postgres, "pgdump");
+    with_two_databases(
+        Backend::Postgres,
+        |Pair {
+             src_url, dst_url, ..
+         }| {
+            manager("dsrc", &src_url)?.execute_batch(
             r#"
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
@@ -107,36 +137,31 @@ CREATE TABLE "Odd Name" ("Col ""q""" int);
 INSERT INTO "Odd Name" VALUES (1), (NULL);
 "#,
         )?;
-        let bin = servers_sh("_dbm_pg_bin", &[]);
-        let pg_dump = Path::new(bin.trim()).join("pg_dump");
-        let pg_dump = pg_dump.to_str().expect("a path");
-        let dump = |url: &str| run(pg_dump, &["--no-owner", "--no-privileges", "--dbname", url]);
-        let original = dump(&src_url);
-        assert!(original.contains("FROM stdin;"), "a dump with COPY data");
-        migrate_dump(&case, &dst_url, &original)?;
-        assert_eq!(comparable(&dump(&dst_url)), comparable(&original));
-        Ok(())
-    })();
-    for d in [&src, &dst] {
-        admin.execute_batch(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))?;
-    }
-    outcome
+            let bin = servers_sh("_dbm_pg_bin", &[]);
+            let pg_dump = Path::new(bin.trim()).join("pg_dump");
+            let pg_dump = pg_dump.to_str().expect("a path");
+            let dump =
+                |url: &str| run(pg_dump, &["--no-owner", "--no-privileges", "--dbname", url]);
+            let original = dump(&src_url);
+            assert!(original.contains("FROM stdin;"), "a dump with COPY data");
+            migrate_dump(&case, &dst_url, &original)?;
+            assert_eq!(comparable(&dump(&dst_url)), comparable(&original));
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn a_mariadb_dump_runs_as_a_migration() -> Result<()> {
     let case = Case::new(Backend::MySql, "mydump");
-    let admin_url = Backend::MySql.admin_url();
-    let admin = manager("dumps", &admin_url)?;
-    let (src, dst) = (unique_name("dsrc"), unique_name("ddst"));
-    for d in [&src, &dst] {
-        admin.execute_batch(&format!("CREATE DATABASE {d}"))?;
-    }
-    let (src_url, dst_url) = (
-        with_database(&admin_url, &src),
-        with_database(&admin_url, &dst),
-    );
-    let outcome = (|| -> Result<()> {
+    with_two_databases(Backend::MySql, |pair| {
+        let Pair {
+            admin_url,
+            src,
+            dst,
+            src_url,
+            dst_url,
+        } = pair;
         let source = manager("dsrc", &src_url)?;
         for statement in [
             "CREATE TABLE person (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL, \
@@ -190,15 +215,11 @@ fn a_mariadb_dump_runs_as_a_migration() -> Result<()> {
         assert!(original.contains("DELIMITER ;;"), "a dump with DELIMITER");
         migrate_dump(&case, &dst_url, &original)?;
         assert_eq!(
-            comparable(&dump(&dst)).replace(&dst, "DB"),
-            comparable(&original).replace(&src, "DB")
+            comparable(&dump(dst)).replace(dst.as_str(), "DB"),
+            comparable(&original).replace(src.as_str(), "DB")
         );
         Ok(())
-    })();
-    for d in [&src, &dst] {
-        admin.execute_batch(&format!("DROP DATABASE IF EXISTS {d}"))?;
-    }
-    outcome
+    })
 }
 
 #[test]

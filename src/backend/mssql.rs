@@ -577,6 +577,18 @@ impl ToSql for Param<'_> {
 }
 
 impl MsConnection {
+    /// Whether a request may be sent: an open stream is ended first, and a
+    /// broken connection, or one with a request still in flight, is lost.
+    fn ready(&mut self) -> Result<()> {
+        if self.stream.is_some() && !self.close_stream() {
+            return Err(lost(None));
+        }
+        if self.broken.load(Ordering::SeqCst) || self.in_flight {
+            return Err(lost(None));
+        }
+        Ok(())
+    }
+
     /// Runs one request to completion on this connection's runtime; a
     /// transport failure marks the connection broken.
     fn call<T>(
@@ -587,12 +599,7 @@ impl MsConnection {
             Box<dyn std::future::Future<Output = tiberius::Result<T>> + 'c>,
         >,
     ) -> Result<T> {
-        if self.stream.is_some() && !self.close_stream() {
-            return Err(lost(None));
-        }
-        if self.broken.load(Ordering::SeqCst) || self.in_flight {
-            return Err(lost(None));
-        }
+        self.ready()?;
         let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
             return Err(lost(None));
         };
@@ -634,12 +641,7 @@ impl MsConnection {
     /// naming its row and column, and the connection stays clean. A
     /// failure while rows are on the wire discards the connection.
     fn bulk_load(&mut self, table: &str, columns: &[String], rows: &[Vec<Value>]) -> Result<u64> {
-        if self.stream.is_some() && !self.close_stream() {
-            return Err(lost(None));
-        }
-        if self.broken.load(Ordering::SeqCst) || self.in_flight {
-            return Err(lost(None));
-        }
+        self.ready()?;
         let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
             return Err(lost(None));
         };
@@ -1132,12 +1134,7 @@ impl Connection for MsConnection {
     /// with the client lent to it: rows are read as [`fetch`] asks, so
     /// memory stays flat. Only the first result set is streamed.
     fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
-        if self.stream.is_some() && !self.close_stream() {
-            return Err(lost(None));
-        }
-        if self.broken.load(Ordering::SeqCst) || self.in_flight {
-            return Err(lost(None));
-        }
+        self.ready()?;
         let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.take()) else {
             return Err(lost(None));
         };
