@@ -110,7 +110,7 @@ fn a_pg_dump_runs_as_a_migration() -> Result<()> {
         |Pair {
              src_url, dst_url, ..
          }| {
-            manager("dsrc", &src_url)?.execute_batch(
+            manager("dsrc", src_url)?.execute_batch(
             r#"
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
@@ -142,10 +142,10 @@ INSERT INTO "Odd Name" VALUES (1), (NULL);
             let pg_dump = pg_dump.to_str().expect("a path");
             let dump =
                 |url: &str| run(pg_dump, &["--no-owner", "--no-privileges", "--dbname", url]);
-            let original = dump(&src_url);
+            let original = dump(src_url);
             assert!(original.contains("FROM stdin;"), "a dump with COPY data");
-            migrate_dump(&case, &dst_url, &original)?;
-            assert_eq!(comparable(&dump(&dst_url)), comparable(&original));
+            migrate_dump(&case, dst_url, &original)?;
+            assert_eq!(comparable(&dump(dst_url)), comparable(&original));
             Ok(())
         },
     )
@@ -162,7 +162,7 @@ fn a_mariadb_dump_runs_as_a_migration() -> Result<()> {
             src_url,
             dst_url,
         } = pair;
-        let source = manager("dsrc", &src_url)?;
+        let source = manager("dsrc", src_url)?;
         for statement in [
             "CREATE TABLE person (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL, \
              note TEXT, data JSON, amount DECIMAL(10,2), born DATE, flag TINYINT(1), raw BLOB, \
@@ -185,7 +185,7 @@ fn a_mariadb_dump_runs_as_a_migration() -> Result<()> {
         ] {
             source.execute_batch(statement)?;
         }
-        let url = url::Url::parse(&admin_url).expect("a URL");
+        let url = url::Url::parse(admin_url).expect("a URL");
         let password = url.password().unwrap_or_default().to_owned();
         let port = url.port().unwrap_or(3306).to_string();
         let dump = |database: &str| {
@@ -211,9 +211,9 @@ fn a_mariadb_dump_runs_as_a_migration() -> Result<()> {
                 ],
             )
         };
-        let original = dump(&src);
+        let original = dump(src);
         assert!(original.contains("DELIMITER ;;"), "a dump with DELIMITER");
-        migrate_dump(&case, &dst_url, &original)?;
+        migrate_dump(&case, dst_url, &original)?;
         assert_eq!(
             comparable(&dump(dst)).replace(dst.as_str(), "DB"),
             comparable(&original).replace(src.as_str(), "DB")
