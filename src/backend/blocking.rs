@@ -78,6 +78,21 @@ impl SocketHandle {
     /// a reset): a statement written to it now would fail after it was
     /// sent. One `poll(2)` that does not wait; false where it cannot tell.
     pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_gone(true)
+    }
+
+    /// As [`peer_closed`](Self::peer_closed), for a driver that reads
+    /// what its server sends between requests by itself (tokio-postgres:
+    /// the `ReadyForQuery` after a cancelled statement's error, notices,
+    /// parameter changes): data waiting to be read is then no sign of
+    /// anything, only the peer's end of the stream is. Where the end of the
+    /// stream cannot be told apart (`POLLRDHUP` is Linux's), any data still
+    /// counts.
+    pub(crate) fn peer_hung_up(&self) -> bool {
+        self.peer_gone(!cfg!(target_os = "linux"))
+    }
+
+    fn peer_gone(&self, data_counts: bool) -> bool {
         #[cfg(unix)]
         {
             use std::os::fd::AsRawFd;
@@ -93,10 +108,18 @@ impl SocketHandle {
             };
             // SAFETY: one valid pollfd, a descriptor we own, no wait.
             let ready = unsafe { libc::poll(&mut p, 1, 0) };
-            ready > 0 && p.revents != 0
+            if ready <= 0 {
+                return false;
+            }
+            #[cfg(target_os = "linux")]
+            let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+            #[cfg(not(target_os = "linux"))]
+            let hung_up = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+            p.revents & hung_up != 0 || (data_counts && p.revents != 0)
         }
         #[cfg(not(unix))]
         {
+            let _ = data_counts;
             false
         }
     }
@@ -401,6 +424,47 @@ mod tests {
         assert!(
             text.contains("DatabaseConfigBuilder::connect_timeout"),
             "{text}"
+        );
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod socket_tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    use super::SocketHandle;
+
+    /// Data waiting on an idle connection counts as lost for a driver that
+    /// does not read between requests, not for one that does; the peer's end
+    /// of the stream counts for both.
+    #[test]
+    fn waiting_data_and_hang_ups_are_told_apart() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut theirs, _) = listener.accept().expect("accept");
+        let handle = SocketHandle::of(&ours);
+        assert!(!handle.peer_closed() && !handle.peer_hung_up(), "quiet");
+
+        theirs.write_all(b"Z").expect("write");
+        let waited = std::time::Instant::now();
+        while !handle.peer_closed() && waited.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        assert!(
+            handle.peer_closed(),
+            "data waiting: lost for a strict driver"
+        );
+        assert!(!handle.peer_hung_up(), "data waiting: no hang-up");
+
+        drop(theirs);
+        let waited = std::time::Instant::now();
+        while !handle.peer_hung_up() && waited.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        assert!(
+            handle.peer_hung_up() && handle.peer_closed(),
+            "the peer hung up"
         );
     }
 }

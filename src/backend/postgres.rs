@@ -950,8 +950,12 @@ impl Connection for PgConnection {
         self.client.as_ref().map_or(true, Client::is_closed)
     }
 
+    /// Only the server's end of the stream: tokio-postgres reads what is
+    /// left between requests itself (the `ReadyForQuery` that follows a
+    /// cancelled statement's error may still be on its way when the
+    /// statement returns), so waiting data is no sign of a lost session.
     fn peer_closed(&self) -> bool {
-        self.socket.peer_closed()
+        self.socket.peer_hung_up()
     }
 
     fn canceller(&self) -> Arc<dyn Canceller> {
