@@ -174,6 +174,25 @@ impl BulkPlan {
         })
     }
 
+    /// The condition matching rows of `a` and `b` (table aliases) on the
+    /// keys: `a."k" = b."k" AND …`.
+    pub(crate) fn key_match(&self, a: &str, b: &str) -> String {
+        self.keys
+            .iter()
+            .map(|&k| format!("{a}.{c} = {b}.{c}", c = self.columns[k]))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// The assignments setting the non-key columns of `a` from `b` (table
+    /// aliases): `a."c" = b."c", …`.
+    pub(crate) fn set_from(&self, a: &str, b: &str) -> String {
+        self.non_keys()
+            .map(|(_, c)| format!("{a}.{c} = {b}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The columns that are not keys.
     pub(crate) fn non_keys(&self) -> impl Iterator<Item = (usize, &str)> + '_ {
         self.columns
@@ -240,17 +259,8 @@ impl BulkPlan {
         let mut sql = String::with_capacity(64 + n * self.columns.len() * 5);
         match (self.kind, self.dialect) {
             (BulkKind::Upsert, Dialect::MsSql) => {
-                let on = self
-                    .keys
-                    .iter()
-                    .map(|&k| format!("d.{c} = s.{c}", c = self.columns[k]))
-                    .collect::<Vec<_>>()
-                    .join(" AND ");
-                let set = self
-                    .non_keys()
-                    .map(|(_, c)| format!("d.{c} = s.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let on = self.key_match("d", "s");
+                let set = self.set_from("d", "s");
                 let source = self
                     .columns
                     .iter()

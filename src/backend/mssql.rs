@@ -719,17 +719,8 @@ const BULK_TEMP: &str = "#dbmanager_bulk";
 fn bulk_apply_sql(plan: &BulkPlan) -> String {
     let table = &plan.table;
     let cols = plan.column_list();
-    let on = plan
-        .keys
-        .iter()
-        .map(|&k| format!("d.{c} = s.{c}", c = plan.columns[k]))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let set = plan
-        .non_keys()
-        .map(|(_, c)| format!("d.{c} = s.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let on = plan.key_match("d", "s");
+    let set = plan.set_from("d", "s");
     match plan.kind {
         BulkKind::Upsert => {
             let source = plan
@@ -890,7 +881,7 @@ fn tds_value(value: &Value, slot: Slot) -> std::result::Result<ColumnData<'_>, S
     let mismatch = || {
         format!(
             "a {} value cannot be written to a column of this type ({slot:?})",
-            value_type_name(value)
+            value.type_name()
         )
     };
     let int = |range: std::ops::RangeInclusive<i64>| -> std::result::Result<i64, String> {
@@ -1067,25 +1058,6 @@ fn tds_value(value: &Value, slot: Slot) -> std::result::Result<ColumnData<'_>, S
             }
         }
     })
-}
-
-/// A value's type as an error names it.
-fn value_type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "NULL",
-        Value::Bool(_) => "boolean",
-        Value::I64(_) => "integer",
-        Value::F64(_) => "floating-point",
-        Value::Decimal(_) => "decimal",
-        Value::Text(_) => "text",
-        Value::Bytes(_) => "bytes",
-        Value::Date(_) => "date",
-        Value::Time(_) => "time",
-        Value::Timestamp(_) => "timestamp",
-        Value::TimestampTz(_) => "timestamp with time zone",
-        Value::Uuid(_) => "UUID",
-        Value::Json(_) => "JSON",
-    }
 }
 
 /// The column names of a result.

@@ -920,12 +920,7 @@ impl Connection for PgConnection {
         ))?;
         self.copy_rows(BULK_TEMP, &cols, &types, rows)?;
         let table = &plan.table;
-        let on = plan
-            .keys
-            .iter()
-            .map(|&k| format!("d.{c} = s.{c}", c = plan.columns[k]))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let on = plan.key_match("d", "s");
         let sql = match plan.kind {
             BulkKind::Upsert => format!(
                 "INSERT INTO {table} ({cols}) SELECT {cols} FROM {BULK_TEMP}{}",
