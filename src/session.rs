@@ -94,6 +94,32 @@ pub(crate) fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>> {
     }
 }
 
+/// The methods for migration scripts shared by [`PooledConnection`] and
+/// [`Transaction`], through their private `run`.
+macro_rules! native_methods {
+    () => {
+        /// Runs one statement exactly as written (no portable-SQL translation,
+        /// no parameters): a migration script's.
+        #[track_caller]
+        pub(crate) fn execute_native(&mut self, sql: &str) -> Result<()> {
+            self.run(Op::Script, sql, Params::None, Limit::DEFAULT)
+                .map(drop)
+        }
+
+        /// Runs `COPY … FROM STDIN` with `data` as its input; the rows loaded.
+        #[track_caller]
+        pub(crate) fn copy_in(&mut self, sql: &str, data: &str) -> Result<u64> {
+            self.run(
+                Op::Copy,
+                sql,
+                Params::Positional(vec![Value::from(data)]),
+                Limit::DEFAULT,
+            )
+            .map(outcome_affected)
+        }
+    };
+}
+
 /// The statement methods shared by [`DatabaseManager`] (`&self`),
 /// [`PooledConnection`] and [`Transaction`] (`&mut self`). Each type has a
 /// private `run(op, sql, params)` into the pipeline.
@@ -279,25 +305,7 @@ impl PooledConnection {
         (Arc::clone(&self.shared), &mut self.conn, self.limit)
     }
 
-    /// Runs one statement exactly as written (no portable-SQL translation,
-    /// no parameters): a migration script's.
-    #[track_caller]
-    pub(crate) fn execute_native(&mut self, sql: &str) -> Result<()> {
-        self.run(Op::Script, sql, Params::None, Limit::DEFAULT)
-            .map(drop)
-    }
-
-    /// Runs `COPY … FROM STDIN` with `data` as its input; the rows loaded.
-    #[track_caller]
-    pub(crate) fn copy_in(&mut self, sql: &str, data: &str) -> Result<u64> {
-        self.run(
-            Op::Copy,
-            sql,
-            Params::Positional(vec![Value::from(data)]),
-            Limit::DEFAULT,
-        )
-        .map(outcome_affected)
-    }
+    native_methods!();
 
     /// Marks the connection broken: it is closed instead of going back to
     /// the pool (used when its session state is unknown).
@@ -559,25 +567,7 @@ impl<'a> Transaction<'a> {
         Ok((Arc::clone(&self.shared), self.conn.get(), limit))
     }
 
-    /// Runs one statement exactly as written (no portable-SQL translation,
-    /// no parameters): a migration script's.
-    #[track_caller]
-    pub(crate) fn execute_native(&mut self, sql: &str) -> Result<()> {
-        self.run(Op::Script, sql, Params::None, Limit::DEFAULT)
-            .map(drop)
-    }
-
-    /// Runs `COPY … FROM STDIN` with `data` as its input; the rows loaded.
-    #[track_caller]
-    pub(crate) fn copy_in(&mut self, sql: &str, data: &str) -> Result<u64> {
-        self.run(
-            Op::Copy,
-            sql,
-            Params::Positional(vec![Value::from(data)]),
-            Limit::DEFAULT,
-        )
-        .map(outcome_affected)
-    }
+    native_methods!();
 
     /// Sets the limit for this transaction's later statements: `Some(d)`, or
     /// `None` for no limit, in place of the database's configured query

@@ -348,18 +348,25 @@ impl Migrator {
         .on_database(&self.name()))
     }
 
+    /// Takes the migration lock; its connection runs with the statement
+    /// timeout of migrations.
+    fn acquire_lock(&self) -> Result<LockGuard> {
+        let mut guard = LockGuard::acquire(
+            &self.shared,
+            self.dialect(),
+            self.table(),
+            self.options.lock_timeout,
+        )?;
+        guard.conn().set_timeout(self.options.statement_timeout);
+        Ok(guard)
+    }
+
     /// Takes the lock, finds the history (creating ours when there is
     /// none) and makes sure its journal exists.
     fn lock(&self) -> Result<(LockGuard, History)> {
         let dialect = self.dialect();
-        let mut guard = LockGuard::acquire(
-            &self.shared,
-            dialect,
-            self.table(),
-            self.options.lock_timeout,
-        )?;
+        let mut guard = self.acquire_lock()?;
         let conn = guard.conn();
-        conn.set_timeout(self.options.statement_timeout);
         let history = match self.find_history(conn)? {
             Some(h) => h,
             None => {
@@ -1102,14 +1109,8 @@ impl Migrator {
         let name = self.name();
         let mut scripts = self.load()?;
         let dialect = self.dialect();
-        let mut guard = LockGuard::acquire(
-            &self.shared,
-            dialect,
-            self.table(),
-            self.options.lock_timeout,
-        )?;
+        let mut guard = self.acquire_lock()?;
         let conn = guard.conn();
-        conn.set_timeout(self.options.statement_timeout);
         let (source, rows) =
             adopt::read_foreign(conn, dialect).map_err(|e| e.on_database(&name))?;
         let history = match History::find(conn, dialect, self.table())? {
