@@ -457,6 +457,38 @@ each_backend!(
     [Postgres, MySql, SqliteFile]
 );
 
+/// The schema work of a first save runs outside the save's transaction
+/// (DDL), and is retried as the transaction is when it meets a transient
+/// failure: here an SQLite file whose write lock another connection holds
+/// for longer than SQLite's wait on a locked database (5 s when no query
+/// timeout is set; with one, the watchdog ends the wait as a timeout).
+#[test]
+fn a_busy_database_during_the_first_save_is_waited_out() -> Result<()> {
+    let place = Backend::SqliteFile.place();
+    let db = place.manager_with("ents_busy", |b| b.query_timeout(None))?;
+    db.execute("CREATE TABLE warm (x INTEGER)", ())?;
+    let path = place.url().trim_start_matches("sqlite:").to_owned();
+    let holder = rusqlite::Connection::open(&path).expect("open the file a second time");
+    holder
+        .execute_batch("BEGIN IMMEDIATE; INSERT INTO warm VALUES (1);")
+        .expect("take the write lock");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(5300));
+        holder
+            .execute_batch("COMMIT")
+            .expect("release the write lock");
+    });
+    let kind = kind_name("busy");
+    let saved = db
+        .entities()
+        .save_entity(&kind, &json!({"name": "first"}), None, None);
+    release.join().unwrap();
+    let saved = saved?;
+    assert_eq!(saved["name"], "first");
+    assert_eq!(db.entities().count_entities(&kind, &Find::new())?, 1);
+    Ok(())
+}
+
 /// The same inside the writers' own transactions (`tx.entities()`), where
 /// the schema work runs under a savepoint (on MySQL on a connection of its
 /// own); a writer that loses a race on the server is retried whole by the

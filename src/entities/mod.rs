@@ -25,7 +25,7 @@ use serde_json::Value as J;
 use crate::error::Result;
 use crate::pipeline::{Limit, Op, Shared};
 use crate::resilience::RetryPolicy;
-use crate::session::{outcome_affected, outcome_rows, retried_transaction, Transaction};
+use crate::session::{outcome_affected, outcome_rows, retried_transaction, transient, Transaction};
 use crate::sql::Dialect;
 use crate::value::{Params, Row, Value};
 
@@ -120,8 +120,15 @@ impl Runner for OwnTx<'_> {
         retried_transaction(self.shared, &self.policy, None, self.site, f)
     }
 
+    /// Schema work is idempotent (each step is forgiven when a racing
+    /// writer made its effect), so a transient failure (a SQLite file busy
+    /// while connections open or switch it to WAL, a deadlock on the
+    /// server) runs it again from its start, as the policy allows.
     fn schema(&mut self, f: &mut dyn FnMut(&mut dyn Exec, bool) -> Result<()>) -> Result<()> {
-        f(&mut Autocommit(self.shared), false)
+        let shared = self.shared;
+        shared.retrying(&self.policy, "entity schema", || {
+            f(&mut Autocommit(shared), false).map_err(transient)
+        })
     }
 }
 
