@@ -275,8 +275,9 @@ impl<'a> Bulk<'a> {
 
     /// Inserts `rows`, or updates the existing row with the same
     /// `key_columns` (which must be a primary key or unique, and among
-    /// `columns`). Two rows with the same key in one chunk are an error on
-    /// PostgreSQL.
+    /// `columns`). A key given twice is written as row after row would
+    /// write it: the later row wins, in one chunk or across chunks, on
+    /// every server.
     ///
     /// # Errors
     ///
@@ -291,7 +292,8 @@ impl<'a> Bulk<'a> {
     }
 
     /// Sets the other `columns` of the rows matched by `key_columns` (which
-    /// must be among `columns`). A NULL key matches nothing.
+    /// must be among `columns`). A NULL key matches nothing. A key given
+    /// twice: the later row wins, as for [`upsert`](Self::upsert).
     ///
     /// # Errors
     ///

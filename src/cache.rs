@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Limit, Op, Shared};
 use crate::sql::{self, Tables};
-use crate::value::{Params, Row, Value};
+use crate::value::{hash_value, Params, Row, Value};
 
 /// Options of one query: a result cache TTL and a timeout (seed 004's
 /// `QueryOptions`).
@@ -465,25 +465,6 @@ fn table_key(name: &str) -> String {
     let last = name.trim().rsplit('.').next().unwrap_or_default();
     last.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']'))
         .to_lowercase()
-}
-
-fn hash_value(v: &Value, h: &mut impl Hasher) {
-    std::mem::discriminant(v).hash(h);
-    match v {
-        Value::Null => {}
-        Value::Bool(b) => b.hash(h),
-        Value::I64(i) => i.hash(h),
-        Value::F64(f) => f.to_bits().hash(h),
-        Value::Decimal(d) => d.hash(h),
-        Value::Text(s) => s.hash(h),
-        Value::Bytes(b) => b.hash(h),
-        Value::Date(d) => d.hash(h),
-        Value::Time(t) => t.hash(h),
-        Value::Timestamp(t) => t.hash(h),
-        Value::TimestampTz(t) => t.hash(h),
-        Value::Uuid(u) => u.hash(h),
-        Value::Json(j) => j.to_string().hash(h),
-    }
 }
 
 /// The estimated memory of a kept result: the rows, their values and what

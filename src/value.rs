@@ -987,6 +987,29 @@ macro_rules! params {
     };
 }
 
+/// Feeds a value to a hasher: the query cache's keys, and the bulk
+/// writer's check for a key repeated within a chunk. Floats hash by their
+/// bits, JSON by its text.
+pub(crate) fn hash_value(v: &Value, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    std::mem::discriminant(v).hash(h);
+    match v {
+        Value::Null => {}
+        Value::Bool(b) => b.hash(h),
+        Value::I64(i) => i.hash(h),
+        Value::F64(f) => f.to_bits().hash(h),
+        Value::Decimal(d) => d.hash(h),
+        Value::Text(s) => s.hash(h),
+        Value::Bytes(b) => b.hash(h),
+        Value::Date(d) => d.hash(h),
+        Value::Time(t) => t.hash(h),
+        Value::Timestamp(t) => t.hash(h),
+        Value::TimestampTz(t) => t.hash(h),
+        Value::Uuid(u) => u.hash(h),
+        Value::Json(j) => j.to_string().hash(h),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,6 +123,56 @@ fn every_entry_point(b: Backend) -> Result<()> {
 }
 each_backend!(every_entry_point);
 
+/// A key repeated within one load (and within one chunk) is written as
+/// the rows would be one by one: the later row wins, for upserts and
+/// updates alike, whatever the chunk size. (PostgreSQL's `ON CONFLICT`
+/// refuses to touch a row twice in one statement, and its `UPDATE … FROM`
+/// picks either row.)
+fn a_repeated_key_takes_the_later_row(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| c.pgbouncer(b == Backend::PgBouncer))?;
+    let t = people(&db)?;
+    let cols = ["id", "name", "score"];
+    // ids 0..10, each three times in a row run, then id 3 once more.
+    let rows = || {
+        (0..3)
+            .flat_map(|round| (0..10).map(move |i| (i, format!("r{round}-{i}"), round)))
+            .chain([(3, "last".to_owned(), 9)])
+    };
+    for chunk in [1000, 7] {
+        let r = db
+            .bulk(&t.name)
+            .chunk_size(chunk)
+            .upsert(&cols, &["id"], rows())?;
+        assert_eq!(r.rows, 31);
+        assert_eq!(t.count()?, 10, "chunk size {chunk}");
+        let name = |id: i64| -> Result<String> {
+            db.query_one(
+                &format!("SELECT name FROM [{}] WHERE id = ?", t.name),
+                (id,),
+            )?
+            .get("name")
+        };
+        assert_eq!(name(3)?, "last", "chunk size {chunk}");
+        assert_eq!(name(4)?, "r2-4", "chunk size {chunk}");
+        assert_eq!(t.sum("score")?, 9 * 2 + 9, "chunk size {chunk}");
+
+        let r = db.bulk(&t.name).chunk_size(chunk).update(
+            &cols,
+            &["id"],
+            rows().map(|(i, n, s)| (i, n, s + 100)),
+        )?;
+        assert_eq!(r.rows, 31);
+        assert_eq!(name(3)?, "last", "chunk size {chunk}");
+        assert_eq!(t.sum("score")?, 9 * 102 + 109, "chunk size {chunk}");
+        db.execute(&format!("DELETE FROM [{}]", t.name), ())?;
+    }
+    Ok(())
+}
+each_backend!(
+    a_repeated_key_takes_the_later_row,
+    [Postgres, PgBouncer, MySql, SqliteFile, SqliteMemory]
+);
+
 fn empty_input(b: Backend) -> Result<()> {
     let db = b.open()?;
     let t = people(&db)?;

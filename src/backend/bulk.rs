@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::sql::{quote_identifier, Dialect};
-use crate::value::Value;
+use crate::value::{hash_value, Value};
 
 /// What a bulk operation does to each row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -436,6 +436,42 @@ impl BulkPlan {
             || (self.kind == BulkKind::Upsert && self.dialect != Dialect::MsSql)
     }
 
+    /// Cuts `rows` where a key repeats (upserts and updates), so that no
+    /// run holds a key twice: one statement, or one temporary table, per
+    /// run then writes the rows as they would be written one by one (the
+    /// later row wins). PostgreSQL's `ON CONFLICT` refuses to touch a row
+    /// twice in one statement, SQL Server's `MERGE` too, and an `UPDATE …
+    /// FROM` picks either row. Keys are compared by hash: a collision only
+    /// ends a run early. Without a repeated key, one run: `rows`.
+    pub(crate) fn runs_of_distinct_keys<'r>(
+        &self,
+        rows: &'r [Vec<Value>],
+    ) -> Vec<&'r [Vec<Value>]> {
+        use std::hash::{BuildHasher, Hasher};
+        if !matches!(self.kind, BulkKind::Upsert | BulkKind::Update) || rows.len() < 2 {
+            return vec![rows];
+        }
+        let state = std::collections::hash_map::RandomState::new();
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let mut h = state.build_hasher();
+            for &k in &self.keys {
+                hash_value(&row[k], &mut h);
+            }
+            let key = h.finish();
+            if !seen.insert(key) {
+                runs.push(&rows[start..i]);
+                start = i;
+                seen.clear();
+                seen.insert(key);
+            }
+        }
+        runs.push(&rows[start..]);
+        runs
+    }
+
     /// Cuts `rows` into the statements that write them, as
     /// [`run_statements_within`](Self::run_statements_within) does, and
     /// runs `exec` with each statement and its rows; returns the sum of
@@ -504,6 +540,58 @@ pub(crate) fn wire_size(v: &Value) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_are_cut_where_a_key_repeats() {
+        let plan = BulkPlan::new(
+            BulkKind::Upsert,
+            Dialect::Postgres,
+            "t",
+            &["id", "v"],
+            &["id"],
+        )
+        .unwrap();
+        let row = |k: i64, v: &str| vec![Value::I64(k), Value::Text(v.into())];
+        let rows = vec![
+            row(1, "a"),
+            row(2, "b"),
+            row(1, "c"),
+            row(3, "d"),
+            row(2, "e"),
+            row(2, "f"),
+        ];
+        let runs = plan.runs_of_distinct_keys(&rows);
+        let lens: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+        assert_eq!(lens, [2, 3, 1]);
+        assert_eq!(runs[1][0], row(1, "c"));
+        // No repeat: one run, the rows themselves.
+        let distinct = vec![row(1, "a"), row(2, "a")];
+        assert_eq!(plan.runs_of_distinct_keys(&distinct).len(), 1);
+        // Inserts and deletes are never cut.
+        let insert =
+            BulkPlan::new(BulkKind::Insert, Dialect::Postgres, "t", &["id", "v"], &[]).unwrap();
+        assert_eq!(insert.runs_of_distinct_keys(&rows).len(), 1);
+        // A key of two columns repeats only when both do.
+        let two = BulkPlan::new(
+            BulkKind::Update,
+            Dialect::MsSql,
+            "t",
+            &["id", "v"],
+            &["id", "v"],
+        );
+        assert!(two.is_err(), "an update needs a column besides its keys");
+        let two = BulkPlan::new(
+            BulkKind::Upsert,
+            Dialect::MsSql,
+            "t",
+            &["id", "v"],
+            &["id", "v"],
+        )
+        .unwrap();
+        assert_eq!(two.runs_of_distinct_keys(&rows).len(), 1);
+        let pairs = vec![row(1, "a"), row(1, "b"), row(1, "a")];
+        assert_eq!(two.runs_of_distinct_keys(&pairs).len(), 2);
+    }
 
     #[test]
     fn names_are_checked_and_quoted() -> Result<()> {

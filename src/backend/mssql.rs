@@ -640,7 +640,13 @@ impl MsConnection {
     /// before anything is sent, so a value that does not fit is an error
     /// naming its row and column, and the connection stays clean. A
     /// failure while rows are on the wire discards the connection.
-    fn bulk_load(&mut self, table: &str, columns: &[String], rows: &[Vec<Value>]) -> Result<u64> {
+    fn bulk_load(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Value>],
+        first: usize,
+    ) -> Result<u64> {
         self.ready()?;
         let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
             return Err(lost(None));
@@ -654,7 +660,7 @@ impl MsConnection {
         let tds_rows = rows
             .iter()
             .enumerate()
-            .map(|(i, row)| tds_row(i, row, columns, &slots))
+            .map(|(i, row)| tds_row(first + i, row, columns, &slots))
             .collect::<Result<Vec<_>>>()?;
         let (Some(rt), Some(client)) = (self.rt.as_ref(), self.client.as_mut()) else {
             return Err(lost(None));
@@ -1297,24 +1303,17 @@ impl Connection for MsConnection {
             return Ok(0);
         }
         if plan.kind == BulkKind::Insert {
-            return self.bulk_load(&plan.table, &plan.columns, rows);
+            return self.bulk_load(&plan.table, &plan.columns, rows, 0);
         }
-        let cols = plan.column_list();
-        let table = &plan.table;
-        // A UNION makes SELECT … INTO leave out an identity property, so
-        // every column takes the values given. Each chunk runs in a
-        // transaction, so a failure after this rolls the table back too.
-        self.batch(&format!(
-            "SELECT {cols} INTO {BULK_TEMP} FROM {table} WHERE 1 = 0 \
-             UNION ALL SELECT {cols} FROM {table} WHERE 1 = 0"
-        ))?;
-        let applied = self
-            .bulk_load(BULK_TEMP, &plan.columns, rows)
-            .and_then(|_| self.execute(&bulk_apply_sql(plan), &[]));
-        let dropped = self.batch(&format!("DROP TABLE {BULK_TEMP}"));
-        // The first failure is the one to report.
-        let affected = applied?;
-        dropped?;
+        // A key repeated within the rows cuts them into runs applied one
+        // after the other (MERGE refuses to touch a row twice): the later
+        // row wins, as it would written row by row.
+        let mut affected = 0;
+        let mut first = 0;
+        for run in plan.runs_of_distinct_keys(rows) {
+            affected += self.bulk_apply(plan, run, first)?;
+            first += run.len();
+        }
         Ok(affected)
     }
 
@@ -1336,6 +1335,31 @@ impl Connection for MsConnection {
 
     fn peer_closed(&self) -> bool {
         self.socket.peer_closed()
+    }
+}
+
+impl MsConnection {
+    /// One run of a bulk upsert, update or delete: its rows loaded into
+    /// [`BULK_TEMP`], then applied to the target in one statement. `first`
+    /// is the index of its first row in the chunk.
+    fn bulk_apply(&mut self, plan: &BulkPlan, rows: &[Vec<Value>], first: usize) -> Result<u64> {
+        let cols = plan.column_list();
+        let table = &plan.table;
+        // A UNION makes SELECT … INTO leave out an identity property, so
+        // every column takes the values given. Each chunk runs in a
+        // transaction, so a failure after this rolls the table back too.
+        self.batch(&format!(
+            "SELECT {cols} INTO {BULK_TEMP} FROM {table} WHERE 1 = 0 \
+             UNION ALL SELECT {cols} FROM {table} WHERE 1 = 0"
+        ))?;
+        let applied = self
+            .bulk_load(BULK_TEMP, &plan.columns, rows, first)
+            .and_then(|_| self.execute(&bulk_apply_sql(plan), &[]));
+        let dropped = self.batch(&format!("DROP TABLE {BULK_TEMP}"));
+        // The first failure is the one to report.
+        let affected = applied?;
+        dropped?;
+        Ok(affected)
     }
 }
 

@@ -729,13 +729,15 @@ const BULK_TEMP: &str = "\"dbmanager_bulk\"";
 impl PgConnection {
     /// Binary `COPY … FROM STDIN` of `rows` into `table` (quoted) with the
     /// types of `types`; returns the rows copied. A value that does not fit
-    /// its column names its row (its index in `rows`) and column.
+    /// its column names its row (its index in the chunk: `first` plus its
+    /// index in `rows`) and column.
     fn copy_rows(
         &mut self,
         table: &str,
         cols: &str,
         types: &[Type],
         rows: &[Vec<Value>],
+        first: usize,
     ) -> Result<u64> {
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
         let sql = format!("COPY {table} ({cols}) FROM STDIN BINARY");
@@ -755,10 +757,55 @@ impl PgConnection {
         });
         let result = result.map_err(|e| match failed_at.get() {
             Some(i) if e.db_code().is_none() => e.with_hint(&format!(
-                "row {i} of the chunk has a value that does not fit its column's type"
+                "row {} of the chunk has a value that does not fit its column's type",
+                first + i
             )),
             _ => e,
         });
+        self.noting("", result)
+    }
+
+    /// One run of [`bulk_write`](Connection::bulk_write): rows whose keys
+    /// are distinct; `first` is the index of its first row in the chunk.
+    fn bulk_write_run(
+        &mut self,
+        plan: &BulkPlan,
+        rows: &[Vec<Value>],
+        first: usize,
+    ) -> Result<u64> {
+        if self.pgbouncer || rows.is_empty() {
+            return plan.run_statements(rows, &mut |sql, params| self.execute(sql, params));
+        }
+        let cols = plan.column_list();
+        let types = self.column_types(&plan.table, &cols)?;
+        if plan.kind == BulkKind::Insert {
+            return self.copy_rows(&plan.table, &cols, &types, rows, first);
+        }
+        self.simple(&format!(
+            "DROP TABLE IF EXISTS pg_temp.{BULK_TEMP}; \
+             CREATE TEMP TABLE {BULK_TEMP} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
+            plan.table
+        ))?;
+        self.copy_rows(BULK_TEMP, &cols, &types, rows, first)?;
+        let table = &plan.table;
+        let on = plan.key_match("d", "s");
+        let sql = match plan.kind {
+            BulkKind::Upsert => format!(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {BULK_TEMP}{}",
+                plan.on_conflict()
+            ),
+            BulkKind::Update => format!(
+                "UPDATE {table} AS d SET {} FROM {BULK_TEMP} AS s WHERE {on}",
+                plan.non_keys()
+                    .map(|(_, c)| format!("{c} = s.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            BulkKind::Delete | BulkKind::Insert => {
+                format!("DELETE FROM {table} AS d USING {BULK_TEMP} AS s WHERE {on}")
+            }
+        };
+        let result = self.call(|c| c.execute(sql.as_str(), &[]));
         self.noting("", result)
     }
 
@@ -904,41 +951,18 @@ impl Connection for PgConnection {
     /// into a temporary table dropped at commit, then one `INSERT … ON
     /// CONFLICT`, `UPDATE … FROM` or `DELETE … USING` from it. Behind
     /// pgbouncer, plain statements.
+    ///
+    /// A key repeated within the rows cuts them into runs written one
+    /// after the other, so that the later row wins
+    /// ([`BulkPlan::runs_of_distinct_keys`]).
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
-        if self.pgbouncer || rows.is_empty() {
-            return plan.run_statements(rows, &mut |sql, params| self.execute(sql, params));
+        let mut affected = 0;
+        let mut first = 0;
+        for run in plan.runs_of_distinct_keys(rows) {
+            affected += self.bulk_write_run(plan, run, first)?;
+            first += run.len();
         }
-        let cols = plan.column_list();
-        let types = self.column_types(&plan.table, &cols)?;
-        if plan.kind == BulkKind::Insert {
-            return self.copy_rows(&plan.table, &cols, &types, rows);
-        }
-        self.simple(&format!(
-            "DROP TABLE IF EXISTS pg_temp.{BULK_TEMP}; \
-             CREATE TEMP TABLE {BULK_TEMP} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
-            plan.table
-        ))?;
-        self.copy_rows(BULK_TEMP, &cols, &types, rows)?;
-        let table = &plan.table;
-        let on = plan.key_match("d", "s");
-        let sql = match plan.kind {
-            BulkKind::Upsert => format!(
-                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {BULK_TEMP}{}",
-                plan.on_conflict()
-            ),
-            BulkKind::Update => format!(
-                "UPDATE {table} AS d SET {} FROM {BULK_TEMP} AS s WHERE {on}",
-                plan.non_keys()
-                    .map(|(_, c)| format!("{c} = s.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            BulkKind::Delete | BulkKind::Insert => {
-                format!("DELETE FROM {table} AS d USING {BULK_TEMP} AS s WHERE {on}")
-            }
-        };
-        let result = self.call(|c| c.execute(sql.as_str(), &[]));
-        self.noting("", result)
+        Ok(affected)
     }
 
     fn is_closed(&self) -> bool {
@@ -1255,6 +1279,27 @@ const MISSING_DATABASE_HINT: &str = "the server has no database of that name: cr
 
 /// Maps a `postgres` error to ours by SQLSTATE class; the server's message
 /// becomes ours (it never contains a password).
+/// What a named prepared statement of the driver (`s0`, `s1`, …) found
+/// taken or gone means: the server session is shared with other clients,
+/// as a pooler in transaction pooling mode shares it.
+const POOLER_HINT: &str = "the server session holds another client's prepared statements: \
+     is this database reached through pgbouncer (or another pooler) in transaction pooling \
+     mode? Then set {PREFIX}{NAME}_PGBOUNCER=true (DatabaseConfigBuilder::pgbouncer, or \
+     pgbouncer=true in the URL)";
+
+/// `prepared statement "sN" already exists` (42P05) or `does not exist`
+/// (26000) for a name the driver gave (`s` and digits).
+fn driver_statement_clash(code: &str, message: &str) -> bool {
+    if code != "42P05" && code != "26000" {
+        return false;
+    }
+    message
+        .split('"')
+        .nth(1)
+        .and_then(|name| name.strip_prefix('s'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cold]
 fn classify(e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
@@ -1271,6 +1316,8 @@ fn classify(e: tokio_postgres::Error) -> Error {
         let e = Error::new(kind, message).with_code(code);
         return if code == "3D000" {
             e.with_hint(MISSING_DATABASE_HINT)
+        } else if driver_statement_clash(code, db.message()) {
+            e.with_hint(POOLER_HINT)
         } else {
             e
         };
@@ -1291,6 +1338,31 @@ fn classify(e: tokio_postgres::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clash_of_the_drivers_statement_names_points_at_a_pooler() {
+        assert!(driver_statement_clash(
+            "42P05",
+            r#"prepared statement "s0" already exists"#
+        ));
+        assert!(driver_statement_clash(
+            "26000",
+            r#"prepared statement "s12" does not exist"#
+        ));
+        // A user's own PREPARE is not the driver's.
+        assert!(!driver_statement_clash(
+            "42P05",
+            r#"prepared statement "stmt" already exists"#
+        ));
+        assert!(!driver_statement_clash(
+            "42P05",
+            r#"prepared statement "s" already exists"#
+        ));
+        assert!(!driver_statement_clash(
+            "42P01",
+            r#"relation "s0" does not exist"#
+        ));
+    }
 
     #[test]
     fn a_rollback_to_a_savepoint_is_recognised() {
