@@ -1,6 +1,7 @@
 //! 500 trivial migrations on SQLite: dbmanager against refinery (rusqlite
 //! driver) on the same files in the same run, and dbmanager validating 500
-//! applied migrations. Prints the times and the ratios.
+//! applied migrations. Prints the times and the ratios, and whether the
+//! apply ratio meets its goal (at most 1.0).
 //!
 //! `cargo bench --bench migrations` (no server needed).
 
@@ -11,6 +12,8 @@ use dbmanager::{DatabaseConfig, DatabaseManager};
 
 const MIGRATIONS: usize = 500;
 const ROUNDS: usize = 5;
+/// Our time over refinery's, at most (issue #13).
+const GOAL: f64 = 1.0;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dbm-bench-{}-{name}", std::process::id()));
@@ -44,6 +47,14 @@ fn dbmanager_run(dir: &Path, round: usize) -> (Duration, Duration) {
             .expect("config"),
     )
     .expect("manager");
+    // A run holds two connections (the migration lock's and the scripts').
+    // refinery is handed an open connection before its timer starts: ours
+    // are opened before it too, so that both time the migrations alone.
+    {
+        let first = db.connection().expect("a connection");
+        let second = db.connection().expect("a second connection");
+        drop((first, second));
+    }
     let start = Instant::now();
     let report = db.run_migrations().expect("migrate");
     let apply = start.elapsed();
@@ -108,9 +119,10 @@ fn main() {
         ms(refinery),
         ms(refinery) / MIGRATIONS as f64
     );
+    let ratio = ms(dbm) / ms(refinery);
     println!(
-        "  ratio     dbmanager / refinery = {:.2}",
-        ms(dbm) / ms(refinery)
+        "  ratio     dbmanager / refinery = {ratio:.2} (goal <= {GOAL:.2}) {}",
+        if ratio <= GOAL { "ok" } else { "MISSED" }
     );
     println!(
         "  validate  dbmanager {:>9.1} ms for {MIGRATIONS} applied ({:.1} µs/migration)",

@@ -739,12 +739,15 @@ fn no_transaction_scripts_run_outside_a_transaction() -> Result<()> {
 fn sqlite_lock_left_by_a_killed_process_is_taken_over() -> Result<()> {
     let c = Case::new(Backend::SqliteFile, "m");
     c.write("V1__a.sql", "CREATE TABLE {t}_a (id INTEGER);");
+    // V1 applied first, so that one history row and the lock row say the
+    // child is inside V2 (scripts run together would commit together).
+    let db = c.db();
+    assert_eq!(db.run_migrations()?.applied.len(), 1);
     c.write(
         "V2__slow.sql",
         "CREATE TABLE {t}_big AS WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000000) SELECT x FROM n;",
     );
     let child = migrate_in_background(&c);
-    let db = c.db();
     // V1 committed and the lock row still there: the child is inside V2.
     wait_until("the child reaches V2", || {
         let lock = format!("{}_lock", c.history);
@@ -768,5 +771,122 @@ fn sqlite_lock_left_by_a_killed_process_is_taken_over() -> Result<()> {
     assert_eq!(r.applied.len(), 1);
     assert_eq!(r.applied[0].script, "V2__slow.sql");
     assert_eq!(c.count(&db, &format!("{}_lock", c.history)), 0, "released");
+    Ok(())
+}
+
+/// On SQLite, scripts that run in a transaction share one with their
+/// history rows: V4–V8 below. When a row cannot be written (a trigger
+/// refuses version 6), the shared transaction is rolled back and the
+/// scripts run again one by one: V4 and V5 are applied and recorded, V6 is
+/// reported and nothing of it stays (no table without a row), V7 and V8
+/// do not run.
+#[test]
+fn scripts_sharing_a_transaction_commit_with_their_rows_or_not_at_all() -> Result<()> {
+    let c = Case::new(Backend::SqliteFile, "m");
+    for v in 1..=3 {
+        c.write(
+            &format!("V{v}__t{v}.sql"),
+            &format!("CREATE TABLE {{t}}_{v} (id INTEGER);\nINSERT INTO {{t}}_{v} VALUES ({v});\n"),
+        );
+    }
+    let db = c.db();
+    assert_eq!(db.run_migrations()?.applied.len(), 3);
+    db.execute_batch(&format!(
+        "CREATE TRIGGER {t}_no6 BEFORE INSERT ON {h} WHEN NEW.version = '6' \
+         BEGIN SELECT RAISE(ABORT, 'version 6 refused by a trigger'); END",
+        t = c.t,
+        h = c.q(&c.history)
+    ))?;
+    for v in 4..=8 {
+        c.write(
+            &format!("V{v}__t{v}.sql"),
+            &format!("CREATE TABLE {{t}}_{v} (id INTEGER);\nINSERT INTO {{t}}_{v} VALUES ({v});\n"),
+        );
+    }
+    let e = db.run_migrations().expect_err("the row of V6 is refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("V6__t6.sql") && text.contains("refused by a trigger"),
+        "{text}"
+    );
+    let report = e.migration_report().expect("a report");
+    let applied: Vec<&str> = report.applied.iter().map(|s| s.script.as_str()).collect();
+    assert_eq!(applied, ["V4__t4.sql", "V5__t5.sql"]);
+    for v in 1..=8 {
+        assert_eq!(
+            c.exists(&db, &format!("{{t}}_{v}")),
+            v <= 5,
+            "table of V{v}: {text}"
+        );
+    }
+    let status = db.migration_status()?;
+    let recorded: Vec<&str> = status.applied.iter().map(|r| r.script.as_str()).collect();
+    assert_eq!(
+        recorded,
+        [
+            "V1__t1.sql",
+            "V2__t2.sql",
+            "V3__t3.sql",
+            "V4__t4.sql",
+            "V5__t5.sql"
+        ]
+    );
+    assert!(status.applied.iter().all(|r| r.success));
+    assert_eq!(status.pending.len(), 3);
+    Ok(())
+}
+
+/// More scripts than one shared transaction takes: every one applied once,
+/// recorded in version order with consecutive ranks, and a failing one
+/// among them named with its statement and line while those before it
+/// stay applied.
+#[test]
+fn many_scripts_are_recorded_in_order_and_a_failure_among_them_is_located() -> Result<()> {
+    let c = Case::new(Backend::SqliteFile, "m");
+    for v in 1..=250 {
+        let sql = if v == 180 {
+            "CREATE TABLE {t}_180 (id INTEGER);\nINSERT INTO {t}_nope VALUES (1);\n".to_owned()
+        } else {
+            format!("CREATE TABLE {{t}}_{v} (id INTEGER);\nINSERT INTO {{t}}_{v} VALUES ({v});\n")
+        };
+        c.write(&format!("V{v}__t{v}.sql"), &sql);
+    }
+    let db = c.db();
+    let e = db.run_migrations().expect_err("V180 fails");
+    let text = e.to_string();
+    assert!(
+        text.contains("V180__t180.sql")
+            && text.contains("statement 2 of 2 (line 2")
+            && text.contains("nothing of it remains"),
+        "{text}"
+    );
+    assert_eq!(e.migration_report().expect("a report").applied.len(), 179);
+    assert!(!c.exists(&db, "{t}_180"));
+    let ranks: Vec<(i64, i64, String)> = db
+        .execute_query(
+            &format!(
+                "SELECT installed_rank, version_rank, version FROM {} ORDER BY installed_rank",
+                c.q(&c.history)
+            ),
+            (),
+        )?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.get::<i64>("installed_rank")?,
+                r.get::<i64>("version_rank")?,
+                r.get::<String>("version")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let expected: Vec<(i64, i64, String)> = (1..=179).map(|v| (v, v, v.to_string())).collect();
+    assert_eq!(ranks, expected);
+    c.write(
+        "V180__t180.sql",
+        "CREATE TABLE {t}_180 (id INTEGER);\nINSERT INTO {t}_180 VALUES (1);\n",
+    );
+    assert_eq!(db.run_migrations()?.applied.len(), 71);
+    db.migrator().validate()?;
+    assert_eq!(c.count(&db, &c.history), 250);
     Ok(())
 }

@@ -49,6 +49,20 @@ pub(crate) trait Format: Sync {
         row: &NewRow<'_>,
     ) -> Result<()>;
 
+    /// Inserts `rows` in their order, in the caller's transaction.
+    fn insert_many(
+        &self,
+        conn: &mut dyn Exec,
+        dialect: &dyn HistoryDialect,
+        table: &str,
+        rows: &[NewRow<'_>],
+    ) -> Result<()> {
+        for row in rows {
+            self.insert(conn, dialect, table, row)?;
+        }
+        Ok(())
+    }
+
     /// The checksum this format keeps for a script's text.
     fn checksum(&self, sql: &str) -> i32 {
         super::source::checksum(sql)
@@ -101,6 +115,16 @@ impl Format for Ours {
         row: &NewRow<'_>,
     ) -> Result<()> {
         history::insert(conn, dialect, table, row)
+    }
+
+    fn insert_many(
+        &self,
+        conn: &mut dyn Exec,
+        dialect: &dyn HistoryDialect,
+        table: &str,
+        rows: &[NewRow<'_>],
+    ) -> Result<()> {
+        history::insert_many(conn, dialect, table, rows)
     }
 }
 
@@ -485,6 +509,16 @@ impl History {
     pub(crate) fn insert(&self, conn: &mut dyn Exec, row: &NewRow<'_>) -> Result<()> {
         self.check_holds(row.kind_of(), row.script)?;
         self.format.insert(conn, self.dialect, &self.table, row)
+    }
+
+    /// Inserts `rows` in their order (in one transaction the caller
+    /// holds: their ranks are worked out together).
+    pub(crate) fn insert_many(&self, conn: &mut dyn Exec, rows: &[NewRow<'_>]) -> Result<()> {
+        for row in rows {
+            self.check_holds(row.kind_of(), row.script)?;
+        }
+        self.format
+            .insert_many(conn, self.dialect, &self.table, rows)
     }
 
     /// `Err` when the table has no place for a row of this kind.

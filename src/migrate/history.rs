@@ -955,6 +955,67 @@ pub(crate) fn insert(
     .map(drop)
 }
 
+/// The most rows one `INSERT` of [`insert_many`] writes (10 parameters a
+/// row, below every server's limit).
+const ROWS_PER_INSERT: usize = 50;
+
+/// Inserts history rows of ours in their order, in the caller's
+/// transaction under the migration lock: the ranks read once, then
+/// multi-row `INSERT`s of up to [`ROWS_PER_INSERT`] rows with bind
+/// parameters, ranked as [`insert`] would rank them one by one.
+pub(crate) fn insert_many(
+    conn: &mut dyn Exec,
+    dialect: &dyn HistoryDialect,
+    table: &str,
+    rows: &[NewRow<'_>],
+) -> Result<()> {
+    if rows.len() < 2 {
+        return rows
+            .iter()
+            .try_for_each(|row| insert(conn, dialect, table, row));
+    }
+    let t = dialect.quote(table);
+    let last = conn.rows(
+        &format!(
+            "SELECT COALESCE(MAX(installed_rank), 0) AS ir, COALESCE(MAX(version_rank), 0) AS vr FROM {t}"
+        ),
+        Vec::new(),
+    )?;
+    let (mut ir, mut vr) = last
+        .first()
+        .map(|r| {
+            (
+                r.get::<i64>("ir").unwrap_or(0),
+                r.get::<i64>("vr").unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = format!(
+            "INSERT INTO {t} (installed_rank, version_rank, version, description, type, script, \
+             checksum, installed_by, execution_time, success) VALUES "
+        );
+        let mut values = Vec::with_capacity(chunk.len() * 10);
+        for (i, row) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            ir += 1;
+            values.push(Value::from(ir));
+            values.push(if row.version.is_some() {
+                vr += 1;
+                Value::from(vr)
+            } else {
+                Value::Null
+            });
+            values.extend(row_values(row));
+        }
+        conn.exec(&sql, values)?;
+    }
+    Ok(())
+}
+
 /// The values of the columns Flyway's formats and ours share, in their
 /// order: version, description, type, script, checksum, installed_by,
 /// execution_time, success (texts cut to their columns' widths).

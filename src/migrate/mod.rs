@@ -19,7 +19,9 @@
 //!   still goes through the crate's pipeline (pool, timeouts, metrics).
 //! - Each script runs in one transaction where DDL is transactional
 //!   (PostgreSQL, SQLite), its history row with it when the script cannot
-//!   have changed its session. On MySQL/MariaDB, where DDL commits
+//!   have changed its session; on SQLite consecutive such scripts share
+//!   one transaction with their rows (rolled back and run one by one when
+//!   it fails, see [`Runner::batch`]). On MySQL/MariaDB, where DDL commits
 //!   implicitly, and for scripts whose first line is
 //!   `-- dbmanager:no-transaction` or that hold their own `BEGIN`/`COMMIT`,
 //!   statements run one by one; a failure after some of them ran is recorded
@@ -576,9 +578,32 @@ impl Migrator {
             applied: Vec::new(),
             current_version: current_version(&applied),
         };
+        // Scripts share transactions where the backend allows it
+        // ([`Runner::batch`]) and no callback runs between them.
+        let batching = callbacks(Event::BeforeEachMigrate).is_empty()
+            && callbacks(Event::AfterEachMigrate).is_empty();
         let result = (|| {
             runner.callbacks(callbacks(Event::BeforeMigrate))?;
-            for script in plan {
+            let mut at = 0;
+            // The scripts of a batch that was rolled back run one by one.
+            let mut one_by_one_until = 0;
+            while at < plan.len() {
+                if batching && at >= one_by_one_until {
+                    match self.apply_batch(&history, &mut runner, &plan[at..], &user) {
+                        Ok(steps) if !steps.is_empty() => {
+                            at += steps.len();
+                            for step in steps {
+                                report.current_version = step.version.clone();
+                                report.applied.push(step);
+                            }
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(n) => one_by_one_until = at + n,
+                    }
+                }
+                let script = plan[at];
+                at += 1;
                 runner.callbacks(callbacks(Event::BeforeEachMigrate))?;
                 let step = match self.apply(conn, &history, &mut runner, script, &user) {
                     Ok(step) => step,
@@ -661,6 +686,64 @@ impl Migrator {
             self.dialect().transactional_ddl(),
             self.options.lock_retries,
         ))
+    }
+
+    /// Applies the first pending versioned scripts in one transaction
+    /// with their history rows, where [`Runner::batch`] can: their steps,
+    /// none when the first script cannot share a transaction. `Err` with
+    /// the number of scripts taken when the transaction failed and was
+    /// rolled back: they are then applied one by one, which reports the
+    /// failure as it is.
+    fn apply_batch(
+        &self,
+        history: &History,
+        runner: &mut Runner,
+        plan: &[&Script],
+        user: &str,
+    ) -> std::result::Result<Vec<MigrationStep>, usize> {
+        let fits = |s: &Script| {
+            s.kind == MigrationKind::Versioned && history.check_holds(s.kind, &s.script).is_ok()
+        };
+        let record = |tx: &mut dyn Exec, done: &[(&Script, i64)]| {
+            let rows: Vec<NewRow<'_>> = done
+                .iter()
+                .map(|(script, ms)| NewRow {
+                    version: history.version_text(script.version.as_ref()),
+                    description: &script.description,
+                    kind: "SQL",
+                    script: &script.script,
+                    checksum: Some(script.checksum),
+                    installed_by: user,
+                    execution_time_ms: *ms,
+                    success: true,
+                })
+                .collect();
+            history.insert_many(tx, &rows)
+        };
+        let done = match runner.batch(plan, fits, record) {
+            Ok(done) => done,
+            Err((n, e)) => {
+                tracing::info!(
+                    database = %self.name(),
+                    error = %e,
+                    "{n} migration scripts run in one transaction failed and were rolled back; they run again one by one"
+                );
+                return Err(n);
+            }
+        };
+        Ok(done
+            .into_iter()
+            .map(|(script, ms)| {
+                tracing::info!(database = %self.name(), "applied {} in {ms} ms", script.script);
+                MigrationStep {
+                    kind: script.kind,
+                    version: history.version_text(script.version.as_ref()),
+                    description: script.description.clone(),
+                    script: script.script.clone(),
+                    execution_time_ms: ms,
+                }
+            })
+            .collect())
     }
 
     /// Runs one script on the runner's session, then writes its history

@@ -265,6 +265,17 @@ impl ScriptSession {
             .ok_or_else(|| Error::new(ErrorKind::Other, "no script session"))
     }
 
+    /// Runs `f` in one transaction on a clean session: committed when `f`
+    /// succeeds, rolled back (and the session replaced before the next
+    /// script) when it fails.
+    fn batch(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<()>) -> Result<()> {
+        let result = self.clean()?.transaction(f);
+        if result.is_err() {
+            self.stale = true;
+        }
+        result
+    }
+
     /// Runs a parsed script in `mode`, running it again up to
     /// `lock_retries` times when a statement gave up waiting for a lock and
     /// nothing of the script stayed (it ran in a transaction, or the first
@@ -570,11 +581,7 @@ impl Runner {
     /// unless it says `-- dbmanager:no-transaction` or holds its own
     /// transaction control.
     pub(crate) fn mode(&self, script: &Script, parsed: &Parsed) -> Mode {
-        if self.transactional_ddl && !script.no_transaction && !parsed.own_transactions {
-            Mode::Transaction
-        } else {
-            Mode::Autocommit
-        }
+        mode(self.transactional_ddl, script, parsed)
     }
 
     /// Parses and runs one script.
@@ -613,6 +620,92 @@ impl Runner {
             .run(script, parsed, mode, self.lock_retries, record)
     }
 
+    /// Runs the first of `scripts` that can share one transaction
+    /// (SQLite, where one transaction holds the database's write lock
+    /// whatever it changes: scripts that run in a transaction, cannot
+    /// change their session and for which `fits` holds; at most
+    /// [`BATCH_SCRIPTS`], and no more once [`BATCH_TIME`] has passed) in
+    /// one transaction, then `record` in it with each script run and its
+    /// time in ms (their history rows), and commits: the scripts and
+    /// their rows commit together, or nothing does. One commit for many
+    /// scripts, and the history rows written after the last schema change
+    /// (which makes the server compile a statement again).
+    ///
+    /// `Ok` with the scripts run, none when the first cannot share a
+    /// transaction. `Err` with the number of scripts taken and the error
+    /// when the transaction failed: it was rolled back, nothing of them
+    /// remains, and they are to run one by one (which names what fails).
+    pub(crate) fn batch<'s>(
+        &mut self,
+        scripts: &[&'s Script],
+        fits: impl Fn(&Script) -> bool,
+        record: impl FnOnce(&mut dyn Exec, &[(&'s Script, i64)]) -> Result<()>,
+    ) -> std::result::Result<Vec<(&'s Script, i64)>, (usize, Error)> {
+        let kind = self.session.shared.config.kind;
+        if kind != BackendKind::Sqlite
+            || !self.transactional_ddl
+            || self.session.statement_timeout.is_some()
+        {
+            return Ok(Vec::new());
+        }
+        // Parsed as they come: the first before the transaction opens
+        // (none opens for a script that cannot share it), each next one
+        // in it, the batch ending before one that cannot share it.
+        let Runner {
+            session,
+            placeholders,
+            transactional_ddl,
+            ..
+        } = self;
+        let (dialect, transactional_ddl) = (session.shared.dialect, *transactional_ddl);
+        let shares = |script: &Script| {
+            if !fits(script) {
+                return None;
+            }
+            let parsed = parse(script, dialect, placeholders).ok()?;
+            (mode(transactional_ddl, script, &parsed) == Mode::Transaction
+                && !parsed.statements.iter().any(may_change_session))
+            .then_some(parsed)
+        };
+        let Some(first) = scripts.first().and_then(|s| shares(s)) else {
+            return Ok(Vec::new());
+        };
+        let bound = session.bound();
+        let began = std::time::Instant::now();
+        let mut done = Vec::with_capacity(scripts.len().min(BATCH_SCRIPTS));
+        let mut taken = 0;
+        let mut next = Some(first);
+        let result = session.batch(|tx| {
+            for &script in scripts.iter().take(BATCH_SCRIPTS) {
+                let parsed = match next.take() {
+                    Some(parsed) => parsed,
+                    None => match shares(script) {
+                        Some(parsed) => parsed,
+                        None => break,
+                    },
+                };
+                taken += 1;
+                let start = std::time::Instant::now();
+                match joined(kind, &parsed.statements, &bound) {
+                    Some(text) => tx.execute_native(&text)?,
+                    None => {
+                        let (mut ran, mut changed) = (0, false);
+                        run_statements(tx, &parsed.statements, &bound, &mut ran, &mut changed)?;
+                    }
+                }
+                done.push((script, millis(start.elapsed())));
+                if began.elapsed() >= BATCH_TIME {
+                    break;
+                }
+            }
+            record(tx, &done)
+        });
+        match result {
+            Ok(()) => Ok(done),
+            Err(e) => Err((taken.max(1), e)),
+        }
+    }
+
     /// Runs the callbacks of one event, in file-name order; the first
     /// failure stops them, named with its file.
     pub(crate) fn callbacks(&mut self, scripts: &[Script]) -> Result<()> {
@@ -638,6 +731,28 @@ impl Runner {
             }
         }
     }
+}
+
+/// How `script` runs where DDL is (or is not) transactional: see
+/// [`Runner::mode`].
+fn mode(transactional_ddl: bool, script: &Script, parsed: &Parsed) -> Mode {
+    if transactional_ddl && !script.no_transaction && !parsed.own_transactions {
+        Mode::Transaction
+    } else {
+        Mode::Autocommit
+    }
+}
+
+/// The most scripts one transaction holds ([`Runner::batch`]).
+const BATCH_SCRIPTS: usize = 100;
+/// A batch takes no further script once it has run this long, so that
+/// another writer waits for the write lock about this much longer than
+/// the last script alone would make it wait.
+const BATCH_TIME: Duration = Duration::from_millis(200);
+
+/// A duration in whole milliseconds, as the history keeps it.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The statement that bounds a session's lock waits.
