@@ -1000,6 +1000,20 @@ macro_rules! params {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_narrow_row_fits_two_cache_lines() {
+        assert!(std::mem::size_of::<Row>() <= 128);
+        let narrow = Row::new(
+            vec![Arc::from("id"), Arc::from("name")].into(),
+            smallvec::smallvec![Value::I64(1), Value::Text("a".into())],
+        );
+        assert!(!narrow.values.spilled(), "held inline");
+        assert_eq!(
+            narrow.into_values(),
+            vec![Value::I64(1), Value::Text("a".into())]
+        );
+    }
+
     fn row() -> Row {
         let cols: Columns = vec![Arc::from("id"), Arc::from("name"), Arc::from("when")].into();
         Row::new(
