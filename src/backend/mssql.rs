@@ -1083,7 +1083,7 @@ fn row_of(columns: &Columns, r: &tiberius::Row) -> Result<Row> {
     let values = r
         .cells()
         .map(|(col, data)| read(col.name(), data))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<_>>()?;
     Ok(Row::new(Arc::clone(columns), values))
 }
 

@@ -211,7 +211,7 @@ impl Connection for SqliteConnection {
             .map_err(classify)?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(classify)? {
-            let mut values = Vec::with_capacity(decls.len());
+            let mut values = value::Values::with_capacity(decls.len());
             for (i, decl) in decls.iter().enumerate() {
                 values.push(read(r.get_ref(i).map_err(classify)?, *decl));
             }
@@ -499,47 +499,52 @@ impl Cursor {
 
     /// Steps up to `max` rows into `out`; `Ok(false)` when done.
     fn step(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
-        use std::os::raw::c_int;
         out.reserve(max);
         for _ in 0..max {
             // SAFETY: `stmt` is valid until the cursor drops.
             let rc = unsafe { ffi::sqlite3_step(self.stmt) };
-            match rc {
-                ffi::SQLITE_ROW => {}
-                ffi::SQLITE_DONE => return Ok(false),
-                _ => return Err(last_error(self.db, rc)),
-            }
-            let mut values = Vec::with_capacity(self.decls.len());
-            for (i, decl) in self.decls.iter().enumerate() {
-                let i = i as c_int;
-                // SAFETY: a row is current; the slices are copied by `read`
-                // before the next step.
-                let v = unsafe {
-                    match ffi::sqlite3_column_type(self.stmt, i) {
-                        ffi::SQLITE_INTEGER => {
-                            ValueRef::Integer(ffi::sqlite3_column_int64(self.stmt, i))
-                        }
-                        ffi::SQLITE_FLOAT => {
-                            ValueRef::Real(ffi::sqlite3_column_double(self.stmt, i))
-                        }
-                        ffi::SQLITE_TEXT => {
-                            let p = ffi::sqlite3_column_text(self.stmt, i);
-                            let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
-                            ValueRef::Text(raw_slice(p, n))
-                        }
-                        ffi::SQLITE_BLOB => {
-                            let p = ffi::sqlite3_column_blob(self.stmt, i);
-                            let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
-                            ValueRef::Blob(raw_slice(p.cast(), n))
-                        }
-                        _ => ValueRef::Null,
-                    }
+            if rc != ffi::SQLITE_ROW {
+                return match rc {
+                    ffi::SQLITE_DONE => Ok(false),
+                    _ => Err(last_error(self.db, rc)),
                 };
-                values.push(read(v, *decl));
+            }
+            // A narrow row's values are gathered in the row itself.
+            let mut values = value::Values::new();
+            values.reserve_exact(self.decls.len());
+            for (i, &decl) in self.decls.iter().enumerate() {
+                values.push(self.column(i as std::os::raw::c_int, decl));
             }
             out.push(Row::new(Arc::clone(&self.columns), values));
         }
         Ok(true)
+    }
+
+    /// Column `i` of the current row, read as its declared type says.
+    #[inline]
+    fn column(&self, i: std::os::raw::c_int, decl: Decl) -> Value {
+        // SAFETY: a row is current (`step` returned SQLITE_ROW) and `i` is
+        // below the column count; the slices are copied by `read` before
+        // the next step.
+        let v = unsafe {
+            match ffi::sqlite3_column_type(self.stmt, i) {
+                ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_column_int64(self.stmt, i)),
+                ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_column_double(self.stmt, i)),
+                ffi::SQLITE_TEXT => {
+                    // Text first, then its length (as SQLite advises).
+                    let p = ffi::sqlite3_column_text(self.stmt, i);
+                    let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
+                    ValueRef::Text(raw_slice(p, n))
+                }
+                ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_column_blob(self.stmt, i);
+                    let n = ffi::sqlite3_column_bytes(self.stmt, i) as usize;
+                    ValueRef::Blob(raw_slice(p.cast(), n))
+                }
+                _ => ValueRef::Null,
+            }
+        };
+        read(v, decl)
     }
 }
 
@@ -644,6 +649,12 @@ fn read(v: ValueRef<'_>, decl: Decl) -> Value {
             _ => Value::F64(f),
         },
         ValueRef::Text(bytes) => {
+            // Plain text, the common case, straight to its value.
+            if matches!(decl, Decl::Plain | Decl::Bool) {
+                if let Ok(s) = std::str::from_utf8(bytes) {
+                    return Value::Text(s.to_owned());
+                }
+            }
             // Valid UTF-8 (the rule) is checked at full speed; only
             // invalid bytes take the lossy path.
             let s = std::str::from_utf8(bytes).map_or_else(
