@@ -158,6 +158,18 @@ pub trait FromValue: Sized {
     /// [`ErrorKind::Conversion`](crate::ErrorKind::Conversion) when the value
     /// cannot be represented as `Self` (including `NULL` for non-`Option` types).
     fn from_value(value: &Value) -> Result<Self>;
+
+    /// Converts a value its owner gives up ([`Row::take`]): text, bytes and
+    /// whole values are moved out of `value` rather than copied. By default
+    /// as [`from_value`](Self::from_value). On an error, `value` must be
+    /// left as it was.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_value`](Self::from_value).
+    fn take_value(value: &mut Value) -> Result<Self> {
+        Self::from_value(value)
+    }
 }
 
 #[cold]
@@ -172,6 +184,10 @@ impl FromValue for Value {
     fn from_value(value: &Value) -> Result<Self> {
         Ok(value.clone())
     }
+
+    fn take_value(value: &mut Value) -> Result<Self> {
+        Ok(std::mem::replace(value, Value::Null))
+    }
 }
 
 impl<T: FromValue> FromValue for Option<T> {
@@ -179,6 +195,13 @@ impl<T: FromValue> FromValue for Option<T> {
         match value {
             Value::Null => Ok(None),
             v => T::from_value(v).map(Some),
+        }
+    }
+
+    fn take_value(value: &mut Value) -> Result<Self> {
+        match value {
+            Value::Null => Ok(None),
+            v => T::take_value(v).map(Some),
         }
     }
 }
@@ -271,6 +294,13 @@ impl FromValue for String {
             },
         }
     }
+
+    fn take_value(value: &mut Value) -> Result<Self> {
+        match value {
+            Value::Text(s) => Ok(std::mem::take(s)),
+            v => Self::from_value(v),
+        }
+    }
 }
 
 impl FromValue for Vec<u8> {
@@ -279,6 +309,14 @@ impl FromValue for Vec<u8> {
             Value::Bytes(b) => Ok(b.clone()),
             Value::Text(s) => Ok(s.as_bytes().to_vec()),
             v => Err(mismatch(v, "bytes")),
+        }
+    }
+
+    fn take_value(value: &mut Value) -> Result<Self> {
+        match value {
+            Value::Bytes(b) => Ok(std::mem::take(b)),
+            Value::Text(s) => Ok(std::mem::take(s).into_bytes()),
+            v => Self::from_value(v),
         }
     }
 }
@@ -426,6 +464,37 @@ impl Row {
         T::from_value(&self.values[i]).map_err(|e| {
             Error::conversion(format!("column `{}`: {}", self.columns[i], e_message(&e)))
         })
+    }
+
+    /// Moves the value of column `index` out of the row as `T`, leaving
+    /// NULL in its place: text and bytes are handed over, not copied as
+    /// [`get`](Self::get) copies them. For rows read one at a time (a
+    /// [`stream`](crate::DatabaseManager::stream)) that are not needed
+    /// afterwards.
+    ///
+    /// ```
+    /// # use dbmanager::{Result, Row};
+    /// fn name_of(mut row: Row) -> Result<String> {
+    ///     row.take("name")
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get); after an error the value is still in the row.
+    pub fn take<T: FromValue>(&mut self, index: impl ColumnIndex) -> Result<T> {
+        let i = index.position(&self.columns)?;
+        match T::take_value(&mut self.values[i]) {
+            Ok(v) => {
+                self.values[i] = Value::Null;
+                Ok(v)
+            }
+            Err(e) => Err(Error::conversion(format!(
+                "column `{}`: {}",
+                self.columns[i],
+                e_message(&e)
+            ))),
+        }
     }
 
     /// The raw value of column `index`, if the column exists.
@@ -1047,6 +1116,27 @@ mod tests {
                 Value::Text("2024-01-15 10:30:00".into()),
             ],
         )
+    }
+
+    #[test]
+    fn take_moves_a_value_out_and_leaves_it_on_an_error() -> Result<()> {
+        let mut r = row();
+        // A failed take leaves the value where it was.
+        assert_eq!(
+            r.take::<String>("id").unwrap_err().kind(),
+            crate::ErrorKind::Conversion
+        );
+        assert_eq!(r.get::<i64>("id")?, 7);
+        let name: String = r.take("name")?;
+        assert_eq!(name, "ada");
+        assert_eq!(r.value("name"), Some(&Value::Null));
+        assert_eq!(r.take::<Option<String>>("name")?, None);
+        assert_eq!(r.take::<i64>(0)?, 7);
+        assert_eq!(r.value("id"), Some(&Value::Null));
+        let when: Vec<u8> = r.take("when")?;
+        assert_eq!(when, b"2024-01-15 10:30:00");
+        assert!(r.take::<Value>("nope").is_err());
+        Ok(())
     }
 
     #[test]
