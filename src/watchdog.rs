@@ -1,9 +1,12 @@
 //! The query-timeout watchdog: ONE thread for the whole process.
 //!
 //! A statement with a timeout registers `(deadline, canceller)` before it runs
-//! and deregisters when it ends. Registration is a lock and an ordered-map
-//! insert; the thread is woken only when the new deadline is the earliest.
-//! The thread sleeps until the earliest deadline; on expiry it
+//! and deregisters when it ends. Registration is a lock and a slot of a slab
+//! (a free slot reused, no allocation, no ordering work): statements usually
+//! end long before their deadline, so the ordering is left to the thread,
+//! which scans the slots when it wakes. The thread is woken only when the
+//! new deadline comes before the time it sleeps until. The thread sleeps until
+//! the earliest deadline; on expiry it
 //!
 //! 1. marks the registration as fired and starts the backend's soft cancel
 //!    (PostgreSQL cancel request, MySQL `KILL QUERY`, SQLite interrupt) on a
@@ -20,7 +23,7 @@
 //! The same thread calls the registered [`Sweep`]ers (the pools' leak
 //! detectors) every [`SWEEP_EVERY`] while any are registered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -69,7 +72,7 @@ pub(crate) enum Fired {
 #[must_use = "dropping the registration deregisters the deadline at once"]
 pub(crate) struct Armed<'w> {
     dog: &'w Watchdog,
-    key: Option<(Instant, u64)>,
+    key: Option<Key>,
 }
 
 impl Armed<'_> {
@@ -101,8 +104,9 @@ impl std::fmt::Debug for Armed<'_> {
 enum Timer {
     /// A statement's deadline.
     Deadline(Arc<dyn Canceller>),
-    /// The hard stop after a fired deadline.
-    Abort(Arc<dyn Canceller>),
+    /// The hard stop after a fired deadline, with the deadline's
+    /// registration number.
+    Abort(Arc<dyn Canceller>, u64),
 }
 
 struct Firing {
@@ -112,12 +116,102 @@ struct Firing {
     /// under way can no longer hit another statement and is not waited for.
     aborted: bool,
     /// Key of the abort timer, removed when the caller deregisters.
-    abort_key: (Instant, u64),
+    abort_key: Key,
+}
+
+/// A timer's place in the slab and its registration number (which tells a
+/// reused slot's new timer from the one a stale key meant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    slot: usize,
+    id: u64,
+}
+
+/// One slot of the timer slab.
+struct Slot {
+    /// The registration using the slot; 0 when free.
+    id: u64,
+    at: Instant,
+    timer: Option<Timer>,
+}
+
+/// The pending timers: a slab of slots with a free list. Adding and removing
+/// are O(1) and allocate nothing once the slab has grown to the number of
+/// statements running at once; the earliest is found by a scan, on the
+/// timer thread only.
+#[derive(Default)]
+struct Timers {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Timers {
+    fn insert(&mut self, id: u64, at: Instant, timer: Timer) -> Key {
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Slot {
+                    id,
+                    at,
+                    timer: Some(timer),
+                };
+                i
+            }
+            None => {
+                self.slots.push(Slot {
+                    id,
+                    at,
+                    timer: Some(timer),
+                });
+                self.slots.len() - 1
+            }
+        };
+        self.len += 1;
+        Key { slot, id }
+    }
+
+    fn remove(&mut self, key: Key) -> Option<Timer> {
+        let s = self.slots.get_mut(key.slot)?;
+        if s.id != key.id || key.id == 0 {
+            return None;
+        }
+        s.id = 0;
+        let timer = s.timer.take();
+        self.free.push(key.slot);
+        self.len -= 1;
+        timer
+    }
+
+    /// Takes out every timer due at `now`, earliest first.
+    fn take_due(&mut self, now: Instant) -> Vec<(Key, Instant, Timer)> {
+        let mut due = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.id != 0 && s.at <= now {
+                if let Some(t) = s.timer.take() {
+                    due.push((Key { slot: i, id: s.id }, s.at, t));
+                }
+                s.id = 0;
+                self.free.push(i);
+                self.len -= 1;
+            }
+        }
+        due.sort_by_key(|(_, at, _)| *at);
+        due
+    }
+
+    /// The earliest deadline pending.
+    fn earliest(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter(|s| s.id != 0)
+            .map(|s| s.at)
+            .min()
+    }
 }
 
 #[derive(Default)]
 struct State {
-    timers: BTreeMap<(Instant, u64), Timer>,
+    timers: Timers,
     firing: HashMap<u64, Firing>,
     next_id: u64,
     cancels_running: usize,
@@ -170,11 +264,10 @@ impl Watchdog {
 
     /// Registers a statement that must end by `deadline`.
     pub(crate) fn arm(&self, deadline: Instant, canceller: &Arc<dyn Canceller>) -> Armed<'_> {
+        let canceller = Arc::clone(canceller);
         let mut st = self.state.lock();
-        st.next_id = st.next_id.wrapping_add(1);
-        let key = (deadline, st.next_id);
-        st.timers
-            .insert(key, Timer::Deadline(Arc::clone(canceller)));
+        let id = st.new_id();
+        let key = st.timers.insert(id, deadline, Timer::Deadline(canceller));
         // Wake the thread only if it would otherwise sleep past this
         // deadline: the usual statement (a limit of seconds, ended in
         // milliseconds) costs no system call and no context switch.
@@ -193,12 +286,15 @@ impl Watchdog {
     }
 
     /// See [`Armed::disarm`].
-    fn deregister(&self, key: (Instant, u64)) -> Fired {
+    fn deregister(&self, key: Key) -> Fired {
         let mut st = self.state.lock();
-        if st.timers.remove(&key).is_some() {
+        if let Some(timer) = st.timers.remove(key) {
+            // The canceller is dropped after the lock is let go.
+            drop(st);
+            drop(timer);
             return Fired::No;
         }
-        let id = key.1;
+        let id = key.id;
         let give_up = Instant::now() + CANCEL_WAIT;
         loop {
             let Some(f) = st.firing.get(&id) else {
@@ -208,7 +304,7 @@ impl Watchdog {
             if f.done || f.aborted {
                 let (abort_key, aborted) = (f.abort_key, f.aborted);
                 st.firing.remove(&id);
-                st.timers.remove(&abort_key);
+                st.timers.remove(abort_key);
                 // Cut after the grace: the server did not answer the cancel
                 // in time, whether or not the cancel request itself returned.
                 return if aborted {
@@ -219,7 +315,7 @@ impl Watchdog {
             }
             if self.cancel_done.wait_until(&mut st, give_up).timed_out() {
                 if let Some(f) = st.firing.remove(&id) {
-                    st.timers.remove(&f.abort_key);
+                    st.timers.remove(f.abort_key);
                 }
                 return Fired::Unfinished;
             }
@@ -245,7 +341,15 @@ impl Watchdog {
     /// Timers pending (deadlines and abort timers).
     #[cfg(test)]
     fn pending(&self) -> usize {
-        self.state.lock().timers.len()
+        self.state.lock().timers.len
+    }
+}
+
+impl State {
+    /// A registration number, never 0 (which marks a free slot).
+    fn new_id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.next_id
     }
 }
 
@@ -278,16 +382,12 @@ fn turn(weak: &Weak<Watchdog>, next_sweep: &mut Instant) -> bool {
         }
         let mut st = dog.state.lock();
         let now = Instant::now();
-        while let Some(entry) = st.timers.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let (key, timer) = entry.remove_entry();
+        for (key, _, timer) in st.timers.take_due(now) {
             match timer {
-                Timer::Deadline(c) => fire(&dog, &mut st, key.1, c, now),
-                Timer::Abort(c) => {
+                Timer::Deadline(c) => fire(&dog, &mut st, key.id, c, now),
+                Timer::Abort(c, id) => {
                     // Still registered: the caller is still blocked.
-                    if let Some(f) = st.firing.get_mut(&key.1) {
+                    if let Some(f) = st.firing.get_mut(&id) {
                         if c.abort() {
                             f.aborted = true;
                             st.aborted_total += 1;
@@ -312,7 +412,7 @@ fn turn(weak: &Weak<Watchdog>, next_sweep: &mut Instant) -> bool {
             *next_sweep = now + SWEEP_EVERY;
             st = dog.state.lock();
         }
-        let next_timer = st.timers.first_key_value().map(|(k, _)| k.0);
+        let next_timer = st.timers.earliest();
         let until = match (next_timer, st.sweepers.is_empty()) {
             (Some(t), true) => Some(t),
             (Some(t), false) => Some(t.min(*next_sweep)),
@@ -332,8 +432,11 @@ fn turn(weak: &Weak<Watchdog>, next_sweep: &mut Instant) -> bool {
 fn fire(dog: &Arc<Watchdog>, st: &mut State, id: u64, c: Arc<dyn Canceller>, now: Instant) {
     st.fired_total += 1;
     let busy = st.cancels_running >= MAX_CANCELS;
-    let abort_key = (if busy { now } else { now + ABORT_GRACE }, id);
-    st.timers.insert(abort_key, Timer::Abort(Arc::clone(&c)));
+    let abort_at = if busy { now } else { now + ABORT_GRACE };
+    let abort_id = st.new_id();
+    let abort_key = st
+        .timers
+        .insert(abort_id, abort_at, Timer::Abort(Arc::clone(&c), id));
     st.firing.insert(
         id,
         Firing {
@@ -370,9 +473,11 @@ fn fire(dog: &Arc<Watchdog>, st: &mut State, id: u64, c: Arc<dyn Canceller>, now
             f.done = true;
         }
         // Cut at once instead.
-        st.timers.remove(&abort_key);
-        let key = (now, id);
-        st.timers.insert(key, Timer::Abort(Arc::new(NoCancel)));
+        st.timers.remove(abort_key);
+        let abort_id = st.new_id();
+        let key = st
+            .timers
+            .insert(abort_id, now, Timer::Abort(Arc::new(NoCancel), id));
         if let Some(f) = st.firing.get_mut(&id) {
             f.abort_key = key;
         }
