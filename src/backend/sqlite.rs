@@ -215,6 +215,11 @@ impl Connection for SqliteConnection {
             for (i, decl) in decls.iter().enumerate() {
                 values.push(read(r.get_ref(i).map_err(classify)?, *decl));
             }
+            if out.capacity() == 0 {
+                // Made at the first row: none for an empty result, and no
+                // growth step for the usual few rows.
+                out = Vec::with_capacity(4);
+            }
             out.push(Row::new(Arc::clone(columns), values));
         }
         Ok(out)
