@@ -408,10 +408,7 @@ impl Collector for DbCollector {
 /// `db_query_time_seconds` (made, at zero, when each database's metrics were).
 fn add_statement_times(times: &Mutex<HashMap<String, Arc<OpTimes>>>, out: &mut [MetricFamily]) {
     let times = times.lock();
-    let Some(family) = out
-        .iter_mut()
-        .find(|m| m.name() == "db_query_time_seconds")
-    else {
+    let Some(family) = out.iter_mut().find(|m| m.name() == "db_query_time_seconds") else {
         return;
     };
     for m in family.mut_metric() {
