@@ -74,6 +74,74 @@ const BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// [`BUCKETS`] in nanoseconds, for the statement times kept here.
+const BUCKETS_NS: [u64; 16] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+];
+
+/// The statement times of one `db_query_time_seconds` series, kept with
+/// two relaxed atomic additions per statement (a prometheus histogram takes
+/// four, one of them a compare-and-swap loop on the sum) and put in the
+/// series when collected ([`add_statement_times`]). The sample count is
+/// the sum of the buckets, so the two always agree.
+pub(crate) struct Times {
+    /// Statements per bucket (not cumulative); the last past the largest bound.
+    buckets: [AtomicU64; BUCKETS_NS.len() + 1],
+    /// Nanoseconds.
+    sum: AtomicU64,
+}
+
+impl Default for Times {
+    fn default() -> Times {
+        Times {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Times {
+    #[inline]
+    fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let i = BUCKETS_NS.partition_point(|b| *b < ns);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// (count, sum in seconds, cumulative counts per bound).
+    fn read(&self) -> (u64, f64, [u64; BUCKETS_NS.len()]) {
+        let mut cumulative = [0u64; BUCKETS_NS.len()];
+        let mut n = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            n += b.load(Ordering::Relaxed);
+            if let Some(c) = cumulative.get_mut(i) {
+                *c = n;
+            }
+        }
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / 1e9;
+        (n, sum, cumulative)
+    }
+}
+
+/// The statement times of one database, per operation.
+type OpTimes = [Times; OPERATIONS.len()];
+
 /// What a pool tells the metrics at collection time.
 pub(crate) struct PoolSnapshot {
     pub(crate) database: Arc<str>,
@@ -137,6 +205,9 @@ struct Families {
     /// `db_connection_time_seconds` when collected (see
     /// [`DbMetrics::acquired_at_once`]).
     at_once: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Per database: the statement times of `db_query_time_seconds` (see
+    /// [`Times`]).
+    times: Mutex<HashMap<String, Arc<OpTimes>>>,
     /// Live databases, read at collection time.
     sources: Mutex<Vec<Weak<dyn PoolSource>>>,
 }
@@ -228,6 +299,7 @@ fn families() -> &'static Families {
                 &["database", "host", "role"],
             ),
             at_once: Mutex::new(HashMap::new()),
+            times: Mutex::new(HashMap::new()),
             sources: Mutex::new(Vec::new()),
         }
     })
@@ -325,9 +397,52 @@ impl Collector for DbCollector {
         let f = families();
         f.refresh();
         let mut out: Vec<MetricFamily> = f.all().into_iter().flat_map(|c| c.collect()).collect();
+        add_statement_times(&f.times, &mut out);
         derive_from_query_time(&mut out);
         add_instant_acquisitions(&f.at_once, &mut out);
         out
+    }
+}
+
+/// Puts the statement times kept in [`Times`] in the series of
+/// `db_query_time_seconds` (made, at zero, when each database's metrics were).
+fn add_statement_times(times: &Mutex<HashMap<String, Arc<OpTimes>>>, out: &mut [MetricFamily]) {
+    let times = times.lock();
+    let Some(family) = out.iter_mut().find(|m| m.name() == "db_query_time_seconds") else {
+        return;
+    };
+    for m in family.mut_metric() {
+        let label = |name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default()
+        };
+        let (db, op) = (label("database"), label("operation"));
+        let Some(t) = OPERATIONS
+            .iter()
+            .position(|o| *o == op)
+            .and_then(|i| times.get(&db).map(|t| &t[i]))
+        else {
+            continue;
+        };
+        let (n, sum, cumulative) = t.read();
+        let mut h = m.get_histogram().clone();
+        h.set_sample_count(n);
+        h.set_sample_sum(sum);
+        let buckets = h
+            .get_bucket()
+            .iter()
+            .zip(cumulative)
+            .map(|(b, c)| {
+                let mut b = b.clone();
+                b.set_cumulative_count(c);
+                b
+            })
+            .collect();
+        h.set_bucket(buckets);
+        m.set_histogram(h);
     }
 }
 
@@ -723,7 +838,8 @@ pub fn serve(addr: impl std::net::ToSocketAddrs) -> Result<MetricsServer> {
 pub(crate) struct DbMetrics {
     database: Box<str>,
     on: bool,
-    query_time: [Histogram; OPERATIONS.len()],
+    /// Shared by the managers of one database name, as the series are.
+    query_time: Arc<OpTimes>,
     slow_queries: IntCounter,
     deadlocks: IntCounter,
     connection_errors: IntCounter,
@@ -765,7 +881,7 @@ impl DbMetrics {
         let m = DbMetrics {
             database: database.into(),
             on,
-            query_time: std::array::from_fn(|i| op(&f.query_time, i)),
+            query_time: Arc::clone(f.times.lock().entry(database.to_owned()).or_default()),
             slow_queries: f.slow_queries.with_label_values(&l),
             deadlocks: f.deadlocks.with_label_values(&l),
             connection_errors: f.connection_errors.with_label_values(&l),
@@ -796,6 +912,7 @@ impl DbMetrics {
         // Derived at collection time from the query time histogram; made
         // here so that the families list each database (at zero) anyway.
         for i in 0..OPERATIONS.len() {
+            op(&f.query_time, i);
             opc(&f.query_count, i);
         }
         f.stmt_exec_time.with_label_values(&l);
@@ -809,12 +926,15 @@ impl DbMetrics {
     }
 
     /// A statement ended: `op` indexes [`OPERATIONS`]. One histogram
-    /// records it; the statement counts and the prepared-statement families
-    /// are derived from it when collected ([`derive_from_query_time`]).
+    /// records it ([`Times`]); the statement counts and the
+    /// prepared-statement families are derived from it when collected
+    /// ([`derive_from_query_time`]).
     #[inline]
     pub(crate) fn statement(&self, op: usize, elapsed: Duration) {
         if self.on {
-            self.query_time[op].observe(elapsed.as_secs_f64());
+            if let Some(t) = self.query_time.get(op) {
+                t.observe(elapsed);
+            }
         }
     }
 
@@ -1028,6 +1148,34 @@ mod tests {
             "db_connection_time_seconds_count{database=\"unit_db_derived\"} 4",
             "db_connection_time_seconds_bucket{database=\"unit_db_derived\",le=\"0.0005\"} 3",
             "db_connection_time_seconds_bucket{database=\"unit_db_derived\",le=\"+Inf\"} 4",
+        ] {
+            assert!(text.contains(line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn statement_times_fall_in_the_buckets_a_histogram_would_use() {
+        for (ns, secs) in BUCKETS_NS.iter().zip(BUCKETS) {
+            assert_eq!(*ns, (secs * 1e9).round() as u64);
+        }
+        let m = DbMetrics::new("unit_db_times", true);
+        // On a bound (counted in it, as `le` says), just past it, past all.
+        m.statement(0, Duration::from_millis(1));
+        m.statement(0, Duration::from_nanos(1_000_001));
+        m.statement(0, Duration::from_secs(61));
+        // A second manager of the same database adds to the same series.
+        DbMetrics::new("unit_db_times", true).statement(0, Duration::from_millis(1));
+        let text = metrics_text();
+        for line in [
+            "db_query_time_seconds_bucket{database=\"unit_db_times\",operation=\"query\",le=\"0.0005\"} 0",
+            "db_query_time_seconds_bucket{database=\"unit_db_times\",operation=\"query\",le=\"0.001\"} 2",
+            "db_query_time_seconds_bucket{database=\"unit_db_times\",operation=\"query\",le=\"0.0025\"} 3",
+            "db_query_time_seconds_bucket{database=\"unit_db_times\",operation=\"query\",le=\"60\"} 3",
+            "db_query_time_seconds_bucket{database=\"unit_db_times\",operation=\"query\",le=\"+Inf\"} 4",
+            "db_query_time_seconds_sum{database=\"unit_db_times\",operation=\"query\"} 61.003000001",
+            "db_query_time_seconds_count{database=\"unit_db_times\",operation=\"query\"} 4",
+            "db_query_time_seconds_count{database=\"unit_db_times\",operation=\"execute\"} 0",
+            "db_query_count_total{database=\"unit_db_times\",operation=\"query\"} 4",
         ] {
             assert!(text.contains(line), "no `{line}` in:\n{text}");
         }

@@ -769,16 +769,14 @@ impl Shared {
         // Made only when a subscriber wants it: without one, tracing's `log`
         // fallback (which a dependency may turn on) would still record the
         // span's fields on every statement, to drop them.
-        let span = if tracing::enabled!(tracing::Level::DEBUG) {
+        let _entered = tracing::enabled!(tracing::Level::DEBUG).then(|| {
             tracing::debug_span!(
                 "dbmanager.statement",
                 database = %self.config.name,
                 operation = op.name(),
             )
-        } else {
-            tracing::Span::none()
-        };
-        let _entered = span.enter();
+            .entered()
+        });
         let (result, fired) =
             self.execute(conn, op, native, &prepared.values, budget.timeout, start)?;
         let end = Instant::now();
@@ -900,6 +898,13 @@ impl Shared {
             });
         }
         let translated = self.translate(sql)?;
+        if translated.is_none() && matches!(params, Params::None) {
+            // Nothing to translate or bind (the common `SELECT 1`).
+            return Ok(Prepared {
+                translated,
+                values: Vec::new(),
+            });
+        }
         let binds = translated.as_deref().map_or(&Binds::Native, |t| &t.binds);
         if op == Op::Batch && !matches!(binds, Binds::Native) {
             return Err(Error::parameter(

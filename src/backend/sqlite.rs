@@ -181,7 +181,7 @@ fn columns_for<'c>(
     cache: &'c mut Option<(String, Columns, Vec<Decl>)>,
     sql: &str,
     stmt: &rusqlite::Statement<'_>,
-) -> (Columns, &'c [Decl]) {
+) -> (&'c Columns, &'c [Decl]) {
     let fresh = cache
         .as_ref()
         .is_some_and(|(text, cols, _)| text == sql && cols.len() == stmt.column_count());
@@ -198,7 +198,7 @@ fn columns_for<'c>(
         let decls = described.iter().map(|c| Decl::of(c.decl_type())).collect();
         (sql.to_owned(), cols, decls)
     });
-    (Arc::clone(cols), decls)
+    (cols, decls)
 }
 
 impl Connection for SqliteConnection {
@@ -215,7 +215,12 @@ impl Connection for SqliteConnection {
             for (i, decl) in decls.iter().enumerate() {
                 values.push(read(r.get_ref(i).map_err(classify)?, *decl));
             }
-            out.push(Row::new(Arc::clone(&columns), values));
+            if out.capacity() == 0 {
+                // Made at the first row: none for an empty result, and no
+                // growth step for the usual few rows.
+                out = Vec::with_capacity(4);
+            }
+            out.push(Row::new(Arc::clone(columns), values));
         }
         Ok(out)
     }

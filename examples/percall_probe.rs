@@ -1,0 +1,44 @@
+//! Runs `SELECT 1` on an in-memory SQLite database N times, for counting
+//! what one call costs, which load on the machine does not change:
+//!
+//! ```text
+//! cargo build --release --example percall_probe
+//! valgrind --tool=callgrind target/release/examples/percall_probe 20000 [raw|nometrics]
+//! ```
+//!
+//! Run it with two counts and divide the difference in instructions by the
+//! difference in calls: that is the cost of one call, start-up left out.
+//! `raw` runs rusqlite's `prepare_cached` directly (the overhead bench's
+//! baseline); `nometrics` turns metrics off.
+use dbmanager::{DatabaseConfig, DatabaseManager};
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let mode = args.next().unwrap_or_default();
+    let raw = mode == "raw";
+    let metrics = mode != "nometrics";
+    if raw {
+        let c = rusqlite::Connection::open_in_memory()?;
+        for _ in 0..n {
+            let v: i64 = c.prepare_cached("SELECT 1")?.query_row([], |r| r.get(0))?;
+            std::hint::black_box(v);
+        }
+        return Ok(());
+    }
+    let db = DatabaseManager::from_config(
+        DatabaseConfig::builder("probe")
+            .url("sqlite::memory:")
+            .metrics(metrics)
+            .build()?,
+    )?;
+    for _ in 0..n {
+        let rows = db.execute_query("SELECT 1", ())?;
+        let v: i64 = rows.first().ok_or("no row")?.get(0)?;
+        std::hint::black_box(v);
+    }
+    Ok(())
+}
