@@ -441,35 +441,43 @@ impl Load<'_> {
         let names: Vec<String> = self.plan.columns.iter().map(|c| unquote(c)).collect();
         let skip = usize::try_from(report.start_at).unwrap_or(usize::MAX);
         let mut input = rows.into_iter().enumerate().skip(skip).peekable();
-        let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(chunk_size.min(100_000));
+        let plan = self.plan;
         while input.peek().is_some() {
-            chunk.clear();
             let first = report.position;
-            for (index, row) in input.by_ref().take(chunk_size) {
-                let values = row_values(row.into_params(), width, &names, index as u64)
-                    .map_err(|e| self.fail(e, None, commit, report))?;
-                chunk.push(values);
-            }
             let chunk_no = report.chunks + 1;
             if !self.in_tx && !self.outer {
                 self.statement(Op::Begin)
                     .map_err(|e| self.fail(e, None, commit, report))?;
                 self.in_tx = true;
             }
+            // The chunk's rows go to the backend as they come: converted
+            // one at a time, never gathered (the backend may gather them).
+            let mut taken = 0_u64;
+            let mut chunk = input.by_ref().take(chunk_size).map(|(index, row)| {
+                taken += 1;
+                row_values(row.into_params(), width, &names, index as u64)
+            });
             let (written, fired) =
                 self.shared
                     .stage(self.conn, Op::Execute, self.label, self.limit, |b| {
-                        b.bulk_write(self.plan, &chunk)
+                        b.bulk_write_rows(plan, &mut chunk)
                     });
+            drop(chunk);
             self.fired |= fired;
-            let n = written.map_err(|e| {
-                let last = first + chunk.len() as u64 - 1;
-                self.fail(e, Some((chunk_no, first, last)), commit, report)
-            })?;
+            let n = match written {
+                Ok(n) => n,
+                Err(e) => {
+                    // The chunk's rows not yet taken are counted (not
+                    // converted), so that the error names the whole chunk.
+                    let left = chunk_size.saturating_sub(taken as usize);
+                    let last = first + taken + input.by_ref().take(left).count() as u64 - 1;
+                    return Err(self.fail(e, Some((chunk_no, first, last)), commit, report));
+                }
+            };
             report.rows_affected += n;
-            report.rows += chunk.len() as u64;
+            report.rows += taken;
             report.chunks = chunk_no;
-            report.position = first + chunk.len() as u64;
+            report.position = first + taken;
             if commit == Commit::EachChunk {
                 self.commit().map_err(|e| {
                     self.fail(

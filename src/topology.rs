@@ -448,6 +448,14 @@ impl Connection for HostConnection {
         let r = self.inner.bulk_write(plan, rows);
         self.settle(r)
     }
+    fn bulk_write_rows(
+        &mut self,
+        plan: &backend::BulkPlan,
+        rows: &mut backend::BulkRows<'_>,
+    ) -> Result<u64> {
+        let r = self.inner.bulk_write_rows(plan, rows);
+        self.settle(r)
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,12 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// [`run_statements_within`](BulkPlan::run_statements_within)).
 const BYTES_PER_STATEMENT: usize = 4 << 20;
 
+/// The rows of one chunk as they come from the caller's input, each its
+/// values in column order, or the error that made it unusable (named by
+/// its input row). Backends that can write rows as they come take them
+/// one at a time, so a chunk is never held in memory whole.
+pub(crate) type BulkRows<'a> = dyn Iterator<Item = Result<Vec<Value>>> + 'a;
+
 /// Runs one statement of a bulk write with its rows; returns the rows
 /// affected.
 pub(crate) type StatementRunner<'a> = dyn FnMut(&str, &[Vec<Value>]) -> Result<u64> + 'a;
@@ -239,8 +245,7 @@ impl BulkPlan {
         if self.dialect == Dialect::Sqlite {
             return 1;
         }
-        let by_params = (max_params(self.dialect) / self.columns.len()).max(1);
-        let cap = by_params.min(ROWS_PER_STATEMENT);
+        let cap = self.max_rows_per_statement();
         let mut bytes = 0;
         for (n, row) in rows.iter().take(cap).enumerate() {
             bytes += row.iter().map(wire_size).sum::<usize>();
@@ -249,6 +254,13 @@ impl BulkPlan {
             }
         }
         cap.min(rows.len()).max(1)
+    }
+
+    /// The most rows one multi-row statement takes: [`ROWS_PER_STATEMENT`],
+    /// or fewer when the dialect's parameter limit says so.
+    pub(crate) fn max_rows_per_statement(&self) -> usize {
+        let by_params = (max_params(self.dialect) / self.columns.len()).max(1);
+        by_params.min(ROWS_PER_STATEMENT)
     }
 
     /// The statement that writes `n` rows at once (insert, upsert), or one

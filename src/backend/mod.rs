@@ -13,7 +13,7 @@ use crate::sql::Dialect;
 use crate::status::BackendKind;
 use crate::value::{Row, Value};
 
-pub(crate) use bulk::{BulkKind, BulkPlan};
+pub(crate) use bulk::{BulkKind, BulkPlan, BulkRows};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 mod blocking;
@@ -186,6 +186,17 @@ pub(crate) trait Connection: Send {
     /// with their server's fastest path.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
         plan.run_statements(rows, &mut |sql, params| self.execute(sql, params))
+    }
+
+    /// Writes one chunk of a bulk operation whose rows come one at a time
+    /// from the caller's input; returns the rows affected. An error from
+    /// `rows` (a row that does not fit the columns) is returned as it is.
+    /// By default the chunk is gathered and given to
+    /// [`bulk_write`](Self::bulk_write); backends that can write rows as
+    /// they come (no chunk held in memory) override it.
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut BulkRows<'_>) -> Result<u64> {
+        let rows = rows.collect::<Result<Vec<_>>>()?;
+        self.bulk_write(plan, &rows)
     }
 }
 
