@@ -9,7 +9,7 @@
 //! | server | insert | upsert, update, delete |
 //! |---|---|---|
 //! | PostgreSQL | binary `COPY … FROM STDIN` | `COPY` into a temporary table, then one `INSERT … ON CONFLICT`, `UPDATE … FROM` or `DELETE … USING` |
-//! | MySQL, MariaDB | multi-row `INSERT` (≤ 1000 rows, ≤ 4 MiB, under `max_allowed_packet`) | multi-row `INSERT … ON DUPLICATE KEY UPDATE`; one `UPDATE`/`DELETE` per row |
+//! | MySQL, MariaDB | multi-row `INSERT` (≤ 1000 rows, under `max_allowed_packet`) | multi-row `INSERT … ON DUPLICATE KEY UPDATE`; `DELETE … WHERE (keys) IN (…)`; one `UPDATE` per row |
 //! | SQLite | one prepared `INSERT` run per row, in the transaction | the same with `ON CONFLICT … DO UPDATE`, `UPDATE`, `DELETE` |
 //! | SQL Server | TDS bulk load (`INSERT BULK`) | bulk load into a temporary table, then one `MERGE`, `UPDATE … FROM` or `DELETE … FROM` |
 //!
@@ -18,7 +18,10 @@
 //! refusal is, and the value encoding by unit tests.
 //!
 //! **Timeouts:** the query timeout in force bounds each chunk, not the
-//! whole load.
+//! whole load. A chunk's rows are taken from the input as the backend
+//! writes them (never gathered first, except for the backends that need
+//! a whole chunk: PostgreSQL, SQL Server, and MySQL's updates and
+//! deletes), so the time the input takes counts against that bound.
 
 use std::fmt;
 use std::panic::Location;
@@ -442,17 +445,28 @@ impl Load<'_> {
         let skip = usize::try_from(report.start_at).unwrap_or(usize::MAX);
         let mut input = rows.into_iter().enumerate().skip(skip).peekable();
         let plan = self.plan;
+        // Backends that write rows as they come are given them so; for
+        // the others a chunk is gathered first (in one buffer, reused),
+        // so that the time the input takes is not the statement's.
+        let as_they_come = self.conn.backend.bulk_writes_rows_as_they_come(plan);
+        let mut gathered: Vec<Vec<Value>> = Vec::new();
         while input.peek().is_some() {
             let first = report.position;
             let chunk_no = report.chunks + 1;
+            if !as_they_come {
+                gathered.clear();
+                for (index, row) in input.by_ref().take(chunk_size) {
+                    let values = row_values(row.into_params(), width, &names, index as u64)
+                        .map_err(|e| self.fail(e, None, commit, report))?;
+                    gathered.push(values);
+                }
+            }
             if !self.in_tx && !self.outer {
                 self.statement(Op::Begin)
                     .map_err(|e| self.fail(e, None, commit, report))?;
                 self.in_tx = true;
             }
-            // The chunk's rows go to the backend as they come: converted
-            // one at a time, never gathered (the backend may gather them).
-            let mut taken = 0_u64;
+            let mut taken = gathered.len() as u64;
             let mut chunk = input.by_ref().take(chunk_size).map(|(index, row)| {
                 taken += 1;
                 row_values(row.into_params(), width, &names, index as u64)
@@ -460,7 +474,11 @@ impl Load<'_> {
             let (written, fired) =
                 self.shared
                     .stage(self.conn, Op::Execute, self.label, self.limit, |b| {
-                        b.bulk_write_rows(plan, &mut chunk)
+                        if as_they_come {
+                            b.bulk_write_rows(plan, &mut chunk)
+                        } else {
+                            b.bulk_write(plan, &gathered)
+                        }
                     });
             drop(chunk);
             self.fired |= fired;

@@ -188,12 +188,19 @@ pub(crate) trait Connection: Send {
         plan.run_statements(rows, &mut |sql, params| self.execute(sql, params))
     }
 
+    /// Whether [`bulk_write_rows`](Self::bulk_write_rows) writes `plan`'s
+    /// rows as they come, so that a load need not gather its chunks first.
+    fn bulk_writes_rows_as_they_come(&self, plan: &BulkPlan) -> bool {
+        let _ = plan;
+        false
+    }
+
     /// Writes one chunk of a bulk operation whose rows come one at a time
-    /// from the caller's input; returns the rows affected. An error from
-    /// `rows` (a row that does not fit the columns) is returned as it is.
-    /// By default the chunk is gathered and given to
-    /// [`bulk_write`](Self::bulk_write); backends that can write rows as
-    /// they come (no chunk held in memory) override it.
+    /// from the caller's input, for backends that
+    /// [write them as they come](Self::bulk_writes_rows_as_they_come);
+    /// returns the rows affected. An error from `rows` (a row that does
+    /// not fit the columns) is returned as it is. By default the chunk is
+    /// gathered and given to [`bulk_write`](Self::bulk_write).
     fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut BulkRows<'_>) -> Result<u64> {
         let rows = rows.collect::<Result<Vec<_>>>()?;
         self.bulk_write(plan, &rows)

@@ -549,6 +549,11 @@ impl Connection for MyConnection {
     /// A row the server would refuse whatever the statement (it would
     /// close the connection too) is an error before anything is sent.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        if plan.binds_rows_as_given() {
+            return self.bulk_write_rows(plan, &mut rows.iter().cloned().map(Ok));
+        }
+        // A cancel of an earlier statement says nothing of this one.
+        self.cancel_requested.store(false, Ordering::Relaxed);
         let budget = self.statement_budget()?;
         let packet = self.max_packet.unwrap_or(MAX_PAYLOAD);
         if let Some(i) = rows.iter().position(|r| {
@@ -556,21 +561,11 @@ impl Connection for MyConnection {
             too_large(sizes.clone().sum(), sizes, packet)
         }) {
             let bytes: usize = rows[i].iter().map(wire_size).sum();
-            return Err(Error::parameter(format!(
-                "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
-            )));
+            return Err(too_large_error(i, bytes, packet));
         }
-        if !plan.binds_rows_as_given() {
-            return plan
-                .run_statements_within(rows, budget, &mut |sql, params| self.execute(sql, params));
-        }
-        // Multi-row statements bind the rows' values straight into the
-        // driver's, with no copy in between.
-        plan.for_each_statement(rows, budget, &mut |sql, now| {
-            let params = mysql::Params::Positional(now.iter().flatten().map(to_mysql).collect());
-            let conn = self.idle()?;
-            conn.exec_drop(sql, params).map_err(classify)?;
-            Ok(conn.affected_rows())
+        plan.run_statements_within(rows, budget, &mut |sql, params| {
+            self.not_cancelled()?;
+            self.execute(sql, params)
         })
     }
 
@@ -581,6 +576,10 @@ impl Connection for MyConnection {
     /// Statements of the same size share one text, prepared once by the
     /// driver's statement cache. A row the server would refuse whatever
     /// the statement is an error before it is sent.
+    fn bulk_writes_rows_as_they_come(&self, plan: &BulkPlan) -> bool {
+        plan.binds_rows_as_given()
+    }
+
     fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut BulkRows<'_>) -> Result<u64> {
         if !plan.binds_rows_as_given() {
             let rows = rows.collect::<Result<Vec<_>>>()?;
@@ -604,9 +603,7 @@ impl Connection for MyConnection {
             let sizes = row.iter().map(wire_size);
             let bytes: usize = sizes.clone().sum();
             if too_large(bytes, sizes, packet) {
-                return Err(Error::parameter(format!(
-                    "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
-                )));
+                return Err(too_large_error(i, bytes, packet));
             }
             if batch.rows == cap || (batch.rows > 0 && batch.bytes + bytes > budget) {
                 self.not_cancelled()?;
@@ -820,6 +817,15 @@ fn too_large(total: usize, mut sizes: impl Iterator<Item = usize>, packet: usize
     } else {
         sizes.any(|v| v + SLACK > packet)
     }
+}
+
+/// The error for row `i` of a chunk, `bytes` long, that no statement
+/// could carry.
+#[cold]
+fn too_large_error(i: usize, bytes: usize, packet: usize) -> Error {
+    Error::parameter(format!(
+        "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
+    ))
 }
 
 /// The rows of the next multi-row statement of a bulk write, as the

@@ -271,32 +271,17 @@ impl Connection for SqliteConnection {
     /// SQLite's fastest path: one prepared statement, its parameters bound
     /// straight from each row's values and stepped once per row.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let order = plan.bind_order();
-        let mut stmt = self
-            .conn
-            .prepare_cached(&plan.statement(1))
-            .map_err(classify)?;
-        let mut affected = 0;
-        for (k, row) in rows.iter().enumerate() {
-            let bound = order
-                .iter()
-                .enumerate()
-                .try_for_each(|(n, &i)| stmt.raw_bind_parameter(n + 1, &row[i]));
-            match bound.and_then(|()| stmt.raw_execute()) {
-                Ok(n) => affected += n as u64,
-                Err(e) => return Err(classify(e).with_hint(&format!("at row {k} of the chunk"))),
-            }
-        }
-        Ok(affected)
+        self.bulk_write_rows(plan, &mut rows.iter().cloned().map(Ok))
     }
 
-    /// As [`bulk_write`](Self::bulk_write), each row bound and stepped as
-    /// it comes, so the chunk is never held in memory. A deadline that
+    /// Each row bound and stepped as it comes, so the chunk is never held
+    /// in memory. A deadline that
     /// fires between two rows (`sqlite3_interrupt` stops only a running
     /// statement) stops the write before the next row.
+    fn bulk_writes_rows_as_they_come(&self, _plan: &BulkPlan) -> bool {
+        true
+    }
+
     fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut BulkRows<'_>) -> Result<u64> {
         let order = plan.bind_order();
         let in_order = order.iter().enumerate().all(|(n, &i)| n == i);
