@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::{BulkKind, BulkPlan};
+use crate::backend::{BulkKind, BulkPlan, BulkRows};
 use crate::error::{Error, Result};
 use crate::pipeline::{Limit, Op, Shared};
 use crate::pool::Pooled;
@@ -456,7 +456,8 @@ impl Load<'_> {
             if !as_they_come {
                 gathered.clear();
                 for (index, row) in input.by_ref().take(chunk_size) {
-                    let values = row_values(row.into_params(), width, &names, index as u64)
+                    let mut values = Vec::with_capacity(width);
+                    row_values(row, &mut values, width, &names, index as u64)
                         .map_err(|e| self.fail(e, None, commit, report))?;
                     gathered.push(values);
                 }
@@ -466,11 +467,13 @@ impl Load<'_> {
                     .map_err(|e| self.fail(e, None, commit, report))?;
                 self.in_tx = true;
             }
-            let mut taken = gathered.len() as u64;
-            let mut chunk = input.by_ref().take(chunk_size).map(|(index, row)| {
-                taken += 1;
-                row_values(row.into_params(), width, &names, index as u64)
-            });
+            let mut chunk = ChunkRows {
+                input: &mut input,
+                left: if as_they_come { chunk_size } else { 0 },
+                taken: gathered.len() as u64,
+                width,
+                names: &names,
+            };
             let (written, fired) =
                 self.shared
                     .stage(self.conn, Op::Execute, self.label, self.limit, |b| {
@@ -480,14 +483,14 @@ impl Load<'_> {
                             b.bulk_write(plan, &gathered)
                         }
                     });
-            drop(chunk);
+            let taken = chunk.taken;
             self.fired |= fired;
             let n = match written {
                 Ok(n) => n,
                 Err(e) => {
                     // The chunk's rows not yet taken are counted (not
                     // converted), so that the error names the whole chunk.
-                    let left = chunk_size.saturating_sub(taken as usize);
+                    let left = chunk.left;
                     let last = first + taken + input.by_ref().take(left).count() as u64 - 1;
                     return Err(self.fail(e, Some((chunk_no, first, last)), commit, report));
                 }
@@ -617,29 +620,73 @@ fn unquote(quoted: &str) -> String {
     inner.replace(&format!("{close}{close}"), close)
 }
 
-/// The values of input row `index` in column order.
-fn row_values(params: Params, width: usize, names: &[String], index: u64) -> Result<Vec<Value>> {
-    match params {
-        Params::Positional(values) if values.len() == width => Ok(values),
-        Params::Positional(values) => Err(Error::parameter(format!(
+/// One chunk's rows, taken from the input as the backend asks for them.
+struct ChunkRows<'a, I> {
+    input: &'a mut I,
+    /// Rows the chunk may still take.
+    left: usize,
+    /// Rows taken so far.
+    taken: u64,
+    width: usize,
+    names: &'a [String],
+}
+
+impl<I, R> BulkRows for ChunkRows<'_, I>
+where
+    I: Iterator<Item = (usize, R)>,
+    R: IntoParams,
+{
+    fn next_row(&mut self, row: &mut Vec<Value>) -> Result<bool> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        let Some((index, input)) = self.input.next() else {
+            self.left = 0;
+            return Ok(false);
+        };
+        self.left -= 1;
+        self.taken += 1;
+        row_values(input, row, self.width, self.names, index as u64)?;
+        Ok(true)
+    }
+}
+
+/// Puts the values of input row `index` in column order in `out`
+/// (emptied first).
+fn row_values(
+    row: impl IntoParams,
+    out: &mut Vec<Value>,
+    width: usize,
+    names: &[String],
+    index: u64,
+) -> Result<()> {
+    out.clear();
+    match row.append_params(out) {
+        None if out.len() == width => Ok(()),
+        None => Err(Error::parameter(format!(
+            "input row {index} has {} values but {width} columns were given; give each row one value per column, in order",
+            out.len()
+        ))),
+        Some(Params::Positional(values)) if values.len() == width => {
+            out.extend(values);
+            Ok(())
+        }
+        Some(Params::Positional(values)) => Err(Error::parameter(format!(
             "input row {index} has {} values but {width} columns were given; give each row one value per column, in order",
             values.len()
         ))),
-        Params::Named(mut pairs) => names
-            .iter()
-            .map(|name| {
-                pairs
-                    .iter()
-                    .position(|(k, _)| k == name)
-                    .map(|i| pairs.swap_remove(i).1)
-                    .ok_or_else(|| {
-                        Error::parameter(format!(
-                            "input row {index} has no value named {name:?}; give each row a field for every column"
-                        ))
-                    })
-            })
-            .collect(),
-        Params::None => Err(Error::parameter(format!(
+        Some(Params::Named(mut pairs)) => {
+            for name in names {
+                let i = pairs.iter().position(|(k, _)| k == name).ok_or_else(|| {
+                    Error::parameter(format!(
+                        "input row {index} has no value named {name:?}; give each row a field for every column"
+                    ))
+                })?;
+                out.push(pairs.swap_remove(i).1);
+            }
+            Ok(())
+        }
+        Some(Params::None) => Err(Error::parameter(format!(
             "input row {index} is empty; give each row one value per column"
         ))),
     }

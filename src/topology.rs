@@ -454,7 +454,7 @@ impl Connection for HostConnection {
     fn bulk_write_rows(
         &mut self,
         plan: &backend::BulkPlan,
-        rows: &mut backend::BulkRows<'_>,
+        rows: &mut dyn backend::BulkRows,
     ) -> Result<u64> {
         let r = self.inner.bulk_write_rows(plan, rows);
         self.settle(r)

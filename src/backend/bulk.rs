@@ -48,11 +48,31 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// [`run_statements_within`](BulkPlan::run_statements_within)).
 const BYTES_PER_STATEMENT: usize = 4 << 20;
 
-/// The rows of one chunk as they come from the caller's input, each its
-/// values in column order, or the error that made it unusable (named by
-/// its input row). Backends that can write rows as they come take them
-/// one at a time, so a chunk is never held in memory whole.
-pub(crate) type BulkRows<'a> = dyn Iterator<Item = Result<Vec<Value>>> + 'a;
+/// The rows of one chunk as they come from the caller's input. Backends
+/// that can write rows as they come take them one at a time, into one
+/// reused buffer, so a chunk is never held in memory whole.
+pub(crate) trait BulkRows {
+    /// Puts the next row's values, in column order, in `row` (emptied
+    /// first); `Ok(false)` when the chunk has no more rows. An error names
+    /// the input row that does not fit the columns.
+    fn next_row(&mut self, row: &mut Vec<Value>) -> Result<bool>;
+}
+
+/// A chunk already gathered, given row by row.
+pub(crate) struct GatheredRows<'a>(pub(crate) std::slice::Iter<'a, Vec<Value>>);
+
+impl BulkRows for GatheredRows<'_> {
+    fn next_row(&mut self, row: &mut Vec<Value>) -> Result<bool> {
+        row.clear();
+        match self.0.next() {
+            Some(values) => {
+                row.extend_from_slice(values);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
 
 /// Runs one statement of a bulk write with its rows; returns the rows
 /// affected.

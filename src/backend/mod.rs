@@ -14,6 +14,8 @@ use crate::status::BackendKind;
 use crate::value::{Row, Value};
 
 pub(crate) use bulk::{BulkKind, BulkPlan, BulkRows};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+use bulk::GatheredRows;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 mod blocking;
@@ -201,9 +203,13 @@ pub(crate) trait Connection: Send {
     /// returns the rows affected. An error from `rows` (a row that does
     /// not fit the columns) is returned as it is. By default the chunk is
     /// gathered and given to [`bulk_write`](Self::bulk_write).
-    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut BulkRows<'_>) -> Result<u64> {
-        let rows = rows.collect::<Result<Vec<_>>>()?;
-        self.bulk_write(plan, &rows)
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
+        let mut all = Vec::new();
+        let mut row = Vec::new();
+        while rows.next_row(&mut row)? {
+            all.push(std::mem::take(&mut row));
+        }
+        self.bulk_write(plan, &all)
     }
 }
 

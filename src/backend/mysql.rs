@@ -24,7 +24,9 @@ use r2d2_mysql::MySqlConnectionManager;
 
 use super::blocking::SocketHandle;
 use super::bulk::wire_size;
-use super::{connect_error, BulkPlan, BulkRows, ConnectLimit, Connection, Connector};
+use super::{
+    connect_error, BulkPlan, BulkRows, ConnectLimit, Connection, Connector, GatheredRows,
+};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -550,7 +552,7 @@ impl Connection for MyConnection {
     /// close the connection too) is an error before anything is sent.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
         if plan.binds_rows_as_given() {
-            return self.bulk_write_rows(plan, &mut rows.iter().cloned().map(Ok));
+            return self.bulk_write_rows(plan, &mut GatheredRows(rows.iter()));
         }
         // A cancel of an earlier statement says nothing of this one.
         self.cancel_requested.store(false, Ordering::Relaxed);
@@ -580,10 +582,14 @@ impl Connection for MyConnection {
         plan.binds_rows_as_given()
     }
 
-    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut BulkRows<'_>) -> Result<u64> {
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
         if !plan.binds_rows_as_given() {
-            let rows = rows.collect::<Result<Vec<_>>>()?;
-            return self.bulk_write(plan, &rows);
+            let mut all = Vec::new();
+            let mut row = Vec::new();
+            while rows.next_row(&mut row)? {
+                all.push(std::mem::take(&mut row));
+            }
+            return self.bulk_write(plan, &all);
         }
         // A cancel of an earlier statement says nothing of this one.
         self.cancel_requested.store(false, Ordering::Relaxed);
@@ -598,8 +604,9 @@ impl Connection for MyConnection {
             sql: None,
         };
         let mut affected = 0;
-        for (i, row) in rows.enumerate() {
-            let row = row?;
+        let mut row = Vec::with_capacity(width);
+        let mut i = 0;
+        while rows.next_row(&mut row)? {
             let sizes = row.iter().map(wire_size);
             let bytes: usize = sizes.clone().sum();
             if too_large(bytes, sizes, packet) {
@@ -609,9 +616,10 @@ impl Connection for MyConnection {
                 self.not_cancelled()?;
                 affected += batch.send(self.idle()?, plan, cap * width)?;
             }
-            batch.params.extend(row.into_iter().map(into_mysql));
+            batch.params.extend(row.drain(..).map(into_mysql));
             batch.rows += 1;
             batch.bytes += bytes;
+            i += 1;
         }
         if batch.rows > 0 {
             self.not_cancelled()?;

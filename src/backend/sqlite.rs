@@ -16,7 +16,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{ffi, OpenFlags, ToSql};
 
-use super::{BulkPlan, BulkRows, Connection, Connector};
+use super::{BulkPlan, BulkRows, Connection, Connector, GatheredRows};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -271,18 +271,18 @@ impl Connection for SqliteConnection {
     /// SQLite's fastest path: one prepared statement, its parameters bound
     /// straight from each row's values and stepped once per row.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
-        self.bulk_write_rows(plan, &mut rows.iter().cloned().map(Ok))
+        self.bulk_write_rows(plan, &mut GatheredRows(rows.iter()))
     }
 
-    /// Each row bound and stepped as it comes, so the chunk is never held
-    /// in memory. A deadline that
-    /// fires between two rows (`sqlite3_interrupt` stops only a running
-    /// statement) stops the write before the next row.
     fn bulk_writes_rows_as_they_come(&self, _plan: &BulkPlan) -> bool {
         true
     }
 
-    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut BulkRows<'_>) -> Result<u64> {
+    /// Each row bound and stepped as it comes, so the chunk is never held
+    /// in memory. A deadline that fires between two rows
+    /// (`sqlite3_interrupt` stops only a running statement) stops the
+    /// write before the next row.
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
         let order = plan.bind_order();
         let in_order = order.iter().enumerate().all(|(n, &i)| n == i);
         let mut stmt = self
@@ -290,8 +290,9 @@ impl Connection for SqliteConnection {
             .prepare_cached(&plan.statement(1))
             .map_err(classify)?;
         let mut affected = 0;
-        for (k, row) in rows.enumerate() {
-            let row = row?;
+        let mut row = Vec::with_capacity(plan.columns.len());
+        let mut k = 0;
+        while rows.next_row(&mut row)? {
             let bound = if in_order {
                 row.iter()
                     .enumerate()
@@ -309,6 +310,7 @@ impl Connection for SqliteConnection {
                 Ok(n) => affected += n as u64,
                 Err(e) => return Err(classify(e).with_hint(&format!("at row {k} of the chunk"))),
             }
+            k += 1;
         }
         Ok(affected)
     }
