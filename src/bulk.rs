@@ -18,10 +18,10 @@
 //! refusal is, and the value encoding by unit tests.
 //!
 //! **Timeouts:** the query timeout in force bounds each chunk, not the
-//! whole load. A chunk's rows are taken from the input as the backend
-//! writes them (never gathered first, except for the backends that need
-//! a whole chunk: PostgreSQL, SQL Server, and MySQL's updates and
-//! deletes), so the time the input takes counts against that bound.
+//! whole load. On SQLite, and for MySQL inserts and upserts, a chunk's
+//! rows are taken from the input as the backend writes them (never
+//! gathered first), so the time the input takes counts against that
+//! bound; the other paths gather a chunk before it is timed.
 
 use std::fmt;
 use std::panic::Location;
@@ -445,9 +445,10 @@ impl Load<'_> {
         let skip = usize::try_from(report.start_at).unwrap_or(usize::MAX);
         let mut input = rows.into_iter().enumerate().skip(skip).peekable();
         let plan = self.plan;
-        // Backends that write rows as they come are given them so; for
-        // the others a chunk is gathered first (in one buffer, reused),
-        // so that the time the input takes is not the statement's.
+        // Backends that write rows as they come are given them so, through
+        // one reused row buffer; for the others a chunk is gathered before
+        // it is timed, so that the time the input takes is not the
+        // statement's.
         let as_they_come = self.conn.backend.bulk_writes_rows_as_they_come(plan);
         let mut gathered: Vec<Vec<Value>> = Vec::new();
         while input.peek().is_some() {

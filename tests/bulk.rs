@@ -392,14 +392,12 @@ fn delete_by_composite_key(b: Backend) -> Result<()> {
         (0..3000).map(|i| (i / 2, format!("k{}", i % 2), i)),
     )?;
     let key = |a: Value, b: &str| vec![a, Value::Text(b.into())];
-    let keys = (0..1200)
-        .map(|i| key(Value::I64(i), "k0"))
-        .chain([
-            key(Value::I64(5), "k0"),
-            key(Value::Null, "k1"),
-            vec![Value::I64(7), Value::Null],
-            key(Value::I64(99_999), "k1"),
-        ]);
+    let keys = (0..1200).map(|i| key(Value::I64(i), "k0")).chain([
+        key(Value::I64(5), "k0"),
+        key(Value::Null, "k1"),
+        vec![Value::I64(7), Value::Null],
+        key(Value::I64(99_999), "k1"),
+    ]);
     let r = db
         .bulk(&t.name)
         .chunk_size(1000)
@@ -437,7 +435,10 @@ fn deadline_while_the_input_is_slow(b: Backend) -> Result<()> {
     assert_eq!(db.pool_status().checked_out, 0);
     Ok(())
 }
-each_backend!(deadline_while_the_input_is_slow, [MySql, SqliteFile, SqliteMemory]);
+each_backend!(
+    deadline_while_the_input_is_slow,
+    [MySql, SqliteFile, SqliteMemory]
+);
 
 fn timeout_during_a_load(b: Backend) -> Result<()> {
     let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;

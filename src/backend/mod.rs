@@ -13,9 +13,9 @@ use crate::sql::Dialect;
 use crate::status::BackendKind;
 use crate::value::{Row, Value};
 
-pub(crate) use bulk::{BulkKind, BulkPlan, BulkRows};
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 use bulk::GatheredRows;
+pub(crate) use bulk::{BulkKind, BulkPlan, BulkRows};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 mod blocking;

@@ -24,9 +24,7 @@ use r2d2_mysql::MySqlConnectionManager;
 
 use super::blocking::SocketHandle;
 use super::bulk::wire_size;
-use super::{
-    connect_error, BulkPlan, BulkRows, ConnectLimit, Connection, Connector, GatheredRows,
-};
+use super::{connect_error, BulkPlan, BulkRows, ConnectLimit, Connection, Connector, GatheredRows};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -1052,6 +1050,9 @@ fn to_mysql(v: &Value) -> mysql::Value {
 /// [`to_mysql`], moving text and bytes instead of copying them.
 fn into_mysql(v: Value) -> mysql::Value {
     match v {
+        Value::Null => mysql::Value::NULL,
+        Value::I64(i) => mysql::Value::Int(i),
+        Value::F64(f) => mysql::Value::Double(f),
         Value::Text(s) => mysql::Value::Bytes(s.into_bytes()),
         Value::Bytes(b) => mysql::Value::Bytes(b),
         other => to_mysql(&other),
