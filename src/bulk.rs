@@ -9,7 +9,7 @@
 //! | server | insert | upsert, update, delete |
 //! |---|---|---|
 //! | PostgreSQL | binary `COPY … FROM STDIN` | `COPY` into a temporary table, then one `INSERT … ON CONFLICT`, `UPDATE … FROM` or `DELETE … USING` |
-//! | MySQL, MariaDB | multi-row `INSERT` (≤ 1000 rows, ≤ 4 MiB, under `max_allowed_packet`) | multi-row `INSERT … ON DUPLICATE KEY UPDATE`; one `UPDATE`/`DELETE` per row |
+//! | MySQL, MariaDB | multi-row `INSERT` (≤ 1000 rows, under `max_allowed_packet`) | multi-row `INSERT … ON DUPLICATE KEY UPDATE`; `DELETE … WHERE (keys) IN (…)`; one `UPDATE` per row |
 //! | SQLite | one prepared `INSERT` run per row, in the transaction | the same with `ON CONFLICT … DO UPDATE`, `UPDATE`, `DELETE` |
 //! | SQL Server | TDS bulk load (`INSERT BULK`) | bulk load into a temporary table, then one `MERGE`, `UPDATE … FROM` or `DELETE … FROM` |
 //!
@@ -18,7 +18,10 @@
 //! refusal is, and the value encoding by unit tests.
 //!
 //! **Timeouts:** the query timeout in force bounds each chunk, not the
-//! whole load.
+//! whole load. On SQLite, and for MySQL inserts and upserts, a chunk's
+//! rows are taken from the input as the backend writes them (never
+//! gathered first), so the time the input takes counts against that
+//! bound; the other paths gather a chunk before it is timed.
 
 use std::fmt;
 use std::panic::Location;
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::{BulkKind, BulkPlan};
+use crate::backend::{BulkKind, BulkPlan, BulkRows};
 use crate::error::{Error, Result};
 use crate::pipeline::{Limit, Op, Shared};
 use crate::pool::Pooled;
@@ -443,35 +446,62 @@ impl Load<'_> {
         let names: Vec<String> = self.plan.columns.iter().map(|c| unquote(c)).collect();
         let skip = usize::try_from(report.start_at).unwrap_or(usize::MAX);
         let mut input = rows.into_iter().enumerate().skip(skip).peekable();
-        let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(chunk_size.min(100_000));
+        let plan = self.plan;
+        // Backends that write rows as they come are given them so, through
+        // one reused row buffer; for the others a chunk is gathered before
+        // it is timed, so that the time the input takes is not the
+        // statement's.
+        let as_they_come = self.conn.backend.bulk_writes_rows_as_they_come(plan);
+        let mut gathered: Vec<Vec<Value>> = Vec::new();
         while input.peek().is_some() {
-            chunk.clear();
             let first = report.position;
-            for (index, row) in input.by_ref().take(chunk_size) {
-                let values = row_values(row.into_params(), width, &names, index as u64)
-                    .map_err(|e| self.fail(e, None, commit, report))?;
-                chunk.push(values);
-            }
             let chunk_no = report.chunks + 1;
+            if !as_they_come {
+                gathered.clear();
+                for (index, row) in input.by_ref().take(chunk_size) {
+                    let mut values = Vec::with_capacity(width);
+                    row_values(row, &mut values, width, &names, index as u64)
+                        .map_err(|e| self.fail(e, None, commit, report))?;
+                    gathered.push(values);
+                }
+            }
             if !self.in_tx && !self.outer {
                 self.statement(Op::Begin)
                     .map_err(|e| self.fail(e, None, commit, report))?;
                 self.in_tx = true;
             }
+            let mut chunk = ChunkRows {
+                input: &mut input,
+                left: if as_they_come { chunk_size } else { 0 },
+                taken: gathered.len() as u64,
+                width,
+                names: &names,
+            };
             let (written, fired) =
                 self.shared
                     .stage(self.conn, Op::Execute, self.label, self.limit, |b| {
-                        b.bulk_write(self.plan, &chunk)
+                        if as_they_come {
+                            b.bulk_write_rows(plan, &mut chunk)
+                        } else {
+                            b.bulk_write(plan, &gathered)
+                        }
                     });
+            let taken = chunk.taken;
             self.fired |= fired;
-            let n = written.map_err(|e| {
-                let last = first + chunk.len() as u64 - 1;
-                self.fail(e, Some((chunk_no, first, last)), commit, report)
-            })?;
+            let n = match written {
+                Ok(n) => n,
+                Err(e) => {
+                    // The chunk's rows not yet taken are counted (not
+                    // converted), so that the error names the whole chunk.
+                    let left = chunk.left;
+                    let last = first + taken + input.by_ref().take(left).count() as u64 - 1;
+                    return Err(self.fail(e, Some((chunk_no, first, last)), commit, report));
+                }
+            };
             report.rows_affected += n;
-            report.rows += chunk.len() as u64;
+            report.rows += taken;
             report.chunks = chunk_no;
-            report.position = first + chunk.len() as u64;
+            report.position = first + taken;
             if commit == Commit::EachChunk {
                 self.commit().map_err(|e| {
                     self.fail(
@@ -593,29 +623,73 @@ fn unquote(quoted: &str) -> String {
     inner.replace(&format!("{close}{close}"), close)
 }
 
-/// The values of input row `index` in column order.
-fn row_values(params: Params, width: usize, names: &[String], index: u64) -> Result<Vec<Value>> {
-    match params {
-        Params::Positional(values) if values.len() == width => Ok(values),
-        Params::Positional(values) => Err(Error::parameter(format!(
+/// One chunk's rows, taken from the input as the backend asks for them.
+struct ChunkRows<'a, I> {
+    input: &'a mut I,
+    /// Rows the chunk may still take.
+    left: usize,
+    /// Rows taken so far.
+    taken: u64,
+    width: usize,
+    names: &'a [String],
+}
+
+impl<I, R> BulkRows for ChunkRows<'_, I>
+where
+    I: Iterator<Item = (usize, R)>,
+    R: IntoParams,
+{
+    fn next_row(&mut self, row: &mut Vec<Value>) -> Result<bool> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        let Some((index, input)) = self.input.next() else {
+            self.left = 0;
+            return Ok(false);
+        };
+        self.left -= 1;
+        self.taken += 1;
+        row_values(input, row, self.width, self.names, index as u64)?;
+        Ok(true)
+    }
+}
+
+/// Puts the values of input row `index` in column order in `out`
+/// (emptied first).
+fn row_values(
+    row: impl IntoParams,
+    out: &mut Vec<Value>,
+    width: usize,
+    names: &[String],
+    index: u64,
+) -> Result<()> {
+    out.clear();
+    match row.append_params(out) {
+        None if out.len() == width => Ok(()),
+        None => Err(Error::parameter(format!(
+            "input row {index} has {} values but {width} columns were given; give each row one value per column, in order",
+            out.len()
+        ))),
+        Some(Params::Positional(values)) if values.len() == width => {
+            out.extend(values);
+            Ok(())
+        }
+        Some(Params::Positional(values)) => Err(Error::parameter(format!(
             "input row {index} has {} values but {width} columns were given; give each row one value per column, in order",
             values.len()
         ))),
-        Params::Named(mut pairs) => names
-            .iter()
-            .map(|name| {
-                pairs
-                    .iter()
-                    .position(|(k, _)| k == name)
-                    .map(|i| pairs.swap_remove(i).1)
-                    .ok_or_else(|| {
-                        Error::parameter(format!(
-                            "input row {index} has no value named {name:?}; give each row a field for every column"
-                        ))
-                    })
-            })
-            .collect(),
-        Params::None => Err(Error::parameter(format!(
+        Some(Params::Named(mut pairs)) => {
+            for name in names {
+                let i = pairs.iter().position(|(k, _)| k == name).ok_or_else(|| {
+                    Error::parameter(format!(
+                        "input row {index} has no value named {name:?}; give each row a field for every column"
+                    ))
+                })?;
+                out.push(pairs.swap_remove(i).1);
+            }
+            Ok(())
+        }
+        Some(Params::None) => Err(Error::parameter(format!(
             "input row {index} is empty; give each row one value per column"
         ))),
     }

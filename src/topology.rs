@@ -448,6 +448,17 @@ impl Connection for HostConnection {
         let r = self.inner.bulk_write(plan, rows);
         self.settle(r)
     }
+    fn bulk_writes_rows_as_they_come(&self, plan: &backend::BulkPlan) -> bool {
+        self.inner.bulk_writes_rows_as_they_come(plan)
+    }
+    fn bulk_write_rows(
+        &mut self,
+        plan: &backend::BulkPlan,
+        rows: &mut dyn backend::BulkRows,
+    ) -> Result<u64> {
+        let r = self.inner.bulk_write_rows(plan, rows);
+        self.settle(r)
+    }
 }
 
 #[cfg(test)]

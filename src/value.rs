@@ -950,6 +950,23 @@ impl Params {
 pub trait IntoParams {
     /// Converts into [`Params`].
     fn into_params(self) -> Params;
+
+    /// Appends positional values to `out` and returns `None`; other
+    /// parameters come back as they are. A bulk load reads each row into
+    /// one reused buffer this way; tuples need no `Vec` of their own.
+    #[doc(hidden)]
+    fn append_params(self, out: &mut Vec<Value>) -> Option<Params>
+    where
+        Self: Sized,
+    {
+        match self.into_params() {
+            Params::Positional(values) => {
+                out.extend(values);
+                None
+            }
+            other => Some(other),
+        }
+    }
 }
 
 impl IntoParams for Params {
@@ -1021,6 +1038,13 @@ macro_rules! tuple_params {
             fn into_params(self) -> Params {
                 let ($($name,)+) = self;
                 Params::Positional(vec![$($name.into()),+])
+            }
+
+            #[allow(non_snake_case)]
+            fn append_params(self, out: &mut Vec<Value>) -> Option<Params> {
+                let ($($name,)+) = self;
+                $(out.push($name.into());)+
+                None
             }
         }
     };

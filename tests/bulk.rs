@@ -427,6 +427,69 @@ each_backend!(serde_records);
 /// A chunk that runs past its deadline is cancelled on the server; the
 /// load is rolled back, and the pool's one connection is clean for the
 /// next caller (nothing left running, no transaction open).
+/// Deletes by a composite key across a chunk boundary: a key given twice,
+/// a NULL key and a key that matches nothing delete nothing more.
+fn delete_by_composite_key(b: Backend) -> Result<()> {
+    let db = b.open()?;
+    let t = Table::create(
+        &db,
+        "bulkdel",
+        "a INTEGER NOT NULL, b VARCHAR(20) NOT NULL, v INTEGER, PRIMARY KEY (a, b)",
+    )?;
+    db.bulk_insert(
+        &t.name,
+        &["a", "b", "v"],
+        (0..3000).map(|i| (i / 2, format!("k{}", i % 2), i)),
+    )?;
+    let key = |a: Value, b: &str| vec![a, Value::Text(b.into())];
+    let keys = (0..1200).map(|i| key(Value::I64(i), "k0")).chain([
+        key(Value::I64(5), "k0"),
+        key(Value::Null, "k1"),
+        vec![Value::I64(7), Value::Null],
+        key(Value::I64(99_999), "k1"),
+    ]);
+    let r = db
+        .bulk(&t.name)
+        .chunk_size(1000)
+        .delete(&["a", "b"], keys)?;
+    assert_eq!((r.rows, r.rows_affected, r.chunks), (1204, 1200, 2));
+    assert_eq!(t.count()?, 1800);
+    let n: i64 = db
+        .query_one(
+            &format!("SELECT COUNT(*) AS n FROM [{}] WHERE b = 'k1'", t.name),
+            (),
+        )?
+        .get("n")?;
+    assert_eq!(n, 1500);
+    Ok(())
+}
+each_backend!(delete_by_composite_key);
+
+/// A chunk's deadline counts the time its input takes: an input that
+/// gives its rows slowly is stopped at the deadline, between statements
+/// (where the server has nothing to cancel), and nothing stays.
+fn deadline_while_the_input_is_slow(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    let t = people(&db)?;
+    let slow = (0..1000).map(|i| {
+        std::thread::sleep(Duration::from_millis(2));
+        (i, "x", 0)
+    });
+    let e = db
+        .bulk(&t.name)
+        .timeout(Some(Duration::from_millis(300)))
+        .insert(&["id", "name", "score"], slow)
+        .expect_err("the input takes 2 s, the deadline is 300 ms");
+    assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
+    assert_eq!(t.count()?, 0);
+    assert_eq!(db.pool_status().checked_out, 0);
+    Ok(())
+}
+each_backend!(
+    deadline_while_the_input_is_slow,
+    [MySql, SqliteFile, SqliteMemory]
+);
+
 fn timeout_during_a_load(b: Backend) -> Result<()> {
     let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
     let t = people(&db)?;

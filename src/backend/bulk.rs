@@ -48,6 +48,32 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// [`run_statements_within`](BulkPlan::run_statements_within)).
 const BYTES_PER_STATEMENT: usize = 4 << 20;
 
+/// The rows of one chunk as they come from the caller's input. Backends
+/// that can write rows as they come take them one at a time, into one
+/// reused buffer, so a chunk is never held in memory whole.
+pub(crate) trait BulkRows {
+    /// Puts the next row's values, in column order, in `row` (emptied
+    /// first); `Ok(false)` when the chunk has no more rows. An error names
+    /// the input row that does not fit the columns.
+    fn next_row(&mut self, row: &mut Vec<Value>) -> Result<bool>;
+}
+
+/// A chunk already gathered, given row by row.
+pub(crate) struct GatheredRows<'a>(pub(crate) std::slice::Iter<'a, Vec<Value>>);
+
+impl BulkRows for GatheredRows<'_> {
+    fn next_row(&mut self, row: &mut Vec<Value>) -> Result<bool> {
+        row.clear();
+        match self.0.next() {
+            Some(values) => {
+                row.extend_from_slice(values);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
 /// Runs one statement of a bulk write with its rows; returns the rows
 /// affected.
 pub(crate) type StatementRunner<'a> = dyn FnMut(&str, &[Vec<Value>]) -> Result<u64> + 'a;
@@ -202,6 +228,15 @@ impl BulkPlan {
             .map(|(i, c)| (i, c.as_str()))
     }
 
+    /// The quoted key columns: `"k1", "k2"`.
+    fn key_list(&self) -> String {
+        self.keys
+            .iter()
+            .map(|&k| self.columns[k].as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The quoted column list: `"a", "b"`.
     pub(crate) fn column_list(&self) -> String {
         self.columns.join(", ")
@@ -239,8 +274,7 @@ impl BulkPlan {
         if self.dialect == Dialect::Sqlite {
             return 1;
         }
-        let by_params = (max_params(self.dialect) / self.columns.len()).max(1);
-        let cap = by_params.min(ROWS_PER_STATEMENT);
+        let cap = self.max_rows_per_statement();
         let mut bytes = 0;
         for (n, row) in rows.iter().take(cap).enumerate() {
             bytes += row.iter().map(wire_size).sum::<usize>();
@@ -251,8 +285,16 @@ impl BulkPlan {
         cap.min(rows.len()).max(1)
     }
 
-    /// The statement that writes `n` rows at once (insert, upsert), or one
-    /// row (update, delete, and upsert on SQL Server).
+    /// The most rows one multi-row statement takes: [`ROWS_PER_STATEMENT`],
+    /// or fewer when the dialect's parameter limit says so.
+    pub(crate) fn max_rows_per_statement(&self) -> usize {
+        let by_params = (max_params(self.dialect) / self.columns.len()).max(1);
+        by_params.min(ROWS_PER_STATEMENT)
+    }
+
+    /// The statement that writes `n` rows at once (insert, upsert, and
+    /// delete on MySQL), or one row (update, delete elsewhere, and upsert
+    /// on SQL Server).
     pub(crate) fn statement(&self, n: usize) -> String {
         let table = &self.table;
         let cols = self.column_list();
@@ -313,6 +355,33 @@ impl BulkPlan {
                     sql.push_str(" = ");
                     self.placeholder(n, &mut sql);
                 }
+            }
+            (BulkKind::Delete, Dialect::MySql) => {
+                // `k IN (?, …)`, or `(k1, k2) IN ((?, ?), …)`: a NULL key
+                // matches nothing, as with `=`.
+                sql.push_str(&format!("DELETE FROM {table} WHERE "));
+                let single = self.keys.len() == 1;
+                if single {
+                    sql.push_str(&self.columns[self.keys[0]]);
+                } else {
+                    sql.push('(');
+                    sql.push_str(&self.key_list());
+                    sql.push(')');
+                }
+                sql.push_str(" IN (");
+                for r in 0..n {
+                    if r > 0 {
+                        sql.push_str(", ");
+                    }
+                    if single {
+                        sql.push('?');
+                    } else {
+                        sql.push('(');
+                        sql.push_str(&vec!["?"; self.keys.len()].join(", "));
+                        sql.push(')');
+                    }
+                }
+                sql.push(')');
             }
             (BulkKind::Delete, _) => {
                 sql.push_str(&format!("DELETE FROM {table} WHERE "));
@@ -397,8 +466,8 @@ impl BulkPlan {
     }
 
     /// Writes `rows` with plain statements through `exec`: multi-row
-    /// `INSERT`s (with the upsert clause for upserts), one `UPDATE` or
-    /// `DELETE` per row. Returns the rows affected as the server counts
+    /// `INSERT`s (with the upsert clause for upserts), one `UPDATE` per
+    /// row, one `DELETE` per row (MySQL: one per many rows, `IN (…)`). Returns the rows affected as the server counts
     /// them (MySQL counts an upserted row that changed as 2).
     pub(crate) fn run_statements(
         &self,
@@ -472,6 +541,13 @@ impl BulkPlan {
         runs
     }
 
+    /// Whether one statement writes many rows (see
+    /// [`statement`](Self::statement)).
+    fn many_rows_per_statement(&self) -> bool {
+        self.binds_rows_as_given()
+            || (self.kind == BulkKind::Delete && self.dialect == Dialect::MySql)
+    }
+
     /// Cuts `rows` into the statements that write them, as
     /// [`run_statements_within`](Self::run_statements_within) does, and
     /// runs `exec` with each statement and its rows; returns the sum of
@@ -482,7 +558,7 @@ impl BulkPlan {
         max_bytes: usize,
         exec: &mut StatementRunner<'_>,
     ) -> Result<u64> {
-        let multi = self.binds_rows_as_given();
+        let multi = self.many_rows_per_statement();
         let mut affected = 0;
         let mut rest = rows;
         let mut cached: Option<(usize, String)> = None;
@@ -673,6 +749,33 @@ mod tests {
         assert!(p
             .statement(1)
             .ends_with("ON DUPLICATE KEY UPDATE `b` = VALUES(`b`)"));
+        let p = BulkPlan::new(BulkKind::Delete, Dialect::MySql, "t", &["a"], &["a"])?;
+        assert_eq!(p.statement(3), "DELETE FROM `t` WHERE `a` IN (?, ?, ?)");
+        let p = BulkPlan::new(
+            BulkKind::Delete,
+            Dialect::MySql,
+            "t",
+            &["a", "b"],
+            &["b", "a"],
+        )?;
+        assert_eq!(
+            p.statement(2),
+            "DELETE FROM `t` WHERE (`b`, `a`) IN ((?, ?), (?, ?))"
+        );
+        let mut bound = Vec::new();
+        p.run_statements(
+            &[
+                vec![Value::I64(1), Value::I64(2)],
+                vec![Value::I64(3), Value::I64(4)],
+            ],
+            &mut |sql, values| {
+                assert!(sql.ends_with("((?, ?), (?, ?))"), "{sql}");
+                bound.extend_from_slice(values);
+                Ok(2)
+            },
+        )?;
+        let want: Vec<Value> = [2, 1, 4, 3].into_iter().map(Value::I64).collect();
+        assert_eq!(bound, want);
         let p = BulkPlan::new(
             BulkKind::Delete,
             Dialect::Postgres,

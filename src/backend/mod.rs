@@ -13,7 +13,9 @@ use crate::sql::Dialect;
 use crate::status::BackendKind;
 use crate::value::{Row, Value};
 
-pub(crate) use bulk::{BulkKind, BulkPlan};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+use bulk::GatheredRows;
+pub(crate) use bulk::{BulkKind, BulkPlan, BulkRows};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "mssql"))]
 mod blocking;
@@ -186,6 +188,28 @@ pub(crate) trait Connection: Send {
     /// with their server's fastest path.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
         plan.run_statements(rows, &mut |sql, params| self.execute(sql, params))
+    }
+
+    /// Whether [`bulk_write_rows`](Self::bulk_write_rows) writes `plan`'s
+    /// rows as they come, so that a load need not gather its chunks first.
+    fn bulk_writes_rows_as_they_come(&self, plan: &BulkPlan) -> bool {
+        let _ = plan;
+        false
+    }
+
+    /// Writes one chunk of a bulk operation whose rows come one at a time
+    /// from the caller's input, for backends that
+    /// [write them as they come](Self::bulk_writes_rows_as_they_come);
+    /// returns the rows affected. An error from `rows` (a row that does
+    /// not fit the columns) is returned as it is. By default the chunk is
+    /// gathered and given to [`bulk_write`](Self::bulk_write).
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
+        let mut all = Vec::new();
+        let mut row = Vec::new();
+        while rows.next_row(&mut row)? {
+            all.push(std::mem::take(&mut row));
+        }
+        self.bulk_write(plan, &all)
     }
 }
 

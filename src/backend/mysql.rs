@@ -12,7 +12,7 @@
 
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use r2d2_mysql::MySqlConnectionManager;
 
 use super::blocking::SocketHandle;
 use super::bulk::wire_size;
-use super::{connect_error, BulkPlan, ConnectLimit, Connection, Connector};
+use super::{connect_error, BulkPlan, BulkRows, ConnectLimit, Connection, Connector, GatheredRows};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -267,11 +267,13 @@ impl Connector for MyConnector {
         let manager = self.manager.clone();
         let conn = self.dialer.dial(true, move || manager.connect())?;
         let socket = SocketHandle::of(&conn);
+        let cancel_requested = Arc::new(AtomicBool::new(false));
         let canceller: Arc<dyn Canceller> = Arc::new(Kill {
             opts: self.kill_opts.clone(),
             dialer: Arc::clone(&self.dialer),
             id: conn.connection_id(),
             socket: socket.clone(),
+            requested: Arc::clone(&cancel_requested),
         });
         Ok(Box::new(MyConnection {
             conn: Some(conn),
@@ -286,6 +288,7 @@ impl Connector for MyConnector {
             database: self.database.clone(),
             resettable: None,
             max_packet: None,
+            cancel_requested,
         }))
     }
 
@@ -321,6 +324,8 @@ struct MyConnection {
     resettable: Option<bool>,
     /// The session's `max_allowed_packet`, found on first bulk write.
     max_packet: Option<usize>,
+    /// The watchdog asked to stop what runs (see [`Kill`]).
+    cancel_requested: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy)]
@@ -338,10 +343,14 @@ struct Kill {
     dialer: Arc<Dialer>,
     id: u32,
     socket: SocketHandle,
+    /// Set on every cancel: a bulk write sees it between its statements,
+    /// where a `KILL QUERY` finds nothing to stop.
+    requested: Arc<AtomicBool>,
 }
 
 impl Canceller for Kill {
     fn cancel(&self) -> Result<()> {
+        self.requested.store(true, Ordering::Relaxed);
         let opts = self.opts.clone();
         let mut conn = self.dialer.dial(false, move || mysql::Conn::new(opts))?;
         conn.query_drop(format!("KILL QUERY {}", self.id))
@@ -546,26 +555,81 @@ impl Connection for MyConnection {
     /// A row the server would refuse whatever the statement (it would
     /// close the connection too) is an error before anything is sent.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
+        if plan.binds_rows_as_given() {
+            return self.bulk_write_rows(plan, &mut GatheredRows(rows.iter()));
+        }
+        // A cancel of an earlier statement says nothing of this one.
+        self.cancel_requested.store(false, Ordering::Relaxed);
         let budget = self.statement_budget()?;
         let packet = self.max_packet.unwrap_or(MAX_PAYLOAD);
-        if let Some(i) = rows.iter().position(|r| too_large(r, packet)) {
+        if let Some(i) = rows.iter().position(|r| {
+            let sizes = r.iter().map(wire_size);
+            too_large(sizes.clone().sum(), sizes, packet)
+        }) {
             let bytes: usize = rows[i].iter().map(wire_size).sum();
-            return Err(Error::parameter(format!(
-                "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
-            )));
+            return Err(too_large_error(i, bytes, packet));
         }
-        if !plan.binds_rows_as_given() {
-            return plan
-                .run_statements_within(rows, budget, &mut |sql, params| self.execute(sql, params));
-        }
-        // Multi-row statements bind the rows' values straight into the
-        // driver's, with no copy in between.
-        plan.for_each_statement(rows, budget, &mut |sql, now| {
-            let params = mysql::Params::Positional(now.iter().flatten().map(to_mysql).collect());
-            let conn = self.idle()?;
-            conn.exec_drop(sql, params).map_err(classify)?;
-            Ok(conn.affected_rows())
+        plan.run_statements_within(rows, budget, &mut |sql, params| {
+            self.not_cancelled()?;
+            self.execute(sql, params)
         })
+    }
+
+    fn bulk_writes_rows_as_they_come(&self, plan: &BulkPlan) -> bool {
+        plan.binds_rows_as_given()
+    }
+
+    /// Multi-row inserts and upserts built as the rows come: each row's
+    /// values are moved into the driver's (no copy of text or bytes), and a
+    /// statement is sent when it holds the most rows one may take, or when
+    /// the next row would take it past the server's `max_allowed_packet`.
+    /// Statements of the same size are prepared once (the driver's cache
+    /// keeps them between chunks) and run by handle. A row the server
+    /// would refuse whatever the statement is an error before it is sent.
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
+        if !plan.binds_rows_as_given() {
+            let mut all = Vec::new();
+            let mut row = Vec::new();
+            while rows.next_row(&mut row)? {
+                all.push(std::mem::take(&mut row));
+            }
+            return self.bulk_write(plan, &all);
+        }
+        // A cancel of an earlier statement says nothing of this one.
+        self.cancel_requested.store(false, Ordering::Relaxed);
+        let budget = self.statement_budget()?;
+        let packet = self.max_packet.unwrap_or(MAX_PAYLOAD);
+        let cap = plan.max_rows_per_statement();
+        let width = plan.columns.len();
+        let mut batch = Batch {
+            params: Vec::with_capacity(cap * width),
+            rows: 0,
+            bytes: 0,
+            statement: None,
+        };
+        let mut affected = 0;
+        let mut row = Vec::with_capacity(width);
+        let mut i = 0;
+        while rows.next_row(&mut row)? {
+            let sizes = row.iter().map(wire_size);
+            let bytes: usize = sizes.clone().sum();
+            if too_large(bytes, sizes, packet) {
+                return Err(too_large_error(i, bytes, packet));
+            }
+            if batch.rows == cap || (batch.rows > 0 && batch.bytes + bytes > budget) {
+                self.not_cancelled()?;
+                affected += batch.send(self.idle()?, plan, cap * width)?;
+            }
+            batch.params.extend(row.drain(..).map(into_mysql));
+            batch.rows += 1;
+            batch.bytes += bytes;
+            i += 1;
+        }
+        if batch.rows > 0 {
+            self.not_cancelled()?;
+            affected += batch.send(self.idle()?, plan, 0)?;
+        }
+        Ok(affected)
     }
 
     /// The rest of the result may be any size, so it is not read as it
@@ -631,6 +695,21 @@ impl MyConnection {
             self.send_limit(self.limit)?;
         }
         self.conn.as_mut().ok_or_else(closed)
+    }
+
+    /// An error when the watchdog cancelled the bulk write while no
+    /// statement of it ran (its `KILL QUERY` stopped nothing, or is still
+    /// on its way): the next statement is not sent. The pipeline reports
+    /// the timeout, and does not reuse the connection, which a late
+    /// `KILL QUERY` could hit.
+    fn not_cancelled(&self) -> Result<()> {
+        if self.cancel_requested.load(Ordering::Relaxed) {
+            return Err(Error::new(
+                ErrorKind::Database,
+                "the bulk write was cancelled between two of its statements",
+            ));
+        }
+        Ok(())
     }
 
     /// Ends the open stream (if any) and takes its connection back.
@@ -742,13 +821,59 @@ const MAX_PAYLOAD: usize = (1 << 24) - 1;
 /// Whether the server refuses the row in any statement: a row sent in one
 /// packet must fit `max_allowed_packet`; one larger than a protocol packet
 /// goes a value at a time, and then each value must fit.
-fn too_large(row: &[Value], packet: usize) -> bool {
+/// `total` is the sum of `sizes`, the row's values' [`wire_size`]s.
+fn too_large(total: usize, mut sizes: impl Iterator<Item = usize>, packet: usize) -> bool {
     const SLACK: usize = 1024;
-    let total: usize = row.iter().map(wire_size).sum();
     if total <= MAX_PAYLOAD {
         total + SLACK > packet
     } else {
-        row.iter().any(|v| wire_size(v) + SLACK > packet)
+        sizes.any(|v| v + SLACK > packet)
+    }
+}
+
+/// The error for row `i` of a chunk, `bytes` long, that no statement
+/// could carry.
+#[cold]
+fn too_large_error(i: usize, bytes: usize, packet: usize) -> Error {
+    Error::parameter(format!(
+        "the chunk's row {i} (counting from 0) takes about {bytes} bytes, more than the server's max_allowed_packet of {packet} bytes allows in one statement; raise max_allowed_packet on the server (SET GLOBAL, or its configuration file), or write the value in parts"
+    ))
+}
+
+/// The rows of the next multi-row statement of a bulk write, as the
+/// driver's values.
+struct Batch {
+    params: Vec<mysql::Value>,
+    rows: usize,
+    /// Their [`wire_size`]s, summed.
+    bytes: usize,
+    /// The last statement prepared, and its rows: statements of one size
+    /// are run by handle, without the driver reading their text again
+    /// (which for 1000 rows costs more than converting their values).
+    /// Held for one chunk only; nothing else is prepared on the connection
+    /// meanwhile, so the driver's cache keeps it open.
+    statement: Option<(usize, mysql::Statement)>,
+}
+
+impl Batch {
+    /// Sends the statement with the rows gathered (leaving room for
+    /// `next` values in the next); returns the rows affected.
+    fn send(&mut self, conn: &mut mysql::Conn, plan: &BulkPlan, next: usize) -> Result<u64> {
+        let rows = self.rows;
+        let statement = match &self.statement {
+            Some((n, statement)) if *n == rows => statement.clone(),
+            _ => {
+                let statement = conn.prep(plan.statement(rows)).map_err(classify)?;
+                self.statement = Some((rows, statement.clone()));
+                statement
+            }
+        };
+        let params = std::mem::replace(&mut self.params, Vec::with_capacity(next));
+        self.rows = 0;
+        self.bytes = 0;
+        conn.exec_drop(&statement, mysql::Params::Positional(params))
+            .map_err(classify)?;
+        Ok(conn.affected_rows())
     }
 }
 
@@ -933,6 +1058,18 @@ fn to_mysql(v: &Value) -> mysql::Value {
         Value::TimestampTz(t) => datetime(&t.naive_utc()),
         Value::Uuid(u) => M::Bytes(u.to_string().into_bytes()),
         Value::Json(j) => M::Bytes(j.to_string().into_bytes()),
+    }
+}
+
+/// [`to_mysql`], moving text and bytes instead of copying them.
+fn into_mysql(v: Value) -> mysql::Value {
+    match v {
+        Value::Null => mysql::Value::NULL,
+        Value::I64(i) => mysql::Value::Int(i),
+        Value::F64(f) => mysql::Value::Double(f),
+        Value::Text(s) => mysql::Value::Bytes(s.into_bytes()),
+        Value::Bytes(b) => mysql::Value::Bytes(b),
+        other => to_mysql(&other),
     }
 }
 

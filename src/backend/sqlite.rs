@@ -16,7 +16,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{ffi, OpenFlags, ToSql};
 
-use super::{BulkPlan, Connection, Connector};
+use super::{BulkPlan, BulkRows, Connection, Connector, GatheredRows};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -276,24 +276,46 @@ impl Connection for SqliteConnection {
     /// SQLite's fastest path: one prepared statement, its parameters bound
     /// straight from each row's values and stepped once per row.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
+        self.bulk_write_rows(plan, &mut GatheredRows(rows.iter()))
+    }
+
+    fn bulk_writes_rows_as_they_come(&self, _plan: &BulkPlan) -> bool {
+        true
+    }
+
+    /// Each row bound and stepped as it comes, so the chunk is never held
+    /// in memory. A deadline that fires between two rows
+    /// (`sqlite3_interrupt` stops only a running statement) stops the
+    /// write before the next row.
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
         let order = plan.bind_order();
+        let in_order = order.iter().enumerate().all(|(n, &i)| n == i);
         let mut stmt = self
             .conn
             .prepare_cached(&plan.statement(1))
             .map_err(classify)?;
         let mut affected = 0;
-        for (k, row) in rows.iter().enumerate() {
-            let bound = order
-                .iter()
-                .enumerate()
-                .try_for_each(|(n, &i)| stmt.raw_bind_parameter(n + 1, &row[i]));
+        let mut row = Vec::with_capacity(plan.columns.len());
+        let mut k = 0;
+        while rows.next_row(&mut row)? {
+            let bound = if in_order {
+                row.iter()
+                    .enumerate()
+                    .try_for_each(|(n, v)| stmt.raw_bind_parameter(n + 1, v))
+            } else {
+                order
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(n, &i)| stmt.raw_bind_parameter(n + 1, &row[i]))
+            };
+            if self.conn.is_interrupted() {
+                return Err(interrupted());
+            }
             match bound.and_then(|()| stmt.raw_execute()) {
                 Ok(n) => affected += n as u64,
                 Err(e) => return Err(classify(e).with_hint(&format!("at row {k} of the chunk"))),
             }
+            k += 1;
         }
         Ok(affected)
     }
@@ -710,6 +732,15 @@ impl ToSql for Value {
             Value::Json(j) => ToSqlOutput::Owned(S::Text(j.to_string())),
         })
     }
+}
+
+/// The error of a statement stopped by `sqlite3_interrupt`.
+#[cold]
+fn interrupted() -> Error {
+    classify(rusqlite::Error::SqliteFailure(
+        ffi::Error::new(ffi::SQLITE_INTERRUPT),
+        None,
+    ))
 }
 
 /// Maps a rusqlite error to ours, with SQLite's extended result code.
