@@ -714,14 +714,28 @@ impl Pool {
             .map_or(true, |until| now < until);
         if !suspect && fresh {
             if conn.backend.peer_closed() {
-                // Killed or reset while idle: found before anything was
-                // written to it, so no statement fails on it.
-                tracing::debug!(database = %self.database, "discarding a connection its server closed");
-                conn.broken = true;
+                self.closed_by_peer(conn);
                 return None;
             }
             return Some(now);
         }
+        self.vet_by_ping(conn)
+    }
+
+    /// Marks a connection its server closed while it sat idle (killed or
+    /// reset): found before anything was written to it, so no statement
+    /// fails on it.
+    #[cold]
+    fn closed_by_peer(&self, conn: &mut Conn) {
+        tracing::debug!(database = %self.database, "discarding a connection its server closed");
+        conn.broken = true;
+    }
+
+    /// Pings a connection that sat idle or may have been lost: when the
+    /// ping ended if it answered, else `None` (marked to be discarded).
+    #[cold]
+    #[inline(never)]
+    fn vet_by_ping(&self, conn: &mut Conn) -> Option<Instant> {
         match self.ping(conn) {
             Ok(()) => {
                 let now = Instant::now();
