@@ -679,6 +679,7 @@ impl Pool {
     /// opening one; `None` otherwise.
     /// `now` is the clock read the caller already made (a connection that
     /// needs no ping is vetted and recorded as taken then).
+    #[inline]
     pub(crate) fn try_get(
         &self,
         now: Instant,
