@@ -11,8 +11,11 @@
 //! ```
 //!
 //! Arguments after `--`: `--quick` (fewer, shorter rounds), `--strict` (exit
-//! with status 1 when a goal is missed), and an optional filter: only the
-//! comparisons whose line contains it (case-insensitive) run.
+//! with status 1 when a goal is missed), `--calls N` (no calibration: one
+//! warm-up and one round of exactly N calls per thread and side, for
+//! instruction counts, e.g. `valgrind --tool=callgrind --separate-threads=yes`,
+//! where each side's threads are their own files), and an optional filter:
+//! only the comparisons whose line contains it (case-insensitive) run.
 //!
 //! PostgreSQL and MariaDB need `DBMANAGER_TEST_POSTGRES_URL` and
 //! `DBMANAGER_TEST_MYSQL_URL` (set by `scripts/bench`); without them those
@@ -39,6 +42,8 @@ struct Settings {
     rounds: usize,
     /// Wall time one side should take in one round (sets the call count).
     round_target: Duration,
+    /// A fixed call count (per thread) instead of a calibrated one.
+    calls: Option<u64>,
 }
 
 impl Settings {
@@ -46,13 +51,16 @@ impl Settings {
         let mut quick = false;
         let mut strict = false;
         let mut filter = None;
-        for arg in std::env::args().skip(1) {
+        let mut calls = None;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
             match arg.as_str() {
+                "--calls" => calls = args.next().and_then(|n| n.parse::<u64>().ok()),
                 "--quick" => quick = true,
                 "--strict" => strict = true,
                 "-h" | "--help" => {
                     println!(
-                        "usage: cargo bench --all-features --bench overhead -- [--quick] [--strict] [FILTER]\n\
+                        "usage: cargo bench --all-features --bench overhead -- [--quick] [--strict] [--calls N] [FILTER]\n\
                          (scripts/bench --bench overhead -- … also starts PostgreSQL and MariaDB)"
                     );
                     std::process::exit(0);
@@ -66,8 +74,13 @@ impl Settings {
             quick,
             strict,
             filter,
-            rounds: if quick { 5 } else { 15 },
+            rounds: match (calls, quick) {
+                (Some(_), _) => 1,
+                (None, true) => 5,
+                (None, false) => 15,
+            },
             round_target: Duration::from_millis(if quick { 15 } else { 60 }),
+            calls: calls.map(|n| n.max(1)),
         }
     }
 
@@ -172,15 +185,10 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
 }
 
-struct Measured {
-    sides: Vec<Samples>,
-}
-
-/// Calibrates the call count on the first side, warms every side up, then
-/// runs the rounds, rotating which side goes first.
-fn measure(settings: &Settings, mut sides: Vec<Side<'_>>) -> Outcome<Measured> {
-    // Calibrate on the first side: double n until one batch takes a while,
-    // then size the rounds from its time per n (per thread for threaded sides).
+/// The call count that makes one round of the first side take about
+/// `round_target`: double n until one batch takes a while, then size the
+/// rounds from its time per n (per thread for threaded sides).
+fn calibrate(settings: &Settings, sides: &mut [Side<'_>]) -> Outcome<u64> {
     let probe = settings.round_target / 8;
     let mut n = 1u64;
     let seconds_per_n = loop {
@@ -190,8 +198,23 @@ fn measure(settings: &Settings, mut sides: Vec<Side<'_>>) -> Outcome<Measured> {
         }
         n *= 2;
     };
-    let n = ((settings.round_target.as_secs_f64() / seconds_per_n.max(1e-12)) as u64)
-        .clamp(20, 5_000_000);
+    Ok(
+        ((settings.round_target.as_secs_f64() / seconds_per_n.max(1e-12)) as u64)
+            .clamp(20, 5_000_000),
+    )
+}
+
+struct Measured {
+    sides: Vec<Samples>,
+}
+
+/// Calibrates the call count on the first side (unless it is fixed), warms
+/// every side up, then runs the rounds, rotating which side goes first.
+fn measure(settings: &Settings, mut sides: Vec<Side<'_>>) -> Outcome<Measured> {
+    let n = match settings.calls {
+        Some(n) => n,
+        None => calibrate(settings, &mut sides)?,
+    };
     // Warm-up: one full batch of every side.
     for side in &mut sides {
         (side.run)(n)?;
@@ -575,8 +598,22 @@ fn pool(settings: &Settings, report: &mut Report) {
 }
 
 fn pool_get_return(settings: &Settings, report: &mut Report, threads: &[usize]) -> Outcome<()> {
-    let bare = r2d2::Pool::builder().max_size(4).build(Trivial)?;
     let db = manager("bench_pool", "sqlite::memory:", Some(4), Some(0))?;
+    // The bare pool runs with the r2d2 settings dbmanager's pool has: no
+    // test on checkout and no idle minimum to top up (r2d2's defaults call
+    // `is_valid` on every checkout and look at the idle count on every
+    // one), the same timeouts, warmed to the same four connections.
+    let config = db.config();
+    let bare = r2d2::Pool::builder()
+        .max_size(4)
+        .min_idle(Some(0))
+        .test_on_check_out(false)
+        .connection_timeout(config.acquire_timeout())
+        .idle_timeout(Some(config.idle_timeout()).filter(|t| !t.is_zero()))
+        .max_lifetime(config.max_lifetime())
+        .build(Trivial)?;
+    let warm = (0..4).map(|_| bare.get()).collect::<Result<Vec<_>, _>>()?;
+    drop(warm);
     for &t in threads {
         let m = measure(
             settings,

@@ -425,6 +425,7 @@ impl DatabaseManager {
     /// within the acquisition timeout; the connection error when none could
     /// be opened; [`Closed`](crate::ErrorKind::Closed) after [`close`](Self::close).
     #[track_caller]
+    #[inline]
     pub fn connection(&self) -> Result<PooledConnection> {
         Ok(PooledConnection::new(
             Arc::clone(&self.shared),

@@ -280,6 +280,7 @@ impl Shared {
     /// when `None`), recording the wait in metrics. Stage 1 of the choke
     /// point, the circuit breaker, is passed here: every statement that
     /// needs a connection passes by it once.
+    #[inline]
     pub(crate) fn checkout_within(
         &self,
         timeout: Option<Duration>,
@@ -293,6 +294,7 @@ impl Shared {
     /// `start` (a clock read the caller just made). Also returns when the
     /// connection was had: `start` itself when one was idle and fit at once,
     /// so that a statement run on it needs no clock read of its own.
+    #[inline]
     fn checkout_since(
         &self,
         start: Instant,

@@ -76,6 +76,10 @@ pub(crate) struct Conn {
     /// the same statement again.
     pub(crate) memo: Option<(u8, bool)>,
     holder: Arc<Holder>,
+    /// The checkout site whose number `holder.site` holds (a connection
+    /// checked out again and again from the same place, a loop, is not
+    /// looked up again).
+    site: Option<&'static Location<'static>>,
 }
 
 /// Who holds a connection, for leak reports and pool forensics.
@@ -216,8 +220,24 @@ impl Drop for ThreadEntry {
     }
 }
 
+thread_local! {
+    /// This thread's number once it has one, else 0: a plain thread-local
+    /// read on every checkout (no lazy initialisation to check).
+    static NUMBER: Cell<u64> = const { Cell::new(0) };
+}
+
 /// This thread's number; the first call on a thread registers it.
+#[inline]
 fn thread_number() -> u64 {
+    match NUMBER.with(Cell::get) {
+        0 => register_thread(),
+        n => n,
+    }
+}
+
+/// Numbers this thread and enters it in [`threads`], until it ends.
+#[cold]
+fn register_thread() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
         static ME: ThreadEntry = {
@@ -227,7 +247,9 @@ fn thread_number() -> u64 {
         };
     }
     // A thread being torn down has no number (and no report needs one).
-    ME.try_with(|e| e.0).unwrap_or(0)
+    let n = ME.try_with(|e| e.0).unwrap_or(0);
+    NUMBER.with(|c| c.set(n));
+    n
 }
 
 fn thread_name(n: u64) -> Option<String> {
@@ -280,9 +302,15 @@ pub(crate) struct Counters {
 
 impl Counters {
     /// `at` in nanoseconds since `epoch`, plus one (so that 0 means never).
+    #[inline]
     fn stamp(&self, at: Instant) -> u64 {
-        let n = at.saturating_duration_since(self.epoch).as_nanos();
-        u64::try_from(n).unwrap_or(u64::MAX - 1) + 1
+        // In u64 arithmetic (584 years of nanoseconds), not u128.
+        let d = at.saturating_duration_since(self.epoch);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
+            .min(u64::MAX - 1)
+            + 1
     }
 }
 
@@ -341,6 +369,7 @@ impl r2d2::ManageConnection for Manager {
             dirty: false,
             memo: None,
             holder,
+            site: None,
         }))
     }
 
@@ -448,6 +477,23 @@ impl r2d2::HandleError<Error> for ConnectErrors {
     }
 }
 
+thread_local! {
+    /// How long this thread's last wait for a connection took, as r2d2
+    /// timed it (its checkout event comes on the thread that waited, just
+    /// before the connection is handed over).
+    static WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Hands r2d2's timing of a wait to the thread that waited.
+#[derive(Debug)]
+struct Waits;
+
+impl r2d2::HandleEvent for Waits {
+    fn handle_checkout(&self, event: r2d2::event::CheckoutEvent) {
+        WAITED.with(|w| w.set(event.duration()));
+    }
+}
+
 /// A pooled connection, back to the pool on drop.
 pub(crate) type Pooled = r2d2::PooledConnection<Manager>;
 
@@ -536,6 +582,7 @@ impl Pool {
             .max_lifetime(config.max_lifetime)
             .connection_timeout(config.acquire_timeout)
             .test_on_check_out(false)
+            .event_handler(Box::new(Waits))
             .error_handler(Box::new(ConnectErrors {
                 counters: Arc::clone(&counters),
                 database: Arc::clone(&config.name),
@@ -578,42 +625,52 @@ impl Pool {
     /// acquisition timeout when `None`), and records `site` as its holder.
     ///
     /// `start` is when the caller began to wait; the checkout time is
-    /// returned beside the connection (one clock read serves the idle check,
-    /// the holder record and the caller's metrics).
+    /// returned beside the connection: `start` plus the wait as r2d2 timed
+    /// it (no clock read of ours serves the idle check, the holder record
+    /// and the caller's metrics). Called when [`try_get`](Self::try_get)
+    /// found none idle.
     pub(crate) fn get(
         &self,
         start: Instant,
         timeout: Option<Duration>,
         site: &'static Location<'static>,
     ) -> Result<(Pooled, Instant)> {
-        let (conn, now) = self.get_conn(start, timeout)?;
-        self.hold(&conn, now, site);
+        let (mut conn, now) = self.get_conn(start, timeout)?;
+        self.hold(&mut conn, now, site);
         Ok((conn, now))
     }
 
     /// Records who holds a connection just handed out: plain stores, no
     /// lock (the time is stored last, and read first by a report).
-    fn hold(&self, conn: &Pooled, now: Instant, site: &'static Location<'static>) {
+    #[inline]
+    fn hold(&self, conn: &mut Pooled, now: Instant, site: &'static Location<'static>) {
+        if !conn.site.is_some_and(|s| std::ptr::eq(s, site)) {
+            conn.holder.site.store(site_number(site), Ordering::Relaxed);
+            conn.site = Some(site);
+        }
         let h = &conn.holder;
-        h.site.store(site_number(site), Ordering::Relaxed);
         h.thread.store(thread_number(), Ordering::Relaxed);
         h.fresh.store(true, Ordering::Relaxed);
         h.leak_reported.store(false, Ordering::Relaxed);
         h.since.store(self.counters.stamp(now), Ordering::Release);
     }
 
+    /// Waits for a connection (the caller found none idle), vets it, and
+    /// waits again for another while the one had was unfit.
     fn get_conn(&self, start: Instant, timeout: Option<Duration>) -> Result<(Pooled, Instant)> {
         let timeout = timeout.unwrap_or(self.acquire_timeout).min(MAX_DURATION);
         let deadline = start + timeout;
+        let mut began = start;
         loop {
-            let conn = match self.inner.try_get() {
-                Some(c) => c,
-                None => self.wait(deadline, timeout)?,
-            };
-            match self.vet(conn, Instant::now()) {
-                Some(ready) => return Ok(ready),
-                None if Instant::now() >= deadline => return Err(self.timed_out(timeout)),
-                None => {}
+            let (mut conn, now) = self.wait(began, deadline, timeout)?;
+            if let Some(now) = self.vet(&mut conn, now) {
+                return Ok((conn, now));
+            }
+            // Unfit: back to r2d2, which discards it.
+            drop(conn);
+            began = Instant::now();
+            if began >= deadline {
+                return Err(self.timed_out(timeout));
             }
         }
     }
@@ -622,21 +679,29 @@ impl Pool {
     /// opening one; `None` otherwise.
     /// `now` is the clock read the caller already made (a connection that
     /// needs no ping is vetted and recorded as taken then).
+    ///
+    /// Always inlined: the hot path of every checkout, whose result (the
+    /// pooled connection) would otherwise be copied out of it.
+    #[inline(always)]
     pub(crate) fn try_get(
         &self,
         now: Instant,
         site: &'static Location<'static>,
     ) -> Option<(Pooled, Instant)> {
-        let (conn, now) = self.vet(self.inner.try_get()?, now)?;
-        self.hold(&conn, now, site);
+        let mut conn = self.inner.try_get()?;
+        // Unfit, it goes back to r2d2 (which discards it) when dropped here.
+        let now = self.vet(&mut conn, now)?;
+        self.hold(&mut conn, now, site);
         Some((conn, now))
     }
 
     /// Checks a connection taken from the pool before it is handed out: one
     /// past its lifetime is closed (r2d2 reaps old connections only every
     /// 30 s), one that sat idle long enough or may have been lost is pinged.
-    /// `None` when it was not fit.
-    fn vet(&self, mut conn: Pooled, now: Instant) -> Option<(Pooled, Instant)> {
+    /// Returns when it was found fit (`now`, or after a ping the time the
+    /// ping ended); `None` when it was not fit, marked to be discarded.
+    #[inline]
+    fn vet(&self, conn: &mut Conn, now: Instant) -> Option<Instant> {
         if conn.retire_at.is_some_and(|at| now >= at) {
             conn.retired = true;
             return None;
@@ -653,19 +718,33 @@ impl Pool {
             .map_or(true, |until| now < until);
         if !suspect && fresh {
             if conn.backend.peer_closed() {
-                // Killed or reset while idle: found before anything was
-                // written to it, so no statement fails on it.
-                tracing::debug!(database = %self.database, "discarding a connection its server closed");
-                conn.broken = true;
+                self.closed_by_peer(conn);
                 return None;
             }
-            return Some((conn, now));
+            return Some(now);
         }
-        match self.ping(&mut conn) {
+        self.vet_by_ping(conn)
+    }
+
+    /// Marks a connection its server closed while it sat idle (killed or
+    /// reset): found before anything was written to it, so no statement
+    /// fails on it.
+    #[cold]
+    fn closed_by_peer(&self, conn: &mut Conn) {
+        tracing::debug!(database = %self.database, "discarding a connection its server closed");
+        conn.broken = true;
+    }
+
+    /// Pings a connection that sat idle or may have been lost: when the
+    /// ping ended if it answered, else `None` (marked to be discarded).
+    #[cold]
+    #[inline(never)]
+    fn vet_by_ping(&self, conn: &mut Conn) -> Option<Instant> {
+        match self.ping(conn) {
             Ok(()) => {
                 let now = Instant::now();
                 conn.last_used = now;
-                Some((conn, now))
+                Some(now)
             }
             Err(e) => {
                 tracing::debug!(database = %self.database, host = conn.backend.host(), error = %e, "discarding a stale connection");
@@ -682,21 +761,34 @@ impl Pool {
         bounded(conn, self.connect_timeout, |c| c.ping())
     }
 
-    fn wait(&self, deadline: Instant, timeout: Duration) -> Result<Pooled> {
+    /// Waits until `deadline` for a connection, the wait beginning at
+    /// `began` (a clock read made just before). Returns it with when it was
+    /// had: `began` plus the wait as r2d2 timed it, so that a wait costs no
+    /// clock read of ours (r2d2 reads the clock around it anyway).
+    fn wait(
+        &self,
+        mut began: Instant,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(Pooled, Instant)> {
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = scopeguard(|| {
             self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
         });
-        if self.inner.state().connections == 0 {
+        if self.counters.open.load(Ordering::Relaxed) == 0 {
             self.probe(deadline)?;
+            began = Instant::now();
         }
-        let now = Instant::now();
-        if now >= deadline {
+        let left = deadline.saturating_duration_since(began);
+        if left.is_zero() {
             return Err(self.timed_out(timeout));
         }
-        self.inner
-            .get_timeout(deadline - now)
-            .map_err(|_| self.timed_out(timeout))
+        let conn = self
+            .inner
+            .get_timeout(left)
+            .map_err(|_| self.timed_out(timeout))?;
+        let waited = WAITED.with(Cell::get);
+        Ok((conn, began.checked_add(waited).unwrap_or(began)))
     }
 
     /// With no connection open (a cold start, or every connection lost), one

@@ -728,3 +728,98 @@ fn health_says_unknown_when_the_migration_state_cannot_be_read() -> Result<()> {
     assert_eq!(h.migration_status.state, MigrationState::Ok);
     Ok(())
 }
+
+/// `db_connection_time_seconds` after a run of checkouts: every checkout
+/// counted once, the ones that found an idle connection at once at 0 s, and
+/// one that had to wait for the only connection counted with its wait (as
+/// r2d2 timed it), not as one taken at once.
+fn acquisitions_are_counted_exactly(b: Backend) -> Result<()> {
+    let place = b.place();
+    let name = unique_name("acq");
+    let db = manager_with(&name, place.url(), |c| {
+        c.pool_size(1)
+            .max_overflow(0)
+            .acquire_timeout(Duration::from_secs(30))
+    })?;
+    // Opens the connection (a checkout that waited for the open).
+    db.execute_query("SELECT 1", ())?;
+    let before = acquisitions(&name);
+
+    for _ in 0..50 {
+        drop(db.connection()?);
+    }
+    let held = db.connection()?;
+    let waited = std::thread::scope(|s| -> Result<Duration> {
+        let started = Instant::now();
+        s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            drop(held);
+        });
+        let conn = db.connection()?;
+        let waited = started.elapsed();
+        drop(conn);
+        Ok(waited)
+    })?;
+
+    let after = acquisitions(&name);
+    let new = |le: f64| after.at(le) - before.at(le);
+    assert_eq!(after.count - before.count, 52.0, "every checkout, once");
+    assert_eq!(
+        new(0.0005),
+        51.0,
+        "the 51 taken at once count as 0 s, the one that waited does not"
+    );
+    // The wait was at least the time the holder slept after the waiter
+    // began (600 ms, less the holder thread's start, far under 350 ms).
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert_eq!(new(0.25), 51.0, "the wait counted with its length");
+    assert_eq!(new(60.0), 52.0);
+    Ok(())
+}
+each_backend!(acquisitions_are_counted_exactly, [Postgres, SqliteFile]);
+
+/// One database's `db_connection_time_seconds`: its count and buckets.
+struct Acquisitions {
+    count: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+impl Acquisitions {
+    fn at(&self, le: f64) -> f64 {
+        if self.buckets.is_empty() {
+            return 0.0;
+        }
+        self.buckets
+            .iter()
+            .find(|(l, _)| (l - le).abs() < 1e-9)
+            .unwrap_or_else(|| panic!("no bucket le={le}"))
+            .1
+    }
+}
+
+fn acquisitions(database: &str) -> Acquisitions {
+    let m = parse(&dbmanager::metrics::metrics_text());
+    let count = m
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "db_connection_time_seconds_count"
+                && s.labels.get("database") == Some(database)
+        })
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => f64::NAN,
+        });
+    match sample(&m, "db_connection_time_seconds", database, None) {
+        Some(Value::Histogram(counts)) => Acquisitions {
+            count: count.unwrap_or_else(|| counts.iter().map(|c| c.count).fold(0.0, f64::max)),
+            buckets: counts.iter().map(|c| (c.less_than, c.count)).collect(),
+        },
+        // Nothing recorded yet for this database.
+        None => Acquisitions {
+            count: 0.0,
+            buckets: Vec::new(),
+        },
+        other => panic!("db_connection_time_seconds{{database={database}}}: {other:?}"),
+    }
+}

@@ -432,3 +432,61 @@ fn sqlite_works_inside_a_tokio_runtime() -> Result<()> {
     assert_eq!(one, 1);
     Ok(())
 }
+
+/// The pool's holder record names the latest checkout of a connection:
+/// the one connection of the pool, checked out again and again from one
+/// place on one thread, then from another place on another thread, then
+/// from the first place again, is reported where and by whom it is held.
+fn the_holder_is_the_latest_checkout(b: Backend) -> Result<()> {
+    // Each look at the holders is a pool timeout; the breaker, which
+    // counts those, is off.
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0).circuit_failures(0))?;
+    let holder_of = |db: &DatabaseManager| {
+        let e = db
+            .connection_timeout(Duration::from_millis(50))
+            .expect_err("the only connection is held");
+        assert_eq!(e.kind(), ErrorKind::PoolTimeout, "{e}");
+        let holders = e.pool_holders();
+        assert_eq!(holders.len(), 1, "{holders:?}");
+        holders[0].clone()
+    };
+    // One place in the code, checked out from in a loop.
+    let here = |db: &DatabaseManager| Ok::<_, dbmanager::Error>((db.connection()?, line!()));
+    let me = std::thread::current().name().map(str::to_owned);
+    for round in 0..3 {
+        for _ in 0..3 {
+            drop(here(&db)?);
+        }
+        let (held, line) = here(&db)?;
+        let h = holder_of(&db);
+        assert!(
+            h.checked_out_at.contains(&format!("tests/pool.rs:{line}:")),
+            "round {round}: {h:?}"
+        );
+        assert_eq!(h.thread, me, "round {round}: {h:?}");
+        drop(held);
+
+        // Another place, on another thread.
+        std::thread::Builder::new()
+            .name(format!("second-holder-{round}"))
+            .spawn({
+                let db = db.clone();
+                move || -> Result<()> {
+                    let (held, line) = (db.connection()?, line!());
+                    let h = holder_of(&db);
+                    assert!(
+                        h.checked_out_at.contains(&format!("tests/pool.rs:{line}:")),
+                        "{h:?}"
+                    );
+                    assert_eq!(h.thread, Some(format!("second-holder-{round}")), "{h:?}");
+                    drop(held);
+                    Ok(())
+                }
+            })
+            .expect("a thread")
+            .join()
+            .expect("the second holder's thread")?;
+    }
+    Ok(())
+}
+each_backend!(the_holder_is_the_latest_checkout, [SqliteFile]);
