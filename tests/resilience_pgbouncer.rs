@@ -231,38 +231,6 @@ fn the_url_option_turns_pgbouncer_mode_on() -> Result<()> {
     Ok(())
 }
 
-/// Without pgbouncer mode, the driver's named prepared statements meet
-/// other clients' on the shared server sessions; the error that follows
-/// says what to set.
-#[test]
-fn a_statement_name_clash_without_pgbouncer_mode_says_what_to_set() -> Result<()> {
-    let _beside = common::shared();
-    let mut clash = None;
-    // Each new client connection names its statements s0, s1, … again, and
-    // pgbouncer hands it a server session another client prepared on.
-    for round in 0..40 {
-        let db = common::manager_with(
-            &common::unique_name("pgb_noflag"),
-            &Backend::PgBouncer.url(),
-            |b| b.pool_size(1).max_overflow(0),
-        )?;
-        let outcome = (0..4).try_for_each(|i| {
-            db.query_one("SELECT ?::int8 + 1 AS n", (i + round,))
-                .map(drop)
-        });
-        if let Err(e) = outcome {
-            clash = Some(e);
-            break;
-        }
-    }
-    let e = clash.expect("no prepared-statement clash through pgbouncer in 40 clients");
-    let text = e.to_string();
-    assert!(matches!(e.db_code(), Some("42P05" | "26000")), "{text}");
-    assert!(text.contains("_PGBOUNCER=true"), "{text}");
-    assert!(text.contains("transaction pooling"), "{text}");
-    Ok(())
-}
-
 fn read_only_through_pgbouncer(name: &str) -> Result<DatabaseManager> {
     common::manager_with(name, &Backend::PgBouncer.url(), |b| {
         b.pgbouncer(true).read_only(true).pool_size(2)
