@@ -487,8 +487,42 @@ fn deadline_while_the_input_is_slow(b: Backend) -> Result<()> {
 }
 each_backend!(
     deadline_while_the_input_is_slow,
-    [MySql, SqliteFile, SqliteMemory]
+    [Postgres, MySql, SqliteFile, SqliteMemory]
 );
+
+/// An input row with the wrong number of values, in the middle of a chunk
+/// the server is already receiving: the load stops with an error naming
+/// that input row, nothing stays, and the connection is clean for the
+/// next load.
+fn a_ragged_row_in_the_middle_of_a_chunk(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    let t = people(&db)?;
+    let rows = (0..2000).map(|i| {
+        let mut row = vec![Value::I64(i), Value::Text(format!("p{i}")), Value::I64(1)];
+        if i == 1234 {
+            row.pop();
+        }
+        row
+    });
+    let e = db
+        .bulk_insert(&t.name, &["id", "name", "score"], rows)
+        .expect_err("row 1234 has two values");
+    let text = e.to_string();
+    assert_eq!(e.kind(), ErrorKind::Parameter, "{text}");
+    assert!(text.contains("input row 1234 has 2 values"), "{text}");
+    assert_eq!(e.bulk_position(), Some(0), "{text}");
+    assert_eq!(t.count()?, 0);
+    let r = db.bulk_insert(
+        &t.name,
+        &["id", "name", "score"],
+        (0..10).map(|i| (i, "ok", 2)),
+    )?;
+    assert_eq!(r.rows_affected, 10);
+    assert_eq!(t.sum("score")?, 20);
+    assert_eq!(db.pool_status().checked_out, 0);
+    Ok(())
+}
+each_backend!(a_ragged_row_in_the_middle_of_a_chunk);
 
 fn timeout_during_a_load(b: Backend) -> Result<()> {
     let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;

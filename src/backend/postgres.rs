@@ -30,7 +30,7 @@ use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::blocking::{self, Attempt, SocketHandle};
-use super::{connect_error, BulkKind, BulkPlan, ConnectLimit, Connection, Connector};
+use super::{connect_error, BulkKind, BulkPlan, BulkRows, ConnectLimit, Connection, Connector};
 use crate::backend::Canceller;
 use crate::config::DatabaseConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -723,6 +723,13 @@ fn rolls_back_to_savepoint(sql: &str) -> bool {
     )
 }
 
+/// Where the rows of a `COPY` come from: a gathered chunk, or the caller's
+/// input one at a time.
+enum CopySource<'a> {
+    Gathered(std::slice::Iter<'a, Vec<Value>>),
+    AsTheyCome(&'a mut dyn BulkRows),
+}
+
 /// The temporary table a bulk upsert, update or delete copies its rows into.
 const BULK_TEMP: &str = "\"dbmanager_bulk\"";
 
@@ -739,19 +746,53 @@ impl PgConnection {
         rows: &[Vec<Value>],
         first: usize,
     ) -> Result<u64> {
+        self.copy_from(table, cols, types, first, CopySource::Gathered(rows.iter()))
+    }
+
+    /// Binary `COPY … FROM STDIN` of the rows of `source`. An error taking
+    /// a row from the caller's input stops the copy (the server gets
+    /// `CopyFail`) and is returned.
+    fn copy_from(
+        &mut self,
+        table: &str,
+        cols: &str,
+        types: &[Type],
+        first: usize,
+        mut source: CopySource<'_>,
+    ) -> Result<u64> {
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
         let sql = format!("COPY {table} ({cols}) FROM STDIN BINARY");
         let failed_at = std::cell::Cell::new(None);
         let at = &failed_at;
+        let mut input_error = None;
+        let input = &mut input_error;
         let result = self.call(|c| async move {
             let sink = c.copy_in(sql.as_str()).await?;
             let writer = BinaryCopyInWriter::new(sink, types);
             futures_util::pin_mut!(writer);
-            for (i, row) in rows.iter().enumerate() {
+            let mut buffer = Vec::with_capacity(types.len());
+            let mut i = 0;
+            loop {
+                let row: &[Value] = match &mut source {
+                    CopySource::Gathered(rows) => match rows.next() {
+                        Some(row) => row,
+                        None => break,
+                    },
+                    CopySource::AsTheyCome(rows) => match rows.next_row(&mut buffer) {
+                        Ok(true) => &buffer,
+                        Ok(false) => break,
+                        // Dropping the writer unfinished sends CopyFail.
+                        Err(e) => {
+                            *input = Some(e);
+                            return Ok(0);
+                        }
+                    },
+                };
                 if let Err(e) = writer.as_mut().write(&as_sql(row)).await {
                     at.set(Some(i));
                     return Err(e);
                 }
+                i += 1;
             }
             writer.finish().await
         });
@@ -762,6 +803,10 @@ impl PgConnection {
             )),
             _ => e,
         });
+        let result = match input_error {
+            Some(e) => Err(e),
+            None => result,
+        };
         self.noting("", result)
     }
 
@@ -963,6 +1008,25 @@ impl Connection for PgConnection {
             first += run.len();
         }
         Ok(affected)
+    }
+
+    /// Inserts by `COPY` take the rows as they come.
+    fn bulk_writes_rows_as_they_come(&self, plan: &BulkPlan) -> bool {
+        !self.pgbouncer && plan.kind == BulkKind::Insert
+    }
+
+    fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
+        if !self.bulk_writes_rows_as_they_come(plan) {
+            let mut all = Vec::new();
+            let mut row = Vec::new();
+            while rows.next_row(&mut row)? {
+                all.push(std::mem::take(&mut row));
+            }
+            return self.bulk_write(plan, &all);
+        }
+        let cols = plan.column_list();
+        let types = self.column_types(&plan.table, &cols)?;
+        self.copy_from(&plan.table, &cols, &types, 0, CopySource::AsTheyCome(rows))
     }
 
     fn is_closed(&self) -> bool {
