@@ -21,7 +21,7 @@
 //!   (PostgreSQL, SQLite), its history row with it when the script cannot
 //!   have changed its session; on SQLite consecutive such scripts share
 //!   one transaction with their rows (rolled back and run one by one when
-//!   it fails, see [`Runner::batch`]). On MySQL/MariaDB, where DDL commits
+//!   it fails). On MySQL/MariaDB, where DDL commits
 //!   implicitly, and for scripts whose first line is
 //!   `-- dbmanager:no-transaction` or that hold their own `BEGIN`/`COMMIT`,
 //!   statements run one by one; a failure after some of them ran is recorded
