@@ -58,6 +58,17 @@ pub(crate) trait BulkRows {
     fn next_row(&mut self, row: &mut Vec<Value>) -> Result<bool>;
 }
 
+/// Takes every row of `rows` (a chunk), for backends that write a chunk
+/// gathered.
+pub(crate) fn gather(rows: &mut dyn BulkRows) -> Result<Vec<Vec<Value>>> {
+    let mut all = Vec::new();
+    let mut row = Vec::new();
+    while rows.next_row(&mut row)? {
+        all.push(std::mem::take(&mut row));
+    }
+    Ok(all)
+}
+
 /// A chunk already gathered, given row by row.
 pub(crate) struct GatheredRows<'a>(pub(crate) std::slice::Iter<'a, Vec<Value>>);
 
@@ -77,6 +88,10 @@ impl BulkRows for GatheredRows<'_> {
 /// Runs one statement of a bulk write with its rows; returns the rows
 /// affected.
 pub(crate) type StatementRunner<'a> = dyn FnMut(&str, &[Vec<Value>]) -> Result<u64> + 'a;
+
+/// Writes one run of rows (see [`BulkPlan::write_in_runs`]) given the
+/// index of its first row in the chunk; returns the rows affected.
+pub(crate) type RunWriter<'a> = dyn FnMut(&[Vec<Value>], usize) -> Result<u64> + 'a;
 
 /// One bulk operation's target, its columns quoted and checked.
 #[derive(Clone, Debug)]
@@ -503,6 +518,24 @@ impl BulkPlan {
     pub(crate) fn binds_rows_as_given(&self) -> bool {
         matches!(self.kind, BulkKind::Insert)
             || (self.kind == BulkKind::Upsert && self.dialect != Dialect::MsSql)
+    }
+
+    /// Writes `rows` with `write` run by run, as
+    /// [`runs_of_distinct_keys`](Self::runs_of_distinct_keys) cuts them;
+    /// `write` gets each run and the index of its first row in `rows`.
+    /// Returns the sum of what `write` returned.
+    pub(crate) fn write_in_runs(
+        &self,
+        rows: &[Vec<Value>],
+        write: &mut RunWriter<'_>,
+    ) -> Result<u64> {
+        let mut affected = 0;
+        let mut first = 0;
+        for run in self.runs_of_distinct_keys(rows) {
+            affected += write(run, first)?;
+            first += run.len();
+        }
+        Ok(affected)
     }
 
     /// Cuts `rows` where a key repeats (upserts and updates), so that no

@@ -204,11 +204,7 @@ pub(crate) trait Connection: Send {
     /// not fit the columns) is returned as it is. By default the chunk is
     /// gathered and given to [`bulk_write`](Self::bulk_write).
     fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
-        let mut all = Vec::new();
-        let mut row = Vec::new();
-        while rows.next_row(&mut row)? {
-            all.push(std::mem::take(&mut row));
-        }
+        let all = bulk::gather(rows)?;
         self.bulk_write(plan, &all)
     }
 }

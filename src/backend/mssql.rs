@@ -1308,13 +1308,7 @@ impl Connection for MsConnection {
         // A key repeated within the rows cuts them into runs applied one
         // after the other (MERGE refuses to touch a row twice): the later
         // row wins, as it would written row by row.
-        let mut affected = 0;
-        let mut first = 0;
-        for run in plan.runs_of_distinct_keys(rows) {
-            affected += self.bulk_apply(plan, run, first)?;
-            first += run.len();
-        }
-        Ok(affected)
+        plan.write_in_runs(rows, &mut |run, first| self.bulk_apply(plan, run, first))
     }
 
     fn canceller(&self) -> Arc<dyn Canceller> {

@@ -1001,13 +1001,9 @@ impl Connection for PgConnection {
     /// after the other, so that the later row wins
     /// ([`BulkPlan::runs_of_distinct_keys`]).
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
-        let mut affected = 0;
-        let mut first = 0;
-        for run in plan.runs_of_distinct_keys(rows) {
-            affected += self.bulk_write_run(plan, run, first)?;
-            first += run.len();
-        }
-        Ok(affected)
+        plan.write_in_runs(rows, &mut |run, first| {
+            self.bulk_write_run(plan, run, first)
+        })
     }
 
     /// Inserts by `COPY` take the rows as they come.
@@ -1017,11 +1013,7 @@ impl Connection for PgConnection {
 
     fn bulk_write_rows(&mut self, plan: &BulkPlan, rows: &mut dyn BulkRows) -> Result<u64> {
         if !self.bulk_writes_rows_as_they_come(plan) {
-            let mut all = Vec::new();
-            let mut row = Vec::new();
-            while rows.next_row(&mut row)? {
-                all.push(std::mem::take(&mut row));
-            }
+            let all = super::bulk::gather(rows)?;
             return self.bulk_write(plan, &all);
         }
         let cols = plan.column_list();
