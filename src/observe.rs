@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::sql::{self, Dialect};
+use crate::sql::{self, Dialect, TextHash};
 use crate::status::{ScalingLevel, StatementStats};
 
 /// Seconds in the sliding window.
@@ -114,34 +114,6 @@ struct Stat {
     total: Duration,
     max: Duration,
 }
-
-/// A quick hash for statement texts, eight bytes a step (SipHash, the
-/// default, costs more than the rest of recording a statement). The texts
-/// come from the program, not from an adversary, and the table is bounded.
-#[derive(Default)]
-struct TextHasher(u64);
-
-impl std::hash::Hasher for TextHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes(c.try_into().unwrap_or_default());
-            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
-        }
-        let mut last = [0u8; 8];
-        let rest = chunks.remainder();
-        last[..rest.len()].copy_from_slice(rest);
-        self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(last) ^ (rest.len() as u64) << 56)
-            .wrapping_mul(K);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type TextHash = std::hash::BuildHasherDefault<TextHasher>;
 
 /// One statement text's timings: atomics, so that a thread that holds
 /// the cell adds to it without the table's lock.

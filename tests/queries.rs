@@ -1066,3 +1066,83 @@ fn a_database_the_user_may_not_use_says_what_to_check() {
     assert!(text.contains("GRANT"), "{text}");
     assert!(text.contains("create the database"), "{text}");
 }
+
+/// Statements are kept prepared per connection: a kept `SELECT *` still
+/// shows the columns of the table as it is when another connection added
+/// one, or this one made the table again with other names; a statement
+/// that failed runs again; many distinct statements (past any cache's
+/// bound) each return their own result.
+fn kept_statements_follow_schema_changes(b: Backend) -> Result<()> {
+    let db = b.open()?;
+    let t = Table::create(&db, "id INTEGER NOT NULL PRIMARY KEY, x INTEGER")?;
+    db.execute(&t.sql("INSERT INTO [{t}] (id, x) VALUES (1, 10)"), ())?;
+    let mut a = db.connection()?;
+    let star = t.sql("SELECT * FROM [{t}]");
+    let names = |r: &dbmanager::Row| r.columns().map(str::to_owned).collect::<Vec<_>>();
+    let row = a.query_one(&star, ())?;
+    assert_eq!(names(&row), ["id", "x"]);
+
+    // Another connection adds a column.
+    let mut other = db.connection()?;
+    other.execute_batch(&t.sql("ALTER TABLE [{t}] ADD y INTEGER"))?;
+    drop(other);
+    let row = a.query_one(&star, ())?;
+    assert_eq!(names(&row), ["id", "x", "y"]);
+    assert_eq!(row.get::<i64>("x")?, 10);
+    assert_eq!(row.get::<Option<i64>>("y")?, None);
+
+    // This connection makes the table again: same count, other names.
+    a.execute_batch(&t.sql("DROP TABLE [{t}]"))?;
+    a.execute_batch(&t.sql("CREATE TABLE [{t}] (p INTEGER, q VARCHAR(10), r INTEGER)"))?;
+    a.execute(
+        &t.sql("INSERT INTO [{t}] (p, q, r) VALUES (2, 'two', 3)"),
+        (),
+    )?;
+    let row = a.query_one(&star, ())?;
+    assert_eq!(names(&row), ["p", "q", "r"]);
+    assert_eq!(row.get::<String>("q")?, "two");
+
+    // Another connection makes it again: same count and types, other names.
+    let mut other = db.connection()?;
+    other.execute_batch(&t.sql("DROP TABLE [{t}]"))?;
+    other.execute_batch(&t.sql("CREATE TABLE [{t}] (p2 INTEGER, q2 VARCHAR(10), r2 INTEGER)"))?;
+    other.execute(
+        &t.sql("INSERT INTO [{t}] (p2, q2, r2) VALUES (4, 'four', 5)"),
+        (),
+    )?;
+    drop(other);
+    let row = a.query_one(&star, ())?;
+    assert_eq!(names(&row), ["p2", "q2", "r2"]);
+    assert_eq!(row.get::<String>("q2")?, "four");
+
+    // 300 distinct statements, then the first ones again.
+    for round in 0..2 {
+        for i in 0..300_i64 {
+            let v: i64 = a
+                .query_one(&format!("SELECT ? + {i} AS v"), (round,))?
+                .get("v")?;
+            assert_eq!(v, round + i);
+        }
+    }
+
+    if b.is_sqlite() {
+        // A statement that fails while stepping runs again, cleanly.
+        let sql = "SELECT json(?) AS j";
+        let e = a.query_one(sql, ("{not json",)).unwrap_err();
+        assert!(e.to_string().contains("malformed JSON"), "{e}");
+        let j: String = a.query_one(sql, ("{\"k\":1}",))?.get("j")?;
+        assert_eq!(j, "{\"k\":1}");
+        // No statement at all, or two, is a clear error.
+        let e = expect_kind(a.execute_query("  -- nothing", ()), ErrorKind::Parameter);
+        assert!(e.to_string().contains("empty"), "{e}");
+        let e = expect_kind(
+            a.execute_query("SELECT 1; SELECT 2", ()),
+            ErrorKind::Parameter,
+        );
+        assert!(e.to_string().contains("execute_batch"), "{e}");
+    }
+    drop(a);
+    assert_pool_idle(&db);
+    Ok(())
+}
+each_backend!(kept_statements_follow_schema_changes);

@@ -610,6 +610,12 @@ impl PgConnection {
     }
 }
 
+/// PostgreSQL's refusal of a prepared statement whose result columns
+/// changed under it.
+fn is_stale_plan(e: &Error) -> bool {
+    e.db_code() == Some("0A000") && e.to_string().contains("cached plan must not change")
+}
+
 fn as_sql(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
@@ -686,13 +692,41 @@ impl PgConnection {
         self.noting(sql, result)
     }
 
+    /// Runs `run` with the kept prepared statement of `sql`. When the
+    /// server refuses it because the tables it reads changed since it was
+    /// prepared ("cached plan must not change result type", as after another
+    /// session's `ALTER TABLE`), the statement is dropped and, outside a
+    /// transaction (which that error aborts), prepared again and run once
+    /// more.
+    fn with_plan<T>(
+        &mut self,
+        sql: &str,
+        mut run: impl FnMut(&mut Self, Statement, Columns) -> Result<T>,
+    ) -> Result<T> {
+        let (stmt, columns) = self.prepared(sql)?;
+        match run(self, stmt, columns) {
+            Err(e) if is_stale_plan(&e) => {
+                self.statements.remove(sql);
+                if self.tx_failed.is_some() {
+                    return Err(e.with_hint(
+                        "a table the statement reads changed since this connection prepared it;                          the transaction is aborted: run it again",
+                    ));
+                }
+                let (stmt, columns) = self.prepared(sql)?;
+                run(self, stmt, columns)
+            }
+            other => other,
+        }
+    }
+
     fn run_query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         if self.pgbouncer {
             return self.run_unnamed(sql, params).map(|(rows, _)| rows);
         }
-        let (stmt, columns) = self.prepared(sql)?;
         let args = as_sql(params);
-        let rows = self.call(|c| c.query(&stmt, &args))?;
+        let (rows, columns) = self.with_plan(sql, |this, stmt, columns| {
+            Ok((this.call(|c| c.query(&stmt, &args))?, columns))
+        })?;
         rows.iter()
             .map(|r| {
                 let values = (0..r.len()).map(|i| read(r, i)).collect::<Result<_>>()?;
@@ -705,9 +739,8 @@ impl PgConnection {
         if self.pgbouncer {
             return self.run_unnamed(sql, params).map(|(_, n)| n);
         }
-        let (stmt, _) = self.prepared(sql)?;
         let args = as_sql(params);
-        self.call(|c| c.execute(&stmt, &args))
+        self.with_plan(sql, |this, stmt, _| this.call(|c| c.execute(&stmt, &args)))
     }
 }
 
@@ -944,9 +977,11 @@ impl Connection for PgConnection {
         if self.pgbouncer {
             return self.query(sql, params).map(Some);
         }
-        let (stmt, columns) = self.prepared(sql)?;
-        let result = self.call(|c| c.query_raw(&stmt, params.iter()));
-        let stream = self.noting("", result)?;
+        let result = self.with_plan(sql, |this, stmt, columns| {
+            let stream = this.call(|c| c.query_raw(&stmt, params.iter()))?;
+            Ok((stream, columns))
+        });
+        let (stream, columns) = self.noting("", result)?;
         self.stream = Some((Box::pin(stream), columns));
         Ok(None)
     }

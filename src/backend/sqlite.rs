@@ -135,8 +135,9 @@ impl Connector for SqliteConnector {
         let canceller: Arc<dyn Canceller> = Arc::new(Interrupt(conn.get_interrupt_handle()));
         Ok(Box::new(SqliteConnection {
             cursor: None,
+            statements: Statements::new(),
             conn,
-            columns: None,
+            schema: 0,
             canceller,
             read_only: self.read_only,
         }))
@@ -148,15 +149,15 @@ impl Connector for SqliteConnector {
 }
 
 struct SqliteConnection {
-    /// The open stream's statement. Declared before `conn`, and dropped
-    /// first in `Drop` as well: it must be finalized while the connection
-    /// is open.
+    /// The open stream's statement and the queries' kept statements.
+    /// Declared before `conn`, and dropped first in `Drop` as well: they
+    /// must be finalized while the connection is open.
     cursor: Option<Cursor>,
+    statements: Statements,
     conn: rusqlite::Connection,
-    /// The column names and declared types of the last result, reused
-    /// while the statement text is unchanged (no allocation per row set on
-    /// hot loops).
-    columns: Option<(String, Columns, Vec<Decl>)>,
+    /// Counts the statements that may have changed the schema on this
+    /// connection: a kept statement's columns are read again after one.
+    schema: u64,
     canceller: Arc<dyn Canceller>,
     /// `PRAGMA query_only` is on: transactions cannot take the write lock.
     read_only: bool,
@@ -173,61 +174,25 @@ impl Canceller for Interrupt {
     }
 }
 
-/// The column names and declared types of `stmt`, from `cache` while the
-/// statement text and its column count are unchanged (a statement SQLite
-/// re-prepared after another connection changed the schema may have other
-/// columns; a schema change on this connection clears the cache).
-fn columns_for<'c>(
-    cache: &'c mut Option<(String, Columns, Vec<Decl>)>,
-    sql: &str,
-    stmt: &rusqlite::Statement<'_>,
-) -> (&'c Columns, &'c [Decl]) {
-    let fresh = cache
-        .as_ref()
-        .is_some_and(|(text, cols, _)| text == sql && cols.len() == stmt.column_count());
-    if !fresh {
-        *cache = None;
-    }
-    let (_, cols, decls) = cache.get_or_insert_with(|| {
-        let described = stmt.columns();
-        let cols: Columns = described
-            .iter()
-            .map(|c| Arc::<str>::from(c.name()))
-            .collect::<Vec<_>>()
-            .into();
-        let decls = described.iter().map(|c| Decl::of(c.decl_type())).collect();
-        (sql.to_owned(), cols, decls)
-    });
-    (cols, decls)
-}
-
 impl Connection for SqliteConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let SqliteConnection { conn, columns, .. } = self;
-        let mut stmt = conn.prepare_cached(sql).map_err(classify)?;
-        let (columns, decls) = columns_for(columns, sql, &stmt);
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(params.iter()))
-            .map_err(classify)?;
+        let schema = self.schema;
+        let raw = self
+            .statements
+            .get(&self.conn, sql, schema)?
+            .ok_or_else(|| Error::parameter("the statement is empty"))?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(classify)? {
-            let mut values = value::Values::with_capacity(decls.len());
-            for (i, decl) in decls.iter().enumerate() {
-                values.push(read(r.get_ref(i).map_err(classify)?, *decl));
-            }
-            if out.capacity() == 0 {
-                // Made at the first row: none for an empty result, and no
-                // growth step for the usual few rows.
-                out = Vec::with_capacity(4);
-            }
-            out.push(Row::new(Arc::clone(columns), values));
-        }
-        Ok(out)
+        // The list is made at the first row: none for an empty result.
+        let result = raw
+            .bind(params)
+            .and_then(|()| raw.step(usize::MAX, &mut out, schema).map(drop));
+        raw.reset();
+        result.map(|()| out)
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         // It may change the schema: the columns are read again.
-        self.columns = None;
+        self.schema += 1;
         let mut stmt = self.conn.prepare_cached(sql).map_err(classify)?;
         match stmt.execute(rusqlite::params_from_iter(params.iter())) {
             Ok(n) => Ok(n as u64),
@@ -245,7 +210,7 @@ impl Connection for SqliteConnection {
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        self.columns = None;
+        self.schema += 1;
         self.conn.execute_batch(sql).map_err(classify)
     }
 
@@ -383,7 +348,7 @@ impl Connection for SqliteConnection {
         }
         conn.execute_batch(session_pragmas(self.read_only))
             .map_err(classify)?;
-        self.columns = None;
+        self.schema += 1;
         Ok(true)
     }
 
@@ -403,79 +368,137 @@ impl Connection for SqliteConnection {
 impl Drop for SqliteConnection {
     fn drop(&mut self) {
         self.cursor = None;
+        self.statements.clear();
     }
 }
 
-/// A statement stepped for a stream, prepared through SQLite's C API so
-/// that it can live from one call to the next: rusqlite's `Rows` borrows
-/// its `Statement`, which borrows the connection. Finalized when dropped,
-/// which [`SqliteConnection`] does before the connection closes.
-struct Cursor {
+/// A statement prepared through SQLite's C API, with its parameter count
+/// and its result's column names and declared types; finalized when
+/// dropped. Unlike rusqlite's `Statement`, it borrows nothing, so it can
+/// live from one call to the next: the connection finalizes its statements
+/// before it closes.
+struct Raw {
     db: *mut ffi::sqlite3,
     stmt: *mut ffi::sqlite3_stmt,
+    params: usize,
     columns: Columns,
     decls: Vec<Decl>,
+    /// The connection's schema generation the columns were read in.
+    described: u64,
+    /// How often SQLite had prepared the statement again (for a schema
+    /// another connection changed) when the columns were read.
+    reprepared: i32,
 }
 
-// SAFETY: the statement is used only by the connection that owns the
-// cursor (through `&mut`), and an SQLite connection opened NO_MUTEX may move
+// SAFETY: the statement is used only by the connection that owns it
+// (through `&mut`), and an SQLite connection opened NO_MUTEX may move
 // between threads as long as it is used by one at a time, as rusqlite's
 // `Connection: Send` relies on too.
-unsafe impl Send for Cursor {}
+unsafe impl Send for Raw {}
 
-impl Drop for Cursor {
+impl Drop for Raw {
     fn drop(&mut self) {
-        // SAFETY: `stmt` came from sqlite3_prepare_v2 and is finalized once.
+        // SAFETY: `stmt` came from sqlite3_prepare_v3 and is finalized once.
         unsafe {
             ffi::sqlite3_finalize(self.stmt);
         }
     }
 }
 
-impl Cursor {
-    fn open(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<Cursor> {
+impl Raw {
+    /// Prepares the one statement `sql` holds; `None` when it holds none
+    /// (empty, or only a comment). `persistent` tells SQLite the statement
+    /// will be kept and reused.
+    fn prepare(
+        conn: &rusqlite::Connection,
+        sql: &str,
+        persistent: bool,
+        generation: u64,
+    ) -> Result<Option<Raw>> {
         use std::os::raw::{c_char, c_int};
         let len = c_int::try_from(sql.len())
             .map_err(|_| Error::parameter("the statement is longer than SQLite accepts"))?;
         // SAFETY: the handle is used only while `conn` is borrowed here, and
-        // by the cursor, which the connection finalizes before it closes.
+        // by the statement, which the connection finalizes before it closes.
         let db = unsafe { conn.handle() };
         let mut stmt = std::ptr::null_mut();
         let mut tail: *const c_char = std::ptr::null();
+        let flags = if persistent {
+            ffi::SQLITE_PREPARE_PERSISTENT
+        } else {
+            0
+        };
         // SAFETY: `sql` is valid for `len` bytes; out-pointers are valid.
-        let rc =
-            unsafe { ffi::sqlite3_prepare_v2(db, sql.as_ptr().cast(), len, &mut stmt, &mut tail) };
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v3(db, sql.as_ptr().cast(), len, flags, &mut stmt, &mut tail)
+        };
         if rc != ffi::SQLITE_OK {
             return Err(last_error(db, rc));
         }
         if stmt.is_null() {
-            return Err(Error::parameter("the statement to stream is empty"));
+            return Ok(None);
         }
-        // SAFETY: `stmt` is a valid prepared statement from here on.
-        let mut cursor = Cursor {
+        // SAFETY: `stmt` is a valid prepared statement from here on, owned
+        // (and finalized) by `raw`.
+        let mut raw = Raw {
             db,
             stmt,
+            params: unsafe { ffi::sqlite3_bind_parameter_count(stmt) } as usize,
             columns: Vec::new().into(),
             decls: Vec::new(),
+            described: generation,
+            reprepared: 0,
         };
         let used = (tail as usize).saturating_sub(sql.as_ptr() as usize);
-        if !sql
-            .get(used..)
-            .unwrap_or("")
-            .trim()
-            .trim_matches(';')
-            .trim()
-            .is_empty()
-        {
+        let rest = sql.get(used..).unwrap_or("");
+        if !rest.trim().is_empty() && Raw::prepare(conn, rest, false, generation)?.is_some() {
             return Err(Error::parameter(
-                "more than one statement was given to stream; stream one query",
+                "more than one statement was given; use execute_batch for scripts",
             ));
         }
-        // SAFETY (all calls below): `stmt` is valid; indexes are in range.
-        let expected = unsafe { ffi::sqlite3_bind_parameter_count(stmt) } as usize;
-        if expected != params.len() {
+        raw.describe(generation);
+        Ok(Some(raw))
+    }
+
+    /// Reads the result's column names and declared types.
+    fn describe(&mut self, generation: u64) {
+        // SAFETY (all calls): `stmt` is valid; indexes are in range.
+        let count = unsafe { ffi::sqlite3_column_count(self.stmt) };
+        let mut names = Vec::with_capacity(count as usize);
+        self.decls.clear();
+        for i in 0..count {
+            let name = unsafe { c_str(ffi::sqlite3_column_name(self.stmt, i)) };
+            names.push(Arc::<str>::from(name.unwrap_or_default()));
+            let decl = unsafe { c_str(ffi::sqlite3_column_decltype(self.stmt, i)) };
+            self.decls.push(Decl::of(decl.as_deref()));
+        }
+        self.columns = names.into();
+        self.described = generation;
+        self.reprepared = self.reprepared_count();
+    }
+
+    fn reprepared_count(&self) -> i32 {
+        // SAFETY: `stmt` is valid; the counter is only read.
+        unsafe { ffi::sqlite3_stmt_status(self.stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0) }
+    }
+
+    /// Reads the columns again when the schema changed on this connection
+    /// since they were read, or SQLite prepared the statement again for a
+    /// schema another connection changed.
+    #[inline]
+    fn refresh(&mut self, generation: u64) {
+        if self.described != generation || self.reprepared_count() != self.reprepared {
+            self.describe(generation);
+        }
+    }
+
+    /// Binds `params` in order, after checking their number.
+    fn bind(&self, params: &[Value]) -> Result<()> {
+        use std::os::raw::c_int;
+        if self.params != params.len() {
             return Err(Error::parameter(format!(
-                "the statement has {expected} placeholders but {} values were given",
+                "the statement has {} placeholders but {} values were given",
+                self.params,
                 params.len()
             )));
         }
@@ -487,20 +510,22 @@ impl Cursor {
                 ToSqlOutput::Owned(o) => ValueRef::from(o),
                 _ => ValueRef::Null,
             };
+            // SAFETY: `stmt` is valid and `n` is within its parameters;
+            // text and blobs are copied by SQLite (SQLITE_TRANSIENT).
             let rc = unsafe {
                 match r {
-                    ValueRef::Null => ffi::sqlite3_bind_null(stmt, n),
-                    ValueRef::Integer(x) => ffi::sqlite3_bind_int64(stmt, n, x),
-                    ValueRef::Real(x) => ffi::sqlite3_bind_double(stmt, n, x),
+                    ValueRef::Null => ffi::sqlite3_bind_null(self.stmt, n),
+                    ValueRef::Integer(x) => ffi::sqlite3_bind_int64(self.stmt, n, x),
+                    ValueRef::Real(x) => ffi::sqlite3_bind_double(self.stmt, n, x),
                     ValueRef::Text(t) => ffi::sqlite3_bind_text(
-                        stmt,
+                        self.stmt,
                         n,
                         t.as_ptr().cast(),
                         t.len() as c_int,
                         ffi::SQLITE_TRANSIENT(),
                     ),
                     ValueRef::Blob(b) => ffi::sqlite3_bind_blob(
-                        stmt,
+                        self.stmt,
                         n,
                         b.as_ptr().cast(),
                         b.len() as c_int,
@@ -509,32 +534,28 @@ impl Cursor {
                 }
             };
             if rc != ffi::SQLITE_OK {
-                return Err(last_error(db, rc));
+                return Err(last_error(self.db, rc));
             }
         }
-        let count = unsafe { ffi::sqlite3_column_count(stmt) };
-        let mut names = Vec::with_capacity(count as usize);
-        for i in 0..count {
-            let name = unsafe { c_str(ffi::sqlite3_column_name(stmt, i)) };
-            names.push(Arc::<str>::from(name.unwrap_or_default()));
-            let decl = unsafe { c_str(ffi::sqlite3_column_decltype(stmt, i)) };
-            cursor.decls.push(Decl::of(decl.as_deref()));
-        }
-        cursor.columns = names.into();
-        Ok(cursor)
+        Ok(())
     }
 
-    /// Steps up to `max` rows into `out`; `Ok(false)` when done.
-    fn step(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
-        out.reserve(max);
-        for _ in 0..max {
-            // SAFETY: `stmt` is valid until the cursor drops.
+    /// Steps up to `max` rows into `out`; `Ok(false)` when done. The
+    /// columns are checked at the first row, after SQLite had its chance to
+    /// prepare the statement again for a changed schema.
+    #[inline]
+    fn step(&mut self, max: usize, out: &mut Vec<Row>, generation: u64) -> Result<bool> {
+        for n in 0..max {
+            // SAFETY: `stmt` is valid until `self` drops.
             let rc = unsafe { ffi::sqlite3_step(self.stmt) };
             if rc != ffi::SQLITE_ROW {
                 return match rc {
                     ffi::SQLITE_DONE => Ok(false),
                     _ => Err(last_error(self.db, rc)),
                 };
+            }
+            if n == 0 {
+                self.refresh(generation);
             }
             // A narrow row's values are gathered in the row itself.
             let mut values = value::Values::new();
@@ -572,6 +593,116 @@ impl Cursor {
             }
         };
         read(v, decl)
+    }
+
+    /// Ends a run of the statement so that it can run again and holds no
+    /// read lock; the values bound are let go.
+    #[inline]
+    fn reset(&mut self) {
+        // SAFETY: `stmt` is valid. The error sqlite3_reset returns is the
+        // run's own, already reported by `step`.
+        unsafe {
+            ffi::sqlite3_reset(self.stmt);
+            if self.params > 0 {
+                ffi::sqlite3_clear_bindings(self.stmt);
+            }
+        }
+    }
+}
+
+/// A stream's statement: one prepared for it alone, stepped from one
+/// fetch to the next, finalized when the stream ends.
+struct Cursor(Raw);
+
+impl Cursor {
+    fn open(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<Cursor> {
+        let raw = Raw::prepare(conn, sql, false, 0)?
+            .ok_or_else(|| Error::parameter("the statement to stream is empty"))?;
+        raw.bind(params)?;
+        Ok(Cursor(raw))
+    }
+
+    /// Steps up to `max` rows into `out`; `Ok(false)` when done.
+    fn step(&mut self, max: usize, out: &mut Vec<Row>) -> Result<bool> {
+        out.reserve(max);
+        let generation = self.0.described;
+        self.0.step(max, out, generation)
+    }
+}
+
+/// The statements a connection's queries ran, prepared once and kept, by
+/// text: a query run again costs a hash and a comparison, not a parse and
+/// a plan, nor rusqlite's cache churn (out of its LRU and back per call).
+/// Bounded; past the bound the least recently used is finalized.
+struct Statements {
+    list: Vec<(Box<str>, Raw, u64)>,
+    index: std::collections::HashMap<Box<str>, usize, crate::sql::TextHash>,
+    /// The entry used last (a batch job runs one statement in a loop).
+    last: usize,
+    clock: u64,
+}
+
+impl Statements {
+    /// Statements kept per connection, as rusqlite's cache is set to.
+    const CAPACITY: usize = 256;
+
+    fn new() -> Statements {
+        Statements {
+            list: Vec::new(),
+            index: Default::default(),
+            last: usize::MAX,
+            clock: 0,
+        }
+    }
+
+    /// The prepared statement of `sql`, prepared now if it is not kept;
+    /// `None` when `sql` holds no statement.
+    #[inline]
+    fn get(
+        &mut self,
+        conn: &rusqlite::Connection,
+        sql: &str,
+        generation: u64,
+    ) -> Result<Option<&mut Raw>> {
+        self.clock += 1;
+        let at = match self.list.get(self.last) {
+            Some((text, _, _)) if **text == *sql => self.last,
+            _ => match self.index.get(sql) {
+                Some(&i) => i,
+                None => match Raw::prepare(conn, sql, true, generation)? {
+                    None => return Ok(None),
+                    Some(raw) => self.insert(sql, raw),
+                },
+            },
+        };
+        self.last = at;
+        let (_, raw, used) = &mut self.list[at];
+        *used = self.clock;
+        Ok(Some(raw))
+    }
+
+    #[cold]
+    fn insert(&mut self, sql: &str, raw: Raw) -> usize {
+        if self.list.len() >= Self::CAPACITY {
+            let oldest = (0..self.list.len())
+                .min_by_key(|&i| self.list[i].2)
+                .unwrap_or(0);
+            let (text, _, _) = self.list.swap_remove(oldest);
+            self.index.remove(&text);
+            if let Some((moved, _, _)) = self.list.get(oldest) {
+                self.index.insert(moved.clone(), oldest);
+            }
+        }
+        self.list.push((sql.into(), raw, self.clock));
+        self.index.insert(sql.into(), self.list.len() - 1);
+        self.list.len() - 1
+    }
+
+    /// Finalizes every statement kept.
+    fn clear(&mut self) {
+        self.list.clear();
+        self.index.clear();
+        self.last = usize::MAX;
     }
 }
 
