@@ -513,9 +513,16 @@ fn mariadb_select_one(settings: &Settings, report: &mut Report, url: &str) -> Ou
 
 const SQ_MAIN: &str = "SELECT 1 (in memory, prepare_cached, 1 thread)";
 const SQ_NAIVE: &str = "SELECT 1 via r2d2_sqlite defaults";
+const SQ_POOLED: &str = "SELECT 1 via bare r2d2, no checkout test";
+const SQ_OVER_POOLED: &str = "SELECT 1, dbmanager vs bare r2d2 + prepare_cached";
 
 fn sqlite(settings: &Settings, report: &mut Report) {
-    let keys = [format!("sqlite {SQ_MAIN}"), format!("sqlite {SQ_NAIVE}")];
+    let keys = [
+        format!("sqlite {SQ_MAIN}"),
+        format!("sqlite {SQ_NAIVE}"),
+        format!("sqlite {SQ_POOLED}"),
+        format!("sqlite {SQ_OVER_POOLED}"),
+    ];
     if !settings.wants(&keys) {
         return;
     }
@@ -528,6 +535,14 @@ fn sqlite_select_one(settings: &Settings, report: &mut Report) -> Outcome<()> {
     let raw = rusqlite::Connection::open_in_memory()?;
     let db = manager("bench_sqlite", "sqlite::memory:", None, None)?;
     let naive = r2d2::Pool::new(r2d2_sqlite::SqliteConnectionManager::memory())?;
+    // What any pooled design pays at least: r2d2's own get and return
+    // (with our pool's settings: no test on checkout, warmed), around the
+    // raw side's cached statement.
+    let pooled = r2d2::Pool::builder()
+        .max_size(4)
+        .min_idle(Some(0))
+        .test_on_check_out(false)
+        .build(r2d2_sqlite::SqliteConnectionManager::memory())?;
 
     let m = measure(
         settings,
@@ -546,10 +561,18 @@ fn sqlite_select_one(settings: &Settings, report: &mut Report) -> Outcome<()> {
                 black_box(v);
                 Ok(())
             }),
+            Side::serial("bare r2d2", || {
+                let c = pooled.get()?;
+                let v: i64 = c.prepare_cached("SELECT 1")?.query_row([], |r| r.get(0))?;
+                black_box(v);
+                Ok(())
+            }),
         ],
     )?;
     report.line("sqlite", SQ_MAIN, &m, 0, 1, Goal::ExtraNs(300.0));
     report.line("sqlite", SQ_NAIVE, &m, 0, 2, Goal::Scale);
+    report.line("sqlite", SQ_POOLED, &m, 0, 3, Goal::Scale);
+    report.line("sqlite", SQ_OVER_POOLED, &m, 3, 1, Goal::Scale);
     db.close();
     Ok(())
 }

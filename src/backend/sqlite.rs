@@ -556,6 +556,10 @@ impl Raw {
             }
             if n == 0 {
                 self.refresh(generation);
+                if out.capacity() == 0 {
+                    // Room for the usual few rows, made at once.
+                    *out = Vec::with_capacity(4);
+                }
             }
             // A narrow row's values are gathered in the row itself.
             let mut values = value::Values::new();
