@@ -332,7 +332,7 @@ impl Connector for PgConnector {
         Ok(Box::new(PgConnection {
             rt: Some(rt),
             client: Some(client),
-            statements: HashMap::new(),
+            statements: HashMap::default(),
             canceller,
             socket,
             tx_failed: None,
@@ -367,7 +367,7 @@ struct PgConnection {
     /// `Some` until dropped; see `Drop`.
     rt: Option<Runtime>,
     client: Option<Client>,
-    statements: HashMap<String, (Statement, Columns)>,
+    statements: HashMap<String, (Statement, Columns), crate::sql::TextHash>,
     canceller: Arc<dyn Canceller>,
     socket: SocketHandle,
     /// Inside a transaction begun here: whether a statement in it failed on
