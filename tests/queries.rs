@@ -1146,3 +1146,33 @@ fn kept_statements_follow_schema_changes(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(kept_statements_follow_schema_changes);
+
+/// PostgreSQL: a session's prepared statements dropped under the pool
+/// (`DEALLOCATE ALL`, `DISCARD ALL` run by the program) are prepared again;
+/// inside a transaction, which the server aborts then, the error says to
+/// run it again, and the next transaction works.
+#[test]
+fn postgres_statements_deallocated_under_a_connection_are_prepared_again() -> Result<()> {
+    let db = Backend::Postgres.open()?;
+    let mut c = db.connection()?;
+    let one = |c: &mut dbmanager::PooledConnection| -> Result<i64> {
+        c.query_one("SELECT 41 + 1 AS v", ())?.get("v")
+    };
+    assert_eq!(one(&mut c)?, 42);
+    c.execute_batch("DEALLOCATE ALL")?;
+    assert_eq!(one(&mut c)?, 42);
+    c.execute_batch("DISCARD ALL")?;
+    assert_eq!(one(&mut c)?, 42);
+
+    c.execute_batch("DEALLOCATE ALL")?;
+    let e = c
+        .transaction(|tx| tx.query_one("SELECT 41 + 1 AS v", ()))
+        .unwrap_err();
+    assert_eq!(e.db_code(), Some("26000"), "{e}");
+    assert!(e.to_string().contains("run it again"), "{e}");
+    let v: i64 = c
+        .transaction(|tx| tx.query_one("SELECT 41 + 1 AS v", ()))?
+        .get("v")?;
+    assert_eq!(v, 42);
+    Ok(())
+}

@@ -695,7 +695,8 @@ impl PgConnection {
     /// Runs `run` with the kept prepared statement of `sql`. When the
     /// server refuses it because the tables it reads changed since it was
     /// prepared ("cached plan must not change result type", as after another
-    /// session's `ALTER TABLE`), the statement is dropped and, outside a
+    /// session's `ALTER TABLE`) or it no longer exists (the session's
+    /// statements deallocated), the statement is dropped and, outside a
     /// transaction (which that error aborts), prepared again and run once
     /// more.
     fn with_plan<T>(
@@ -705,11 +706,18 @@ impl PgConnection {
     ) -> Result<T> {
         let (stmt, columns) = self.prepared(sql)?;
         match run(self, stmt, columns) {
-            Err(e) if is_stale_plan(&e) => {
-                self.statements.remove(sql);
+            Err(e) if is_stale_plan(&e) || e.db_code() == Some("26000") => {
+                if e.db_code() == Some("26000") {
+                    // The session's statements are gone (`DEALLOCATE ALL`,
+                    // `DISCARD ALL`): none of those kept can be used.
+                    self.statements.clear();
+                } else {
+                    self.statements.remove(sql);
+                }
                 if self.tx_failed.is_some() {
                     return Err(e.with_hint(
-                        "a table the statement reads changed since this connection prepared it;                          the transaction is aborted: run it again",
+                        "the statement changed or went away on the server since this \
+                         connection prepared it; the transaction is aborted: run it again",
                     ));
                 }
                 let (stmt, columns) = self.prepared(sql)?;
