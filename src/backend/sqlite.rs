@@ -191,22 +191,19 @@ impl Connection for SqliteConnection {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        // It may change the schema: the columns are read again.
-        self.schema += 1;
-        let mut stmt = self.conn.prepare_cached(sql).map_err(classify)?;
-        match stmt.execute(rusqlite::params_from_iter(params.iter())) {
-            Ok(n) => Ok(n as u64),
-            Err(rusqlite::Error::ExecuteReturnedResults) => {
-                // A statement that returns rows (RETURNING, PRAGMA): run it to
-                // the end and report what it changed.
-                let mut rows = stmt
-                    .query(rusqlite::params_from_iter(params.iter()))
-                    .map_err(classify)?;
-                while rows.next().map_err(classify)?.is_some() {}
-                Ok(self.conn.changes())
-            }
-            Err(e) => Err(classify(e)),
+        if may_change_schema(sql) {
+            // The kept statements' columns are read again.
+            self.schema += 1;
         }
+        let schema = self.schema;
+        let raw = self
+            .statements
+            .get(&self.conn, sql, schema)?
+            .ok_or_else(|| Error::parameter("the statement is empty"))?;
+        // A statement that returns rows (RETURNING, PRAGMA) runs to its end.
+        let result = raw.bind(params).and_then(|()| raw.run_to_end());
+        raw.reset();
+        result.map(|()| self.conn.changes())
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
@@ -572,6 +569,18 @@ impl Raw {
         Ok(true)
     }
 
+    /// Steps to the end, reading no row.
+    fn run_to_end(&mut self) -> Result<()> {
+        loop {
+            // SAFETY: `stmt` is valid until `self` drops.
+            match unsafe { ffi::sqlite3_step(self.stmt) } {
+                ffi::SQLITE_ROW => {}
+                ffi::SQLITE_DONE => return Ok(()),
+                rc => return Err(last_error(self.db, rc)),
+            }
+        }
+    }
+
     /// Column `i` of the current row, read as its declared type says.
     #[inline]
     fn column(&self, i: std::os::raw::c_int, decl: Decl) -> Value {
@@ -708,6 +717,20 @@ impl Statements {
         self.index.clear();
         self.last = usize::MAX;
     }
+}
+
+/// Whether a statement run by `execute` may change the schema: anything
+/// but a plain `INSERT`, `UPDATE`, `DELETE` or `REPLACE` (a statement that
+/// starts with a comment or `WITH` counts as one that may).
+fn may_change_schema(sql: &str) -> bool {
+    let word = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    !["INSERT", "UPDATE", "DELETE", "REPLACE"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// The bytes at `p` (empty when null).
@@ -960,6 +983,29 @@ fn classify(e: rusqlite::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_writes_leave_the_schema_alone() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "  update t SET a = 1",
+            "Delete FROM t",
+            "REPLACE INTO t VALUES (1)",
+        ] {
+            assert!(!may_change_schema(sql), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE t (a INTEGER)",
+            "ALTER TABLE t ADD b INTEGER",
+            "DROP TABLE t",
+            "-- a comment\nINSERT INTO t VALUES (1)",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+            "INSERTX",
+            "",
+        ] {
+            assert!(may_change_schema(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn url_forms() {
