@@ -9,7 +9,8 @@
 //! Run it with two counts and divide the difference in instructions by the
 //! difference in calls: that is the cost of one call, start-up left out.
 //! `raw` runs rusqlite's `prepare_cached` directly (the overhead bench's
-//! baseline); `nometrics` turns metrics off.
+//! baseline); `nometrics` turns metrics off; `param` runs `SELECT ? + 1`
+//! with one parameter, and `rawparam` the same on rusqlite.
 use dbmanager::{DatabaseConfig, DatabaseManager};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -21,6 +22,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = args.next().unwrap_or_default();
     let raw = mode == "raw";
     let metrics = mode != "nometrics";
+    if mode == "rawparam" {
+        let c = rusqlite::Connection::open_in_memory()?;
+        for i in 0..n as i64 {
+            let v: i64 = c
+                .prepare_cached("SELECT ? + 1")?
+                .query_row([i], |r| r.get(0))?;
+            std::hint::black_box(v);
+        }
+        return Ok(());
+    }
     if raw {
         let c = rusqlite::Connection::open_in_memory()?;
         for _ in 0..n {
@@ -35,6 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .metrics(metrics)
             .build()?,
     )?;
+    if mode == "param" {
+        for i in 0..n as i64 {
+            let rows = db.execute_query("SELECT ? + 1", (i,))?;
+            let v: i64 = rows.first().ok_or("no row")?.get(0)?;
+            std::hint::black_box(v);
+        }
+        return Ok(());
+    }
     for _ in 0..n {
         let rows = db.execute_query("SELECT 1", ())?;
         let v: i64 = rows.first().ok_or("no row")?.get(0)?;

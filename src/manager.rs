@@ -217,14 +217,14 @@ impl DatabaseManager {
         if policy.attempts <= 1 {
             return self
                 .shared
-                .run_since(None, op, sql, params, limit, site, now);
+                .run_since(None, op, sql, &params, limit, site, now);
         }
         let harmless = policy.retry_writes || self.shared.config.read_only;
         let mut first = Some(now);
         self.shared.retrying_since(&policy, op.name(), now, || {
             let at = first.take().unwrap_or_else(Instant::now);
             self.shared
-                .run_since(None, op, sql, params.clone(), limit, site, at)
+                .run_since(None, op, sql, &params, limit, site, at)
                 .map_err(|e| {
                     let again = e.is_retryable() && (harmless || e.was_unsent());
                     let kind = again.then(|| e.kind());

@@ -32,6 +32,7 @@
 //! transaction.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::Location;
@@ -114,12 +115,12 @@ struct Budget {
 
 /// A statement ready to run: its native text (when it differs from the
 /// caller's) and its values in placeholder order.
-struct Prepared {
+struct Prepared<'p> {
     translated: Option<Arc<Translated>>,
-    values: Vec<Value>,
+    values: Cow<'p, [Value]>,
 }
 
-impl Prepared {
+impl Prepared<'_> {
     fn native<'a>(&'a self, sql: &'a str) -> &'a str {
         self.translated.as_deref().map_or(sql, |t| t.sql.as_str())
     }
@@ -716,7 +717,7 @@ impl Shared {
         limit: Limit,
         site: &'static Location<'static>,
     ) -> Result<Outcome> {
-        self.run_since(conn, op, sql, params, limit, site, Instant::now())
+        self.run_since(conn, op, sql, &params, limit, site, Instant::now())
     }
 
     /// [`run_at`](Self::run_at), from `now`, a clock read the caller just
@@ -734,7 +735,7 @@ impl Shared {
         conn: Option<&mut Pooled>,
         op: Op,
         sql: &str,
-        params: Params,
+        params: &Params,
         limit: Limit,
         site: &'static Location<'static>,
         now: Instant,
@@ -800,8 +801,21 @@ impl Shared {
         params: Params,
     ) -> Result<(String, Vec<Value>)> {
         self.refuse_writes(op, sql)?;
-        let prepared = self.prepare(op, sql, params)?;
-        Ok((prepared.native(sql).to_owned(), prepared.values))
+        let (native, owned) = {
+            let prepared = self.prepare(op, sql, &params)?;
+            let native = prepared.native(sql).to_owned();
+            let owned = match prepared.values {
+                Cow::Owned(values) => Some(values),
+                Cow::Borrowed(_) => None,
+            };
+            (native, owned)
+        };
+        // Borrowed: the caller's own list, in order, taken as it is.
+        let values = owned.unwrap_or_else(|| match params {
+            Params::Positional(values) => values,
+            Params::None | Params::Named(_) => Vec::new(),
+        });
+        Ok((native, values))
     }
 
     /// Stages 4 to 6 around an execute stage other than one statement: a
@@ -883,17 +897,17 @@ impl Shared {
     }
 
     /// Stage 3: the native form of the statement and its values in order.
-    fn prepare(&self, op: Op, sql: &str, params: Params) -> Result<Prepared> {
+    fn prepare<'p>(&self, op: Op, sql: &str, params: &'p Params) -> Result<Prepared<'p>> {
         if matches!(op, Op::Begin | Op::Commit | Op::Rollback) {
             return Ok(Prepared {
                 translated: None,
-                values: Vec::new(),
+                values: Cow::Borrowed(&[]),
             });
         }
         if matches!(op, Op::Script | Op::Copy) {
             // Native as written; the values are COPY's data, if any.
             let values =
-                sql::bind(&Binds::Native, params).map_err(|e| e.on_database(self.name()))?;
+                sql::bind_ref(&Binds::Native, params).map_err(|e| e.on_database(self.name()))?;
             return Ok(Prepared {
                 translated: None,
                 values,
@@ -904,7 +918,7 @@ impl Shared {
             // Nothing to translate or bind (the common `SELECT 1`).
             return Ok(Prepared {
                 translated,
-                values: Vec::new(),
+                values: Cow::Borrowed(&[]),
             });
         }
         let binds = translated.as_deref().map_or(&Binds::Native, |t| &t.binds);
@@ -914,7 +928,7 @@ impl Shared {
             )
             .on_database(self.name()));
         }
-        let values = sql::bind(binds, params).map_err(|e| e.on_database(self.name()))?;
+        let values = sql::bind_ref(binds, params).map_err(|e| e.on_database(self.name()))?;
         Ok(Prepared { translated, values })
     }
 

@@ -28,6 +28,9 @@ use crate::value::{self, Columns, Row, Value};
 /// reads it; each fetch is one watchdog registration.
 const STREAM_ROWS_PER_FETCH: usize = 128;
 
+/// Bytes of text or blob a kept statement lets go of once it has run.
+const LARGE_BINDING: usize = 4096;
+
 /// Default wait on a locked database when no query timeout is configured.
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -385,6 +388,8 @@ struct Raw {
     /// How often SQLite had prepared the statement again (for a schema
     /// another connection changed) when the columns were read.
     reprepared: i32,
+    /// A long text or blob is bound: let go of it at reset.
+    holds_large: bool,
 }
 
 // SAFETY: the statement is used only by the connection that owns it
@@ -445,6 +450,7 @@ impl Raw {
             decls: Vec::new(),
             described: generation,
             reprepared: 0,
+            holds_large: false,
         };
         let used = (tail as usize).saturating_sub(sql.as_ptr() as usize);
         let rest = sql.get(used..).unwrap_or("");
@@ -490,7 +496,7 @@ impl Raw {
     }
 
     /// Binds `params` in order, after checking their number.
-    fn bind(&self, params: &[Value]) -> Result<()> {
+    fn bind(&mut self, params: &[Value]) -> Result<()> {
         use std::os::raw::c_int;
         if self.params != params.len() {
             return Err(Error::parameter(format!(
@@ -507,6 +513,9 @@ impl Raw {
                 ToSqlOutput::Owned(o) => ValueRef::from(o),
                 _ => ValueRef::Null,
             };
+            if let ValueRef::Text(b) | ValueRef::Blob(b) = r {
+                self.holds_large |= b.len() > LARGE_BINDING;
+            }
             // SAFETY: `stmt` is valid and `n` is within its parameters;
             // text and blobs are copied by SQLite (SQLITE_TRANSIENT).
             let rc = unsafe {
@@ -609,15 +618,17 @@ impl Raw {
     }
 
     /// Ends a run of the statement so that it can run again and holds no
-    /// read lock; the values bound are let go.
+    /// read lock; a long text or blob bound is let go (the next run binds
+    /// every parameter again anyway).
     #[inline]
     fn reset(&mut self) {
         // SAFETY: `stmt` is valid. The error sqlite3_reset returns is the
         // run's own, already reported by `step`.
         unsafe {
             ffi::sqlite3_reset(self.stmt);
-            if self.params > 0 {
+            if self.holds_large {
                 ffi::sqlite3_clear_bindings(self.stmt);
+                self.holds_large = false;
             }
         }
     }
@@ -629,7 +640,7 @@ struct Cursor(Raw);
 
 impl Cursor {
     fn open(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<Cursor> {
-        let raw = Raw::prepare(conn, sql, false, 0)?
+        let mut raw = Raw::prepare(conn, sql, false, 0)?
             .ok_or_else(|| Error::parameter("the statement to stream is empty"))?;
         raw.bind(params)?;
         Ok(Cursor(raw))

@@ -1,19 +1,22 @@
 //! The caller's values put in the order a translated statement's placeholders take them.
 
+use std::borrow::Cow;
+
 use super::Binds;
 use crate::error::{Error, Result};
 use crate::value::{Params, Value};
 
-/// Orders the caller's values for the native placeholders.
-pub(crate) fn bind(binds: &Binds, params: Params) -> Result<Vec<Value>> {
+/// Orders the caller's values for the native placeholders: the caller's
+/// own list when it is in order already (no copy), else a new one.
+pub(crate) fn bind_ref<'a>(binds: &Binds, params: &'a Params) -> Result<Cow<'a, [Value]>> {
     match (binds, params) {
-        (Binds::Native, Params::None) => Ok(Vec::new()),
-        (Binds::Native, Params::Positional(v)) => Ok(v),
+        (Binds::Native, Params::None) => Ok(Cow::Borrowed(&[])),
+        (Binds::Native, Params::Positional(v)) => Ok(Cow::Borrowed(v)),
         (Binds::Native, Params::Named(_)) => Err(Error::parameter(
             "named parameters were given but the statement has no `:name` placeholder",
         )),
-        (Binds::Positional(n), Params::Positional(v)) if v.len() == *n => Ok(v),
-        (Binds::Positional(n), Params::None) if *n == 0 => Ok(Vec::new()),
+        (Binds::Positional(n), Params::Positional(v)) if v.len() == *n => Ok(Cow::Borrowed(v)),
+        (Binds::Positional(n), Params::None) if *n == 0 => Ok(Cow::Borrowed(&[])),
         (Binds::Positional(n), Params::Positional(v)) => Err(Error::parameter(format!(
             "the statement has {n} `?` placeholder{} but {} value{} given",
             if *n == 1 { "" } else { "s" },
@@ -71,7 +74,8 @@ pub(crate) fn bind(binds: &Binds, params: Params) -> Result<Vec<Value>> {
                             Error::parameter(format!("no value was given for `:{name}`"))
                         })
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()
+                .map(Cow::Owned)
         }
         (Binds::Named(names), _) => Err(Error::parameter(format!(
             "the statement uses named placeholders ({}); give them with params! {{ … }} or a map",
@@ -97,6 +101,10 @@ fn list_names(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bind(binds: &Binds, params: Params) -> Result<Vec<Value>> {
+        bind_ref(binds, &params).map(Cow::into_owned)
+    }
 
     #[test]
     fn binding_checks_counts_and_names() {

@@ -29,7 +29,7 @@ mod translate;
 use std::fmt;
 
 // used by the pipeline
-pub(crate) use bind::bind;
+pub(crate) use bind::bind_ref;
 pub(crate) use classify::{classify_statement, StatementKind};
 pub(crate) use normalise::normalise;
 // used by migrations
