@@ -33,7 +33,7 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::{Arc, OnceLock, Weak};
@@ -1131,22 +1131,43 @@ impl Shared {
         if !sql.bytes().any(|b| matches!(b, b'?' | b':' | b'[')) {
             return Ok(None);
         }
-        if let Some(t) = self.translations.lock().get(sql) {
-            return Ok(Some(Arc::clone(t)));
+        // The thread's last statement again (a loop): no lock, no hash.
+        let again = LAST_TRANSLATION
+            .try_with(|last| match &*last.try_borrow().ok()? {
+                Some((dialect, text, t)) if *dialect == self.dialect && **text == *sql => {
+                    Some(Arc::clone(t))
+                }
+                _ => None,
+            })
+            .ok()
+            .flatten();
+        if again.is_some() {
+            return Ok(again);
         }
-        let t = Arc::new(
-            sql::translate(sql, self.dialect)
-                .map_err(|e| Error::parameter(e.to_string()).on_database(self.name()))?,
-        );
-        let mut cache = self.translations.lock();
-        if cache.len() >= TRANSLATION_CACHE {
-            cache.clear();
-        }
-        cache.insert(sql.into(), Arc::clone(&t));
+        let cached = self.translations.lock().get(sql).cloned();
+        let t = match cached {
+            Some(t) => t,
+            None => {
+                let t = Arc::new(
+                    sql::translate(sql, self.dialect)
+                        .map_err(|e| Error::parameter(e.to_string()).on_database(self.name()))?,
+                );
+                let mut cache = self.translations.lock();
+                if cache.len() >= TRANSLATION_CACHE {
+                    cache.clear();
+                }
+                cache.insert(sql.into(), Arc::clone(&t));
+                t
+            }
+        };
+        let _ = LAST_TRANSLATION.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some((self.dialect, sql.into(), Arc::clone(&t)));
+            }
+        });
         Ok(Some(t))
     }
 
-    /// The statement texts cached for translation.
     pub(crate) fn translation_cache_len(&self) -> usize {
         self.translations.lock().len()
     }
@@ -1175,6 +1196,11 @@ impl Shared {
 }
 
 thread_local! {
+    /// The last statement this thread translated, by dialect (a
+    /// translation depends on nothing else).
+    static LAST_TRANSLATION: RefCell<Option<(Dialect, Box<str>, Arc<Translated>)>> =
+        const { RefCell::new(None) };
+
     /// Connection failures held back by the retry loop running on this
     /// thread; `None` outside one.
     static HELD: Cell<Option<u32>> = const { Cell::new(None) };
