@@ -146,22 +146,26 @@ impl Holder {
         if !self.out.load(Ordering::Acquire) {
             return None;
         }
-        let d = self.detail.lock();
-        let at = d.since?;
-        let (site, thread) = (d.site, d.thread);
-        let (last_sql, in_transaction) = if d.fresh {
-            (None, false)
-        } else {
-            let last_sql = (!d.last_sql.is_empty()).then(|| {
-                let mut sql = crate::sql::normalise(&d.last_sql, dialect, LAST_SQL_CHARS);
-                if d.last_sql_cut && !sql.ends_with('…') {
-                    sql.push('…');
-                }
-                sql
-            });
-            (last_sql, d.in_transaction)
+        // Copied out, normalised after: a checkout on the holder's thread
+        // waits for this lock.
+        let (at, site, thread, last) = {
+            let d = self.detail.lock();
+            let last = (!d.fresh).then(|| (d.last_sql.clone(), d.last_sql_cut, d.in_transaction));
+            (d.since?, d.site, d.thread, last)
         };
-        drop(d);
+        let (last_sql, in_transaction) = match last {
+            None => (None, false),
+            Some((sql, cut, in_transaction)) => {
+                let last_sql = (!sql.is_empty()).then(|| {
+                    let mut sql = crate::sql::normalise(&sql, dialect, LAST_SQL_CHARS);
+                    if cut && !sql.ends_with('…') {
+                        sql.push('…');
+                    }
+                    sql
+                });
+                (last_sql, in_transaction)
+            }
+        };
         Some(ConnectionHolder {
             held_for_ms: now.saturating_duration_since(at).as_millis() as u64,
             checked_out_at: site_of(site)
@@ -663,7 +667,8 @@ impl Pool {
     }
 
     /// Records who holds a connection just handed out, under its record's
-    /// lock (uncontended: only a report takes it otherwise).
+    /// lock (uncontended: only the holder's statements and a report take
+    /// it).
     #[inline]
     fn hold(conn: &mut Conn, now: Instant, site: &'static Location<'static>) {
         let site = match conn.site {
