@@ -87,7 +87,7 @@ pub(crate) struct Conn {
 /// Written by the holder's thread under the record's own lock, which no
 /// other thread takes but a report (a leak sweep, a checkout that timed
 /// out): uncontended, it costs two atomic instructions, less than turning
-/// the checkout instant into a number for an atomic. A report so never
+/// the checkout instant into a number for an atomic, and a report never
 /// mixes two holders' fields. The return only clears `out`: a plain store.
 struct Holder {
     /// Set while the connection is checked out; stored after `detail`.
