@@ -76,36 +76,36 @@ pub(crate) struct Conn {
     /// the same statement again.
     pub(crate) memo: Option<(u8, bool)>,
     holder: Arc<Holder>,
-    /// The checkout site whose number `holder.site` holds (a connection
-    /// checked out again and again from the same place, a loop, is not
-    /// looked up again).
-    site: Option<&'static Location<'static>>,
+    /// The last checkout site and its number (a connection checked out
+    /// again and again from the same place, a loop, is not looked up
+    /// again).
+    site: Option<(&'static Location<'static>, u32)>,
 }
 
 /// Who holds a connection, for leak reports and pool forensics.
 ///
-/// The checkout itself (when, where, by which thread) is a few atomics,
-/// written with plain stores on every checkout and return: no lock and no
-/// reference count on the hot path. The statement detail sits behind a
-/// lock taken once per statement. A report read while the connection
-/// changes hands may mix the two holders' fields; it is a report, and a
-/// leak is by definition not changing hands.
+/// Written by the holder's thread under the record's own lock, which no
+/// other thread takes but a report (a leak sweep, a checkout that timed
+/// out): uncontended, it costs two atomic instructions, less than turning
+/// the checkout instant into a number for an atomic, and a report never
+/// mixes two holders' fields. The return only clears `out`: a plain store.
 struct Holder {
-    /// When it was checked out, in nanoseconds since `epoch`, plus one;
-    /// 0 while it is in the pool.
-    since: AtomicU64,
-    /// Where it was checked out: an index into [`sites`].
-    site: AtomicU32,
-    /// The thread that checked it out: its number in [`threads`].
-    thread: AtomicU64,
-    /// No statement ran since the checkout: `detail` is an earlier holder's.
-    fresh: AtomicBool,
+    /// Set while the connection is checked out; stored after `detail`.
+    out: AtomicBool,
     leak_reported: AtomicBool,
     detail: Mutex<Detail>,
 }
 
-#[derive(Default)]
 struct Detail {
+    /// When it was last checked out.
+    since: Option<Instant>,
+    /// Where it was checked out: an index into [`sites`].
+    site: u32,
+    /// The thread that checked it out: its number in [`threads`].
+    thread: u64,
+    /// No statement ran since the checkout: the statement fields are an
+    /// earlier holder's.
+    fresh: bool,
     /// The start of the last statement as run (literals and all): only
     /// ever shown normalised, by [`Holder::report`].
     last_sql: String,
@@ -117,47 +117,60 @@ struct Detail {
 impl Holder {
     fn new() -> Holder {
         Holder {
-            since: AtomicU64::new(0),
-            site: AtomicU32::new(0),
-            thread: AtomicU64::new(0),
-            fresh: AtomicBool::new(true),
+            out: AtomicBool::new(false),
             leak_reported: AtomicBool::new(false),
-            detail: Mutex::new(Detail::default()),
+            detail: Mutex::new(Detail {
+                since: None,
+                site: 0,
+                thread: 0,
+                fresh: true,
+                last_sql: String::new(),
+                last_sql_cut: false,
+                in_transaction: false,
+            }),
         }
     }
 
     /// When it was checked out, if it is.
-    fn since(&self, epoch: Instant) -> Option<Instant> {
-        match self.since.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(epoch + Duration::from_nanos(n - 1)),
+    fn since(&self) -> Option<Instant> {
+        if !self.out.load(Ordering::Acquire) {
+            return None;
         }
+        self.detail.lock().since
     }
 
     /// Who holds the connection, its last statement normalised as in the
     /// slow-query log (literals as `?`): a statement may carry a secret in
     /// its text (`ALTER ROLE x PASSWORD '…'`).
-    fn report(&self, epoch: Instant, now: Instant, dialect: Dialect) -> Option<ConnectionHolder> {
-        let at = self.since(epoch)?;
-        let site = site_of(self.site.load(Ordering::Relaxed));
-        let thread = thread_name(self.thread.load(Ordering::Relaxed));
-        let (last_sql, in_transaction) = if self.fresh.load(Ordering::Relaxed) {
-            (None, false)
-        } else {
+    fn report(&self, now: Instant, dialect: Dialect) -> Option<ConnectionHolder> {
+        if !self.out.load(Ordering::Acquire) {
+            return None;
+        }
+        // Copied out, normalised after: a checkout on the holder's thread
+        // waits for this lock.
+        let (at, site, thread, last) = {
             let d = self.detail.lock();
-            let last_sql = (!d.last_sql.is_empty()).then(|| {
-                let mut sql = crate::sql::normalise(&d.last_sql, dialect, LAST_SQL_CHARS);
-                if d.last_sql_cut && !sql.ends_with('…') {
-                    sql.push('…');
-                }
-                sql
-            });
-            (last_sql, d.in_transaction)
+            let last = (!d.fresh).then(|| (d.last_sql.clone(), d.last_sql_cut, d.in_transaction));
+            (d.since?, d.site, d.thread, last)
+        };
+        let (last_sql, in_transaction) = match last {
+            None => (None, false),
+            Some((sql, cut, in_transaction)) => {
+                let last_sql = (!sql.is_empty()).then(|| {
+                    let mut sql = crate::sql::normalise(&sql, dialect, LAST_SQL_CHARS);
+                    if cut && !sql.ends_with('…') {
+                        sql.push('…');
+                    }
+                    sql
+                });
+                (last_sql, in_transaction)
+            }
         };
         Some(ConnectionHolder {
             held_for_ms: now.saturating_duration_since(at).as_millis() as u64,
-            checked_out_at: site.map_or_else(|| "<unknown>".to_owned(), ToString::to_string),
-            thread,
+            checked_out_at: site_of(site)
+                .map_or_else(|| "<unknown>".to_owned(), ToString::to_string),
+            thread: thread_name(thread),
             last_sql,
             in_transaction,
         })
@@ -285,7 +298,7 @@ pub(crate) struct Counters {
     pub(crate) leaks: AtomicU64,
     /// Every open connection's holder record.
     holders: Mutex<Vec<Weak<Holder>>>,
-    /// The instant the holders' checkout times count from.
+    /// The instant `suspect_before` counts from.
     epoch: Instant,
     /// The backend's dialect, to normalise the holders' last SQL.
     dialect: Dialect,
@@ -384,7 +397,23 @@ impl r2d2::ManageConnection for Manager {
     /// locks while the connection sits idle); one whose reset failed or
     /// that cannot be reset is closed.
     fn has_broken(&self, conn: &mut Box<Conn>) -> bool {
-        conn.holder.since.store(0, Ordering::Release);
+        conn.holder.out.store(false, Ordering::Release);
+        // The common case first, in a few loads: a clean connection of the
+        // pool's own size back from a plain read.
+        let marked = conn.broken | conn.running | conn.retired | conn.dirty;
+        let plain = !marked
+            && self.counters.open.load(Ordering::Relaxed) <= self.pool_size
+            && !conn.backend.is_closed();
+        !plain && self.unfit(conn)
+    }
+}
+
+impl Manager {
+    /// Whether a connection coming back must be closed, when it is not
+    /// plainly fit (see `has_broken`); a dirty one is reset here.
+    #[cold]
+    #[inline(never)]
+    fn unfit(&self, conn: &mut Conn) -> bool {
         if conn.broken || conn.running || conn.backend.is_closed() {
             self.counters.discarded.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -399,9 +428,7 @@ impl r2d2::ManageConnection for Manager {
         }
         conn.dirty && !self.reset(conn)
     }
-}
 
-impl Manager {
     /// Resets a session that a statement may have changed; false when it
     /// must be closed instead.
     fn reset(&self, conn: &mut Conn) -> bool {
@@ -522,14 +549,13 @@ struct LeakWatch {
 
 impl Sweep for LeakWatch {
     fn sweep(&self, now: Instant) {
-        let epoch = self.counters.epoch;
         for h in self.counters.live_holders() {
             let overdue = h
-                .since(epoch)
+                .since()
                 .is_some_and(|at| now.saturating_duration_since(at) >= self.threshold);
             if overdue && !h.leak_reported.swap(true, Ordering::Relaxed) {
                 self.counters.leaks.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = h.report(epoch, now, self.counters.dialect) {
+                if let Some(r) = h.report(now, self.counters.dialect) {
                     tracing::warn!(
                         database = %self.database,
                         held_for_ms = r.held_for_ms,
@@ -636,23 +662,33 @@ impl Pool {
         site: &'static Location<'static>,
     ) -> Result<(Pooled, Instant)> {
         let (mut conn, now) = self.get_conn(start, timeout)?;
-        self.hold(&mut conn, now, site);
+        Self::hold(&mut conn, now, site);
         Ok((conn, now))
     }
 
-    /// Records who holds a connection just handed out: plain stores, no
-    /// lock (the time is stored last, and read first by a report).
+    /// Records who holds a connection just handed out, under its record's
+    /// lock (uncontended: only the holder's statements and a report take
+    /// it).
     #[inline]
-    fn hold(&self, conn: &mut Pooled, now: Instant, site: &'static Location<'static>) {
-        if !conn.site.is_some_and(|s| std::ptr::eq(s, site)) {
-            conn.holder.site.store(site_number(site), Ordering::Relaxed);
-            conn.site = Some(site);
-        }
+    fn hold(conn: &mut Conn, now: Instant, site: &'static Location<'static>) {
+        let site = match conn.site {
+            Some((seen, n)) if std::ptr::eq(seen, site) => n,
+            _ => {
+                let n = site_number(site);
+                conn.site = Some((site, n));
+                n
+            }
+        };
+        let thread = thread_number();
         let h = &conn.holder;
-        h.thread.store(thread_number(), Ordering::Relaxed);
-        h.fresh.store(true, Ordering::Relaxed);
+        let mut d = h.detail.lock();
+        d.since = Some(now);
+        d.site = site;
+        d.thread = thread;
+        d.fresh = true;
+        drop(d);
         h.leak_reported.store(false, Ordering::Relaxed);
-        h.since.store(self.counters.stamp(now), Ordering::Release);
+        h.out.store(true, Ordering::Release);
     }
 
     /// Waits for a connection (the caller found none idle), vets it, and
@@ -691,7 +727,7 @@ impl Pool {
         let mut conn = self.inner.try_get()?;
         // Unfit, it goes back to r2d2 (which discards it) when dropped here.
         let now = self.vet(&mut conn, now)?;
-        self.hold(&mut conn, now, site);
+        Self::hold(&mut conn, now, site);
         Some((conn, now))
     }
 
@@ -700,8 +736,36 @@ impl Pool {
     /// 30 s), one that sat idle long enough or may have been lost is pinged.
     /// Returns when it was found fit (`now`, or after a ping the time the
     /// ping ended); `None` when it was not fit, marked to be discarded.
-    #[inline]
+    ///
+    /// Always inlined: in the common case (used recently, before its
+    /// lifetime, no connection lost of late) it is a few comparisons and
+    /// the backend's look at its socket.
+    #[inline(always)]
     fn vet(&self, conn: &mut Conn, now: Instant) -> Option<Instant> {
+        // Fresh: used less than `validate_after_idle` ago (an addition and a
+        // comparison, cheaper than measuring the idle time).
+        let fresh = conn
+            .last_used
+            .checked_add(self.validate_after_idle)
+            .map_or(true, |until| now < until);
+        if fresh
+            && conn.retire_at.map_or(true, |at| now < at)
+            && self.counters.suspect_before.load(Ordering::Relaxed) == 0
+        {
+            if conn.backend.peer_closed() {
+                self.closed_by_peer(conn);
+                return None;
+            }
+            return Some(now);
+        }
+        self.vet_closer(conn, now)
+    }
+
+    /// [`vet`](Self::vet) for a connection past its lifetime, or idle for
+    /// long, or idle since before a connection was lost.
+    #[cold]
+    #[inline(never)]
+    fn vet_closer(&self, conn: &mut Conn, now: Instant) -> Option<Instant> {
         if conn.retire_at.is_some_and(|at| now >= at) {
             conn.retired = true;
             return None;
@@ -710,8 +774,6 @@ impl Pool {
             0 => false,
             before => self.counters.stamp(conn.last_used) < before,
         };
-        // Fresh: used less than `validate_after_idle` ago (an addition and a
-        // comparison, cheaper than measuring the idle time).
         let fresh = conn
             .last_used
             .checked_add(self.validate_after_idle)
@@ -830,7 +892,7 @@ impl Pool {
         let all = self.counters.live_holders();
         let mut out: Vec<ConnectionHolder> = all
             .iter()
-            .filter_map(|h| h.report(self.counters.epoch, now, self.counters.dialect))
+            .filter_map(|h| h.report(now, self.counters.dialect))
             .collect();
         out.sort_by_key(|h| std::cmp::Reverse(h.held_for_ms));
         out
@@ -848,10 +910,9 @@ impl Pool {
     /// Returns whether it is the statement the connection ran last (the
     /// same text), so that what was learnt of that one may be reused.
     pub(crate) fn note(conn: &mut Conn, sql: &str, transaction: Option<bool>) -> bool {
-        let holder = &conn.holder;
-        let fresh = holder.fresh.load(Ordering::Relaxed);
-        let mut h = holder.detail.lock();
-        if fresh {
+        let mut h = conn.holder.detail.lock();
+        if h.fresh {
+            h.fresh = false;
             h.in_transaction = false;
         }
         let mut same = false;
@@ -879,13 +940,11 @@ impl Pool {
             h.in_transaction = t;
         }
         drop(h);
-        if fresh {
-            holder.fresh.store(false, Ordering::Relaxed);
-        }
         same
     }
 
     /// Marks a connection as used at `at` (the end of a statement).
+    #[inline]
     pub(crate) fn touch(conn: &mut Conn, at: Instant) {
         conn.last_used = at;
     }

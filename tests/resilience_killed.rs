@@ -116,6 +116,51 @@ each_backend!(
     [Postgres, MySql]
 );
 
+/// A connection killed while it sat idle is never handed out: the checkout
+/// finds it dead before anything is written to it (with a ping when it sat
+/// idle past `validate_after_idle`, else with a look at its socket) and
+/// hands out a new one. The statement runs on a held guard, so no retry
+/// could hide a dead connection handed out.
+fn a_connection_killed_while_idle_is_not_handed_out(b: Backend) -> Result<()> {
+    let _alone = common::alone();
+    let (label, id_sql) = (b.name(), b.session_id_sql());
+    let admin = common::manager(&common::unique_name("killer"), &b.admin_url())?;
+    for validate in [Duration::ZERO, Duration::from_secs(30)] {
+        let db = common::manager_with(&common::unique_name("idle_killed"), &b.url(), |c| {
+            c.pool_size(1).max_overflow(0).validate_after_idle(validate)
+        })?;
+        let first = db.connection()?.query_one(id_sql, ())?.get::<i64>("id")?;
+        kill(b, &admin, first)?;
+        // The kill takes effect on the server at once, but make sure.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut conn = db.connection()?;
+        let second = conn.query_one(id_sql, ())?.get::<i64>("id")?;
+        assert_ne!(
+            second, first,
+            "{label}, validate after {validate:?}: a new connection"
+        );
+        drop(conn);
+        let status = db.pool_status();
+        assert_eq!(
+            status.invalid, 1,
+            "{label}, validate after {validate:?}: the dead one was discarded"
+        );
+        assert_eq!(
+            status.connections_created, 2,
+            "{label}, validate after {validate:?}"
+        );
+        assert_eq!(
+            status.connections, 1,
+            "{label}, validate after {validate:?}"
+        );
+    }
+    Ok(())
+}
+each_backend!(
+    a_connection_killed_while_idle_is_not_handed_out,
+    [Postgres, MySql]
+);
+
 /// A connection past its maximum lifetime is replaced, not handed out.
 #[test]
 fn max_lifetime_recycles_connections() -> Result<()> {
