@@ -512,6 +512,14 @@ impl BulkPlan {
         })
     }
 
+    /// Whether writing with this plan may leave the session changed, so
+    /// that the pool resets it before the connection's next borrower:
+    /// PostgreSQL and SQL Server load upserts, updates and deletes through
+    /// a temporary table. MySQL and SQLite run plain statements only.
+    pub(crate) fn changes_session(&self) -> bool {
+        !matches!(self.dialect, Dialect::MySql | Dialect::Sqlite)
+    }
+
     /// Whether a statement binds its rows' values as they are, row after
     /// row (multi-row inserts and upserts), so that a backend may bind
     /// them straight from the rows.
