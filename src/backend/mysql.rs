@@ -565,7 +565,10 @@ impl Connection for MyConnection {
 
     /// Multi-row statements, each sized to fit the server's
     /// `max_allowed_packet`: a larger one would be refused, and the
-    /// connection closed.
+    /// connection closed. Updates join the target to their rows as a
+    /// derived table (`UPDATE t JOIN (SELECT … UNION ALL SELECT …) ON keys`),
+    /// so a key that matches nothing inserts nothing; deletes match their
+    /// keys with `IN (…)`.
     /// A row the server would refuse whatever the statement (it would
     /// close the connection too) is an error before anything is sent.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
@@ -583,9 +586,18 @@ impl Connection for MyConnection {
             let bytes: usize = rows[i].iter().map(wire_size).sum();
             return Err(too_large_error(i, bytes, packet));
         }
-        plan.run_statements_within(rows, budget, &mut |sql, params| {
-            self.not_cancelled()?;
-            self.execute(sql, params)
+        if let Some((i, len)) = plan.key_too_long(rows) {
+            return Err(Error::parameter(format!(
+                "the chunk's row {i} (counting from 0) has a text key of {len} bytes; a MySQL bulk update matches text keys of up to 65535 bytes (the server cuts longer ones short); update that row with execute"
+            )));
+        }
+        // Updates go run by run, each run's keys distinct, so that a key
+        // repeated in the chunk takes its later row.
+        plan.write_in_runs(rows, &mut |run, _| {
+            plan.run_statements_within(run, budget, &mut |sql, params| {
+                self.not_cancelled()?;
+                self.execute(sql, params)
+            })
         })
     }
 
