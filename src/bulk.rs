@@ -367,7 +367,7 @@ impl<'a> Bulk<'a> {
             }
         };
         // PostgreSQL's upserts, updates and deletes make a temporary table.
-        conn.dirty = true;
+        conn.dirty |= plan.changes_session();
         let mut load = Load {
             shared: &self.shared,
             conn,

@@ -123,6 +123,65 @@ fn every_entry_point(b: Backend) -> Result<()> {
 }
 each_backend!(every_entry_point);
 
+/// An update sets the rows whose keys it is given, many rows per statement
+/// where the server allows it (MariaDB: up to 1000), and inserts nothing
+/// for a key that matches no row. Rows affected are rows matched: a row
+/// set to the values it already has counts too (MySQL's
+/// `CLIENT_FOUND_ROWS`, as the other servers count).
+fn update_matches_without_inserting(b: Backend) -> Result<()> {
+    let db = b.open()?;
+    let t = people(&db)?;
+    db.bulk_insert(
+        &t.name,
+        &["id", "name", "score"],
+        (0..2500).map(|i| (i, format!("p{i}"), 1)),
+    )?;
+    // 2500 rows matching, ten that match nothing, in one chunk: three
+    // statements of up to 1000 rows on MariaDB.
+    let rows = || {
+        (0..2500)
+            .chain(10_000..10_010)
+            .map(|i| (i, format!("u{i}"), i % 10))
+    };
+    let update = || {
+        db.bulk(&t.name)
+            .chunk_size(3000)
+            .update(&["id", "name", "score"], &["id"], rows())
+    };
+    let r = update()?;
+    assert_eq!((r.rows, r.rows_affected, r.chunks), (2510, 2500, 1));
+    assert_eq!(t.count()?, 2500, "no row inserted");
+    assert_eq!(t.sum("score")?, (0..2500).map(|i| i % 10).sum::<i64>());
+    let row = db.query_one(
+        &format!("SELECT name, score FROM [{}] WHERE id = 1999", t.name),
+        (),
+    )?;
+    assert_eq!(row.get::<String>("name")?, "u1999");
+    assert_eq!(row.get::<i64>("score")?, 9);
+    // The same values again: every matched row still counts.
+    let r = update()?;
+    assert_eq!(r.rows_affected, 2500);
+    // Only some columns set, keyed on another column: the others keep
+    // their values.
+    let r = db.bulk_update(
+        &t.name,
+        &["score", "name"],
+        &["name"],
+        (0..5).map(|i| (100 + i, format!("u{i}"))),
+    )?;
+    assert_eq!(r.rows_affected, 5);
+    assert_eq!(
+        db.query_one(
+            &format!("SELECT id, score FROM [{}] WHERE name = 'u3'", t.name),
+            ()
+        )?
+        .get::<i64>("score")?,
+        103
+    );
+    Ok(())
+}
+each_backend!(update_matches_without_inserting);
+
 /// A key repeated within one load (and within one chunk) is written as
 /// the rows would be one by one: the later row wins, for upserts and
 /// updates alike, whatever the chunk size. (PostgreSQL's `ON CONFLICT`
@@ -347,6 +406,35 @@ fn nulls_and_every_value_type(b: Backend) -> Result<()> {
     for col in &VALUE_COLUMNS[1..] {
         assert_eq!(rows[1].value(*col), Some(&Value::Null), "{col} on {b:?}");
     }
+
+    // An update swaps them: every type set, and every column set to NULL
+    // (MySQL: through the derived table the rows are joined as).
+    let mut full_2 = full.clone();
+    full_2[0] = Value::I64(2);
+    let mut nulls_1 = vec![Value::I64(1)];
+    nulls_1.extend(std::iter::repeat(Value::Null).take(VALUE_COLUMNS.len() - 1));
+    let r = db.bulk_update(&t.name, &VALUE_COLUMNS, &["id"], vec![nulls_1, full_2])?;
+    assert_eq!(r.rows_affected, 2);
+    let rows = db.execute_query(&format!("SELECT * FROM [{}] ORDER BY id", t.name), ())?;
+    for col in &VALUE_COLUMNS[1..] {
+        assert_eq!(rows[0].value(*col), Some(&Value::Null), "{col} on {b:?}");
+    }
+    let r = &rows[1];
+    assert!(r.get::<bool>("v_bool")?);
+    assert_eq!(r.get::<i64>("v_i64")?, 9_007_199_254_740_993);
+    assert_eq!(r.get::<f64>("v_f64")?, 1234.5625);
+    assert_eq!(r.get::<Decimal>("v_dec")?, dec);
+    assert_eq!(r.get::<String>("v_text")?, "héllo ✓ 'q' \"d\" \\ ;--");
+    assert_eq!(r.get::<Vec<u8>>("v_bytes")?, vec![0, 1, 127, 128, 255]);
+    assert_eq!(r.get::<NaiveDate>("v_date")?, date);
+    assert_eq!(r.get::<NaiveTime>("v_time")?, time);
+    assert_eq!(r.get::<chrono::NaiveDateTime>("v_ts")?, date.and_time(time));
+    assert_eq!(r.get::<Uuid>("v_uuid")?, uuid);
+    let j: serde_json::Value = match r.value("v_json") {
+        Some(Value::Text(s)) => serde_json::from_str(s).unwrap(),
+        _ => r.get("v_json")?,
+    };
+    assert_eq!(j, json);
     Ok(())
 }
 each_backend!(nulls_and_every_value_type);
@@ -559,9 +647,10 @@ fn timeout_during_a_load(b: Backend) -> Result<()> {
             "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY%' AND pid <> pg_backend_pid()",
             (),
         )?,
+        // This table's only: other tests load tables of their own meanwhile.
         _ => db.query_one(
-            "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE 'INSERT%bulk%' AND id <> CONNECTION_ID()",
-            (),
+            "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE CONCAT('INSERT%', ?, '%') AND id <> CONNECTION_ID()",
+            (t.name.as_str(),),
         )?,
     }
     .get("n")?;
@@ -726,6 +815,28 @@ fn rows_larger_than_a_packet(b: Backend) -> Result<()> {
         .get("n")?;
     assert_eq!(n as usize, size(5));
 
+    // Updates too (a derived table of large rows on MariaDB).
+    let r = db.bulk_update(
+        &t.name,
+        &["id", "body"],
+        &["id"],
+        (10..20_i64).map(|i| (i, body(i + 1))),
+    )?;
+    assert_eq!(r.rows_affected, 10);
+    let lengths: Vec<i64> = db
+        .execute_query(
+            &format!(
+                "SELECT LENGTH(body) AS n FROM [{}] WHERE id BETWEEN 10 AND 19 ORDER BY id",
+                t.name
+            ),
+            (),
+        )?
+        .iter()
+        .map(|r| r.get("n"))
+        .collect::<Result<_>>()?;
+    let want: Vec<i64> = (10..20).map(|i| size(i + 1) as i64).collect();
+    assert_eq!(lengths, want);
+
     // One value larger than the packet: refused by the server, named.
     let huge = "x".repeat(packet as usize + 1024);
     let e = db
@@ -744,3 +855,35 @@ fn rows_larger_than_a_packet(b: Backend) -> Result<()> {
     Ok(())
 }
 each_backend!(rows_larger_than_a_packet, [MySql]);
+
+/// MariaDB: a bulk write prepares one statement per statement size, and
+/// past the driver's statement cache (256 a connection) each pushes an
+/// older statement out, closing it on the server. A statement run before
+/// the writes, on the same connection, runs again after them.
+fn statements_run_again_after_many_bulk_statement_sizes(b: Backend) -> Result<()> {
+    let db = b.open_with(|c| c.pool_size(1).max_overflow(0))?;
+    let t = people(&db)?;
+    let probe = format!("SELECT COUNT(*) AS n FROM [{}] WHERE id >= ?", t.name);
+    assert_eq!(db.query_one(&probe, (0,))?.get::<i64>("n")?, 0);
+    let mut next = 0_i64;
+    // Each chunk is one statement of its own size.
+    for size in 1..=300_i64 {
+        let rows = (next..next + size).map(|i| (i, format!("p{i}"), i % 7));
+        db.bulk(&t.name)
+            .chunk_size(size as usize)
+            .insert(&["id", "name", "score"], rows)?;
+        next += size;
+    }
+    assert_eq!(db.query_one(&probe, (0,))?.get::<i64>("n")?, next);
+    assert_eq!(db.query_one(&probe, (next - 5,))?.get::<i64>("n")?, 5);
+    let streamed: Vec<i64> = db
+        .stream(&probe, (10,))?
+        .map(|r| r?.get::<i64>("n"))
+        .collect::<Result<_>>()?;
+    assert_eq!(streamed, [next - 10]);
+    Ok(())
+}
+each_backend!(
+    statements_run_again_after_many_bulk_statement_sizes,
+    [MySql]
+);

@@ -308,9 +308,15 @@ impl BulkPlan {
     }
 
     /// The statement that writes `n` rows at once (insert, upsert, and
-    /// delete on MySQL), or one row (update, delete elsewhere, and upsert
-    /// on SQL Server).
+    /// update and delete on MySQL), or one row (update and delete
+    /// elsewhere, and upsert on SQL Server).
     pub(crate) fn statement(&self, n: usize) -> String {
+        self.statement_with(n, &[])
+    }
+
+    /// [`statement`](Self::statement), with each column's parameters cast
+    /// as `casts` says (see [`casts`](Self::casts)).
+    fn statement_with(&self, n: usize, casts: &[Cast]) -> String {
         let table = &self.table;
         let cols = self.column_list();
         let mut sql = String::with_capacity(64 + n * self.columns.len() * 5);
@@ -347,6 +353,41 @@ impl BulkPlan {
                 if self.kind == BulkKind::Upsert {
                     sql.push_str(&self.on_conflict());
                 }
+            }
+            (BulkKind::Update, Dialect::MySql) => {
+                // The rows as a derived table joined on the keys. Keys are
+                // distinct within a statement (see `runs_of_distinct_keys`),
+                // so each row of the table is matched once at most; a key
+                // that matches nothing updates nothing (never an insert).
+                // `UPDATE … JOIN` has no `FROM` of its own: any MySQL or
+                // MariaDB version runs it.
+                sql.push_str(&format!("UPDATE {table} AS d JOIN ("));
+                for r in 0..n {
+                    sql.push_str(if r == 0 {
+                        "SELECT "
+                    } else {
+                        " UNION ALL SELECT "
+                    });
+                    for (i, c) in self.columns.iter().enumerate() {
+                        if i > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(match casts.get(i) {
+                            Some(Cast::Binary) => "CAST(? AS BINARY)",
+                            Some(Cast::Text) => "CAST(? AS CHAR)",
+                            Some(Cast::None) | None => "?",
+                        });
+                        if r == 0 {
+                            sql.push_str(" AS ");
+                            sql.push_str(c);
+                        }
+                    }
+                }
+                sql.push_str(&format!(
+                    ") AS s ON {} SET {}",
+                    self.key_match("d", "s"),
+                    self.set_from("d", "s")
+                ));
             }
             (BulkKind::Update, _) => {
                 let mut n = 0;
@@ -458,6 +499,7 @@ impl BulkPlan {
     pub(crate) fn bind_order(&self) -> Vec<usize> {
         match self.kind {
             BulkKind::Insert | BulkKind::Upsert => (0..self.columns.len()).collect(),
+            BulkKind::Update if self.dialect == Dialect::MySql => (0..self.columns.len()).collect(),
             BulkKind::Update => self
                 .non_keys()
                 .map(|(i, _)| i)
@@ -472,6 +514,7 @@ impl BulkPlan {
     fn bind_row(&self, row: &[Value], out: &mut Vec<Value>) {
         match self.kind {
             BulkKind::Insert | BulkKind::Upsert => out.extend_from_slice(row),
+            BulkKind::Update if self.dialect == Dialect::MySql => out.extend_from_slice(row),
             BulkKind::Update => {
                 out.extend(self.non_keys().map(|(i, _)| row[i].clone()));
                 out.extend(self.keys.iter().map(|&i| row[i].clone()));
@@ -482,8 +525,11 @@ impl BulkPlan {
 
     /// Writes `rows` with plain statements through `exec`: multi-row
     /// `INSERT`s (with the upsert clause for upserts), one `UPDATE` per
-    /// row, one `DELETE` per row (MySQL: one per many rows, `IN (…)`). Returns the rows affected as the server counts
-    /// them (MySQL counts an upserted row that changed as 2).
+    /// row (MySQL: one per many rows, joined on the keys), one `DELETE`
+    /// per row (MySQL: one per many rows, `IN (…)`). Returns the rows
+    /// affected as the server counts them (MySQL counts an upserted row
+    /// that changed as 2). A multi-row update needs its rows' keys
+    /// distinct: see [`write_in_runs`](Self::write_in_runs).
     pub(crate) fn run_statements(
         &self,
         rows: &[Vec<Value>],
@@ -510,6 +556,14 @@ impl BulkPlan {
             }
             exec(sql, &values)
         })
+    }
+
+    /// Whether writing with this plan may leave the session changed, so
+    /// that the pool resets it before the connection's next borrower:
+    /// PostgreSQL and SQL Server load upserts, updates and deletes through
+    /// a temporary table. MySQL and SQLite run plain statements only.
+    pub(crate) fn changes_session(&self) -> bool {
+        !matches!(self.dialect, Dialect::MySql | Dialect::Sqlite)
     }
 
     /// Whether a statement binds its rows' values as they are, row after
@@ -574,11 +628,60 @@ impl BulkPlan {
         runs
     }
 
+    /// How each column's parameters are cast in the derived table of a
+    /// MySQL multi-row update of `rows` (empty for every other statement,
+    /// which assigns its parameters to the columns directly). Measured on
+    /// MariaDB 10.11: a bare string parameter in a derived table is read as
+    /// text in the connection's character set, so bytes that are not valid
+    /// text there are refused (1366), and one longer than 65,535 bytes is
+    /// silently cut to its length modulo 65,536. A cast on every
+    /// parameter of the column avoids both: bytes as a binary string, text
+    /// (and decimals, UUIDs and JSON, sent as text) as text. Keys are cast
+    /// only when they carry bytes: a text key cast to the connection's
+    /// collation no longer compares with a column of another collation
+    /// (1267), while a bare one does.
+    fn casts(&self, rows: &[Vec<Value>]) -> Vec<Cast> {
+        if !(self.kind == BulkKind::Update && self.dialect == Dialect::MySql) {
+            return Vec::new();
+        }
+        (0..self.columns.len())
+            .map(|i| {
+                let mut cast = Cast::None;
+                for row in rows {
+                    match row.get(i) {
+                        Some(Value::Bytes(_)) => return Cast::Binary,
+                        Some(
+                            Value::Text(_) | Value::Json(_) | Value::Decimal(_) | Value::Uuid(_),
+                        ) if !self.keys.contains(&i) => cast = Cast::Text,
+                        _ => {}
+                    }
+                }
+                cast
+            })
+            .collect()
+    }
+
+    /// The first text key of `rows` too long for a MySQL multi-row update
+    /// to match (see [`casts`](Self::casts)): its row's index and length.
+    pub(crate) fn key_too_long(&self, rows: &[Vec<Value>]) -> Option<(usize, usize)> {
+        const MAX: usize = u16::MAX as usize;
+        if !(self.kind == BulkKind::Update && self.dialect == Dialect::MySql) {
+            return None;
+        }
+        rows.iter().enumerate().find_map(|(r, row)| {
+            self.keys.iter().find_map(|&k| match row.get(k) {
+                Some(Value::Text(s)) if s.len() > MAX => Some((r, s.len())),
+                _ => None,
+            })
+        })
+    }
+
     /// Whether one statement writes many rows (see
     /// [`statement`](Self::statement)).
     fn many_rows_per_statement(&self) -> bool {
         self.binds_rows_as_given()
-            || (self.kind == BulkKind::Delete && self.dialect == Dialect::MySql)
+            || (matches!(self.kind, BulkKind::Delete | BulkKind::Update)
+                && self.dialect == Dialect::MySql)
     }
 
     /// Cuts `rows` into the statements that write them, as
@@ -594,7 +697,7 @@ impl BulkPlan {
         let multi = self.many_rows_per_statement();
         let mut affected = 0;
         let mut rest = rows;
-        let mut cached: Option<(usize, String)> = None;
+        let mut cached: Option<(usize, Vec<Cast>, String)> = None;
         while !rest.is_empty() {
             let n = if multi {
                 self.rows_per_statement(rest, max_bytes)
@@ -602,15 +705,28 @@ impl BulkPlan {
                 1
             };
             let (now, later) = rest.split_at(n.min(rest.len()));
+            let casts = self.casts(now);
             let sql = match &cached {
-                Some((k, sql)) if *k == now.len() => sql,
-                _ => &cached.insert((now.len(), self.statement(now.len()))).1,
+                Some((k, c, sql)) if *k == now.len() && *c == casts => sql,
+                _ => {
+                    let sql = self.statement_with(now.len(), &casts);
+                    &cached.insert((now.len(), casts, sql)).2
+                }
             };
             affected += exec(sql, now)?;
             rest = later;
         }
         Ok(affected)
     }
+}
+
+/// How a multi-row update casts one column's parameters (see
+/// [`BulkPlan::casts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cast {
+    None,
+    Text,
+    Binary,
 }
 
 /// Quotes one name as a single identifier (a column: a dot is part of it).
@@ -784,6 +900,52 @@ mod tests {
             .ends_with("ON DUPLICATE KEY UPDATE `b` = VALUES(`b`)"));
         let p = BulkPlan::new(BulkKind::Delete, Dialect::MySql, "t", &["a"], &["a"])?;
         assert_eq!(p.statement(3), "DELETE FROM `t` WHERE `a` IN (?, ?, ?)");
+        let p = BulkPlan::new(
+            BulkKind::Update,
+            Dialect::MySql,
+            "t",
+            &["v", "k", "b"],
+            &["k"],
+        )?;
+        assert_eq!(
+            p.statement(2),
+            "UPDATE `t` AS d JOIN (SELECT ? AS `v`, ? AS `k`, ? AS `b` UNION ALL SELECT ?, ?, ?) \
+             AS s ON d.`k` = s.`k` SET d.`v` = s.`v`, d.`b` = s.`b`"
+        );
+        // Bytes are cast as binary strings and text as text, except a text
+        // key, on every row; the values bind in column order.
+        let rows = vec![
+            vec![
+                Value::Text("a".into()),
+                Value::Text("k".into()),
+                Value::Null,
+            ],
+            vec![
+                Value::Null,
+                Value::Text("l".into()),
+                Value::Bytes(vec![255]),
+            ],
+        ];
+        let mut seen = Vec::new();
+        p.run_statements(&rows, &mut |sql, values| {
+            assert!(
+                sql.contains(
+                    "SELECT CAST(? AS CHAR) AS `v`, ? AS `k`, CAST(? AS BINARY) AS `b` \
+                     UNION ALL SELECT CAST(? AS CHAR), ?, CAST(? AS BINARY)) AS s"
+                ),
+                "{sql}"
+            );
+            seen.extend_from_slice(values);
+            Ok(2)
+        })?;
+        assert_eq!(seen, rows.concat());
+        assert_eq!(p.key_too_long(&rows), None);
+        let long = vec![vec![
+            Value::Null,
+            Value::Text("x".repeat(70_000)),
+            Value::Null,
+        ]];
+        assert_eq!(p.key_too_long(&long), Some((0, 70_000)));
         let p = BulkPlan::new(
             BulkKind::Delete,
             Dialect::MySql,

@@ -289,6 +289,8 @@ impl Connector for MyConnector {
             resettable: None,
             max_packet: None,
             cancel_requested,
+            last_shape: None,
+            statements: Statements::default(),
         }))
     }
 
@@ -326,6 +328,11 @@ struct MyConnection {
     max_packet: Option<usize>,
     /// The watchdog asked to stop what runs (see [`Kill`]).
     cancel_requested: Arc<AtomicBool>,
+    /// The columns of the last result read, reused by the next result
+    /// with the same columns (a statement run again).
+    last_shape: Option<Arc<Shape>>,
+    /// The statements prepared last, run by handle.
+    statements: Statements,
 }
 
 #[derive(Clone, Copy)]
@@ -372,14 +379,16 @@ fn to_params(params: &[Value]) -> mysql::Params {
 
 impl Connection for MyConnection {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let mut result = self
-            .idle()?
-            .exec_iter(sql, to_params(params))
+        self.idle()?;
+        let conn = self.conn.as_mut().ok_or_else(closed)?;
+        let statement = self.statements.get_or_prepare(conn, sql)?;
+        let mut result = conn
+            .exec_iter(statement, to_params(params))
             .map_err(classify)?;
         let mut out = Vec::new();
         // The first result set is the statement's; later ones (procedures) are drained.
         if let Some(set) = result.iter() {
-            let shape = Shape::of(&set.columns());
+            let shape = Shape::reuse(&mut self.last_shape, &set.columns());
             for row in set {
                 out.push(shape.row(row.map_err(classify)?)?);
             }
@@ -393,8 +402,9 @@ impl Connection for MyConnection {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        let conn = self.idle()?;
-        conn.exec_drop(sql, to_params(params)).map_err(classify)?;
+        let (conn, statement) = self.prepared(sql)?;
+        conn.exec_drop(statement, to_params(params))
+            .map_err(classify)?;
         Ok(conn.affected_rows())
     }
 
@@ -440,6 +450,8 @@ impl Connection for MyConnection {
         let database = self.database.clone();
         // The session's variables are the global ones again.
         self.max_packet = None;
+        // The server drops the session's statements.
+        self.statements.clear();
         let conn = self.idle()?;
         conn.reset().map_err(classify)?;
         if let Some(db) = database.as_deref() {
@@ -481,15 +493,17 @@ impl Connection for MyConnection {
     /// timeout bounds each fetch: it is lifted for the stream (the watchdog
     /// still bounds every fetch) and set again before the next statement.
     fn open_stream(&mut self, sql: &str, params: &[Value]) -> Result<Option<Vec<Row>>> {
-        self.idle()?;
         self.pending = None;
+        // Prepared before the limit is lifted: a connection readied for a
+        // statement gets its limit back.
+        let statement = self.prepared(sql)?.1.clone();
         if self.limit.is_some() {
             self.send_limit(None)?;
         }
         let conn = self.conn.take().ok_or_else(closed)?;
-        match OpenResult::open(conn, sql, to_params(params)) {
+        match OpenResult::open(conn, &statement, to_params(params)) {
             Ok(mut open) => {
-                let shape = Shape::of(&open.result().columns());
+                let shape = Shape::reuse(&mut self.last_shape, &open.result().columns());
                 self.stream = Some(Streaming { open, shape });
                 Ok(None)
             }
@@ -551,7 +565,10 @@ impl Connection for MyConnection {
 
     /// Multi-row statements, each sized to fit the server's
     /// `max_allowed_packet`: a larger one would be refused, and the
-    /// connection closed.
+    /// connection closed. Updates join the target to their rows as a
+    /// derived table (`UPDATE t JOIN (SELECT … UNION ALL SELECT …) ON keys`),
+    /// so a key that matches nothing inserts nothing; deletes match their
+    /// keys with `IN (…)`.
     /// A row the server would refuse whatever the statement (it would
     /// close the connection too) is an error before anything is sent.
     fn bulk_write(&mut self, plan: &BulkPlan, rows: &[Vec<Value>]) -> Result<u64> {
@@ -569,9 +586,18 @@ impl Connection for MyConnection {
             let bytes: usize = rows[i].iter().map(wire_size).sum();
             return Err(too_large_error(i, bytes, packet));
         }
-        plan.run_statements_within(rows, budget, &mut |sql, params| {
-            self.not_cancelled()?;
-            self.execute(sql, params)
+        if let Some((i, len)) = plan.key_too_long(rows) {
+            return Err(Error::parameter(format!(
+                "the chunk's row {i} (counting from 0) has a text key of {len} bytes; a MySQL bulk update matches text keys of up to 65535 bytes (the server cuts longer ones short); update that row with execute"
+            )));
+        }
+        // Updates go run by run, each run's keys distinct, so that a key
+        // repeated in the chunk takes its later row.
+        plan.write_in_runs(rows, &mut |run, _| {
+            plan.run_statements_within(run, budget, &mut |sql, params| {
+                self.not_cancelled()?;
+                self.execute(sql, params)
+            })
         })
     }
 
@@ -618,7 +644,7 @@ impl Connection for MyConnection {
             }
             if batch.rows == cap || (batch.rows > 0 && batch.bytes + bytes > budget) {
                 self.not_cancelled()?;
-                affected += batch.send(self.idle()?, plan, cap * width)?;
+                affected += self.send(&mut batch, plan, cap * width)?;
             }
             batch.params.extend(row.drain(..).map(into_mysql));
             batch.rows += 1;
@@ -627,7 +653,7 @@ impl Connection for MyConnection {
         }
         if batch.rows > 0 {
             self.not_cancelled()?;
-            affected += batch.send(self.idle()?, plan, 0)?;
+            affected += self.send(&mut batch, plan, 0)?;
         }
         Ok(affected)
     }
@@ -683,6 +709,14 @@ impl Drop for MyConnection {
 }
 
 impl MyConnection {
+    /// The connection, ready for a statement, and `sql` prepared on it.
+    fn prepared(&mut self, sql: &str) -> Result<(&mut mysql::Conn, &mysql::Statement)> {
+        self.idle()?;
+        let conn = self.conn.as_mut().ok_or_else(closed)?;
+        let statement = self.statements.get_or_prepare(conn, sql)?;
+        Ok((conn, statement))
+    }
+
     /// The connection, ready for a statement: an open stream is ended (its
     /// rest read; the pipeline closes streams before anything else runs, so
     /// this is only a safety net) and the session's statement limit put
@@ -710,6 +744,13 @@ impl MyConnection {
             ));
         }
         Ok(())
+    }
+
+    /// Sends `batch` (see [`Batch::send`]).
+    fn send(&mut self, batch: &mut Batch, plan: &BulkPlan, next: usize) -> Result<u64> {
+        self.idle()?;
+        let conn = self.conn.as_mut().ok_or_else(closed)?;
+        batch.send(conn, &mut self.statements, plan, next)
     }
 
     /// Ends the open stream (if any) and takes its connection back.
@@ -840,6 +881,55 @@ fn too_large_error(i: usize, bytes: usize, packet: usize) -> Error {
     ))
 }
 
+/// Statements most recently prepared through the driver, by their text, so
+/// that a statement run again goes by its handle: the driver's own lookup
+/// by text parses the text for named parameters and hashes it on every
+/// run, more work than the rest of a one-row `SELECT`.
+///
+/// They are the last few statements prepared on the connection, each
+/// prepared after those before it, so all of them are among the most
+/// recently used of the driver's cache (of 256) and none has been pushed
+/// out of it and closed on the server. That holds only while every
+/// statement is prepared here: a statement prepared otherwise (a bulk
+/// write's) empties this first, and so does a session reset (the server
+/// drops every statement).
+#[derive(Default)]
+struct Statements {
+    kept: Vec<(Box<str>, mysql::Statement)>,
+    /// Where the next one goes once all places are taken: the oldest.
+    next: usize,
+}
+
+/// How many [`Statements`] are kept: a few statements run in turn.
+const STATEMENTS_KEPT: usize = 4;
+
+impl Statements {
+    fn get_or_prepare(&mut self, conn: &mut mysql::Conn, sql: &str) -> Result<&mysql::Statement> {
+        let i = match self.kept.iter().position(|(text, _)| **text == *sql) {
+            Some(i) => i,
+            None => {
+                let statement = conn.prep(sql).map_err(classify)?;
+                let entry = (Box::from(sql), statement);
+                if self.kept.len() < STATEMENTS_KEPT {
+                    self.kept.push(entry);
+                    self.kept.len() - 1
+                } else {
+                    let i = self.next;
+                    self.kept[i] = entry;
+                    self.next = (i + 1) % STATEMENTS_KEPT;
+                    i
+                }
+            }
+        };
+        Ok(&self.kept[i].1)
+    }
+
+    fn clear(&mut self) {
+        self.kept.clear();
+        self.next = 0;
+    }
+}
+
 /// The rows of the next multi-row statement of a bulk write, as the
 /// driver's values.
 struct Batch {
@@ -858,11 +948,20 @@ struct Batch {
 impl Batch {
     /// Sends the statement with the rows gathered (leaving room for
     /// `next` values in the next); returns the rows affected.
-    fn send(&mut self, conn: &mut mysql::Conn, plan: &BulkPlan, next: usize) -> Result<u64> {
+    fn send(
+        &mut self,
+        conn: &mut mysql::Conn,
+        statements: &mut Statements,
+        plan: &BulkPlan,
+        next: usize,
+    ) -> Result<u64> {
         let rows = self.rows;
         let statement = match &self.statement {
             Some((n, statement)) if *n == rows => statement.clone(),
             _ => {
+                // Prepared past the statements kept by text, which it could
+                // push out of the driver's cache.
+                statements.clear();
                 let statement = conn.prep(plan.statement(rows)).map_err(classify)?;
                 self.statement = Some((rows, statement.clone()));
                 statement
@@ -897,21 +996,40 @@ struct Shape {
     names: Columns,
 }
 
+fn meta(c: &mysql::Column) -> Meta {
+    (
+        c.column_type(),
+        c.flags(),
+        c.character_set(),
+        c.column_length(),
+    )
+}
+
 impl Shape {
-    fn of(columns: &mysql::SetColumns<'_>) -> Shape {
+    /// The shape of `columns`: `last`'s when its columns are the same (a
+    /// statement run again; no allocation then), else a new one, kept in
+    /// `last` for the next result.
+    fn reuse(last: &mut Option<Arc<Shape>>, columns: &mysql::SetColumns<'_>) -> Arc<Shape> {
         let cols = columns.as_ref();
-        Shape {
-            meta: cols
+        match last {
+            Some(shape) if shape.fits(cols) => Arc::clone(shape),
+            _ => Arc::clone(last.insert(Arc::new(Shape::of(cols)))),
+        }
+    }
+
+    /// Whether `cols` are this shape's columns: the same names, types,
+    /// flags, character sets and lengths, in the same order.
+    fn fits(&self, cols: &[mysql::Column]) -> bool {
+        self.meta.len() == cols.len()
+            && cols
                 .iter()
-                .map(|c| {
-                    (
-                        c.column_type(),
-                        c.flags(),
-                        c.character_set(),
-                        c.column_length(),
-                    )
-                })
-                .collect(),
+                .zip(self.meta.iter().zip(self.names.iter()))
+                .all(|(c, (m, name))| meta(c) == *m && c.name_ref() == name.as_bytes())
+    }
+
+    fn of(cols: &[mysql::Column]) -> Shape {
+        Shape {
+            meta: cols.iter().map(meta).collect(),
             names: cols
                 .iter()
                 .map(|c| Arc::<str>::from(c.name_str().as_ref()))
@@ -935,7 +1053,7 @@ impl Shape {
 /// columns.
 struct Streaming {
     open: OpenResult,
-    shape: Shape,
+    shape: Arc<Shape>,
 }
 
 /// The driver's unbuffered result, which borrows its `Conn`, kept together
@@ -969,18 +1087,18 @@ struct OpenResult {
 unsafe impl Send for OpenResult {}
 
 impl OpenResult {
-    /// Runs `sql` on `conn` as a prepared statement and keeps its result
+    /// Runs `statement` (prepared on `conn`) and keeps its result
     /// open. On failure the connection comes back with the error.
     #[allow(clippy::result_large_err)]
     fn open(
         conn: mysql::Conn,
-        sql: &str,
+        statement: &mysql::Statement,
         params: mysql::Params,
     ) -> std::result::Result<OpenResult, (mysql::Conn, mysql::Error)> {
         let conn = NonNull::from(Box::leak(Box::new(conn)));
         // SAFETY: `conn` is a live allocation of ours; the borrow made here
         // is the only one while the result lives (see the type's docs).
-        let opened = unsafe { &mut *conn.as_ptr() }.exec_iter(sql, params);
+        let opened = unsafe { &mut *conn.as_ptr() }.exec_iter(statement, params);
         match opened {
             Ok(result) => {
                 // SAFETY: only lifetimes change; the result is kept no
