@@ -1195,11 +1195,13 @@ impl Shared {
     }
 }
 
+/// A thread's last translation: its dialect, the statement, the result.
+type LastTranslation = (Dialect, Box<str>, Arc<Translated>);
+
 thread_local! {
     /// The last statement this thread translated, by dialect (a
     /// translation depends on nothing else).
-    static LAST_TRANSLATION: RefCell<Option<(Dialect, Box<str>, Arc<Translated>)>> =
-        const { RefCell::new(None) };
+    static LAST_TRANSLATION: RefCell<Option<LastTranslation>> = const { RefCell::new(None) };
 
     /// Connection failures held back by the retry loop running on this
     /// thread; `None` outside one.
