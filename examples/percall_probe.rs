@@ -10,7 +10,9 @@
 //! difference in calls: that is the cost of one call, start-up left out.
 //! `raw` runs rusqlite's `prepare_cached` directly (the overhead bench's
 //! baseline); `nometrics` turns metrics off; `param` runs `SELECT ? + 1`
-//! with one parameter, and `rawparam` the same on rusqlite.
+//! with one parameter, and `rawparam` the same on rusqlite; `url` runs
+//! `SELECT 1` on the database at `DBMANAGER_PROBE_URL` (for counting system
+//! calls per call on a server, e.g. with `strace -c -f`).
 use dbmanager::{DatabaseConfig, DatabaseManager};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -40,9 +42,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    let url = if mode == "url" {
+        std::env::var("DBMANAGER_PROBE_URL")?
+    } else {
+        "sqlite::memory:".to_owned()
+    };
     let db = DatabaseManager::from_config(
         DatabaseConfig::builder("probe")
-            .url("sqlite::memory:")
+            .url(&url)
             .metrics(metrics)
             .build()?,
     )?;
