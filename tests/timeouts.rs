@@ -118,6 +118,31 @@ fn sqlite_statement_is_interrupted(b: Backend) -> Result<()> {
 }
 each_backend!(sqlite_statement_is_interrupted, [SqliteFile, SqliteMemory]);
 
+/// A statement interrupted at its deadline runs again from its start on the
+/// same connection (statements are kept prepared per connection): first
+/// endless again, then with a bound that ends it, returning its own rows.
+fn an_interrupted_statement_runs_again_from_its_start(b: Backend) -> Result<()> {
+    let place = b.place();
+    let db = manager(place.url(), 1, None)?;
+    let sql = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) \
+               SELECT COUNT(*) AS n, MAX(i) AS top FROM c";
+    for _ in 0..2 {
+        let e = db
+            .execute_query_with_timeout(sql, (i64::MAX,), Duration::from_millis(200))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::QueryTimeout, "{e}");
+    }
+    let row = db.query_one(sql, (10,))?;
+    assert_eq!(row.get::<i64>("n")?, 10);
+    assert_eq!(row.get::<i64>("top")?, 10);
+    assert_eq!(db.pool_status().invalid, 0);
+    Ok(())
+}
+each_backend!(
+    an_interrupted_statement_runs_again_from_its_start,
+    [SqliteFile, SqliteMemory]
+);
+
 /// The configured timeout applies to plain calls, and the error names the
 /// variable that sets it.
 fn the_configured_timeout_applies_and_is_named(b: Backend) -> Result<()> {
