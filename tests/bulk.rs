@@ -382,30 +382,37 @@ fn nulls_and_every_value_type(b: Backend) -> Result<()> {
     let mut nulls = vec![Value::I64(2)];
     nulls.extend(std::iter::repeat(Value::Null).take(VALUE_COLUMNS.len() - 1));
     db.bulk_insert(&t.name, &VALUE_COLUMNS, vec![full.clone(), nulls])?;
+    // Every type as given, and every column but the key NULL.
+    let full_row = |r: &dbmanager::Row| -> Result<()> {
+        assert!(r.get::<bool>("v_bool")?);
+        assert_eq!(r.get::<i64>("v_i64")?, 9_007_199_254_740_993);
+        assert_eq!(r.get::<f64>("v_f64")?, 1234.5625);
+        assert_eq!(r.get::<Decimal>("v_dec")?, dec);
+        assert_eq!(r.get::<String>("v_text")?, "héllo ✓ 'q' \"d\" \\ ;--");
+        assert_eq!(r.get::<Vec<u8>>("v_bytes")?, vec![0, 1, 127, 128, 255]);
+        assert_eq!(r.get::<NaiveDate>("v_date")?, date);
+        assert_eq!(r.get::<NaiveTime>("v_time")?, time);
+        assert_eq!(r.get::<chrono::NaiveDateTime>("v_ts")?, date.and_time(time));
+        assert_eq!(r.get::<Uuid>("v_uuid")?, uuid);
+        let j: serde_json::Value = match r.value("v_json") {
+            Some(Value::Text(s)) => serde_json::from_str(s).unwrap(),
+            _ => r.get("v_json")?,
+        };
+        assert_eq!(j, json);
+        Ok(())
+    };
+    let null_row = |r: &dbmanager::Row| {
+        for col in &VALUE_COLUMNS[1..] {
+            assert_eq!(r.value(*col), Some(&Value::Null), "{col} on {b:?}");
+        }
+    };
 
     let rows = db
         .stream(&format!("SELECT * FROM [{}] ORDER BY id", t.name), ())?
         .collect::<Result<Vec<_>>>()?;
     assert_eq!(rows.len(), 2);
-    let r = &rows[0];
-    assert!(r.get::<bool>("v_bool")?);
-    assert_eq!(r.get::<i64>("v_i64")?, 9_007_199_254_740_993);
-    assert_eq!(r.get::<f64>("v_f64")?, 1234.5625);
-    assert_eq!(r.get::<Decimal>("v_dec")?, dec);
-    assert_eq!(r.get::<String>("v_text")?, "héllo ✓ 'q' \"d\" \\ ;--");
-    assert_eq!(r.get::<Vec<u8>>("v_bytes")?, vec![0, 1, 127, 128, 255]);
-    assert_eq!(r.get::<NaiveDate>("v_date")?, date);
-    assert_eq!(r.get::<NaiveTime>("v_time")?, time);
-    assert_eq!(r.get::<chrono::NaiveDateTime>("v_ts")?, date.and_time(time));
-    assert_eq!(r.get::<Uuid>("v_uuid")?, uuid);
-    let j: serde_json::Value = match r.value("v_json") {
-        Some(Value::Text(s)) => serde_json::from_str(s).unwrap(),
-        _ => r.get("v_json")?,
-    };
-    assert_eq!(j, json);
-    for col in &VALUE_COLUMNS[1..] {
-        assert_eq!(rows[1].value(*col), Some(&Value::Null), "{col} on {b:?}");
-    }
+    full_row(&rows[0])?;
+    null_row(&rows[1]);
 
     // An update swaps them: every type set, and every column set to NULL
     // (MySQL: through the derived table the rows are joined as).
@@ -416,25 +423,8 @@ fn nulls_and_every_value_type(b: Backend) -> Result<()> {
     let r = db.bulk_update(&t.name, &VALUE_COLUMNS, &["id"], vec![nulls_1, full_2])?;
     assert_eq!(r.rows_affected, 2);
     let rows = db.execute_query(&format!("SELECT * FROM [{}] ORDER BY id", t.name), ())?;
-    for col in &VALUE_COLUMNS[1..] {
-        assert_eq!(rows[0].value(*col), Some(&Value::Null), "{col} on {b:?}");
-    }
-    let r = &rows[1];
-    assert!(r.get::<bool>("v_bool")?);
-    assert_eq!(r.get::<i64>("v_i64")?, 9_007_199_254_740_993);
-    assert_eq!(r.get::<f64>("v_f64")?, 1234.5625);
-    assert_eq!(r.get::<Decimal>("v_dec")?, dec);
-    assert_eq!(r.get::<String>("v_text")?, "héllo ✓ 'q' \"d\" \\ ;--");
-    assert_eq!(r.get::<Vec<u8>>("v_bytes")?, vec![0, 1, 127, 128, 255]);
-    assert_eq!(r.get::<NaiveDate>("v_date")?, date);
-    assert_eq!(r.get::<NaiveTime>("v_time")?, time);
-    assert_eq!(r.get::<chrono::NaiveDateTime>("v_ts")?, date.and_time(time));
-    assert_eq!(r.get::<Uuid>("v_uuid")?, uuid);
-    let j: serde_json::Value = match r.value("v_json") {
-        Some(Value::Text(s)) => serde_json::from_str(s).unwrap(),
-        _ => r.get("v_json")?,
-    };
-    assert_eq!(j, json);
+    null_row(&rows[0]);
+    full_row(&rows[1])?;
     Ok(())
 }
 each_backend!(nulls_and_every_value_type);
