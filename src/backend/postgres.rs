@@ -616,6 +616,13 @@ fn is_stale_plan(e: &Error) -> bool {
     e.db_code() == Some("0A000") && e.to_string().contains("cached plan must not change")
 }
 
+/// One of the driver's own prepared statements (`s0`, `s1`, …) no longer
+/// exists in the session (26000): deallocated under the connection. A
+/// program's own `EXECUTE` of a name it never prepared is not this.
+fn is_lost_statement(e: &Error) -> bool {
+    e.db_code() == Some("26000") && driver_statement_clash("26000", &e.to_string())
+}
+
 fn as_sql(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
@@ -706,8 +713,8 @@ impl PgConnection {
     ) -> Result<T> {
         let (stmt, columns) = self.prepared(sql)?;
         match run(self, stmt, columns) {
-            Err(e) if is_stale_plan(&e) || e.db_code() == Some("26000") => {
-                if e.db_code() == Some("26000") {
+            Err(e) if is_stale_plan(&e) || is_lost_statement(&e) => {
+                if is_lost_statement(&e) {
                     // The session's statements are gone (`DEALLOCATE ALL`,
                     // `DISCARD ALL`): none of those kept can be used.
                     self.statements.clear();
